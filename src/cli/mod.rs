@@ -1,0 +1,241 @@
+//! The command line: `meterline <verb>`. Each verb is a thin shell over the
+//! library; anyhow lives only here and in main.rs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::replay::{ReplayOptions, ReplaySummary};
+use crate::runtime::StageStatus;
+use crate::topology::{self, Topology};
+
+/// Default config file, looked up in the working directory when --config is absent.
+pub const DEFAULT_CONFIG_FILE: &str = "meterline.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meterline",
+    version,
+    about = "Kafka-native, exactly-once usage metering: CloudEvents in, ERP postings out"
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: $METERLINE_CONFIG, else ./meterline.toml if present.
+    #[arg(long, global = true, env = "METERLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Topics and the stage graph.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// Run stages (all five when no --stage is given), until SIGTERM/SIGINT.
+    Run {
+        /// A stage to run: validate, enrich, rate, aggregate, post. Repeatable.
+        #[arg(long = "stage")]
+        stages: Vec<String>,
+    },
+    /// Re-publish dead letters (or parked exceptions) to the stage they came from.
+    Replay(ReplayArgs),
+    /// Produce a seeded, reproducible stream of usage events.
+    Loadgen(crate::loadgen::LoadgenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Create missing topics, report differences, register Avro schemas.
+    Apply,
+    /// Print the stage graph with each stage's topics and stores.
+    Describe {
+        /// Print a Mermaid flowchart instead of text.
+        #[arg(long)]
+        mermaid: bool,
+    },
+    /// Count the committed records of every pipeline topic (reads them all).
+    Counts,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Topic to replay from: a dead-letter topic or usage.exceptions (namespace added).
+    #[arg(long)]
+    pub from: String,
+    /// Only records dead-lettered with this reason code.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only records dead-lettered at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Stop at the first record dead-lettered after this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Replay at most this many records.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Publish here instead of the record's original topic (namespace added).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Print what would be replayed, by reason; send and commit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Consumer group keeping replay progress (default: meterline.replay.<from>.<reason|all>).
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+            Ok(Config::load(Path::new(DEFAULT_CONFIG_FILE))?)
+        }
+        None => Ok(Config::defaults_with_env(PathBuf::from("."))?),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("METERLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Parses the command line and runs the verb.
+pub fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let config = load_config(cli.config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Topology { action } => {
+            let topology = Topology::load(&config)?;
+            match action {
+                TopologyAction::Describe { mermaid } => {
+                    if mermaid {
+                        print!("{}", topology.describe_mermaid());
+                    } else {
+                        print!("{}", topology.describe_text());
+                    }
+                }
+                TopologyAction::Counts => {
+                    print!(
+                        "{}",
+                        topology::counts::render(&topology::counts::count(&config, &topology)?)
+                    );
+                }
+                TopologyAction::Apply => {
+                    let report = rt.block_on(topology::apply::apply(&config, &topology))?;
+                    print!("{}", report.render());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { stages } => run(&rt, Arc::new(config), stages),
+        Command::Loadgen(args) => {
+            crate::loadgen::run(&config, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(args) => {
+            let opts = ReplayOptions::from_args(&config, &args)?;
+            let summary: ReplaySummary = crate::replay::replay(&config, &opts)?;
+            print!("{}", summary.render(opts.dry_run));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(
+    rt: &tokio::runtime::Runtime,
+    config: Arc<Config>,
+    stages: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let names: Vec<&'static str> = if stages.is_empty() {
+        topology::STAGES.iter().map(|s| s.name).collect()
+    } else {
+        stages
+            .iter()
+            .map(|s| {
+                topology::stage(s).map(|s| s.name).ok_or_else(|| {
+                    anyhow!("unknown stage {s:?} (stages: validate, enrich, rate, aggregate, post)")
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let mut statuses = Vec::new();
+    let mut threads = Vec::new();
+    for name in names {
+        let status = Arc::new(StageStatus::default());
+        statuses.push((name, status.clone()));
+        let handle = crate::stages::spawn(name, config.clone(), shutdown.clone(), status)?;
+        threads.push((name, handle));
+    }
+    let statuses = Arc::new(statuses);
+    let addr = config.http.listen_addr.clone();
+    rt.spawn(async move {
+        if let Err(e) = crate::http::serve(&addr, statuses).await {
+            tracing::error!(addr, error = %e, "metrics server failed");
+        }
+    });
+    // Stop on SIGTERM/SIGINT, or as soon as any stage dies (a supervisor
+    // restarts the process; half a pipeline must not look healthy).
+    let sd = shutdown.clone();
+    rt.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: committing and stopping");
+        sd.store(true, Ordering::SeqCst);
+    });
+    let mut failed = None;
+    for (name, handle) in threads {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.store(true, Ordering::SeqCst);
+                failed.get_or_insert(format!("{e}"));
+            }
+            Err(_) => {
+                shutdown.store(true, Ordering::SeqCst);
+                failed.get_or_insert(format!("stage {name} panicked"));
+            }
+        }
+    }
+    match failed {
+        Some(m) => bail!(m),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,609 @@
+//! Configuration: one TOML file plus environment overrides.
+//!
+//! Every key is declared; an unknown key is an error that names it (a typo in
+//! `dedupe_horizon_days` must not silently fall back to a default that changes
+//! what finance is billed). Two kinds of environment override exist:
+//!
+//! * `METERLINE__<SECTION>__<KEY>=value` sets any key of the file
+//!   (`METERLINE__RUNTIME__COMMIT_INTERVAL_MS=250`). The value is parsed as TOML
+//!   when it can be (numbers, booleans, arrays) and taken as a string otherwise.
+//! * `METERLINE_KAFKA__<PROPERTY>=value` sets a librdkafka client property for
+//!   every client, `_` standing for `.` (`METERLINE_KAFKA__SASL_MECHANISM=PLAIN`
+//!   sets `sasl.mechanism`). librdkafka property names contain no `_`, so the
+//!   mapping is unambiguous. This is how secrets reach the clients without being
+//!   written into the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::meter::Meter;
+
+/// Prefix of the environment variables that override file keys.
+pub const ENV_PREFIX: &str = "METERLINE__";
+const SECONDS_PER_DAY: u64 = 86_400;
+
+/// Prefix of the environment variables that set librdkafka properties.
+pub const ENV_KAFKA_PREFIX: &str = "METERLINE_KAFKA__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of one meterline process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+    #[serde(default)]
+    pub topology: TopologyConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub validate: ValidateConfig,
+    /// Filled from `topology.meters_file` after loading; not a file key.
+    #[serde(skip)]
+    pub meters: Vec<Meter>,
+    /// Directory of the config file; relative paths in it are resolved from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// librdkafka properties for every client (security.protocol, sasl.*, ssl.*, ...).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for producers only.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+    /// How long an admin or metadata request may take before the broker is
+    /// reported unreachable.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: defaults::BOOTSTRAP_SERVERS.to_string(),
+            client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+        }
+    }
+}
+
+/// A Confluent-compatible schema registry, for the Avro encodings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent REST API, e.g. `http://127.0.0.1:8081`.
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Topic declarations (relative to the config file).
+    #[serde(default = "defaults::topics_file")]
+    pub topics_file: PathBuf,
+    /// Meter declarations (relative to the config file).
+    #[serde(default = "defaults::meters_file")]
+    pub meters_file: PathBuf,
+    /// Avro schemas registered by `topology apply` when a registry is configured.
+    #[serde(default = "defaults::schemas_dir")]
+    pub schemas_dir: PathBuf,
+    /// Prefix put before every topic name and consumer group id, so that several
+    /// pipelines (or test runs) can share one cluster. Empty in production.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        TopologyConfig {
+            topics_file: defaults::topics_file(),
+            meters_file: defaults::meters_file(),
+            schemas_dir: defaults::schemas_dir(),
+            namespace: String::new(),
+        }
+    }
+}
+
+/// Settings of the exactly-once stage runtime, shared by every stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// A transaction is committed at least this often while records flow.
+    #[serde(default = "defaults::commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// ... or when it holds this many input records.
+    #[serde(default = "defaults::max_batch_records")]
+    pub max_batch_records: usize,
+    /// Where the RocksDB stores live.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    /// Stable identity of this process; part of the transactional.id, so a
+    /// restarted instance fences its previous incarnation and aborts its open
+    /// transaction at once instead of waiting for the transaction timeout.
+    #[serde(default = "defaults::instance_id")]
+    pub instance_id: String,
+    /// Broker-side timeout of an open transaction (aborted after it).
+    #[serde(default = "defaults::transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// How long a blocking transaction call (init, commit, abort) may take.
+    #[serde(default = "defaults::transaction_call_timeout_ms")]
+    pub transaction_call_timeout_ms: u64,
+    /// Consumer group session timeout: how soon a dead instance's partitions move.
+    #[serde(default = "defaults::session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// How long restoring one store partition from its changelog may take.
+    #[serde(default = "defaults::restore_timeout_ms")]
+    pub restore_timeout_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            commit_interval_ms: defaults::commit_interval_ms(),
+            max_batch_records: defaults::max_batch_records(),
+            state_dir: defaults::state_dir(),
+            instance_id: defaults::instance_id(),
+            transaction_timeout_ms: defaults::transaction_timeout_ms(),
+            transaction_call_timeout_ms: defaults::transaction_call_timeout_ms(),
+            session_timeout_ms: defaults::session_timeout_ms(),
+            restore_timeout_ms: defaults::restore_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; empty disables the server.
+    #[serde(default = "defaults::listen_addr")]
+    pub listen_addr: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen_addr: defaults::listen_addr(),
+        }
+    }
+}
+
+/// Settings of the validate stage (see `stages::validate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Events whose `time` is older than now minus this are rejected.
+    #[serde(default = "defaults::max_event_age_days")]
+    pub max_event_age_days: u32,
+    /// Events whose `time` is later than now plus this are rejected.
+    #[serde(default = "defaults::max_clock_skew_s")]
+    pub max_clock_skew_s: u32,
+    /// A copy of (`source`, `id`) seen within this horizon is a duplicate.
+    #[serde(default = "defaults::dedupe_horizon_days")]
+    pub dedupe_horizon_days: u32,
+    /// Sources allowed to send events; empty allows all. `prefix*` matches a prefix.
+    #[serde(default)]
+    pub allowed_sources: Vec<String>,
+    /// source -> HMAC-SHA256 key (hex). Events from such a source must be signed.
+    #[serde(default)]
+    pub hmac_keys_hex: BTreeMap<String, String>,
+    /// Header carrying the hex HMAC-SHA256 digest of the record value.
+    #[serde(default = "defaults::signature_header")]
+    pub signature_header: String,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        ValidateConfig {
+            max_event_age_days: defaults::max_event_age_days(),
+            max_clock_skew_s: defaults::max_clock_skew_s(),
+            dedupe_horizon_days: defaults::dedupe_horizon_days(),
+            allowed_sources: Vec::new(),
+            hmac_keys_hex: BTreeMap::new(),
+            signature_header: defaults::signature_header(),
+        }
+    }
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub const BOOTSTRAP_SERVERS: &str = "127.0.0.1:9092";
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn topics_file() -> PathBuf {
+        PathBuf::from("topology/topics.toml")
+    }
+    pub fn meters_file() -> PathBuf {
+        PathBuf::from("topology/meters.toml")
+    }
+    pub fn schemas_dir() -> PathBuf {
+        PathBuf::from("schemas")
+    }
+    pub fn commit_interval_ms() -> u64 {
+        100
+    }
+    pub fn max_batch_records() -> usize {
+        5_000
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("state")
+    }
+    pub fn instance_id() -> String {
+        "0".to_string()
+    }
+    pub fn transaction_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn transaction_call_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn session_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn restore_timeout_ms() -> u64 {
+        300_000
+    }
+    pub fn listen_addr() -> String {
+        "127.0.0.1:9464".to_string()
+    }
+    pub fn max_event_age_days() -> u32 {
+        35
+    }
+    pub fn max_clock_skew_s() -> u32 {
+        300
+    }
+    pub fn dedupe_horizon_days() -> u32 {
+        40
+    }
+    pub fn signature_header() -> String {
+        "meterline-signature".to_string()
+    }
+}
+
+/// The meters file: `[[meter]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetersFile {
+    #[serde(default)]
+    meter: Vec<Meter>,
+}
+
+impl Config {
+    /// Loads `path`, applies the environment overrides and loads the meters.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::from_parts(&text, &path.display().to_string(), &env, base_dir)
+    }
+
+    /// The defaults alone (plus environment), for commands run without a file.
+    pub fn defaults_with_env(base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::from_parts("", "(defaults)", &env, base_dir)
+    }
+
+    /// Parses `text`, applies `env` overrides, validates and loads the meters.
+    pub fn from_parts(
+        text: &str,
+        origin: &str,
+        env: &[(String, String)],
+        base_dir: PathBuf,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.to_string(),
+                    message: one_line(&e.to_string()),
+                })?;
+        apply_env(&mut table, env)?;
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.to_string(),
+                    message: one_line(&e.to_string()),
+                })?;
+        config.base_dir = base_dir;
+        config.check()?;
+        config.meters = config.load_meters()?;
+        Ok(config)
+    }
+
+    /// Resolves a path of the config relative to the config file.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn load_meters(&self) -> Result<Vec<Meter>, ConfigError> {
+        let path = self.resolve(&self.topology.meters_file);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file: MetersFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: one_line(&e.to_string()),
+        })?;
+        Ok(file.meter)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "kafka.bootstrap_servers must not be empty".into(),
+            ));
+        }
+        if self.runtime.commit_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "runtime.commit_interval_ms must be > 0".into(),
+            ));
+        }
+        if self.runtime.max_batch_records == 0 {
+            return Err(ConfigError::Invalid(
+                "runtime.max_batch_records must be > 0".into(),
+            ));
+        }
+        let horizon_s = u64::from(self.validate.dedupe_horizon_days) * SECONDS_PER_DAY;
+        let accept_window_s = u64::from(self.validate.max_event_age_days) * SECONDS_PER_DAY
+            + u64::from(self.validate.max_clock_skew_s);
+        if horizon_s < accept_window_s {
+            // A duplicate older than the horizon but still young enough to be
+            // accepted would be billed twice: its dedupe entry is gone, the
+            // event is not too old. Refuse the combination.
+            return Err(ConfigError::Invalid(format!(
+                "validate.dedupe_horizon_days ({}) must cover validate.max_event_age_days ({}) plus validate.max_clock_skew_s ({})",
+                self.validate.dedupe_horizon_days, self.validate.max_event_age_days, self.validate.max_clock_skew_s
+            )));
+        }
+        for (source, key) in &self.validate.hmac_keys_hex {
+            if hex::decode(key).is_err() || key.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "validate.hmac_keys_hex.{source}: not a hex string"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// librdkafka properties for a consumer: common, then consumer-specific.
+    pub fn consumer_props(&self) -> BTreeMap<String, String> {
+        let mut props = self.common_props();
+        props.extend(self.kafka.consumer.clone());
+        props
+    }
+
+    /// librdkafka properties for a producer: common, then producer-specific.
+    pub fn producer_props(&self) -> BTreeMap<String, String> {
+        let mut props = self.common_props();
+        props.extend(self.kafka.producer.clone());
+        props
+    }
+
+    /// librdkafka properties for every client.
+    pub fn common_props(&self) -> BTreeMap<String, String> {
+        let mut props = BTreeMap::new();
+        props.insert(
+            "bootstrap.servers".to_string(),
+            self.kafka.bootstrap_servers.clone(),
+        );
+        props.extend(self.kafka.client.clone());
+        props
+    }
+
+    /// A topic's full name in this deployment (namespace applied).
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{}", self.topology.namespace, name)
+    }
+
+    /// A consumer group / transactional id base in this deployment.
+    pub fn group_id(&self, stage: &str) -> String {
+        format!("{}meterline.{}", self.topology.namespace, stage)
+    }
+}
+
+/// Applies `METERLINE__A__B=v` and `METERLINE_KAFKA__X_Y=v` onto the table.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        if let Some(prop) = var.strip_prefix(ENV_KAFKA_PREFIX) {
+            if prop.is_empty() {
+                continue;
+            }
+            let prop = prop.to_ascii_lowercase().replace('_', ".");
+            let kafka = table
+                .entry("kafka")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let client = as_table(kafka, var)?
+                .entry("client")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            as_table(client, var)?.insert(prop, toml::Value::String(value.clone()));
+        } else if let Some(path) = var.strip_prefix(ENV_PREFIX) {
+            let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            if parts.iter().any(String::is_empty) {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: "empty key segment".into(),
+                });
+            }
+            let mut cursor = &mut *table;
+            for part in &parts[..parts.len() - 1] {
+                let next = cursor
+                    .entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                cursor = as_table(next, var)?;
+            }
+            let leaf = parts[parts.len() - 1].clone();
+            cursor.insert(leaf, parse_env_value(value));
+        }
+    }
+    Ok(())
+}
+
+fn as_table<'a>(value: &'a mut toml::Value, var: &str) -> Result<&'a mut toml::Table, ConfigError> {
+    value.as_table_mut().ok_or_else(|| ConfigError::Env {
+        var: var.to_string(),
+        message: "overrides a key that is not a table".into(),
+    })
+}
+
+/// An env value is TOML when it parses as a TOML value (`5`, `true`, `["a"]`),
+/// else a plain string, so `METERLINE__KAFKA__BOOTSTRAP_SERVERS=h:9092` works unquoted.
+fn parse_env_value(value: &str) -> toml::Value {
+    let probe = format!("v = {value}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.to_string())),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+/// toml errors span several lines with a caret diagram; the CLI promises one line.
+fn one_line(message: &str) -> String {
+    let mut parts = message.lines().map(str::trim).filter(|l| {
+        !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+    });
+    let mut out = parts.next().unwrap_or("").to_string();
+    for p in parts {
+        if p.chars().next().is_some_and(|c| c.is_ascii_digit()) && p.contains('|') {
+            continue;
+        }
+        out.push_str(": ");
+        out.push_str(p);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_meters(dir: &Path) {
+        std::fs::create_dir_all(dir.join("topology")).unwrap();
+        std::fs::write(
+            dir.join("topology/meters.toml"),
+            "[[meter]]\nslug = \"tokens\"\nevent_type = \"llm.tokens\"\naggregation = \"SUM\"\nvalue_property = \"$.tokens\"\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let err = Config::from_parts(
+            "[runtime]\ncommit_intervall_ms = 5\n",
+            "x.toml",
+            &[],
+            dir.path().to_path_buf(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("commit_intervall_ms"), "{err}");
+        assert!(err.contains("x.toml"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_sets_kafka_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let env = vec![
+            (
+                "METERLINE__RUNTIME__COMMIT_INTERVAL_MS".to_string(),
+                "250".to_string(),
+            ),
+            (
+                "METERLINE__KAFKA__BOOTSTRAP_SERVERS".to_string(),
+                "broker:9093".to_string(),
+            ),
+            (
+                "METERLINE_KAFKA__SASL_MECHANISM".to_string(),
+                "PLAIN".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_parts(
+            "[runtime]\ncommit_interval_ms = 5\n",
+            "x.toml",
+            &env,
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        assert_eq!(c.runtime.commit_interval_ms, 250);
+        assert_eq!(c.kafka.bootstrap_servers, "broker:9093");
+        assert_eq!(c.common_props().get("sasl.mechanism").unwrap(), "PLAIN");
+        assert_eq!(c.meters.len(), 1);
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let env = vec![("METERLINE__RUNTIME__NOPE".to_string(), "1".to_string())];
+        let err = Config::from_parts("", "x.toml", &env, dir.path().to_path_buf())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn horizon_shorter_than_max_age_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let err = Config::from_parts(
+            "[validate]\nmax_event_age_days = 10\ndedupe_horizon_days = 10\n",
+            "x.toml",
+            &[],
+            dir.path().to_path_buf(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dedupe_horizon_days"), "{err}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Kafka clients built from the configuration, and the one-line errors the CLI
+//! prints when the cluster cannot be reached.
+//!
+//! Every client gets the user's pass-through properties (security settings
+//! included), then the settings meterline needs for exactly-once, which the
+//! user cannot override: read_committed, no auto-commit, idempotence.
+
+use std::time::Duration;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
+
+use crate::config::Config;
+
+/// Java's default partitioner: a Java producer keying by customer id and
+/// meterline must put that customer on the same partition number.
+pub const PARTITIONER: &str = "murmur2_random";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("kafka client config: {0}")]
+    Config(String),
+    #[error("cannot reach Kafka at {servers}: {message}")]
+    Unreachable { servers: String, message: String },
+    #[error("topic {topic} does not exist on {servers} (run `meterline topology apply`)")]
+    MissingTopic { topic: String, servers: String },
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+fn base(props: &std::collections::BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in props {
+        c.set(k, v);
+    }
+    // librdkafka logs through the `log` facade at its own levels; keep it quiet
+    // unless asked, our own events say what matters.
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+/// Consumer settings for a stage: exactly-once input side.
+pub fn stage_consumer_config(config: &Config, group_id: &str) -> ClientConfig {
+    let mut c = base(&config.consumer_props());
+    c.set("group.id", group_id)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            config.runtime.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (config.runtime.session_timeout_ms / 4).max(100).to_string(),
+        );
+    c
+}
+
+/// A plain read_committed consumer with no group, for restores and reports.
+pub fn reader_config(config: &Config) -> ClientConfig {
+    let mut c = base(&config.consumer_props());
+    c.set(
+        "group.id",
+        format!("{}meterline.reader", config.topology.namespace),
+    )
+    .set("isolation.level", "read_committed")
+    .set("enable.auto.commit", "false")
+    .set("enable.partition.eof", "true")
+    .set("auto.offset.reset", "earliest");
+    c
+}
+
+/// Transactional producer settings.
+pub fn transactional_producer_config(config: &Config, transactional_id: &str) -> ClientConfig {
+    let mut c = base(&config.producer_props());
+    c.set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", PARTITIONER)
+        .set(
+            "transaction.timeout.ms",
+            config.runtime.transaction_timeout_ms.to_string(),
+        )
+        .set("linger.ms", "5");
+    c
+}
+
+/// Non-transactional (idempotent) producer settings, for tools.
+pub fn producer_config(config: &Config) -> ClientConfig {
+    let mut c = base(&config.producer_props());
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", PARTITIONER);
+    c
+}
+
+pub fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>, ClientError> {
+    base(&config.common_props())
+        .create()
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
+/// Fetches cluster metadata, or says in one line why the broker is unreachable.
+pub fn metadata<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    config: &Config,
+    topic: Option<&str>,
+) -> Result<Metadata, ClientError> {
+    client
+        .fetch_metadata(
+            topic,
+            Duration::from_millis(config.kafka.request_timeout_ms),
+        )
+        .map_err(|e| ClientError::Unreachable {
+            servers: config.kafka.bootstrap_servers.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// Partition count of each topic, or a missing-topic error naming it.
+pub fn partition_count(
+    metadata: &Metadata,
+    topic: &str,
+    config: &Config,
+) -> Result<i32, ClientError> {
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
+        _ => Err(ClientError::MissingTopic {
+            topic: topic.to_string(),
+            servers: config.kafka.bootstrap_servers.clone(),
+        }),
+    }
+}
+
+/// Creates a client of any kind from a ClientConfig and a context.
+pub fn create<T, C>(cfg: &ClientConfig, ctx: C) -> Result<T, ClientError>
+where
+    T: FromClientConfigAndContext<C>,
+    C: ClientContext,
+{
+    cfg.create_with_context(ctx)
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
+/// A no-group reader, for restores, reports and tests.
+pub fn reader(config: &Config) -> Result<BaseConsumer, ClientError> {
+    reader_config(config)
+        .create()
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
+/// Checks that the broker answers and that `topics` exist; one clear error otherwise.
+pub fn check_topics<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    config: &Config,
+    topics: &[String],
+) -> Result<Metadata, ClientError> {
+    let md = metadata(consumer.client(), config, None)?;
+    for t in topics {
+        partition_count(&md, t, config)?;
+    }
+    Ok(md)
+}

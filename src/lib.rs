@@ -1,0 +1,32 @@
+//! meterline: Kafka-native, exactly-once usage metering.
+//!
+//! CloudEvents usage events in, balanced and idempotent ERP postings out,
+//! through five stages joined by Kafka topics: validate -> enrich -> rate ->
+//! aggregate -> post. Start with ARCHITECTURE.md; the modules map onto it:
+//!
+//! * [`config`], [`kafka`], [`topology`]: what to connect to and which topics exist;
+//! * [`runtime`] and [`store`]: the exactly-once loop and its RocksDB state;
+//! * [`stages`]: the stage logic, one folder per stage;
+//! * [`meter`], [`event`]: the data contracts;
+//! * [`replay`], [`metrics`], [`internal_events`], [`http`]: operations.
+
+pub mod calendar;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod internal_events;
+pub mod jsonpath;
+pub mod kafka;
+pub mod loadgen;
+pub mod meter;
+pub mod metrics;
+pub mod money;
+pub mod rating;
+pub mod refdata;
+pub mod registry;
+pub mod replay;
+pub mod runtime;
+pub mod stages;
+pub mod store;
+pub mod topology;

@@ -1,0 +1,262 @@
+//! Rating: turning cumulative usage into money.
+//!
+//! A *rating segment* is one customer × meter × group × billing period. Every
+//! event of a segment moves its cumulative quantity (see [`SegmentState`]),
+//! and a [`ChargeModel`] prices a cumulative quantity. The amount an event
+//! contributes is its *marginal amount*:
+//!
+//! ```text
+//! marginal = price(quantity after the event) - price(quantity before it)
+//! ```
+//!
+//! Pricing the cumulative quantity, never the event in isolation, is what
+//! makes graduated and volume tiers, free allowances and packages come out
+//! right however the usage is split into events, and makes the amounts of a
+//! period telescope: the marginal amounts of a segment always add up to
+//! exactly `price(final quantity)`. A marginal amount may be negative (a LATEST
+//! meter falling, a volume quantity crossing into a cheaper tier); that is the
+//! correction, not an error.
+//!
+//! Rules that hold throughout the module:
+//!
+//! * Money and quantities are [`Decimal`] end to end; there is no binary
+//!   floating point anywhere, and JSON carries decimals as strings.
+//! * All arithmetic is checked. `rust_decimal` silently *rounds* a result that
+//!   needs more than 28 significant digits instead of failing; the helpers
+//!   below treat that as an error too ([`RatingError::PrecisionExceeded`]),
+//!   because a rounded intermediate would break the exact telescoping above.
+//! * Amounts are not rounded to currency units here; that happens at posting.
+//! * Nothing here panics on bad input; it returns a [`RatingError`] whose
+//!   [`code`](RatingError::code) is a stable snake_case string.
+//!
+//! The module is usable on its own: [`rate_sequence`] rates a whole sequence
+//! of observations in memory, while a stream processor keeps one serialized
+//! [`SegmentState`] per segment in its store and calls
+//! [`SegmentState::observe`] and [`ChargeModel::marginal`] per event.
+//!
+//! Files: `charge.rs` (charge models, validation, pricing, breakdown),
+//! `state.rs` (cumulative segment state per aggregation), this file (errors,
+//! exact arithmetic, the standalone API); `tests.rs` (hand-computed cases) and
+//! `proptests.rs` (properties) are test-only.
+
+// Non-test code must not be able to panic or round silently: no unwrap/expect,
+// no float arithmetic, no unchecked arithmetic operators.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::float_arithmetic,
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing
+    )
+)]
+
+mod charge;
+mod state;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use charge::{ChargeModel, ChargeModelError, Tier, TierLine, MAX_TIERS};
+pub use state::{EventKey, InMemorySegment, Observation, QuantityChange, SegmentState};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::meter::Aggregation;
+
+/// Why a quantity could not be observed or priced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RatingError {
+    /// The charge model failed validation; nothing is priced with an invalid table.
+    #[error("invalid charge model: {0}")]
+    InvalidChargeModel(#[from] ChargeModelError),
+    /// Prices are defined for cumulative quantities >= 0 only.
+    #[error("quantity {quantity} is negative")]
+    NegativeQuantity { quantity: Decimal },
+    /// Usage values are non-negative; a refund or credit is not usage.
+    #[error("event value {value} is negative")]
+    NegativeValue { value: Decimal },
+    /// The observation does not carry what the segment's aggregation needs
+    /// (e.g. a value-less occurrence for a SUM meter).
+    #[error("a {observation} observation cannot be applied to a {aggregation:?} segment")]
+    ObservationMismatch {
+        aggregation: Aggregation,
+        observation: &'static str,
+    },
+    /// A distinct *value* needs the in-memory set of [`InMemorySegment`]; a
+    /// bare [`SegmentState`] only accepts [`Observation::Distinct`], whose
+    /// `is_new` the caller determined from its own store.
+    #[error("a distinct_value observation needs an InMemorySegment (SegmentState takes Distinct {{ is_new }})")]
+    DistinctValueNeedsSet,
+    /// A result does not fit in a Decimal.
+    #[error("arithmetic overflow")]
+    Overflow,
+    /// A result needs more than the 28 significant digits a Decimal holds and
+    /// would have been rounded.
+    #[error("result needs more than 28 significant digits and would be rounded")]
+    PrecisionExceeded,
+}
+
+impl RatingError {
+    /// Stable snake_case code for metrics, dead-letter records and API errors.
+    /// An invalid charge model reports the validation error's own code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RatingError::InvalidChargeModel(inner) => inner.code(),
+            RatingError::NegativeQuantity { .. } => "negative_quantity",
+            RatingError::NegativeValue { .. } => "negative_value",
+            RatingError::ObservationMismatch { .. } => "observation_mismatch",
+            RatingError::DistinctValueNeedsSet => "distinct_value_needs_set",
+            RatingError::Overflow => "arithmetic_overflow",
+            RatingError::PrecisionExceeded => "precision_exceeded",
+        }
+    }
+}
+
+/// What one observation contributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Marginal {
+    /// Change of the cumulative quantity (after - before); may be negative for LATEST.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    /// `price(after) - price(before)`, unrounded; may be negative.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+}
+
+/// The result of [`rate_sequence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatedSequence {
+    /// One entry per observation, in input order.
+    pub marginals: Vec<Marginal>,
+    /// The cumulative quantity after the last observation.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total_quantity: Decimal,
+    /// The sum of the marginal amounts, which is exactly `price(total_quantity)`.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total_amount: Decimal,
+}
+
+/// Rates a sequence of observations of one segment, starting from an empty
+/// period, entirely in memory.
+///
+/// UNIQUE_COUNT may use either [`Observation::DistinctValue`] (deduplicated
+/// here) or [`Observation::Distinct`] (deduplicated by the caller).
+///
+/// ```
+/// use meterline::meter::Aggregation;
+/// use meterline::rating::{rate_sequence, ChargeModel, Observation, Tier};
+/// use rust_decimal_macros::dec;
+///
+/// // First 100 units free, then 0.50 each up to 1000, then 0.40 each.
+/// let model = ChargeModel::Graduated {
+///     tiers: vec![
+///         Tier::bounded(dec!(100), dec!(0)),
+///         Tier::bounded(dec!(1000), dec!(0.50)),
+///         Tier::open(dec!(0.40)),
+///     ],
+/// };
+/// let events = [dec!(60), dec!(60), dec!(1000)].map(Observation::value);
+///
+/// let rated = rate_sequence(&model, Aggregation::Sum, events)?;
+///
+/// let amounts: Vec<_> = rated.marginals.iter().map(|m| m.amount).collect();
+/// assert_eq!(amounts, [dec!(0), dec!(10), dec!(488)]);
+/// assert_eq!(rated.total_quantity, dec!(1120));
+/// assert_eq!(rated.total_amount, dec!(498)); // 900 * 0.50 + 120 * 0.40
+/// assert_eq!(rated.total_amount, model.price(rated.total_quantity)?);
+/// # Ok::<(), meterline::rating::RatingError>(())
+/// ```
+pub fn rate_sequence<I>(
+    model: &ChargeModel,
+    aggregation: Aggregation,
+    observations: I,
+) -> Result<RatedSequence, RatingError>
+where
+    I: IntoIterator<Item = Observation>,
+{
+    // Validate up front so an empty sequence still reports a broken table.
+    model.validate()?;
+    let mut segment = InMemorySegment::new(aggregation);
+    let observations = observations.into_iter();
+    let mut marginals = Vec::with_capacity(observations.size_hint().0);
+    let mut total_amount = Decimal::ZERO;
+    for observation in observations {
+        let change = segment.observe(observation)?;
+        let amount = model.marginal(&change)?;
+        total_amount = add(total_amount, amount)?;
+        marginals.push(Marginal {
+            quantity: change.delta()?,
+            amount,
+        });
+    }
+    Ok(RatedSequence {
+        marginals,
+        total_quantity: segment.state().quantity(),
+        total_amount,
+    })
+}
+
+// Exact arithmetic. `checked_*` only fails when the integer part overflows;
+// when the exact result needs more than 96 bits of mantissa, rust_decimal
+// lowers the scale and rounds. For a non-zero exact result the scale is
+// known in advance (max of the scales for +/-, sum of the scales for *), so a
+// smaller scale in the result means rounding may have happened.
+
+/// `a + b`, exactly.
+pub(crate) fn add(a: Decimal, b: Decimal) -> Result<Decimal, RatingError> {
+    let sum = a.checked_add(b).ok_or(RatingError::Overflow)?;
+    exact_sum(a, b, sum)
+}
+
+/// `a - b`, exactly.
+pub(crate) fn sub(a: Decimal, b: Decimal) -> Result<Decimal, RatingError> {
+    let difference = a.checked_sub(b).ok_or(RatingError::Overflow)?;
+    exact_sum(a, b, difference)
+}
+
+fn exact_sum(a: Decimal, b: Decimal, result: Decimal) -> Result<Decimal, RatingError> {
+    // With a zero operand rust_decimal returns the other operand unchanged.
+    if a.is_zero() || b.is_zero() || result.scale() >= a.scale().max(b.scale()) {
+        Ok(result)
+    } else {
+        Err(RatingError::PrecisionExceeded)
+    }
+}
+
+/// `a * b`, exactly.
+pub(crate) fn mul(a: Decimal, b: Decimal) -> Result<Decimal, RatingError> {
+    let product = a.checked_mul(b).ok_or(RatingError::Overflow)?;
+    // A zero product is exact (rust_decimal returns a plain 0).
+    let exact_scale = a.scale().checked_add(b.scale());
+    if a.is_zero() || b.is_zero() || Some(product.scale()) == exact_scale {
+        Ok(product)
+    } else {
+        Err(RatingError::PrecisionExceeded)
+    }
+}
+
+/// `ceil(a / b)` for `a >= 0`, `b > 0`, exactly.
+pub(crate) fn ceil_div(a: Decimal, b: Decimal) -> Result<Decimal, RatingError> {
+    // Decimal division rounds at 28 digits, so `(a / b).ceil()` could land on
+    // the wrong side of an integer. The remainder is exact; dividing the exact
+    // multiple `a - r` by `b` gives an integer, which is then verified.
+    let remainder = a.checked_rem(b).ok_or(RatingError::Overflow)?;
+    let multiple = sub(a, remainder)?;
+    let whole = multiple.checked_div(b).ok_or(RatingError::Overflow)?;
+    if !whole.fract().is_zero() || mul(whole, b)? != multiple {
+        return Err(RatingError::PrecisionExceeded);
+    }
+    if remainder.is_zero() {
+        Ok(whole)
+    } else {
+        add(whole, Decimal::ONE)
+    }
+}

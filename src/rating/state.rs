@@ -1,0 +1,250 @@
+//! Cumulative state of one rating segment and how events move it.
+//!
+//! The state is small and serializable so a stream processor can keep one per
+//! segment in its state store: the quantity, plus for LATEST the key of the
+//! event that set it. UNIQUE_COUNT keeps no set here; the caller decides
+//! whether a value is new from its own store ([`Observation::Distinct`]), or
+//! uses [`InMemorySegment`], which keeps the set in memory for standalone use.
+//!
+//! Every `observe` is atomic: on error the state is unchanged.
+
+use std::collections::BTreeSet;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::{add, sub, RatingError};
+use crate::meter::Aggregation;
+
+/// Orders LATEST events: by event time, ties broken by event id. The derived
+/// `Ord` compares the fields in declaration order, which is exactly that.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventKey {
+    /// Any monotone encoding of the event time, e.g. microseconds since the epoch.
+    pub event_time: i64,
+    pub event_id: String,
+}
+
+/// What one event tells a segment; which variant is valid depends on the
+/// segment's aggregation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Observation {
+    /// The event's value, for SUM and MAX.
+    Value {
+        #[serde(with = "rust_decimal::serde::str")]
+        value: Decimal,
+    },
+    /// An event that counts, for COUNT.
+    Occurrence,
+    /// UNIQUE_COUNT, with the caller having checked its store whether the
+    /// event's value was seen before in this segment.
+    Distinct { is_new: bool },
+    /// UNIQUE_COUNT, the value itself (canonicalized by the caller), to be
+    /// deduplicated by an [`InMemorySegment`].
+    DistinctValue { value: String },
+    /// The event's value and ordering key, for LATEST.
+    Latest {
+        #[serde(with = "rust_decimal::serde::str")]
+        value: Decimal,
+        key: EventKey,
+    },
+}
+
+impl Observation {
+    /// A SUM or MAX observation.
+    pub fn value(value: Decimal) -> Self {
+        Observation::Value { value }
+    }
+
+    /// A UNIQUE_COUNT observation deduplicated by the caller.
+    pub fn distinct(is_new: bool) -> Self {
+        Observation::Distinct { is_new }
+    }
+
+    /// A UNIQUE_COUNT observation for [`InMemorySegment`].
+    pub fn distinct_value(value: impl Into<String>) -> Self {
+        Observation::DistinctValue {
+            value: value.into(),
+        }
+    }
+
+    /// A LATEST observation.
+    pub fn latest(value: Decimal, event_time: i64, event_id: impl Into<String>) -> Self {
+        Observation::Latest {
+            value,
+            key: EventKey {
+                event_time,
+                event_id: event_id.into(),
+            },
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Observation::Value { .. } => "value",
+            Observation::Occurrence => "occurrence",
+            Observation::Distinct { .. } => "distinct",
+            Observation::DistinctValue { .. } => "distinct_value",
+            Observation::Latest { .. } => "latest",
+        }
+    }
+}
+
+/// The cumulative quantity before and after one observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantityChange {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub before: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub after: Decimal,
+}
+
+impl QuantityChange {
+    /// `after - before`; negative when a LATEST quantity falls.
+    pub fn delta(&self) -> Result<Decimal, RatingError> {
+        sub(self.after, self.before)
+    }
+
+    fn unchanged(quantity: Decimal) -> Self {
+        QuantityChange {
+            before: quantity,
+            after: quantity,
+        }
+    }
+}
+
+/// Cumulative state of one rating segment. Starts at quantity 0 each period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentState {
+    aggregation: Aggregation,
+    #[serde(with = "rust_decimal::serde::str")]
+    quantity: Decimal,
+    /// LATEST only: the key of the event whose value is the quantity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latest: Option<EventKey>,
+}
+
+impl SegmentState {
+    /// An empty segment (quantity 0).
+    pub fn new(aggregation: Aggregation) -> Self {
+        SegmentState {
+            aggregation,
+            quantity: Decimal::ZERO,
+            latest: None,
+        }
+    }
+
+    pub fn aggregation(&self) -> Aggregation {
+        self.aggregation
+    }
+
+    /// The cumulative quantity to price.
+    pub fn quantity(&self) -> Decimal {
+        self.quantity
+    }
+
+    /// LATEST only: the key of the event that set the quantity.
+    pub fn latest(&self) -> Option<&EventKey> {
+        self.latest.as_ref()
+    }
+
+    /// Applies one event. The observation must fit the aggregation (see
+    /// [`Observation`]); values must be non-negative.
+    ///
+    /// A LATEST event replaces the quantity only if its key is greater than
+    /// the current one: an older event arriving late, or a redelivery of the
+    /// current one, leaves the quantity as it is.
+    pub fn observe(&mut self, observation: Observation) -> Result<QuantityChange, RatingError> {
+        let before = self.quantity;
+        let after = match (self.aggregation, observation) {
+            (Aggregation::Sum, Observation::Value { value }) => add(before, non_negative(value)?)?,
+            (Aggregation::Count, Observation::Occurrence) => add(before, Decimal::ONE)?,
+            // Keep the current representation when equal (e.g. "5" vs "5.0").
+            (Aggregation::Max, Observation::Value { value }) => before.max(non_negative(value)?),
+            (Aggregation::UniqueCount, Observation::Distinct { is_new }) => {
+                if is_new {
+                    add(before, Decimal::ONE)?
+                } else {
+                    before
+                }
+            }
+            (Aggregation::UniqueCount, Observation::DistinctValue { .. }) => {
+                return Err(RatingError::DistinctValueNeedsSet)
+            }
+            (Aggregation::Latest, Observation::Latest { value, key }) => {
+                let value = non_negative(value)?;
+                if self.latest.as_ref().is_some_and(|current| key <= *current) {
+                    return Ok(QuantityChange::unchanged(before));
+                }
+                self.latest = Some(key);
+                value
+            }
+            (aggregation, observation) => {
+                return Err(RatingError::ObservationMismatch {
+                    aggregation,
+                    observation: observation.kind(),
+                })
+            }
+        };
+        self.quantity = after;
+        Ok(QuantityChange { before, after })
+    }
+}
+
+fn non_negative(value: Decimal) -> Result<Decimal, RatingError> {
+    if value < Decimal::ZERO {
+        Err(RatingError::NegativeValue { value })
+    } else {
+        Ok(value)
+    }
+}
+
+/// A [`SegmentState`] that also remembers the distinct values it has seen,
+/// so UNIQUE_COUNT works without an external store. Accepts every
+/// observation a `SegmentState` does, plus [`Observation::DistinctValue`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InMemorySegment {
+    state: SegmentState,
+    seen: BTreeSet<String>,
+}
+
+impl InMemorySegment {
+    pub fn new(aggregation: Aggregation) -> Self {
+        InMemorySegment {
+            state: SegmentState::new(aggregation),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    pub fn state(&self) -> &SegmentState {
+        &self.state
+    }
+
+    /// Applies one event; see [`SegmentState::observe`].
+    pub fn observe(&mut self, observation: Observation) -> Result<QuantityChange, RatingError> {
+        match observation {
+            Observation::DistinctValue { value } => {
+                if self.state.aggregation != Aggregation::UniqueCount {
+                    return Err(RatingError::ObservationMismatch {
+                        aggregation: self.state.aggregation,
+                        observation: "distinct_value",
+                    });
+                }
+                let is_new = !self.seen.contains(&value);
+                // Record the value only once the state accepted it, so an
+                // error leaves both unchanged.
+                let change = self.state.observe(Observation::Distinct { is_new })?;
+                if is_new {
+                    self.seen.insert(value);
+                }
+                Ok(change)
+            }
+            other => self.state.observe(other),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! `meterline replay`: re-publish dead letters (or parked exceptions) to the
+//! stage input they came from, transactionally.
+//!
+//! Progress is kept in a consumer group (`meterline.replay.<from>.<reason|all>`
+//! by default) whose offsets are committed in the same transaction as the
+//! re-published records, so running the same replay twice sends nothing the
+//! second time, and a crash mid-replay resumes without sending twice. Records
+//! a filter skips (another reason, before --since) are passed over for this
+//! group only. `--until` and `--limit` stop the replay; what lies beyond stays
+//! for the next run. Replayed records carry `meterline.attempt` + 1 and
+//! `meterline.replayed.from`; the diagnostic headers are removed. An event
+//! that was in fact processed before is dropped downstream as a duplicate.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::cli::ReplayArgs;
+use crate::config::Config;
+use crate::kafka::{self, ClientError};
+use crate::runtime::dlq::{attempt_of, headers, last_header};
+
+/// Records per replay transaction.
+const REPLAY_BATCH_RECORDS: usize = 1_000;
+/// One poll of the replay consumer.
+const REPLAY_POLL_MS: u64 = 200;
+/// Progress line every this many records read.
+const PROGRESS_EVERY_RECORDS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("--{flag}: {message}")]
+    Arg { flag: &'static str, message: String },
+    #[error("record {topic}/{partition}@{offset} has no {header} header; pass --to <topic>")]
+    NoTarget {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        header: &'static str,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("replay took longer than {0} ms without reaching the end of the topic")]
+    Timeout(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub from: String,
+    pub reason: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: Option<u64>,
+    pub to: Option<String>,
+    pub dry_run: bool,
+    pub group: String,
+    /// Give up when the end of the topic is not reached within this time.
+    pub timeout_ms: u64,
+}
+
+fn parse_time(flag: &'static str, v: &str) -> Result<i64, ReplayError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| ReplayError::Arg {
+            flag,
+            message: format!("{v:?} is not an RFC 3339 time: {e}"),
+        })
+}
+
+impl ReplayOptions {
+    pub fn from_args(config: &Config, a: &ReplayArgs) -> Result<Self, ReplayError> {
+        let group = a.group.clone().unwrap_or_else(|| {
+            format!(
+                "{}meterline.replay.{}.{}",
+                config.topology.namespace,
+                a.from,
+                a.reason.as_deref().unwrap_or("all")
+            )
+        });
+        Ok(ReplayOptions {
+            from: config.topic(&a.from),
+            reason: a.reason.clone(),
+            since_ms: a
+                .since
+                .as_deref()
+                .map(|v| parse_time("since", v))
+                .transpose()?,
+            until_ms: a
+                .until
+                .as_deref()
+                .map(|v| parse_time("until", v))
+                .transpose()?,
+            limit: a.limit,
+            to: a.to.as_deref().map(|t| config.topic(t)),
+            dry_run: a.dry_run,
+            group,
+            timeout_ms: 600_000,
+        })
+    }
+}
+
+/// What a replay read and sent (or would send).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReplaySummary {
+    pub read: u64,
+    pub skipped: u64,
+    /// Sent (or, dry-run, would send) by reason code.
+    pub by_reason: BTreeMap<String, u64>,
+    /// Sent (or would send) by target topic.
+    pub by_target: BTreeMap<String, u64>,
+}
+
+impl ReplaySummary {
+    pub fn sent(&self) -> u64 {
+        self.by_reason.values().sum()
+    }
+
+    pub fn render(&self, dry_run: bool) -> String {
+        let verb = if dry_run { "would replay" } else { "replayed" };
+        let mut s = String::new();
+        for (r, n) in &self.by_reason {
+            s.push_str(&format!("{verb:>12} {n:>8}  reason {r}\n"));
+        }
+        for (t, n) in &self.by_target {
+            s.push_str(&format!("{:>12} {n:>8}  to {t}\n", "->"));
+        }
+        s.push_str(&format!(
+            "replay: {verb} {} record(s); read {}, skipped {} by the filters{}\n",
+            self.sent(),
+            self.read,
+            self.skipped,
+            if dry_run {
+                " (dry run: nothing sent, nothing committed)"
+            } else {
+                ""
+            }
+        ));
+        s
+    }
+}
+
+/// Runs a replay to the end of the source topic (or --until / --limit).
+pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    let mut cc = kafka::reader_config(config);
+    cc.set("group.id", &opts.group);
+    let consumer: BaseConsumer = kafka::create(&cc, rdkafka::consumer::DefaultConsumerContext)?;
+    let md = kafka::metadata(consumer.client(), config, Some(&opts.from))?;
+    let partitions = kafka::partition_count(&md, &opts.from, config)?;
+    if let Some(to) = &opts.to {
+        let md = kafka::metadata(consumer.client(), config, Some(to))?;
+        kafka::partition_count(&md, to, config)?;
+    }
+    let call_timeout = Duration::from_millis(config.runtime.transaction_call_timeout_ms);
+
+    // Start each partition where this group left off.
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&opts.from, p);
+    }
+    let committed = consumer.committed_offsets(tpl, call_timeout)?;
+    let mut assign = TopicPartitionList::new();
+    let mut open: BTreeMap<i32, ()> = BTreeMap::new();
+    for e in committed.elements() {
+        let start = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        assign.add_partition_offset(&opts.from, e.partition(), start)?;
+        open.insert(e.partition(), ());
+    }
+    consumer.assign(&assign)?;
+
+    let producer: Option<BaseProducer> = if opts.dry_run {
+        None
+    } else {
+        let p: BaseProducer = kafka::create(
+            &kafka::transactional_producer_config(config, &format!("{}.producer", opts.group)),
+            rdkafka::producer::DefaultProducerContext,
+        )?;
+        p.init_transactions(call_timeout)?;
+        Some(p)
+    };
+
+    let mut summary = ReplaySummary::default();
+    let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut in_txn = 0usize;
+    let t0 = Instant::now();
+    while !open.is_empty() {
+        if t0.elapsed() > Duration::from_millis(opts.timeout_ms) {
+            return Err(ReplayError::Timeout(opts.timeout_ms));
+        }
+        if opts.limit.is_some_and(|l| summary.sent() >= l) {
+            break;
+        }
+        let msg = match consumer.poll(Duration::from_millis(REPLAY_POLL_MS)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+                continue;
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => m,
+        };
+        let p = msg.partition();
+        if !open.contains_key(&p) {
+            continue;
+        }
+        summary.read += 1;
+        if summary.read % PROGRESS_EVERY_RECORDS == 0 {
+            eprintln!(
+                "replay: read {} record(s), {} to replay so far",
+                summary.read,
+                summary.sent()
+            );
+        }
+        let hs: Vec<(String, Option<Vec<u8>>)> = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ts = msg.timestamp().to_millis();
+        if let (Some(until), Some(ts)) = (opts.until_ms, ts) {
+            if ts > until {
+                // Later records of this partition are later still: stop here,
+                // leaving this one for a future run.
+                open.remove(&p);
+                let _ = consumer.pause(&single(&opts.from, p));
+                continue;
+            }
+        }
+        let reason = last_header(&hs, headers::REASON)
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .unwrap_or_else(|| "none".to_string());
+        let skip = opts.reason.as_ref().is_some_and(|r| *r != reason)
+            || matches!((opts.since_ms, ts), (Some(s), Some(t)) if t < s);
+        if skip {
+            summary.skipped += 1;
+            pending.insert(p, msg.offset() + 1);
+            continue;
+        }
+        let target = match &opts.to {
+            Some(t) => t.clone(),
+            None => match last_header(&hs, headers::ORIGINAL_TOPIC) {
+                Some(t) => String::from_utf8_lossy(t).into_owned(),
+                None => {
+                    return Err(ReplayError::NoTarget {
+                        topic: opts.from.clone(),
+                        partition: p,
+                        offset: msg.offset(),
+                        header: headers::ORIGINAL_TOPIC,
+                    })
+                }
+            },
+        };
+        *summary.by_reason.entry(reason).or_default() += 1;
+        *summary.by_target.entry(target.clone()).or_default() += 1;
+        pending.insert(p, msg.offset() + 1);
+        let Some(producer) = &producer else { continue };
+        if in_txn == 0 {
+            producer.begin_transaction()?;
+        }
+        let attempt = attempt_of(&hs).saturating_add(1).to_string();
+        let from = format!("{}:{}:{}", opts.from, p, msg.offset());
+        let mut out = OwnedHeaders::new();
+        for (k, v) in &hs {
+            let k = k.as_str();
+            if headers::DIAGNOSTIC.contains(&k)
+                || k == headers::ATTEMPT
+                || k == headers::REPLAYED_FROM
+            {
+                continue;
+            }
+            out = out.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        out = out
+            .insert(Header {
+                key: headers::ATTEMPT,
+                value: Some(attempt.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::REPLAYED_FROM,
+                value: Some(from.as_bytes()),
+            });
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&target).headers(out);
+        if let Some(k) = msg.key() {
+            rec = rec.key(k);
+        }
+        if let Some(v) = msg.payload() {
+            rec = rec.payload(v);
+        }
+        if let Some(t) = ts {
+            rec = rec.timestamp(t);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    producer.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        in_txn += 1;
+        if in_txn >= REPLAY_BATCH_RECORDS {
+            commit(producer, &consumer, &opts.from, &mut pending, call_timeout)?;
+            in_txn = 0;
+        }
+    }
+    if let Some(producer) = &producer {
+        if in_txn == 0 && !pending.is_empty() {
+            producer.begin_transaction()?;
+            in_txn = 1;
+        }
+        if in_txn > 0 {
+            commit(producer, &consumer, &opts.from, &mut pending, call_timeout)?;
+        }
+    }
+    Ok(summary)
+}
+
+fn single(topic: &str, p: i32) -> TopicPartitionList {
+    let mut t = TopicPartitionList::new();
+    t.add_partition(topic, p);
+    t
+}
+
+fn commit(
+    producer: &BaseProducer,
+    consumer: &BaseConsumer,
+    topic: &str,
+    pending: &mut BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<(), ReplayError> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in pending.iter() {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+    }
+    if tpl.count() > 0 {
+        let cgm = consumer.group_metadata().ok_or_else(|| {
+            KafkaError::Subscription("replay consumer has no group metadata".into())
+        })?;
+        producer.send_offsets_to_transaction(&tpl, &cgm, timeout)?;
+    }
+    producer.commit_transaction(timeout)?;
+    pending.clear();
+    Ok(())
+}

@@ -1,0 +1,973 @@
+//! The exactly-once stage runtime: the loop every stage runs.
+//!
+//! read committed records -> [`Processor::process`] with the partition's
+//! stores -> write outputs, dead letters, store changelogs and the input
+//! offsets in ONE Kafka transaction (EOS v2: `send_offsets_to_transaction`
+//! with the consumer's group metadata, as Kafka Streams does).
+//!
+//! * Batches close every `commit_interval_ms` or `max_batch_records`.
+//! * Errors by kind: a retriable processing error aborts, rewinds and retries
+//!   after a backoff; an abortable Kafka error aborts, rewinds the consumer to
+//!   the committed offsets and drops the transaction's store writes; a fatal
+//!   error or a fenced producer stops the stage with a clear message (a
+//!   supervisor restarts it).
+//! * Rebalances (cooperative-sticky): before partitions are revoked the open
+//!   transaction is committed (aborted if they were lost) and their stores
+//!   closed; on assignment each store is restored from its changelog before the
+//!   first record of the partition is processed.
+//! * The loop runs on its own OS thread: every librdkafka transaction call
+//!   blocks, and none of them may run on the async executor.
+//!
+//! See [`crate::store`] for why the local state never runs ahead of Kafka.
+
+pub mod dlq;
+mod restore;
+mod tables;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::internal_events::{
+    PartitionsAssigned, PartitionsRevoked, RecordDeadLettered, StageFailed, TransactionAborted,
+    TransactionCommitted,
+};
+use crate::kafka;
+use crate::metrics::StageMetrics;
+use crate::store::rocks::RocksBackend;
+use crate::store::{PartitionStores, StoreError, StoreId};
+use crate::topology::StageSpec;
+
+/// How long one consumer poll waits for a record.
+const POLL_TIMEOUT_MS: u64 = 50;
+/// How often `Processor::punctuate` runs per partition.
+const PUNCTUATE_INTERVAL_MS: u64 = 1_000;
+/// How often consumer lag and store sizes are refreshed.
+const GAUGE_REFRESH_INTERVAL_MS: u64 = 5_000;
+/// Backoff after a retriable failure, doubled per consecutive failure up to the max.
+const RETRY_BACKOFF_MIN_MS: u64 = 100;
+const RETRY_BACKOFF_MAX_MS: u64 = 10_000;
+/// Retries of one transactional call that failed retriably before aborting.
+const TXN_CALL_RETRIES_MAX: u32 = 3;
+/// Bits of the delivery opaque: tag | store id << 24 | partition.
+const CHANGELOG_TAG: usize = 1 << 40;
+const PARTITION_MASK: usize = (1 << 24) - 1;
+
+/// One input record, as a processor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(String, Option<Vec<u8>>)],
+    pub timestamp_ms: Option<i64>,
+}
+
+/// One record to write inside the current transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Full topic name (namespace applied).
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// None: by key (murmur2, as Java clients do).
+    pub partition: Option<i32>,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What a processor can say went wrong with a record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StageError {
+    /// Bad input: the record goes to the stage's dead-letter topic with this
+    /// stable reason code. The processor must not have written state or
+    /// emitted outputs for it.
+    #[error("{code}: {message}")]
+    Reject { code: &'static str, message: String },
+    /// A dependency is unavailable (schema registry down, ...): abort, rewind,
+    /// retry after a backoff. Nothing is lost or dead-lettered.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// A bug or corrupt state: stop the stage.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl From<StoreError> for StageError {
+    fn from(e: StoreError) -> Self {
+        StageError::Fatal(e.to_string())
+    }
+}
+
+/// What the runtime hands a processor for one record or punctuation.
+pub struct Ctx<'a> {
+    pub partition: i32,
+    pub stores: &'a mut PartitionStores,
+    pub out: &'a mut Vec<Output>,
+    pub config: &'a Config,
+}
+
+impl Ctx<'_> {
+    pub fn emit(&mut self, output: Output) {
+        self.out.push(output);
+    }
+}
+
+/// A stage's logic. Everything it keeps must live in the stores it is given
+/// (or be re-derivable from them): the runtime rolls stores back on abort and
+/// moves them between instances on rebalance.
+pub trait Processor: Send + 'static {
+    fn spec(&self) -> &'static StageSpec;
+    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError>;
+    /// Called about every second per assigned partition, inside the open
+    /// transaction (expiry, watermark advance by wall clock, ...).
+    fn punctuate(&mut self, _ctx: &mut Ctx<'_>, _now_ms: i64) -> Result<(), StageError> {
+        Ok(())
+    }
+    /// The transaction was aborted: forget any cache derived from the stores.
+    fn on_rollback(&mut self) {}
+    /// Partitions moved away: forget anything cached for them.
+    fn on_revoked(&mut self, _partition: i32) {}
+    /// One record of a table topic (`StageSpec::tables`, given by its logical
+    /// name). Every instance reads all partitions of its tables: all of them
+    /// to their end before the first input record, then as they arrive.
+    fn on_table_record(&mut self, _table: &str, _key: Option<&[u8]>, _value: Option<&[u8]>) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Client(#[from] kafka::ClientError),
+    #[error("stage {stage}: {message}")]
+    Fatal { stage: String, message: String },
+}
+
+/// Readiness and liveness a stage reports to `/readyz`.
+#[derive(Debug, Default)]
+pub struct StageStatus {
+    /// Assigned (possibly zero partitions) and every store restored.
+    pub ready: AtomicBool,
+    /// The loop is running.
+    pub alive: AtomicBool,
+}
+
+/// Classification of a failure inside the loop.
+#[derive(Debug)]
+enum LoopError {
+    /// Abort the transaction, rewind, back off, go on.
+    Abort {
+        cause: &'static str,
+        message: String,
+    },
+    /// Stop the stage.
+    Fatal(String),
+}
+
+impl From<StoreError> for LoopError {
+    fn from(e: StoreError) -> Self {
+        LoopError::Fatal(e.to_string())
+    }
+}
+
+fn classify(call: &'static str, e: KafkaError) -> LoopError {
+    if let KafkaError::Transaction(re) = &e {
+        if re.is_fatal() {
+            return LoopError::Fatal(format!("{call}: {re} (fatal; a newer instance with the same transactional.id may have fenced this one)"));
+        }
+        return LoopError::Abort {
+            cause: call,
+            message: re.to_string(),
+        };
+    }
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Fenced)
+        | Some(RDKafkaErrorCode::ProducerFenced)
+        | Some(RDKafkaErrorCode::InvalidProducerEpoch)
+        | Some(RDKafkaErrorCode::Fatal) => LoopError::Fatal(format!("{call}: {e}")),
+        _ => LoopError::Abort {
+            cause: call,
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Delivery reports of the transactional producer: the greatest changelog
+/// offset per (store, partition) (the checkpoint to write after commit) and
+/// the first failure (which dooms the transaction).
+#[derive(Default)]
+pub struct DeliveryTracker {
+    changelog_max: Mutex<BTreeMap<(StoreId, i32), i64>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl DeliveryTracker {
+    fn take(&self) -> (BTreeMap<(StoreId, i32), i64>, Option<String>) {
+        let m = std::mem::take(&mut *lock(&self.changelog_max));
+        let f = lock(&self.failure).take();
+        (m, f)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not wedge the stage: the data is still consistent
+    // because every critical section here is a single insert or take.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct DeliveryContext(Arc<DeliveryTracker>);
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        match result {
+            Ok(m) => {
+                if opaque & CHANGELOG_TAG != 0 {
+                    let store = ((opaque >> 24) & 0xFF) as StoreId;
+                    let partition = (opaque & PARTITION_MASK) as i32;
+                    let mut map = lock(&self.0.changelog_max);
+                    let e = map.entry((store, partition)).or_insert(m.offset());
+                    *e = (*e).max(m.offset());
+                }
+            }
+            Err((e, _)) => {
+                let mut f = lock(&self.0.failure);
+                if f.is_none() {
+                    *f = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// The consumer context: rebalance callbacks reach into the engine. They run
+/// on the stage thread inside `poll`, between records, never concurrently with
+/// processing.
+pub struct StageContext<P: Processor> {
+    engine: Arc<Mutex<Engine<P>>>,
+}
+
+impl<P: Processor> ClientContext for StageContext<P> {}
+
+impl<P: Processor> ConsumerContext for StageContext<P> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut engine = lock(&self.engine);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let lost = consumer.assignment_lost();
+                let parts = engine.partitions_of(tpl);
+                if lost {
+                    // Someone else may own them already: nothing of this
+                    // transaction may be committed.
+                    engine.abort("partitions_lost", "assignment lost", Some(&parts), consumer);
+                } else if let Err(e) = engine.commit(consumer) {
+                    engine.handle(e, consumer);
+                }
+                for p in &parts {
+                    engine.close_partition(*p);
+                }
+                let total = engine.parts.len();
+                PartitionsRevoked {
+                    stage: engine.spec.name,
+                    partitions: &parts,
+                    lost,
+                    total,
+                }
+                .emit(&engine.metrics);
+            }
+            Rebalance::Assign(_) => {
+                engine.status.ready.store(false, Ordering::SeqCst);
+            }
+            Rebalance::Error(e) => {
+                warn!(stage = engine.spec.name, error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut engine = lock(&self.engine);
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = engine.partitions_of(tpl);
+            for p in &parts {
+                if let Err(e) = engine.open_partition(*p, consumer) {
+                    engine.fatal = Some(format!("opening partition {p}: {e}"));
+                    return;
+                }
+            }
+            let total = engine.parts.len();
+            PartitionsAssigned {
+                stage: engine.spec.name,
+                partitions: &parts,
+                total,
+            }
+            .emit(&engine.metrics);
+            engine.status.ready.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// State of one assigned input partition.
+struct PartState {
+    stores: PartitionStores,
+    /// Offset to commit with the open transaction (last processed + 1).
+    next_offset: Option<i64>,
+    /// Records consumed since the last commit (a rewind must seek).
+    dirty: bool,
+    /// The committed position, where a rewind goes back to (None: beginning).
+    committed: Option<i64>,
+}
+
+/// Everything the loop and the rebalance callbacks share.
+pub struct Engine<P: Processor> {
+    spec: &'static StageSpec,
+    processor: P,
+    producer: BaseProducer<DeliveryContext>,
+    tracker: Arc<DeliveryTracker>,
+    config: Arc<Config>,
+    input_topic: String,
+    dlq_topic: String,
+    dlq_partitions: i32,
+    changelog_topics: Vec<String>,
+    state_root: PathBuf,
+    parts: BTreeMap<i32, PartState>,
+    /// Open transaction: when it began and how many input records it holds.
+    txn: Option<(Instant, usize)>,
+    scratch: Vec<Output>,
+    metrics: StageMetrics,
+    status: Arc<StageStatus>,
+    fatal: Option<String>,
+    failures_in_a_row: u32,
+    tables: Option<tables::TableFeed>,
+}
+
+impl<P: Processor> Engine<P> {
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.input_topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.runtime.transaction_call_timeout_ms)
+    }
+
+    fn open_partition(
+        &mut self,
+        p: i32,
+        consumer: &BaseConsumer<StageContext<P>>,
+    ) -> Result<(), String> {
+        let path = self.state_root.join(p.to_string());
+        let backend = RocksBackend::open(&path).map_err(|e| e.to_string())?;
+        let mut stores = PartitionStores::new(Box::new(backend), self.spec.stores.len());
+        for (i, topic) in self.changelog_topics.iter().enumerate() {
+            restore::restore_store(
+                &self.config,
+                self.spec.name,
+                self.spec.stores[i],
+                i as StoreId,
+                topic,
+                p,
+                &mut stores,
+                &self.metrics,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.input_topic, p);
+        let committed = consumer
+            .committed_offsets(tpl, self.call_timeout())
+            .map_err(|e| format!("reading committed offset: {e}"))?
+            .elements()
+            .first()
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        self.parts.insert(
+            p,
+            PartState {
+                stores,
+                next_offset: None,
+                dirty: false,
+                committed,
+            },
+        );
+        Ok(())
+    }
+
+    fn close_partition(&mut self, p: i32) {
+        // Dropping the stores closes RocksDB; what was committed is in it.
+        self.parts.remove(&p);
+        self.processor.on_revoked(p);
+        self.metrics
+            .consumer_lag
+            .with_label_values(&[&p.to_string()])
+            .set(0);
+    }
+
+    fn ensure_txn(&mut self) -> Result<(), LoopError> {
+        if self.txn.is_none() {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| classify("begin_transaction", e))?;
+            self.txn = Some((Instant::now(), 0));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, out: &Output, opaque: usize) -> Result<(), LoopError> {
+        self.ensure_txn()?;
+        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+        for (k, v) in &out.headers {
+            headers = headers.insert(Header {
+                key: k.as_str(),
+                value: v.as_deref(),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&out.topic, opaque).headers(headers);
+        if let Some(k) = &out.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &out.value {
+            record = record.payload(v.as_slice());
+        }
+        if let Some(p) = out.partition {
+            record = record.partition(p);
+        }
+        if let Some(t) = out.timestamp_ms {
+            record = record.timestamp(t);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Back-pressure: let librdkafka deliver, then try again.
+                    self.producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+                Err((e, _)) => return Err(classify("produce", e)),
+            }
+        }
+    }
+
+    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), LoopError> {
+        let p = msg.partition();
+        if !self.parts.contains_key(&p) {
+            // Not ours any more (a revoke raced the fetch): someone else will read it.
+            return Ok(());
+        }
+        self.ensure_txn()?;
+        let headers: Vec<(String, Option<Vec<u8>>)> = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rec = InputRecord {
+            topic: msg.topic(),
+            partition: p,
+            offset: msg.offset(),
+            key: msg.key(),
+            value: msg.payload(),
+            headers: &headers,
+            timestamp_ms: msg.timestamp().to_millis(),
+        };
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let result = {
+            let part = self
+                .parts
+                .get_mut(&p)
+                .ok_or_else(|| LoopError::Fatal("partition vanished".into()))?;
+            let mut ctx = Ctx {
+                partition: p,
+                stores: &mut part.stores,
+                out: &mut out,
+                config: &self.config,
+            };
+            self.processor.process(&rec, &mut ctx)
+        };
+        self.metrics.records_in.inc();
+        match result {
+            Ok(()) => {
+                for o in &out {
+                    self.send(o, 0)?;
+                    self.metrics
+                        .records_out
+                        .with_label_values(&[&o.topic])
+                        .inc();
+                }
+            }
+            Err(StageError::Reject { code, message }) => {
+                debug_assert!(out.is_empty(), "a rejecting processor must not emit");
+                let dl = dlq::dead_letter(
+                    self.spec.name,
+                    &rec,
+                    code,
+                    &message,
+                    &self.dlq_topic,
+                    self.dlq_partitions,
+                );
+                self.send(&dl, 0)?;
+                RecordDeadLettered {
+                    stage: self.spec.name,
+                    reason: code,
+                    message: &message,
+                    partition: p,
+                    offset: rec.offset,
+                }
+                .emit(&self.metrics);
+            }
+            Err(StageError::Retriable(m)) => {
+                return Err(LoopError::Abort {
+                    cause: "retriable_processing_error",
+                    message: m,
+                })
+            }
+            Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
+        }
+        self.scratch = out;
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.next_offset = Some(rec.offset + 1);
+            part.dirty = true;
+        }
+        if let Some((_, n)) = &mut self.txn {
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    fn punctuate(&mut self, now_ms: i64) -> Result<(), LoopError> {
+        let parts: Vec<i32> = self.parts.keys().copied().collect();
+        for p in parts {
+            let mut out = std::mem::take(&mut self.scratch);
+            out.clear();
+            let result = {
+                let Some(part) = self.parts.get_mut(&p) else {
+                    continue;
+                };
+                let mut ctx = Ctx {
+                    partition: p,
+                    stores: &mut part.stores,
+                    out: &mut out,
+                    config: &self.config,
+                };
+                self.processor.punctuate(&mut ctx, now_ms)
+            };
+            match result {
+                Ok(()) => {
+                    for o in &out {
+                        self.send(o, 0)?;
+                        self.metrics
+                            .records_out
+                            .with_label_values(&[&o.topic])
+                            .inc();
+                    }
+                }
+                Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
+                Err(e) => {
+                    return Err(LoopError::Abort {
+                        cause: "punctuate",
+                        message: e.to_string(),
+                    })
+                }
+            }
+            self.scratch = out;
+        }
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        match self.txn {
+            Some((started, n)) => {
+                n >= self.config.runtime.max_batch_records
+                    || started.elapsed()
+                        >= Duration::from_millis(self.config.runtime.commit_interval_ms)
+            }
+            None => self.parts.values().any(|p| p.stores.has_pending()),
+        }
+    }
+
+    /// Commits the open transaction: changelogs, offsets, commit, then the
+    /// stores. A no-op when nothing happened.
+    fn commit(&mut self, consumer: &BaseConsumer<StageContext<P>>) -> Result<(), LoopError> {
+        let has_pending = self.parts.values().any(|p| p.stores.has_pending());
+        if self.txn.is_none() && !has_pending {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        // Changelogs: the final value of each key written in this transaction.
+        let mut changelog: Vec<Output> = Vec::new();
+        let mut opaques: Vec<usize> = Vec::new();
+        for (p, part) in &self.parts {
+            for (sid, topic) in self.changelog_topics.iter().enumerate() {
+                for (k, v) in part.stores.pending(sid as StoreId) {
+                    changelog.push(Output {
+                        topic: topic.clone(),
+                        key: Some(k.clone()),
+                        value: v.clone(),
+                        headers: vec![],
+                        partition: Some(*p),
+                        timestamp_ms: None,
+                    });
+                    opaques.push(CHANGELOG_TAG | (sid << 24) | (*p as usize & PARTITION_MASK));
+                }
+            }
+        }
+        for (o, opaque) in changelog.iter().zip(opaques) {
+            self.send(o, opaque)?;
+        }
+        self.ensure_txn()?;
+        self.producer
+            .flush(self.call_timeout())
+            .map_err(|e| classify("flush", e))?;
+        let (maxes, failure) = self.tracker.take();
+        if let Some(f) = failure {
+            return Err(LoopError::Abort {
+                cause: "delivery",
+                message: f,
+            });
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, part) in &self.parts {
+            if let Some(o) = part.next_offset {
+                tpl.add_partition_offset(&self.input_topic, *p, Offset::Offset(o))
+                    .map_err(|e| LoopError::Fatal(e.to_string()))?;
+            }
+        }
+        if tpl.count() > 0 {
+            let cgm = consumer
+                .group_metadata()
+                .ok_or_else(|| LoopError::Fatal("consumer has no group metadata".into()))?;
+            self.retry_txn_call("send_offsets_to_transaction", |pr, t| {
+                pr.send_offsets_to_transaction(&tpl, &cgm, t)
+            })?;
+        }
+        self.retry_txn_call("commit_transaction", |pr, t| pr.commit_transaction(t))?;
+        let records = self.txn.take().map(|(_, n)| n).unwrap_or(0);
+        // Committed in Kafka: now, and only now, the stores may move forward.
+        for (p, part) in self.parts.iter_mut() {
+            let checkpoints: Vec<(StoreId, i64)> = (0..self.changelog_topics.len())
+                .filter_map(|sid| {
+                    maxes
+                        .get(&(sid as StoreId, *p))
+                        .map(|o| (sid as StoreId, *o))
+                })
+                .collect();
+            part.stores.apply_committed(&checkpoints)?;
+            if let Some(o) = part.next_offset.take() {
+                part.committed = Some(o);
+            }
+            part.dirty = false;
+        }
+        self.failures_in_a_row = 0;
+        TransactionCommitted {
+            stage: self.spec.name,
+            records,
+            elapsed: t0.elapsed(),
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    fn retry_txn_call(
+        &self,
+        call: &'static str,
+        f: impl Fn(&BaseProducer<DeliveryContext>, Duration) -> Result<(), KafkaError>,
+    ) -> Result<(), LoopError> {
+        let mut attempt = 0;
+        loop {
+            match f(&self.producer, self.call_timeout()) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(re))
+                    if re.is_retriable() && attempt < TXN_CALL_RETRIES_MAX =>
+                {
+                    attempt += 1;
+                    warn!(stage = self.spec.name, call, error = %re, attempt, "retrying transactional call");
+                }
+                Err(e) => return Err(classify(call, e)),
+            }
+        }
+    }
+
+    /// Aborts the open transaction, drops its store writes and rewinds the
+    /// consumer to the committed offsets (except `skip`: partitions being lost).
+    fn abort(
+        &mut self,
+        cause: &'static str,
+        message: &str,
+        skip: Option<&[i32]>,
+        consumer: &BaseConsumer<StageContext<P>>,
+    ) {
+        TransactionAborted {
+            stage: self.spec.name,
+            cause,
+            error: message,
+        }
+        .emit(&self.metrics);
+        if self.txn.take().is_some() {
+            if let Err(e) = self.producer.abort_transaction(self.call_timeout()) {
+                if let LoopError::Fatal(m) = classify("abort_transaction", e) {
+                    self.fatal = Some(m);
+                    return;
+                }
+            }
+        }
+        let _ = self.tracker.take();
+        self.processor.on_rollback();
+        let timeout = self.call_timeout();
+        for (p, part) in self.parts.iter_mut() {
+            part.stores.rollback();
+            part.next_offset = None;
+            if part.dirty && !skip.is_some_and(|s| s.contains(p)) {
+                let offset = part
+                    .committed
+                    .map(Offset::Offset)
+                    .unwrap_or(Offset::Beginning);
+                if let Err(e) = consumer.seek(&self.input_topic, *p, offset, timeout) {
+                    // Without the rewind the next commit would skip records.
+                    self.fatal = Some(format!("rewinding partition {p} to {offset:?}: {e}"));
+                    return;
+                }
+            }
+            part.dirty = false;
+        }
+    }
+
+    fn handle(&mut self, e: LoopError, consumer: &BaseConsumer<StageContext<P>>) {
+        match e {
+            LoopError::Fatal(m) => self.fatal = Some(m),
+            LoopError::Abort { cause, message } => {
+                self.abort(cause, &message, None, consumer);
+                self.failures_in_a_row += 1;
+            }
+        }
+    }
+
+    fn backoff(&self) -> Option<Duration> {
+        if self.failures_in_a_row == 0 {
+            return None;
+        }
+        let exp = self.failures_in_a_row.min(16) - 1;
+        Some(Duration::from_millis(
+            (RETRY_BACKOFF_MIN_MS << exp).min(RETRY_BACKOFF_MAX_MS),
+        ))
+    }
+
+    fn refresh_gauges(&self, consumer: &BaseConsumer<StageContext<P>>) {
+        let positions = consumer.position().ok();
+        for (p, part) in &self.parts {
+            let label = p.to_string();
+            for (sid, store) in self.spec.stores.iter().enumerate() {
+                self.metrics
+                    .store_keys
+                    .with_label_values(&[*store, label.as_str()])
+                    .set(part.stores.approximate_keys(sid as StoreId) as i64);
+            }
+            let pos = positions
+                .as_ref()
+                .and_then(|t| t.find_partition(&self.input_topic, *p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .or(part.committed);
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&self.input_topic, *p, Duration::from_millis(500))
+            {
+                let lag = (high - pos.unwrap_or(0)).max(0);
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&label])
+                    .set(lag);
+            }
+        }
+    }
+}
+
+/// Runs one stage until `shutdown` is set (then commits and returns Ok) or a
+/// fatal error happens. Blocking: call it on a dedicated thread.
+pub fn run_stage<P: Processor>(
+    config: Arc<Config>,
+    processor: P,
+    shutdown: Arc<AtomicBool>,
+    status: Arc<StageStatus>,
+) -> Result<(), RuntimeError> {
+    let spec = processor.spec();
+    let stage = spec.name;
+    let fatal = |message: String| RuntimeError::Fatal {
+        stage: stage.to_string(),
+        message,
+    };
+    let group_id = config.group_id(stage);
+    let input_topic = config.topic(spec.input);
+    let dlq_topic = config.topic(&spec.dlq());
+    let changelog_topics: Vec<String> = spec.changelogs().iter().map(|c| config.topic(c)).collect();
+
+    let tracker = Arc::new(DeliveryTracker::default());
+    let transactional_id = format!("{group_id}.{}", config.runtime.instance_id);
+    let producer: BaseProducer<DeliveryContext> = kafka::create(
+        &kafka::transactional_producer_config(&config, &transactional_id),
+        DeliveryContext(tracker.clone()),
+    )?;
+
+    // Fail early, in one line, on an unreachable broker or a missing topic.
+    let probe = kafka::reader(&config)?;
+    let mut needed: Vec<String> = spec.topics().iter().map(|t| config.topic(t)).collect();
+    needed.dedup();
+    let md = kafka::check_topics(&probe, &config, &needed)?;
+    let dlq_partitions = kafka::partition_count(&md, &dlq_topic, &config)?;
+    drop(probe);
+
+    producer
+        .init_transactions(Duration::from_millis(
+            config.runtime.transaction_call_timeout_ms,
+        ))
+        .map_err(|e| fatal(format!("init_transactions for {transactional_id}: {e}")))?;
+
+    let state_root = config
+        .resolve(&config.runtime.state_dir)
+        .join(format!("{}{}", config.topology.namespace, stage))
+        .join(&config.runtime.instance_id);
+    let metrics = StageMetrics::new(stage);
+    let engine = Arc::new(Mutex::new(Engine {
+        spec,
+        processor,
+        producer,
+        tracker,
+        config: config.clone(),
+        input_topic: input_topic.clone(),
+        dlq_topic,
+        dlq_partitions,
+        changelog_topics,
+        state_root,
+        parts: BTreeMap::new(),
+        txn: None,
+        scratch: Vec::new(),
+        metrics,
+        status: status.clone(),
+        fatal: None,
+        failures_in_a_row: 0,
+        tables: None,
+    }));
+    {
+        // Tables first: an input record must never be matched against
+        // half-loaded reference data.
+        let mut e = lock(&engine);
+        let e = &mut *e;
+        if let Some(mut feed) = tables::TableFeed::open(&config, spec)? {
+            feed.load_all(&config, &mut e.processor).map_err(&fatal)?;
+            e.tables = Some(feed);
+        }
+    }
+    let consumer: BaseConsumer<StageContext<P>> = kafka::create(
+        &kafka::stage_consumer_config(&config, &group_id),
+        StageContext {
+            engine: engine.clone(),
+        },
+    )?;
+    consumer
+        .subscribe(&[input_topic.as_str()])
+        .map_err(|e| fatal(format!("subscribe {input_topic}: {e}")))?;
+    status.alive.store(true, Ordering::SeqCst);
+    info!(stage, group_id, transactional_id, "stage started");
+
+    let mut last_punctuate = Instant::now();
+    let mut last_gauges = Instant::now();
+    let result = loop {
+        if shutdown.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let polled = consumer.poll(Duration::from_millis(POLL_TIMEOUT_MS));
+        let mut engine = lock(&engine);
+        if let Some(m) = engine.fatal.take() {
+            break Err(fatal(m));
+        }
+        match polled {
+            None => {}
+            Some(Ok(msg)) => {
+                if let Err(e) = engine.process(&msg) {
+                    engine.handle(e, &consumer);
+                }
+            }
+            Some(Err(e)) => {
+                if let KafkaError::MessageConsumptionFatal(_) = e {
+                    break Err(fatal(e.to_string()));
+                }
+                warn!(stage, error = %e, "consumer error (librdkafka retries)");
+            }
+        }
+        {
+            // Split borrow: the feed and the processor are distinct fields.
+            let e = &mut *engine;
+            if let Some(feed) = e.tables.as_mut() {
+                if let Err(m) = feed.poll_some(&mut e.processor) {
+                    break Err(fatal(m));
+                }
+            }
+        }
+        if last_punctuate.elapsed() >= Duration::from_millis(PUNCTUATE_INTERVAL_MS) {
+            last_punctuate = Instant::now();
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            if let Err(e) = engine.punctuate(now_ms) {
+                engine.handle(e, &consumer);
+            }
+        }
+        if engine.due() {
+            if let Err(e) = engine.commit(&consumer) {
+                engine.handle(e, &consumer);
+            }
+        }
+        if last_gauges.elapsed() >= Duration::from_millis(GAUGE_REFRESH_INTERVAL_MS) {
+            last_gauges = Instant::now();
+            engine.refresh_gauges(&consumer);
+        }
+        if let Some(m) = engine.fatal.take() {
+            break Err(fatal(m));
+        }
+        if let Some(d) = engine.backoff() {
+            drop(engine);
+            std::thread::sleep(d);
+        }
+    };
+
+    status.ready.store(false, Ordering::SeqCst);
+    if result.is_ok() {
+        // Graceful stop: commit what was processed, then leave the group (the
+        // revoke callback finds nothing left to commit).
+        let mut e = lock(&engine);
+        if let Err(err) = e.commit(&consumer) {
+            e.handle(err, &consumer);
+        }
+        drop(e);
+        consumer.unsubscribe();
+        info!(stage, "stage stopped cleanly");
+    } else if let Err(e) = &result {
+        StageFailed {
+            stage,
+            error: &e.to_string(),
+        }
+        .emit();
+    }
+    status.alive.store(false, Ordering::SeqCst);
+    result
+}

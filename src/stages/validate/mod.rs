@@ -1,0 +1,336 @@
+//! The validate stage: the gate where bad and duplicate telemetry stops.
+//!
+//! For each record of `usage.events`: decode it (CloudEvents structured JSON,
+//! binary mode, or Confluent Avro via the registry, see [`decode`]), apply the
+//! rules ([`rules`]: attributes, time window, source allow-list, HMAC
+//! signature, meter values), and only then check the dedupe store: a rejected
+//! event never claims its (`source`, `id`), so a corrected resend is accepted;
+//! among valid copies the first wins. Rejects go to `meterline.dlq.validate`
+//! with a stable reason code ([`reason`]); duplicates are counted and dropped;
+//! the rest go to `usage.validated`, keyed by `subject` (the customer).
+//!
+//! The dedupe store keeps each accepted (`source`, `id`) with the event time
+//! of its first copy, and drops entries older than `dedupe_horizon_days`
+//! behind the partition's stream time (the greatest event time seen), so it
+//! does not grow without bound. The config refuses a horizon shorter than the
+//! window of accepted event times, so an expired entry can never let a
+//! duplicate through.
+
+pub mod decode;
+mod dedupe;
+pub mod reason;
+pub mod rules;
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use prometheus::IntCounter;
+
+use crate::config::Config;
+use crate::event::Origin;
+use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
+use crate::store::StoreId;
+use crate::topology::{self, StageSpec};
+
+use decode::{AvroDecoder, DecodeError, RawRecord};
+use rules::{MeterIndex, ValidateRules};
+
+/// The dedupe store's index in the stage's store list.
+const DEDUPE: StoreId = 0;
+/// Expired dedupe entries removed per partition per punctuation (bounds the
+/// size of one transaction; the rest go in the next ones).
+const PURGE_BATCH_MAX: usize = 5_000;
+const MS_PER_DAY: i64 = 86_400_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("meters: {0}")]
+    Meters(String),
+    #[error("validate.hmac_keys_hex.{0}: not hex")]
+    HmacKey(String),
+    #[error("schema registry: {0}")]
+    Registry(String),
+}
+
+pub struct ValidateProcessor {
+    meters: MeterIndex,
+    rules: ValidateRules,
+    avro: Option<Box<dyn AvroDecoder>>,
+    horizon_ms: i64,
+    output_topic: String,
+    /// Greatest event time accepted per partition (drives expiry).
+    stream_time_ms: BTreeMap<i32, i64>,
+    duplicates: IntCounter,
+}
+
+impl ValidateProcessor {
+    pub fn new(config: &Config) -> Result<Self, SetupError> {
+        let v = &config.validate;
+        let mut hmac_keys = BTreeMap::new();
+        for (source, key) in &v.hmac_keys_hex {
+            let k = hex::decode(key).map_err(|_| SetupError::HmacKey(source.clone()))?;
+            hmac_keys.insert(source.clone(), k);
+        }
+        let rules = ValidateRules {
+            max_event_age_days: v.max_event_age_days,
+            max_clock_skew_s: v.max_clock_skew_s,
+            allowed_sources: v.allowed_sources.clone(),
+            hmac_keys,
+            signature_header: v.signature_header.clone(),
+        };
+        let avro: Option<Box<dyn AvroDecoder>> = match &config.registry {
+            Some(reg) => Some(Box::new(
+                crate::registry::RegistryAvroDecoder::new(reg)
+                    .map_err(|e| SetupError::Registry(e.to_string()))?,
+            )),
+            None => None,
+        };
+        Self::with_parts(config, rules, avro)
+    }
+
+    /// For tests: explicit rules and Avro decoder.
+    pub fn with_parts(
+        config: &Config,
+        rules: ValidateRules,
+        avro: Option<Box<dyn AvroDecoder>>,
+    ) -> Result<Self, SetupError> {
+        let meters =
+            MeterIndex::new(&config.meters).map_err(|e| SetupError::Meters(e.to_string()))?;
+        Ok(ValidateProcessor {
+            meters,
+            rules,
+            avro,
+            horizon_ms: i64::from(config.validate.dedupe_horizon_days) * MS_PER_DAY,
+            output_topic: config.topic(topology::names::VALIDATED),
+            stream_time_ms: BTreeMap::new(),
+            duplicates: crate::metrics::counter(
+                "meterline_validate_duplicates_total",
+                "Valid events dropped because their (source, id) was already accepted.",
+            ),
+        })
+    }
+}
+
+fn reject(r: reason::Reject) -> StageError {
+    StageError::Reject {
+        code: r.code(),
+        message: r.message,
+    }
+}
+
+impl Processor for ValidateProcessor {
+    fn spec(&self) -> &'static StageSpec {
+        &topology::STAGES[0]
+    }
+
+    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        let raw = RawRecord {
+            key: rec.key,
+            value: rec.value,
+            headers: rec.headers,
+        };
+        let (event, encoding) = match decode::decode(&raw, self.avro.as_deref()) {
+            Ok(x) => x,
+            Err(DecodeError::Reject(r)) => return Err(reject(r)),
+            Err(DecodeError::Retriable(m)) => return Err(StageError::Retriable(m)),
+        };
+        let origin = Origin {
+            topic: rec.topic.to_string(),
+            partition: rec.partition,
+            offset: rec.offset,
+            encoding,
+        };
+        let validated = rules::validate(event, &raw, &self.meters, &self.rules, Utc::now(), origin)
+            .map_err(reject)?;
+
+        // Dedupe only after validation: a rejected copy never claims the id.
+        let entry = dedupe::entry_key(&validated.source, &validated.id);
+        if ctx.stores.get(DEDUPE, &entry)?.is_some() {
+            crate::internal_events::DuplicateDropped {
+                source: &validated.source,
+                id: &validated.id,
+                partition: rec.partition,
+                offset: rec.offset,
+            }
+            .emit(&self.duplicates);
+            return Ok(());
+        }
+        let time_ms = validated.time.timestamp_millis();
+        ctx.stores.put(DEDUPE, entry, dedupe::encode_time(time_ms));
+        ctx.stores.put(
+            DEDUPE,
+            dedupe::expiry_key(time_ms, &validated.source, &validated.id),
+            Vec::new(),
+        );
+        let st = self.stream_time_ms.entry(rec.partition).or_insert(i64::MIN);
+        *st = (*st).max(time_ms);
+
+        let value = validated
+            .to_json_bytes()
+            .map_err(|e| StageError::Fatal(format!("serializing a validated event: {e}")))?;
+        ctx.emit(Output {
+            topic: self.output_topic.clone(),
+            key: Some(validated.subject.into_bytes()),
+            value: Some(value),
+            headers: Vec::new(),
+            partition: None,
+            timestamp_ms: rec.timestamp_ms,
+        });
+        Ok(())
+    }
+
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, _now_ms: i64) -> Result<(), StageError> {
+        let Some(&st) = self.stream_time_ms.get(&ctx.partition) else {
+            return Ok(());
+        };
+        let cutoff = st.saturating_sub(self.horizon_ms);
+        let (from, to) = dedupe::expired_range(cutoff);
+        for (k, _) in ctx.stores.scan(DEDUPE, &from, &to, PURGE_BATCH_MAX)? {
+            let (_, source, id) = dedupe::parse_expiry_key(&k)
+                .map_err(|e| StageError::Fatal(format!("dedupe store: {e}")))?;
+            ctx.stores.delete(DEDUPE, k);
+            ctx.stores.delete(DEDUPE, dedupe::entry_key(&source, &id));
+        }
+        Ok(())
+    }
+
+    fn on_rollback(&mut self) {
+        // Stream time only moves expiry; a value from aborted records is
+        // harmless (it will be reached again), so it is kept.
+    }
+
+    fn on_revoked(&mut self, partition: i32) {
+        self.stream_time_ms.remove(&partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemBackend, PartitionStores};
+
+    fn config() -> Config {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        Config::from_parts(
+            "[topology]\nnamespace = \"x.\"\n[validate]\ndedupe_horizon_days = 40\n",
+            "test",
+            &[],
+            dir,
+        )
+        .unwrap()
+    }
+
+    fn event(source: &str, id: &str, tokens: &str, time: chrono::DateTime<Utc>) -> Vec<u8> {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"{source}","type":"llm.tokens","subject":"cust-1","time":"{}","data":{{"tokens":{tokens},"model":"m"}}}}"#,
+            time.to_rfc3339()
+        )
+        .into_bytes()
+    }
+
+    fn run(
+        p: &mut ValidateProcessor,
+        stores: &mut PartitionStores,
+        value: &[u8],
+        offset: i64,
+    ) -> (Result<(), StageError>, Vec<Output>) {
+        let cfg = config();
+        let mut out = Vec::new();
+        let rec = InputRecord {
+            topic: "x.usage.events",
+            partition: 0,
+            offset,
+            key: Some(b"cust-1"),
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: Some(1),
+        };
+        let mut ctx = Ctx {
+            partition: 0,
+            stores,
+            out: &mut out,
+            config: &cfg,
+        };
+        let r = p.process(&rec, &mut ctx);
+        (r, out)
+    }
+
+    #[test]
+    fn first_valid_copy_wins_and_rejects_do_not_claim_the_id() {
+        let cfg = config();
+        let mut p = ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).unwrap();
+        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+        let now = Utc::now();
+        // A negative value is rejected and does not claim (src, e1)...
+        let (r, out) = run(&mut p, &mut s, &event("src", "e1", "-5", now), 0);
+        assert_eq!(
+            r.unwrap_err().to_string().split(':').next().unwrap(),
+            "value_negative"
+        );
+        assert!(out.is_empty());
+        // ...so the corrected resend is accepted,
+        let (r, out) = run(&mut p, &mut s, &event("src", "e1", "5", now), 1);
+        r.unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "x.usage.validated");
+        assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
+        // and a later copy with another payload is a duplicate.
+        let (r, out) = run(&mut p, &mut s, &event("src", "e1", "7", now), 2);
+        r.unwrap();
+        assert!(out.is_empty());
+        // Same id from another source is another event.
+        let (r, out) = run(&mut p, &mut s, &event("other", "e1", "7", now), 3);
+        r.unwrap();
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn entries_older_than_the_horizon_are_purged() {
+        let cfg = config();
+        let mut p = ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).unwrap();
+        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+        let now = Utc::now();
+        let old = now - chrono::Duration::days(30);
+        run(&mut p, &mut s, &event("src", "old", "1", old), 0)
+            .0
+            .unwrap();
+        run(&mut p, &mut s, &event("src", "new", "1", now), 1)
+            .0
+            .unwrap();
+        s.apply_committed(&[]).unwrap();
+        // Horizon 40 days: nothing is old enough yet.
+        p.horizon_ms = 40 * MS_PER_DAY;
+        let cfg2 = config();
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            partition: 0,
+            stores: &mut s,
+            out: &mut out,
+            config: &cfg2,
+        };
+        p.punctuate(&mut ctx, 0).unwrap();
+        assert!(s
+            .get(DEDUPE, &dedupe::entry_key("src", "old"))
+            .unwrap()
+            .is_some());
+        // Horizon 10 days: the 30-day-old entry goes, with its index key.
+        p.horizon_ms = 10 * MS_PER_DAY;
+        let mut ctx = Ctx {
+            partition: 0,
+            stores: &mut s,
+            out: &mut out,
+            config: &cfg2,
+        };
+        p.punctuate(&mut ctx, 0).unwrap();
+        assert!(s
+            .get(DEDUPE, &dedupe::entry_key("src", "old"))
+            .unwrap()
+            .is_none());
+        assert!(s
+            .get(DEDUPE, &dedupe::entry_key("src", "new"))
+            .unwrap()
+            .is_some());
+        let all = s.scan(DEDUPE, &[], &[0xFF], 100).unwrap();
+        assert_eq!(all.len(), 2, "one entry and one index key remain");
+    }
+}

@@ -1,0 +1,251 @@
+//! Why the validate stage refuses a record.
+//!
+//! Every refused record goes to the dead-letter topic with a [`Reject`]: a
+//! [`RejectReason`], whose [`code`](RejectReason::code) is a stable
+//! snake_case string meant for dashboards, alerts and producers' runbooks,
+//! and a human message saying what exactly was wrong. Codes are part of the
+//! public contract: never rename one, only add new ones.
+//!
+//! The enum, its codes, its one-line descriptions and [`ALL_REASON_CODES`]
+//! are generated from one table so they cannot drift apart.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// Longest excerpt of producer-supplied text quoted in a reject message, so a
+/// hostile or broken producer cannot blow up dead-letter records.
+pub const MAX_EXCERPT_CHARS: usize = 64;
+
+macro_rules! reject_reasons {
+    ($($variant:ident => $code:literal, $description:literal;)*) => {
+        /// One kind of validation failure.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum RejectReason {
+            $(
+                #[doc = $description]
+                $variant,
+            )*
+        }
+
+        impl RejectReason {
+            /// Every reason, in the order the pipeline checks them.
+            pub const ALL: &'static [RejectReason] = &[$(RejectReason::$variant),*];
+
+            /// The stable snake_case code.
+            pub const fn code(&self) -> &'static str {
+                match self {
+                    $(RejectReason::$variant => $code,)*
+                }
+            }
+
+            /// A one-line meaning, for documentation.
+            pub const fn description(&self) -> &'static str {
+                match self {
+                    $(RejectReason::$variant => $description,)*
+                }
+            }
+
+            /// The reason with this code, if any.
+            pub fn from_code(code: &str) -> Option<RejectReason> {
+                match code {
+                    $($code => Some(RejectReason::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        /// Every reject code, in the order of [`RejectReason::ALL`].
+        pub const ALL_REASON_CODES: &[&str] = &[$($code),*];
+    };
+}
+
+reject_reasons! {
+    EmptyValue => "empty_value",
+        "The Kafka record has no value (null or zero bytes).";
+    MalformedJson => "malformed_json",
+        "The value (or an Avro `data` string) is not valid JSON.";
+    NotAnObject => "not_an_object",
+        "A structured-mode envelope or Avro record is not a JSON object/record.";
+    UnsupportedEncoding => "unsupported_encoding",
+        "The encoding is not accepted: Avro without a configured registry, a non-JSON binary-mode content-type, or a CloudEvents batch.";
+    AvroSchemaNotFound => "avro_schema_not_found",
+        "The schema id in the Confluent wire-format header is unknown to the registry.";
+    AvroDecodeFailed => "avro_decode_failed",
+        "The Avro payload does not decode with its writer schema, or holds a value that cannot be converted to JSON.";
+    MissingAttribute => "missing_attribute",
+        "A required CloudEvents attribute (specversion, id, source, type, subject, time) is absent or null.";
+    InvalidAttribute => "invalid_attribute",
+        "An attribute is not a string, is empty, is not UTF-8, or its header is repeated.";
+    UnsupportedSpecversion => "unsupported_specversion",
+        "specversion is not \"1.0\".";
+    InvalidTime => "invalid_time",
+        "time is not an RFC 3339 timestamp.";
+    EventTooOld => "event_too_old",
+        "time is earlier than now minus max_event_age_days.";
+    EventInFuture => "event_in_future",
+        "time is later than now plus max_clock_skew_s.";
+    SourceNotAllowed => "source_not_allowed",
+        "source matches no entry of allowed_sources.";
+    SignatureMissing => "signature_missing",
+        "The source has an HMAC key but the record carries no signature header.";
+    SignatureInvalid => "signature_invalid",
+        "The signature header is not hex or is not the HMAC-SHA256 of the record value.";
+    DataNotObject => "data_not_object",
+        "data is absent or not a JSON object.";
+    UnknownEventType => "unknown_event_type",
+        "No meter is declared for the event's type.";
+    ValueMissing => "value_missing",
+        "A meter's value_property is absent or null in data.";
+    ValueNotNumeric => "value_not_numeric",
+        "A SUM/MAX/LATEST value is neither a JSON number nor a numeric string.";
+    ValueNotFinite => "value_not_finite",
+        "A value is NaN or infinite (as a string such as \"NaN\", \"Infinity\", \"inf\").";
+    ValueNegative => "value_negative",
+        "A value is below zero.";
+    ValueOutOfRange => "value_out_of_range",
+        "A value (or its unit conversion) cannot be held exactly by a 96-bit decimal with at most 28 fractional digits.";
+    ValueNotScalar => "value_not_scalar",
+        "A UNIQUE_COUNT value is an object or array instead of a string, number or boolean.";
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for RejectReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+/// A refused record: the reason and a message for the humans reading the
+/// dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Reject {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for `self.reason.code()`.
+    pub const fn code(&self) -> &'static str {
+        self.reason.code()
+    }
+}
+
+/// Producer-supplied text, quoted and cut to [`MAX_EXCERPT_CHARS`] characters,
+/// for use inside reject messages.
+pub fn excerpt(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(MAX_EXCERPT_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{:?}…", head)
+    } else {
+        format!("{:?}", head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn is_snake_case(code: &str) -> bool {
+        !code.is_empty()
+            && code.starts_with(|c: char| c.is_ascii_lowercase())
+            && !code.ends_with('_')
+            && !code.contains("__")
+            && code
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = HashSet::new();
+        for code in ALL_REASON_CODES {
+            assert!(is_snake_case(code), "{code} is not snake_case");
+            assert!(seen.insert(*code), "{code} appears twice");
+        }
+        assert_eq!(ALL_REASON_CODES.len(), RejectReason::ALL.len());
+    }
+
+    #[test]
+    fn table_is_consistent() {
+        for (reason, code) in RejectReason::ALL.iter().zip(ALL_REASON_CODES) {
+            assert_eq!(reason.code(), *code);
+            assert_eq!(RejectReason::from_code(code), Some(*reason));
+            assert_eq!(reason.to_string(), *code);
+            assert!(!reason.description().is_empty());
+        }
+        assert_eq!(RejectReason::from_code("no_such_code"), None);
+    }
+
+    #[test]
+    fn briefed_codes_exist() {
+        for code in [
+            "empty_value",
+            "malformed_json",
+            "not_an_object",
+            "unsupported_encoding",
+            "avro_schema_not_found",
+            "avro_decode_failed",
+            "missing_attribute",
+            "invalid_attribute",
+            "unsupported_specversion",
+            "invalid_time",
+            "event_too_old",
+            "event_in_future",
+            "data_not_object",
+            "unknown_event_type",
+            "value_missing",
+            "value_not_numeric",
+            "value_not_finite",
+            "value_negative",
+            "value_out_of_range",
+            "source_not_allowed",
+            "signature_missing",
+            "signature_invalid",
+        ] {
+            assert!(ALL_REASON_CODES.contains(&code), "{code} missing");
+        }
+    }
+
+    #[test]
+    fn reject_displays_code_and_message() {
+        let reject = Reject::new(
+            RejectReason::MissingAttribute,
+            "attribute `subject` is missing",
+        );
+        assert_eq!(
+            reject.to_string(),
+            "missing_attribute: attribute `subject` is missing"
+        );
+        assert_eq!(reject.code(), "missing_attribute");
+        assert_eq!(
+            serde_json::to_value(&reject).unwrap(),
+            serde_json::json!({"reason": "missing_attribute", "message": "attribute `subject` is missing"})
+        );
+    }
+
+    #[test]
+    fn excerpt_quotes_and_truncates() {
+        assert_eq!(excerpt("abc"), "\"abc\"");
+        let long = "x".repeat(MAX_EXCERPT_CHARS + 10);
+        let cut = excerpt(&long);
+        assert!(cut.ends_with('…'));
+        assert_eq!(cut.chars().filter(|c| *c == 'x').count(), MAX_EXCERPT_CHARS);
+        assert_eq!(excerpt("a\nb"), "\"a\\nb\"");
+    }
+}

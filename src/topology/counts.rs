@@ -1,0 +1,70 @@
+//! `meterline topology counts`: how many committed records each topic holds.
+//!
+//! Counts by reading every partition to its end under read_committed: offsets
+//! alone would count transaction markers and aborted records.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{CleanupPolicy, Topology};
+use crate::config::Config;
+use crate::kafka::{self, ClientError};
+
+/// Give up on a topic that does not reach its end within this time.
+const COUNT_TIMEOUT_MS: u64 = 120_000;
+
+/// Counts per topic (cluster name), in topology order; compacted topics are skipped.
+pub fn count(config: &Config, topology: &Topology) -> Result<Vec<(String, u64)>, ClientError> {
+    let mut out = Vec::new();
+    for t in &topology.topics {
+        if t.cleanup_policy == CleanupPolicy::Compact {
+            continue;
+        }
+        out.push((t.name.clone(), count_topic(config, &t.name)?));
+    }
+    Ok(out)
+}
+
+pub fn count_topic(config: &Config, topic: &str) -> Result<u64, ClientError> {
+    let c: BaseConsumer = kafka::reader(config)?;
+    let md = kafka::metadata(c.client(), config, Some(topic))?;
+    let parts = kafka::partition_count(&md, topic, config)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut open: BTreeSet<i32> = (0..parts).collect();
+    let mut n = 0u64;
+    let t0 = Instant::now();
+    while !open.is_empty() {
+        if t0.elapsed() > Duration::from_millis(COUNT_TIMEOUT_MS) {
+            return Err(ClientError::Unreachable {
+                servers: config.kafka.bootstrap_servers.clone(),
+                message: format!("counting {topic} did not reach its end in {COUNT_TIMEOUT_MS} ms"),
+            });
+        }
+        match c.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(_)) => n += 1,
+        }
+    }
+    Ok(n)
+}
+
+pub fn render(counts: &[(String, u64)]) -> String {
+    let width = counts.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+    let mut s = String::new();
+    for (t, n) in counts {
+        s.push_str(&format!("{t:<width$}  {n:>10}\n"));
+    }
+    s
+}

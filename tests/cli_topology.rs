@@ -1,0 +1,150 @@
+//! `meterline topology apply|describe` and the CLI's one-line errors, against
+//! the real broker.
+
+mod common;
+
+use common::*;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
+    let w = World::new("apply", "");
+    let first = w.run(&["topology", "apply"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let out = stdout(&first);
+    let created = out.lines().filter(|l| l.starts_with("created")).count();
+    assert_eq!(created, 24, "{out}");
+    assert!(
+        out.contains(&format!("created  {}usage.events", w.ns)),
+        "{out}"
+    );
+
+    let second = w.run(&["topology", "apply"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let out = stdout(&second);
+    assert_eq!(
+        out.trim(),
+        "topology: no change (24 topics up to date)",
+        "{out}"
+    );
+
+    // The file now wants more partitions for the events topic: apply reports
+    // the difference and changes nothing.
+    let topics = w.dir.path().join("topics.toml");
+    let text = std::fs::read_to_string(&topics).unwrap().replace(
+        "name = \"usage.events\"\n",
+        "name = \"usage.events\"\npartitions = 5\n",
+    );
+    std::fs::write(&topics, text).unwrap();
+    let third = w.run(&["topology", "apply"]);
+    assert!(third.status.success(), "{}", stderr(&third));
+    let out = stdout(&third);
+    assert!(
+        out.contains(&format!(
+            "differs  {}usage.events: partitions: 5 in the file, {} in the cluster (not changed)",
+            w.ns, TEST_PARTITIONS
+        )),
+        "{out}"
+    );
+    assert!(out.contains("0 created, 1 differ"), "{out}");
+    let md = read_all(&w.topic("usage.events"), true);
+    assert!(md.is_empty());
+}
+
+#[test]
+fn describe_names_all_five_stages_with_their_topics() {
+    let w = World::new("describe", "");
+    let o = w.run(&["topology", "describe"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for (stage, input, output) in [
+        ("validate", "usage.events", "usage.validated"),
+        ("enrich", "usage.validated", "usage.enriched"),
+        ("rate", "usage.enriched", "usage.rated"),
+        ("aggregate", "usage.rated", "usage.windows"),
+        ("post", "usage.windows", "finance.postings"),
+    ] {
+        let block: String = text
+            .split("\n\n")
+            .find(|b| b.contains(&format!(". {stage}: ")))
+            .unwrap_or_else(|| panic!("no block for {stage}: {text}"))
+            .to_string();
+        assert!(
+            block.contains(&format!("input:   {}{input}", w.ns)),
+            "{block}"
+        );
+        assert!(
+            block.contains(&format!("output:  {}{output}", w.ns)),
+            "{block}"
+        );
+        assert!(
+            block.contains(&format!("dlq:     {}meterline.dlq.{stage}", w.ns)),
+            "{block}"
+        );
+        assert!(block.contains("store:"), "{block}");
+    }
+    let m = w.run(&["topology", "describe", "--mermaid"]);
+    let mermaid = stdout(&m);
+    assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
+    for s in ["validate", "enrich", "rate", "aggregate", "post"] {
+        assert!(mermaid.contains(&format!("{s}[[{s}]]")), "{mermaid}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_one_line_naming_it() {
+    let o = std::process::Command::new(bin())
+        .args(["--config", "missing.toml", "topology", "describe"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("missing.toml"), "{e}");
+}
+
+#[test]
+fn unknown_key_is_one_line_naming_it() {
+    let w = World::new("unknownkey", "[validate]\ndedupe_horizon_dayz = 3\n");
+    let o = w.run(&["topology", "describe"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("dedupe_horizon_dayz"), "{e}");
+}
+
+#[test]
+fn unreachable_broker_is_one_line_naming_the_address() {
+    let w = World::new("unreachable", "");
+    let text = std::fs::read_to_string(&w.config_path)
+        .unwrap()
+        .replace(&bootstrap(), "127.0.0.1:1")
+        .replace("[kafka]\n", "[kafka]\nrequest_timeout_ms = 2000\n");
+    std::fs::write(&w.config_path, text).unwrap();
+    let o = w.run(&["topology", "apply"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("127.0.0.1:1"), "{e}");
+}
+
+#[test]
+fn missing_topic_is_one_line_naming_it() {
+    // Topics never applied in this namespace: the stage refuses to start.
+    let w = World::new("notopics", "");
+    let o = w.run(&["run", "--stage", "validate"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    let last = e.trim().lines().last().unwrap_or("");
+    assert!(
+        last.contains(&format!("{}usage.events", w.ns)) || last.contains("does not exist"),
+        "{e}"
+    );
+    assert!(last.contains("topology apply"), "{e}");
+}

@@ -1,0 +1,391 @@
+//! Shared test harness: a real broker (started by `deploy/local/test` or
+//! `.ci/run`), one namespace per test so tests never see each other's topics,
+//! and helpers to produce, read back and run the `meterline` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Partitions of every pipeline topic in tests (smaller than production's 6:
+/// the broker holds many namespaces at once).
+pub const TEST_PARTITIONS: i32 = 3;
+/// How long a test waits for the pipeline to deliver before failing.
+pub const WAIT_TIMEOUT_MS: u64 = 120_000;
+
+pub fn bootstrap() -> String {
+    std::env::var("METERLINE_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+pub fn registry_url() -> Option<String> {
+    std::env::var("METERLINE_TEST_REGISTRY")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meterline"))
+}
+
+/// A test's own world: namespace, config file, state dir.
+pub struct World {
+    pub ns: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl World {
+    /// `extra` is appended to the generated config (TOML).
+    pub fn new(name: &str, extra: &str) -> World {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let ns = format!("t.{name}.{}.", nanos % 1_000_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let topics = std::fs::read_to_string(repo().join("topology/topics.toml"))
+            .unwrap()
+            .replace("partitions = 6", &format!("partitions = {TEST_PARTITIONS}"));
+        std::fs::write(dir.path().join("topics.toml"), topics).unwrap();
+        let config_path = dir.path().join("meterline.toml");
+        let w = World {
+            ns,
+            dir,
+            config_path,
+        };
+        w.write_config(extra);
+        w
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+[kafka.client]
+"topic.metadata.refresh.interval.ms" = "1000"
+[topology]
+topics_file = "topics.toml"
+meters_file = "{meters}"
+schemas_dir = "{schemas}"
+namespace = "{ns}"
+[runtime]
+state_dir = "state"
+session_timeout_ms = 6000
+transaction_timeout_ms = 10000
+{http}
+{extra}
+"#,
+            http = if extra.contains("[http]") {
+                ""
+            } else {
+                "[http]\nlisten_addr = \"\""
+            },
+            bootstrap = bootstrap(),
+            meters = repo().join("topology/meters.toml").display(),
+            schemas = repo().join("schemas").display(),
+            ns = self.ns,
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn topic(&self, t: &str) -> String {
+        format!("{}{}", self.ns, t)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--config")
+            .arg(&self.config_path)
+            .env("METERLINE_LOG", "warn");
+        c
+    }
+
+    /// Runs the binary to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    pub fn apply(&self) {
+        let out = self.run(&["topology", "apply"]);
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts `meterline run` for the given stages with an instance id.
+    pub fn spawn_stage(&self, stages: &[&str], instance: &str) -> Child {
+        let mut c = self.cmd();
+        c.arg("run");
+        for s in stages {
+            c.arg("--stage").arg(s);
+        }
+        c.env("METERLINE__RUNTIME__INSTANCE_ID", instance)
+            .env("METERLINE_LOG", "warn")
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+pub fn client_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap());
+    c
+}
+
+pub fn producer() -> BaseProducer {
+    client_config()
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// A record as produced or read back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Rec {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().unwrap_or(b"null")).unwrap()
+    }
+}
+
+/// A record to produce: key, value, headers.
+pub type Record = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+/// Produces records and waits until all are acknowledged.
+pub fn produce(topic: &str, records: &[Record]) {
+    let p = producer();
+    for (k, v, h) in records {
+        let mut headers = OwnedHeaders::new();
+        for (hk, hv) in h {
+            headers = headers.insert(Header {
+                key: hk,
+                value: Some(hv),
+            });
+        }
+        let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        if let Some(v) = v {
+            r = r.payload(v);
+        }
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    p.poll(Duration::from_millis(20));
+                    r = back;
+                }
+                Err((e, _)) => panic!("produce: {e}"),
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Reads a whole topic (every partition to its end) at an isolation level.
+pub fn read_all(topic: &str, read_committed: bool) -> Vec<Rec> {
+    let c: BaseConsumer = client_config()
+        .set("group.id", "meterline-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let parts = md.topics()[0].partitions().len() as i32;
+    assert!(parts > 0, "topic {topic} does not exist");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut open: std::collections::BTreeSet<i32> = (0..parts).collect();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    while !open.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "reading {topic} timed out"
+        );
+        match c.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("read {topic}: {e}"),
+            Some(Ok(m)) => out.push(Rec {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                timestamp_ms: m.timestamp().to_millis(),
+            }),
+        }
+    }
+    out
+}
+
+/// Waits until `f` (reading topics) says the expected state is reached.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_millis(WAIT_TIMEOUT_MS),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Reads a metric value from Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (lhs, value) = l.rsplit_once(' ')?;
+        let (metric, labelset) = match lhs.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (lhs, ""),
+        };
+        if metric != name {
+            return None;
+        }
+        let have: BTreeMap<&str, &str> = labelset
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| have.get(k) == Some(v)) {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+pub fn kill9(child: &mut Child) {
+    unsafe {
+        libc_kill(child.id() as i32, 9);
+    }
+    let _ = child.wait();
+}
+
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    unsafe {
+        libc_kill(child.id() as i32, 15);
+    }
+    child.wait().unwrap()
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A free TCP port on loopback (for a stage's /metrics).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET http://127.0.0.1:port/path, body as text (plain HTTP/1.0, no client crate needed).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A structured-mode CloudEvent.
+pub fn cloudevent(
+    source: &str,
+    id: &str,
+    ty: &str,
+    subject: &str,
+    time: &str,
+    data: &str,
+) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"{source}","type":"{ty}","subject":"{subject}","time":"{time}","data":{data}}}"#
+    )
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
