@@ -66,6 +66,7 @@ fn committed_and_aborted_records_by_isolation_level_and_sent_offsets() {
     let consumer: BaseConsumer = client_config()
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .create()
         .unwrap();

@@ -246,13 +246,12 @@ fn every_event_lands_in_exactly_one_place() {
     }
     // Duplicates: exact re-sends of valid events, interleaved.
     let mut all: Vec<Record> = Vec::new();
+    let mut dups = 0;
     for (i, r) in valid_records.iter().enumerate() {
         all.push(r.clone());
-        if i % (VALID_EVENTS / DUPLICATES) == 0
-            && all.len() > 1
-            && i / (VALID_EVENTS / DUPLICATES) < DUPLICATES
-        {
-            all.push(valid_records[i / 2].clone());
+        if i % 33 == 32 && dups < DUPLICATES {
+            all.push(valid_records[i - 16].clone());
+            dups += 1;
         }
         if i % 40 == 0 && !bad.is_empty() {
             all.push(bad.pop().unwrap());

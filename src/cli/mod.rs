@@ -10,6 +10,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::kafka;
+use crate::refdata::{parse_jsonl, PublishRecord, RefKind};
 use crate::replay::{ReplayOptions, ReplaySummary};
 use crate::runtime::StageStatus;
 use crate::topology::{self, Topology};
@@ -57,6 +59,28 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Produce a seeded, reproducible stream of usage events.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// List the stages this build can run, in pipeline order.
+    Stages,
+    /// Reference data: customers, subscriptions, plans.
+    Refdata {
+        #[command(subcommand)]
+        action: RefdataAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RefdataAction {
+    /// Check a JSON-lines file and publish it to its ref.* topic in one
+    /// transaction; nothing is published if any line is bad.
+    Load {
+        /// customers, subscriptions or plans.
+        #[arg(long)]
+        kind: RefKind,
+        /// JSON-lines file: one record per line; `{"id": ..., "deleted": true}`
+        /// (plans: with "version") retires a record.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,10 +182,17 @@ pub fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { stages } => run(&rt, Arc::new(config), stages),
+        Command::Stages => {
+            println!("{}", crate::stages::RUNNABLE);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Loadgen(args) => {
             crate::loadgen::run(&config, &args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Refdata {
+            action: RefdataAction::Load { kind, file },
+        } => refdata_load(&config, kind, &file),
         Command::Replay(args) => {
             let opts = ReplayOptions::from_args(&config, &args)?;
             let summary: ReplaySummary = crate::replay::replay(&config, &opts)?;
@@ -238,4 +269,95 @@ fn run(
         Some(m) => bail!(m),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `meterline refdata load`: all or nothing. Every bad line is reported (to
+/// stderr, with its line number) and nothing is published unless the whole
+/// file is good; then every record goes to the topic in one transaction, so
+/// the enrich stage (reading read_committed) sees all of them or none.
+fn refdata_load(config: &Config, kind: RefKind, file: &Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let records = match parse_jsonl(kind, &text) {
+        Ok(records) => records,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: {e} [{}]", file.display(), e.code());
+            }
+            bail!(
+                "{} bad line(s) in {} ({kind}); nothing was published",
+                errors.len(),
+                file.display()
+            );
+        }
+    };
+    let topic = config.topic(kind.topic());
+    publish_refdata(config, kind, &topic, &records)?;
+    let tombstones = records.iter().filter(|(_, v)| v.is_none()).count();
+    println!(
+        "refdata load: published {} {kind} record(s) ({tombstones} tombstone(s)) to {topic} in one transaction",
+        records.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refdata records queued before librdkafka is given time to deliver.
+const REFDATA_QUEUE_POLL_MS: u64 = 10;
+
+fn publish_refdata(
+    config: &Config,
+    kind: RefKind,
+    topic: &str,
+    records: &[PublishRecord],
+) -> anyhow::Result<()> {
+    use rdkafka::error::KafkaError;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::types::RDKafkaErrorCode;
+    use std::time::Duration;
+
+    if records.is_empty() {
+        return Ok(());
+    }
+    // One id per kind: two loads of the same table fence each other instead
+    // of interleaving their records.
+    let transactional_id = format!("{}meterline.refdata.{kind}", config.topology.namespace);
+    let producer: BaseProducer = kafka::create(
+        &kafka::transactional_producer_config(config, &transactional_id),
+        rdkafka::producer::DefaultProducerContext,
+    )?;
+    let md = kafka::metadata(producer.client(), config, Some(topic))?;
+    kafka::partition_count(&md, topic, config)?;
+    let timeout = Duration::from_millis(config.runtime.transaction_call_timeout_ms);
+    producer
+        .init_transactions(timeout)
+        .with_context(|| format!("init_transactions for {transactional_id}"))?;
+    producer.begin_transaction()?;
+    let sent = (|| -> anyhow::Result<()> {
+        for (key, value) in records {
+            let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key.as_str());
+            if let Some(v) = value {
+                record = record.payload(v.as_slice());
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        producer.poll(Duration::from_millis(REFDATA_QUEUE_POLL_MS));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(e).context(format!("producing key {key:?}")),
+                }
+            }
+        }
+        // Commit flushes first and fails if any record failed to deliver.
+        producer
+            .commit_transaction(timeout)
+            .context("commit_transaction")
+    })();
+    if let Err(e) = sent {
+        // Nothing of this load becomes visible to read_committed readers.
+        let _ = producer.abort_transaction(timeout);
+        return Err(e.context(format!("publishing to {topic}; nothing was published")));
+    }
+    Ok(())
 }

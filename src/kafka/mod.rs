@@ -151,10 +151,29 @@ where
         .map_err(|e| ClientError::Config(e.to_string()))
 }
 
+/// Context of readers that run to the end of partitions: librdkafka also
+/// reports each partition EOF as a client error, which is how these readers
+/// know they are done, not something to log as an error.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::trace!(reason, "partition end"),
+            KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!(reason, "partition end")
+            }
+            e => tracing::warn!(error = %e, reason, "kafka client error"),
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// A no-group reader, for restores, reports and tests.
-pub fn reader(config: &Config) -> Result<BaseConsumer, ClientError> {
+pub fn reader(config: &Config) -> Result<BaseConsumer<ReaderContext>, ClientError> {
     reader_config(config)
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|e| ClientError::Config(e.to_string()))
 }
 

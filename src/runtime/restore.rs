@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -40,7 +40,7 @@ pub fn restore_store(
         Some(o) => o + 1,
         None => 0,
     };
-    let reader: BaseConsumer = kafka::reader(config).map_err(|e| e.to_string())?;
+    let reader = kafka::reader(config).map_err(|e| e.to_string())?;
     let (low, high) = reader
         .fetch_watermarks(
             topic,

@@ -24,7 +24,7 @@ const TABLE_RECORDS_PER_POLL_MAX: usize = 500;
 const LOAD_POLL_MS: u64 = 200;
 
 pub struct TableFeed {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<kafka::ReaderContext>,
     /// (cluster topic name, logical name)
     names: Vec<(String, &'static str)>,
 }

@@ -3,6 +3,7 @@
 //! in lives in [`crate::runtime`].
 
 pub mod enrich;
+pub mod rate;
 pub mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,7 @@ pub enum SpawnError {
 }
 
 /// Stages this build can run.
-pub const RUNNABLE: &str = "validate";
+pub const RUNNABLE: &str = "validate, enrich, rate";
 
 /// Starts a stage on its own thread. If it fails, it sets `shutdown` so the
 /// rest of the process stops too (a supervisor restarts the whole process).
@@ -42,6 +43,25 @@ pub fn spawn(
         "validate" => {
             let processor =
                 validate::ValidateProcessor::new(&config).map_err(|e| setup(e.to_string()))?;
+            thread.spawn(move || {
+                guard(
+                    runtime::run_stage(config, processor, shutdown.clone(), status),
+                    &shutdown,
+                )
+            })?
+        }
+        "enrich" => {
+            let processor =
+                enrich::EnrichProcessor::new(&config).map_err(|e| setup(e.to_string()))?;
+            thread.spawn(move || {
+                guard(
+                    runtime::run_stage(config, processor, shutdown.clone(), status),
+                    &shutdown,
+                )
+            })?
+        }
+        "rate" => {
+            let processor = rate::RateProcessor::new(&config);
             thread.spawn(move || {
                 guard(
                     runtime::run_stage(config, processor, shutdown.clone(), status),

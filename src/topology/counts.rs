@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -30,7 +30,7 @@ pub fn count(config: &Config, topology: &Topology) -> Result<Vec<(String, u64)>,
 }
 
 pub fn count_topic(config: &Config, topic: &str) -> Result<u64, ClientError> {
-    let c: BaseConsumer = kafka::reader(config)?;
+    let c = kafka::reader(config)?;
     let md = kafka::metadata(c.client(), config, Some(topic))?;
     let parts = kafka::partition_count(&md, topic, config)?;
     let mut tpl = TopicPartitionList::new();

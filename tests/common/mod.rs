@@ -127,7 +127,7 @@ transaction_timeout_ms = 10000
     }
 
     /// Starts `meterline run` for the given stages with an instance id.
-    pub fn spawn_stage(&self, stages: &[&str], instance: &str) -> Child {
+    pub fn spawn_stage(&self, stages: &[&str], instance: &str) -> Stage {
         let mut c = self.cmd();
         c.arg("run");
         for s in stages {
@@ -139,6 +139,7 @@ transaction_timeout_ms = 10000
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
+            .map(Stage)
             .unwrap()
     }
 
@@ -324,18 +325,31 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-pub fn kill9(child: &mut Child) {
-    unsafe {
-        libc_kill(child.id() as i32, 9);
+/// A running `meterline` process, killed when dropped (a failing test must
+/// not leave stages running against the shared broker).
+pub struct Stage(pub Child);
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            kill9(self);
+        }
     }
-    let _ = child.wait();
 }
 
-pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+pub fn kill9(stage: &mut Stage) {
     unsafe {
-        libc_kill(child.id() as i32, 15);
+        libc_kill(stage.0.id() as i32, 9);
     }
-    child.wait().unwrap()
+    let _ = stage.0.wait();
+}
+
+/// SIGTERM, then the exit status (a clean stop exits 0).
+pub fn terminate(stage: &mut Stage) -> std::process::ExitStatus {
+    unsafe {
+        libc_kill(stage.0.id() as i32, 15);
+    }
+    stage.0.wait().unwrap()
 }
 
 extern "C" {

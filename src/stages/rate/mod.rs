@@ -1,0 +1,869 @@
+//! The rate stage: prices every enriched event by the marginal amount it
+//! adds to its rating segment.
+//!
+//! For each record of `usage.enriched` (an [`EnrichedEvent`] JSON; anything
+//! else is rejected to `meterline.dlq.rate` with
+//! [`MALFORMED_ENRICHED_EVENT`]), and for each of its measures, in order:
+//!
+//! 1. the rating segment (subscription, meter, billing period, plan version,
+//!    group) is [`EnrichedEvent::rating_segment_key`], and its store key
+//!    the segment id, [`EnrichedEvent::rating_segment_id`];
+//! 2. the segment's cumulative [`SegmentState`] is read from the `segments`
+//!    store (a new segment starts at 0 with the measure's aggregation) and
+//!    the measure is observed: SUM and MAX by its value, COUNT as one
+//!    occurrence, LATEST by its value and event key (event time in
+//!    microseconds, then `id`, then `source`), UNIQUE_COUNT by whether its
+//!    `unique_value` is a member of the segment yet (one store key per
+//!    member, see below);
+//! 3. the marginal amount is `price(after) - price(before)` under the
+//!    measure's resolved charge ([`crate::rating::ChargeModel::marginal`]),
+//!    unrounded.
+//!
+//! One [`RatedEvent`] per input event goes to `usage.rated`, keyed by the
+//! customer id, with the input record's timestamp. The marginal amounts of a
+//! segment add up to exactly the charge model's price of its total, whatever
+//! the tiers and however the usage was split into events (see
+//! [`crate::rating`]), so everything downstream is additive.
+//!
+//! A measure that cannot be rated (no value where the aggregation needs one,
+//! a result beyond a Decimal's range or precision, an aggregation that
+//! changed under a segment mid-period) rejects the whole event to the DLQ
+//! with the error's code ([`RateError::code`]), and no state of any of its
+//! measures is written: all measures are computed first, then stored.
+//!
+//! Rate does not deduplicate: its input is exactly once (validate drops
+//! duplicate events, enrich emits each event once).
+//!
+//! # The segments store (store 0, `segments`)
+//!
+//! | key | value |
+//! |---|---|
+//! | `G` segment id | the segment's [`SegmentState`], JSON |
+//! | `U` segment id, unique value | empty: a UNIQUE_COUNT member |
+//!
+//! Segment state is never expired here (a closed period simply stops
+//! receiving events); that is a follow-up for when the aggregate stage
+//! defines period close.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::meter::Aggregation;
+use crate::rating::{Observation, RatingError, SegmentState};
+use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
+use crate::stages::enrich::resolve::EnrichedEvent;
+use crate::store::keys::KeyBuilder;
+use crate::store::StoreId;
+use crate::topology::{self, StageSpec};
+
+/// The segments store's index in the stage's store list.
+const SEGMENTS: StoreId = 0;
+/// Key prefixes of the segments store (see the module docs).
+const SEGMENT_PREFIX: u8 = b'G';
+const MEMBER_PREFIX: u8 = b'U';
+/// Separates `id` and `source` in a LATEST event key; below every printable
+/// character, so the order is by id first, then by source.
+const LATEST_KEY_SEPARATOR: char = '\u{0}';
+
+/// Reject code of an input record that is not an enriched event.
+pub const MALFORMED_ENRICHED_EVENT: &str = "malformed_enriched_event";
+
+/// The rate stage's output: one record on `usage.rated` per enriched event.
+/// This is the contract the aggregate stage reads.
+///
+/// JSON, fields in this order, decimals as strings (unrounded, scale kept),
+/// e.g.
+///
+/// ```json
+/// {"source":"svc/gateway","id":"evt-1","customer_id":"cust-42",
+///  "measures":[{"meter":"tokens",
+///    "segment_key":"[\"sub-1\",\"tokens\",\"2026-01-01\",2,{\"model\":\"m\"}]",
+///    "segment_id":"3f1c…(64 hex)","plan_version":2,"aggregation":"SUM",
+///    "quantity_before":"900","quantity_after":"1500",
+///    "marginal_quantity":"600","marginal_amount":"5.00"}],
+///  "enriched":{"event":{…},"customer":{…},"subscription_id":"sub-1",…}}
+/// ```
+///
+/// * `source`, `id`: the event identity (CloudEvents `source` and `id`),
+///   shared by every measure of the record.
+/// * `customer_id`: the record key, the event's `subject`.
+/// * `measures[i]` rates `enriched.event.measures[i]` with
+///   `enriched.charges[i]` (same length, same order).
+/// * `enriched`: the [`EnrichedEvent`] as received, unchanged (currency,
+///   billing period, local day, GL accounts, tax codes, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RatedEvent {
+    pub source: String,
+    pub id: String,
+    pub customer_id: String,
+    pub measures: Vec<RatedMeasure>,
+    pub enriched: EnrichedEvent,
+}
+
+/// What one measure of an event did to its rating segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RatedMeasure {
+    /// The meter's slug.
+    pub meter: String,
+    /// [`EnrichedEvent::rating_segment_key`]: readable, stable JSON array
+    /// (subscription, meter, billing period id, plan version, group).
+    pub segment_key: String,
+    /// [`EnrichedEvent::rating_segment_id`]: SHA-256 hex of the key.
+    pub segment_id: String,
+    /// The plan version that prices the segment (part of the segment).
+    pub plan_version: u32,
+    pub aggregation: Aggregation,
+    /// The segment's cumulative quantity before and after this event.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity_before: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity_after: Decimal,
+    /// `quantity_after - quantity_before`; 0 for a repeated UNIQUE_COUNT
+    /// value, a non-increasing MAX or an older LATEST; negative when a
+    /// LATEST value falls.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub marginal_quantity: Decimal,
+    /// `price(quantity_after) - price(quantity_before)` in the enriched
+    /// event's currency, unrounded; may be negative.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub marginal_amount: Decimal,
+}
+
+impl RatedEvent {
+    /// The record value for `usage.rated`.
+    pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Parses a record value read back from `usage.rated`.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Why an event cannot be rated. [`code`](RateError::code) is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    #[error("not an enriched event: {0}")]
+    Malformed(String),
+    #[error("measure {meter}: a {aggregation:?} meter needs a value")]
+    MissingValue {
+        meter: String,
+        aggregation: Aggregation,
+    },
+    #[error("measure {meter}: a UNIQUE_COUNT meter needs a unique_value")]
+    MissingUniqueValue { meter: String },
+    #[error("measure {meter}: {source}")]
+    Rating {
+        meter: String,
+        #[source]
+        source: RatingError,
+    },
+}
+
+impl RateError {
+    /// Stable snake_case code; a rating error reports its own code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RateError::Malformed(_) => MALFORMED_ENRICHED_EVENT,
+            RateError::MissingValue { .. } => "measure_value_missing",
+            RateError::MissingUniqueValue { .. } => "measure_unique_value_missing",
+            RateError::Rating { source, .. } => source.code(),
+        }
+    }
+}
+
+impl From<RateError> for StageError {
+    fn from(e: RateError) -> Self {
+        StageError::Reject {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn segment_key(segment_id: &str) -> Vec<u8> {
+    KeyBuilder::new(SEGMENT_PREFIX).str(segment_id).build()
+}
+
+fn member_key(segment_id: &str, value: &str) -> Vec<u8> {
+    KeyBuilder::new(MEMBER_PREFIX)
+        .str(segment_id)
+        .str(value)
+        .build()
+}
+
+pub struct RateProcessor {
+    rated_topic: String,
+}
+
+impl RateProcessor {
+    pub fn new(config: &Config) -> Self {
+        RateProcessor {
+            rated_topic: config.topic(topology::names::RATED),
+        }
+    }
+}
+
+/// Parses and checks the shape rate relies on.
+fn parse(bytes: Option<&[u8]>) -> Result<EnrichedEvent, RateError> {
+    let bytes = bytes.ok_or_else(|| RateError::Malformed("the record has no value".into()))?;
+    let enriched =
+        EnrichedEvent::from_json_slice(bytes).map_err(|e| RateError::Malformed(e.to_string()))?;
+    if enriched.charges.len() != enriched.event.measures.len() {
+        return Err(RateError::Malformed(format!(
+            "{} charges for {} measures",
+            enriched.charges.len(),
+            enriched.event.measures.len()
+        )));
+    }
+    for (measure, charge) in enriched.event.measures.iter().zip(&enriched.charges) {
+        if measure.meter != charge.meter {
+            return Err(RateError::Malformed(format!(
+                "the charge of measure {:?} is for meter {:?}",
+                measure.meter, charge.meter
+            )));
+        }
+    }
+    Ok(enriched)
+}
+
+impl Processor for RateProcessor {
+    fn spec(&self) -> &'static StageSpec {
+        &topology::STAGES[2]
+    }
+
+    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        let enriched = parse(rec.value)?;
+        let event = &enriched.event;
+        // Computed in full before anything is stored, so a measure that
+        // fails leaves no trace of the others. The maps also make two
+        // measures of one segment in one event see each other.
+        let mut states: BTreeMap<String, SegmentState> = BTreeMap::new();
+        let mut members: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut measures = Vec::with_capacity(event.measures.len());
+        for (measure, charge) in event.measures.iter().zip(&enriched.charges) {
+            let meter = || measure.meter.clone();
+            let key = enriched.rating_segment_key(measure);
+            let id = enriched.rating_segment_id(measure);
+            let mut state = match states.remove(&id) {
+                Some(s) => s,
+                None => match ctx.stores.get(SEGMENTS, &segment_key(&id))? {
+                    Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                        StageError::Fatal(format!("segment {key}: stored state is corrupt: {e}"))
+                    })?,
+                    None => SegmentState::new(charge.aggregation),
+                },
+            };
+            let value = || {
+                measure.value.ok_or_else(|| RateError::MissingValue {
+                    meter: meter(),
+                    aggregation: charge.aggregation,
+                })
+            };
+            let mut new_member = None;
+            let observation = match charge.aggregation {
+                Aggregation::Sum | Aggregation::Max => Observation::value(value()?),
+                Aggregation::Count => Observation::Occurrence,
+                Aggregation::Latest => Observation::latest(
+                    value()?,
+                    event.time.timestamp_micros(),
+                    format!("{}{LATEST_KEY_SEPARATOR}{}", event.id, event.source),
+                ),
+                Aggregation::UniqueCount => {
+                    let v = measure
+                        .unique_value
+                        .clone()
+                        .ok_or_else(|| RateError::MissingUniqueValue { meter: meter() })?;
+                    let member = (id.clone(), v);
+                    let is_new = !members.contains(&member)
+                        && ctx
+                            .stores
+                            .get(SEGMENTS, &member_key(&member.0, &member.1))?
+                            .is_none();
+                    if is_new {
+                        new_member = Some(member);
+                    }
+                    Observation::distinct(is_new)
+                }
+            };
+            let rating = |source| RateError::Rating {
+                meter: meter(),
+                source,
+            };
+            let change = state.observe(observation).map_err(rating)?;
+            let amount = charge.charge.marginal(&change).map_err(rating)?;
+            let delta = change.delta().map_err(rating)?;
+            measures.push(RatedMeasure {
+                meter: meter(),
+                segment_key: key,
+                segment_id: id.clone(),
+                plan_version: enriched.plan_version,
+                aggregation: state.aggregation(),
+                quantity_before: change.before,
+                quantity_after: change.after,
+                marginal_quantity: delta,
+                marginal_amount: amount,
+            });
+            members.extend(new_member);
+            states.insert(id, state);
+        }
+
+        for (id, state) in &states {
+            let bytes = serde_json::to_vec(state)
+                .map_err(|e| StageError::Fatal(format!("encoding segment state: {e}")))?;
+            ctx.stores.put(SEGMENTS, segment_key(id), bytes);
+        }
+        for (id, value) in &members {
+            ctx.stores.put(SEGMENTS, member_key(id, value), Vec::new());
+        }
+        let rated = RatedEvent {
+            source: event.source.clone(),
+            id: event.id.clone(),
+            customer_id: enriched.customer.id.clone(),
+            measures,
+            enriched: enriched.clone(),
+        };
+        let value = rated
+            .to_json_bytes()
+            .map_err(|e| StageError::Fatal(format!("serializing a rated event: {e}")))?;
+        ctx.emit(Output {
+            topic: self.rated_topic.clone(),
+            key: Some(rated.customer_id.into_bytes()),
+            value: Some(value),
+            headers: Vec::new(),
+            partition: None,
+            timestamp_ms: rec.timestamp_ms,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Encoding, Measure, Origin, ValidatedEvent};
+    use crate::rating::{ChargeModel, Tier};
+    use crate::refdata::GlAccounts;
+    use crate::stages::enrich::resolve::{ChargeSource, CustomerInfo, ResolvedCharge, Window};
+    use crate::store::{MemBackend, PartitionStores};
+    use chrono::{DateTime, Duration, TimeZone, Utc};
+    use rust_decimal_macros::dec;
+    use serde_json::json;
+
+    fn config() -> Config {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
+    }
+
+    fn stores() -> PartitionStores {
+        PartitionStores::new(Box::<MemBackend>::default(), 1)
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap()
+    }
+
+    fn graduated() -> ChargeModel {
+        // 100 free, then 0.50 up to 1000 with a 5.00 entry fee, then 0.40.
+        ChargeModel::Graduated {
+            tiers: vec![
+                Tier::bounded(dec!(100), dec!(0)),
+                Tier::bounded(dec!(1000), dec!(0.50)).with_flat_fee(dec!(5.00)),
+                Tier::open(dec!(0.40)),
+            ],
+        }
+    }
+
+    fn measure(meter: &str, value: Option<Decimal>, unique: Option<&str>) -> Measure {
+        Measure {
+            meter: meter.into(),
+            value,
+            unique_value: unique.map(str::to_owned),
+            group: BTreeMap::from([("model".into(), "m".into())]),
+        }
+    }
+
+    fn enriched(
+        id: &str,
+        time: DateTime<Utc>,
+        measures: Vec<(Measure, Aggregation, ChargeModel)>,
+    ) -> EnrichedEvent {
+        let window = |id: &str| Window {
+            id: id.into(),
+            start: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap(),
+        };
+        let charges = measures
+            .iter()
+            .map(|(m, aggregation, model)| ResolvedCharge {
+                meter: m.meter.clone(),
+                aggregation: *aggregation,
+                charge: model.clone(),
+                source: ChargeSource::Plan,
+                tax_code: None,
+                unit: None,
+            })
+            .collect();
+        EnrichedEvent {
+            event: ValidatedEvent {
+                source: "svc".into(),
+                id: id.into(),
+                event_type: "t".into(),
+                subject: "cust-1".into(),
+                time,
+                measures: measures.into_iter().map(|(m, _, _)| m).collect(),
+                data: json!({}),
+                origin: Origin {
+                    topic: "x.usage.events".into(),
+                    partition: 0,
+                    offset: 0,
+                    encoding: Encoding::Structured,
+                },
+            },
+            customer: CustomerInfo {
+                id: "cust-1".into(),
+                name: "Acme".into(),
+                legal_entity: "acme".into(),
+                erp_customer_id: "C-1".into(),
+            },
+            subscription_id: "sub-1".into(),
+            plan_id: "pro".into(),
+            plan_version: 2,
+            currency: "USD".into(),
+            legal_entity: "ml-us".into(),
+            time_zone: "UTC".into(),
+            billing_anchor_day: 1,
+            billing_period: window("2026-01-01"),
+            local_day: window("2026-01-10"),
+            gl_accounts: GlAccounts {
+                usage_revenue: "4010".into(),
+                unbilled_receivable: "1210".into(),
+                receivable: "1200".into(),
+            },
+            tax_code: None,
+            minimum_commitment: None,
+            base_fee: None,
+            charges,
+        }
+    }
+
+    fn run_bytes(
+        p: &mut RateProcessor,
+        s: &mut PartitionStores,
+        value: &[u8],
+    ) -> Result<Vec<Output>, StageError> {
+        let cfg = config();
+        let mut out = Vec::new();
+        let rec = InputRecord {
+            topic: "x.usage.enriched",
+            partition: 0,
+            offset: 0,
+            key: Some(b"cust-1"),
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: Some(42),
+        };
+        let mut ctx = Ctx {
+            partition: 0,
+            stores: s,
+            out: &mut out,
+            config: &cfg,
+        };
+        p.process(&rec, &mut ctx).map(|()| out)
+    }
+
+    fn rate(p: &mut RateProcessor, s: &mut PartitionStores, e: &EnrichedEvent) -> RatedEvent {
+        let out = run_bytes(p, s, &e.to_json_bytes().unwrap()).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "x.usage.rated");
+        assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
+        assert_eq!(out[0].timestamp_ms, Some(42));
+        RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap()
+    }
+
+    fn reject_code(r: Result<Vec<Output>, StageError>) -> &'static str {
+        match r {
+            Err(StageError::Reject { code, .. }) => code,
+            other => panic!("expected a reject, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn marginals_of_a_sequence_add_up_to_the_price_of_the_total() {
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let values = [
+            dec!(60),
+            dec!(40),
+            dec!(0.5),
+            dec!(899.5),
+            dec!(1),
+            dec!(250.25),
+        ];
+        let mut amounts = Vec::new();
+        let mut total_quantity = Decimal::ZERO;
+        for (i, v) in values.iter().enumerate() {
+            let e = enriched(
+                &format!("e{i}"),
+                t0(),
+                vec![(
+                    measure("tokens", Some(*v), None),
+                    Aggregation::Sum,
+                    graduated(),
+                )],
+            );
+            let rated = rate(&mut p, &mut s, &e);
+            let m = &rated.measures[0];
+            assert_eq!(m.quantity_before, total_quantity);
+            total_quantity += v;
+            assert_eq!(m.quantity_after, total_quantity);
+            assert_eq!(m.marginal_quantity, *v);
+            amounts.push(m.marginal_amount);
+            // State survives each commit: it is in the store, not in memory.
+            s.apply_committed(&[]).unwrap();
+            p = RateProcessor::new(&config());
+        }
+        // By hand: 60 and 40 stay in the free tier (its bound is inclusive);
+        // 0.5 enters tier 2: 0.25 + its 5.00 fee; 899.5 * 0.50 fills it;
+        // then 0.40 a unit.
+        assert_eq!(
+            amounts,
+            [
+                dec!(0),
+                dec!(0),
+                dec!(5.25),
+                dec!(449.75),
+                dec!(0.40),
+                dec!(100.10)
+            ]
+        );
+        let total_amount: Decimal = amounts.iter().sum();
+        // 1251.25 = 100 free + 900 * 0.50 + 5.00 fee + 251.25 * 0.40.
+        assert_eq!(total_quantity, dec!(1251.25));
+        assert_eq!(total_amount, dec!(555.5));
+        assert_eq!(graduated().price(total_quantity).unwrap(), total_amount);
+    }
+
+    #[test]
+    fn volume_tiers_can_make_a_marginal_negative_and_still_telescope() {
+        let volume = ChargeModel::Volume {
+            tiers: vec![Tier::bounded(dec!(10), dec!(1)), Tier::open(dec!(0.5))],
+        };
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let mut amounts = Vec::new();
+        for (i, v) in [dec!(10), dec!(2)].iter().enumerate() {
+            let e = enriched(
+                &format!("e{i}"),
+                t0(),
+                vec![(
+                    measure("api_calls", Some(*v), None),
+                    Aggregation::Sum,
+                    volume.clone(),
+                )],
+            );
+            amounts.push(rate(&mut p, &mut s, &e).measures[0].marginal_amount);
+        }
+        // 10 units at 1.00 = 10; 12 units all at 0.50 = 6: the second event is -4.
+        assert_eq!(amounts, [dec!(10), dec!(-4.0)]);
+    }
+
+    #[test]
+    fn segments_are_separate_per_plan_version_and_group() {
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let per_unit = ChargeModel::PerUnit {
+            unit_price: dec!(2),
+        };
+        let e1 = enriched(
+            "e1",
+            t0(),
+            vec![(
+                measure("tokens", Some(dec!(3)), None),
+                Aggregation::Sum,
+                per_unit.clone(),
+            )],
+        );
+        let mut e2 = e1.clone();
+        e2.event.id = "e2".into();
+        e2.plan_version = 3;
+        let mut e3 = e1.clone();
+        e3.event.id = "e3".into();
+        e3.event.measures[0].group = BTreeMap::from([("model".into(), "other".into())]);
+        let r1 = rate(&mut p, &mut s, &e1);
+        let r2 = rate(&mut p, &mut s, &e2);
+        let r3 = rate(&mut p, &mut s, &e3);
+        for r in [&r1, &r2, &r3] {
+            assert_eq!(r.measures[0].quantity_before, dec!(0));
+            assert_eq!(r.measures[0].marginal_amount, dec!(6));
+        }
+        assert_eq!(r2.measures[0].plan_version, 3);
+        assert_eq!(
+            r1.measures[0].segment_key,
+            r#"["sub-1","tokens","2026-01-01",2,{"model":"m"}]"#
+        );
+        assert_eq!(r1.measures[0].segment_id.len(), 64);
+        assert_ne!(r1.measures[0].segment_id, r2.measures[0].segment_id);
+        assert_ne!(r1.measures[0].segment_id, r3.measures[0].segment_id);
+        assert_eq!((r1.source.as_str(), r1.id.as_str()), ("svc", "e1"));
+    }
+
+    #[test]
+    fn unique_count_counts_each_value_once() {
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let per_user = ChargeModel::PerUnit {
+            unit_price: dec!(3),
+        };
+        let users = ["u1", "u2", "u1", "u3", "u2", "u1"];
+        let mut quantities = Vec::new();
+        let mut amount = Decimal::ZERO;
+        for (i, u) in users.iter().enumerate() {
+            let e = enriched(
+                &format!("e{i}"),
+                t0(),
+                vec![(
+                    measure("active_users", None, Some(u)),
+                    Aggregation::UniqueCount,
+                    per_user.clone(),
+                )],
+            );
+            let m = rate(&mut p, &mut s, &e).measures.remove(0);
+            quantities.push(m.quantity_after);
+            amount += m.marginal_amount;
+            if i == 2 {
+                // Membership survives a commit (it is in the store, not in memory).
+                s.apply_committed(&[]).unwrap();
+                p = RateProcessor::new(&config());
+            }
+        }
+        assert_eq!(
+            quantities,
+            [dec!(1), dec!(2), dec!(2), dec!(3), dec!(3), dec!(3)]
+        );
+        assert_eq!(amount, dec!(9));
+        // A value already seen in another segment is new in this one.
+        let mut e = enriched(
+            "other",
+            t0(),
+            vec![(
+                measure("active_users", None, Some("u1")),
+                Aggregation::UniqueCount,
+                per_user,
+            )],
+        );
+        e.plan_version = 9;
+        assert_eq!(rate(&mut p, &mut s, &e).measures[0].quantity_after, dec!(1));
+    }
+
+    #[test]
+    fn latest_follows_event_time_and_may_go_down() {
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let per_gb = ChargeModel::PerUnit {
+            unit_price: dec!(0.10),
+        };
+        let snapshot = |id: &str, minutes: i64, gb: Decimal| {
+            enriched(
+                id,
+                t0() + Duration::minutes(minutes),
+                vec![(
+                    measure("storage_gb", Some(gb), None),
+                    Aggregation::Latest,
+                    per_gb.clone(),
+                )],
+            )
+        };
+        let mut amounts = Vec::new();
+        let mut after = Vec::new();
+        for e in [
+            snapshot("a", 10, dec!(100)),
+            snapshot("b", 20, dec!(80)),
+            // Late: older than the current value, changes nothing.
+            snapshot("c", 15, dec!(500)),
+            snapshot("d", 30, dec!(120)),
+        ] {
+            let m = rate(&mut p, &mut s, &e).measures.remove(0);
+            amounts.push(m.marginal_amount);
+            after.push(m.quantity_after);
+        }
+        assert_eq!(after, [dec!(100), dec!(80), dec!(80), dec!(120)]);
+        assert_eq!(amounts, [dec!(10.00), dec!(-2.00), dec!(0), dec!(4.00)]);
+        assert_eq!(amounts.iter().sum::<Decimal>(), dec!(12.00));
+    }
+
+    #[test]
+    fn count_and_max_and_several_measures_in_one_event() {
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let per_unit = |price| ChargeModel::PerUnit { unit_price: price };
+        let e = |id: &str, seats: Decimal| {
+            enriched(
+                id,
+                t0(),
+                vec![
+                    (
+                        measure("api_calls", None, None),
+                        Aggregation::Count,
+                        per_unit(dec!(0.01)),
+                    ),
+                    (
+                        measure("peak_seats", Some(seats), None),
+                        Aggregation::Max,
+                        per_unit(dec!(10)),
+                    ),
+                ],
+            )
+        };
+        let r1 = rate(&mut p, &mut s, &e("e1", dec!(5)));
+        let r2 = rate(&mut p, &mut s, &e("e2", dec!(3)));
+        let r3 = rate(&mut p, &mut s, &e("e3", dec!(7)));
+        let q = |r: &RatedEvent| (r.measures[0].quantity_after, r.measures[1].quantity_after);
+        assert_eq!(q(&r1), (dec!(1), dec!(5)));
+        assert_eq!(q(&r2), (dec!(2), dec!(5)));
+        assert_eq!(q(&r3), (dec!(3), dec!(7)));
+        assert_eq!(r2.measures[1].marginal_amount, dec!(0));
+        assert_eq!(r3.measures[1].marginal_amount, dec!(20));
+    }
+
+    #[test]
+    fn errors_reject_the_whole_event_and_write_nothing() {
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let per_unit = ChargeModel::PerUnit {
+            unit_price: dec!(1),
+        };
+        assert_eq!(
+            reject_code(run_bytes(&mut p, &mut s, b"{nope")),
+            MALFORMED_ENRICHED_EVENT
+        );
+        // Overflow on the second measure: the first one's state is not kept.
+        let big = Decimal::MAX;
+        let ok_then_overflow = enriched(
+            "e1",
+            t0(),
+            vec![
+                (
+                    measure("tokens", Some(dec!(1)), None),
+                    Aggregation::Sum,
+                    per_unit.clone(),
+                ),
+                (
+                    measure("bytes", Some(big), None),
+                    Aggregation::Sum,
+                    ChargeModel::PerUnit {
+                        unit_price: dec!(2),
+                    },
+                ),
+            ],
+        );
+        let bytes = ok_then_overflow.to_json_bytes().unwrap();
+        assert_eq!(
+            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            "arithmetic_overflow"
+        );
+        assert!(!s.has_pending());
+        // A SUM measure without a value.
+        let no_value = enriched(
+            "e2",
+            t0(),
+            vec![(
+                measure("tokens", None, None),
+                Aggregation::Sum,
+                per_unit.clone(),
+            )],
+        );
+        let bytes = no_value.to_json_bytes().unwrap();
+        assert_eq!(
+            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            "measure_value_missing"
+        );
+        // Charges that do not line up with the measures.
+        let mut skewed = enriched(
+            "e3",
+            t0(),
+            vec![(
+                measure("tokens", Some(dec!(1)), None),
+                Aggregation::Sum,
+                per_unit.clone(),
+            )],
+        );
+        skewed.charges.clear();
+        let bytes = skewed.to_json_bytes().unwrap();
+        assert_eq!(
+            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            MALFORMED_ENRICHED_EVENT
+        );
+        // The aggregation of a segment changed mid-period.
+        let sum = enriched(
+            "e4",
+            t0(),
+            vec![(
+                measure("tokens", Some(dec!(1)), None),
+                Aggregation::Sum,
+                per_unit.clone(),
+            )],
+        );
+        rate(&mut p, &mut s, &sum);
+        let mut as_count = sum.clone();
+        as_count.event.id = "e5".into();
+        as_count.charges[0].aggregation = Aggregation::Count;
+        let bytes = as_count.to_json_bytes().unwrap();
+        assert_eq!(
+            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            "observation_mismatch"
+        );
+    }
+
+    #[test]
+    fn rated_event_json_has_the_documented_shape() {
+        let mut p = RateProcessor::new(&config());
+        let mut s = stores();
+        let e = enriched(
+            "e1",
+            t0(),
+            vec![(
+                measure("tokens", Some(dec!(150.50)), None),
+                Aggregation::Sum,
+                graduated(),
+            )],
+        );
+        let out = run_bytes(&mut p, &mut s, &e.to_json_bytes().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(out[0].value.as_deref().unwrap()).unwrap();
+        let text = String::from_utf8(out[0].value.clone().unwrap()).unwrap();
+        assert!(
+            text.starts_with(r#"{"source":"svc","id":"e1","customer_id":"cust-1","measures":[{"meter":"tokens","segment_key":"#),
+            "{text}"
+        );
+        assert_eq!(
+            v["measures"][0]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
+            [
+                "aggregation",
+                "marginal_amount",
+                "marginal_quantity",
+                "meter",
+                "plan_version",
+                "quantity_after",
+                "quantity_before",
+                "segment_id",
+                "segment_key",
+            ]
+        );
+        // 50.50 units in tier 2 at 0.50 plus its 5.00 fee; decimals as strings.
+        assert_eq!(v["measures"][0]["marginal_amount"], "30.2500");
+        assert_eq!(v["measures"][0]["quantity_after"], "150.50");
+        assert_eq!(v["enriched"], serde_json::to_value(&e).unwrap());
+        let back = RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(back.enriched, e);
+    }
+}
