@@ -361,6 +361,17 @@ fn every_event_lands_in_exactly_one_place() {
         ),
         Some(VALID_EVENTS as f64)
     );
+    // Consumer lag per partition drops to zero once everything is committed.
+    wait_until("lag gauges at zero", || {
+        let (_, m) = http_get(port, "/metrics").unwrap();
+        (0..TEST_PARTITIONS).all(|p| {
+            metric(
+                &m,
+                "meterline_validate_consumer_lag_records",
+                &[("partition", &p.to_string())],
+            ) == Some(0.0)
+        })
+    });
     let (ready, _) = http_get(port, "/readyz").unwrap();
     assert_eq!(ready, 200);
 

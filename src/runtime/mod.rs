@@ -791,9 +791,7 @@ impl<P: Processor> Engine<P> {
                     _ => None,
                 })
                 .or(part.committed);
-            if let Ok((_, high)) =
-                consumer.fetch_watermarks(&self.input_topic, *p, Duration::from_millis(500))
-            {
+            if let Some(high) = cached_high_watermark(consumer, &self.input_topic, *p) {
                 let lag = (high - pos.unwrap_or(0)).max(0);
                 self.metrics
                     .consumer_lag
@@ -802,6 +800,32 @@ impl<P: Processor> Engine<P> {
             }
         }
     }
+}
+
+/// The high watermark librdkafka last saw in a fetch response for a partition
+/// (no request: a lag gauge must not add load or block the loop). None until
+/// the first fetch.
+fn cached_high_watermark<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, the
+    // topic is a NUL-terminated string that outlives the call, and the two
+    // out-pointers are valid i64s. The call only reads librdkafka's cache.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 /// Runs one stage until `shutdown` is set (then commits and returns Ok) or a

@@ -226,9 +226,14 @@ pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, 
         report.outcomes.push((t.name.clone(), outcome));
     }
 
-    if let Some(reg) = &config.registry {
-        report.schemas = crate::registry::register_schemas(config, reg)
-            .map_err(|e| ApplyError::Registry(e.to_string()))?;
+    if let Some(reg) = config.registry.clone() {
+        // The registry client is blocking (reqwest::blocking panics on the executor).
+        let config = config.clone();
+        report.schemas =
+            tokio::task::spawn_blocking(move || crate::registry::register_schemas(&config, &reg))
+                .await
+                .map_err(|e| ApplyError::Registry(e.to_string()))?
+                .map_err(|e| ApplyError::Registry(e.to_string()))?;
     }
     Ok(report)
 }
