@@ -78,6 +78,7 @@ fn avro_events_are_validated_through_the_registry() {
             ),
             ("data".into(), data),
         ]);
+        #[allow(deprecated)] // the plain datum encoder is what the Confluent wire format wraps
         let body = apache_avro::to_avro_datum(&schema, value).unwrap();
         records.push((Some(sub.into_bytes()), Some(wire(id, &body)), vec![]));
     }

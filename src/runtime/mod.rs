@@ -58,6 +58,9 @@ const GAUGE_REFRESH_INTERVAL_MS: u64 = 5_000;
 /// Backoff after a retriable failure, doubled per consecutive failure up to the max.
 const RETRY_BACKOFF_MIN_MS: u64 = 100;
 const RETRY_BACKOFF_MAX_MS: u64 = 10_000;
+/// One slice of a resumable `abort_transaction` call (delivery reports are
+/// served between slices).
+const ABORT_SLICE_MS: u64 = 200;
 /// Retries of one transactional call that failed retriably before aborting.
 const TXN_CALL_RETRIES_MAX: u32 = 3;
 /// Bits of the delivery opaque: tag | store id << 24 | partition.
@@ -473,6 +476,11 @@ impl<P: Processor> Engine<P> {
             // Not ours any more (a revoke raced the fetch): someone else will read it.
             return Ok(());
         }
+        // The consumer's position moved past this record: from here on, an
+        // abort must seek the partition back, whatever happens to the record.
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.dirty = true;
+        }
         self.ensure_txn()?;
         let headers: Vec<(String, Option<Vec<u8>>)> = msg
             .headers()
@@ -548,7 +556,6 @@ impl<P: Processor> Engine<P> {
         self.scratch = out;
         if let Some(part) = self.parts.get_mut(&p) {
             part.next_offset = Some(rec.offset + 1);
-            part.dirty = true;
         }
         if let Some((_, n)) = &mut self.txn {
             *n += 1;
@@ -709,6 +716,30 @@ impl<P: Processor> Engine<P> {
         }
     }
 
+    /// `abort_transaction` purges the transaction's unsent records and waits
+    /// until every record is accounted for, which needs their delivery
+    /// reports served: so abort in short slices and poll in between (the
+    /// resumable-call pattern librdkafka documents), up to the call timeout.
+    fn abort_transaction(&self) -> Result<(), String> {
+        let deadline = Instant::now() + self.call_timeout();
+        loop {
+            self.producer.poll(Duration::ZERO);
+            match self
+                .producer
+                .abort_transaction(Duration::from_millis(ABORT_SLICE_MS))
+            {
+                Ok(()) => {
+                    self.producer.poll(Duration::ZERO);
+                    return Ok(());
+                }
+                Err(KafkaError::Transaction(re)) if !re.is_fatal() && Instant::now() < deadline => {
+                    tracing::debug!(stage = self.spec.name, error = %re, "abort still in progress");
+                }
+                Err(e) => return Err(format!("abort_transaction: {e}")),
+            }
+        }
+    }
+
     /// Aborts the open transaction, drops its store writes and rewinds the
     /// consumer to the committed offsets (except `skip`: partitions being lost).
     fn abort(
@@ -725,11 +756,11 @@ impl<P: Processor> Engine<P> {
         }
         .emit(&self.metrics);
         if self.txn.take().is_some() {
-            if let Err(e) = self.producer.abort_transaction(self.call_timeout()) {
-                if let LoopError::Fatal(m) = classify("abort_transaction", e) {
-                    self.fatal = Some(m);
-                    return;
-                }
+            if let Err(m) = self.abort_transaction() {
+                // A transaction that cannot be aborted cannot be followed by
+                // another: stop, and let the restart fence and abort it.
+                self.fatal = Some(m);
+                return;
             }
         }
         let _ = self.tracker.take();

@@ -2,7 +2,9 @@
 //! its logic and unit tests live in its folder, the exactly-once loop it runs
 //! in lives in [`crate::runtime`].
 
+pub mod aggregate;
 pub mod enrich;
+pub mod post;
 pub mod rate;
 pub mod validate;
 
@@ -25,7 +27,7 @@ pub enum SpawnError {
 
 /// Stages this build can run, separated by spaces (`meterline stages` prints
 /// it and deploy/local/demo word-splits it into `--stage` arguments).
-pub const RUNNABLE: &str = "validate enrich rate";
+pub const RUNNABLE: &str = "validate enrich rate aggregate post";
 
 /// Starts a stage on its own thread. If it fails, it sets `shutdown` so the
 /// rest of the process stops too (a supervisor restarts the whole process).
@@ -63,6 +65,24 @@ pub fn spawn(
         }
         "rate" => {
             let processor = rate::RateProcessor::new(&config);
+            thread.spawn(move || {
+                guard(
+                    runtime::run_stage(config, processor, shutdown.clone(), status),
+                    &shutdown,
+                )
+            })?
+        }
+        "aggregate" => {
+            let processor = aggregate::AggregateProcessor::new(&config);
+            thread.spawn(move || {
+                guard(
+                    runtime::run_stage(config, processor, shutdown.clone(), status),
+                    &shutdown,
+                )
+            })?
+        }
+        "post" => {
+            let processor = post::PostProcessor::new(&config);
             thread.spawn(move || {
                 guard(
                     runtime::run_stage(config, processor, shutdown.clone(), status),

@@ -20,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 pub const TEST_PARTITIONS: i32 = 3;
 /// How long a test waits for the pipeline to deliver before failing.
 pub const WAIT_TIMEOUT_MS: u64 = 120_000;
+// (kept long: a loaded 2-core machine)
 
 pub fn bootstrap() -> String {
     std::env::var("METERLINE_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())

@@ -1,0 +1,743 @@
+//! The aggregate stage: event-time tumbling windows over rated usage, each
+//! emitted once, final, when the partition's watermark passes its end.
+//!
+//! # Windows
+//!
+//! For every measure of a [`RatedEvent`] (one record of `usage.rated`) the
+//! marginal quantity and amount are added to two windows of its rating
+//! segment (subscription, meter, billing period, plan version, group):
+//!
+//! * a [`WindowKind::Day`] window, the subscription's local day
+//!   (`enriched.local_day`): the accrual window;
+//! * a [`WindowKind::BillingPeriod`] window, the billing period
+//!   (`enriched.billing_period`): the invoice window.
+//!
+//! and every on-time event is added once to the [`WindowKind::PeriodClose`]
+//! window of its (subscription, billing period): the subscription-level
+//! window that carries the base fee and minimum commitment and tells post
+//! that every segment of the period has been emitted.
+//!
+//! Both calendar windows come from the enriched event, i.e. local midnight in
+//! the subscription's IANA time zone and the anchor-day month of
+//! [`crate::calendar`] (28 to 31 days, 23 or 25 hour days around DST).
+//!
+//! Each window keeps the summed marginal quantity and amount (unrounded:
+//! rounding happens once, in post), the number of events and a lineage
+//! digest: the sum modulo 2^256 of SHA-256(len(source) ‖ source ‖ len(id) ‖
+//! id) over its events, which does not depend on the order in which the
+//! events arrived (and, unlike XOR, is not cancelled by a repeated event).
+//!
+//! # Watermark and closing
+//!
+//! Per partition: `watermark = greatest event time seen - GRACE_PERIOD_S`,
+//! never moving back. When a partition has seen no input for
+//! [`IDLE_ADVANCE_S`] of wall clock, [`Processor::punctuate`] advances it to
+//! `now - GRACE_PERIOD_S` (as if an event stamped "now" had arrived), but
+//! only when that closes at least one window, so an idle partition does not
+//! write a changelog record every second.
+//!
+//! A window is closed when `end <= watermark`. Closing emits it as a
+//! [`ClosedWindow`] on `usage.windows` and deletes it from the store, in the
+//! same transaction that stores the watermark: after a restart the window is
+//! neither emitted again (it is gone and the watermark is past it) nor lost
+//! (the transaction either committed both or neither). Windows closing at the
+//! same watermark are emitted in the order (end, kind: day, billing period,
+//! period close, then segment and window ids), so post always sees a
+//! period's day windows before its invoice windows, and those before the
+//! period close.
+//!
+//! Because the stored watermark is monotonic, "closed" needs no per-window
+//! marker: every window ending at or before the watermark is closed, whether
+//! or not it ever had events. A window that never had events and is now in
+//! the past must not be opened either, since a billing period with no line
+//! for a segment has been invoiced without it.
+//!
+//! # Late events
+//!
+//! An event whose day (or billing period) window is closed is an
+//! *adjustment*: it goes into the window of the same kind and segment that
+//! contains the watermark (the current open day or billing period of the
+//! subscription's calendar), in an accumulator of its own that names the
+//! original window ([`ClosedWindow::adjusts`]). Closed windows are never
+//! rewritten. A late event does not touch any period-close window: the base
+//! fee and commitment of a closed period stay as invoiced, and an
+//! adjustment is invoiced in the period in which it became known.
+//!
+//! Each day window names the invoice window that will clear its accruals
+//! ([`ClosedWindow::clearing`]): the billing period window (regular or
+//! adjustment) that the same event's measure went to.
+//!
+//! # The windows store (store 0, `windows`)
+//!
+//! | key | value |
+//! |---|---|
+//! | `M` | the partition's [`PartitionClock`], JSON |
+//! | `W` end (i64 ms) kind rank, scope id, window id, adjusted window id | an open [`ClosedWindow`] being accumulated, JSON |
+//!
+//! The end comes first (order-preserving) so closing is a range scan.
+
+// Non-test code must not be able to panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::calendar::{self, BillingPeriod, LocalDay};
+use crate::config::Config;
+use crate::meter::Aggregation;
+use crate::refdata::serde_with::optional_decimal_str;
+use crate::refdata::GlAccounts;
+use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
+use crate::stages::enrich::resolve::{CustomerInfo, EnrichedEvent, Window};
+use crate::stages::rate::RatedEvent;
+use crate::store::keys::{encode_i64, KeyBuilder};
+use crate::store::StoreId;
+use crate::topology::{self, StageSpec};
+
+/// How long after the greatest event time seen a window stays open for late
+/// events, in seconds. Should become config `aggregate.grace_period_s`.
+pub const GRACE_PERIOD_S: i64 = 600;
+/// Wall-clock time without input after which a partition's watermark
+/// advances by the wall clock, in seconds.
+pub const IDLE_ADVANCE_S: i64 = 60;
+const MS_PER_S: i64 = 1_000;
+
+/// The windows store's index in the stage's store list.
+const WINDOWS: StoreId = 0;
+/// Key prefixes of the windows store (see the module docs).
+const CLOCK_KEY: &[u8] = b"M";
+const WINDOW_PREFIX: u8 = b'W';
+/// Windows closed per scan of the store; closing loops until none is left.
+const CLOSE_SCAN_BATCH: usize = 1_000;
+/// Lineage digests are 256-bit sums, written as 64 hex digits.
+const DIGEST_BYTES: usize = 32;
+
+/// Reject code of an input record that is not a rated event.
+pub const MALFORMED_RATED_EVENT: &str = "malformed_rated_event";
+
+/// What a window accumulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// One segment, one local day: accruals.
+    Day,
+    /// One segment, one billing period: the invoice line.
+    BillingPeriod,
+    /// One subscription, one billing period, every segment: base fee,
+    /// minimum commitment, and the signal that the period is complete.
+    PeriodClose,
+}
+
+impl WindowKind {
+    /// Emission order among windows with the same end.
+    fn rank(self) -> u8 {
+        match self {
+            WindowKind::Day => 0,
+            WindowKind::BillingPeriod => 1,
+            WindowKind::PeriodClose => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowKind::Day => "day",
+            WindowKind::BillingPeriod => "billing_period",
+            WindowKind::PeriodClose => "period_close",
+        }
+    }
+}
+
+/// The rating segment a window belongs to (absent for
+/// [`WindowKind::PeriodClose`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub segment_id: String,
+    pub segment_key: String,
+    pub meter: String,
+    pub plan_version: u32,
+    pub group: BTreeMap<String, String>,
+    pub aggregation: Aggregation,
+    /// The charge's tax code (the invoice line's).
+    pub tax_code: Option<String>,
+    /// The meter's unit, for the invoice line.
+    pub unit: Option<String>,
+}
+
+/// The invoice window that clears a window's accruals: a billing period and,
+/// for an adjustment, the closed period it adjusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clearing {
+    pub period: Window,
+    pub adjusts: Option<Window>,
+}
+
+/// A closed window: the aggregate stage's output, one record on
+/// `usage.windows` per window, keyed by the customer id, emitted once.
+/// This is the contract the post stage reads.
+///
+/// JSON, decimals as strings (unrounded sums of the rated marginals),
+/// instants in RFC 3339 UTC, e.g. a day window:
+///
+/// ```json
+/// {"kind":"day",
+///  "window":{"id":"2026-01-10","start":"2026-01-10T05:00:00Z","end":"2026-01-11T05:00:00Z"},
+///  "adjusts":null,
+///  "clearing":{"period":{"id":"2026-01-01","start":"2026-01-01T05:00:00Z","end":"2026-02-01T05:00:00Z"},"adjusts":null},
+///  "customer":{"id":"cust-42","name":"Acme","legal_entity":"acme","erp_customer_id":"C-42"},
+///  "subscription_id":"sub-1","plan_id":"pro","legal_entity":"ml-us","currency":"USD",
+///  "time_zone":"America/New_York","billing_anchor_day":1,
+///  "gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"},
+///  "segment":{"segment_id":"3f1c…","segment_key":"[\"sub-1\",\"tokens\",\"2026-01-01\",2,{}]",
+///    "meter":"tokens","plan_version":2,"group":{},"aggregation":"SUM","tax_code":"TX1","unit":"1K tokens"},
+///  "plan_version":2,"tax_code":"TX0","base_fee":null,"minimum_commitment":null,
+///  "quantity":"1500","amount":"5.00","event_count":3,
+///  "lineage_digest":"9d0e…(64 hex)","closed_at_watermark_ms":1768194000000}
+/// ```
+///
+/// * `kind`: `day` | `billing_period` (per segment) | `period_close` (per
+///   subscription and period; `segment` is null, `quantity` is 0, `amount`
+///   is the sum over every segment, `event_count` counts each event once).
+/// * `window`: the window accumulated in; `adjusts`: when not null this is
+///   an adjustment, accumulated in the current open `window`, of the
+///   already closed window `adjusts` (same kind and segment).
+/// * `clearing`: the invoice window whose invoice line clears this window's
+///   accruals (for a billing-period window, itself).
+/// * `plan_version`, `tax_code`, `base_fee`, `minimum_commitment`: of the
+///   subscription period (for `period_close`, those of the greatest plan
+///   version seen in the period); base fee and commitment are per period.
+/// * `closed_at_watermark_ms`: the partition watermark that closed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClosedWindow {
+    pub kind: WindowKind,
+    pub window: Window,
+    pub adjusts: Option<Window>,
+    pub clearing: Clearing,
+    pub customer: CustomerInfo,
+    pub subscription_id: String,
+    pub plan_id: String,
+    pub legal_entity: String,
+    pub currency: String,
+    pub time_zone: String,
+    pub billing_anchor_day: u8,
+    pub gl_accounts: GlAccounts,
+    pub segment: Option<SegmentInfo>,
+    pub plan_version: u32,
+    pub tax_code: Option<String>,
+    #[serde(default, with = "optional_decimal_str")]
+    pub base_fee: Option<Decimal>,
+    #[serde(default, with = "optional_decimal_str")]
+    pub minimum_commitment: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub event_count: u64,
+    pub lineage_digest: String,
+    /// 0 while the window is open (in the store).
+    pub closed_at_watermark_ms: i64,
+}
+
+impl ClosedWindow {
+    /// The record value for `usage.windows`.
+    pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Parses a record value read back from `usage.windows`.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Event-time progress of one partition, persisted under [`CLOCK_KEY`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionClock {
+    /// Greatest event time seen, ms since the epoch.
+    pub max_event_ms: Option<i64>,
+    /// Windows ending at or before it are closed; never moves back.
+    pub watermark_ms: Option<i64>,
+}
+
+/// Why a rated event cannot be aggregated. [`code`](AggregateError::code)
+/// is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AggregateError {
+    #[error("not a rated event: {0}")]
+    Malformed(String),
+    #[error("calendar: {0}")]
+    Calendar(#[from] calendar::CalendarError),
+    #[error("amount overflow in window {0}")]
+    Overflow(String),
+    #[error("instant out of range: {0} ms")]
+    Instant(i64),
+}
+
+impl AggregateError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AggregateError::Malformed(_) => MALFORMED_RATED_EVENT,
+            AggregateError::Calendar(e) => e.code(),
+            AggregateError::Overflow(_) => "amount_overflow",
+            AggregateError::Instant(_) => "instant_out_of_range",
+        }
+    }
+}
+
+impl From<AggregateError> for StageError {
+    fn from(e: AggregateError) -> Self {
+        StageError::Reject {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn window_key(
+    end: DateTime<Utc>,
+    kind: WindowKind,
+    scope: &str,
+    window_id: &str,
+    adjusts: Option<&Window>,
+) -> Result<Vec<u8>, AggregateError> {
+    // "R" (regular) or "A" + the adjusted window's id: never equal.
+    let adjusted = match adjusts {
+        Some(w) => format!("A{}", w.id),
+        None => "R".to_string(),
+    };
+    Ok(KeyBuilder::new(WINDOW_PREFIX)
+        .i64(end.timestamp_millis())
+        .bytes(&[kind.rank()])
+        .str(scope)
+        .str(window_id)
+        .str(&adjusted)
+        .build())
+}
+
+/// The lineage digest of one event (see the module docs).
+pub fn event_digest(source: &str, id: &str) -> [u8; DIGEST_BYTES] {
+    let mut h = Sha256::new();
+    for part in [source, id] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The empty lineage digest (no events).
+pub fn empty_digest() -> String {
+    hex::encode([0u8; DIGEST_BYTES])
+}
+
+/// `acc + item` modulo 2^256, both big-endian; `acc` as 64 hex digits.
+pub fn add_digest(acc: &str, item: &[u8; DIGEST_BYTES]) -> Result<String, String> {
+    let bytes = hex::decode(acc).map_err(|e| format!("lineage digest {acc:?}: {e}"))?;
+    let mut sum: [u8; DIGEST_BYTES] = bytes
+        .try_into()
+        .map_err(|_| format!("lineage digest {acc:?}: not {DIGEST_BYTES} bytes"))?;
+    let mut carry = 0u16;
+    for (s, i) in sum.iter_mut().rev().zip(item.iter().rev()) {
+        let v = u16::from(*s) + u16::from(*i) + carry;
+        *s = (v & 0xFF) as u8;
+        carry = v >> 8;
+    }
+    Ok(hex::encode(sum))
+}
+
+fn to_window(id: String, start: DateTime<Utc>, end: DateTime<Utc>) -> Window {
+    Window { id, start, end }
+}
+
+fn instant(ms: i64) -> Result<DateTime<Utc>, AggregateError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or(AggregateError::Instant(ms))
+}
+
+fn fatal(what: &str, e: impl std::fmt::Display) -> StageError {
+    StageError::Fatal(format!("{what}: {e}"))
+}
+
+/// Where one event's measures go: regular windows, or adjustments in the
+/// current open windows.
+struct Targets {
+    day: Window,
+    day_adjusts: Option<Window>,
+    period: Window,
+    period_adjusts: Option<Window>,
+}
+
+/// Decides the targets of an event from the stored watermark.
+fn targets(e: &EnrichedEvent, watermark_ms: Option<i64>) -> Result<Targets, AggregateError> {
+    let closed = |w: &Window| watermark_ms.is_some_and(|wm| w.end.timestamp_millis() <= wm);
+    let day_closed = closed(&e.local_day);
+    let period_closed = closed(&e.billing_period);
+    let mut t = Targets {
+        day: e.local_day.clone(),
+        day_adjusts: None,
+        period: e.billing_period.clone(),
+        period_adjusts: None,
+    };
+    if let (Some(wm), true) = (watermark_ms, day_closed || period_closed) {
+        let tz = calendar::parse_tz(&e.time_zone)?;
+        let now = instant(wm)?;
+        if day_closed {
+            let d = LocalDay::containing(tz, now)?;
+            t.day_adjusts = Some(e.local_day.clone());
+            t.day = to_window(d.id(), d.start(), d.end());
+        }
+        if period_closed {
+            let p = BillingPeriod::containing(e.billing_anchor_day, tz, now)?;
+            t.period_adjusts = Some(e.billing_period.clone());
+            t.period = to_window(p.id(), p.start(), p.end());
+        }
+    }
+    Ok(t)
+}
+
+/// Wall clock in ms since the epoch; injectable for tests.
+pub type Clock = Box<dyn Fn() -> i64 + Send>;
+
+pub struct AggregateProcessor {
+    windows_topic: String,
+    clock: Clock,
+    /// Wall clock of the last input per partition. A liveness hint only
+    /// (after a restart the idle timer starts again, which merely delays
+    /// the wall-clock advance), so it is not kept in the store.
+    last_input_ms: BTreeMap<i32, i64>,
+}
+
+impl AggregateProcessor {
+    pub fn new(config: &Config) -> Self {
+        Self::with_clock(config, Box::new(|| Utc::now().timestamp_millis()))
+    }
+
+    pub fn with_clock(config: &Config, clock: Clock) -> Self {
+        AggregateProcessor {
+            windows_topic: config.topic(topology::names::WINDOWS),
+            clock,
+            last_input_ms: BTreeMap::new(),
+        }
+    }
+
+    /// Emits and deletes every open window ending at or before `watermark_ms`.
+    fn close_until(&self, ctx: &mut Ctx<'_>, watermark_ms: i64) -> Result<(), StageError> {
+        let from = vec![WINDOW_PREFIX];
+        let mut to = vec![WINDOW_PREFIX];
+        to.extend_from_slice(&encode_i64(watermark_ms.saturating_add(1)));
+        loop {
+            let batch = ctx.stores.scan(WINDOWS, &from, &to, CLOSE_SCAN_BATCH)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (key, value) in batch {
+                let mut w = ClosedWindow::from_json_slice(&value)
+                    .map_err(|e| fatal("stored window is corrupt", e))?;
+                w.closed_at_watermark_ms = watermark_ms;
+                let bytes = w
+                    .to_json_bytes()
+                    .map_err(|e| fatal("serializing a closed window", e))?;
+                ctx.stores.delete(WINDOWS, key);
+                ctx.emit(Output {
+                    topic: self.windows_topic.clone(),
+                    key: Some(w.customer.id.clone().into_bytes()),
+                    value: Some(bytes),
+                    headers: Vec::new(),
+                    partition: None,
+                    // Producer time: event-time stamps of old windows would
+                    // make time-based retention drop them at once.
+                    timestamp_ms: None,
+                });
+            }
+        }
+    }
+}
+
+fn load_clock(ctx: &Ctx<'_>) -> Result<PartitionClock, StageError> {
+    match ctx.stores.get(WINDOWS, CLOCK_KEY)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| fatal("stored clock is corrupt", e)),
+        None => Ok(PartitionClock::default()),
+    }
+}
+
+fn store_clock(ctx: &mut Ctx<'_>, clock: &PartitionClock) -> Result<(), StageError> {
+    let b = serde_json::to_vec(clock).map_err(|e| fatal("serializing the clock", e))?;
+    ctx.stores.put(WINDOWS, CLOCK_KEY.to_vec(), b);
+    Ok(())
+}
+
+fn parse(bytes: Option<&[u8]>) -> Result<RatedEvent, AggregateError> {
+    let bytes = bytes.ok_or_else(|| AggregateError::Malformed("the record has no value".into()))?;
+    let rated =
+        RatedEvent::from_json_slice(bytes).map_err(|e| AggregateError::Malformed(e.to_string()))?;
+    let e = &rated.enriched;
+    if rated.measures.len() != e.event.measures.len() || e.charges.len() != rated.measures.len() {
+        return Err(AggregateError::Malformed(format!(
+            "{} rated measures, {} measures, {} charges",
+            rated.measures.len(),
+            e.event.measures.len(),
+            e.charges.len()
+        )));
+    }
+    Ok(rated)
+}
+
+/// A fresh, empty window for `e`.
+fn new_window(
+    e: &EnrichedEvent,
+    kind: WindowKind,
+    window: Window,
+    adjusts: Option<Window>,
+    clearing: Clearing,
+    segment: Option<SegmentInfo>,
+) -> ClosedWindow {
+    ClosedWindow {
+        kind,
+        window,
+        adjusts,
+        clearing,
+        customer: e.customer.clone(),
+        subscription_id: e.subscription_id.clone(),
+        plan_id: e.plan_id.clone(),
+        legal_entity: e.legal_entity.clone(),
+        currency: e.currency.clone(),
+        time_zone: e.time_zone.clone(),
+        billing_anchor_day: e.billing_anchor_day,
+        gl_accounts: e.gl_accounts.clone(),
+        segment,
+        plan_version: e.plan_version,
+        tax_code: e.tax_code.clone(),
+        base_fee: e.base_fee,
+        minimum_commitment: e.minimum_commitment,
+        quantity: Decimal::ZERO,
+        amount: Decimal::ZERO,
+        event_count: 0,
+        lineage_digest: empty_digest(),
+        closed_at_watermark_ms: 0,
+    }
+}
+
+/// The windows one event touches, loaded once, each counted once.
+#[derive(Default)]
+struct Touched {
+    windows: BTreeMap<Vec<u8>, ClosedWindow>,
+}
+
+impl Touched {
+    /// The window at `key`: already touched, else from the store, else `fresh`.
+    fn get(
+        &mut self,
+        ctx: &Ctx<'_>,
+        key: Vec<u8>,
+        fresh: impl FnOnce() -> ClosedWindow,
+        digest: &[u8; DIGEST_BYTES],
+    ) -> Result<&mut ClosedWindow, StageError> {
+        use std::collections::btree_map::Entry;
+        match self.windows.entry(key) {
+            Entry::Occupied(o) => Ok(o.into_mut()),
+            Entry::Vacant(v) => {
+                let mut w = match ctx.stores.get(WINDOWS, v.key())? {
+                    Some(b) => ClosedWindow::from_json_slice(&b)
+                        .map_err(|e| fatal("stored window is corrupt", e))?,
+                    None => fresh(),
+                };
+                // First touch by this event: count it and fold it into the lineage.
+                w.event_count += 1;
+                w.lineage_digest = add_digest(&w.lineage_digest, digest)
+                    .map_err(|e| fatal("stored window is corrupt", e))?;
+                Ok(v.insert(w))
+            }
+        }
+    }
+}
+
+fn add(w: &mut ClosedWindow, quantity: Decimal, amount: Decimal) -> Result<(), AggregateError> {
+    let overflow = || AggregateError::Overflow(w.window.id.clone());
+    w.quantity = w.quantity.checked_add(quantity).ok_or_else(overflow)?;
+    w.amount = w.amount.checked_add(amount).ok_or_else(overflow)?;
+    Ok(())
+}
+
+impl Processor for AggregateProcessor {
+    // A constant index into the constant stage table: checked by every test.
+    #[allow(clippy::indexing_slicing)]
+    fn spec(&self) -> &'static StageSpec {
+        &topology::STAGES[3]
+    }
+
+    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        self.last_input_ms.insert(ctx.partition, (self.clock)());
+        let rated = parse(rec.value)?;
+        let e = &rated.enriched;
+        let mut clock = load_clock(ctx)?;
+        let t = targets(e, clock.watermark_ms)?;
+        let digest = event_digest(&rated.source, &rated.id);
+        let period_clearing = Clearing {
+            period: t.period.clone(),
+            adjusts: t.period_adjusts.clone(),
+        };
+        // Everything is computed in memory first: a reject writes nothing.
+        let mut touched = Touched::default();
+        for ((rm, measure), charge) in rated.measures.iter().zip(&e.event.measures).zip(&e.charges)
+        {
+            let segment = SegmentInfo {
+                segment_id: rm.segment_id.clone(),
+                segment_key: rm.segment_key.clone(),
+                meter: rm.meter.clone(),
+                plan_version: rm.plan_version,
+                group: measure.group.clone(),
+                aggregation: rm.aggregation,
+                tax_code: charge.tax_code.clone(),
+                unit: charge.unit.clone(),
+            };
+            let day_key = window_key(
+                t.day.end,
+                WindowKind::Day,
+                &rm.segment_id,
+                &t.day.id,
+                t.day_adjusts.as_ref(),
+            )?;
+            let day = touched.get(
+                ctx,
+                day_key,
+                || {
+                    new_window(
+                        e,
+                        WindowKind::Day,
+                        t.day.clone(),
+                        t.day_adjusts.clone(),
+                        period_clearing.clone(),
+                        Some(segment.clone()),
+                    )
+                },
+                &digest,
+            )?;
+            add(day, rm.marginal_quantity, rm.marginal_amount)?;
+            let period_key = window_key(
+                t.period.end,
+                WindowKind::BillingPeriod,
+                &rm.segment_id,
+                &t.period.id,
+                t.period_adjusts.as_ref(),
+            )?;
+            let period = touched.get(
+                ctx,
+                period_key,
+                || {
+                    new_window(
+                        e,
+                        WindowKind::BillingPeriod,
+                        t.period.clone(),
+                        t.period_adjusts.clone(),
+                        period_clearing.clone(),
+                        Some(segment),
+                    )
+                },
+                &digest,
+            )?;
+            add(period, rm.marginal_quantity, rm.marginal_amount)?;
+            if t.period_adjusts.is_none() {
+                let close_key = window_key(
+                    t.period.end,
+                    WindowKind::PeriodClose,
+                    &e.subscription_id,
+                    &t.period.id,
+                    None,
+                )?;
+                let close = touched.get(
+                    ctx,
+                    close_key,
+                    || {
+                        new_window(
+                            e,
+                            WindowKind::PeriodClose,
+                            t.period.clone(),
+                            None,
+                            period_clearing.clone(),
+                            None,
+                        )
+                    },
+                    &digest,
+                )?;
+                add(close, Decimal::ZERO, rm.marginal_amount)?;
+                // A mid-period plan change: the period's fee and
+                // commitment are those of the greatest plan version seen,
+                // whatever the arrival order.
+                if e.plan_version > close.plan_version {
+                    close.plan_version = e.plan_version;
+                    close.plan_id = e.plan_id.clone();
+                    close.base_fee = e.base_fee;
+                    close.minimum_commitment = e.minimum_commitment;
+                    close.tax_code = e.tax_code.clone();
+                    close.gl_accounts = e.gl_accounts.clone();
+                }
+            }
+        }
+        for (key, w) in touched.windows {
+            let b = w
+                .to_json_bytes()
+                .map_err(|e| fatal("serializing a window", e))?;
+            ctx.stores.put(WINDOWS, key, b);
+        }
+        let event_ms = e.event.time.timestamp_millis();
+        let before = clock;
+        clock.max_event_ms = Some(clock.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
+        let candidate = clock
+            .max_event_ms
+            .map(|m| m.saturating_sub(GRACE_PERIOD_S * MS_PER_S));
+        clock.watermark_ms = clock.watermark_ms.max(candidate);
+        if clock != before {
+            store_clock(ctx, &clock)?;
+        }
+        if let (Some(wm), true) = (
+            clock.watermark_ms,
+            clock.watermark_ms != before.watermark_ms,
+        ) {
+            self.close_until(ctx, wm)?;
+        }
+        Ok(())
+    }
+
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        let last = *self.last_input_ms.entry(ctx.partition).or_insert(now_ms);
+        if now_ms.saturating_sub(last) < IDLE_ADVANCE_S * MS_PER_S {
+            return Ok(());
+        }
+        let mut clock = load_clock(ctx)?;
+        let candidate = now_ms.saturating_sub(GRACE_PERIOD_S * MS_PER_S);
+        if clock.watermark_ms.is_some_and(|wm| wm >= candidate) {
+            return Ok(());
+        }
+        // Only move (and write) when it closes something; see the module docs.
+        let mut to = vec![WINDOW_PREFIX];
+        to.extend_from_slice(&encode_i64(candidate.saturating_add(1)));
+        if ctx
+            .stores
+            .scan(WINDOWS, &[WINDOW_PREFIX], &to, 1)?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        clock.watermark_ms = Some(candidate);
+        store_clock(ctx, &clock)?;
+        self.close_until(ctx, candidate)
+    }
+
+    fn on_revoked(&mut self, partition: i32) {
+        self.last_input_ms.remove(&partition);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

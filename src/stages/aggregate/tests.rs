@@ -1,0 +1,662 @@
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal_macros::dec;
+use serde_json::json;
+
+use super::*;
+use crate::event::{Encoding, Measure, Origin, ValidatedEvent};
+use crate::rating::ChargeModel;
+use crate::stages::enrich::resolve::{ChargeSource, ResolvedCharge};
+use crate::stages::rate::RatedMeasure;
+use crate::store::{MemBackend, PartitionStores};
+
+pub(crate) fn config() -> Config {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
+}
+
+fn stores() -> PartitionStores {
+    PartitionStores::new(Box::<MemBackend>::default(), 1)
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// A processor whose wall clock the test sets.
+fn processor() -> (AggregateProcessor, Arc<AtomicI64>) {
+    let now = Arc::new(AtomicI64::new(0));
+    let n = now.clone();
+    let p = AggregateProcessor::with_clock(&config(), Box::new(move || n.load(Ordering::SeqCst)));
+    (p, now)
+}
+
+/// A subscription's calendar for building events.
+#[derive(Clone, Copy)]
+pub(crate) struct Sub {
+    pub tz: &'static str,
+    pub anchor: u8,
+    pub plan_version: u32,
+}
+
+pub(crate) const UTC1: Sub = Sub {
+    tz: "UTC",
+    anchor: 1,
+    plan_version: 1,
+};
+
+/// A rated event of subscription `sub` at `time` with one measure per
+/// (meter, marginal amount); marginal quantity 1 each.
+pub(crate) fn rated(
+    id: &str,
+    time: DateTime<Utc>,
+    sub: Sub,
+    measures: &[(&str, Decimal)],
+) -> RatedEvent {
+    let tz = calendar::parse_tz(sub.tz).unwrap();
+    let day = LocalDay::containing(tz, time).unwrap();
+    let period = BillingPeriod::containing(sub.anchor, tz, time).unwrap();
+    let charges = measures
+        .iter()
+        .map(|(m, _)| ResolvedCharge {
+            meter: m.to_string(),
+            aggregation: Aggregation::Sum,
+            charge: ChargeModel::PerUnit {
+                unit_price: dec!(1),
+            },
+            source: ChargeSource::Plan,
+            tax_code: Some("TX-USAGE".into()),
+            unit: Some("unit".into()),
+        })
+        .collect();
+    let enriched = EnrichedEvent {
+        event: ValidatedEvent {
+            source: "svc".into(),
+            id: id.into(),
+            event_type: "t".into(),
+            subject: "cust-1".into(),
+            time,
+            measures: measures
+                .iter()
+                .map(|(m, _)| Measure {
+                    meter: m.to_string(),
+                    value: Some(dec!(1)),
+                    unique_value: None,
+                    group: BTreeMap::new(),
+                })
+                .collect(),
+            data: json!({}),
+            origin: Origin {
+                topic: "x.usage.events".into(),
+                partition: 0,
+                offset: 0,
+                encoding: Encoding::Structured,
+            },
+        },
+        customer: CustomerInfo {
+            id: "cust-1".into(),
+            name: "Acme".into(),
+            legal_entity: "acme".into(),
+            erp_customer_id: "C-1".into(),
+        },
+        subscription_id: "sub-1".into(),
+        plan_id: "pro".into(),
+        plan_version: sub.plan_version,
+        currency: "USD".into(),
+        legal_entity: "ml-us".into(),
+        time_zone: sub.tz.into(),
+        billing_anchor_day: sub.anchor,
+        billing_period: Window {
+            id: period.id(),
+            start: period.start(),
+            end: period.end(),
+        },
+        local_day: Window {
+            id: day.id(),
+            start: day.start(),
+            end: day.end(),
+        },
+        gl_accounts: GlAccounts {
+            usage_revenue: "4010".into(),
+            unbilled_receivable: "1210".into(),
+            receivable: "1200".into(),
+        },
+        tax_code: Some("TX-PLAN".into()),
+        minimum_commitment: Some(dec!(100)),
+        base_fee: Some(dec!(10)),
+        charges,
+    };
+    let rated_measures = enriched
+        .event
+        .measures
+        .iter()
+        .zip(measures)
+        .map(|(m, (_, amount))| RatedMeasure {
+            meter: m.meter.clone(),
+            segment_key: enriched.rating_segment_key(m),
+            segment_id: enriched.rating_segment_id(m),
+            plan_version: sub.plan_version,
+            aggregation: Aggregation::Sum,
+            quantity_before: dec!(0),
+            quantity_after: dec!(1),
+            marginal_quantity: dec!(1),
+            marginal_amount: *amount,
+        })
+        .collect();
+    RatedEvent {
+        source: "svc".into(),
+        id: id.into(),
+        customer_id: "cust-1".into(),
+        measures: rated_measures,
+        enriched,
+    }
+}
+
+fn run_bytes(
+    p: &mut AggregateProcessor,
+    s: &mut PartitionStores,
+    value: &[u8],
+) -> Result<Vec<ClosedWindow>, StageError> {
+    let cfg = config();
+    let mut out = Vec::new();
+    let rec = InputRecord {
+        topic: "x.usage.rated",
+        partition: 0,
+        offset: 0,
+        key: Some(b"cust-1"),
+        value: Some(value),
+        headers: &[],
+        timestamp_ms: Some(42),
+    };
+    let mut ctx = Ctx {
+        partition: 0,
+        stores: s,
+        out: &mut out,
+        config: &cfg,
+    };
+    p.process(&rec, &mut ctx)?;
+    Ok(parse_out(&out))
+}
+
+fn parse_out(out: &[Output]) -> Vec<ClosedWindow> {
+    out.iter()
+        .map(|o| {
+            assert_eq!(o.topic, "x.usage.windows");
+            assert_eq!(o.key.as_deref(), Some(&b"cust-1"[..]));
+            ClosedWindow::from_json_slice(o.value.as_deref().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+fn run(p: &mut AggregateProcessor, s: &mut PartitionStores, e: &RatedEvent) -> Vec<ClosedWindow> {
+    run_bytes(p, s, &serde_json::to_vec(e).unwrap()).unwrap()
+}
+
+fn punctuate(
+    p: &mut AggregateProcessor,
+    s: &mut PartitionStores,
+    now: DateTime<Utc>,
+) -> Vec<ClosedWindow> {
+    let cfg = config();
+    let mut out = Vec::new();
+    let mut ctx = Ctx {
+        partition: 0,
+        stores: s,
+        out: &mut out,
+        config: &cfg,
+    };
+    p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
+    parse_out(&out)
+}
+
+/// Feeds `events` in order to a fresh processor and store; every window
+/// emitted, in order.
+pub(crate) fn aggregate_all(events: &[RatedEvent]) -> Vec<ClosedWindow> {
+    let (mut p, _) = processor();
+    let mut s = stores();
+    let mut all = Vec::new();
+    for e in events {
+        all.extend(run(&mut p, &mut s, e));
+    }
+    all
+}
+
+fn clock_of(s: &PartitionStores) -> PartitionClock {
+    serde_json::from_slice(&s.get(WINDOWS, CLOCK_KEY).unwrap().unwrap()).unwrap()
+}
+
+fn grace() -> Duration {
+    Duration::seconds(GRACE_PERIOD_S)
+}
+
+#[test]
+fn billing_periods_of_28_29_30_31_days_close_at_local_midnight() {
+    // (time zone, anchor, an instant in the period, period id, days)
+    let cases = [
+        ("UTC", 1, "2026-02-10T12:00:00Z", "2026-02-01", 28),
+        ("UTC", 1, "2028-02-10T12:00:00Z", "2028-02-01", 29),
+        ("Asia/Tokyo", 1, "2026-04-10T12:00:00Z", "2026-04-01", 30),
+        (
+            "America/New_York",
+            1,
+            "2026-01-10T12:00:00Z",
+            "2026-01-01",
+            31,
+        ),
+        // Anchor 31 clamps to Feb 28: the period from Jan 31 has 28 days.
+        (
+            "Europe/Berlin",
+            31,
+            "2026-02-10T12:00:00Z",
+            "2026-01-31",
+            28,
+        ),
+    ];
+    for (tz, anchor, time, id, days) in cases {
+        let sub = Sub {
+            tz,
+            anchor,
+            plan_version: 1,
+        };
+        let t = at(time);
+        let first = rated("a", t, sub, &[("tokens", dec!(1.5))]);
+        let end = first.enriched.billing_period.end;
+        let tz_ = calendar::parse_tz(tz).unwrap();
+        // The period ends at local midnight of the next anchor date.
+        assert_eq!(end.with_timezone(&tz_).format("%H:%M").to_string(), "00:00");
+        // Just inside the grace: nothing of the period closes yet.
+        let inside = rated(
+            "b",
+            end + grace() - Duration::seconds(1),
+            sub,
+            &[("tokens", dec!(1))],
+        );
+        let out = aggregate_all(&[first.clone(), inside.clone()]);
+        assert!(
+            out.iter().all(|w| w.kind == WindowKind::Day),
+            "{tz}: {out:?}"
+        );
+        // Exactly at end + grace the watermark reaches the end: closed.
+        let closing = rated("c", end + grace(), sub, &[("tokens", dec!(1))]);
+        let out = aggregate_all(&[first, closing]);
+        let period: Vec<_> = out
+            .iter()
+            .filter(|w| w.kind == WindowKind::BillingPeriod)
+            .collect();
+        assert_eq!(period.len(), 1, "{tz}");
+        let w = &period[0];
+        assert_eq!(w.window.id, id, "{tz}");
+        assert_eq!(w.window.end, end);
+        assert_eq!((w.window.end - w.window.start).num_days(), days, "{tz}");
+        assert_eq!(w.amount, dec!(1.5));
+        assert_eq!(w.event_count, 1);
+        assert_eq!(w.clearing.period, w.window);
+        // Order: the day, then the segment's period, then the period close.
+        let kinds: Vec<WindowKind> = out.iter().map(|w| w.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                WindowKind::Day,
+                WindowKind::BillingPeriod,
+                WindowKind::PeriodClose
+            ],
+            "{tz}"
+        );
+        assert_eq!(out[2].segment, None);
+        assert_eq!(out[2].base_fee, Some(dec!(10)));
+    }
+}
+
+#[test]
+fn local_day_follows_the_subscription_time_zone() {
+    let ny = Sub {
+        tz: "America/New_York",
+        anchor: 1,
+        plan_version: 1,
+    };
+    // 04:30 UTC on Feb 1 is still Jan 31 in New York, and still January's period.
+    let e = rated("a", at("2026-02-01T04:30:00Z"), ny, &[("tokens", dec!(2))]);
+    assert_eq!(e.enriched.local_day.id, "2026-01-31");
+    let later = rated(
+        "b",
+        at("2026-02-01T05:00:00Z") + grace(),
+        ny,
+        &[("tokens", dec!(1))],
+    );
+    let out = aggregate_all(&[e, later]);
+    let ids: Vec<(WindowKind, &str)> = out.iter().map(|w| (w.kind, w.window.id.as_str())).collect();
+    assert_eq!(
+        ids,
+        [
+            (WindowKind::Day, "2026-01-31"),
+            (WindowKind::BillingPeriod, "2026-01-01"),
+            (WindowKind::PeriodClose, "2026-01-01")
+        ]
+    );
+    assert_eq!(out[0].window.start, at("2026-01-31T05:00:00Z"));
+    assert_eq!(out[0].window.end, at("2026-02-01T05:00:00Z"));
+}
+
+#[test]
+fn late_within_grace_joins_its_window_and_windows_close_once() {
+    let (mut p, _) = processor();
+    let mut s = stores();
+    let d = at("2026-01-10T00:00:00Z");
+    assert!(run(
+        &mut p,
+        &mut s,
+        &rated("a", d + Duration::hours(12), UTC1, &[("tokens", dec!(1))])
+    )
+    .is_empty());
+    // Next day, but within the grace of the 10th's end.
+    let next = d + Duration::days(1) + Duration::minutes(5);
+    assert!(run(
+        &mut p,
+        &mut s,
+        &rated("b", next, UTC1, &[("tokens", dec!(2))])
+    )
+    .is_empty());
+    assert_eq!(
+        clock_of(&s).watermark_ms,
+        Some((next - grace()).timestamp_millis())
+    );
+    // Out of order but within the grace: the 10th is still open.
+    assert!(run(
+        &mut p,
+        &mut s,
+        &rated("c", d + Duration::hours(23), UTC1, &[("tokens", dec!(4))])
+    )
+    .is_empty());
+    // The watermark reaches the end of the 10th: it closes, with a and c.
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated(
+            "d",
+            d + Duration::days(1) + grace(),
+            UTC1,
+            &[("tokens", dec!(8))],
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].window.id, "2026-01-10");
+    assert_eq!((out[0].amount, out[0].event_count), (dec!(5), 2));
+    assert_eq!(out[0].adjusts, None);
+    assert_eq!(
+        out[0].closed_at_watermark_ms,
+        (d + Duration::days(1)).timestamp_millis()
+    );
+    // Emitted once: later events do not emit it again, and the store no longer has it.
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated(
+            "e",
+            d + Duration::days(1) + Duration::hours(1),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    );
+    assert!(out.is_empty());
+    // A restart (new processor, committed store) neither re-emits nor loses anything.
+    s.apply_committed(&[]).unwrap();
+    let (mut p, _) = processor();
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated(
+            "f",
+            d + Duration::days(2) + grace(),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].window.id, "2026-01-11");
+    assert_eq!((out[0].amount, out[0].event_count), (dec!(11), 3));
+}
+
+#[test]
+fn a_late_event_beyond_the_grace_is_an_adjustment_in_the_current_window() {
+    let (mut p, _) = processor();
+    let mut s = stores();
+    let jan10 = at("2026-01-10T12:00:00Z");
+    run(
+        &mut p,
+        &mut s,
+        &rated("a", jan10, UTC1, &[("tokens", dec!(1))]),
+    );
+    // Jan 12 noon: the 10th closes.
+    let now = at("2026-01-12T12:00:00Z");
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated("b", now, UTC1, &[("tokens", dec!(1))]),
+    );
+    assert_eq!(out.len(), 1);
+    // Late for the 10th: into the current day (the day of the watermark,
+    // Jan 12) as an adjustment naming the 10th; January is still open.
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated("late", jan10, UTC1, &[("tokens", dec!(7))]),
+    );
+    assert!(out.is_empty());
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated(
+            "c",
+            at("2026-01-13T00:00:00Z") + grace(),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    );
+    let ids: Vec<(&str, Option<&str>, Decimal)> = out
+        .iter()
+        .map(|w| {
+            (
+                w.window.id.as_str(),
+                w.adjusts.as_ref().map(|a| a.id.as_str()),
+                w.amount,
+            )
+        })
+        .collect();
+    // Key order within one day: the regular window, then adjustments.
+    assert_eq!(
+        ids,
+        [
+            ("2026-01-12", None, dec!(1)),
+            ("2026-01-12", Some("2026-01-10"), dec!(7))
+        ]
+    );
+    assert_eq!(out[1].clearing.period.id, "2026-01-01");
+    assert_eq!(out[1].clearing.adjusts, None);
+    // February: a January event is late for its whole period.
+    let feb = at("2026-02-03T00:00:00Z");
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated("d", feb, UTC1, &[("tokens", dec!(1))]),
+    );
+    let january: Vec<_> = out.iter().filter(|w| w.kind != WindowKind::Day).collect();
+    assert_eq!(january.len(), 2);
+    assert_eq!(january[0].amount, dec!(10));
+    assert_eq!(january[1].kind, WindowKind::PeriodClose);
+    assert_eq!(january[1].event_count, 4);
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated("late2", jan10, UTC1, &[("tokens", dec!(3))]),
+    );
+    assert!(out.is_empty());
+    // Close February: the adjustment is in February's period, naming January,
+    // and is not part of February's period close.
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated(
+            "e",
+            at("2026-03-01T00:00:00Z") + grace(),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    );
+    let adj: Vec<_> = out.iter().filter(|w| w.adjusts.is_some()).collect();
+    assert_eq!(adj.len(), 2);
+    for w in &adj {
+        assert_eq!(
+            w.adjusts.as_ref().unwrap().id,
+            if w.kind == WindowKind::Day {
+                "2026-01-10"
+            } else {
+                "2026-01-01"
+            }
+        );
+        assert_eq!(w.amount, dec!(3));
+        assert_eq!(w.clearing.period.id, "2026-02-01");
+        assert_eq!(w.clearing.adjusts.as_ref().unwrap().id, "2026-01-01");
+    }
+    assert_eq!(adj[0].kind, WindowKind::Day);
+    // The current day is the watermark's: Feb 3 00:00 minus the grace.
+    assert_eq!(adj[0].window.id, "2026-02-02");
+    let close = out
+        .iter()
+        .find(|w| w.kind == WindowKind::PeriodClose)
+        .unwrap();
+    assert_eq!((close.amount, close.event_count), (dec!(1), 1));
+}
+
+#[test]
+fn an_idle_partition_advances_by_wall_clock() {
+    let (mut p, wall) = processor();
+    let mut s = stores();
+    let t = at("2026-01-10T12:00:00Z");
+    wall.store(t.timestamp_millis(), Ordering::SeqCst);
+    run(&mut p, &mut s, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
+    s.apply_committed(&[]).unwrap();
+    let end = at("2026-01-11T00:00:00Z");
+    // Not idle long enough: nothing, and nothing written.
+    let soon = t + Duration::seconds(IDLE_ADVANCE_S - 1);
+    assert!(punctuate(&mut p, &mut s, soon).is_empty());
+    // Idle, but the wall-clock watermark would close nothing: no write.
+    let idle = t + Duration::seconds(IDLE_ADVANCE_S);
+    assert!(punctuate(&mut p, &mut s, idle).is_empty());
+    assert!(!s.has_pending());
+    // Idle and past the day's end plus the grace: the day closes.
+    let out = punctuate(&mut p, &mut s, end + grace());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].window.id, "2026-01-10");
+    assert_eq!(clock_of(&s).watermark_ms, Some(end.timestamp_millis()));
+    // Input resets the idle timer.
+    wall.store((end + grace()).timestamp_millis(), Ordering::SeqCst);
+    run(
+        &mut p,
+        &mut s,
+        &rated("b", end + Duration::hours(1), UTC1, &[("tokens", dec!(1))]),
+    );
+    assert!(punctuate(&mut p, &mut s, end + grace() + Duration::seconds(30)).is_empty());
+}
+
+#[test]
+fn lineage_and_sums_do_not_depend_on_arrival_order() {
+    let t = at("2026-01-10T01:00:00Z");
+    let events: Vec<RatedEvent> = (0..5)
+        .map(|i| {
+            rated(
+                &format!("e{i}"),
+                t + Duration::minutes(i),
+                UTC1,
+                &[("tokens", Decimal::new(i + 1, 1)), ("calls", dec!(0.003))],
+            )
+        })
+        .collect();
+    let closer = rated(
+        "z",
+        at("2026-02-01T00:00:00Z") + grace(),
+        UTC1,
+        &[("tokens", dec!(1))],
+    );
+    let mut forward = events.clone();
+    forward.push(closer.clone());
+    let mut backward: Vec<_> = events.into_iter().rev().collect();
+    backward.push(closer);
+    let a = aggregate_all(&forward);
+    let b = aggregate_all(&backward);
+    assert_eq!(a.len(), 2 + 2 + 1);
+    assert_eq!(a, b);
+    let close = a.last().unwrap();
+    assert_eq!(close.kind, WindowKind::PeriodClose);
+    // Each event once, though it has two measures.
+    assert_eq!(close.event_count, 5);
+    assert_eq!(close.amount, dec!(1.5) + dec!(0.015));
+    let mut expected = empty_digest();
+    for i in 0..5 {
+        expected = add_digest(&expected, &event_digest("svc", &format!("e{i}"))).unwrap();
+    }
+    assert_eq!(close.lineage_digest, expected);
+    assert_ne!(expected, empty_digest());
+}
+
+#[test]
+fn digest_addition_wraps_and_carries() {
+    let ones = hex::encode([0xFFu8; 32]);
+    let mut one = [0u8; 32];
+    one[31] = 1;
+    assert_eq!(add_digest(&ones, &one).unwrap(), empty_digest());
+    let mut x = [0u8; 32];
+    x[31] = 0xFF;
+    let r = add_digest(&add_digest(&empty_digest(), &x).unwrap(), &one).unwrap();
+    assert!(r.ends_with("0100"), "{r}");
+    assert!(add_digest("zz", &one).is_err());
+}
+
+#[test]
+fn malformed_input_is_rejected_and_writes_nothing() {
+    let (mut p, _) = processor();
+    let mut s = stores();
+    match run_bytes(&mut p, &mut s, b"{nope") {
+        Err(StageError::Reject { code, .. }) => assert_eq!(code, MALFORMED_RATED_EVENT),
+        other => panic!("{other:?}"),
+    }
+    let mut e = rated(
+        "a",
+        at("2026-01-10T00:00:00Z"),
+        UTC1,
+        &[("tokens", dec!(1))],
+    );
+    e.measures.clear();
+    match run_bytes(&mut p, &mut s, &serde_json::to_vec(&e).unwrap()) {
+        Err(StageError::Reject { code, .. }) => assert_eq!(code, MALFORMED_RATED_EVENT),
+        other => panic!("{other:?}"),
+    }
+    assert!(!s.has_pending());
+}
+
+#[test]
+fn closed_window_json_round_trips() {
+    let e = rated(
+        "a",
+        at("2026-01-10T00:00:00Z"),
+        UTC1,
+        &[("tokens", dec!(1.25))],
+    );
+    let closer = rated(
+        "z",
+        at("2026-01-11T00:00:00Z") + grace(),
+        UTC1,
+        &[("tokens", dec!(1))],
+    );
+    let out = aggregate_all(&[e, closer]);
+    let v = serde_json::to_value(&out[0]).unwrap();
+    assert_eq!(v["kind"], "day");
+    assert_eq!(v["amount"], "1.25");
+    assert_eq!(v["window"]["start"], "2026-01-10T00:00:00Z");
+    assert_eq!(v["lineage_digest"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        ClosedWindow::from_json_slice(&out[0].to_json_bytes().unwrap()).unwrap(),
+        out[0]
+    );
+}

@@ -1,0 +1,618 @@
+//! The post stage: closed windows in, finance postings out: accrual journal
+//! entries, invoice lines, period-close entries and control totals, rounded
+//! once, balanced, each with a deterministic idempotency key.
+//!
+//! For each record of `usage.windows` (a [`ClosedWindow`] JSON; anything
+//! else is rejected to `meterline.dlq.post` with [`MALFORMED_CLOSED_WINDOW`]):
+//!
+//! * **day window** (one segment, one local day): an accrual journal entry
+//!   Dr unbilled receivable, Cr usage revenue, of the window's amount rounded
+//!   to the currency's minor unit. The rounded accrual is added to the
+//!   ledger sum of the invoice window that will clear it
+//!   ([`ClosedWindow::clearing`]).
+//! * **billing-period window** (one segment, one period, or an adjustment of
+//!   a closed period): the invoice line (quantity, rounded amount L, tax
+//!   code); a rounding entry Dr unbilled receivable, Cr usage revenue of
+//!   `L - A`, where A is the sum of the rounded accruals posted for that
+//!   segment and period, so that unbilled receivable clears to zero; and the
+//!   reclass Dr receivable, Cr unbilled receivable of L. A regular line's L
+//!   is added to the subscription period's spend.
+//! * **period close** (one subscription, one period): the base fee (invoice
+//!   line and entry Dr receivable, Cr usage revenue), then a minimum
+//!   commitment true-up line and entry (same accounts) of
+//!   `commitment - (spend + base fee)` where that is positive.
+//!
+//! Every window also gets a control total: its event count, unrounded and
+//! rounded amount and lineage digest, as aggregate computed them.
+//!
+//! Rules that hold for every journal entry: a negative amount swaps the debit
+//! and credit accounts; an entry whose amount rounds to zero is not posted;
+//! the debits equal the credits to the minor unit (checked before emitting:
+//! an unbalanced entry is a bug and stops the stage). An invoice line is
+//! posted unless both its quantity and its rounded amount are zero (a line
+//! of free usage is still shown).
+//!
+//! Rounding happens here and only here, with [`money::round_to_minor`] and
+//! [`ROUNDING_MODE`]; amounts carry the currency's scale (USD `"1.50"`, JPY
+//! `"150"`, BHD `"1.500"`).
+//!
+//! Every [`Posting`] carries `idempotency_key =
+//! money::idempotency_key(business_key, POSTING_KEY_VERSION)`, where the
+//! business key is (posting type, kind, legal entity, subscription, segment
+//! id or "", window kind, window id, adjusted window id or ""): the same
+//! window always yields the same keys, so an ERP connector can upsert.
+//! Postings go to `finance.postings` keyed by `["<legal entity>","<subscription>"]`
+//! (a JSON array, unambiguous whatever the ids contain).
+//!
+//! # The ledger store (store 0, `ledger`)
+//!
+//! | key | value |
+//! |---|---|
+//! | `A` segment id, clearing period id, adjusted period id or "" | rounded accruals posted, decimal string |
+//! | `S` subscription id, period id | rounded regular invoice lines of the period, decimal string |
+//!
+//! Both are deleted when the window that consumes them is posted (the
+//! segment's billing-period window, the period close), so the store holds
+//! only open periods. Aggregate emits a period's day windows before its
+//! billing-period windows and those before its period close, on one
+//! partition (keyed by customer), which is what makes the sums complete.
+
+// Non-test code must not be able to panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+use chrono::{Duration, NaiveDate};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::calendar;
+use crate::config::Config;
+use crate::money::{self, MoneyError, RoundingMode};
+use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
+use crate::stages::aggregate::{ClosedWindow, WindowKind};
+use crate::stages::enrich::resolve::Window;
+use crate::store::keys::KeyBuilder;
+use crate::store::StoreId;
+use crate::topology::{self, StageSpec};
+
+/// Version of the idempotency key's business key; bump it if the meaning of
+/// the parts ever changes.
+pub const POSTING_KEY_VERSION: u32 = 1;
+/// Rounding of every posted amount. Should become config `post.rounding_mode`.
+pub const ROUNDING_MODE: RoundingMode = RoundingMode::HalfEven;
+
+/// The ledger store's index in the stage's store list.
+const LEDGER: StoreId = 0;
+const ACCRUED_PREFIX: u8 = b'A';
+const SPEND_PREFIX: u8 = b'S';
+
+/// Reject code of an input record that is not a closed window.
+pub const MALFORMED_CLOSED_WINDOW: &str = "malformed_closed_window";
+
+/// Why a window cannot be posted. [`code`](PostError::code) is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PostError {
+    #[error("not a closed window: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Money(#[from] MoneyError),
+    #[error("calendar: {0}")]
+    Calendar(#[from] calendar::CalendarError),
+    #[error("amount overflow")]
+    Overflow,
+    #[error("journal entry {key} does not balance: debits {debits}, credits {credits}")]
+    Unbalanced {
+        key: String,
+        debits: Decimal,
+        credits: Decimal,
+    },
+}
+
+impl PostError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PostError::Malformed(_) => MALFORMED_CLOSED_WINDOW,
+            PostError::Money(e) => e.code(),
+            PostError::Calendar(e) => e.code(),
+            PostError::Overflow => "amount_overflow",
+            PostError::Unbalanced { .. } => "unbalanced_journal_entry",
+        }
+    }
+}
+
+impl From<PostError> for StageError {
+    fn from(e: PostError) -> Self {
+        match e {
+            // A bug, not bad input: stop rather than dead-letter books.
+            PostError::Unbalanced { .. } => StageError::Fatal(e.to_string()),
+            _ => StageError::Reject {
+                code: e.code(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// What a posting is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostingType {
+    JournalEntry,
+    InvoiceLine,
+    ControlTotal,
+}
+
+impl PostingType {
+    fn as_str(self) -> &'static str {
+        match self {
+            PostingType::JournalEntry => "journal_entry",
+            PostingType::InvoiceLine => "invoice_line",
+            PostingType::ControlTotal => "control_total",
+        }
+    }
+}
+
+/// Side of a journal line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Debit,
+    Credit,
+}
+
+/// One line of a journal entry; `amount` > 0, at the currency's scale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalLine {
+    pub account: String,
+    pub side: Side,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+}
+
+/// An invoice line; `amount` rounded, may be negative (an adjustment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    pub description: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    pub unit: Option<String>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub tax_code: Option<String>,
+}
+
+/// A window's control total, for reconciliation with the inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlTotal {
+    pub event_count: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    /// The window's unrounded amount.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_rounded: Decimal,
+    pub lineage_digest: String,
+}
+
+/// One record on `finance.postings`. See the module docs and [`Posting::kind`].
+///
+/// ```json
+/// {"posting_type":"journal_entry","kind":"accrual",
+///  "idempotency_key":"5d41…(64 hex)",
+///  "business_key":["journal_entry","accrual","ml-us","sub-1","3f1c…","day","2026-01-10",""],
+///  "key_version":1,"legal_entity":"ml-us","customer_id":"cust-42","erp_customer_id":"C-42",
+///  "subscription_id":"sub-1","plan_id":"pro","plan_version":2,"currency":"USD",
+///  "accounting_date":"2026-01-10",
+///  "billing_period":{"id":"2026-01-01","start":"2026-01-01T05:00:00Z","end":"2026-02-01T05:00:00Z"},
+///  "window_kind":"day",
+///  "window":{"id":"2026-01-10","start":"2026-01-10T05:00:00Z","end":"2026-01-11T05:00:00Z"},
+///  "adjusts":null,"segment_id":"3f1c…","segment_key":"[\"sub-1\",\"tokens\",\"2026-01-01\",2,{}]",
+///  "meter":"tokens",
+///  "lines":[{"account":"1210","side":"debit","amount":"5.00"},
+///           {"account":"4010","side":"credit","amount":"5.00"}],
+///  "invoice_line":null,"control_total":null}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub posting_type: PostingType,
+    /// journal_entry: `accrual` | `rounding` | `reclass` | `base_fee` |
+    /// `minimum_true_up`; invoice_line: `usage` | `base_fee` |
+    /// `minimum_true_up`; control_total: the window kind.
+    pub kind: String,
+    pub idempotency_key: String,
+    pub business_key: Vec<String>,
+    pub key_version: u32,
+    pub legal_entity: String,
+    pub customer_id: String,
+    pub erp_customer_id: String,
+    pub subscription_id: String,
+    pub plan_id: String,
+    pub plan_version: u32,
+    pub currency: String,
+    /// Local date (subscription time zone) the posting belongs to: the day
+    /// of a day window, the last day of a period otherwise.
+    pub accounting_date: String,
+    /// The billing period that invoices it (for an adjustment: the current one).
+    pub billing_period: Window,
+    pub window_kind: WindowKind,
+    pub window: Window,
+    /// Not null: an adjustment of this closed window.
+    pub adjusts: Option<Window>,
+    pub segment_id: Option<String>,
+    pub segment_key: Option<String>,
+    pub meter: Option<String>,
+    /// journal_entry only (else empty): debits and credits balance exactly.
+    pub lines: Vec<JournalLine>,
+    pub invoice_line: Option<InvoiceLine>,
+    pub control_total: Option<ControlTotal>,
+}
+
+impl Posting {
+    pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Sum of debits and sum of credits.
+    pub fn totals(&self) -> (Decimal, Decimal) {
+        self.lines
+            .iter()
+            .fold((Decimal::ZERO, Decimal::ZERO), |(d, c), l| match l.side {
+                Side::Debit => (d + l.amount, c),
+                Side::Credit => (d, c + l.amount),
+            })
+    }
+
+    /// Debits equal credits (trivially true for non-journal postings).
+    pub fn check_balanced(&self) -> Result<(), PostError> {
+        let (debits, credits) = self.totals();
+        if debits == credits {
+            Ok(())
+        } else {
+            Err(PostError::Unbalanced {
+                key: self.idempotency_key.clone(),
+                debits,
+                credits,
+            })
+        }
+    }
+}
+
+/// Lines of a two-line entry Dr `debit`, Cr `credit` of `amount`; a negative
+/// amount swaps the sides; None for zero (not posted).
+pub fn two_lines(debit: &str, credit: &str, amount: Decimal) -> Option<Vec<JournalLine>> {
+    if amount.is_zero() {
+        return None;
+    }
+    let (dr, cr) = if amount.is_sign_negative() {
+        (credit, debit)
+    } else {
+        (debit, credit)
+    };
+    let amount = amount.abs();
+    Some(vec![
+        JournalLine {
+            account: dr.to_string(),
+            side: Side::Debit,
+            amount,
+        },
+        JournalLine {
+            account: cr.to_string(),
+            side: Side::Credit,
+            amount,
+        },
+    ])
+}
+
+fn accrued_key(w: &ClosedWindow, segment_id: &str) -> Vec<u8> {
+    KeyBuilder::new(ACCRUED_PREFIX)
+        .str(segment_id)
+        .str(&w.clearing.period.id)
+        .str(w.clearing.adjusts.as_ref().map_or("", |a| a.id.as_str()))
+        .build()
+}
+
+fn spend_key(w: &ClosedWindow) -> Vec<u8> {
+    KeyBuilder::new(SPEND_PREFIX)
+        .str(&w.subscription_id)
+        .str(&w.window.id)
+        .build()
+}
+
+fn read_sum(ctx: &Ctx<'_>, key: &[u8]) -> Result<Decimal, StageError> {
+    match ctx.stores.get(LEDGER, key)? {
+        None => Ok(Decimal::ZERO),
+        Some(b) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse::<Decimal>().ok())
+            .ok_or_else(|| StageError::Fatal("ledger store: corrupt sum".into())),
+    }
+}
+
+/// The last local date of a window in time zone `tz`.
+fn last_local_date(w: &Window, tz: &str) -> Result<NaiveDate, PostError> {
+    let tz = calendar::parse_tz(tz)?;
+    let last = w.end - Duration::milliseconds(1);
+    Ok(last.with_timezone(&tz).date_naive())
+}
+
+/// Turns one closed window into its postings and the ledger writes they
+/// imply. Pure given the two ledger sums it reads; see the module docs.
+pub struct Posted {
+    pub postings: Vec<Posting>,
+    /// New value of the accrued sum of the window's segment and clearing
+    /// period (None: delete).
+    pub accrued: Option<Decimal>,
+    /// New value of the subscription period's spend (None: unchanged; the
+    /// period close deletes it).
+    pub spend: Option<Decimal>,
+}
+
+/// The postings of `w`, given the ledger's accrued sum for its segment and
+/// clearing period and the spend of its subscription period.
+pub fn post_window(
+    w: &ClosedWindow,
+    accrued: Decimal,
+    spend: Decimal,
+) -> Result<Posted, PostError> {
+    let round = |a: Decimal| money::round_to_minor(a, &w.currency, ROUNDING_MODE);
+    // Checked first: an unknown currency rejects the window, whatever its kind.
+    let amount = round(w.amount)?;
+    let accounting_date = match w.kind {
+        WindowKind::Day => w.window.id.clone(),
+        _ => last_local_date(&w.window, &w.time_zone)?
+            .format("%Y-%m-%d")
+            .to_string(),
+    };
+    let segment = w.segment.as_ref();
+    let build = |posting_type: PostingType, kind: &str| {
+        let business_key: Vec<String> = vec![
+            posting_type.as_str().to_string(),
+            kind.to_string(),
+            w.legal_entity.clone(),
+            w.subscription_id.clone(),
+            segment.map_or(String::new(), |s| s.segment_id.clone()),
+            w.kind.as_str().to_string(),
+            w.window.id.clone(),
+            w.adjusts.as_ref().map_or(String::new(), |a| a.id.clone()),
+        ];
+        let parts: Vec<&str> = business_key.iter().map(String::as_str).collect();
+        Posting {
+            posting_type,
+            kind: kind.to_string(),
+            idempotency_key: money::idempotency_key(&parts, POSTING_KEY_VERSION),
+            business_key,
+            key_version: POSTING_KEY_VERSION,
+            legal_entity: w.legal_entity.clone(),
+            customer_id: w.customer.id.clone(),
+            erp_customer_id: w.customer.erp_customer_id.clone(),
+            subscription_id: w.subscription_id.clone(),
+            plan_id: w.plan_id.clone(),
+            plan_version: segment.map_or(w.plan_version, |s| s.plan_version),
+            currency: w.currency.clone(),
+            accounting_date: accounting_date.clone(),
+            billing_period: w.clearing.period.clone(),
+            window_kind: w.kind,
+            window: w.window.clone(),
+            adjusts: w.adjusts.clone(),
+            segment_id: segment.map(|s| s.segment_id.clone()),
+            segment_key: segment.map(|s| s.segment_key.clone()),
+            meter: segment.map(|s| s.meter.clone()),
+            lines: Vec::new(),
+            invoice_line: None,
+            control_total: None,
+        }
+    };
+    let journal = |kind: &str, lines: Vec<JournalLine>| {
+        let mut p = build(PostingType::JournalEntry, kind);
+        p.lines = lines;
+        p
+    };
+    let invoice = |kind: &str, line: InvoiceLine| {
+        let mut p = build(PostingType::InvoiceLine, kind);
+        p.invoice_line = Some(line);
+        p
+    };
+    let gl = &w.gl_accounts;
+    let mut postings = Vec::new();
+    let mut new_accrued = None;
+    let mut new_spend = None;
+    match w.kind {
+        WindowKind::Day => {
+            if let Some(lines) = two_lines(&gl.unbilled_receivable, &gl.usage_revenue, amount) {
+                postings.push(journal("accrual", lines));
+            }
+            new_accrued = Some(accrued.checked_add(amount).ok_or(PostError::Overflow)?);
+        }
+        WindowKind::BillingPeriod => {
+            if !(amount.is_zero() && w.quantity.is_zero()) {
+                let description = match (&w.segment, &w.adjusts) {
+                    (Some(s), None) => {
+                        format!("{} (plan {} v{})", s.meter, w.plan_id, s.plan_version)
+                    }
+                    (Some(s), Some(a)) => format!(
+                        "{} (plan {} v{}), adjustment of period {}",
+                        s.meter, w.plan_id, s.plan_version, a.id
+                    ),
+                    (None, _) => "usage".to_string(),
+                };
+                postings.push(invoice(
+                    "usage",
+                    InvoiceLine {
+                        description,
+                        quantity: w.quantity,
+                        unit: segment.and_then(|s| s.unit.clone()),
+                        amount,
+                        tax_code: segment.and_then(|s| s.tax_code.clone()),
+                    },
+                ));
+            }
+            // Unbilled holds `accrued`; bring it to the invoiced amount, then
+            // move exactly that to receivable: it ends at zero.
+            let difference = amount.checked_sub(accrued).ok_or(PostError::Overflow)?;
+            if let Some(lines) = two_lines(&gl.unbilled_receivable, &gl.usage_revenue, difference) {
+                postings.push(journal("rounding", lines));
+            }
+            if let Some(lines) = two_lines(&gl.receivable, &gl.unbilled_receivable, amount) {
+                postings.push(journal("reclass", lines));
+            }
+            // An adjustment counts toward no commitment (its period may
+            // not even have a period close): the spend is left alone.
+            if w.adjusts.is_none() {
+                new_spend = Some(spend.checked_add(amount).ok_or(PostError::Overflow)?);
+            }
+        }
+        WindowKind::PeriodClose => {
+            let base_fee = round(w.base_fee.unwrap_or(Decimal::ZERO))?;
+            if let Some(lines) = two_lines(&gl.receivable, &gl.usage_revenue, base_fee) {
+                postings.push(invoice(
+                    "base_fee",
+                    InvoiceLine {
+                        description: format!("base fee (plan {} v{})", w.plan_id, w.plan_version),
+                        quantity: Decimal::ONE,
+                        unit: None,
+                        amount: base_fee,
+                        tax_code: w.tax_code.clone(),
+                    },
+                ));
+                postings.push(journal("base_fee", lines));
+            }
+            if let Some(commitment) = w.minimum_commitment {
+                let commitment = round(commitment)?;
+                let billed = spend.checked_add(base_fee).ok_or(PostError::Overflow)?;
+                let shortfall = commitment.checked_sub(billed).ok_or(PostError::Overflow)?;
+                if shortfall > Decimal::ZERO {
+                    if let Some(lines) = two_lines(&gl.receivable, &gl.usage_revenue, shortfall) {
+                        postings.push(invoice(
+                            "minimum_true_up",
+                            InvoiceLine {
+                                description: format!(
+                                    "minimum commitment {commitment} {}: true-up",
+                                    w.currency
+                                ),
+                                quantity: Decimal::ONE,
+                                unit: None,
+                                amount: shortfall,
+                                tax_code: w.tax_code.clone(),
+                            },
+                        ));
+                        postings.push(journal("minimum_true_up", lines));
+                    }
+                }
+            }
+        }
+    }
+    let mut control = build(PostingType::ControlTotal, w.kind.as_str());
+    control.control_total = Some(ControlTotal {
+        event_count: w.event_count,
+        quantity: w.quantity,
+        amount: w.amount,
+        amount_rounded: amount,
+        lineage_digest: w.lineage_digest.clone(),
+    });
+    postings.push(control);
+    for p in &postings {
+        p.check_balanced()?;
+    }
+    Ok(Posted {
+        postings,
+        accrued: new_accrued,
+        spend: new_spend,
+    })
+}
+
+pub struct PostProcessor {
+    postings_topic: String,
+}
+
+impl PostProcessor {
+    pub fn new(config: &Config) -> Self {
+        PostProcessor {
+            postings_topic: config.topic(topology::names::POSTINGS),
+        }
+    }
+}
+
+fn parse(bytes: Option<&[u8]>) -> Result<ClosedWindow, PostError> {
+    let bytes = bytes.ok_or_else(|| PostError::Malformed("the record has no value".into()))?;
+    let w =
+        ClosedWindow::from_json_slice(bytes).map_err(|e| PostError::Malformed(e.to_string()))?;
+    let has_segment = w.segment.is_some();
+    if has_segment == (w.kind == WindowKind::PeriodClose) {
+        return Err(PostError::Malformed(format!(
+            "a {} window {} a segment",
+            w.kind.as_str(),
+            if has_segment { "with" } else { "without" }
+        )));
+    }
+    Ok(w)
+}
+
+impl Processor for PostProcessor {
+    // A constant index into the constant stage table: checked by every test.
+    #[allow(clippy::indexing_slicing)]
+    fn spec(&self) -> &'static StageSpec {
+        &topology::STAGES[4]
+    }
+
+    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        let w = parse(rec.value)?;
+        let accrued_key = w.segment.as_ref().map(|s| accrued_key(&w, &s.segment_id));
+        let accrued = match &accrued_key {
+            Some(k) => read_sum(ctx, k)?,
+            None => Decimal::ZERO,
+        };
+        let spend_key = spend_key(&w);
+        let spend = match w.kind {
+            WindowKind::Day => Decimal::ZERO,
+            _ => read_sum(ctx, &spend_key)?,
+        };
+        let posted = post_window(&w, accrued, spend)?;
+        match (w.kind, accrued_key) {
+            (WindowKind::Day, Some(k)) => {
+                if let Some(a) = posted.accrued {
+                    ctx.stores.put(LEDGER, k, a.to_string().into_bytes());
+                }
+            }
+            (WindowKind::BillingPeriod, Some(k)) => {
+                // Cleared: unbilled receivable of this segment and period is zero.
+                ctx.stores.delete(LEDGER, k);
+                if let Some(s) = posted.spend {
+                    ctx.stores
+                        .put(LEDGER, spend_key, s.to_string().into_bytes());
+                }
+            }
+            _ => ctx.stores.delete(LEDGER, spend_key),
+        }
+        let key = serde_json::to_vec(&[&w.legal_entity, &w.subscription_id])
+            .map_err(|e| StageError::Fatal(format!("serializing a key: {e}")))?;
+        for p in posted.postings {
+            let value = p
+                .to_json_bytes()
+                .map_err(|e| StageError::Fatal(format!("serializing a posting: {e}")))?;
+            ctx.emit(Output {
+                topic: self.postings_topic.clone(),
+                key: Some(key.clone()),
+                value: Some(value),
+                headers: Vec::new(),
+                partition: None,
+                timestamp_ms: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

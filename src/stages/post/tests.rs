@@ -1,0 +1,347 @@
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal_macros::dec;
+
+use super::*;
+use crate::stages::aggregate::tests::{aggregate_all, config, rated, UTC1};
+use crate::stages::aggregate::GRACE_PERIOD_S;
+use crate::stages::rate::RatedEvent;
+use crate::store::{MemBackend, PartitionStores};
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// January usage (one "tokens" amount per day from Jan 10 on) in `currency`,
+/// plus an event that closes January; aggregated, then posted.
+fn january(currency: &str, daily: &[Decimal]) -> Vec<Posting> {
+    let mut events: Vec<RatedEvent> = daily
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            rated(
+                &format!("e{i}"),
+                at("2026-01-10T12:00:00Z") + Duration::days(i as i64),
+                UTC1,
+                &[("tokens", *a)],
+            )
+        })
+        .collect();
+    events.push(rated(
+        "closer",
+        at("2026-02-01T00:00:00Z") + Duration::seconds(GRACE_PERIOD_S),
+        UTC1,
+        &[("tokens", dec!(1))],
+    ));
+    for e in &mut events {
+        e.enriched.currency = currency.to_string();
+    }
+    post_all(&aggregate_all(&events))
+}
+
+fn post_all(windows: &[ClosedWindow]) -> Vec<Posting> {
+    let cfg = config();
+    let mut p = PostProcessor::new(&cfg);
+    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+    let mut postings = Vec::new();
+    for w in windows {
+        let value = w.to_json_bytes().unwrap();
+        let mut out = Vec::new();
+        let rec = InputRecord {
+            topic: "x.usage.windows",
+            partition: 0,
+            offset: 0,
+            key: Some(b"cust-1"),
+            value: Some(&value),
+            headers: &[],
+            timestamp_ms: None,
+        };
+        let mut ctx = Ctx {
+            partition: 0,
+            stores: &mut s,
+            out: &mut out,
+            config: &cfg,
+        };
+        p.process(&rec, &mut ctx).unwrap();
+        s.apply_committed(&[]).unwrap();
+        for o in out {
+            assert_eq!(o.topic, "x.finance.postings");
+            assert_eq!(o.key.as_deref(), Some(&br#"["ml-us","sub-1"]"#[..]));
+            postings.push(Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap());
+        }
+    }
+    // The store only holds open periods: January's sums are gone.
+    assert_eq!(s.approximate_keys(0), 0);
+    postings
+}
+
+/// (type, kind, debit account, credit account, amount text) of each posting
+/// except control totals; the amount of an invoice line is its amount.
+fn summary(postings: &[Posting]) -> Vec<(String, String, String, String, String)> {
+    postings
+        .iter()
+        .filter(|p| p.posting_type != PostingType::ControlTotal)
+        .map(|p| match p.posting_type {
+            PostingType::JournalEntry => {
+                assert_eq!(p.lines.len(), 2);
+                assert_eq!(p.lines[0].side, Side::Debit);
+                assert_eq!(p.lines[1].side, Side::Credit);
+                (
+                    "je".into(),
+                    p.kind.clone(),
+                    p.lines[0].account.clone(),
+                    p.lines[1].account.clone(),
+                    p.lines[0].amount.to_string(),
+                )
+            }
+            _ => {
+                let l = p.invoice_line.as_ref().unwrap();
+                (
+                    "inv".into(),
+                    p.kind.clone(),
+                    String::new(),
+                    String::new(),
+                    l.amount.to_string(),
+                )
+            }
+        })
+        .collect()
+}
+
+fn s(t: (&str, &str, &str, &str, &str)) -> (String, String, String, String, String) {
+    (t.0.into(), t.1.into(), t.2.into(), t.3.into(), t.4.into())
+}
+
+/// Debits minus credits of `account` over every journal entry.
+fn balance(postings: &[Posting], account: &str) -> Decimal {
+    postings
+        .iter()
+        .flat_map(|p| &p.lines)
+        .filter(|l| l.account == account)
+        .map(|l| match l.side {
+            Side::Debit => l.amount,
+            Side::Credit => -l.amount,
+        })
+        .sum()
+}
+
+fn assert_books(postings: &[Posting]) {
+    for p in postings {
+        p.check_balanced().unwrap();
+        let (d, c) = p.totals();
+        assert_eq!(d, c, "{}", p.idempotency_key);
+        if p.posting_type == PostingType::JournalEntry {
+            assert!(p.lines.iter().all(|l| l.amount > Decimal::ZERO));
+        }
+    }
+    // Unbilled receivable clears to zero at period close.
+    assert_eq!(balance(postings, "1210"), Decimal::ZERO);
+    // What is receivable is exactly the revenue recognised.
+    assert_eq!(balance(postings, "1200"), -balance(postings, "4010"));
+}
+
+#[test]
+fn usd_accruals_rounding_reclass_base_fee_and_true_up() {
+    let postings = january("USD", &[dec!(0.333), dec!(0.333), dec!(0.333)]);
+    let want = [
+        ("je", "accrual", "1210", "4010", "0.33"),
+        ("je", "accrual", "1210", "4010", "0.33"),
+        ("je", "accrual", "1210", "4010", "0.33"),
+        ("inv", "usage", "", "", "1.00"),
+        // round(0.999) - 3 x 0.33.
+        ("je", "rounding", "1210", "4010", "0.01"),
+        ("je", "reclass", "1200", "1210", "1.00"),
+        ("inv", "base_fee", "", "", "10.00"),
+        ("je", "base_fee", "1200", "4010", "10.00"),
+        // Commitment 100 - (1.00 usage + 10.00 base fee).
+        ("inv", "minimum_true_up", "", "", "89.00"),
+        ("je", "minimum_true_up", "1200", "4010", "89.00"),
+    ];
+    assert_eq!(summary(&postings), want.map(s));
+    assert_books(&postings);
+    assert_eq!(balance(&postings, "1200"), dec!(100.00));
+    // A control total per window: 3 days, the period, the period close.
+    let controls: Vec<&ControlTotal> = postings
+        .iter()
+        .filter_map(|p| p.control_total.as_ref())
+        .collect();
+    assert_eq!(controls.len(), 5);
+    assert_eq!(controls[3].event_count, 3);
+    assert_eq!(controls[3].amount, dec!(0.999));
+    assert_eq!(controls[3].amount_rounded.to_string(), "1.00");
+    assert_eq!(controls[3].quantity, dec!(3));
+    assert_eq!(controls[4].lineage_digest, controls[3].lineage_digest);
+    let line = postings.iter().find(|p| p.kind == "usage").unwrap();
+    let usage = line.invoice_line.as_ref().unwrap();
+    assert_eq!(usage.quantity, dec!(3));
+    assert_eq!(usage.tax_code.as_deref(), Some("TX-USAGE"));
+    assert_eq!(line.accounting_date, "2026-01-31");
+    assert_eq!(postings[0].accounting_date, "2026-01-10");
+}
+
+#[test]
+fn negative_amounts_swap_sides_and_zero_entries_are_not_posted() {
+    let postings = january("USD", &[dec!(10), dec!(-4.004), dec!(0.004)]);
+    let want = [
+        ("je", "accrual", "1210", "4010", "10.00"),
+        // A credit: revenue debited, unbilled credited.
+        ("je", "accrual", "4010", "1210", "4.00"),
+        // 0.004 rounds to zero: no accrual. 6.000 = 10.00 - 4.00: no rounding.
+        ("inv", "usage", "", "", "6.00"),
+        ("je", "reclass", "1200", "1210", "6.00"),
+        ("inv", "base_fee", "", "", "10.00"),
+        ("je", "base_fee", "1200", "4010", "10.00"),
+        ("inv", "minimum_true_up", "", "", "84.00"),
+        ("je", "minimum_true_up", "1200", "4010", "84.00"),
+    ];
+    assert_eq!(summary(&postings), want.map(s));
+    assert_books(&postings);
+}
+
+#[test]
+fn rounding_follows_the_currency_minor_unit() {
+    // JPY, no minor unit: each 0.5 day rounds (half even) to 0, the 1.5
+    // period to 2, so the rounding line carries it all.
+    let jpy = january("JPY", &[dec!(0.5), dec!(0.5), dec!(0.5)]);
+    let want = [
+        ("inv", "usage", "", "", "2"),
+        ("je", "rounding", "1210", "4010", "2"),
+        ("je", "reclass", "1200", "1210", "2"),
+        ("inv", "base_fee", "", "", "10"),
+        ("je", "base_fee", "1200", "4010", "10"),
+        ("inv", "minimum_true_up", "", "", "88"),
+        ("je", "minimum_true_up", "1200", "4010", "88"),
+    ];
+    assert_eq!(summary(&jpy), want.map(s));
+    assert_books(&jpy);
+    // BHD, three decimals: 1.2345 -> 1.234 (half even) per day, 2.469 the period.
+    let bhd = january("BHD", &[dec!(1.2345), dec!(1.2345)]);
+    let want = [
+        ("je", "accrual", "1210", "4010", "1.234"),
+        ("je", "accrual", "1210", "4010", "1.234"),
+        ("inv", "usage", "", "", "2.469"),
+        ("je", "rounding", "1210", "4010", "0.001"),
+        ("je", "reclass", "1200", "1210", "2.469"),
+        ("inv", "base_fee", "", "", "10.000"),
+        ("je", "base_fee", "1200", "4010", "10.000"),
+        ("inv", "minimum_true_up", "", "", "87.531"),
+        ("je", "minimum_true_up", "1200", "4010", "87.531"),
+    ];
+    assert_eq!(summary(&bhd), want.map(s));
+    assert_books(&bhd);
+}
+
+#[test]
+fn no_true_up_when_spend_meets_the_commitment() {
+    let postings = january("USD", &[dec!(60), dec!(30)]);
+    let kinds: Vec<String> = summary(&postings).into_iter().map(|t| t.1).collect();
+    // 90 + 10 base fee = 100: exactly the commitment.
+    assert_eq!(
+        kinds,
+        ["accrual", "accrual", "usage", "reclass", "base_fee", "base_fee"]
+    );
+    assert_books(&postings);
+}
+
+#[test]
+fn idempotency_keys_are_stable_and_unique() {
+    let a = january("USD", &[dec!(0.333), dec!(0.333)]);
+    let b = january("USD", &[dec!(0.333), dec!(0.333)]);
+    let keys = |ps: &[Posting]| {
+        ps.iter()
+            .map(|p| p.idempotency_key.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&a), keys(&b));
+    let unique: std::collections::BTreeSet<_> = keys(&a).into_iter().collect();
+    assert_eq!(unique.len(), a.len());
+    let first = &a[0];
+    let segment = first.segment_id.clone().unwrap();
+    assert_eq!(
+        first.business_key,
+        [
+            "journal_entry",
+            "accrual",
+            "ml-us",
+            "sub-1",
+            segment.as_str(),
+            "day",
+            "2026-01-10",
+            ""
+        ]
+    );
+    let parts: Vec<&str> = first.business_key.iter().map(String::as_str).collect();
+    assert_eq!(
+        first.idempotency_key,
+        money::idempotency_key(&parts, POSTING_KEY_VERSION)
+    );
+    assert_eq!(first.key_version, 1);
+}
+
+#[test]
+fn an_unbalanced_entry_is_caught_and_stops_the_stage() {
+    let mut p = january("USD", &[dec!(1)]).remove(0);
+    assert_eq!(p.posting_type, PostingType::JournalEntry);
+    p.check_balanced().unwrap();
+    p.lines[1].amount += dec!(0.01);
+    let err = p.check_balanced().unwrap_err();
+    assert_eq!(err.code(), "unbalanced_journal_entry");
+    assert!(matches!(StageError::from(err), StageError::Fatal(_)));
+    assert_eq!(two_lines("1", "2", Decimal::ZERO), None);
+}
+
+#[test]
+fn bad_windows_are_rejected() {
+    let cfg = config();
+    let mut p = PostProcessor::new(&cfg);
+    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+    let run = |p: &mut PostProcessor, s: &mut PartitionStores, value: &[u8]| {
+        let mut out = Vec::new();
+        let rec = InputRecord {
+            topic: "x.usage.windows",
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: None,
+        };
+        let mut ctx = Ctx {
+            partition: 0,
+            stores: s,
+            out: &mut out,
+            config: &cfg,
+        };
+        match p.process(&rec, &mut ctx) {
+            Err(StageError::Reject { code, .. }) => code,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(run(&mut p, &mut s, b"[]"), MALFORMED_CLOSED_WINDOW);
+    let windows = aggregate_all(&[
+        rated(
+            "a",
+            at("2026-01-10T00:00:00Z"),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+        rated(
+            "b",
+            at("2026-01-11T00:00:00Z") + Duration::seconds(GRACE_PERIOD_S),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    ]);
+    let mut w = windows[0].clone();
+    w.currency = "usd".into();
+    assert_eq!(
+        run(&mut p, &mut s, &w.to_json_bytes().unwrap()),
+        "unknown_currency"
+    );
+    let mut w = windows[0].clone();
+    w.segment = None;
+    assert_eq!(
+        run(&mut p, &mut s, &w.to_json_bytes().unwrap()),
+        MALFORMED_CLOSED_WINDOW
+    );
+    assert!(!s.has_pending());
+}
