@@ -59,33 +59,31 @@ def load_yaml_docs(path: Path) -> list:
 # --- what the code defines --------------------------------------------------
 
 def config_keys() -> dict[str, set[str]]:
-    """Section -> keys, read from the serde structs of src/config/mod.rs."""
+    """Section -> keys, read from the serde structs of src/config/mod.rs.
+
+    The sections are the fields of `Config` whose type is a struct declared
+    there (`Option<...>` unwrapped); a field marked #[serde(skip)] is no key.
+    """
     text = (REPO / "src/config/mod.rs").read_text()
-    structs = {}
+    structs: dict[str, dict[str, str]] = {}
     for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):
-        fields = set()
-        body = m.group(2)
-        # Fields marked #[serde(skip)] are not file keys.
-        for fm in re.finditer(r"((?:\s*#\[[^\]]*\]\s*|\s*///[^\n]*\n)*)\s*pub (\w+):", body):
+        fields = {}
+        for fm in re.finditer(r"((?:\s*#\[[^\]]*\]\s*|\s*///[^\n]*\n)*)\s*pub (\w+): ([^,\n]+),", m.group(2)):
             if "serde(skip)" in fm.group(1):
                 continue
-            fields.add(fm.group(2))
+            fields[fm.group(2)] = fm.group(3).strip()
         structs[m.group(1)] = fields
-    top = structs["Config"]
-    sections = {
-        "kafka": "KafkaConfig",
-        "registry": "RegistryConfig",
-        "topology": "TopologyConfig",
-        "runtime": "RuntimeConfig",
-        "http": "HttpConfig",
-        "validate": "ValidateConfig",
-    }
+    if "Config" not in structs:
+        failures.append("setup: struct Config not found in src/config/mod.rs")
+        return {}
     out = {}
-    for section, struct in sections.items():
-        if section not in top:
-            failures.append(f"setup: section {section} not in Config (src/config/mod.rs changed?)")
-            continue
-        out[section] = structs[struct]
+    for section, ty in structs["Config"].items():
+        ty = re.sub(r"^Option<(.*)>$", r"\1", ty)
+        if ty in structs:
+            out[section] = set(structs[ty])
+    for expected in ("kafka", "runtime", "http", "topology"):
+        if expected not in out:
+            failures.append(f"setup: section {expected} not found in Config (src/config/mod.rs changed?)")
     return out
 
 

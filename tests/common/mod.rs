@@ -18,6 +18,8 @@ use rdkafka::{Offset, TopicPartitionList};
 /// Partitions of every pipeline topic in tests (smaller than production's 6:
 /// the broker holds many namespaces at once).
 pub const TEST_PARTITIONS: i32 = 3;
+/// How long a reader waits for a new topic to appear in the metadata.
+pub const METADATA_WAIT_S: u64 = 15;
 /// How long a test waits for the pipeline to deliver before failing.
 pub const WAIT_TIMEOUT_MS: u64 = 120_000;
 // (kept long: a loaded 2-core machine)
@@ -244,11 +246,22 @@ pub fn read_all(topic: &str, read_committed: bool) -> Vec<Rec> {
         )
         .create()
         .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let parts = md.topics()[0].partitions().len() as i32;
-    assert!(parts > 0, "topic {topic} does not exist");
+    // A topic created a moment ago may not be in the metadata yet.
+    let t0 = Instant::now();
+    let parts = loop {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let n = md.topics()[0].partitions().len() as i32;
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(METADATA_WAIT_S),
+            "topic {topic} does not exist"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
