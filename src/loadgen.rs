@@ -20,8 +20,9 @@ use crate::kafka::{self, ClientError};
 
 /// Progress is reported this often.
 const PROGRESS_INTERVAL_MS: u64 = 500;
-/// Events are spread over this much event time before the run's start.
-const SPREAD_MS: i64 = 6 * 3_600_000;
+const MS_PER_HOUR: i64 = 3_600_000;
+/// Event times jitter backwards by up to this much around their place in the timeline.
+const JITTER_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadgenArgs {
@@ -45,6 +46,13 @@ pub struct LoadgenArgs {
     /// Topic to produce to (namespace added).
     #[arg(long, default_value = "usage.events")]
     pub topic: String,
+    /// Event times are spread over this many hours before now (days in the
+    /// past give the aggregate stage windows to close).
+    #[arg(long, default_value_t = 6)]
+    pub spread_hours: u32,
+    /// Fraction of events whose time lies far behind the stream (late usage).
+    #[arg(long, default_value_t = 0.01)]
+    pub late_fraction: f64,
     /// Write JSON lines to stdout instead of producing.
     #[arg(long)]
     pub stdout: bool,
@@ -93,6 +101,9 @@ pub struct Generator {
     duplicate_fraction: f64,
     malformed_fraction: f64,
     start: DateTime<Utc>,
+    spread_ms: i64,
+    count: u64,
+    late_fraction: f64,
     n: u64,
     valid: Vec<(String, String)>,
 }
@@ -122,6 +133,9 @@ impl Generator {
             duplicate_fraction,
             malformed_fraction,
             start,
+            spread_ms: 6 * MS_PER_HOUR,
+            count: 1,
+            late_fraction: 0.0,
             n: 0,
             valid: Vec::new(),
         }
@@ -129,7 +143,16 @@ impl Generator {
 
     fn event(&mut self, id: &str, subject: &str) -> String {
         let (ty, _) = TYPES[self.rng.random_range(0..TYPES.len())];
-        let back_ms = self.rng.random_range(0..SPREAD_MS);
+        // Event time walks forward through the spread as the stream goes on
+        // (telemetry arrives roughly in order), with a little jitter, and a
+        // `late_fraction` of events arrive far behind (late usage).
+        let spread = self.spread_ms.max(1);
+        let progress =
+            (self.n.min(self.count) as i64).saturating_mul(spread) / (self.count.max(1) as i64);
+        let mut back_ms = (spread - progress + self.rng.random_range(0..JITTER_MS)).max(0);
+        if self.rng.random::<f64>() < self.late_fraction {
+            back_ms = back_ms.saturating_add(self.rng.random_range(0..spread / 2 + 1));
+        }
         let time = (self.start - chrono::Duration::milliseconds(back_ms))
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let data = match ty {
@@ -153,6 +176,20 @@ impl Generator {
             r#"{{"specversion":"1.0","id":"{id}","source":"loadgen/{}","type":"{ty}","subject":"{subject}","time":"{time}","data":{data}}}"#,
             self.seed
         )
+    }
+
+    /// Lays event times out over `count` events (earliest first), with
+    /// `late_fraction` of them arriving far behind.
+    pub fn with_timeline(mut self, count: u64, late_fraction: f64) -> Self {
+        self.count = count.max(1);
+        self.late_fraction = late_fraction;
+        self
+    }
+
+    /// Spreads event times over `hours` before the start.
+    pub fn with_spread_hours(mut self, hours: u32) -> Self {
+        self.spread_ms = i64::from(hours.max(1)) * MS_PER_HOUR;
+        self
     }
 
     /// The next record.
@@ -225,7 +262,9 @@ pub fn run(config: &Config, args: &LoadgenArgs) -> Result<LoadgenSummary, Loadge
         args.duplicate_fraction,
         args.malformed_fraction,
         Utc::now(),
-    );
+    )
+    .with_spread_hours(args.spread_hours)
+    .with_timeline(args.count, args.late_fraction);
     let topic = config.topic(&args.topic);
     let producer: Option<BaseProducer> = if args.stdout {
         None

@@ -61,6 +61,8 @@ pub enum Command {
     Loadgen(crate::loadgen::LoadgenArgs),
     /// List the stages this build can run, in pipeline order.
     Stages,
+    /// Print the committed postings of finance.postings as a table.
+    Postings,
     /// Reference data: customers, subscriptions, plans.
     Refdata {
         #[command(subcommand)]
@@ -182,6 +184,13 @@ pub fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { stages } => run(&rt, Arc::new(config), stages),
+        Command::Postings => {
+            print!(
+                "{}",
+                topology::postings::render(&topology::postings::read(&config)?)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stages => {
             println!("{}", crate::stages::RUNNABLE);
             Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod counts;
+pub mod postings;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -150,7 +150,7 @@ pub enum PostingType {
 }
 
 impl PostingType {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             PostingType::JournalEntry => "journal_entry",
             PostingType::InvoiceLine => "invoice_line",
