@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::meter::Meter;
+use crate::money::RoundingMode;
 
 /// Prefix of the environment variables that override file keys.
 pub const ENV_PREFIX: &str = "METERLINE__";
@@ -58,6 +59,10 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub validate: ValidateConfig,
+    #[serde(default)]
+    pub aggregate: AggregateConfig,
+    #[serde(default)]
+    pub post: PostConfig,
     /// Filled from `topology.meters_file` after loading; not a file key.
     #[serde(skip)]
     pub meters: Vec<Meter>,
@@ -238,8 +243,51 @@ impl Default for ValidateConfig {
     }
 }
 
+/// Settings of the aggregate stage (see `stages::aggregate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// How long after the greatest event time seen a window stays open for
+    /// late events: `watermark = greatest event time - grace_period_s`.
+    #[serde(default = "defaults::grace_period_s")]
+    pub grace_period_s: u32,
+    /// Wall-clock seconds without input after which a partition's watermark
+    /// advances by the wall clock (`now - grace_period_s`).
+    #[serde(default = "defaults::idle_advance_s")]
+    pub idle_advance_s: u32,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            grace_period_s: defaults::grace_period_s(),
+            idle_advance_s: defaults::idle_advance_s(),
+        }
+    }
+}
+
+/// Settings of the post stage (see `stages::post`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostConfig {
+    /// How every posted amount is rounded to the currency's minor unit:
+    /// half_even | half_up | half_down | up | down | ceiling | floor.
+    #[serde(default = "defaults::rounding_mode")]
+    pub rounding_mode: RoundingMode,
+}
+
+impl Default for PostConfig {
+    fn default() -> Self {
+        PostConfig {
+            rounding_mode: defaults::rounding_mode(),
+        }
+    }
+}
+
 mod defaults {
     use std::path::PathBuf;
+
+    use crate::money::RoundingMode;
 
     pub const BOOTSTRAP_SERVERS: &str = "127.0.0.1:9092";
     pub fn request_timeout_ms() -> u64 {
@@ -292,6 +340,15 @@ mod defaults {
     }
     pub fn signature_header() -> String {
         "meterline-signature".to_string()
+    }
+    pub fn grace_period_s() -> u32 {
+        600
+    }
+    pub fn idle_advance_s() -> u32 {
+        60
+    }
+    pub fn rounding_mode() -> RoundingMode {
+        RoundingMode::HalfEven
     }
 }
 
@@ -590,6 +647,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn aggregate_and_post_settings_default_parse_and_refuse_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let base = dir.path().to_path_buf();
+        let c = Config::from_parts("", "x.toml", &[], base.clone()).unwrap();
+        assert_eq!(c.aggregate.grace_period_s, 600);
+        assert_eq!(c.aggregate.idle_advance_s, 60);
+        assert_eq!(c.post.rounding_mode, RoundingMode::HalfEven);
+        let env = vec![(
+            "METERLINE__AGGREGATE__IDLE_ADVANCE_S".to_string(),
+            "2".to_string(),
+        )];
+        let c = Config::from_parts(
+            "[aggregate]\ngrace_period_s = 60\n[post]\nrounding_mode = \"half_up\"\n",
+            "x.toml",
+            &env,
+            base.clone(),
+        )
+        .unwrap();
+        assert_eq!(c.aggregate.grace_period_s, 60);
+        assert_eq!(c.aggregate.idle_advance_s, 2);
+        assert_eq!(c.post.rounding_mode, RoundingMode::HalfUp);
+        for (text, named) in [
+            ("[aggregate]\ngrace_period = 60\n", "grace_period"),
+            ("[post]\nrounding = \"up\"\n", "rounding"),
+            ("[post]\nrounding_mode = \"half_odd\"\n", "half_odd"),
+            ("[aggregate]\ngrace_period_s = -1\n", "grace_period_s"),
+        ] {
+            let err = Config::from_parts(text, "x.toml", &[], base.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{text}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]

@@ -929,7 +929,8 @@ pub fn run_stage<P: Processor>(
         // half-loaded reference data.
         let mut e = lock(&engine);
         let e = &mut *e;
-        if let Some(mut feed) = tables::TableFeed::open(&config, spec)? {
+        let root = e.state_root.clone();
+        if let Some(mut feed) = tables::TableFeed::open(&config, spec, &root).map_err(&fatal)? {
             feed.load_all(&config, &mut e.processor).map_err(&fatal)?;
             e.tables = Some(feed);
         }

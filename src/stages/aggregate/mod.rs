@@ -29,10 +29,12 @@
 //!
 //! # Watermark and closing
 //!
-//! Per partition: `watermark = greatest event time seen - GRACE_PERIOD_S`,
-//! never moving back. When a partition has seen no input for
-//! [`IDLE_ADVANCE_S`] of wall clock, [`Processor::punctuate`] advances it to
-//! `now - GRACE_PERIOD_S` (as if an event stamped "now" had arrived), but
+//! Per partition: `watermark = greatest event time seen - grace`, never
+//! moving back, where grace is config `aggregate.grace_period_s` (default
+//! [`GRACE_PERIOD_S`]). When a partition has seen no input for
+//! `aggregate.idle_advance_s` (default [`IDLE_ADVANCE_S`]) of wall clock,
+//! [`Processor::punctuate`] advances it to `now - grace` (as if an event
+//! stamped "now" had arrived), but
 //! only when that closes at least one window, so an idle partition does not
 //! write a changelog record every second.
 //!
@@ -107,10 +109,11 @@ use crate::store::StoreId;
 use crate::topology::{self, StageSpec};
 
 /// How long after the greatest event time seen a window stays open for late
-/// events, in seconds. Should become config `aggregate.grace_period_s`.
+/// events, in seconds: the default of config `aggregate.grace_period_s`.
 pub const GRACE_PERIOD_S: i64 = 600;
 /// Wall-clock time without input after which a partition's watermark
-/// advances by the wall clock, in seconds.
+/// advances by the wall clock, in seconds: the default of config
+/// `aggregate.idle_advance_s`.
 pub const IDLE_ADVANCE_S: i64 = 60;
 const MS_PER_S: i64 = 1_000;
 
@@ -411,6 +414,10 @@ pub type Clock = Box<dyn Fn() -> i64 + Send>;
 
 pub struct AggregateProcessor {
     windows_topic: String,
+    /// `aggregate.grace_period_s`, in ms.
+    grace_ms: i64,
+    /// `aggregate.idle_advance_s`, in ms.
+    idle_advance_ms: i64,
     clock: Clock,
     /// Wall clock of the last input per partition. A liveness hint only
     /// (after a restart the idle timer starts again, which merely delays
@@ -426,6 +433,8 @@ impl AggregateProcessor {
     pub fn with_clock(config: &Config, clock: Clock) -> Self {
         AggregateProcessor {
             windows_topic: config.topic(topology::names::WINDOWS),
+            grace_ms: i64::from(config.aggregate.grace_period_s) * MS_PER_S,
+            idle_advance_ms: i64::from(config.aggregate.idle_advance_s) * MS_PER_S,
             clock,
             last_input_ms: BTreeMap::new(),
         }
@@ -693,9 +702,7 @@ impl Processor for AggregateProcessor {
         let event_ms = e.event.time.timestamp_millis();
         let before = clock;
         clock.max_event_ms = Some(clock.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
-        let candidate = clock
-            .max_event_ms
-            .map(|m| m.saturating_sub(GRACE_PERIOD_S * MS_PER_S));
+        let candidate = clock.max_event_ms.map(|m| m.saturating_sub(self.grace_ms));
         clock.watermark_ms = clock.watermark_ms.max(candidate);
         if clock != before {
             store_clock(ctx, &clock)?;
@@ -711,11 +718,11 @@ impl Processor for AggregateProcessor {
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
         let last = *self.last_input_ms.entry(ctx.partition).or_insert(now_ms);
-        if now_ms.saturating_sub(last) < IDLE_ADVANCE_S * MS_PER_S {
+        if now_ms.saturating_sub(last) < self.idle_advance_ms {
             return Ok(());
         }
         let mut clock = load_clock(ctx)?;
-        let candidate = now_ms.saturating_sub(GRACE_PERIOD_S * MS_PER_S);
+        let candidate = now_ms.saturating_sub(self.grace_ms);
         if clock.watermark_ms.is_some_and(|wm| wm >= candidate) {
             return Ok(());
         }

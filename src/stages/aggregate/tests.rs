@@ -660,3 +660,48 @@ fn closed_window_json_round_trips() {
         out[0]
     );
 }
+
+#[test]
+fn grace_and_idle_advance_come_from_the_config() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cfg = Config::from_parts(
+        "[topology]\nnamespace = \"x.\"\n[aggregate]\ngrace_period_s = 60\nidle_advance_s = 2\n",
+        "test",
+        &[],
+        dir,
+    )
+    .unwrap();
+    let now = Arc::new(AtomicI64::new(0));
+    let n = now.clone();
+    let mut p = AggregateProcessor::with_clock(&cfg, Box::new(move || n.load(Ordering::SeqCst)));
+    let mut s = stores();
+    let t = at("2026-01-10T12:00:00Z");
+    now.store(t.timestamp_millis(), Ordering::SeqCst);
+    run(&mut p, &mut s, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
+    s.apply_committed(&[]).unwrap();
+    let end = at("2026-01-11T00:00:00Z");
+    // 60 s after the day's end: the default grace (600 s) would keep it open.
+    let out = run(
+        &mut p,
+        &mut s,
+        &rated("b", end + Duration::seconds(60), UTC1, &[("tokens", dec!(1))]),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].window.id, "2026-01-10");
+    assert_eq!(clock_of(&s).watermark_ms, Some(end.timestamp_millis()));
+    s.apply_committed(&[]).unwrap();
+    // Idle for 2 s (not 60) and the wall clock past Jan 11 + 60 s: it closes.
+    let wall = at("2026-01-12T00:01:00Z");
+    now.store(wall.timestamp_millis(), Ordering::SeqCst);
+    run(
+        &mut p,
+        &mut s,
+        &rated("c", end + Duration::seconds(61), UTC1, &[("tokens", dec!(1))]),
+    );
+    s.apply_committed(&[]).unwrap();
+    assert!(punctuate(&mut p, &mut s, wall + Duration::seconds(1)).is_empty());
+    let out = punctuate(&mut p, &mut s, wall + Duration::seconds(2));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].window.id, "2026-01-11");
+    assert_eq!(out[0].event_count, 2);
+}

@@ -33,7 +33,7 @@
 //! of free usage is still shown).
 //!
 //! Rounding happens here and only here, with [`money::round_to_minor`] and
-//! [`ROUNDING_MODE`]; amounts carry the currency's scale (USD `"1.50"`, JPY
+//! config `post.rounding_mode` (default [`ROUNDING_MODE`]); amounts carry the currency's scale (USD `"1.50"`, JPY
 //! `"150"`, BHD `"1.500"`).
 //!
 //! Every [`Posting`] carries `idempotency_key =
@@ -85,7 +85,7 @@ use crate::topology::{self, StageSpec};
 /// Version of the idempotency key's business key; bump it if the meaning of
 /// the parts ever changes.
 pub const POSTING_KEY_VERSION: u32 = 1;
-/// Rounding of every posted amount. Should become config `post.rounding_mode`.
+/// Rounding of every posted amount: the default of config `post.rounding_mode`.
 pub const ROUNDING_MODE: RoundingMode = RoundingMode::HalfEven;
 
 /// The ledger store's index in the stage's store list.
@@ -360,13 +360,15 @@ pub struct Posted {
 }
 
 /// The postings of `w`, given the ledger's accrued sum for its segment and
-/// clearing period and the spend of its subscription period.
+/// clearing period and the spend of its subscription period, every amount
+/// rounded with `mode`.
 pub fn post_window(
     w: &ClosedWindow,
     accrued: Decimal,
     spend: Decimal,
+    mode: RoundingMode,
 ) -> Result<Posted, PostError> {
-    let round = |a: Decimal| money::round_to_minor(a, &w.currency, ROUNDING_MODE);
+    let round = |a: Decimal| money::round_to_minor(a, &w.currency, mode);
     // Checked first: an unknown currency rejects the window, whatever its kind.
     let amount = round(w.amount)?;
     let accounting_date = match w.kind {
@@ -534,12 +536,14 @@ pub fn post_window(
 
 pub struct PostProcessor {
     postings_topic: String,
+    rounding_mode: RoundingMode,
 }
 
 impl PostProcessor {
     pub fn new(config: &Config) -> Self {
         PostProcessor {
             postings_topic: config.topic(topology::names::POSTINGS),
+            rounding_mode: config.post.rounding_mode,
         }
     }
 }
@@ -578,7 +582,7 @@ impl Processor for PostProcessor {
             WindowKind::Day => Decimal::ZERO,
             _ => read_sum(ctx, &spend_key)?,
         };
-        let posted = post_window(&w, accrued, spend)?;
+        let posted = post_window(&w, accrued, spend, self.rounding_mode)?;
         match (w.kind, accrued_key) {
             (WindowKind::Day, Some(k)) => {
                 if let Some(a) = posted.accrued {

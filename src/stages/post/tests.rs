@@ -39,8 +39,11 @@ fn january(currency: &str, daily: &[Decimal]) -> Vec<Posting> {
 }
 
 fn post_all(windows: &[ClosedWindow]) -> Vec<Posting> {
-    let cfg = config();
-    let mut p = PostProcessor::new(&cfg);
+    post_all_with(&config(), windows)
+}
+
+fn post_all_with(cfg: &Config, windows: &[ClosedWindow]) -> Vec<Posting> {
+    let mut p = PostProcessor::new(cfg);
     let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
     let mut postings = Vec::new();
     for w in windows {
@@ -59,7 +62,7 @@ fn post_all(windows: &[ClosedWindow]) -> Vec<Posting> {
             partition: 0,
             stores: &mut s,
             out: &mut out,
-            config: &cfg,
+            config: cfg,
         };
         p.process(&rec, &mut ctx).unwrap();
         s.apply_committed(&[]).unwrap();
@@ -344,4 +347,57 @@ fn bad_windows_are_rejected() {
         MALFORMED_CLOSED_WINDOW
     );
     assert!(!s.has_pending());
+}
+
+#[test]
+fn the_rounding_mode_comes_from_the_config() {
+    // One day of 0.125 USD: a tie that half_even rounds down, half_up up.
+    let windows = aggregate_all(&[
+        rated(
+            "a",
+            at("2026-01-10T12:00:00Z"),
+            UTC1,
+            &[("tokens", dec!(0.125))],
+        ),
+        rated(
+            "closer",
+            at("2026-02-01T00:00:00Z") + Duration::seconds(GRACE_PERIOD_S),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    ]);
+    let accrual = |postings: &[Posting]| {
+        let p = postings.iter().find(|p| p.kind == "accrual").unwrap();
+        p.lines[0].amount.to_string()
+    };
+    assert_eq!(config().post.rounding_mode, RoundingMode::HalfEven);
+    assert_eq!(ROUNDING_MODE, RoundingMode::HalfEven);
+    let even = post_all(&windows);
+    assert_eq!(accrual(&even), "0.12");
+    assert_books(&even);
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let up = Config::from_parts(
+        "[topology]\nnamespace = \"x.\"\n[post]\nrounding_mode = \"half_up\"\n",
+        "test",
+        &[],
+        dir,
+    )
+    .unwrap();
+    let up = post_all_with(&up, &windows);
+    assert_eq!(accrual(&up), "0.13");
+    assert_books(&up);
+    let usage = up.iter().find(|p| p.kind == "usage").unwrap();
+    assert_eq!(usage.invoice_line.as_ref().unwrap().amount.to_string(), "0.13");
+    // The pure function takes the mode too.
+    let day = &windows[0];
+    assert_eq!(day.kind, WindowKind::Day);
+    for (mode, want) in [
+        (RoundingMode::HalfEven, "0.12"),
+        (RoundingMode::HalfUp, "0.13"),
+        (RoundingMode::Down, "0.12"),
+        (RoundingMode::Ceiling, "0.13"),
+    ] {
+        let posted = post_window(day, Decimal::ZERO, Decimal::ZERO, mode).unwrap();
+        assert_eq!(accrual(&posted.postings), want, "{mode:?}");
+    }
 }
