@@ -684,7 +684,12 @@ fn grace_and_idle_advance_come_from_the_config() {
     let out = run(
         &mut p,
         &mut s,
-        &rated("b", end + Duration::seconds(60), UTC1, &[("tokens", dec!(1))]),
+        &rated(
+            "b",
+            end + Duration::seconds(60),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
     );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].window.id, "2026-01-10");
@@ -696,7 +701,12 @@ fn grace_and_idle_advance_come_from_the_config() {
     run(
         &mut p,
         &mut s,
-        &rated("c", end + Duration::seconds(61), UTC1, &[("tokens", dec!(1))]),
+        &rated(
+            "c",
+            end + Duration::seconds(61),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
     );
     s.apply_committed(&[]).unwrap();
     assert!(punctuate(&mut p, &mut s, wall + Duration::seconds(1)).is_empty());

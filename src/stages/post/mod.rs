@@ -360,9 +360,19 @@ pub struct Posted {
 }
 
 /// The postings of `w`, given the ledger's accrued sum for its segment and
-/// clearing period and the spend of its subscription period, every amount
-/// rounded with `mode`.
+/// clearing period and the spend of its subscription period, rounded with
+/// the default [`ROUNDING_MODE`] (see [`post_window_with`]).
 pub fn post_window(
+    w: &ClosedWindow,
+    accrued: Decimal,
+    spend: Decimal,
+) -> Result<Posted, PostError> {
+    post_window_with(w, accrued, spend, ROUNDING_MODE)
+}
+
+/// [`post_window`] with every amount rounded with `mode` (config
+/// `post.rounding_mode`).
+pub fn post_window_with(
     w: &ClosedWindow,
     accrued: Decimal,
     spend: Decimal,
@@ -582,7 +592,7 @@ impl Processor for PostProcessor {
             WindowKind::Day => Decimal::ZERO,
             _ => read_sum(ctx, &spend_key)?,
         };
-        let posted = post_window(&w, accrued, spend, self.rounding_mode)?;
+        let posted = post_window_with(&w, accrued, spend, self.rounding_mode)?;
         match (w.kind, accrued_key) {
             (WindowKind::Day, Some(k)) => {
                 if let Some(a) = posted.accrued {

@@ -387,17 +387,22 @@ fn the_rounding_mode_comes_from_the_config() {
     assert_eq!(accrual(&up), "0.13");
     assert_books(&up);
     let usage = up.iter().find(|p| p.kind == "usage").unwrap();
-    assert_eq!(usage.invoice_line.as_ref().unwrap().amount.to_string(), "0.13");
-    // The pure function takes the mode too.
+    assert_eq!(
+        usage.invoice_line.as_ref().unwrap().amount.to_string(),
+        "0.13"
+    );
+    // The pure function takes the mode too; post_window uses the default.
     let day = &windows[0];
     assert_eq!(day.kind, WindowKind::Day);
+    let default = post_window(day, Decimal::ZERO, Decimal::ZERO).unwrap();
+    assert_eq!(accrual(&default.postings), "0.12");
     for (mode, want) in [
         (RoundingMode::HalfEven, "0.12"),
         (RoundingMode::HalfUp, "0.13"),
         (RoundingMode::Down, "0.12"),
         (RoundingMode::Ceiling, "0.13"),
     ] {
-        let posted = post_window(day, Decimal::ZERO, Decimal::ZERO, mode).unwrap();
+        let posted = post_window_with(day, Decimal::ZERO, Decimal::ZERO, mode).unwrap();
         assert_eq!(accrual(&posted.postings), want, "{mode:?}");
     }
 }
