@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{CleanupPolicy, Topology};
@@ -15,7 +16,7 @@ use crate::config::Config;
 use crate::kafka::{self, ClientError};
 
 /// Give up on a topic that does not reach its end within this time.
-const COUNT_TIMEOUT_MS: u64 = 120_000;
+const READ_TIMEOUT_MS: u64 = 120_000;
 
 /// Counts per topic (cluster name), in topology order; compacted topics are skipped.
 pub fn count(config: &Config, topology: &Topology) -> Result<Vec<(String, u64)>, ClientError> {
@@ -30,6 +31,18 @@ pub fn count(config: &Config, topology: &Topology) -> Result<Vec<(String, u64)>,
 }
 
 pub fn count_topic(config: &Config, topic: &str) -> Result<u64, ClientError> {
+    let mut n = 0u64;
+    for_each_record(config, topic, |_| n += 1)?;
+    Ok(n)
+}
+
+/// Reads every committed record of `topic` (all partitions, from the
+/// beginning to the end) and hands each to `f`.
+pub fn for_each_record(
+    config: &Config,
+    topic: &str,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), ClientError> {
     let c = kafka::reader(config)?;
     let md = kafka::metadata(c.client(), config, Some(topic))?;
     let parts = kafka::partition_count(&md, topic, config)?;
@@ -39,13 +52,12 @@ pub fn count_topic(config: &Config, topic: &str) -> Result<u64, ClientError> {
     }
     c.assign(&tpl)?;
     let mut open: BTreeSet<i32> = (0..parts).collect();
-    let mut n = 0u64;
     let t0 = Instant::now();
     while !open.is_empty() {
-        if t0.elapsed() > Duration::from_millis(COUNT_TIMEOUT_MS) {
+        if t0.elapsed() > Duration::from_millis(READ_TIMEOUT_MS) {
             return Err(ClientError::Unreachable {
                 servers: config.kafka.bootstrap_servers.clone(),
-                message: format!("counting {topic} did not reach its end in {COUNT_TIMEOUT_MS} ms"),
+                message: format!("reading {topic} did not reach its end in {READ_TIMEOUT_MS} ms"),
             });
         }
         match c.poll(Duration::from_millis(200)) {
@@ -54,10 +66,10 @@ pub fn count_topic(config: &Config, topic: &str) -> Result<u64, ClientError> {
                 open.remove(&p);
             }
             Some(Err(e)) => return Err(e.into()),
-            Some(Ok(_)) => n += 1,
+            Some(Ok(m)) => f(&m),
         }
     }
-    Ok(n)
+    Ok(())
 }
 
 pub fn render(counts: &[(String, u64)]) -> String {

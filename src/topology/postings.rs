@@ -3,50 +3,23 @@
 //! every journal entry balances.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
 use crate::config::Config;
-use crate::kafka::{self, ClientError};
+use crate::kafka::ClientError;
 use crate::stages::post::{Posting, Side};
 use crate::topology::names;
 
-/// Give up when the topic does not reach its end within this time.
-const READ_TIMEOUT_MS: u64 = 120_000;
-
 /// Reads every committed posting.
 pub fn read(config: &Config) -> Result<Vec<Posting>, ClientError> {
-    let topic = config.topic(names::POSTINGS);
-    let c = kafka::reader(config)?;
-    let md = kafka::metadata(c.client(), config, Some(&topic))?;
-    let parts = kafka::partition_count(&md, &topic, config)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
-    let mut open: std::collections::BTreeSet<i32> = (0..parts).collect();
     let mut out = Vec::new();
-    let t0 = Instant::now();
-    while !open.is_empty() && t0.elapsed() < Duration::from_millis(READ_TIMEOUT_MS) {
-        match c.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
-            }
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(m)) => {
-                if let Some(p) = m.payload().and_then(|v| Posting::from_json_slice(v).ok()) {
-                    out.push(p);
-                }
-            }
+    super::counts::for_each_record(config, &config.topic(names::POSTINGS), |m| {
+        if let Some(p) = m.payload().and_then(|v| Posting::from_json_slice(v).ok()) {
+            out.push(p);
         }
-    }
+    })?;
     out.sort_by(|a, b| {
         (
             &a.accounting_date,
