@@ -9,8 +9,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The process-wide registry.
@@ -37,61 +37,40 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
     c
 }
 
+/// Metric names and label sets are built from compile-time stage and noun
+/// names; an invalid one is a programming error, caught by the first test
+/// that builds the stage's metrics.
+fn valid<T>(made: prometheus::Result<T>, name: &str) -> T {
+    match made {
+        Ok(m) => m,
+        Err(e) => panic!("metric {name} is invalid: {e}"),
+    }
+}
+
 pub fn counter(name: &str, help: &str) -> IntCounter {
-    register(IntCounter::new(name, help).unwrap_or_else(|_| {
-        IntCounter::new("meterline_invalid_metric", "invalid").expect("static metric")
-    }))
+    register(valid(IntCounter::new(name, help), name))
 }
 
 pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(
-        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| {
-            IntCounterVec::new(Opts::new("meterline_invalid_metric_vec", "invalid"), labels)
-                .expect("static metric")
-        }),
-    )
+    register(valid(
+        IntCounterVec::new(Opts::new(name, help), labels),
+        name,
+    ))
 }
 
 pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    register(
-        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| {
-            IntGaugeVec::new(Opts::new("meterline_invalid_gauge_vec", "invalid"), labels)
-                .expect("static metric")
-        }),
-    )
+    register(valid(IntGaugeVec::new(Opts::new(name, help), labels), name))
 }
 
 pub fn gauge(name: &str, help: &str) -> IntGauge {
-    register(IntGauge::new(name, help).unwrap_or_else(|_| {
-        IntGauge::new("meterline_invalid_gauge", "invalid").expect("static metric")
-    }))
+    register(valid(IntGauge::new(name, help), name))
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    register(
-        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-            .unwrap_or_else(|_| {
-                Histogram::with_opts(HistogramOpts::new("meterline_invalid_histogram", "invalid"))
-                    .expect("static metric")
-            }),
-    )
-}
-
-#[allow(dead_code)]
-fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    register(
-        HistogramVec::new(
-            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-            labels,
-        )
-        .unwrap_or_else(|_| {
-            HistogramVec::new(
-                HistogramOpts::new("meterline_invalid_histogram_vec", "invalid"),
-                labels,
-            )
-            .expect("static metric")
-        }),
-    )
+    register(valid(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())),
+        name,
+    ))
 }
 
 /// The metrics every stage has.
