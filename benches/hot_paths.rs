@@ -1,0 +1,1094 @@
+//! Micro-benchmarks of the per-record hot paths, without Kafka.
+//!
+//! Every benchmark processes a batch of N items per iteration and is reported
+//! per element (`Throughput::Elements(N)`). The baseline, measured in the
+//! same run, is serde_json parsing the same structured-mode event bytes into
+//! a `serde_json::Value`; at the end of the run a markdown table gives each
+//! benchmark's time per element, elements per second and ratio to the
+//! baseline (read back from criterion's `new/estimates.json` files).
+//!
+//!     cargo bench --bench hot_paths              # everything, ~90 s
+//!     cargo bench --bench hot_paths -- decode    # one group (ratios need the baseline too)
+//!
+//! `cargo test --benches` runs each benchmark once, as a smoke test.
+//!
+//! The processors run as the runtime drives them: `Processor::process` with a
+//! `Ctx` over `PartitionStores` (MemBackend, or RocksBackend in a temporary
+//! directory), writes staying in the transaction overlay until
+//! `apply_committed` (called between batches, outside the timed section,
+//! where a benchmark needs state to carry over).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::{Record, Value as AvroValue};
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use chrono::{DateTime, SecondsFormat, Utc};
+use criterion::{BatchSize, Criterion, Throughput};
+use hmac::{Hmac, Mac};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+use serde_json::json;
+use sha2::Sha256;
+
+use meterline::config::Config;
+use meterline::event::{CloudEvent, Encoding, Measure, Origin, ValidatedEvent};
+use meterline::meter::Aggregation;
+use meterline::rating::{ChargeModel, Observation, SegmentState, Tier};
+use meterline::refdata::GlAccounts;
+use meterline::runtime::{Ctx, InputRecord, Output, Processor};
+use meterline::stages::aggregate::{
+    AggregateProcessor, Clearing, ClosedWindow, SegmentInfo, WindowKind,
+};
+use meterline::stages::enrich::resolve::{
+    ChargeSource, CustomerInfo, EnrichedEvent, ResolvedCharge, Window,
+};
+use meterline::stages::post::{post_window, PostProcessor};
+use meterline::stages::rate::{RateProcessor, RatedEvent};
+use meterline::stages::validate::decode::{
+    self, AvroDecodeError, AvroDecoder, RawRecord, WriterSchema, CLOUDEVENT_AVRO_SCHEMA_EXAMPLE,
+    CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC_BYTE,
+};
+use meterline::stages::validate::rules::{self, MeterIndex, ValidateRules};
+use meterline::stages::validate::ValidateProcessor;
+use meterline::store::keys::KeyBuilder;
+use meterline::store::rocks::RocksBackend;
+use meterline::store::{MemBackend, PartitionStores};
+
+/// Items per iteration of the cheap benchmarks (decode, rules, rating, lookups).
+const N: usize = 1_000;
+/// Items per iteration of the processor benchmarks (rate, aggregate, post).
+const N_PROC: usize = 200;
+/// Events accepted into the dedupe store before the lookup-hit benchmarks.
+const DEDUPE_FILL: u64 = 100_000;
+/// The MemBackend dedupe store of the "new events" benchmark is replaced
+/// (outside the timed section) past this many events, to bound memory.
+const MEM_DEDUPE_RESET: u64 = 500_000;
+
+const BASELINE: (&str, &str) = ("baseline", "serde_json_value");
+const MODELS: [&str; 3] = ["small", "large", "vision"];
+const SOURCE: &str = "svc/api";
+const HMAC_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+const EXAMPLE_SCHEMA_ID: u32 = 7;
+
+type Headers = Vec<(String, Option<Vec<u8>>)>;
+
+/// One input record, owned.
+struct Rec {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    headers: Headers,
+}
+
+impl Rec {
+    fn raw(&self) -> RawRecord<'_> {
+        RawRecord {
+            key: Some(&self.key),
+            value: Some(&self.value),
+            headers: &self.headers,
+        }
+    }
+}
+
+/// The benchmarks of this run, in order: (group, function, elements per iteration).
+#[derive(Default)]
+struct Plan {
+    rows: Vec<(String, String, u64)>,
+}
+
+impl Plan {
+    fn add(&mut self, group: &str, function: &str, elements: usize) -> Throughput {
+        self.rows
+            .push((group.to_string(), function.to_string(), elements as u64));
+        Throughput::Elements(elements as u64)
+    }
+}
+
+fn config() -> Config {
+    // The repository's topology/meters.toml (llm.tokens -> meter `tokens`, SUM, group by model).
+    Config::from_parts(
+        "[topology]\nnamespace = \"bench.\"\n",
+        "bench",
+        &[],
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    )
+    .expect("bench config")
+}
+
+fn mem_stores() -> PartitionStores {
+    PartitionStores::new(Box::<MemBackend>::default(), 1)
+}
+
+fn rocks_stores(dir: &tempfile::TempDir) -> PartitionStores {
+    PartitionStores::new(
+        Box::new(RocksBackend::open(&dir.path().join("db")).expect("open rocksdb")),
+        1,
+    )
+}
+
+/// Runs every record through `p` as the runtime would (one partition).
+fn process_all<P: Processor>(
+    p: &mut P,
+    stores: &mut PartitionStores,
+    cfg: &Config,
+    topic: &str,
+    recs: &[Rec],
+    out: &mut Vec<Output>,
+) {
+    let mut ctx = Ctx {
+        partition: 0,
+        stores,
+        out,
+        config: cfg,
+    };
+    for (i, r) in recs.iter().enumerate() {
+        let rec = InputRecord {
+            topic,
+            partition: 0,
+            offset: i as i64,
+            key: Some(&r.key),
+            value: Some(&r.value),
+            headers: &r.headers,
+            timestamp_ms: Some(1),
+        };
+        if let Err(e) = p.process(&rec, &mut ctx) {
+            panic!("{topic} record {i}: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- input events
+
+/// The fields of the `seq`-th usage event: an `llm.tokens` event of ~230
+/// bytes in structured mode, like `meterline loadgen` produces.
+struct Spec {
+    id: String,
+    subject: String,
+    time: String,
+    tokens: i64,
+    model: &'static str,
+}
+
+fn spec(seq: u64, base: DateTime<Utc>) -> Spec {
+    Spec {
+        id: format!("evt-{seq:010}"),
+        subject: format!("cust-{:04}", seq % 500),
+        time: (base + chrono::Duration::milliseconds((seq % 3_600_000) as i64))
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
+        tokens: 100 + ((seq * 37) % 1_900) as i64,
+        model: MODELS[(seq % 3) as usize],
+    }
+}
+
+/// Event times for the validate benchmarks: within the last two hours, so
+/// the time rules accept them whenever the run happens.
+fn recent_base() -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::hours(2)
+}
+
+fn structured(s: &Spec) -> Rec {
+    let value = format!(
+        r#"{{"specversion":"1.0","id":"{}","source":"{SOURCE}","type":"llm.tokens","subject":"{}","time":"{}","datacontenttype":"application/json","data":{{"tokens":{},"model":"{}"}}}}"#,
+        s.id, s.subject, s.time, s.tokens, s.model
+    );
+    Rec {
+        key: s.subject.clone().into_bytes(),
+        value: value.into_bytes(),
+        headers: Vec::new(),
+    }
+}
+
+fn header(name: &str, value: &str) -> (String, Option<Vec<u8>>) {
+    (name.to_string(), Some(value.as_bytes().to_vec()))
+}
+
+fn binary(s: &Spec) -> Rec {
+    Rec {
+        key: s.subject.clone().into_bytes(),
+        value: format!(r#"{{"tokens":{},"model":"{}"}}"#, s.tokens, s.model).into_bytes(),
+        headers: vec![
+            header("ce_specversion", "1.0"),
+            header("ce_id", &s.id),
+            header("ce_source", SOURCE),
+            header("ce_type", "llm.tokens"),
+            header("ce_subject", &s.subject),
+            header("ce_time", &s.time),
+            header("content-type", "application/json"),
+        ],
+    }
+}
+
+fn avro(s: &Spec, schema: &Schema) -> Rec {
+    let Schema::Record(record_schema) = schema else {
+        panic!("the example schema is a record")
+    };
+    let data_schema = &record_schema.fields[record_schema.lookup["data"]].schema;
+    let mut data = Record::new(data_schema).expect("data record");
+    data.put("tokens", s.tokens);
+    data.put("model", s.model);
+    let mut record = Record::new(schema).expect("record");
+    record.put("specversion", "1.0");
+    record.put("id", s.id.as_str());
+    record.put("source", SOURCE);
+    record.put("type", "llm.tokens");
+    record.put("subject", s.subject.as_str());
+    record.put("time", s.time.as_str());
+    record.put(
+        "datacontenttype",
+        AvroValue::Union(1, Box::new(AvroValue::String("application/json".into()))),
+    );
+    record.put("data", data);
+    let datum = GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(record))
+        .expect("avro datum");
+    let mut value = vec![CONFLUENT_MAGIC_BYTE];
+    value.extend_from_slice(&EXAMPLE_SCHEMA_ID.to_be_bytes());
+    value.extend_from_slice(&datum);
+    Rec {
+        key: s.subject.clone().into_bytes(),
+        value,
+        headers: Vec::new(),
+    }
+}
+
+/// Adds the HMAC-SHA256 signature header the `hmac_keys_hex` rule checks.
+fn signed(mut r: Rec) -> Rec {
+    let mut mac = Hmac::<Sha256>::new_from_slice(HMAC_KEY).expect("hmac key");
+    mac.update(&r.value);
+    let sig = hex::encode(mac.finalize().into_bytes());
+    r.headers
+        .push(header(rules::DEFAULT_SIGNATURE_HEADER, &sig));
+    r
+}
+
+/// A schema registry over the one example schema, like the unit tests'
+/// `FakeRegistry`: a map lookup of the id, then a datum reader built for the
+/// writer schema (the production decoder goes through
+/// schema_registry_converter's cache instead).
+struct FixedRegistry {
+    schemas: BTreeMap<u32, Arc<Schema>>,
+}
+
+impl AvroDecoder for FixedRegistry {
+    fn decode(&self, wire: &[u8]) -> Result<AvroValue, AvroDecodeError> {
+        self.decode_with_schema(wire).map(|(v, _)| v)
+    }
+
+    fn decode_with_schema(
+        &self,
+        wire: &[u8],
+    ) -> Result<(AvroValue, Option<Arc<dyn WriterSchema>>), AvroDecodeError> {
+        let header = wire
+            .get(..CONFLUENT_HEADER_LEN)
+            .ok_or_else(|| AvroDecodeError::Malformed("short".into()))?;
+        if header[0] != CONFLUENT_MAGIC_BYTE {
+            return Err(AvroDecodeError::Malformed("bad magic byte".into()));
+        }
+        let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let schema = self
+            .schemas
+            .get(&id)
+            .ok_or_else(|| AvroDecodeError::SchemaNotFound(format!("id {id}")))?
+            .clone();
+        let mut body = &wire[CONFLUENT_HEADER_LEN..];
+        let value = GenericDatumReader::builder(&schema)
+            .build()
+            .and_then(|reader| reader.read_value(&mut body))
+            .map_err(|e| AvroDecodeError::Malformed(e.to_string()))?;
+        if !body.is_empty() {
+            return Err(AvroDecodeError::Malformed("trailing bytes".into()));
+        }
+        Ok((value, Some(schema as Arc<dyn WriterSchema>)))
+    }
+}
+
+fn fixed_registry() -> FixedRegistry {
+    let schema = Schema::parse_str(CLOUDEVENT_AVRO_SCHEMA_EXAMPLE).expect("example schema");
+    FixedRegistry {
+        schemas: BTreeMap::from([(EXAMPLE_SCHEMA_ID, Arc::new(schema))]),
+    }
+}
+
+// ------------------------------------------------- enriched, rated, windowed
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("instant")
+        .with_timezone(&Utc)
+}
+
+fn window(id: &str, start: &str, end: &str) -> Window {
+    Window {
+        id: id.into(),
+        start: utc(start),
+        end: utc(end),
+    }
+}
+
+/// 2026-01, anchor day 1, America/New_York.
+fn billing_period() -> Window {
+    window("2026-01-01", "2026-01-01T05:00:00Z", "2026-02-01T05:00:00Z")
+}
+
+fn local_day() -> Window {
+    window("2026-01-10", "2026-01-10T05:00:00Z", "2026-01-11T05:00:00Z")
+}
+
+fn gl() -> GlAccounts {
+    GlAccounts {
+        usage_revenue: "4010".into(),
+        unbilled_receivable: "1210".into(),
+        receivable: "1200".into(),
+    }
+}
+
+fn customer() -> CustomerInfo {
+    CustomerInfo {
+        id: "cust-0042".into(),
+        name: "Acme".into(),
+        legal_entity: "acme".into(),
+        erp_customer_id: "C-42".into(),
+    }
+}
+
+/// Five tiers: 1,000 free, then 0.002 (+5.00 on entry), 0.0015, 0.001, 0.0005.
+fn tiers5() -> Vec<Tier> {
+    vec![
+        Tier::bounded(dec!(1000), dec!(0)),
+        Tier::bounded(dec!(10000), dec!(0.002)).with_flat_fee(dec!(5.00)),
+        Tier::bounded(dec!(100000), dec!(0.0015)),
+        Tier::bounded(dec!(1000000), dec!(0.001)),
+        Tier::open(dec!(0.0005)),
+    ]
+}
+
+/// The `seq`-th enriched event of one customer: one `tokens` measure (SUM,
+/// graduated 5 tiers) in one of three segments (group `model`), event times
+/// 1 ms apart from 2026-01-10T12:00Z, so they stay in one local day.
+fn enriched_event(seq: u64) -> EnrichedEvent {
+    let s = spec(seq, utc("2026-01-10T12:00:00Z"));
+    let time = utc("2026-01-10T12:00:00Z") + chrono::Duration::milliseconds(seq as i64);
+    EnrichedEvent {
+        event: ValidatedEvent {
+            source: SOURCE.into(),
+            id: s.id,
+            event_type: "llm.tokens".into(),
+            subject: "cust-0042".into(),
+            time,
+            measures: vec![Measure {
+                meter: "tokens".into(),
+                value: Some(Decimal::from(s.tokens)),
+                unique_value: None,
+                group: BTreeMap::from([("model".to_string(), s.model.to_string())]),
+            }],
+            data: json!({"tokens": s.tokens, "model": s.model}),
+            origin: Origin {
+                topic: "bench.usage.events".into(),
+                partition: 0,
+                offset: seq as i64,
+                encoding: Encoding::Structured,
+            },
+        },
+        customer: customer(),
+        subscription_id: "sub-0042".into(),
+        plan_id: "pro".into(),
+        plan_version: 2,
+        currency: "USD".into(),
+        legal_entity: "ml-us".into(),
+        time_zone: "America/New_York".into(),
+        billing_anchor_day: 1,
+        billing_period: billing_period(),
+        local_day: local_day(),
+        gl_accounts: gl(),
+        tax_code: Some("TX0".into()),
+        minimum_commitment: None,
+        base_fee: None,
+        charges: vec![ResolvedCharge {
+            meter: "tokens".into(),
+            aggregation: Aggregation::Sum,
+            charge: ChargeModel::Graduated { tiers: tiers5() },
+            source: ChargeSource::Plan,
+            tax_code: Some("TX1".into()),
+            unit: Some("tokens".into()),
+        }],
+    }
+}
+
+fn enriched_rec(seq: u64) -> Rec {
+    Rec {
+        key: b"cust-0042".to_vec(),
+        value: enriched_event(seq).to_json_bytes().expect("enriched json"),
+        headers: Vec::new(),
+    }
+}
+
+fn outputs_to_recs(out: Vec<Output>) -> Vec<Rec> {
+    out.into_iter()
+        .map(|o| Rec {
+            key: o.key.unwrap_or_default(),
+            value: o.value.expect("a value"),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+/// A closed window of segment `i` as aggregate emits it.
+fn closed_window(kind: WindowKind, i: usize) -> ClosedWindow {
+    let segment_id = format!("{:064x}", i as u128 * 0x9e37_79b9_7f4a_7c15);
+    ClosedWindow {
+        kind,
+        window: match kind {
+            WindowKind::Day => local_day(),
+            _ => billing_period(),
+        },
+        adjusts: None,
+        clearing: Clearing {
+            period: billing_period(),
+            adjusts: None,
+        },
+        customer: customer(),
+        subscription_id: format!("sub-{i:04}"),
+        plan_id: "pro".into(),
+        legal_entity: "ml-us".into(),
+        currency: "USD".into(),
+        time_zone: "America/New_York".into(),
+        billing_anchor_day: 1,
+        gl_accounts: gl(),
+        segment: Some(SegmentInfo {
+            segment_key: format!(r#"["sub-{i:04}","tokens","2026-01-01",2,{{"model":"small"}}]"#),
+            segment_id,
+            meter: "tokens".into(),
+            plan_version: 2,
+            group: BTreeMap::from([("model".to_string(), "small".to_string())]),
+            aggregation: Aggregation::Sum,
+            tax_code: Some("TX1".into()),
+            unit: Some("tokens".into()),
+        }),
+        plan_version: 2,
+        tax_code: Some("TX0".into()),
+        base_fee: None,
+        minimum_commitment: None,
+        quantity: Decimal::from(10_000 + i as i64 * 7),
+        // Unrounded sums of marginal amounts, e.g. 23.4567.
+        amount: Decimal::new(234_567 + i as i64 * 13, 4),
+        event_count: 40 + i as u64,
+        lineage_digest: format!("{:064x}", i as u128 * 0x517c_c1b7_2722_0a95),
+        closed_at_watermark_ms: utc("2026-02-01T05:10:00Z").timestamp_millis(),
+    }
+}
+
+fn window_rec(w: &ClosedWindow) -> Rec {
+    Rec {
+        key: w.customer.id.clone().into_bytes(),
+        value: w.to_json_bytes().expect("window json"),
+        headers: Vec::new(),
+    }
+}
+
+// -------------------------------------------------------------- benchmarks
+
+fn bench_baseline(c: &mut Criterion, plan: &mut Plan) {
+    let base = recent_base();
+    let recs: Vec<Rec> = (0..N as u64).map(|i| structured(&spec(i, base))).collect();
+    let mut g = c.benchmark_group(BASELINE.0);
+    g.throughput(plan.add(BASELINE.0, BASELINE.1, N));
+    g.bench_function(BASELINE.1, |b| {
+        b.iter(|| {
+            for r in &recs {
+                let v: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
+                black_box(v);
+            }
+        })
+    });
+    g.finish();
+}
+
+fn bench_decode(c: &mut Criterion, plan: &mut Plan) {
+    let base = recent_base();
+    let registry = fixed_registry();
+    let schema = registry.schemas[&EXAMPLE_SCHEMA_ID].clone();
+    let structured: Vec<Rec> = (0..N as u64).map(|i| structured(&spec(i, base))).collect();
+    let binary: Vec<Rec> = (0..N as u64).map(|i| binary(&spec(i, base))).collect();
+    let avro: Vec<Rec> = (0..N as u64)
+        .map(|i| avro(&spec(i, base), &schema))
+        .collect();
+    let decoder: Option<&dyn AvroDecoder> = Some(&registry);
+
+    let mut g = c.benchmark_group("decode");
+    for (name, recs, expected) in [
+        ("structured", &structured, Encoding::Structured),
+        ("binary", &binary, Encoding::Binary),
+        ("avro", &avro, Encoding::Avro),
+    ] {
+        // Sanity: every record decodes with the expected encoding.
+        let (_, enc) = decode::decode(&recs[0].raw(), decoder).expect("decodes");
+        assert_eq!(enc, expected);
+        g.throughput(plan.add("decode", name, N));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for r in recs.iter() {
+                    black_box(decode::decode(&r.raw(), decoder).expect("decodes"));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
+    let cfg = config();
+    let base = recent_base();
+    let now = Utc::now();
+    let meters = MeterIndex::new(&cfg.meters).expect("meters");
+    let plain_rules = ValidateRules::default();
+    let hmac_rules = ValidateRules {
+        hmac_keys: BTreeMap::from([(SOURCE.to_string(), HMAC_KEY.to_vec())]),
+        ..ValidateRules::default()
+    };
+    let recs: Vec<Rec> = (0..N as u64)
+        .map(|i| signed(structured(&spec(i, base))))
+        .collect();
+    let events: Vec<CloudEvent> = recs
+        .iter()
+        .map(|r| decode::decode(&r.raw(), None).expect("decodes").0)
+        .collect();
+    let origin = |i: usize| Origin {
+        topic: "bench.usage.events".into(),
+        partition: 0,
+        offset: i as i64,
+        encoding: Encoding::Structured,
+    };
+
+    let mut g = c.benchmark_group("validate");
+    for (name, rule_set) in [("rules", &plain_rules), ("rules_hmac", &hmac_rules)] {
+        g.throughput(plan.add("validate", name, N));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    events
+                        .iter()
+                        .cloned()
+                        .enumerate()
+                        .map(|(i, e)| (e, origin(i)))
+                        .collect::<Vec<_>>()
+                },
+                |input| {
+                    for ((event, origin), r) in input.into_iter().zip(&recs) {
+                        black_box(
+                            rules::validate(event, &r.raw(), &meters, rule_set, now, origin)
+                                .expect("valid"),
+                        );
+                    }
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+
+    // The whole processor on events never seen: decode, rules, dedupe miss,
+    // two dedupe writes (entry + expiry index), output serialization. Each
+    // batch of N is one transaction, committed to the backend between batches.
+    let rocks_dir = tempfile::tempdir().expect("tempdir");
+    for backend in ["mem", "rocks"] {
+        let name = format!("process_new_{backend}");
+        let new_stores = || match backend {
+            "mem" => mem_stores(),
+            _ => rocks_stores(&rocks_dir),
+        };
+        let mut p =
+            ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).expect("processor");
+        let mut stores = new_stores();
+        let mut seq = 0u64;
+        g.throughput(plan.add("validate", &name, N));
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if backend == "mem" && seq >= MEM_DEDUPE_RESET {
+                        stores = new_stores();
+                        seq = 0;
+                    }
+                    let recs: Vec<Rec> = (0..N)
+                        .map(|_| {
+                            seq += 1;
+                            structured(&spec(seq + 1_000_000_000, base))
+                        })
+                        .collect();
+                    let mut out = Vec::with_capacity(N);
+                    let t = Instant::now();
+                    process_all(
+                        &mut p,
+                        &mut stores,
+                        &cfg,
+                        "bench.usage.events",
+                        &recs,
+                        &mut out,
+                    );
+                    total += t.elapsed();
+                    assert_eq!(out.len(), N, "every new event is accepted");
+                    stores.apply_committed(&[(0, seq as i64)]).expect("commit");
+                }
+                total
+            })
+        });
+    }
+
+    // Duplicates: DEDUPE_FILL events accepted and committed, then N of them
+    // sent again. `process_duplicate_*` is the whole processor on a copy
+    // (decode, rules, dedupe hit, drop); `dedupe/hit_*` is the store lookup
+    // alone, with the entry key built as src/stages/validate/dedupe.rs does.
+    let mut hit_benches = Vec::new();
+    for backend in ["mem", "rocks"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut stores = match backend {
+            "mem" => mem_stores(),
+            _ => rocks_stores(&dir),
+        };
+        let mut p =
+            ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).expect("processor");
+        let fill: Vec<Rec> = (0..DEDUPE_FILL)
+            .map(|i| structured(&spec(i, base)))
+            .collect();
+        for (k, chunk) in fill.chunks(5_000).enumerate() {
+            let mut out = Vec::new();
+            process_all(
+                &mut p,
+                &mut stores,
+                &cfg,
+                "bench.usage.events",
+                chunk,
+                &mut out,
+            );
+            assert_eq!(out.len(), chunk.len());
+            stores.apply_committed(&[(0, k as i64)]).expect("commit");
+        }
+        let step = (DEDUPE_FILL as usize) / N;
+        let dups: Vec<Rec> = fill.into_iter().step_by(step).take(N).collect();
+        let keys: Vec<Vec<u8>> = (0..DEDUPE_FILL)
+            .step_by(step)
+            .take(N)
+            .map(|i| {
+                KeyBuilder::new(b'E')
+                    .str(SOURCE)
+                    .str(&spec(i, base).id)
+                    .build()
+            })
+            .collect();
+        for k in &keys {
+            assert!(stores.get(0, k).expect("get").is_some(), "a dedupe hit");
+        }
+        let name = format!("process_duplicate_{backend}");
+        g.throughput(plan.add("validate", &name, N));
+        g.bench_function(&name, |b| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                process_all(
+                    &mut p,
+                    &mut stores,
+                    &cfg,
+                    "bench.usage.events",
+                    &dups,
+                    &mut out,
+                );
+                assert!(out.is_empty(), "duplicates are dropped");
+            })
+        });
+        assert!(!stores.has_pending());
+        hit_benches.push((backend, stores, keys, dir));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("dedupe");
+    for (backend, stores, keys, _dir) in &hit_benches {
+        let name = format!("hit_{backend}");
+        g.throughput(plan.add("dedupe", &name, keys.len()));
+        g.bench_function(&name, |b| {
+            b.iter(|| {
+                for k in keys {
+                    black_box(stores.get(0, k).expect("get"));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_rating(c: &mut Criterion, plan: &mut Plan) {
+    // N SUM events of 100..2,000 units: the cumulative quantity walks from 0
+    // to ~1,050,000, through all five tiers.
+    let values: Vec<Decimal> = (0..N as u64)
+        .map(|i| Decimal::from(100 + (i * 37) % 1_900))
+        .collect();
+    let models = [
+        (
+            "per_unit",
+            ChargeModel::PerUnit {
+                unit_price: dec!(0.0004),
+            },
+        ),
+        ("graduated_5", ChargeModel::Graduated { tiers: tiers5() }),
+        ("volume_5", ChargeModel::Volume { tiers: tiers5() }),
+        (
+            "package",
+            ChargeModel::Package {
+                size: dec!(1000),
+                price: dec!(2.50),
+                free_units: dec!(500),
+            },
+        ),
+    ];
+    let mut g = c.benchmark_group("rating");
+    for (name, model) in &models {
+        g.throughput(plan.add("rating", name, N));
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let mut state = SegmentState::new(Aggregation::Sum);
+                for v in &values {
+                    let change = state.observe(Observation::value(*v)).expect("observe");
+                    // price(after) - price(before), as the rate stage does.
+                    black_box(model.marginal(&change).expect("price"));
+                }
+            })
+        });
+    }
+    // How much of a price is the table check every price call starts with.
+    let graduated = &models[1].1;
+    g.throughput(plan.add("rating", "validate_graduated_5", N));
+    g.bench_function("validate_graduated_5", |b| {
+        b.iter(|| {
+            for _ in 0..N {
+                black_box(black_box(graduated).validate()).expect("valid");
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Attribution for the processors below: typed JSON parsing of their input
+/// records alone (the same records the rate, aggregate and post benchmarks
+/// read), with the record sizes printed once.
+fn bench_json(c: &mut Criterion, plan: &mut Plan) {
+    let cfg = config();
+    let enriched: Vec<Rec> = (1..=N_PROC as u64).map(enriched_rec).collect();
+    let mut rate = RateProcessor::new(&cfg);
+    let mut out = Vec::new();
+    process_all(
+        &mut rate,
+        &mut mem_stores(),
+        &cfg,
+        "bench.usage.enriched",
+        &enriched,
+        &mut out,
+    );
+    let rated = outputs_to_recs(out);
+    let windows: Vec<Rec> = (0..N_PROC)
+        .map(|i| window_rec(&closed_window(WindowKind::BillingPeriod, i)))
+        .collect();
+    eprintln!(
+        "hot_paths: record sizes: structured event {} B, enriched {} B, rated {} B, closed window {} B",
+        structured(&spec(1, recent_base())).value.len(),
+        enriched[0].value.len(),
+        rated[0].value.len(),
+        windows[0].value.len()
+    );
+    let mut g = c.benchmark_group("json");
+    g.throughput(plan.add("json", "parse_enriched", N_PROC));
+    g.bench_function("parse_enriched", |b| {
+        b.iter(|| {
+            for r in &enriched {
+                black_box(EnrichedEvent::from_json_slice(&r.value).expect("enriched"));
+            }
+        })
+    });
+    g.throughput(plan.add("json", "parse_rated", N_PROC));
+    g.bench_function("parse_rated", |b| {
+        b.iter(|| {
+            for r in &rated {
+                black_box(RatedEvent::from_json_slice(&r.value).expect("rated"));
+            }
+        })
+    });
+    g.throughput(plan.add("json", "window_roundtrip", N_PROC));
+    g.bench_function("window_roundtrip", |b| {
+        b.iter(|| {
+            for r in &windows {
+                let w = ClosedWindow::from_json_slice(&r.value).expect("window");
+                black_box(w.to_json_bytes().expect("json"));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn bench_rate(c: &mut Criterion, plan: &mut Plan) {
+    let cfg = config();
+    let recs: Vec<Rec> = (1..=N_PROC as u64).map(enriched_rec).collect();
+    let mut p = RateProcessor::new(&cfg);
+    let mut stores = mem_stores();
+    let mut g = c.benchmark_group("rate");
+    g.throughput(plan.add("rate", "process", N_PROC));
+    g.bench_function("process", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(N_PROC);
+            process_all(
+                &mut p,
+                &mut stores,
+                &cfg,
+                "bench.usage.enriched",
+                &recs,
+                &mut out,
+            );
+            assert_eq!(out.len(), N_PROC);
+        })
+    });
+    g.finish();
+}
+
+fn bench_aggregate(c: &mut Criterion, plan: &mut Plan) {
+    // Fresh rated events each batch (rated by the rate processor outside the
+    // timed section), event time rising 1 ms per event: every event moves
+    // the watermark (clock written, close scan finds nothing, as within a
+    // day), and updates its day, billing-period and period-close windows.
+    let cfg = config();
+    let mut rate = RateProcessor::new(&cfg);
+    let mut rate_stores = mem_stores();
+    let mut agg = AggregateProcessor::new(&cfg);
+    let mut stores = mem_stores();
+    let mut seq = 0u64;
+    let mut g = c.benchmark_group("aggregate");
+    g.throughput(plan.add("aggregate", "process", N_PROC));
+    g.bench_function("process", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let enriched: Vec<Rec> = (0..N_PROC)
+                    .map(|_| {
+                        seq += 1;
+                        enriched_rec(seq)
+                    })
+                    .collect();
+                let mut rated = Vec::with_capacity(N_PROC);
+                process_all(
+                    &mut rate,
+                    &mut rate_stores,
+                    &cfg,
+                    "bench.usage.enriched",
+                    &enriched,
+                    &mut rated,
+                );
+                rate_stores.apply_committed(&[]).expect("commit");
+                let rated = outputs_to_recs(rated);
+                let mut out = Vec::new();
+                let t = Instant::now();
+                process_all(
+                    &mut agg,
+                    &mut stores,
+                    &cfg,
+                    "bench.usage.rated",
+                    &rated,
+                    &mut out,
+                );
+                total += t.elapsed();
+                assert!(out.is_empty(), "no window closes within the day");
+                stores.apply_committed(&[]).expect("commit");
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+fn bench_post(c: &mut Criterion, plan: &mut Plan) {
+    let cfg = config();
+    let days: Vec<ClosedWindow> = (0..N_PROC)
+        .map(|i| closed_window(WindowKind::Day, i))
+        .collect();
+    let periods: Vec<ClosedWindow> = (0..N_PROC)
+        .map(|i| closed_window(WindowKind::BillingPeriod, i))
+        .collect();
+    let mut g = c.benchmark_group("post");
+
+    // The postings of a billing-period window alone (invoice line, rounding
+    // entry, reclass, control total), no JSON or store.
+    g.throughput(plan.add("post", "build_billing_period", N_PROC));
+    g.bench_function("build_billing_period", |b| {
+        b.iter(|| {
+            for w in &periods {
+                black_box(post_window(w, dec!(23.45), dec!(100.00)).expect("posted"));
+            }
+        })
+    });
+
+    for (name, windows, per_window) in [
+        ("process_day", &days, 2usize),
+        ("process_billing_period", &periods, 4usize),
+    ] {
+        let recs: Vec<Rec> = windows.iter().map(window_rec).collect();
+        let mut p = PostProcessor::new(&cfg);
+        let mut stores = mem_stores();
+        g.throughput(plan.add("post", name, N_PROC));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(N_PROC * per_window);
+                process_all(
+                    &mut p,
+                    &mut stores,
+                    &cfg,
+                    "bench.usage.windows",
+                    &recs,
+                    &mut out,
+                );
+                assert_eq!(out.len(), N_PROC * per_window);
+            })
+        });
+    }
+    g.finish();
+}
+
+// ------------------------------------------------------------------ report
+
+/// Where criterion writes its results, resolved as criterion 0.8 does.
+fn criterion_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    let from_metadata = std::env::var_os("CARGO").and_then(|cargo| {
+        let out = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(PathBuf::from(v["target_directory"].as_str()?).join("criterion"))
+    });
+    from_metadata.unwrap_or_else(|| PathBuf::from("target/criterion"))
+}
+
+/// Criterion's typical time per iteration (the slope of the linear
+/// regression, else the mean), in ns, if `estimates.json` was written by
+/// this run.
+fn typical_ns(
+    home: &std::path::Path,
+    group: &str,
+    function: &str,
+    since: SystemTime,
+) -> Option<f64> {
+    let path = home
+        .join(safe_name(group))
+        .join(safe_name(function))
+        .join("new/estimates.json");
+    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+    if modified < since {
+        return None; // stale: filtered out of this run
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    let estimate = |s: &str| v[s]["point_estimate"].as_f64();
+    estimate("slope").or_else(|| estimate("mean"))
+}
+
+/// Criterion's directory-name sanitization.
+fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '?' | '"' | '/' | '\\' | '*' | '<' | '>' | ':' | '|' | '^' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+fn report(plan: &Plan, since: SystemTime) {
+    let home = criterion_home();
+    let per_element: Vec<(String, u64, Option<f64>)> = plan
+        .rows
+        .iter()
+        .map(|(g, f, n)| {
+            (
+                format!("{g}/{f}"),
+                *n,
+                typical_ns(&home, g, f, since).map(|ns| ns / *n as f64),
+            )
+        })
+        .collect();
+    let baseline_name = format!("{}/{}", BASELINE.0, BASELINE.1);
+    let baseline = per_element
+        .iter()
+        .find(|(name, _, _)| *name == baseline_name)
+        .and_then(|(_, _, ns)| *ns);
+    let mut table = String::new();
+    table.push_str(&format!(
+        "| benchmark | batch | ns / element | elements / s | ratio to `{baseline_name}` |\n"
+    ));
+    table.push_str("|---|---:|---:|---:|---:|\n");
+    for (name, n, ns) in &per_element {
+        let Some(ns) = ns else { continue };
+        let ratio = baseline.map_or("–".to_string(), |b| format!("{:.2}×", ns / b));
+        table.push_str(&format!(
+            "| {name} | {n} | {} | {} | {ratio} |\n",
+            group_digits(*ns, 1),
+            group_digits(1e9 / ns, 0),
+        ));
+    }
+    println!(
+        "\nhot_paths: time per element (criterion typical estimate / batch size), results in {}\n",
+        home.display()
+    );
+    println!("{table}");
+    if baseline.is_none() {
+        println!("(no baseline in this run: ratios need `{baseline_name}`)");
+    }
+    let _ = std::fs::write(home.join("hot_paths-summary.md"), table);
+}
+
+/// `1234567.8` -> `1,234,567.8`.
+fn group_digits(x: f64, decimals: usize) -> String {
+    let text = format!("{x:.decimals$}");
+    let (int, frac) = text
+        .split_once('.')
+        .map_or((text.as_str(), None), |(i, f)| (i, Some(f)));
+    let mut grouped = String::new();
+    for (i, ch) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(ch);
+    }
+    match frac {
+        Some(f) => format!("{grouped}.{f}"),
+        None => grouped,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // Without --bench (cargo test --benches) or with --test/--list, criterion
+    // does not measure: no table then.
+    let measuring =
+        args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test" || a == "--list");
+    let since = SystemTime::now();
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let mut plan = Plan::default();
+    bench_baseline(&mut c, &mut plan);
+    bench_decode(&mut c, &mut plan);
+    bench_validate(&mut c, &mut plan);
+    bench_rating(&mut c, &mut plan);
+    bench_rate(&mut c, &mut plan);
+    bench_aggregate(&mut c, &mut plan);
+    bench_post(&mut c, &mut plan);
+    bench_json(&mut c, &mut plan);
+    c.final_summary();
+    if measuring {
+        report(&plan, since);
+    }
+}
