@@ -121,13 +121,13 @@ fn config() -> Config {
 }
 
 fn mem_stores() -> PartitionStores {
-    PartitionStores::new(Box::<MemBackend>::default(), 1)
+    PartitionStores::new(Box::<MemBackend>::default(), 3)
 }
 
 fn rocks_stores(dir: &tempfile::TempDir) -> PartitionStores {
     PartitionStores::new(
         Box::new(RocksBackend::open(&dir.path().join("db")).expect("open rocksdb")),
-        1,
+        3,
     )
 }
 
@@ -403,6 +403,7 @@ fn enriched_event(seq: u64) -> EnrichedEvent {
         legal_entity: "ml-us".into(),
         time_zone: "America/New_York".into(),
         billing_anchor_day: 1,
+        subscription_end: None,
         billing_period: billing_period(),
         local_day: local_day(),
         gl_accounts: gl(),
@@ -459,6 +460,7 @@ fn closed_window(kind: WindowKind, i: usize) -> ClosedWindow {
         currency: "USD".into(),
         time_zone: "America/New_York".into(),
         billing_anchor_day: 1,
+        subscription_end: None,
         gl_accounts: gl(),
         segment: Some(SegmentInfo {
             segment_key: format!(r#"["sub-{i:04}","tokens","2026-01-01",2,{{"model":"small"}}]"#),

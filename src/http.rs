@@ -1,14 +1,31 @@
 //! The operations endpoint: `/metrics` (Prometheus), `/healthz` (the process
-//! and every stage loop are alive) and `/readyz` (every stage is assigned and
-//! its stores are restored).
+//! and every stage loop are alive), `/readyz` (every stage is assigned and
+//! its stores are restored), and the lineage queries, answered from the
+//! committed `lineage` stores of the partitions this process owns (see
+//! [`crate::lineage`]):
+//!
+//! * `/lineage/event?source=S&id=I`: each stage's steps for the event;
+//! * `/lineage/window?kind=K&scope=S&window=W[&adjusts=A]`: the postings
+//!   made from a window;
+//! * `/lineage/posting?key=K`: the window and events behind a posting.
+//!
+//! Each answers `{"<stage>": [{"partition": p, "value": ...}], ...}` with
+//! only the stages and partitions that know the key. The same module has
+//! the minimal HTTP/1.0 client `meterline lineage` uses ([`http_get`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
+use crate::lineage;
 use crate::runtime::StageStatus;
 
 /// Stages served by this process, by name.
@@ -36,10 +53,126 @@ fn report(
     )
 }
 
+/// `%XX` and `+` decoding of one query component.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b.get(i) {
+            Some(b'+') => out.push(b' '),
+            Some(b'%') => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            Some(c) => out.push(*c),
+            None => {}
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.bytes() {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~') {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
+}
+
+fn query_params(q: Option<String>) -> BTreeMap<String, String> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// The lineage store key a query names, or what is missing.
+fn lineage_key(what: &str, q: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    let need = |name: &str| {
+        q.get(name)
+            .cloned()
+            .ok_or_else(|| format!("missing query parameter {name:?}"))
+    };
+    match what {
+        "event" => Ok(lineage::event_key(&need("source")?, &need("id")?)),
+        "window" => Ok(lineage::window_key(&lineage::WindowRef {
+            kind: need("kind")?,
+            scope: need("scope")?,
+            window: need("window")?,
+            adjusts: q.get("adjusts").filter(|a| !a.is_empty()).cloned(),
+        })),
+        "posting" => Ok(lineage::posting_key(&need("key")?)),
+        _ => Err(format!("unknown lineage query {what:?}")),
+    }
+}
+
+/// Answers one lineage query from every stage of this process.
+fn lineage_answer(statuses: &Statuses, key: &[u8]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (name, status) in statuses.iter() {
+        let Some(q) = status.query.get() else {
+            continue;
+        };
+        let found: Vec<serde_json::Value> = q
+            .get(lineage::LINEAGE_STORE, key)
+            .into_iter()
+            .map(|(p, v)| {
+                let value = serde_json::from_slice::<serde_json::Value>(&v)
+                    .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+                serde_json::json!({"partition": p, "value": value})
+            })
+            .collect();
+        if !found.is_empty() {
+            out.insert((*name).to_string(), serde_json::Value::Array(found));
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+async fn lineage_route(statuses: Statuses, what: String, q: Option<String>) -> (StatusCode, String) {
+    let params = query_params(q);
+    let key = match lineage_key(&what, &params) {
+        Ok(k) => k,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    // The stores are behind the stage's lock: never block the executor on it.
+    match tokio::task::spawn_blocking(move || lineage_answer(&statuses, &key)).await {
+        Ok(v) => (StatusCode::OK, v.to_string()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
 pub fn router(statuses: Statuses) -> Router {
     let h = statuses.clone();
-    let r = statuses;
+    let r = statuses.clone();
+    let l = statuses;
     Router::new()
+        .route(
+            "/lineage/{what}",
+            get(
+                move |Path(what): Path<String>, RawQuery(q): RawQuery| {
+                    let l = l.clone();
+                    async move { lineage_route(l, what, q).await }
+                },
+            ),
+        )
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .route(
             "/healthz",
@@ -65,4 +198,76 @@ pub async fn serve(addr: &str, statuses: Statuses) -> Result<(), std::io::Error>
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, router(statuses)).await
+}
+
+/// How long [`http_get`] waits to connect and for the answer.
+const CLIENT_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{url}: only http://host:port/... URLs are supported")]
+    Url { url: String },
+    #[error("{url}: {source}")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: not an HTTP response")]
+    Response { url: String },
+}
+
+/// GET `base` + `path_and_query` (HTTP/1.0, no TLS): status and body.
+pub fn http_get(base: &str, path_and_query: &str) -> Result<(u16, String), ClientError> {
+    let url = format!("{}{}", base.trim_end_matches('/'), path_and_query);
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or_else(|| ClientError::Url { url: url.clone() })?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let io = |source| ClientError::Io {
+        url: url.clone(),
+        source,
+    };
+    let timeout = Duration::from_millis(CLIENT_TIMEOUT_MS);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| ClientError::Url { url: url.clone() })?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(io)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ClientError::Response { url: url.clone() })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_coding_round_trips_any_string() {
+        for s in ["plain", "a b&c=d/é%", "loadgen/7", "", "%zz"] {
+            assert_eq!(percent_decode(&percent_encode(s)), s);
+        }
+        assert_eq!(percent_decode("a+b%2Fc"), "a b/c");
+        let q = query_params(Some("source=loadgen%2F7&id=evt-7-1".into()));
+        assert_eq!(q.get("source").map(String::as_str), Some("loadgen/7"));
+        assert!(lineage_key("event", &q).is_ok());
+        assert!(lineage_key("window", &q).unwrap_err().contains("kind"));
+    }
 }

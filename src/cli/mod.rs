@@ -9,6 +9,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 
+mod lineage;
+
 use crate::config::Config;
 use crate::kafka;
 use crate::refdata::{parse_jsonl, PublishRecord, RefKind};
@@ -63,6 +65,14 @@ pub enum Command {
     Stages,
     /// Print the committed postings of finance.postings as a table.
     Postings,
+    /// Where one usage event went at each stage (or, with --posting, what
+    /// is behind a posting), from the stages' lineage stores over HTTP.
+    /// Exits 1 when no instance knows it.
+    Lineage(lineage::LineageArgs),
+    /// Prove per day and per window that no event or amount was lost,
+    /// invented or counted twice between the stages. Exits 0 when every
+    /// check holds, 1 when one fails (each named), 2 when Kafka cannot be read.
+    Reconcile(crate::reconcile::ReconcileArgs),
     /// Reference data: customers, subscriptions, plans.
     Refdata {
         #[command(subcommand)]
@@ -191,6 +201,19 @@ pub fn main() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lineage(args) => Ok(if lineage::run(&config, &args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
+        Command::Reconcile(args) => match crate::reconcile::run(&config, &args) {
+            Ok(true) => Ok(ExitCode::SUCCESS),
+            Ok(false) => Ok(ExitCode::from(1)),
+            Err(e) => {
+                eprintln!("meterline: error: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Stages => {
             println!("{}", crate::stages::RUNNABLE);
             Ok(ExitCode::SUCCESS)

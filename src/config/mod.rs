@@ -60,6 +60,10 @@ pub struct Config {
     #[serde(default)]
     pub validate: ValidateConfig,
     #[serde(default)]
+    pub rate: RateConfig,
+    #[serde(default)]
+    pub lineage: LineageConfig,
+    #[serde(default)]
     pub aggregate: AggregateConfig,
     #[serde(default)]
     pub post: PostConfig,
@@ -173,6 +177,29 @@ pub struct RuntimeConfig {
     /// How long restoring one store partition from its changelog may take.
     #[serde(default = "defaults::restore_timeout_ms")]
     pub restore_timeout_ms: u64,
+    /// `exactly_once` (default): outputs, changelogs and offsets in one Kafka
+    /// transaction. `at_least_once`: an idempotent, non-transactional producer;
+    /// each commit point flushes, then commits the consumer offsets (a crash
+    /// may re-emit what was sent since the last commit). For measuring what
+    /// exactly-once costs; postings may be duplicated after a failure.
+    #[serde(default)]
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Static group membership (`group.instance.id = <group>.<instance_id>`):
+    /// a restarted instance gets its partitions back at once, without a
+    /// rebalance or waiting for the session timeout. But a stopped instance
+    /// does not leave the group: its partitions move only after
+    /// `session_timeout_ms`. Needs a unique, stable `instance_id` per instance.
+    #[serde(default)]
+    pub static_membership: bool,
+}
+
+/// What a stage guarantees about its outputs (see [`RuntimeConfig`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    #[default]
+    ExactlyOnce,
+    AtLeastOnce,
 }
 
 impl Default for RuntimeConfig {
@@ -186,6 +213,8 @@ impl Default for RuntimeConfig {
             transaction_call_timeout_ms: defaults::transaction_call_timeout_ms(),
             session_timeout_ms: defaults::session_timeout_ms(),
             restore_timeout_ms: defaults::restore_timeout_ms(),
+            processing_guarantee: ProcessingGuarantee::default(),
+            static_membership: false,
         }
     }
 }
@@ -239,6 +268,54 @@ impl Default for ValidateConfig {
             allowed_sources: Vec::new(),
             hmac_keys_hex: BTreeMap::new(),
             signature_header: defaults::signature_header(),
+        }
+    }
+}
+
+/// Lineage kept by the stages and queried by `meterline lineage` (see
+/// `crate::lineage`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineageConfig {
+    /// Lineage entries are dropped this many days after their first write.
+    #[serde(default = "defaults::lineage_retention_days")]
+    pub retention_days: u32,
+    /// Base URLs of the instances `meterline lineage` asks (each serves the
+    /// partitions it owns); empty: this config's `http.listen_addr`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        LineageConfig {
+            retention_days: defaults::lineage_retention_days(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// Settings of the rate stage (see `stages::rate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// A rating segment's cumulative state is released this many days after
+    /// its billing period ends; a later event for it is dead-lettered
+    /// (`segment_expired`) instead of being priced from zero. Must exceed
+    /// `validate.max_event_age_days`. Unset: that plus
+    /// [`SEGMENT_RETENTION_MARGIN_DAYS`].
+    #[serde(default)]
+    pub segment_retention_days: Option<u32>,
+}
+
+/// Days a rating segment outlives the oldest acceptable event by default:
+/// room for events parked on `usage.exceptions` and healed later.
+pub const SEGMENT_RETENTION_MARGIN_DAYS: u32 = 25;
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            segment_retention_days: None,
         }
     }
 }
@@ -340,6 +417,9 @@ mod defaults {
     }
     pub fn signature_header() -> String {
         "meterline-signature".to_string()
+    }
+    pub fn lineage_retention_days() -> u32 {
+        90
     }
     pub fn grace_period_s() -> u32 {
         600
@@ -458,6 +538,16 @@ impl Config {
                 self.validate.dedupe_horizon_days, self.validate.max_event_age_days, self.validate.max_clock_skew_s
             )));
         }
+        if let Some(days) = self.rate.segment_retention_days {
+            if days <= self.validate.max_event_age_days {
+                // An event still young enough to be accepted could reach a
+                // released segment and be refused: keep segments longer.
+                return Err(ConfigError::Invalid(format!(
+                    "rate.segment_retention_days ({days}) must exceed validate.max_event_age_days ({})",
+                    self.validate.max_event_age_days
+                )));
+            }
+        }
         for (source, key) in &self.validate.hmac_keys_hex {
             if hex::decode(key).is_err() || key.is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -466,6 +556,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `rate.segment_retention_days`, or its default.
+    pub fn segment_retention_days(&self) -> u32 {
+        self.rate.segment_retention_days.unwrap_or(
+            self.validate
+                .max_event_age_days
+                .saturating_add(SEGMENT_RETENTION_MARGIN_DAYS),
+        )
     }
 
     /// librdkafka properties for a consumer: common, then consumer-specific.
@@ -636,6 +735,43 @@ mod tests {
         assert_eq!(c.kafka.bootstrap_servers, "broker:9093");
         assert_eq!(c.common_props().get("sasl.mechanism").unwrap(), "PLAIN");
         assert_eq!(c.meters.len(), 1);
+    }
+
+    #[test]
+    fn processing_guarantee_and_static_membership_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let c = Config::from_parts("", "x.toml", &[], dir.path().to_path_buf()).unwrap();
+        assert_eq!(
+            c.runtime.processing_guarantee,
+            ProcessingGuarantee::ExactlyOnce
+        );
+        assert!(!c.runtime.static_membership);
+        let env = vec![
+            (
+                "METERLINE__RUNTIME__PROCESSING_GUARANTEE".to_string(),
+                "at_least_once".to_string(),
+            ),
+            (
+                "METERLINE__RUNTIME__STATIC_MEMBERSHIP".to_string(),
+                "true".to_string(),
+            ),
+        ];
+        let c = Config::from_parts("", "x.toml", &env, dir.path().to_path_buf()).unwrap();
+        assert_eq!(
+            c.runtime.processing_guarantee,
+            ProcessingGuarantee::AtLeastOnce
+        );
+        assert!(c.runtime.static_membership);
+        let err = Config::from_parts(
+            "[runtime]\nprocessing_guarantee = \"twice\"\n",
+            "x.toml",
+            &[],
+            dir.path().to_path_buf(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("twice"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,14 @@ pub fn stage_consumer_config(config: &Config, group_id: &str) -> ClientConfig {
             "heartbeat.interval.ms",
             (config.runtime.session_timeout_ms / 4).max(100).to_string(),
         );
+    if config.runtime.static_membership {
+        // A restart with the same instance id takes its partitions back at
+        // once: no rebalance, no wait for the session timeout.
+        c.set(
+            "group.instance.id",
+            format!("{group_id}.{}", config.runtime.instance_id),
+        );
+    }
     c
 }
 
@@ -89,6 +97,14 @@ pub fn transactional_producer_config(config: &Config, transactional_id: &str) ->
             config.runtime.transaction_timeout_ms.to_string(),
         )
         .set("linger.ms", "5");
+    c
+}
+
+/// Producer settings of a stage running `at_least_once`: idempotent, not
+/// transactional, batching like the transactional one.
+pub fn at_least_once_producer_config(config: &Config) -> ClientConfig {
+    let mut c = producer_config(config);
+    c.set("linger.ms", "5");
     c
 }
 

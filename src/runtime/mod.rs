@@ -31,14 +31,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ProcessingGuarantee};
 use crate::internal_events::{
     PartitionsAssigned, PartitionsRevoked, RecordDeadLettered, StageFailed, TransactionAborted,
     TransactionCommitted,
@@ -140,6 +140,17 @@ pub trait Processor: Send + 'static {
     fn punctuate(&mut self, _ctx: &mut Ctx<'_>, _now_ms: i64) -> Result<(), StageError> {
         Ok(())
     }
+    /// The record was dead-lettered with `code` (after [`Processor::process`]
+    /// returned a reject): the place to record lineage and counters. Writes
+    /// to the stores are kept; outputs are ignored.
+    fn on_rejected(
+        &mut self,
+        _rec: &InputRecord<'_>,
+        _code: &'static str,
+        _ctx: &mut Ctx<'_>,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
     /// The transaction was aborted: forget any cache derived from the stores.
     fn on_rollback(&mut self) {}
     /// Partitions moved away: forget anything cached for them.
@@ -158,13 +169,61 @@ pub enum RuntimeError {
     Fatal { stage: String, message: String },
 }
 
-/// Readiness and liveness a stage reports to `/readyz`.
-#[derive(Debug, Default)]
+/// Readiness and liveness a stage reports to `/readyz`, and the way in to
+/// its stores for queries (`/lineage`).
+#[derive(Default)]
 pub struct StageStatus {
     /// Assigned (possibly zero partitions) and every store restored.
     pub ready: AtomicBool,
     /// The loop is running.
     pub alive: AtomicBool,
+    /// Set once the stage runs.
+    pub query: std::sync::OnceLock<Arc<dyn StoreQuery>>,
+}
+
+impl std::fmt::Debug for StageStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageStatus")
+            .field("ready", &self.ready)
+            .field("alive", &self.alive)
+            .finish()
+    }
+}
+
+/// Read-only access to the committed state of a running stage's stores,
+/// for interactive queries. Blocks while the stage holds its engine (one
+/// record or one commit): call it off the async executor.
+pub trait StoreQuery: Send + Sync {
+    /// The committed value of `key` in the store named `store`, from every
+    /// partition this instance owns that has it.
+    fn get(&self, store: &str, key: &[u8]) -> Vec<(i32, Vec<u8>)>;
+    /// The partitions this instance owns.
+    fn partitions(&self) -> Vec<i32>;
+}
+
+struct EngineQuery<P: Processor>(Arc<Mutex<Engine<P>>>);
+
+impl<P: Processor> StoreQuery for EngineQuery<P> {
+    fn get(&self, store: &str, key: &[u8]) -> Vec<(i32, Vec<u8>)> {
+        let engine = lock(&self.0);
+        let Some(sid) = engine.spec.stores.iter().position(|s| *s == store) else {
+            return Vec::new();
+        };
+        engine
+            .parts
+            .iter()
+            .filter_map(|(p, part)| {
+                part.stores
+                    .committed_get(sid as StoreId, key)
+                    .ok()
+                    .flatten()
+                    .map(|v| (*p, v))
+            })
+            .collect()
+    }
+    fn partitions(&self) -> Vec<i32> {
+        lock(&self.0).parts.keys().copied().collect()
+    }
 }
 
 /// Classification of a failure inside the loop.
@@ -424,11 +483,19 @@ impl<P: Processor> Engine<P> {
             .set(0);
     }
 
+    /// False when the stage runs `at_least_once` (no Kafka transactions).
+    fn transactional(&self) -> bool {
+        self.config.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce
+    }
+
     fn ensure_txn(&mut self) -> Result<(), LoopError> {
         if self.txn.is_none() {
-            self.producer
-                .begin_transaction()
-                .map_err(|e| classify("begin_transaction", e))?;
+            // at_least_once: `txn` only delimits the batch.
+            if self.transactional() {
+                self.producer
+                    .begin_transaction()
+                    .map_err(|e| classify("begin_transaction", e))?;
+            }
             self.txn = Some((Instant::now(), 0));
         }
         Ok(())
@@ -536,6 +603,30 @@ impl<P: Processor> Engine<P> {
                     self.dlq_partitions,
                 );
                 self.send(&dl, 0)?;
+                let noted = match self.parts.get_mut(&p) {
+                    Some(part) => {
+                        out.clear();
+                        let mut ctx = Ctx {
+                            partition: p,
+                            stores: &mut part.stores,
+                            out: &mut out,
+                            config: &self.config,
+                        };
+                        self.processor.on_rejected(&rec, code, &mut ctx)
+                    }
+                    None => Ok(()),
+                };
+                out.clear();
+                match noted {
+                    Ok(()) => {}
+                    Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
+                    Err(e) => {
+                        return Err(LoopError::Abort {
+                            cause: "on_rejected",
+                            message: e.to_string(),
+                        })
+                    }
+                }
                 RecordDeadLettered {
                     stage: self.spec.name,
                     reason: code,
@@ -661,15 +752,25 @@ impl<P: Processor> Engine<P> {
                     .map_err(|e| LoopError::Fatal(e.to_string()))?;
             }
         }
-        if tpl.count() > 0 {
-            let cgm = consumer
-                .group_metadata()
-                .ok_or_else(|| LoopError::Fatal("consumer has no group metadata".into()))?;
-            self.retry_txn_call("send_offsets_to_transaction", |pr, t| {
-                pr.send_offsets_to_transaction(&tpl, &cgm, t)
-            })?;
+        if !self.transactional() {
+            // at_least_once: everything sent is acknowledged (flushed above);
+            // now the input offsets, then the stores.
+            if tpl.count() > 0 {
+                consumer
+                    .commit(&tpl, CommitMode::Sync)
+                    .map_err(|e| classify("commit_offsets", e))?;
+            }
+        } else {
+            if tpl.count() > 0 {
+                let cgm = consumer
+                    .group_metadata()
+                    .ok_or_else(|| LoopError::Fatal("consumer has no group metadata".into()))?;
+                self.retry_txn_call("send_offsets_to_transaction", |pr, t| {
+                    pr.send_offsets_to_transaction(&tpl, &cgm, t)
+                })?;
+            }
+            self.retry_txn_call("commit_transaction", |pr, t| pr.commit_transaction(t))?;
         }
-        self.retry_txn_call("commit_transaction", |pr, t| pr.commit_transaction(t))?;
         let records = self.txn.take().map(|(_, n)| n).unwrap_or(0);
         // Committed in Kafka: now, and only now, the stores may move forward.
         for (p, part) in self.parts.iter_mut() {
@@ -755,7 +856,8 @@ impl<P: Processor> Engine<P> {
             error: message,
         }
         .emit(&self.metrics);
-        if self.txn.take().is_some() {
+        // at_least_once: what was sent stays sent; the rewind re-sends it.
+        if self.txn.take().is_some() && self.transactional() {
             if let Err(m) = self.abort_transaction() {
                 // A transaction that cannot be aborted cannot be followed by
                 // another: stop, and let the restart fence and abort it.
@@ -869,6 +971,8 @@ pub fn run_stage<P: Processor>(
 ) -> Result<(), RuntimeError> {
     let spec = processor.spec();
     let stage = spec.name;
+    // Every log line of this thread carries the stage (JSON logs: "span").
+    let _span = tracing::info_span!("stage", stage).entered();
     let fatal = |message: String| RuntimeError::Fatal {
         stage: stage.to_string(),
         message,
@@ -880,8 +984,13 @@ pub fn run_stage<P: Processor>(
 
     let tracker = Arc::new(DeliveryTracker::default());
     let transactional_id = format!("{group_id}.{}", config.runtime.instance_id);
+    let transactional = config.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
     let producer: BaseProducer<DeliveryContext> = kafka::create(
-        &kafka::transactional_producer_config(&config, &transactional_id),
+        &if transactional {
+            kafka::transactional_producer_config(&config, &transactional_id)
+        } else {
+            kafka::at_least_once_producer_config(&config)
+        },
         DeliveryContext(tracker.clone()),
     )?;
 
@@ -893,11 +1002,18 @@ pub fn run_stage<P: Processor>(
     let dlq_partitions = kafka::partition_count(&md, &dlq_topic, &config)?;
     drop(probe);
 
-    producer
-        .init_transactions(Duration::from_millis(
-            config.runtime.transaction_call_timeout_ms,
-        ))
-        .map_err(|e| fatal(format!("init_transactions for {transactional_id}: {e}")))?;
+    if transactional {
+        producer
+            .init_transactions(Duration::from_millis(
+                config.runtime.transaction_call_timeout_ms,
+            ))
+            .map_err(|e| fatal(format!("init_transactions for {transactional_id}: {e}")))?;
+    } else {
+        warn!(
+            stage,
+            "runtime.processing_guarantee = at_least_once: no transactions, a failure may duplicate outputs"
+        );
+    }
 
     let state_root = config
         .resolve(&config.runtime.state_dir)
@@ -924,6 +1040,10 @@ pub fn run_stage<P: Processor>(
         failures_in_a_row: 0,
         tables: None,
     }));
+    // A restarted stage in the same process keeps the first handle's place.
+    let _ = status
+        .query
+        .set(Arc::new(EngineQuery(engine.clone())) as Arc<dyn StoreQuery>);
     {
         // Tables first: an input record must never be matched against
         // half-loaded reference data.

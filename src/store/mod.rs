@@ -137,6 +137,11 @@ impl PartitionStores {
         self.backend.get(store, key)
     }
 
+    /// The committed value (the backend), ignoring the open transaction.
+    pub fn committed_get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.backend.get(store, key)
+    }
+
     pub fn put(&mut self, store: StoreId, key: Vec<u8>, value: Vec<u8>) {
         self.overlays[store as usize].insert(key, Some(value));
     }

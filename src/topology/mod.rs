@@ -80,7 +80,7 @@ pub const STAGES: &[StageSpec] = &[
         input: names::EVENTS,
         outputs: &[names::VALIDATED],
         tables: &[],
-        stores: &["dedupe"],
+        stores: &["dedupe", "lineage", "counters"],
         summary: "decode CloudEvents, check them, drop duplicates of (source, id)",
     },
     StageSpec {
@@ -92,7 +92,7 @@ pub const STAGES: &[StageSpec] = &[
             names::REF_SUBSCRIPTIONS,
             names::REF_PLANS,
         ],
-        stores: &["parked"],
+        stores: &["parked", "lineage", "counters"],
         summary:
             "match customer, subscription and plan version in force; park what cannot be matched",
     },
@@ -101,7 +101,7 @@ pub const STAGES: &[StageSpec] = &[
         input: names::ENRICHED,
         outputs: &[names::RATED],
         tables: &[],
-        stores: &["segments"],
+        stores: &["segments", "lineage"],
         summary: "price each event as price(after) - price(before) of its rating segment",
     },
     StageSpec {
@@ -109,7 +109,7 @@ pub const STAGES: &[StageSpec] = &[
         input: names::RATED,
         outputs: &[names::WINDOWS],
         tables: &[],
-        stores: &["windows"],
+        stores: &["windows", "lineage"],
         summary: "event-time windows per day and billing period, emitted once when closed",
     },
     StageSpec {
@@ -117,7 +117,7 @@ pub const STAGES: &[StageSpec] = &[
         input: names::WINDOWS,
         outputs: &[names::POSTINGS],
         tables: &[],
-        stores: &["ledger"],
+        stores: &["ledger", "lineage"],
         summary: "balanced, rounded, idempotent accruals, invoice lines and control totals",
     },
 ];

@@ -54,6 +54,18 @@
 //! the past must not be opened either, since a billing period with no line
 //! for a segment has been invoiced without it.
 //!
+//! # Periods without usage
+//!
+//! A billing period with no usage still closes (DESIGN.md: base fee and
+//! minimum commitment are charged for every period the subscription
+//! overlaps). Closing a subscription's regular period-close window opens
+//! the next period's, empty, unless the subscription ends at or before
+//! that period starts ([`ClosedWindow::subscription_end`], carried from
+//! `ref.subscriptions` by enrich). So from its first event on, every
+//! period of a subscription closes, with or without usage. A subscription
+//! that never sends a single event is not seen by this stage at all (it
+//! reads usage, not reference data): its base fee is not posted.
+//!
 //! # Late events
 //!
 //! An event whose day (or billing period) window is closed is an
@@ -119,6 +131,8 @@ const MS_PER_S: i64 = 1_000;
 
 /// The windows store's index in the stage's store list.
 const WINDOWS: StoreId = 0;
+/// Lineage (see [`crate::lineage`]).
+const LINEAGE: StoreId = 1;
 /// Key prefixes of the windows store (see the module docs).
 const CLOCK_KEY: &[u8] = b"M";
 const WINDOW_PREFIX: u8 = b'W';
@@ -234,6 +248,10 @@ pub struct ClosedWindow {
     pub currency: String,
     pub time_zone: String,
     pub billing_anchor_day: u8,
+    /// The subscription's end (exclusive), if any; see "Periods without
+    /// usage" in the module docs.
+    #[serde(default)]
+    pub subscription_end: Option<DateTime<Utc>>,
     pub gl_accounts: GlAccounts,
     pub segment: Option<SegmentInfo>,
     pub plan_version: u32,
@@ -253,6 +271,20 @@ pub struct ClosedWindow {
 }
 
 impl ClosedWindow {
+    /// How lineage names this window: kind, scope (segment id, or the
+    /// subscription for a period close), window id, adjusted window id.
+    pub fn lineage_ref(&self) -> crate::lineage::WindowRef {
+        crate::lineage::WindowRef {
+            kind: self.kind.as_str().to_string(),
+            scope: match &self.segment {
+                Some(s) => s.segment_id.clone(),
+                None => self.subscription_id.clone(),
+            },
+            window: self.window.id.clone(),
+            adjusts: self.adjusts.as_ref().map(|w| w.id.clone()),
+        }
+    }
+
     /// The record value for `usage.windows`.
     pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
@@ -419,6 +451,7 @@ pub struct AggregateProcessor {
     /// `aggregate.idle_advance_s`, in ms.
     idle_advance_ms: i64,
     clock: Clock,
+    lineage_retention_days: u32,
     /// Wall clock of the last input per partition. A liveness hint only
     /// (after a restart the idle timer starts again, which merely delays
     /// the wall-clock advance), so it is not kept in the store.
@@ -436,6 +469,7 @@ impl AggregateProcessor {
             grace_ms: i64::from(config.aggregate.grace_period_s) * MS_PER_S,
             idle_advance_ms: i64::from(config.aggregate.idle_advance_s) * MS_PER_S,
             clock,
+            lineage_retention_days: config.lineage.retention_days,
             last_input_ms: BTreeMap::new(),
         }
     }
@@ -458,6 +492,16 @@ impl AggregateProcessor {
                     .to_json_bytes()
                     .map_err(|e| fatal("serializing a closed window", e))?;
                 ctx.stores.delete(WINDOWS, key);
+                if let Some((next_key, next)) = next_period_close(&w)? {
+                    // A later scan of this loop closes it too if the
+                    // watermark is already past its end.
+                    if ctx.stores.get(WINDOWS, &next_key)?.is_none() {
+                        let b = next
+                            .to_json_bytes()
+                            .map_err(|e| fatal("serializing a window", e))?;
+                        ctx.stores.put(WINDOWS, next_key, b);
+                    }
+                }
                 ctx.emit(Output {
                     topic: self.windows_topic.clone(),
                     key: Some(w.customer.id.clone().into_bytes()),
@@ -471,6 +515,51 @@ impl AggregateProcessor {
             }
         }
     }
+}
+
+/// The period-close window of the billing period after `w`'s, empty, when
+/// `w` is a regular period close and the subscription is still active in
+/// that next period (it has no end, or ends after the next period starts).
+/// Its plan version, base fee, commitment and accounts are those `w` closed
+/// with; usage in the period updates them as usual.
+fn next_period_close(w: &ClosedWindow) -> Result<Option<(Vec<u8>, ClosedWindow)>, StageError> {
+    if w.kind != WindowKind::PeriodClose || w.adjusts.is_some() {
+        return Ok(None);
+    }
+    let tz = calendar::parse_tz(&w.time_zone).map_err(|e| fatal("stored window", e))?;
+    let next = BillingPeriod::containing(w.billing_anchor_day, tz, w.window.end)
+        .map_err(|e| fatal("stored window", e))?;
+    // The calendar guarantees periods tile time: the next one starts where
+    // this one ends. Anything else would skip or double-bill a period.
+    if next.start() != w.window.end {
+        return Err(fatal(
+            "calendar",
+            format!("period after {} starts at {}", w.window.id, next.start()),
+        ));
+    }
+    if w.subscription_end.is_some_and(|end| end <= next.start()) {
+        return Ok(None);
+    }
+    let window = to_window(next.id(), next.start(), next.end());
+    let key = window_key(
+        window.end,
+        WindowKind::PeriodClose,
+        &w.subscription_id,
+        &window.id,
+        None,
+    )?;
+    let mut n = w.clone();
+    n.window = window.clone();
+    n.clearing = Clearing {
+        period: window,
+        adjusts: None,
+    };
+    n.quantity = Decimal::ZERO;
+    n.amount = Decimal::ZERO;
+    n.event_count = 0;
+    n.lineage_digest = empty_digest();
+    n.closed_at_watermark_ms = 0;
+    Ok(Some((key, n)))
 }
 
 fn load_clock(ctx: &Ctx<'_>) -> Result<PartitionClock, StageError> {
@@ -523,6 +612,7 @@ fn new_window(
         currency: e.currency.clone(),
         time_zone: e.time_zone.clone(),
         billing_anchor_day: e.billing_anchor_day,
+        subscription_end: e.subscription_end,
         gl_accounts: e.gl_accounts.clone(),
         segment,
         plan_version: e.plan_version,
@@ -693,12 +783,31 @@ impl Processor for AggregateProcessor {
                 }
             }
         }
+        let refs: Vec<crate::lineage::WindowRef> = touched
+            .windows
+            .values()
+            .map(ClosedWindow::lineage_ref)
+            .collect();
         for (key, w) in touched.windows {
             let b = w
                 .to_json_bytes()
                 .map_err(|e| fatal("serializing a window", e))?;
             ctx.stores.put(WINDOWS, key, b);
         }
+        crate::lineage::record_step(
+            ctx,
+            LINEAGE,
+            &rated.source,
+            &rated.id,
+            crate::lineage::Step {
+                outcome: "windowed".into(),
+                partition: rec.partition,
+                offset: rec.offset,
+                reason: None,
+                detail: serde_json::json!({ "windows": refs }),
+            },
+            (self.clock)(),
+        )?;
         let event_ms = e.event.time.timestamp_millis();
         let before = clock;
         clock.max_event_ms = Some(clock.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
@@ -717,6 +826,7 @@ impl Processor for AggregateProcessor {
     }
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
         let last = *self.last_input_ms.entry(ctx.partition).or_insert(now_ms);
         if now_ms.saturating_sub(last) < self.idle_advance_ms {
             return Ok(());

@@ -18,7 +18,7 @@ pub(crate) fn config() -> Config {
 }
 
 fn stores() -> PartitionStores {
-    PartitionStores::new(Box::<MemBackend>::default(), 1)
+    PartitionStores::new(Box::<MemBackend>::default(), 3)
 }
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -108,6 +108,7 @@ pub(crate) fn rated(
         legal_entity: "ml-us".into(),
         time_zone: sub.tz.into(),
         billing_anchor_day: sub.anchor,
+        subscription_end: None,
         billing_period: Window {
             id: period.id(),
             start: period.start(),
@@ -714,4 +715,73 @@ fn grace_and_idle_advance_come_from_the_config() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].window.id, "2026-01-11");
     assert_eq!(out[0].event_count, 2);
+}
+
+/// Period-close windows emitted, as (period id, event count, amount).
+fn closes(ws: &[ClosedWindow]) -> Vec<(String, u64, Decimal)> {
+    ws.iter()
+        .filter(|w| w.kind == WindowKind::PeriodClose)
+        .map(|w| (w.window.id.clone(), w.event_count, w.amount))
+        .collect()
+}
+
+#[test]
+fn periods_without_usage_close_until_the_subscription_ends() {
+    // Open-ended: January has usage, February and March none; the wall
+    // clock on April 15 closes all three, and April waits for its end.
+    let (mut p, _) = processor();
+    let mut s = stores();
+    let jan = rated("e1", at("2026-01-10T10:00:00Z"), UTC1, &[("m", dec!(3))]);
+    assert!(closes(&run(&mut p, &mut s, &jan)).is_empty());
+    let out = punctuate(&mut p, &mut s, at("2026-04-15T00:00:00Z"));
+    assert_eq!(
+        closes(&out),
+        vec![
+            ("2026-01-01".to_string(), 1, dec!(3)),
+            ("2026-02-01".to_string(), 0, dec!(0)),
+            ("2026-03-01".to_string(), 0, dec!(0)),
+        ]
+    );
+    let feb = out
+        .iter()
+        .find(|w| w.kind == WindowKind::PeriodClose && w.window.id == "2026-02-01")
+        .unwrap();
+    // The empty period keeps the fee and commitment it is billed with.
+    assert_eq!(
+        (feb.base_fee, feb.minimum_commitment),
+        (Some(dec!(10)), Some(dec!(100)))
+    );
+    assert_eq!(feb.lineage_digest, empty_digest());
+    assert_eq!(feb.clearing.period.id, "2026-02-01");
+    // April's is open in the store; usage in April lands in it.
+    let apr = rated("e2", at("2026-04-20T10:00:00Z"), UTC1, &[("m", dec!(2))]);
+    run(&mut p, &mut s, &apr);
+    let out = punctuate(&mut p, &mut s, at("2026-05-02T00:00:00Z"));
+    assert_eq!(closes(&out), vec![("2026-04-01".to_string(), 1, dec!(2))]);
+
+    // Ending on March 1: February is the last period billed.
+    let (mut p, _) = processor();
+    let mut s = stores();
+    let mut jan = jan.clone();
+    jan.enriched.subscription_end = Some(at("2026-03-01T00:00:00Z"));
+    run(&mut p, &mut s, &jan);
+    let out = punctuate(&mut p, &mut s, at("2026-06-15T00:00:00Z"));
+    assert_eq!(
+        closes(&out).into_iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec!["2026-01-01", "2026-02-01"]
+    );
+    // Nothing is left open: the store holds only the clock.
+    let left = s
+        .scan(WINDOWS, &[WINDOW_PREFIX], &[WINDOW_PREFIX + 1], 10)
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Ending mid-March: March overlaps it, so it is billed in full.
+    let (mut p, _) = processor();
+    let mut s = stores();
+    let mut jan = rated("e1", at("2026-01-10T10:00:00Z"), UTC1, &[("m", dec!(3))]);
+    jan.enriched.subscription_end = Some(at("2026-03-15T00:00:00Z"));
+    run(&mut p, &mut s, &jan);
+    let out = punctuate(&mut p, &mut s, at("2026-06-15T00:00:00Z"));
+    assert_eq!(closes(&out).len(), 3);
 }

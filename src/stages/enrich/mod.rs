@@ -116,6 +116,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::event::ValidatedEvent;
+use crate::lineage::{self, Count};
 use crate::refdata::{RefKind, RefTables, RefTrigger};
 use crate::runtime::dlq::{self, headers, last_header};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
@@ -127,6 +128,9 @@ use resolve::{meter_catalog, resolve, EnrichedEvent, MeterCatalog, ParkReason};
 
 /// The parked store's index in the stage's store list.
 const PARKED: StoreId = 0;
+/// Lineage and counters (see [`crate::lineage`]).
+const LINEAGE: StoreId = 1;
+const COUNTERS: StoreId = 2;
 /// Key prefixes of the parked store (see the module docs).
 const ENTRY_PREFIX: u8 = b'P';
 const AGE_INDEX_PREFIX: u8 = b'A';
@@ -711,6 +715,7 @@ struct Enricher {
     enriched_topic: String,
     exceptions_topic: String,
     metrics: EnrichMetrics,
+    lineage_retention_days: u32,
 }
 
 pub struct EnrichProcessor {
@@ -739,6 +744,7 @@ impl EnrichProcessor {
                 enriched_topic: config.topic(topology::names::ENRICHED),
                 exceptions_topic: config.topic(topology::names::EXCEPTIONS),
                 metrics: EnrichMetrics::new(),
+                lineage_retention_days: config.lineage.retention_days,
             },
             parts: BTreeMap::new(),
             currencies_seen: BTreeSet::new(),
@@ -859,6 +865,13 @@ impl Enricher {
             Some(b) => Some(ParkedEntry::decode(&b)?),
             None => None,
         };
+        let replayed = self.replayed_exception(rec).is_some();
+        let day = lineage::day_of(event.time);
+        // A replayed exceptions copy is not a new input: the event was
+        // counted when it first arrived.
+        if !replayed {
+            lineage::count(ctx, COUNTERS, &day, Count::In)?;
+        }
         if existing.is_none() {
             if let Some(from) = self.replayed_exception(rec) {
                 ExceptionReplayDropped {
@@ -880,10 +893,36 @@ impl Enricher {
                     }
                     .emit(&self.metrics);
                 }
+                let healed = existing.is_some();
+                lineage::count(
+                    ctx,
+                    COUNTERS,
+                    &day,
+                    if healed {
+                        Count::Released
+                    } else {
+                        Count::Passed
+                    },
+                )?;
+                self.note_enriched(ctx, &enriched, rec.partition, rec.offset, healed)?;
                 let out = self.enriched_output(&enriched, rec.timestamp_ms)?;
                 ctx.emit(out);
             }
             Err(reason) => {
+                if existing.is_none() {
+                    lineage::count(ctx, COUNTERS, &day, Count::Held)?;
+                }
+                self.note(
+                    ctx,
+                    &event,
+                    lineage::Step {
+                        outcome: "parked".into(),
+                        partition: rec.partition,
+                        offset: rec.offset,
+                        reason: Some(reason.code().to_owned()),
+                        detail: serde_json::Value::Null,
+                    },
+                )?;
                 let (first_parked_ms, input_timestamp_ms) = match &existing {
                     Some(old) => (old.meta.first_parked_ms, old.meta.input_timestamp_ms),
                     None => (Utc::now().timestamp_millis(), rec.timestamp_ms),
@@ -912,6 +951,53 @@ impl Enricher {
         Ok(())
     }
 
+    /// Appends a lineage step for `event`.
+    fn note(
+        &self,
+        ctx: &mut Ctx<'_>,
+        event: &ValidatedEvent,
+        step: lineage::Step,
+    ) -> Result<(), StageError> {
+        lineage::record_step(
+            ctx,
+            LINEAGE,
+            &event.source,
+            &event.id,
+            step,
+            Utc::now().timestamp_millis(),
+        )
+    }
+
+    /// The lineage step of an enriched event (`healed`: it was parked).
+    fn note_enriched(
+        &self,
+        ctx: &mut Ctx<'_>,
+        e: &EnrichedEvent,
+        partition: i32,
+        offset: i64,
+        healed: bool,
+    ) -> Result<(), StageError> {
+        self.note(
+            ctx,
+            &e.event,
+            lineage::Step {
+                outcome: "enriched".into(),
+                partition,
+                offset,
+                reason: None,
+                detail: serde_json::json!({
+                    "subscription": e.subscription_id,
+                    "plan": e.plan_id,
+                    "plan_version": e.plan_version,
+                    "currency": e.currency,
+                    "legal_entity": e.legal_entity,
+                    "billing_period": e.billing_period.id,
+                    "healed": healed,
+                }),
+            },
+        )
+    }
+
     /// Re-resolves one parked entry: emits and deletes it if it resolves,
     /// updates it if its park code or revenue at risk changed.
     fn recheck(&self, key: &[u8], value: &[u8], ctx: &mut Ctx<'_>) -> Result<(), StageError> {
@@ -931,6 +1017,10 @@ impl Enricher {
         match resolve(&event, &self.tables, &self.meters) {
             Ok(enriched) => {
                 remove_parked(ctx.stores, &ids, &entry.meta)?;
+                lineage::count(ctx, COUNTERS, &lineage::day_of(event.time), Count::Released)?;
+                // Not from an input record (offset -1): healed by reference data.
+                let partition = ctx.partition;
+                self.note_enriched(ctx, &enriched, partition, -1, true)?;
                 let out = self.enriched_output(&enriched, entry.meta.input_timestamp_ms)?;
                 ctx.emit(out);
                 ParkedEventReemitted {
@@ -995,6 +1085,7 @@ impl Processor for EnrichProcessor {
     }
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        lineage::expire(ctx, LINEAGE, now_ms, self.inner.lineage_retention_days)?;
         let part = self.parts.entry(ctx.partition).or_insert_with(Recheck::new);
         if part.sweep.is_none()
             && part
@@ -1111,7 +1202,7 @@ mod tests {
     }
 
     fn stores() -> PartitionStores {
-        PartitionStores::new(Box::<MemBackend>::default(), 1)
+        PartitionStores::new(Box::<MemBackend>::default(), 3)
     }
 
     fn customer_line(id: &str) -> String {
@@ -1266,7 +1357,19 @@ mod tests {
             ("sub-1", 1)
         );
         assert!(parked_keys(&s).is_empty());
-        assert!(!s.has_pending());
+        // Nothing parked; lineage and the day's counters are written.
+        assert!(s.pending(PARKED).is_empty());
+        assert_eq!(s.pending(COUNTERS).len(), 1);
+        let steps: lineage::Steps = serde_json::from_slice(
+            s.pending(LINEAGE)
+                .get(&lineage::event_key("svc", "e1"))
+                .cloned()
+                .flatten()
+                .as_deref()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(steps.steps[0].outcome, "enriched");
     }
 
     #[test]

@@ -168,6 +168,10 @@ pub struct EnrichedEvent {
     /// The subscription's IANA time zone.
     pub time_zone: String,
     pub billing_anchor_day: u8,
+    /// The subscription's end (exclusive), if it has one: aggregate keeps
+    /// closing its billing periods, with or without usage, until it.
+    #[serde(default)]
+    pub subscription_end: Option<DateTime<Utc>>,
     /// The billing period containing the event's time.
     pub billing_period: Window,
     /// The subscription's local day containing the event's time.
@@ -637,6 +641,7 @@ pub fn resolve(
         legal_entity: subscription.legal_entity.clone(),
         time_zone: subscription.time_zone.clone(),
         billing_anchor_day: subscription.billing_anchor_day,
+        subscription_end: subscription.end,
         billing_period,
         local_day,
         gl_accounts: plan.gl_accounts.clone(),
@@ -1593,6 +1598,7 @@ mod tests {
                 "minimum_commitment",
                 "plan_id",
                 "plan_version",
+                "subscription_end",
                 "subscription_id",
                 "tax_code",
                 "time_zone",

@@ -90,6 +90,8 @@ pub const ROUNDING_MODE: RoundingMode = RoundingMode::HalfEven;
 
 /// The ledger store's index in the stage's store list.
 const LEDGER: StoreId = 0;
+/// Lineage: window -> postings, posting -> window (see [`crate::lineage`]).
+const LINEAGE: StoreId = 1;
 const ACCRUED_PREFIX: u8 = b'A';
 const SPEND_PREFIX: u8 = b'S';
 
@@ -547,6 +549,7 @@ pub fn post_window_with(
 pub struct PostProcessor {
     postings_topic: String,
     rounding_mode: RoundingMode,
+    lineage_retention_days: u32,
 }
 
 impl PostProcessor {
@@ -554,7 +557,24 @@ impl PostProcessor {
         PostProcessor {
             postings_topic: config.topic(topology::names::POSTINGS),
             rounding_mode: config.post.rounding_mode,
+            lineage_retention_days: config.lineage.retention_days,
         }
+    }
+}
+
+/// The lineage entry of one posting: its amount as lineage shows it.
+fn posting_ref(p: &Posting) -> crate::lineage::PostingRef {
+    let amount = match (&p.invoice_line, &p.control_total) {
+        (Some(l), _) => l.amount,
+        (_, Some(c)) => c.amount_rounded,
+        _ => p.totals().0,
+    };
+    crate::lineage::PostingRef {
+        idempotency_key: p.idempotency_key.clone(),
+        posting_type: p.posting_type.as_str().to_string(),
+        kind: p.kind.clone(),
+        amount: amount.to_string(),
+        accounting_date: p.accounting_date.clone(),
     }
 }
 
@@ -611,6 +631,33 @@ impl Processor for PostProcessor {
         }
         let key = serde_json::to_vec(&[&w.legal_entity, &w.subscription_id])
             .map_err(|e| StageError::Fatal(format!("serializing a key: {e}")))?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let wref = w.lineage_ref();
+        let made = crate::lineage::WindowPostings {
+            postings: posted.postings.iter().map(posting_ref).collect(),
+            event_count: w.event_count,
+        };
+        crate::lineage::put_json(
+            ctx,
+            LINEAGE,
+            crate::lineage::window_key(&wref),
+            &made,
+            now_ms,
+        )?;
+        let sources = crate::lineage::PostingSources {
+            windows: vec![wref],
+            event_count: w.event_count,
+            lineage_digest: w.lineage_digest.clone(),
+        };
+        for p in &posted.postings {
+            crate::lineage::put_json(
+                ctx,
+                LINEAGE,
+                crate::lineage::posting_key(&p.idempotency_key),
+                &sources,
+                now_ms,
+            )?;
+        }
         for p in posted.postings {
             let value = p
                 .to_json_bytes()
@@ -625,6 +672,10 @@ impl Processor for PostProcessor {
             });
         }
         Ok(())
+    }
+
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)
     }
 }
 

@@ -44,7 +44,7 @@ fn post_all(windows: &[ClosedWindow]) -> Vec<Posting> {
 
 fn post_all_with(cfg: &Config, windows: &[ClosedWindow]) -> Vec<Posting> {
     let mut p = PostProcessor::new(cfg);
-    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
     let mut postings = Vec::new();
     for w in windows {
         let value = w.to_json_bytes().unwrap();
@@ -296,7 +296,7 @@ fn an_unbalanced_entry_is_caught_and_stops_the_stage() {
 fn bad_windows_are_rejected() {
     let cfg = config();
     let mut p = PostProcessor::new(&cfg);
-    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
     let run = |p: &mut PostProcessor, s: &mut PartitionStores, value: &[u8]| {
         let mut out = Vec::new();
         let rec = InputRecord {
@@ -405,4 +405,46 @@ fn the_rounding_mode_comes_from_the_config() {
         let posted = post_window_with(day, Decimal::ZERO, Decimal::ZERO, mode).unwrap();
         assert_eq!(accrual(&posted.postings), want, "{mode:?}");
     }
+}
+
+#[test]
+fn a_period_without_usage_posts_its_base_fee_and_true_up() {
+    // January has usage; February none; an event on March 1 closes both.
+    let events = [
+        rated(
+            "jan",
+            at("2026-01-10T12:00:00Z"),
+            UTC1,
+            &[("tokens", dec!(30))],
+        ),
+        rated(
+            "mar",
+            at("2026-03-01T00:00:00Z") + Duration::seconds(GRACE_PERIOD_S),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    ];
+    let postings = post_all(&aggregate_all(&events));
+    let feb: Vec<&Posting> = postings
+        .iter()
+        .filter(|p| p.billing_period.id == "2026-02-01")
+        .collect();
+    let feb_summary: Vec<_> = summary(&feb.iter().map(|p| (*p).clone()).collect::<Vec<_>>());
+    assert_eq!(
+        feb_summary,
+        vec![
+            s(("inv", "base_fee", "", "", "10.00")),
+            s(("je", "base_fee", "1200", "4010", "10.00")),
+            // Commitment 100.00 - (0 + 10.00).
+            s(("inv", "minimum_true_up", "", "", "90.00")),
+            s(("je", "minimum_true_up", "1200", "4010", "90.00")),
+        ]
+    );
+    let control: Vec<&&Posting> = feb
+        .iter()
+        .filter(|p| p.posting_type == PostingType::ControlTotal)
+        .collect();
+    assert_eq!(control.len(), 1);
+    assert_eq!(control[0].control_total.as_ref().unwrap().event_count, 0);
+    assert_books(&postings);
 }

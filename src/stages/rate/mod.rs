@@ -41,9 +41,20 @@
 //! | `G` segment id | the segment's [`SegmentState`], JSON |
 //! | `U` segment id, unique value | empty: a UNIQUE_COUNT member |
 //!
-//! Segment state is never expired here (a closed period simply stops
-//! receiving events); that is a follow-up for when the aggregate stage
-//! defines period close.
+//! | `E` period end (i64 ms), segment id | empty: the expiry index |
+//!
+//! # Expiry
+//!
+//! A segment's state is needed for as long as an event of its billing
+//! period can still arrive: validate refuses events older than
+//! `validate.max_event_age_days`, and parked events can be healed a while
+//! later. [`Processor::punctuate`] releases every segment (state, members,
+//! index entry) whose period ended more than `rate.segment_retention_days`
+//! ago ([`Config::segment_retention_days`]), at most
+//! [`EXPIRE_BATCH_SEGMENTS`] per punctuation so a transaction stays small.
+//! An event that still arrives for such a period is dead-lettered with
+//! [`SEGMENT_EXPIRED`]: pricing it from zero would bill tiers and free units
+//! a second time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,9 +72,20 @@ use crate::topology::{self, StageSpec};
 
 /// The segments store's index in the stage's store list.
 const SEGMENTS: StoreId = 0;
+/// Lineage (see [`crate::lineage`]).
+const LINEAGE: StoreId = 1;
 /// Key prefixes of the segments store (see the module docs).
 const SEGMENT_PREFIX: u8 = b'G';
 const MEMBER_PREFIX: u8 = b'U';
+const EXPIRY_PREFIX: u8 = b'E';
+/// Segments released per punctuation (each with its UNIQUE_COUNT members).
+pub const EXPIRE_BATCH_SEGMENTS: usize = 100;
+/// Members of one segment deleted per scan while releasing it.
+const MEMBER_SCAN_BATCH: usize = 1_000;
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// Reject code of an event whose billing period's segments were released.
+pub const SEGMENT_EXPIRED: &str = "segment_expired";
 /// Separates `id` and `source` in a LATEST event key; below every printable
 /// character, so the order is by id first, then by source.
 const LATEST_KEY_SEPARATOR: char = '\u{0}';
@@ -156,6 +178,8 @@ pub enum RateError {
     },
     #[error("measure {meter}: a UNIQUE_COUNT meter needs a unique_value")]
     MissingUniqueValue { meter: String },
+    #[error("billing period {period} ended more than rate.segment_retention_days ({days}) ago; its rating state is released")]
+    SegmentExpired { period: String, days: u32 },
     #[error("measure {meter}: {source}")]
     Rating {
         meter: String,
@@ -171,6 +195,7 @@ impl RateError {
             RateError::Malformed(_) => MALFORMED_ENRICHED_EVENT,
             RateError::MissingValue { .. } => "measure_value_missing",
             RateError::MissingUniqueValue { .. } => "measure_unique_value_missing",
+            RateError::SegmentExpired { .. } => SEGMENT_EXPIRED,
             RateError::Rating { source, .. } => source.code(),
         }
     }
@@ -196,15 +221,44 @@ fn member_key(segment_id: &str, value: &str) -> Vec<u8> {
         .build()
 }
 
+fn expiry_key(period_end_ms: i64, segment_id: &str) -> Vec<u8> {
+    KeyBuilder::new(EXPIRY_PREFIX)
+        .i64(period_end_ms)
+        .str(segment_id)
+        .build()
+}
+
+/// Wall clock in ms since the epoch; injectable for tests.
+pub type Clock = Box<dyn Fn() -> i64 + Send>;
+
 pub struct RateProcessor {
     rated_topic: String,
+    /// `rate.segment_retention_days`, in days and ms.
+    retention_days: u32,
+    retention_ms: i64,
+    clock: Clock,
+    lineage_retention_days: u32,
 }
 
 impl RateProcessor {
     pub fn new(config: &Config) -> Self {
+        Self::with_clock(config, Box::new(|| chrono::Utc::now().timestamp_millis()))
+    }
+
+    pub fn with_clock(config: &Config, clock: Clock) -> Self {
+        let retention_days = config.segment_retention_days();
         RateProcessor {
             rated_topic: config.topic(topology::names::RATED),
+            retention_days,
+            retention_ms: i64::from(retention_days).saturating_mul(MS_PER_DAY),
+            clock,
+            lineage_retention_days: config.lineage.retention_days,
         }
+    }
+
+    /// Periods ending before this have released segments.
+    fn expiry_cutoff_ms(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.retention_ms)
     }
 }
 
@@ -236,14 +290,65 @@ impl Processor for RateProcessor {
         &topology::STAGES[2]
     }
 
+    /// Releases segments whose period ended beyond the retention (see
+    /// "Expiry" in the module docs).
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
+        let to = KeyBuilder::new(EXPIRY_PREFIX)
+            .i64(self.expiry_cutoff_ms(now_ms))
+            .build();
+        let due = ctx
+            .stores
+            .scan(SEGMENTS, &[EXPIRY_PREFIX], &to, EXPIRE_BATCH_SEGMENTS)?;
+        for (index_key, _) in due {
+            let mut r = crate::store::keys::KeyReader::new(&index_key, EXPIRY_PREFIX)
+                .map_err(|e| StageError::Fatal(format!("expiry index key: {e}")))?;
+            let _period_end = r
+                .i64()
+                .map_err(|e| StageError::Fatal(format!("expiry index key: {e}")))?;
+            let id = r
+                .str()
+                .map_err(|e| StageError::Fatal(format!("expiry index key: {e}")))?
+                .to_string();
+            let from = KeyBuilder::new(MEMBER_PREFIX).str(&id).build();
+            let mut until = from.clone();
+            // Every member key of the segment starts with `from`.
+            until.push(0xFF);
+            loop {
+                let members = ctx
+                    .stores
+                    .scan(SEGMENTS, &from, &until, MEMBER_SCAN_BATCH)?;
+                if members.is_empty() {
+                    break;
+                }
+                for (k, _) in members {
+                    ctx.stores.delete(SEGMENTS, k);
+                }
+            }
+            ctx.stores.delete(SEGMENTS, segment_key(&id));
+            ctx.stores.delete(SEGMENTS, index_key);
+        }
+        Ok(())
+    }
+
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
         let enriched = parse(rec.value)?;
+        let period_end_ms = enriched.billing_period.end.timestamp_millis();
+        if period_end_ms < self.expiry_cutoff_ms((self.clock)()) {
+            return Err(RateError::SegmentExpired {
+                period: enriched.billing_period.id.clone(),
+                days: self.retention_days,
+            }
+            .into());
+        }
         let event = &enriched.event;
         // Computed in full before anything is stored, so a measure that
         // fails leaves no trace of the others. The maps also make two
         // measures of one segment in one event see each other.
         let mut states: BTreeMap<String, SegmentState> = BTreeMap::new();
         let mut members: BTreeSet<(String, String)> = BTreeSet::new();
+        // Segments this event starts: they get an expiry index entry.
+        let mut created: BTreeSet<String> = BTreeSet::new();
         let mut measures = Vec::with_capacity(event.measures.len());
         for (measure, charge) in event.measures.iter().zip(&enriched.charges) {
             let meter = || measure.meter.clone();
@@ -255,7 +360,10 @@ impl Processor for RateProcessor {
                     Some(b) => serde_json::from_slice(&b).map_err(|e| {
                         StageError::Fatal(format!("segment {key}: stored state is corrupt: {e}"))
                     })?,
-                    None => SegmentState::new(charge.aggregation),
+                    None => {
+                        created.insert(id.clone());
+                        SegmentState::new(charge.aggregation)
+                    }
                 },
             };
             let value = || {
@@ -320,6 +428,10 @@ impl Processor for RateProcessor {
         for (id, value) in &members {
             ctx.stores.put(SEGMENTS, member_key(id, value), Vec::new());
         }
+        for id in &created {
+            ctx.stores
+                .put(SEGMENTS, expiry_key(period_end_ms, id), Vec::new());
+        }
         let rated = RatedEvent {
             source: event.source.clone(),
             id: event.id.clone(),
@@ -327,6 +439,22 @@ impl Processor for RateProcessor {
             measures,
             enriched: enriched.clone(),
         };
+        let detail = serde_json::to_value(&rated.measures)
+            .map_err(|e| StageError::Fatal(format!("serializing lineage: {e}")))?;
+        crate::lineage::record_step(
+            ctx,
+            LINEAGE,
+            &rated.source,
+            &rated.id,
+            crate::lineage::Step {
+                outcome: "rated".into(),
+                partition: rec.partition,
+                offset: rec.offset,
+                reason: None,
+                detail: serde_json::json!({ "measures": detail }),
+            },
+            (self.clock)(),
+        )?;
         let value = rated
             .to_json_bytes()
             .map_err(|e| StageError::Fatal(format!("serializing a rated event: {e}")))?;
@@ -359,8 +487,13 @@ mod tests {
         Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
     }
 
+    /// A processor whose wall clock stands at [`t0`].
+    fn processor() -> RateProcessor {
+        RateProcessor::with_clock(&config(), Box::new(|| t0().timestamp_millis()))
+    }
+
     fn stores() -> PartitionStores {
-        PartitionStores::new(Box::<MemBackend>::default(), 1)
+        PartitionStores::new(Box::<MemBackend>::default(), 3)
     }
 
     fn t0() -> DateTime<Utc> {
@@ -437,6 +570,7 @@ mod tests {
             legal_entity: "ml-us".into(),
             time_zone: "UTC".into(),
             billing_anchor_day: 1,
+            subscription_end: None,
             billing_period: window("2026-01-01"),
             local_day: window("2026-01-10"),
             gl_accounts: GlAccounts {
@@ -494,7 +628,7 @@ mod tests {
 
     #[test]
     fn marginals_of_a_sequence_add_up_to_the_price_of_the_total() {
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let values = [
             dec!(60),
@@ -525,7 +659,7 @@ mod tests {
             amounts.push(m.marginal_amount);
             // State survives each commit: it is in the store, not in memory.
             s.apply_committed(&[]).unwrap();
-            p = RateProcessor::new(&config());
+            p = processor();
         }
         // By hand: 60 and 40 stay in the free tier (its bound is inclusive);
         // 0.5 enters tier 2: 0.25 + its 5.00 fee; 899.5 * 0.50 fills it;
@@ -553,7 +687,7 @@ mod tests {
         let volume = ChargeModel::Volume {
             tiers: vec![Tier::bounded(dec!(10), dec!(1)), Tier::open(dec!(0.5))],
         };
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let mut amounts = Vec::new();
         for (i, v) in [dec!(10), dec!(2)].iter().enumerate() {
@@ -574,7 +708,7 @@ mod tests {
 
     #[test]
     fn segments_are_separate_per_plan_version_and_group() {
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let per_unit = ChargeModel::PerUnit {
             unit_price: dec!(2),
@@ -614,7 +748,7 @@ mod tests {
 
     #[test]
     fn unique_count_counts_each_value_once() {
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let per_user = ChargeModel::PerUnit {
             unit_price: dec!(3),
@@ -638,7 +772,7 @@ mod tests {
             if i == 2 {
                 // Membership survives a commit (it is in the store, not in memory).
                 s.apply_committed(&[]).unwrap();
-                p = RateProcessor::new(&config());
+                p = processor();
             }
         }
         assert_eq!(
@@ -662,7 +796,7 @@ mod tests {
 
     #[test]
     fn latest_follows_event_time_and_may_go_down() {
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let per_gb = ChargeModel::PerUnit {
             unit_price: dec!(0.10),
@@ -698,7 +832,7 @@ mod tests {
 
     #[test]
     fn count_and_max_and_several_measures_in_one_event() {
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let per_unit = |price| ChargeModel::PerUnit { unit_price: price };
         let e = |id: &str, seats: Decimal| {
@@ -732,7 +866,7 @@ mod tests {
 
     #[test]
     fn errors_reject_the_whole_event_and_write_nothing() {
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let per_unit = ChargeModel::PerUnit {
             unit_price: dec!(1),
@@ -821,7 +955,7 @@ mod tests {
 
     #[test]
     fn rated_event_json_has_the_documented_shape() {
-        let mut p = RateProcessor::new(&config());
+        let mut p = processor();
         let mut s = stores();
         let e = enriched(
             "e1",
@@ -865,5 +999,77 @@ mod tests {
         assert_eq!(v["enriched"], serde_json::to_value(&e).unwrap());
         let back = RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap();
         assert_eq!(back.enriched, e);
+    }
+
+    #[test]
+    fn segments_are_released_after_the_retention_and_late_events_refused() {
+        // Retention: 35 + 25 = 60 days after January's end (Feb 1): Apr 2.
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(t0().timestamp_millis()));
+        let n = now.clone();
+        let mut p = RateProcessor::with_clock(
+            &config(),
+            Box::new(move || n.load(std::sync::atomic::Ordering::SeqCst)),
+        );
+        let mut s = stores();
+        let per_unit = ChargeModel::PerUnit {
+            unit_price: dec!(1),
+        };
+        for (i, user) in ["u1", "u2", "u1"].iter().enumerate() {
+            let e = enriched(
+                &format!("e{i}"),
+                t0(),
+                vec![
+                    (
+                        measure("users", None, Some(user)),
+                        Aggregation::UniqueCount,
+                        per_unit.clone(),
+                    ),
+                    (
+                        measure("tokens", Some(dec!(5)), None),
+                        Aggregation::Sum,
+                        graduated(),
+                    ),
+                ],
+            );
+            rate(&mut p, &mut s, &e);
+            s.apply_committed(&[]).unwrap();
+        }
+        // Two segments, two members, two index entries.
+        assert_eq!(s.approximate_keys(SEGMENTS), 6);
+        let punctuate = |p: &mut RateProcessor, s: &mut PartitionStores, at: DateTime<Utc>| {
+            let cfg = config();
+            let mut out = Vec::new();
+            let mut ctx = Ctx {
+                partition: 0,
+                stores: s,
+                out: &mut out,
+                config: &cfg,
+            };
+            p.punctuate(&mut ctx, at.timestamp_millis()).unwrap();
+            s.apply_committed(&[]).unwrap();
+            assert!(out.is_empty());
+        };
+        let feb1 = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+        punctuate(&mut p, &mut s, feb1 + Duration::days(59));
+        assert_eq!(s.approximate_keys(SEGMENTS), 6, "inside the retention");
+        punctuate(&mut p, &mut s, feb1 + Duration::days(61));
+        assert_eq!(s.approximate_keys(SEGMENTS), 0, "released");
+        // A January event that still arrives is refused, not priced from zero.
+        now.store(
+            (feb1 + Duration::days(61)).timestamp_millis(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let late = enriched(
+            "late",
+            t0(),
+            vec![(
+                measure("tokens", Some(dec!(5)), None),
+                Aggregation::Sum,
+                graduated(),
+            )],
+        );
+        let r = run_bytes(&mut p, &mut s, &late.to_json_bytes().unwrap());
+        assert_eq!(reject_code(r), SEGMENT_EXPIRED);
+        assert_eq!(s.approximate_keys(SEGMENTS), 0);
     }
 }

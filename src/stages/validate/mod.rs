@@ -28,6 +28,7 @@ use prometheus::IntCounter;
 
 use crate::config::Config;
 use crate::event::Origin;
+use crate::lineage::{self, Count};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
 use crate::store::StoreId;
 use crate::topology::{self, StageSpec};
@@ -35,8 +36,10 @@ use crate::topology::{self, StageSpec};
 use decode::{AvroDecoder, DecodeError, RawRecord};
 use rules::{MeterIndex, ValidateRules};
 
-/// The dedupe store's index in the stage's store list.
+/// The stores' indexes in the stage's store list.
 const DEDUPE: StoreId = 0;
+const LINEAGE: StoreId = 1;
+const COUNTERS: StoreId = 2;
 /// Expired dedupe entries removed per partition per punctuation (bounds the
 /// size of one transaction; the rest go in the next ones).
 const PURGE_BATCH_MAX: usize = 5_000;
@@ -61,6 +64,7 @@ pub struct ValidateProcessor {
     /// Greatest event time accepted per partition (drives expiry).
     stream_time_ms: BTreeMap<i32, i64>,
     duplicates: IntCounter,
+    lineage_retention_days: u32,
 }
 
 impl ValidateProcessor {
@@ -103,6 +107,7 @@ impl ValidateProcessor {
             horizon_ms: i64::from(config.validate.dedupe_horizon_days) * MS_PER_DAY,
             output_topic: config.topic(topology::names::VALIDATED),
             stream_time_ms: BTreeMap::new(),
+            lineage_retention_days: config.lineage.retention_days,
             duplicates: crate::metrics::counter(
                 "meterline_validate_duplicates_total",
                 "Valid events dropped because their (source, id) was already accepted.",
@@ -145,6 +150,16 @@ impl Processor for ValidateProcessor {
 
         // Dedupe only after validation: a rejected copy never claims the id.
         let entry = dedupe::entry_key(&validated.source, &validated.id);
+        let day = lineage::day_of(validated.time);
+        let now_ms = Utc::now().timestamp_millis();
+        let step = |outcome: &str, detail: serde_json::Value| lineage::Step {
+            outcome: outcome.to_string(),
+            partition: rec.partition,
+            offset: rec.offset,
+            reason: None,
+            detail,
+        };
+        lineage::count(ctx, COUNTERS, &day, Count::In)?;
         if ctx.stores.get(DEDUPE, &entry)?.is_some() {
             crate::internal_events::DuplicateDropped {
                 source: &validated.source,
@@ -153,8 +168,29 @@ impl Processor for ValidateProcessor {
                 offset: rec.offset,
             }
             .emit(&self.duplicates);
+            lineage::count(ctx, COUNTERS, &day, Count::Released)?;
+            lineage::record_step(
+                ctx,
+                LINEAGE,
+                &validated.source,
+                &validated.id,
+                step("duplicate", serde_json::Value::Null),
+                now_ms,
+            )?;
             return Ok(());
         }
+        lineage::count(ctx, COUNTERS, &day, Count::Passed)?;
+        lineage::record_step(
+            ctx,
+            LINEAGE,
+            &validated.source,
+            &validated.id,
+            step(
+                "validated",
+                serde_json::json!({"subject": validated.subject, "time": validated.time}),
+            ),
+            now_ms,
+        )?;
         let time_ms = validated.time.timestamp_millis();
         ctx.stores.put(DEDUPE, entry, dedupe::encode_time(time_ms));
         ctx.stores.put(
@@ -179,7 +215,38 @@ impl Processor for ValidateProcessor {
         Ok(())
     }
 
-    fn punctuate(&mut self, ctx: &mut Ctx<'_>, _now_ms: i64) -> Result<(), StageError> {
+    fn on_rejected(
+        &mut self,
+        rec: &InputRecord<'_>,
+        code: &'static str,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), StageError> {
+        let (source, id, time) = lineage::identify_raw(rec.value, rec.headers);
+        let day = time.map_or_else(|| lineage::UNKNOWN_DAY.to_string(), lineage::day_of);
+        lineage::count(ctx, COUNTERS, &day, Count::In)?;
+        lineage::count(ctx, COUNTERS, &day, Count::Held)?;
+        if let (Some(source), Some(id)) = (source, id) {
+            let step = lineage::Step {
+                outcome: "dead_lettered".into(),
+                partition: rec.partition,
+                offset: rec.offset,
+                reason: Some(code.to_string()),
+                detail: serde_json::Value::Null,
+            };
+            lineage::record_step(
+                ctx,
+                LINEAGE,
+                &source,
+                &id,
+                step,
+                Utc::now().timestamp_millis(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
         let Some(&st) = self.stream_time_ms.get(&ctx.partition) else {
             return Ok(());
         };
@@ -259,7 +326,7 @@ mod tests {
     fn first_valid_copy_wins_and_rejects_do_not_claim_the_id() {
         let cfg = config();
         let mut p = ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).unwrap();
-        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
         let now = Utc::now();
         // A negative value is rejected and does not claim (src, e1)...
         let (r, out) = run(&mut p, &mut s, &event("src", "e1", "-5", now), 0);
@@ -288,7 +355,7 @@ mod tests {
     fn entries_older_than_the_horizon_are_purged() {
         let cfg = config();
         let mut p = ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).unwrap();
-        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
         let now = Utc::now();
         let old = now - chrono::Duration::days(30);
         run(&mut p, &mut s, &event("src", "old", "1", old), 0)

@@ -1,0 +1,362 @@
+//! `meterline lineage`: asks every instance (`lineage.endpoints`, or
+//! `--endpoint`) what its stages' lineage stores know, and prints the path
+//! of one event through the stages, or the window behind one posting.
+//!
+//! Each instance answers only for the partitions it owns, so the answers of
+//! all instances are merged; a stage that no instance answers for prints
+//! "not seen" (not yet processed, expired, or its instance not asked).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+
+use crate::config::Config;
+use crate::http::{http_get, percent_encode};
+use crate::lineage::{PostingSources, Step, Steps, WindowPostings, WindowRef};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LineageArgs {
+    /// The event's CloudEvents `source`.
+    #[arg(required_unless_present = "posting")]
+    pub source: Option<String>,
+    /// The event's CloudEvents `id`.
+    #[arg(required_unless_present = "posting")]
+    pub id: Option<String>,
+    /// Instead: the idempotency key of a posting, to list what is behind it.
+    #[arg(long, conflicts_with_all = ["source", "id"])]
+    pub posting: Option<String>,
+    /// Base URL of an instance to ask (repeatable). Default:
+    /// `lineage.endpoints`, else `http://<http.listen_addr>`.
+    #[arg(long = "endpoint")]
+    pub endpoints: Vec<String>,
+    /// Print the merged answers as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Stages that keep per-event steps, in pipeline order (post keeps lineage
+/// per window and posting, printed after them).
+const STAGE_ORDER: &[&str] = &["validate", "enrich", "rate", "aggregate"];
+
+/// One value a stage's partition answered.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Found {
+    partition: i32,
+    value: serde_json::Value,
+}
+
+type Answer = BTreeMap<String, Vec<Found>>;
+
+fn endpoints(config: &Config, args: &LineageArgs) -> Vec<String> {
+    if !args.endpoints.is_empty() {
+        return args.endpoints.clone();
+    }
+    if !config.lineage.endpoints.is_empty() {
+        return config.lineage.endpoints.clone();
+    }
+    vec![format!("http://{}", config.http.listen_addr)]
+}
+
+/// Asks every endpoint; merges the answers. Fails only if none answered.
+fn ask(endpoints: &[String], path: &str) -> anyhow::Result<Answer> {
+    let mut merged = Answer::new();
+    let mut answered = 0;
+    let mut errors = Vec::new();
+    for e in endpoints {
+        match http_get(e, path) {
+            Ok((200, body)) => {
+                answered += 1;
+                let a: Answer = serde_json::from_str(&body)
+                    .with_context(|| format!("{e}{path}: not a lineage answer"))?;
+                for (stage, found) in a {
+                    merged.entry(stage).or_default().extend(found);
+                }
+            }
+            Ok((status, body)) => errors.push(format!("{e}: HTTP {status}: {}", body.trim())),
+            Err(err) => errors.push(err.to_string()),
+        }
+    }
+    for err in &errors {
+        eprintln!("lineage: {err}");
+    }
+    if answered == 0 {
+        bail!("no instance answered (asked {})", endpoints.join(", "));
+    }
+    Ok(merged)
+}
+
+fn window_path(w: &WindowRef) -> String {
+    format!(
+        "/lineage/window?kind={}&scope={}&window={}&adjusts={}",
+        percent_encode(&w.kind),
+        percent_encode(&w.scope),
+        percent_encode(&w.window),
+        percent_encode(w.adjusts.as_deref().unwrap_or(""))
+    )
+}
+
+fn describe_window(w: &WindowRef) -> String {
+    let scope = if w.kind == "period_close" {
+        format!("subscription {}", w.scope)
+    } else {
+        format!("segment {}", short(&w.scope))
+    };
+    match &w.adjusts {
+        Some(a) => format!("{} {} adjusting {} ({scope})", w.kind, w.window, a),
+        None => format!("{} {} ({scope})", w.kind, w.window),
+    }
+}
+
+fn short(s: &str) -> &str {
+    s.get(..12).unwrap_or(s)
+}
+
+fn describe_step(stage: &str, s: &Step) -> String {
+    let at = if s.offset < 0 {
+        format!("p{} (re-emitted)", s.partition)
+    } else {
+        format!("p{}@{}", s.partition, s.offset)
+    };
+    let d = &s.detail;
+    let text = |k: &str| d.get(k).map(|v| v.as_str().map_or(v.to_string(), str::to_owned));
+    let detail = match (stage, s.outcome.as_str()) {
+        (_, "dead_lettered") | (_, "parked") => {
+            format!("reason {}", s.reason.as_deref().unwrap_or("?"))
+        }
+        ("validate", "validated") => format!(
+            "subject {}, time {}",
+            text("subject").unwrap_or_default(),
+            text("time").unwrap_or_default()
+        ),
+        ("enrich", "enriched") => format!(
+            "subscription {}, plan {} v{}, {} {}, period {}{}",
+            text("subscription").unwrap_or_default(),
+            text("plan").unwrap_or_default(),
+            text("plan_version").unwrap_or_default(),
+            text("legal_entity").unwrap_or_default(),
+            text("currency").unwrap_or_default(),
+            text("billing_period").unwrap_or_default(),
+            if d.get("healed").and_then(|h| h.as_bool()) == Some(true) {
+                ", healed after parking"
+            } else {
+                ""
+            }
+        ),
+        ("rate", "rated") => d
+            .get("measures")
+            .and_then(|m| m.as_array())
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        let f = |k: &str| {
+                            m.get(k)
+                                .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+                                .unwrap_or_default()
+                        };
+                        let delta = f("marginal_quantity");
+                        let sign = if delta.starts_with('-') { "" } else { "+" };
+                        format!(
+                            "{} v{} quantity {sign}{delta} (segment total {}), amount {}",
+                            f("meter"),
+                            f("plan_version"),
+                            f("quantity_after"),
+                            f("marginal_amount")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default(),
+        ("aggregate", "windowed") => windows_of(s)
+            .iter()
+            .map(describe_window)
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => String::new(),
+    };
+    format!("{:<10} {:<13} {:<16} {detail}", stage, s.outcome, at)
+}
+
+fn windows_of(s: &Step) -> Vec<WindowRef> {
+    s.detail
+        .get("windows")
+        .and_then(|w| serde_json::from_value(w.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn steps_of(found: &[Found]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for f in found {
+        if let Ok(s) = serde_json::from_value::<Steps>(f.value.clone()) {
+            steps.extend(s.steps);
+            if s.more > 0 {
+                steps.push(Step {
+                    outcome: format!("+{} more", s.more),
+                    partition: f.partition,
+                    offset: -1,
+                    reason: None,
+                    detail: serde_json::Value::Null,
+                });
+            }
+        }
+    }
+    steps
+}
+
+/// Runs the verb; `Ok(false)` when nothing is known of the event/posting.
+pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
+    let eps = endpoints(config, args);
+    if let Some(key) = &args.posting {
+        let a = ask(&eps, &format!("/lineage/posting?key={}", percent_encode(key)))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&to_json(&a))?);
+        }
+        let Some(found) = a.get("post").and_then(|f| f.first()) else {
+            if !args.json {
+                println!("posting {key}: not known to any instance asked");
+            }
+            return Ok(false);
+        };
+        let src: PostingSources = serde_json::from_value(found.value.clone())
+            .context("posting lineage entry")?;
+        if !args.json {
+            println!("posting {key}");
+            println!(
+                "  {} event(s), lineage digest {}",
+                src.event_count, src.lineage_digest
+            );
+            for w in &src.windows {
+                println!("  window {}", describe_window(w));
+                if let Ok(p) = ask(&eps, &window_path(w)) {
+                    for f in p.get("post").into_iter().flatten() {
+                        if let Ok(wp) = serde_json::from_value::<WindowPostings>(f.value.clone())
+                        {
+                            for posting in wp.postings {
+                                let mark = if posting.idempotency_key == *key {
+                                    "*"
+                                } else {
+                                    " "
+                                };
+                                println!(
+                                    "   {mark} {:<13} {:<16} {:>14}  {}",
+                                    posting.posting_type,
+                                    posting.kind,
+                                    posting.amount,
+                                    posting.idempotency_key
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return Ok(true);
+    }
+    let (Some(source), Some(id)) = (&args.source, &args.id) else {
+        bail!("give <source> <id>, or --posting <key>");
+    };
+    let a = ask(
+        &eps,
+        &format!(
+            "/lineage/event?source={}&id={}",
+            percent_encode(source),
+            percent_encode(id)
+        ),
+    )?;
+    let mut windows: Vec<WindowRef> = Vec::new();
+    let mut known = false;
+    let mut lines = Vec::new();
+    for stage in STAGE_ORDER {
+        let steps = a.get(*stage).map(|f| steps_of(f)).unwrap_or_default();
+        if steps.is_empty() {
+            lines.push(format!("{stage:<10} not seen"));
+            continue;
+        }
+        known = true;
+        for s in &steps {
+            lines.push(describe_step(stage, s));
+            if *stage == "aggregate" {
+                windows.extend(windows_of(s));
+            }
+        }
+    }
+    windows.sort();
+    windows.dedup();
+    let mut postings = BTreeMap::new();
+    for w in &windows {
+        let p = ask(&eps, &window_path(w))?;
+        let made: Vec<WindowPostings> = p
+            .get("post")
+            .into_iter()
+            .flatten()
+            .filter_map(|f| serde_json::from_value(f.value.clone()).ok())
+            .collect();
+        postings.insert(w.clone(), made);
+    }
+    if args.json {
+        let mut j = to_json(&a);
+        if let Some(o) = j.as_object_mut() {
+            o.insert(
+                "windows".into(),
+                serde_json::to_value(
+                    postings
+                        .iter()
+                        .map(|(w, p)| serde_json::json!({"window": w, "posted": p}))
+                        .collect::<Vec<_>>(),
+                )?,
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(known);
+    }
+    println!("event source={source} id={id}");
+    for l in lines {
+        println!("  {l}");
+    }
+    for (w, made) in &postings {
+        if made.is_empty() {
+            println!("  {:<10} window {}: open (not closed yet)", "post", describe_window(w));
+            continue;
+        }
+        for m in made {
+            println!(
+                "  {:<10} window {}: {} event(s)",
+                "post",
+                describe_window(w),
+                m.event_count
+            );
+            for p in &m.postings {
+                println!(
+                    "  {:<10}   {:<13} {:<16} {:>14}  {}  {}",
+                    "",
+                    p.posting_type,
+                    p.kind,
+                    p.amount,
+                    p.accounting_date,
+                    p.idempotency_key
+                );
+            }
+        }
+    }
+    if !known {
+        println!("  (no stage of the instances asked knows this event)");
+    }
+    Ok(known)
+}
+
+fn to_json(a: &Answer) -> serde_json::Value {
+    serde_json::Value::Object(
+        a.iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::Array(
+                        v.iter()
+                            .map(|f| serde_json::json!({"partition": f.partition, "value": f.value}))
+                            .collect(),
+                    ),
+                )
+            })
+            .collect(),
+    )
+}
