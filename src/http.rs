@@ -62,7 +62,9 @@ pub fn percent_decode(s: &str) -> String {
         match b.get(i) {
             Some(b'+') => out.push(b' '),
             Some(b'%') => {
-                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(v) => {
                         out.push(v);
@@ -146,7 +148,11 @@ fn lineage_answer(statuses: &Statuses, key: &[u8]) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
-async fn lineage_route(statuses: Statuses, what: String, q: Option<String>) -> (StatusCode, String) {
+async fn lineage_route(
+    statuses: Statuses,
+    what: String,
+    q: Option<String>,
+) -> (StatusCode, String) {
     let params = query_params(q);
     let key = match lineage_key(&what, &params) {
         Ok(k) => k,
@@ -166,12 +172,10 @@ pub fn router(statuses: Statuses) -> Router {
     Router::new()
         .route(
             "/lineage/{what}",
-            get(
-                move |Path(what): Path<String>, RawQuery(q): RawQuery| {
-                    let l = l.clone();
-                    async move { lineage_route(l, what, q).await }
-                },
-            ),
+            get(move |Path(what): Path<String>, RawQuery(q): RawQuery| {
+                let l = l.clone();
+                async move { lineage_route(l, what, q).await }
+            }),
         )
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .route(

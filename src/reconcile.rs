@@ -310,7 +310,13 @@ pub struct Check {
     diff: f64,
 }
 
-fn count_check(subject: &str, check: &'static str, expected: u64, actual: u64, detail: String) -> Check {
+fn count_check(
+    subject: &str,
+    check: &'static str,
+    expected: u64,
+    actual: u64,
+    detail: String,
+) -> Check {
     let d = actual as i128 - expected as i128;
     Check {
         subject: subject.to_string(),
@@ -515,7 +521,10 @@ fn check_days(facts: &Facts, period: Option<&str>, checks: &mut Vec<Check>) -> V
             "validated_topic",
             v.passed,
             validated,
-            format!("validated {} != usage.validated records {validated}", v.passed),
+            format!(
+                "validated {} != usage.validated records {validated}",
+                v.passed
+            ),
         ));
         checks.push(count_check(
             &subject,
@@ -624,6 +633,8 @@ fn net_on(p: &Posting, account: &str) -> Decimal {
 struct Acc {
     closed: Sum,
     open: Sum,
+    /// Window records (closed and open) seen.
+    records: u64,
     posted: Decimal,
     posted_rounded: Decimal,
     ok: bool,
@@ -638,7 +649,10 @@ fn check_windows(
     let mut acc: BTreeMap<WindowId, Acc> = BTreeMap::new();
     let owner_of = |w: &ClosedWindow| Owner {
         subscription: w.subscription_id.clone(),
-        meter: w.segment.as_ref().map_or(String::new(), |s| s.meter.clone()),
+        meter: w
+            .segment
+            .as_ref()
+            .map_or(String::new(), |s| s.meter.clone()),
         currency: w.currency.clone(),
     };
     // Period close = the regular billing-period windows of its subscription.
@@ -652,6 +666,7 @@ fn check_windows(
         let id = RecordId::of_window(w).original();
         let a = acc.entry(id).or_default();
         a.owner = owner_of(w);
+        a.records += 1;
         if closed {
             a.closed.add(w.amount, w.event_count);
         } else {
@@ -669,11 +684,35 @@ fn check_windows(
     for id in facts.rated.keys() {
         acc.entry(id.clone()).or_default();
     }
+    // A period with rated usage has a period close (open or closed).
+    for id in facts.rated.keys() {
+        if id.kind != WindowKind::BillingPeriod.as_str() {
+            continue;
+        }
+        if let Some(o) = facts.owners.get(id) {
+            let close = WindowId::new(
+                WindowKind::PeriodClose.as_str(),
+                &o.subscription,
+                &id.window,
+            );
+            let a = acc.entry(close).or_default();
+            if a.records == 0 {
+                a.owner = Owner {
+                    subscription: o.subscription.clone(),
+                    meter: String::new(),
+                    currency: o.currency.clone(),
+                };
+            }
+        }
+    }
 
     // Postings by the window record they came from.
     let mut by_record: BTreeMap<RecordId, Vec<&Posting>> = BTreeMap::new();
     for p in &facts.postings {
-        by_record.entry(RecordId::of_posting(p)).or_default().push(p);
+        by_record
+            .entry(RecordId::of_posting(p))
+            .or_default()
+            .push(p);
     }
     let closed_records: BTreeMap<RecordId, &ClosedWindow> = facts
         .closed
@@ -683,8 +722,7 @@ fn check_windows(
     let mut rounding: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
     // Unbilled receivable per (segment, clearing period, adjusted period):
     // its net, and whether the invoice window that clears it is posted.
-    let mut unbilled: BTreeMap<(String, String, String), (Decimal, bool, String)> =
-        BTreeMap::new();
+    let mut unbilled: BTreeMap<(String, String, String), (Decimal, bool, String)> = BTreeMap::new();
     // Records with more than one window record of the same id (aggregate
     // emitted it twice).
     let mut dup_closed: BTreeMap<RecordId, u64> = BTreeMap::new();
@@ -717,9 +755,13 @@ fn check_windows(
         let a = acc.entry(orig.clone()).or_default();
         a.posted += posted;
         a.posted_rounded += posted_rounded;
-        let r = rounding.entry(w.currency.clone()).or_default();
-        r.0 += posted;
-        r.1 += posted_rounded;
+        // What is invoiced: billing-period windows (day windows accrue the
+        // same usage, period closes sum it again).
+        if w.kind == WindowKind::BillingPeriod {
+            let r = rounding.entry(w.currency.clone()).or_default();
+            r.0 += posted;
+            r.1 += posted_rounded;
+        }
         if let Some(c) = controls.first() {
             let mut ch = amount_check(
                 &subject,
@@ -819,7 +861,9 @@ fn check_windows(
                 let u = unbilled
                     .entry(key)
                     .or_insert_with(|| (Decimal::ZERO, false, w.currency.clone()));
-                u.0 += journals().map(|p| net_on(p, unbilled_acct)).sum::<Decimal>();
+                u.0 += journals()
+                    .map(|p| net_on(p, unbilled_acct))
+                    .sum::<Decimal>();
                 if w.kind == WindowKind::BillingPeriod {
                     u.1 = true;
                 }
@@ -860,8 +904,7 @@ fn check_windows(
     // Every journal entry balances.
     for p in &facts.postings {
         let rid = RecordId::of_posting(p);
-        if p.posting_type != PostingType::JournalEntry
-            || !in_period(period, &rid.original().window)
+        if p.posting_type != PostingType::JournalEntry || !in_period(period, &rid.original().window)
         {
             continue;
         }
@@ -943,7 +986,7 @@ fn check_windows(
                 .copied()
                 .unwrap_or_default();
             let windows = a.closed.amount + a.open.amount;
-            checks.push(amount_check(
+            let mut ch = amount_check(
                 &subject,
                 "period_close",
                 &currency,
@@ -954,7 +997,18 @@ fn check_windows(
                     fmt_dec(windows),
                     fmt_dec(usage)
                 ),
-            ));
+            );
+            if a.records == 0 {
+                ch = count_check(
+                    &subject,
+                    "period_close",
+                    1,
+                    0,
+                    "no period-close window (closed or open) for a period with rated usage"
+                        .to_string(),
+                );
+            }
+            checks.push(ch);
         } else {
             let r = rated.unwrap_or_default();
             let windows = a.closed.amount + a.open.amount;
@@ -1003,11 +1057,14 @@ fn check_windows(
             closed: fmt_dec(a.closed.amount),
             open: fmt_dec(a.open.amount),
             posted: fmt_dec(a.posted),
-            posted_rounded: fmt_dec(a.posted_rounded),
+            posted_rounded: a.posted_rounded.to_string(),
             rounding: fmt_signed(a.posted_rounded - a.posted),
             ok: a.ok,
         });
     }
+    rows.sort_by(|a, b| {
+        (&a.id.kind, &a.id.window, &a.id.scope).cmp(&(&b.id.kind, &b.id.window, &b.id.scope))
+    });
     let rounding = rounding
         .into_iter()
         .map(|(c, (u, r))| {
@@ -1063,9 +1120,9 @@ pub fn render(r: &Report, verbose: bool) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<10} {:>8} {:>9} {:>6} {:>5} | {:>8} {:>8} {:>6} {:>8} | {:>9} {:>6} {:>8} {:>8} {:>6}  {}",
+        "{:<10} {:>8} {:>9} {:>6} {:>5} | {:>8} {:>8} {:>6} {:>8} | {:>9} {:>6} {:>8} {:>8} {:>6}  check",
         "day", "in", "validated", "dlq", "dup", "enr.in", "enriched", "parked", "re-emit",
-        "t:valid", "t:dlq", "t:enrich", "t:rated", "t:dlqr", "check"
+        "t:valid", "t:dlq", "t:enrich", "t:rated", "t:dlqr"
     );
     for d in &r.days {
         let _ = writeln!(
@@ -1095,9 +1152,9 @@ pub fn render(r: &Report, verbose: bool) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<14} {:<10} {:<14} {:<14} {:<10} {:<4} {:>16} {:>6} {:>16} {:>12} {:>16} {:>12} {:>10}  {}",
+        "{:<14} {:<10} {:<14} {:<14} {:<10} {:<4} {:>16} {:>6} {:>16} {:>12} {:>16} {:>12} {:>10}  check",
         "kind", "window", "scope", "subscription", "meter", "cur", "rated", "events", "closed",
-        "open", "posted", "rounded", "rounding", "check"
+        "open", "posted", "rounded", "rounding"
     );
     for w in &r.windows {
         let _ = writeln!(
@@ -1120,7 +1177,10 @@ pub fn render(r: &Report, verbose: bool) -> String {
         );
     }
     if !r.rounding.is_empty() {
-        let _ = writeln!(s, "\nROUNDING (posted control totals)");
+        let _ = writeln!(
+            s,
+            "\nROUNDING (invoiced: control totals of billing-period windows)"
+        );
         for (c, x) in &r.rounding {
             let _ = writeln!(
                 s,
@@ -1154,7 +1214,11 @@ pub fn render(r: &Report, verbose: bool) -> String {
         .map(|(st, n)| format!("{st} {n}"))
         .collect();
     if !dl.is_empty() {
-        let _ = writeln!(s, "\ndead letters downstream of validate: {}", dl.join(", "));
+        let _ = writeln!(
+            s,
+            "\ndead letters downstream of validate: {}",
+            dl.join(", ")
+        );
     }
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
@@ -1278,7 +1342,7 @@ pub fn prometheus(r: &Report, now: DateTime<Utc>) -> String {
     );
     family(
         "meterline_reconcile_rounding_difference",
-        "Posted rounded minus unrounded amounts (control totals), by currency.",
+        "Invoiced rounded minus unrounded amounts (billing-period control totals), by currency.",
         r.rounding
             .iter()
             .map(|(c, x)| (format!("currency=\"{}\"", esc(c)), x.diff))
@@ -1452,7 +1516,10 @@ fn truncated(config: &Config, topic: &str) -> Result<bool, ClientError> {
 }
 
 /// Reads a changelog: the latest value per (partition, key).
-fn latest(config: &Config, topic: &str) -> Result<BTreeMap<(i32, Vec<u8>), Vec<u8>>, ClientError> {
+/// (partition, key) -> latest value of a changelog.
+type Latest = BTreeMap<(i32, Vec<u8>), Vec<u8>>;
+
+fn latest(config: &Config, topic: &str) -> Result<Latest, ClientError> {
     let mut m = BTreeMap::new();
     for_each_record(config, topic, |r| {
         let Some(k) = r.key() else { return };
@@ -1539,7 +1606,10 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
             .payload()
             .and_then(|v| crate::stages::rate::RatedEvent::from_json_slice(v).ok())
         {
-            days.push((names::RATED.to_string(), lineage::day_of(r.enriched.event.time)));
+            days.push((
+                names::RATED.to_string(),
+                lineage::day_of(r.enriched.event.time),
+            ));
             rated.push(r);
         }
     })?;
@@ -1550,22 +1620,31 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     for (t, d) in days {
         f.add_topic_day(&t, d);
     }
-    let mut closed = Vec::new();
-    for_each_record(config, &config.topic(names::WINDOWS), |m| {
-        flight("post", m);
-        if let Some(w) = m.payload().and_then(|v| ClosedWindow::from_json_slice(v).ok()) {
-            closed.push(w);
-        }
-    })?;
-    f.closed = closed;
+    // Open windows before closed ones: a window aggregate closes in between
+    // is then seen twice (and counted once, closed), never not at all.
     let topic = config.topic(&names::changelog("aggregate", "windows"));
+    let mut open = Vec::new();
     for ((_, k), v) in latest(config, &topic)? {
         if k.first() == Some(&b'W') {
             if let Ok(w) = ClosedWindow::from_json_slice(&v) {
-                f.open.push(w);
+                open.push(w);
             }
         }
     }
+    let mut closed = Vec::new();
+    for_each_record(config, &config.topic(names::WINDOWS), |m| {
+        flight("post", m);
+        if let Some(w) = m
+            .payload()
+            .and_then(|v| ClosedWindow::from_json_slice(v).ok())
+        {
+            closed.push(w);
+        }
+    })?;
+    let closed_ids: BTreeSet<RecordId> = closed.iter().map(RecordId::of_window).collect();
+    open.retain(|w| !closed_ids.contains(&RecordId::of_window(w)));
+    f.open = open;
+    f.closed = closed;
     let mut postings = Vec::new();
     for_each_record(config, &config.topic(names::POSTINGS), |m| {
         if let Some(p) = m.payload().and_then(|v| Posting::from_json_slice(v).ok()) {
@@ -1647,7 +1726,12 @@ mod tests {
     fn january() -> Facts {
         let t = |d: &str| at(&format!("2026-01-{d}T12:00:00Z"));
         let usage: Vec<RatedEvent> = vec![
-            rated("e1", t("10"), UTC1, &[("tokens", dec!(1.004)), ("calls", dec!(0.5))]),
+            rated(
+                "e1",
+                t("10"),
+                UTC1,
+                &[("tokens", dec!(1.004)), ("calls", dec!(0.5))],
+            ),
             rated("e2", t("11"), UTC1, &[("tokens", dec!(2.003))]),
             rated("e3", t("15"), UTC1, &[("tokens", dec!(3))]),
             rated("late", t("11"), UTC1, &[("tokens", dec!(0.333))]),
@@ -1711,20 +1795,36 @@ mod tests {
                 && w.window.id == "2026-01-10"
                 && w.segment.as_ref().unwrap().meter == "tokens"
         };
-        let seg = f.closed.iter().find(|w| lost(w)).unwrap().segment.clone().unwrap();
+        let seg = f
+            .closed
+            .iter()
+            .find(|w| lost(w))
+            .unwrap()
+            .segment
+            .clone()
+            .unwrap();
         f.closed.retain(|w| !lost(w));
-        f.postings
-            .retain(|p| !(p.window.id == "2026-01-10" && p.segment_id.as_ref() == Some(&seg.segment_id)));
+        f.postings.retain(|p| {
+            !(p.window.id == "2026-01-10" && p.segment_id.as_ref() == Some(&seg.segment_id))
+        });
         let r = check(&f, None);
         let fails = failing(&r);
         let subject = format!("window day 2026-01-10 segment {}", short(&seg.segment_id));
-        assert!(fails.contains(&(subject.clone(), "rated_vs_windows")), "{fails:?}");
+        assert!(
+            fails.contains(&(subject.clone(), "rated_vs_windows")),
+            "{fails:?}"
+        );
         // Post's rounding entry was computed with the lost accrual in it:
         // the segment's unbilled receivable no longer clears either.
-        assert!(fails.iter().any(|(_, c)| *c == "unbilled_cleared"), "{fails:?}");
+        assert!(
+            fails.iter().any(|(_, c)| *c == "unbilled_cleared"),
+            "{fails:?}"
+        );
         let text = render(&r, false);
         assert!(
-            text.contains(&format!("FAIL {subject}: rated_vs_windows: rated 1.004 != closed 0 + open 0")),
+            text.contains(&format!(
+                "FAIL {subject}: rated_vs_windows: rated 1.004 != closed 0 + open 0"
+            )),
             "{text}"
         );
         assert!(text.contains("reconcile: FAILED"));
@@ -1753,19 +1853,31 @@ mod tests {
         fake.window.id = "2026-01-20".into();
         f.postings.push(fake);
         let fails = failing(&check(&f, None));
-        assert!(fails.contains(&(format!("window day 2026-01-20 segment {seg}"), "posted_without_window")));
+        assert!(fails.contains(&(
+            format!("window day 2026-01-20 segment {seg}"),
+            "posted_without_window"
+        )));
 
         // An extra accrual for a real window: its accruals exceed the control total.
         let mut f = january();
         f.postings.push(accrual.clone());
         let fails = failing(&check(&f, None));
-        assert!(fails.contains(&(format!("window day 2026-01-15 segment {seg}"), "accrual_amount")), "{fails:?}");
+        assert!(
+            fails.contains(&(
+                format!("window day 2026-01-15 segment {seg}"),
+                "accrual_amount"
+            )),
+            "{fails:?}"
+        );
 
         // A window posted twice.
         let mut f = january();
         f.postings.push(control);
         let fails = failing(&check(&f, None));
-        assert!(fails.contains(&(format!("window day 2026-01-15 segment {seg}"), "posted_once")));
+        assert!(fails.contains(&(
+            format!("window day 2026-01-15 segment {seg}"),
+            "posted_once"
+        )));
 
         // An unbalanced entry.
         let mut f = january();
@@ -1776,14 +1888,20 @@ mod tests {
             .unwrap();
         p.lines[0].amount += dec!(0.01);
         let fails = failing(&check(&f, None));
-        assert!(fails.contains(&(format!("window day 2026-01-15 segment {seg}"), "journal_balanced")));
+        assert!(fails.contains(&(
+            format!("window day 2026-01-15 segment {seg}"),
+            "journal_balanced"
+        )));
     }
 
     #[test]
     fn period_filter_keeps_only_matching_ids() {
         let f = january();
         let r = check(&f, Some("2026-01-1"));
-        assert!(r.windows.iter().all(|w| w.id.window.starts_with("2026-01-1")));
+        assert!(r
+            .windows
+            .iter()
+            .all(|w| w.id.window.starts_with("2026-01-1")));
         assert!(r.windows.iter().any(|w| w.id.window == "2026-01-15"));
         assert!(check(&f, Some("2026-02")).windows.is_empty());
     }
@@ -1845,12 +1963,17 @@ mod tests {
     fn metrics_carry_the_results() {
         let mut f = january();
         let text = prometheus(&check(&f, None), at("2026-02-02T00:00:00Z"));
-        assert!(text.contains("meterline_reconcile_success{period=\"all\"} 1\n"), "{text}");
+        assert!(
+            text.contains("meterline_reconcile_success{period=\"all\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("meterline_reconcile_checks_failed{period=\"all\"} 0\n"));
         assert!(text.contains(
             "meterline_reconcile_check_failures{period=\"all\",check=\"rated_vs_windows\"} 0\n"
         ));
-        assert!(text.contains("meterline_reconcile_last_run_timestamp_seconds{period=\"all\"} 1769990400\n"));
+        assert!(text.contains(
+            "meterline_reconcile_last_run_timestamp_seconds{period=\"all\"} 1769990400\n"
+        ));
         f.closed.retain(|w| w.window.id != "2026-01-10");
         let text = prometheus(&check(&f, Some("2026-01")), at("2026-02-02T00:00:00Z"));
         assert!(text.contains("meterline_reconcile_success{period=\"2026-01\"} 0\n"));
@@ -1863,7 +1986,10 @@ mod tests {
         // Every line is a comment or `name{labels} value`.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = l.rsplit_once(' ').unwrap();
-            assert!(series.starts_with("meterline_reconcile_") && series.ends_with('}'), "{l}");
+            assert!(
+                series.starts_with("meterline_reconcile_") && series.ends_with('}'),
+                "{l}"
+            );
             value.parse::<f64>().unwrap();
         }
     }

@@ -190,7 +190,10 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
         "{text}"
     );
     for stage in ["enrich", "rate", "aggregate"] {
-        assert!(text.contains(&format!("{stage:<10} not seen")), "{stage}: {text}");
+        assert!(
+            text.contains(&format!("{stage:<10} not seen")),
+            "{stage}: {text}"
+        );
     }
     assert!(!text.contains("window"), "no window, no posting: {text}");
 
@@ -275,8 +278,14 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
     // JSON mode answers per stage.
     let (_, text) = lineage(&w, port, &["--json", SOURCE, "a1"]);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["validate"][0]["value"]["steps"][0]["outcome"], "validated");
-    assert_eq!(v["validate"][0]["value"]["steps"][1]["outcome"], "duplicate");
+    assert_eq!(
+        v["validate"][0]["value"]["steps"][0]["outcome"],
+        "validated"
+    );
+    assert_eq!(
+        v["validate"][0]["value"]["steps"][1]["outcome"],
+        "duplicate"
+    );
 
     assert!(terminate(&mut stage).success());
 }

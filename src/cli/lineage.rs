@@ -118,7 +118,10 @@ fn describe_step(stage: &str, s: &Step) -> String {
         format!("p{}@{}", s.partition, s.offset)
     };
     let d = &s.detail;
-    let text = |k: &str| d.get(k).map(|v| v.as_str().map_or(v.to_string(), str::to_owned));
+    let text = |k: &str| {
+        d.get(k)
+            .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+    };
     let detail = match (stage, s.outcome.as_str()) {
         (_, "dead_lettered") | (_, "parked") => {
             format!("reason {}", s.reason.as_deref().unwrap_or("?"))
@@ -207,7 +210,10 @@ fn steps_of(found: &[Found]) -> Vec<Step> {
 pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
     let eps = endpoints(config, args);
     if let Some(key) = &args.posting {
-        let a = ask(&eps, &format!("/lineage/posting?key={}", percent_encode(key)))?;
+        let a = ask(
+            &eps,
+            &format!("/lineage/posting?key={}", percent_encode(key)),
+        )?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&to_json(&a))?);
         }
@@ -217,8 +223,8 @@ pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
             }
             return Ok(false);
         };
-        let src: PostingSources = serde_json::from_value(found.value.clone())
-            .context("posting lineage entry")?;
+        let src: PostingSources =
+            serde_json::from_value(found.value.clone()).context("posting lineage entry")?;
         if !args.json {
             println!("posting {key}");
             println!(
@@ -229,8 +235,7 @@ pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
                 println!("  window {}", describe_window(w));
                 if let Ok(p) = ask(&eps, &window_path(w)) {
                     for f in p.get("post").into_iter().flatten() {
-                        if let Ok(wp) = serde_json::from_value::<WindowPostings>(f.value.clone())
-                        {
+                        if let Ok(wp) = serde_json::from_value::<WindowPostings>(f.value.clone()) {
                             for posting in wp.postings {
                                 let mark = if posting.idempotency_key == *key {
                                     "*"
@@ -315,7 +320,11 @@ pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
     }
     for (w, made) in &postings {
         if made.is_empty() {
-            println!("  {:<10} window {}: open (not closed yet)", "post", describe_window(w));
+            println!(
+                "  {:<10} window {}: open (not closed yet)",
+                "post",
+                describe_window(w)
+            );
             continue;
         }
         for m in made {
@@ -328,12 +337,7 @@ pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
             for p in &m.postings {
                 println!(
                     "  {:<10}   {:<13} {:<16} {:>14}  {}  {}",
-                    "",
-                    p.posting_type,
-                    p.kind,
-                    p.amount,
-                    p.accounting_date,
-                    p.idempotency_key
+                    "", p.posting_type, p.kind, p.amount, p.accounting_date, p.idempotency_key
                 );
             }
         }
@@ -352,7 +356,9 @@ fn to_json(a: &Answer) -> serde_json::Value {
                     k.clone(),
                     serde_json::Value::Array(
                         v.iter()
-                            .map(|f| serde_json::json!({"partition": f.partition, "value": f.value}))
+                            .map(
+                                |f| serde_json::json!({"partition": f.partition, "value": f.value}),
+                            )
                             .collect(),
                     ),
                 )

@@ -296,7 +296,7 @@ impl Default for LineageConfig {
 }
 
 /// Settings of the rate stage (see `stages::rate`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
     /// A rating segment's cumulative state is released this many days after
@@ -311,14 +311,6 @@ pub struct RateConfig {
 /// Days a rating segment outlives the oldest acceptable event by default:
 /// room for events parked on `usage.exceptions` and healed later.
 pub const SEGMENT_RETENTION_MARGIN_DAYS: u32 = 25;
-
-impl Default for RateConfig {
-    fn default() -> Self {
-        RateConfig {
-            segment_retention_days: None,
-        }
-    }
-}
 
 /// Settings of the aggregate stage (see `stages::aggregate`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

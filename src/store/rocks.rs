@@ -12,6 +12,8 @@ use super::{Backend, Entries, StoreError, StoreId, Writes};
 
 /// Prefix of the metadata keys; store ids are below it.
 const META_PREFIX: u8 = 0xFF;
+/// Bloom filter size: 10 bits per key is about a 1% false-positive rate.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// A stage has fewer stores than this (ids must stay below META_PREFIX).
 pub const MAX_STORES_PER_STAGE: usize = 16;
 
@@ -29,6 +31,11 @@ impl RocksBackend {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Most lookups miss (a new event's dedupe and lineage keys): a bloom
+        // filter answers those without reading data blocks.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+        opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, path).map_err(|e| StoreError::Rocks {
             path: path.display().to_string(),
             message: e.to_string(),

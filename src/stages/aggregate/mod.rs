@@ -456,6 +456,119 @@ pub struct AggregateProcessor {
     /// (after a restart the idle timer starts again, which merely delays
     /// the wall-clock advance), so it is not kept in the store.
     last_input_ms: BTreeMap<i32, i64>,
+    /// Business gauges (see [`UnbilledMetrics`]).
+    unbilled: UnbilledMetrics,
+}
+
+/// (currency, legal entity) -> (unbilled amount, open billing-period windows).
+type UnbilledSums = BTreeMap<(String, String), (Decimal, i64)>;
+
+/// How often a partition's open windows are summed for the unbilled gauges.
+const UNBILLED_REFRESH_MS: i64 = 10_000;
+
+/// Business gauges from the open windows: what is rated but not yet
+/// invoiced. Every rated amount sits in exactly one open billing-period
+/// window (regular or adjustment) until it closes into an invoice line.
+struct UnbilledMetrics {
+    /// `meterline_aggregate_unbilled_amount{currency, legal_entity}`.
+    amount: Option<prometheus::GaugeVec>,
+    /// `meterline_aggregate_invoice_lines_pending{currency, legal_entity}`.
+    lines: prometheus::IntGaugeVec,
+    /// `meterline_aggregate_event_time_lag_seconds`.
+    event_time_lag: prometheus::IntGauge,
+    /// Per partition: when last summed, and (currency, legal entity) ->
+    /// (amount, open billing-period windows).
+    parts: BTreeMap<i32, (i64, UnbilledSums)>,
+    /// Label pairs shown so far (set to 0 when they empty).
+    seen: std::collections::BTreeSet<(String, String)>,
+}
+
+impl UnbilledMetrics {
+    fn new() -> Self {
+        let amount = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "meterline_aggregate_unbilled_amount",
+                "Rated usage not yet invoiced (open billing-period windows), unrounded, by currency and legal entity.",
+            ),
+            &["currency", "legal_entity"],
+        )
+        .ok();
+        if let Some(g) = &amount {
+            // Refused when already registered (two processors in one test
+            // binary); the first one keeps serving.
+            let _ = crate::metrics::REGISTRY.register(Box::new(g.clone()));
+        }
+        UnbilledMetrics {
+            amount,
+            lines: crate::metrics::gauge_vec(
+                "meterline_aggregate_invoice_lines_pending",
+                "Invoice lines pending period close (open billing-period windows), by currency and legal entity.",
+                &["currency", "legal_entity"],
+            ),
+            event_time_lag: crate::metrics::gauge(
+                "meterline_aggregate_event_time_lag_seconds",
+                "Wall clock minus the event time of the last rated event aggregated.",
+            ),
+            parts: BTreeMap::new(),
+            seen: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Sums the partition's open billing-period windows, at most every
+    /// [`UNBILLED_REFRESH_MS`], and refreshes the gauges.
+    fn refresh(&mut self, ctx: &Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        if self
+            .parts
+            .get(&ctx.partition)
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) < UNBILLED_REFRESH_MS)
+        {
+            return Ok(());
+        }
+        let mut sums = UnbilledSums::new();
+        let mut from = vec![WINDOW_PREFIX];
+        let to = vec![WINDOW_PREFIX + 1];
+        loop {
+            let batch = ctx.stores.scan(WINDOWS, &from, &to, CLOSE_SCAN_BATCH)?;
+            let Some((last, _)) = batch.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (_, v) in &batch {
+                let w = ClosedWindow::from_json_slice(v)
+                    .map_err(|e| fatal("stored window is corrupt", e))?;
+                if w.kind == WindowKind::BillingPeriod {
+                    let e = sums
+                        .entry((w.currency.clone(), w.legal_entity.clone()))
+                        .or_default();
+                    e.0 = e.0.checked_add(w.amount).unwrap_or(e.0);
+                    e.1 += 1;
+                }
+            }
+        }
+        self.parts.insert(ctx.partition, (now_ms, sums));
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let mut total = UnbilledSums::new();
+        for (_, sums) in self.parts.values() {
+            for (k, (a, n)) in sums {
+                let e = total.entry(k.clone()).or_default();
+                e.0 = e.0.checked_add(*a).unwrap_or(e.0);
+                e.1 += n;
+            }
+        }
+        self.seen.extend(total.keys().cloned());
+        for k in &self.seen {
+            let (a, n) = total.get(k).copied().unwrap_or_default();
+            let labels = [k.0.as_str(), k.1.as_str()];
+            if let Some(g) = &self.amount {
+                g.with_label_values(&labels)
+                    .set(rust_decimal::prelude::ToPrimitive::to_f64(&a).unwrap_or(0.0));
+            }
+            self.lines.with_label_values(&labels).set(n);
+        }
+    }
 }
 
 impl AggregateProcessor {
@@ -471,6 +584,7 @@ impl AggregateProcessor {
             clock,
             lineage_retention_days: config.lineage.retention_days,
             last_input_ms: BTreeMap::new(),
+            unbilled: UnbilledMetrics::new(),
         }
     }
 
@@ -676,9 +790,13 @@ impl Processor for AggregateProcessor {
     }
 
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
-        self.last_input_ms.insert(ctx.partition, (self.clock)());
+        let now_ms = (self.clock)();
+        self.last_input_ms.insert(ctx.partition, now_ms);
         let rated = parse(rec.value)?;
         let e = &rated.enriched;
+        self.unbilled
+            .event_time_lag
+            .set(now_ms.saturating_sub(e.event.time.timestamp_millis()) / MS_PER_S);
         let mut clock = load_clock(ctx)?;
         let t = targets(e, clock.watermark_ms)?;
         let digest = event_digest(&rated.source, &rated.id);
@@ -827,6 +945,7 @@ impl Processor for AggregateProcessor {
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
         crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
+        self.unbilled.refresh(ctx, now_ms)?;
         let last = *self.last_input_ms.entry(ctx.partition).or_insert(now_ms);
         if now_ms.saturating_sub(last) < self.idle_advance_ms {
             return Ok(());
@@ -853,6 +972,8 @@ impl Processor for AggregateProcessor {
 
     fn on_revoked(&mut self, partition: i32) {
         self.last_input_ms.remove(&partition);
+        self.unbilled.parts.remove(&partition);
+        self.unbilled.publish();
     }
 }
 

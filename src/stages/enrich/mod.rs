@@ -80,8 +80,10 @@
 //!
 //! * `meterline_enrich_parked_events{reason}`: parked events, by park code;
 //! * `meterline_enrich_parked_oldest_age_seconds{reason}`: age of the oldest;
-//! * `meterline_enrich_revenue_at_risk{currency}`: the list price of the
-//!   parked quantities (below), unrounded;
+//! * `meterline_enrich_revenue_at_risk{currency, legal_entity}`: the list
+//!   price of the parked quantities (below), unrounded;
+//! * `meterline_enrich_event_time_lag_seconds`: wall clock minus the event
+//!   time of the last validated event read;
 //! * `meterline_enrich_parked_total{reason}`, `meterline_enrich_reemitted_total`,
 //!   `meterline_enrich_exception_replays_dropped_total`,
 //!   `meterline_enrich_table_records_refused_total{table, code}`: counters.
@@ -202,6 +204,9 @@ struct DecimalStr(#[serde(with = "rust_decimal::serde::str")] Decimal);
 struct AtRisk {
     currency: String,
     amount: DecimalStr,
+    /// The subscription's legal entity ("" in entries parked before it was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    legal_entity: String,
 }
 
 /// What the parked store keeps beside the event bytes.
@@ -269,6 +274,9 @@ struct ParkedStats {
     by_reason: BTreeMap<String, u64>,
     /// Currency -> revenue at risk.
     at_risk: BTreeMap<String, DecimalStr>,
+    /// Currency -> legal entity -> revenue at risk (the same amounts).
+    #[serde(default)]
+    at_risk_by_entity: BTreeMap<String, BTreeMap<String, DecimalStr>>,
 }
 
 impl ParkedStats {
@@ -282,6 +290,13 @@ impl ParkedStats {
             // Metrics only: an overflow (not reachable with real prices)
             // leaves the total as it was rather than failing the event.
             total.0 = total.0.checked_add(r.amount.0).unwrap_or(total.0);
+            let by_entity = self
+                .at_risk_by_entity
+                .entry(r.currency.clone())
+                .or_default()
+                .entry(r.legal_entity.clone())
+                .or_insert(DecimalStr(Decimal::ZERO));
+            by_entity.0 = by_entity.0.checked_add(r.amount.0).unwrap_or(by_entity.0);
         }
     }
 
@@ -297,6 +312,17 @@ impl ParkedStats {
                 total.0 = total.0.checked_sub(r.amount.0).unwrap_or(total.0);
                 if total.0.is_zero() {
                     self.at_risk.remove(&r.currency);
+                }
+            }
+            if let Some(entities) = self.at_risk_by_entity.get_mut(&r.currency) {
+                if let Some(total) = entities.get_mut(&r.legal_entity) {
+                    total.0 = total.0.checked_sub(r.amount.0).unwrap_or(total.0);
+                    if total.0.is_zero() {
+                        entities.remove(&r.legal_entity);
+                    }
+                }
+                if entities.is_empty() {
+                    self.at_risk_by_entity.remove(&r.currency);
                 }
             }
         }
@@ -501,6 +527,7 @@ fn revenue_at_risk(
     priced.then(|| AtRisk {
         currency: plan.currency.clone(),
         amount: DecimalStr(total),
+        legal_entity: subscription.legal_entity.clone(),
     })
 }
 
@@ -515,6 +542,7 @@ struct EnrichMetrics {
     reemitted: IntCounter,
     replays_dropped: IntCounter,
     table_refused: IntCounterVec,
+    event_time_lag: prometheus::IntGauge,
 }
 
 fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> Option<GaugeVec> {
@@ -540,8 +568,8 @@ impl EnrichMetrics {
             ),
             revenue_at_risk: float_gauge_vec(
                 "meterline_enrich_revenue_at_risk",
-                "List price of the parked events' own quantities, unrounded, by currency.",
-                &["currency"],
+                "List price of the parked events' own quantities, unrounded, by currency and legal entity.",
+                &["currency", "legal_entity"],
             ),
             parked_total: crate::metrics::counter_vec(
                 "meterline_enrich_parked_total",
@@ -555,6 +583,10 @@ impl EnrichMetrics {
             replays_dropped: crate::metrics::counter(
                 "meterline_enrich_exception_replays_dropped_total",
                 "Records replayed from usage.exceptions whose event had already flowed.",
+            ),
+            event_time_lag: crate::metrics::gauge(
+                "meterline_enrich_event_time_lag_seconds",
+                "Wall clock minus the event time of the last validated event read.",
             ),
             table_refused: crate::metrics::counter_vec(
                 "meterline_enrich_table_records_refused_total",
@@ -722,7 +754,8 @@ pub struct EnrichProcessor {
     inner: Enricher,
     parts: BTreeMap<i32, Recheck>,
     /// Currencies ever reported, so one that drops out is reset to 0.
-    currencies_seen: BTreeSet<String>,
+    /// (currency, legal entity) pairs the revenue-at-risk gauge has shown.
+    currencies_seen: BTreeSet<(String, String)>,
 }
 
 impl EnrichProcessor {
@@ -759,7 +792,7 @@ impl EnrichProcessor {
     fn set_gauges(&mut self, now_ms: i64) {
         let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
         let mut oldest: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut at_risk: BTreeMap<String, Decimal> = BTreeMap::new();
+        let mut at_risk: BTreeMap<(String, String), Decimal> = BTreeMap::new();
         for part in self.parts.values() {
             for (reason, n) in &part.snapshot.stats.by_reason {
                 *counts.entry(reason.as_str()).or_default() +=
@@ -769,9 +802,25 @@ impl EnrichProcessor {
                 let e = oldest.entry(reason.as_str()).or_insert(*t);
                 *e = (*e).min(*t);
             }
-            for (currency, amount) in &part.snapshot.stats.at_risk {
-                let e = at_risk.entry(currency.clone()).or_insert(Decimal::ZERO);
-                *e = e.checked_add(amount.0).unwrap_or(*e);
+            let stats = &part.snapshot.stats;
+            for (currency, amount) in &stats.at_risk {
+                // Per legal entity; what no entity accounts for (entries
+                // parked before entities were kept) under "".
+                let mut rest = amount.0;
+                let entities = stats.at_risk_by_entity.get(currency);
+                for (entity, a) in entities.into_iter().flatten() {
+                    rest = rest.checked_sub(a.0).unwrap_or(rest);
+                    let e = at_risk
+                        .entry((currency.clone(), entity.clone()))
+                        .or_insert(Decimal::ZERO);
+                    *e = e.checked_add(a.0).unwrap_or(*e);
+                }
+                if !rest.is_zero() {
+                    let e = at_risk
+                        .entry((currency.clone(), String::new()))
+                        .or_insert(Decimal::ZERO);
+                    *e = e.checked_add(rest).unwrap_or(*e);
+                }
             }
         }
         let m = &self.inner.metrics;
@@ -785,16 +834,15 @@ impl EnrichProcessor {
                 .unwrap_or(0);
             m.oldest_age.with_label_values(&[*code]).set(age_s);
         }
-        for currency in at_risk.keys() {
-            self.currencies_seen.insert(currency.clone());
+        for key in at_risk.keys() {
+            self.currencies_seen.insert(key.clone());
         }
         if let Some(gauge) = &m.revenue_at_risk {
-            for currency in &self.currencies_seen {
-                let v = at_risk
-                    .get(currency)
-                    .and_then(Decimal::to_f64)
-                    .unwrap_or(0.0);
-                gauge.with_label_values(&[currency]).set(v);
+            for key in &self.currencies_seen {
+                let v = at_risk.get(key).and_then(Decimal::to_f64).unwrap_or(0.0);
+                gauge
+                    .with_label_values(&[key.0.as_str(), key.1.as_str()])
+                    .set(v);
             }
         }
     }
@@ -867,6 +915,12 @@ impl Enricher {
         };
         let replayed = self.replayed_exception(rec).is_some();
         let day = lineage::day_of(event.time);
+        self.metrics.event_time_lag.set(
+            Utc::now()
+                .timestamp_millis()
+                .saturating_sub(event.time.timestamp_millis())
+                / MS_PER_SECOND,
+        );
         // A replayed exceptions copy is not a new input: the event was
         // counted when it first arrived.
         if !replayed {
@@ -1688,6 +1742,7 @@ mod tests {
                 at_risk: Some(AtRisk {
                     currency: "EUR".into(),
                     amount: DecimalStr(dec!(1.50)),
+                    legal_entity: "ml-eu".into(),
                 }),
             },
             event: b"{\"x\":1}".to_vec(),

@@ -550,6 +550,11 @@ pub struct PostProcessor {
     postings_topic: String,
     rounding_mode: RoundingMode,
     lineage_retention_days: u32,
+    /// `meterline_post_postings_total{type, kind}`.
+    postings_emitted: prometheus::IntCounterVec,
+    /// `meterline_post_event_time_lag_seconds`: wall clock minus the end of
+    /// the last window posted.
+    event_time_lag: prometheus::IntGauge,
 }
 
 impl PostProcessor {
@@ -558,6 +563,15 @@ impl PostProcessor {
             postings_topic: config.topic(topology::names::POSTINGS),
             rounding_mode: config.post.rounding_mode,
             lineage_retention_days: config.lineage.retention_days,
+            postings_emitted: crate::metrics::counter_vec(
+                "meterline_post_postings_total",
+                "Postings emitted to finance.postings (committed or not), by posting type and kind.",
+                &["type", "kind"],
+            ),
+            event_time_lag: crate::metrics::gauge(
+                "meterline_post_event_time_lag_seconds",
+                "Wall clock minus the end of the last window posted.",
+            ),
         }
     }
 }
@@ -658,7 +672,12 @@ impl Processor for PostProcessor {
                 now_ms,
             )?;
         }
+        self.event_time_lag
+            .set((now_ms - w.window.end.timestamp_millis()) / 1_000);
         for p in posted.postings {
+            self.postings_emitted
+                .with_label_values(&[p.posting_type.as_str(), p.kind.as_str()])
+                .inc();
             let value = p
                 .to_json_bytes()
                 .map_err(|e| StageError::Fatal(format!("serializing a posting: {e}")))?;

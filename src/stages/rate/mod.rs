@@ -238,6 +238,8 @@ pub struct RateProcessor {
     retention_ms: i64,
     clock: Clock,
     lineage_retention_days: u32,
+    /// Wall clock minus the event time of the last event rated.
+    event_time_lag: prometheus::IntGauge,
 }
 
 impl RateProcessor {
@@ -253,6 +255,10 @@ impl RateProcessor {
             retention_ms: i64::from(retention_days).saturating_mul(MS_PER_DAY),
             clock,
             lineage_retention_days: config.lineage.retention_days,
+            event_time_lag: crate::metrics::gauge(
+                "meterline_rate_event_time_lag_seconds",
+                "Wall clock minus the event time of the last event rated.",
+            ),
         }
     }
 
@@ -334,7 +340,10 @@ impl Processor for RateProcessor {
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
         let enriched = parse(rec.value)?;
         let period_end_ms = enriched.billing_period.end.timestamp_millis();
-        if period_end_ms < self.expiry_cutoff_ms((self.clock)()) {
+        let now_ms = (self.clock)();
+        self.event_time_lag
+            .set(now_ms.saturating_sub(enriched.event.time.timestamp_millis()) / 1_000);
+        if period_end_ms < self.expiry_cutoff_ms(now_ms) {
             return Err(RateError::SegmentExpired {
                 period: enriched.billing_period.id.clone(),
                 days: self.retention_days,

@@ -65,6 +65,8 @@ pub struct ValidateProcessor {
     stream_time_ms: BTreeMap<i32, i64>,
     duplicates: IntCounter,
     lineage_retention_days: u32,
+    /// Wall clock minus the event time of the last event validated.
+    event_time_lag: prometheus::IntGauge,
 }
 
 impl ValidateProcessor {
@@ -108,6 +110,10 @@ impl ValidateProcessor {
             output_topic: config.topic(topology::names::VALIDATED),
             stream_time_ms: BTreeMap::new(),
             lineage_retention_days: config.lineage.retention_days,
+            event_time_lag: crate::metrics::gauge(
+                "meterline_validate_event_time_lag_seconds",
+                "Wall clock minus the event time of the last event validated.",
+            ),
             duplicates: crate::metrics::counter(
                 "meterline_validate_duplicates_total",
                 "Valid events dropped because their (source, id) was already accepted.",
@@ -152,6 +158,8 @@ impl Processor for ValidateProcessor {
         let entry = dedupe::entry_key(&validated.source, &validated.id);
         let day = lineage::day_of(validated.time);
         let now_ms = Utc::now().timestamp_millis();
+        self.event_time_lag
+            .set((now_ms - validated.time.timestamp_millis()) / 1_000);
         let step = |outcome: &str, detail: serde_json::Value| lineage::Step {
             outcome: outcome.to_string(),
             partition: rec.partition,
