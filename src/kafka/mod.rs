@@ -85,6 +85,19 @@ pub fn reader_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// A no-group reader for store restores: an empty fetch at the end of a
+/// changelog comes back at once instead of after librdkafka's default
+/// `fetch.wait.max.ms` (500 ms). A changelog written in transactions always
+/// ends with a commit marker after the checkpointed record, so every restore,
+/// even one with nothing to replay, reads to the end: 500 ms per store and
+/// partition otherwise (9 s for validate's 3 stores x 6 partitions).
+pub fn restore_reader(config: &Config) -> Result<BaseConsumer<ReaderContext>, ClientError> {
+    let mut c = reader_config(config);
+    c.set("fetch.wait.max.ms", "10");
+    c.create_with_context(ReaderContext)
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
 /// Transactional producer settings.
 pub fn transactional_producer_config(config: &Config, transactional_id: &str) -> ClientConfig {
     let mut c = base(&config.producer_props());

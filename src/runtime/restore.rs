@@ -40,7 +40,7 @@ pub fn restore_store(
         Some(o) => o + 1,
         None => 0,
     };
-    let reader = kafka::reader(config).map_err(|e| e.to_string())?;
+    let reader = kafka::restore_reader(config).map_err(|e| e.to_string())?;
     let (low, high) = reader
         .fetch_watermarks(
             topic,
