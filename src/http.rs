@@ -125,15 +125,33 @@ fn lineage_key(what: &str, q: &BTreeMap<String, String>) -> Result<Vec<u8>, Stri
     }
 }
 
-/// Answers one lineage query from every stage of this process.
-fn lineage_answer(statuses: &Statuses, key: &[u8]) -> serde_json::Value {
+/// Answers one lineage query from every stage of this process. An event
+/// query is a prefix (one key per step); its steps are gathered into one
+/// `{"steps": [...], "more": n}` per partition.
+fn lineage_answer(statuses: &Statuses, what: &str, key: &[u8]) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for (name, status) in statuses.iter() {
         let Some(q) = status.query.get() else {
             continue;
         };
-        let found: Vec<serde_json::Value> = q
-            .get(lineage::LINEAGE_STORE, key)
+        let values: Vec<(i32, Vec<u8>)> = if what == "event" {
+            q.scan(
+                lineage::LINEAGE_STORE,
+                key,
+                &lineage::prefix_end(key),
+                lineage::STEPS_PER_EVENT_MAX + 1,
+            )
+            .into_iter()
+            .filter_map(|(p, vs)| {
+                serde_json::to_vec(&lineage::gather_steps(vs))
+                    .ok()
+                    .map(|v| (p, v))
+            })
+            .collect()
+        } else {
+            q.get(lineage::LINEAGE_STORE, key)
+        };
+        let found: Vec<serde_json::Value> = values
             .into_iter()
             .map(|(p, v)| {
                 let value = serde_json::from_slice::<serde_json::Value>(&v)
@@ -159,7 +177,7 @@ async fn lineage_route(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     // The stores are behind the stage's lock: never block the executor on it.
-    match tokio::task::spawn_blocking(move || lineage_answer(&statuses, &key)).await {
+    match tokio::task::spawn_blocking(move || lineage_answer(&statuses, &what, &key)).await {
         Ok(v) => (StatusCode::OK, v.to_string()),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }

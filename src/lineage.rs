@@ -9,7 +9,7 @@
 //!
 //! | stage | key | value |
 //! |---|---|---|
-//! | validate, enrich, rate, aggregate | `E` source, id | [`Steps`]: what the stage did with each copy of the event |
+//! | validate, enrich, rate, aggregate | `E` source, id, input partition, input offset | [`Step`]: what the stage did with that copy of the event (offset -1: not from an input record, e.g. re-emitted when healed) |
 //! | post | `W` [`WindowRef`] | [`WindowPostings`]: the postings made from the window |
 //! | post | `P` idempotency key | [`PostingSources`]: the windows and events behind a posting |
 //! | every stage | `X` first write (i64 ms), key | empty: expiry index |
@@ -41,9 +41,9 @@ const WINDOW_PREFIX: u8 = b'W';
 const POSTING_PREFIX: u8 = b'P';
 const EXPIRY_PREFIX: u8 = b'X';
 const COUNTER_PREFIX: u8 = b'C';
-/// Steps kept per event and stage: copies beyond it are counted, not listed
-/// (a source re-sending one id forever must not grow one entry forever).
-pub const STEPS_PER_EVENT_MAX: usize = 16;
+/// Steps of one event listed per partition by a query (a source re-sending
+/// one id forever must not make one answer unbounded); the rest are counted.
+pub const STEPS_PER_EVENT_MAX: usize = 64;
 /// Expired entries removed per partition per punctuation.
 pub const EXPIRE_BATCH_ENTRIES: usize = 2_000;
 const MS_PER_DAY: i64 = 86_400_000;
@@ -152,8 +152,28 @@ pub enum Count {
     Released,
 }
 
+/// The prefix of every step of one event: (source, id) are length-prefixed,
+/// so no other event's keys start with it.
 pub fn event_key(source: &str, id: &str) -> Vec<u8> {
     KeyBuilder::new(EVENT_PREFIX).str(source).str(id).build()
+}
+
+/// The key of one step: the event's prefix, then the input position.
+pub fn step_key(source: &str, id: &str, partition: i32, offset: i64) -> Vec<u8> {
+    KeyBuilder::new(EVENT_PREFIX)
+        .str(source)
+        .str(id)
+        .i64(i64::from(partition))
+        .i64(offset)
+        .build()
+}
+
+/// The exclusive upper bound of keys starting with `prefix` (every suffix
+/// here is shorter than this run of 0xFF).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&[0xFF; 17]);
+    end
 }
 
 pub fn window_key(w: &WindowRef) -> Vec<u8> {
@@ -192,8 +212,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StageError {
     StageError::Fatal(format!("lineage store: {what}: {e}"))
 }
 
-/// Appends `step` to the event's entry in `store` (creating it, with an
-/// expiry index entry stamped `now_ms`).
+/// Records `step` of the event under its own key (no read: this runs for
+/// every event in four stages), with an expiry index entry stamped `now_ms`.
 pub fn record_step(
     ctx: &mut Ctx<'_>,
     store: StoreId,
@@ -202,22 +222,24 @@ pub fn record_step(
     step: Step,
     now_ms: i64,
 ) -> Result<(), StageError> {
-    let key = event_key(source, id);
-    let mut steps = match ctx.stores.get(store, &key)? {
-        Some(b) => serde_json::from_slice::<Steps>(&b).map_err(|e| corrupt("event entry", e))?,
-        None => {
-            ctx.stores.put(store, expiry_key(now_ms, &key), Vec::new());
-            Steps::default()
-        }
-    };
-    if steps.steps.len() < STEPS_PER_EVENT_MAX {
-        steps.steps.push(step);
-    } else {
-        steps.more += 1;
-    }
-    let b = serde_json::to_vec(&steps).map_err(|e| corrupt("encoding", e))?;
+    let key = step_key(source, id, step.partition, step.offset);
+    let b = serde_json::to_vec(&step).map_err(|e| corrupt("encoding", e))?;
+    ctx.stores.put(store, expiry_key(now_ms, &key), Vec::new());
     ctx.stores.put(store, key, b);
     Ok(())
+}
+
+/// Gathers the steps found under an event's prefix (in key order: by input
+/// position), at most [`STEPS_PER_EVENT_MAX`] listed.
+pub fn gather_steps(values: impl IntoIterator<Item = Vec<u8>>) -> Steps {
+    let mut steps = Steps::default();
+    for v in values {
+        match serde_json::from_slice::<Step>(&v) {
+            Ok(s) if steps.steps.len() < STEPS_PER_EVENT_MAX => steps.steps.push(s),
+            _ => steps.more += 1,
+        }
+    }
+    steps
 }
 
 /// Writes a JSON value under `key` (creating its expiry entry when new).
@@ -377,23 +399,36 @@ mod tests {
         ctx_run(&mut s, |ctx| {
             for i in 0..(STEPS_PER_EVENT_MAX + 3) {
                 let o = if i == 0 { "validated" } else { "duplicate" };
-                record_step(ctx, 0, "src", "id", step(o), 1_000).unwrap();
+                let mut st = step(o);
+                st.offset = i as i64;
+                record_step(ctx, 0, "src", "id", st, 1_000).unwrap();
             }
             record_step(ctx, 0, "src", "other", step("validated"), 5 * MS_PER_DAY).unwrap();
             count(ctx, 0, "2026-10-05", Count::In).unwrap();
             count(ctx, 0, "2026-10-05", Count::Passed).unwrap();
         });
         s.apply_committed(&[]).unwrap();
-        let steps: Steps =
-            serde_json::from_slice(&s.get(0, &event_key("src", "id")).unwrap().unwrap()).unwrap();
+        let of = |s: &PartitionStores, id: &str| {
+            let p = event_key("src", id);
+            gather_steps(
+                s.scan(0, &p, &prefix_end(&p), 1_000)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, v)| v),
+            )
+        };
+        let steps = of(&s, "id");
         assert_eq!(steps.steps.len(), STEPS_PER_EVENT_MAX);
         assert_eq!(steps.steps[0].outcome, "validated");
+        assert_eq!(steps.steps[1].outcome, "duplicate");
         assert_eq!(steps.more, 3);
-        // 2 days after the first entry, with 1 day of retention: only it goes.
+        // "i" is a prefix of "id" as text, not as a key.
+        assert!(of(&s, "i").steps.is_empty());
+        // 2 days after the first entries, with 1 day of retention: they go.
         ctx_run(&mut s, |ctx| expire(ctx, 0, 2 * MS_PER_DAY, 1).unwrap());
         s.apply_committed(&[]).unwrap();
-        assert!(s.get(0, &event_key("src", "id")).unwrap().is_none());
-        assert!(s.get(0, &event_key("src", "other")).unwrap().is_some());
+        assert!(of(&s, "id").steps.is_empty());
+        assert_eq!(of(&s, "other").steps.len(), 1);
         let c: DayCounters =
             serde_json::from_slice(&s.get(0, &counter_key("2026-10-05")).unwrap().unwrap())
                 .unwrap();

@@ -151,6 +151,12 @@ pub trait Processor: Send + 'static {
     ) -> Result<(), StageError> {
         Ok(())
     }
+    /// About to commit: write any state the processor keeps in memory for
+    /// this partition into its stores (a write-back cache), so it goes to
+    /// the changelog in this transaction. Outputs are not allowed here.
+    fn flush(&mut self, _ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        Ok(())
+    }
     /// The transaction was aborted: forget any cache derived from the stores.
     fn on_rollback(&mut self) {}
     /// Partitions moved away: forget anything cached for them.
@@ -197,6 +203,9 @@ pub trait StoreQuery: Send + Sync {
     /// The committed value of `key` in the store named `store`, from every
     /// partition this instance owns that has it.
     fn get(&self, store: &str, key: &[u8]) -> Vec<(i32, Vec<u8>)>;
+    /// The committed values of keys in `[from, to)`, per partition this
+    /// instance owns, at most `limit` per partition.
+    fn scan(&self, store: &str, from: &[u8], to: &[u8], limit: usize) -> Vec<(i32, Vec<Vec<u8>>)>;
     /// The partitions this instance owns.
     fn partitions(&self) -> Vec<i32>;
 }
@@ -218,6 +227,23 @@ impl<P: Processor> StoreQuery for EngineQuery<P> {
                     .ok()
                     .flatten()
                     .map(|v| (*p, v))
+            })
+            .collect()
+    }
+    fn scan(&self, store: &str, from: &[u8], to: &[u8], limit: usize) -> Vec<(i32, Vec<Vec<u8>>)> {
+        let engine = lock(&self.0);
+        let Some(sid) = engine.spec.stores.iter().position(|s| *s == store) else {
+            return Vec::new();
+        };
+        engine
+            .parts
+            .iter()
+            .filter_map(|(p, part)| {
+                let found = part
+                    .stores
+                    .committed_scan(sid as StoreId, from, to, limit)
+                    .ok()?;
+                (!found.is_empty()).then(|| (*p, found.into_iter().map(|(_, v)| v).collect()))
             })
             .collect()
     }
@@ -708,6 +734,30 @@ impl<P: Processor> Engine<P> {
     /// Commits the open transaction: changelogs, offsets, commit, then the
     /// stores. A no-op when nothing happened.
     fn commit(&mut self, consumer: &BaseConsumer<StageContext<P>>) -> Result<(), LoopError> {
+        let mut flushed = Vec::new();
+        for (p, part) in self.parts.iter_mut() {
+            let mut ctx = Ctx {
+                partition: *p,
+                stores: &mut part.stores,
+                out: &mut flushed,
+                config: &self.config,
+            };
+            match self.processor.flush(&mut ctx) {
+                Ok(()) => {}
+                Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
+                Err(e) => {
+                    return Err(LoopError::Abort {
+                        cause: "flush_state",
+                        message: e.to_string(),
+                    })
+                }
+            }
+            if !flushed.is_empty() {
+                return Err(LoopError::Fatal(
+                    "a processor emitted records while flushing its state".into(),
+                ));
+            }
+        }
         let has_pending = self.parts.values().any(|p| p.stores.has_pending());
         if self.txn.is_none() && !has_pending {
             return Ok(());

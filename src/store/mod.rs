@@ -142,6 +142,18 @@ impl PartitionStores {
         self.backend.get(store, key)
     }
 
+    /// Committed entries in `[from, to)` (the backend), ignoring the open
+    /// transaction.
+    pub fn committed_scan(
+        &self,
+        store: StoreId,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.backend.scan(store, from, to, limit)
+    }
+
     pub fn put(&mut self, store: StoreId, key: Vec<u8>, value: Vec<u8>) {
         self.overlays[store as usize].insert(key, Some(value));
     }

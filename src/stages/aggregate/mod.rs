@@ -89,6 +89,18 @@
 //! | `W` end (i64 ms) kind rank, scope id, window id, adjusted window id | an open [`ClosedWindow`] being accumulated, JSON |
 //!
 //! The end comes first (order-preserving) so closing is a range scan.
+//!
+//! # Performance
+//!
+//! Windows changed by events live in a write-back cache (per partition,
+//! deserialized) and are written to the store once per transaction, from
+//! [`Processor::flush`] before the runtime commits, or before a scan needs
+//! them; an abort drops the cache with the store's overlay. The earliest
+//! end of an open window is cached too, so the watermark moving (nearly
+//! every event) costs no store scan unless a window is due. Scans of open
+//! windows start just after the stored watermark: everything before it is
+//! closed, and RocksDB would otherwise walk the deletion markers of every
+//! window closed since the last compaction.
 
 // Non-test code must not be able to panic.
 #![cfg_attr(
@@ -458,6 +470,18 @@ pub struct AggregateProcessor {
     last_input_ms: BTreeMap<i32, i64>,
     /// Business gauges (see [`UnbilledMetrics`]).
     unbilled: UnbilledMetrics,
+    /// Write-back cache per partition (see "Performance" in the module docs).
+    cache: BTreeMap<i32, PartCache>,
+}
+
+/// Per partition: windows changed since the last flush (not yet in the
+/// store), and the earliest end of any open window, when known.
+#[derive(Default)]
+struct PartCache {
+    dirty: BTreeMap<Vec<u8>, ClosedWindow>,
+    /// None: unknown (recomputed from the store and `dirty`); Some(None):
+    /// no open window.
+    min_end_ms: Option<Option<i64>>,
 }
 
 /// (currency, legal entity) -> (unbilled amount, open billing-period windows).
@@ -525,7 +549,9 @@ impl UnbilledMetrics {
             return Ok(());
         }
         let mut sums = UnbilledSums::new();
-        let mut from = vec![WINDOW_PREFIX];
+        // Open windows only: closed ones (tombstones until compaction) lie
+        // at or before the watermark.
+        let mut from = open_windows_from(load_clock(ctx)?.watermark_ms);
         let to = vec![WINDOW_PREFIX + 1];
         loop {
             let batch = ctx.stores.scan(WINDOWS, &from, &to, CLOSE_SCAN_BATCH)?;
@@ -584,13 +610,74 @@ impl AggregateProcessor {
             clock,
             lineage_retention_days: config.lineage.retention_days,
             last_input_ms: BTreeMap::new(),
+            cache: BTreeMap::new(),
             unbilled: UnbilledMetrics::new(),
         }
     }
 
-    /// Emits and deletes every open window ending at or before `watermark_ms`.
-    fn close_until(&self, ctx: &mut Ctx<'_>, watermark_ms: i64) -> Result<(), StageError> {
-        let from = vec![WINDOW_PREFIX];
+    /// Writes the partition's changed windows into the store.
+    fn flush_windows(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        let Some(c) = self.cache.get_mut(&ctx.partition) else {
+            return Ok(());
+        };
+        for (key, w) in std::mem::take(&mut c.dirty) {
+            let b = w
+                .to_json_bytes()
+                .map_err(|e| fatal("serializing a window", e))?;
+            ctx.stores.put(WINDOWS, key, b);
+        }
+        Ok(())
+    }
+
+    /// The earliest end of an open window of the partition (the watermark
+    /// must reach it before anything closes), from the cache or one store
+    /// read starting after the stored watermark.
+    fn min_open_end(
+        &mut self,
+        ctx: &Ctx<'_>,
+        watermark_ms: Option<i64>,
+    ) -> Result<Option<i64>, StageError> {
+        let c = self.cache.entry(ctx.partition).or_default();
+        if let Some(known) = c.min_end_ms {
+            return Ok(known);
+        }
+        let from = open_windows_from(watermark_ms);
+        let stored = match ctx
+            .stores
+            .scan(WINDOWS, &from, &[WINDOW_PREFIX + 1], 1)?
+            .first()
+        {
+            Some((k, _)) => Some(window_key_end(k)?),
+            None => None,
+        };
+        let cached = c
+            .dirty
+            .values()
+            .map(|w| w.window.end.timestamp_millis())
+            .min();
+        let min = match (stored, cached) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        c.min_end_ms = Some(min);
+        Ok(min)
+    }
+
+    /// Emits and deletes every open window ending at or before
+    /// `watermark_ms`; `previous_ms` is the watermark before (every window
+    /// ending at or before it is closed already, so the scan starts after
+    /// it and never walks the tombstones of closed windows).
+    fn close_until(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        previous_ms: Option<i64>,
+        watermark_ms: i64,
+    ) -> Result<(), StageError> {
+        self.flush_windows(ctx)?;
+        if let Some(c) = self.cache.get_mut(&ctx.partition) {
+            c.min_end_ms = None;
+        }
+        let from = open_windows_from(previous_ms);
         let mut to = vec![WINDOW_PREFIX];
         to.extend_from_slice(&encode_i64(watermark_ms.saturating_add(1)));
         loop {
@@ -676,6 +763,24 @@ fn next_period_close(w: &ClosedWindow) -> Result<Option<(Vec<u8>, ClosedWindow)>
     Ok(Some((key, n)))
 }
 
+/// Where open windows start in the store, given the stored watermark.
+fn open_windows_from(watermark_ms: Option<i64>) -> Vec<u8> {
+    let mut from = vec![WINDOW_PREFIX];
+    if let Some(wm) = watermark_ms {
+        from.extend_from_slice(&encode_i64(wm.saturating_add(1)));
+    }
+    from
+}
+
+/// The end (ms) encoded at the start of a window key.
+fn window_key_end(key: &[u8]) -> Result<i64, StageError> {
+    let b: [u8; 8] = key
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| fatal("window key", "too short"))?;
+    Ok(crate::store::keys::decode_i64(b))
+}
+
 fn load_clock(ctx: &Ctx<'_>) -> Result<PartitionClock, StageError> {
     match ctx.stores.get(WINDOWS, CLOCK_KEY)? {
         Some(b) => serde_json::from_slice(&b).map_err(|e| fatal("stored clock is corrupt", e)),
@@ -752,6 +857,7 @@ impl Touched {
     fn get(
         &mut self,
         ctx: &Ctx<'_>,
+        cached: &BTreeMap<Vec<u8>, ClosedWindow>,
         key: Vec<u8>,
         fresh: impl FnOnce() -> ClosedWindow,
         digest: &[u8; DIGEST_BYTES],
@@ -760,10 +866,13 @@ impl Touched {
         match self.windows.entry(key) {
             Entry::Occupied(o) => Ok(o.into_mut()),
             Entry::Vacant(v) => {
-                let mut w = match ctx.stores.get(WINDOWS, v.key())? {
-                    Some(b) => ClosedWindow::from_json_slice(&b)
-                        .map_err(|e| fatal("stored window is corrupt", e))?,
-                    None => fresh(),
+                let mut w = match cached.get(v.key()) {
+                    Some(w) => w.clone(),
+                    None => match ctx.stores.get(WINDOWS, v.key())? {
+                        Some(b) => ClosedWindow::from_json_slice(&b)
+                            .map_err(|e| fatal("stored window is corrupt", e))?,
+                        None => fresh(),
+                    },
                 };
                 // First touch by this event: count it and fold it into the lineage.
                 w.event_count += 1;
@@ -806,6 +915,11 @@ impl Processor for AggregateProcessor {
         };
         // Everything is computed in memory first: a reject writes nothing.
         let mut touched = Touched::default();
+        let no_cache = BTreeMap::new();
+        let cached = self
+            .cache
+            .get(&ctx.partition)
+            .map_or(&no_cache, |c| &c.dirty);
         for ((rm, measure), charge) in rated.measures.iter().zip(&e.event.measures).zip(&e.charges)
         {
             let segment = SegmentInfo {
@@ -827,6 +941,7 @@ impl Processor for AggregateProcessor {
             )?;
             let day = touched.get(
                 ctx,
+                cached,
                 day_key,
                 || {
                     new_window(
@@ -850,6 +965,7 @@ impl Processor for AggregateProcessor {
             )?;
             let period = touched.get(
                 ctx,
+                cached,
                 period_key,
                 || {
                     new_window(
@@ -874,6 +990,7 @@ impl Processor for AggregateProcessor {
                 )?;
                 let close = touched.get(
                     ctx,
+                    cached,
                     close_key,
                     || {
                         new_window(
@@ -906,11 +1023,15 @@ impl Processor for AggregateProcessor {
             .values()
             .map(ClosedWindow::lineage_ref)
             .collect();
+        // Into the write-back cache: serialized once per commit, not per event.
+        let part = self.cache.entry(ctx.partition).or_default();
         for (key, w) in touched.windows {
-            let b = w
-                .to_json_bytes()
-                .map_err(|e| fatal("serializing a window", e))?;
-            ctx.stores.put(WINDOWS, key, b);
+            if let Some(Some(min)) = &mut part.min_end_ms {
+                *min = (*min).min(w.window.end.timestamp_millis());
+            } else if part.min_end_ms == Some(None) {
+                part.min_end_ms = Some(Some(w.window.end.timestamp_millis()));
+            }
+            part.dirty.insert(key, w);
         }
         crate::lineage::record_step(
             ctx,
@@ -938,13 +1059,30 @@ impl Processor for AggregateProcessor {
             clock.watermark_ms,
             clock.watermark_ms != before.watermark_ms,
         ) {
-            self.close_until(ctx, wm)?;
+            // Most events move the watermark; few make a window due.
+            if self
+                .min_open_end(ctx, before.watermark_ms)?
+                .is_some_and(|end| end <= wm)
+            {
+                self.close_until(ctx, before.watermark_ms, wm)?;
+            }
         }
         Ok(())
     }
 
+    fn flush(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        self.flush_windows(ctx)
+    }
+
+    fn on_rollback(&mut self) {
+        // The cached windows held the aborted transaction's changes.
+        self.cache.clear();
+    }
+
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
         crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
+        // The gauges and the scans below read the store.
+        self.flush_windows(ctx)?;
         self.unbilled.refresh(ctx, now_ms)?;
         let last = *self.last_input_ms.entry(ctx.partition).or_insert(now_ms);
         if now_ms.saturating_sub(last) < self.idle_advance_ms {
@@ -956,21 +1094,20 @@ impl Processor for AggregateProcessor {
             return Ok(());
         }
         // Only move (and write) when it closes something; see the module docs.
-        let mut to = vec![WINDOW_PREFIX];
-        to.extend_from_slice(&encode_i64(candidate.saturating_add(1)));
-        if ctx
-            .stores
-            .scan(WINDOWS, &[WINDOW_PREFIX], &to, 1)?
-            .is_empty()
+        if self
+            .min_open_end(ctx, clock.watermark_ms)?
+            .is_none_or(|end| end > candidate)
         {
             return Ok(());
         }
+        let previous = clock.watermark_ms;
         clock.watermark_ms = Some(candidate);
         store_clock(ctx, &clock)?;
-        self.close_until(ctx, candidate)
+        self.close_until(ctx, previous, candidate)
     }
 
     fn on_revoked(&mut self, partition: i32) {
+        self.cache.remove(&partition);
         self.last_input_ms.remove(&partition);
         self.unbilled.parts.remove(&partition);
         self.unbilled.publish();

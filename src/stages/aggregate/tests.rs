@@ -178,6 +178,8 @@ fn run_bytes(
         config: &cfg,
     };
     p.process(&rec, &mut ctx)?;
+    // As the runtime does before each commit (here: after every record).
+    p.flush(&mut ctx)?;
     Ok(parse_out(&out))
 }
 

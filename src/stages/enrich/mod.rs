@@ -1414,15 +1414,13 @@ mod tests {
         // Nothing parked; lineage and the day's counters are written.
         assert!(s.pending(PARKED).is_empty());
         assert_eq!(s.pending(COUNTERS).len(), 1);
-        let steps: lineage::Steps = serde_json::from_slice(
-            s.pending(LINEAGE)
-                .get(&lineage::event_key("svc", "e1"))
-                .cloned()
-                .flatten()
-                .as_deref()
-                .unwrap(),
-        )
-        .unwrap();
+        let prefix = lineage::event_key("svc", "e1");
+        let steps = lineage::gather_steps(
+            s.scan(LINEAGE, &prefix, &lineage::prefix_end(&prefix), 10)
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| v),
+        );
         assert_eq!(steps.steps[0].outcome, "enriched");
     }
 

@@ -125,6 +125,17 @@ pub struct RatedEvent {
     pub enriched: EnrichedEvent,
 }
 
+/// [`RatedEvent`] as written: the same fields in the same order, with the
+/// enriched event as the input bytes.
+#[derive(Serialize)]
+struct RatedOut<'a> {
+    source: &'a str,
+    id: &'a str,
+    customer_id: &'a str,
+    measures: &'a [RatedMeasure],
+    enriched: &'a serde_json::value::RawValue,
+}
+
 /// What one measure of an event did to its rating segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RatedMeasure {
@@ -441,20 +452,13 @@ impl Processor for RateProcessor {
             ctx.stores
                 .put(SEGMENTS, expiry_key(period_end_ms, id), Vec::new());
         }
-        let rated = RatedEvent {
-            source: event.source.clone(),
-            id: event.id.clone(),
-            customer_id: enriched.customer.id.clone(),
-            measures,
-            enriched: enriched.clone(),
-        };
-        let detail = serde_json::to_value(&rated.measures)
+        let detail = serde_json::to_value(&measures)
             .map_err(|e| StageError::Fatal(format!("serializing lineage: {e}")))?;
         crate::lineage::record_step(
             ctx,
             LINEAGE,
-            &rated.source,
-            &rated.id,
+            &event.source,
+            &event.id,
             crate::lineage::Step {
                 outcome: "rated".into(),
                 partition: rec.partition,
@@ -464,12 +468,22 @@ impl Processor for RateProcessor {
             },
             (self.clock)(),
         )?;
-        let value = rated
-            .to_json_bytes()
-            .map_err(|e| StageError::Fatal(format!("serializing a rated event: {e}")))?;
+        // The enriched event goes out as received, byte for byte: no second
+        // serialization of the largest part of the record.
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_slice(rec.value.unwrap_or_default())
+                .map_err(|e| StageError::Fatal(format!("re-reading the input: {e}")))?;
+        let value = serde_json::to_vec(&RatedOut {
+            source: &event.source,
+            id: &event.id,
+            customer_id: &enriched.customer.id,
+            measures: &measures,
+            enriched: raw,
+        })
+        .map_err(|e| StageError::Fatal(format!("serializing a rated event: {e}")))?;
         ctx.emit(Output {
             topic: self.rated_topic.clone(),
-            key: Some(rated.customer_id.into_bytes()),
+            key: Some(enriched.customer.id.clone().into_bytes()),
             value: Some(value),
             headers: Vec::new(),
             partition: None,
