@@ -1478,10 +1478,57 @@ fn run(opts: Opts) -> Result<(), String> {
     let path = env.opts.out.join(format!("{}.md", env.run_id));
     let _ = std::fs::write(&path, &report);
     eprintln!("e2e: report written to {}", path.display());
+    if std::env::var_os("METERLINE_BENCH_KEEP").is_none() {
+        cleanup(&env);
+    }
     if disagree {
         return Err("K and meterline postings disagree".into());
     }
     Ok(())
+}
+
+/// Deletes this run's topics and state directories (a run writes gigabytes:
+/// repeated runs would fill the disk). Set METERLINE_BENCH_KEEP=1 to keep
+/// them for inspection; the report, logs and postings dumps are always kept.
+fn cleanup(env: &Env) {
+    let prefix = format!("{}.", env.run_id);
+    let deleted = (|| -> Result<usize, String> {
+        let admin: rdkafka::admin::AdminClient<_> = client(&env.opts.bootstrap)
+            .create()
+            .map_err(|e: KafkaError| e.to_string())?;
+        let md = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        let topics: Vec<String> = md
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        for chunk in names.chunks(100) {
+            rt.block_on(admin.delete_topics(chunk, &rdkafka::admin::AdminOptions::new()))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(names.len())
+    })();
+    match deleted {
+        Ok(n) => eprintln!("e2e: deleted this run's {n} topics (METERLINE_BENCH_KEEP=1 keeps them)"),
+        Err(e) => eprintln!("e2e: could not delete this run's topics: {e}"),
+    }
+    if let Ok(dir) = std::fs::read_dir(&env.opts.out) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("state-{prefix}")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
