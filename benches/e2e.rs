@@ -1518,7 +1518,9 @@ fn cleanup(env: &Env) {
         Ok(names.len())
     })();
     match deleted {
-        Ok(n) => eprintln!("e2e: deleted this run's {n} topics (METERLINE_BENCH_KEEP=1 keeps them)"),
+        Ok(n) => {
+            eprintln!("e2e: deleted this run's {n} topics (METERLINE_BENCH_KEEP=1 keeps them)")
+        }
         Err(e) => eprintln!("e2e: could not delete this run's topics: {e}"),
     }
     if let Ok(dir) = std::fs::read_dir(&env.opts.out) {
