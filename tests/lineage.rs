@@ -21,24 +21,6 @@ const CONFIG: &str = "[validate]\nmax_event_age_days = 400\ndedupe_horizon_days 
 const GL: &str =
     r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
 
-fn load(w: &World, kind: &str, text: &str) {
-    let path = w.dir.path().join(format!("{kind}.jsonl"));
-    std::fs::write(&path, text).unwrap();
-    let out = w.run(&[
-        "refdata",
-        "load",
-        "--kind",
-        kind,
-        "--file",
-        &path_str(&path),
-    ]);
-    assert!(
-        out.status.success(),
-        "refdata load {kind}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn event(id: &str, customer: &str, time: &str, tokens: i64) -> Record {
     let value = cloudevent(
         SOURCE,
@@ -103,20 +85,17 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
         &format!("{CONFIG}[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"),
     );
     w.apply();
-    load(
-        &w,
+    w.load_refdata(
         "plans",
         &format!(
             r#"{{"id":"p","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL}}}"#
         ),
     );
-    load(
-        &w,
+    w.load_refdata(
         "customers",
         r#"{"id":"c-1","name":"One","legal_entity":"le","erp_customer_id":"E1","status":"active"}"#,
     );
-    load(
-        &w,
+    w.load_refdata(
         "subscriptions",
         &[
             r#"{"id":"s-1","customer_id":"c-1","plan_id":"p","start":"2026-09-01T00:00:00Z","end":null,"billing_anchor_day":1,"time_zone":"UTC","currency":"USD","legal_entity":"ml-us"}"#,
@@ -215,8 +194,7 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
         "{text}"
     );
     assert!(text.contains("rate       not seen"), "{text}");
-    load(
-        &w,
+    w.load_refdata(
         "customers",
         r#"{"id":"c-2","name":"Two","legal_entity":"le","erp_customer_id":"E2","status":"active"}"#,
     );

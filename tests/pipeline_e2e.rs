@@ -176,24 +176,6 @@ fn records() -> Vec<Record> {
     out
 }
 
-fn load(w: &World, kind: &str, text: &str) {
-    let path = w.dir.path().join(format!("{kind}.jsonl"));
-    std::fs::write(&path, text).unwrap();
-    let out = w.run(&[
-        "refdata",
-        "load",
-        "--kind",
-        kind,
-        "--file",
-        &path_str(&path),
-    ]);
-    assert!(
-        out.status.success(),
-        "refdata load {kind}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn postings(w: &World) -> Vec<(Rec, Posting)> {
     read_all(&w.topic("finance.postings"), true)
         .into_iter()
@@ -215,9 +197,9 @@ fn is_october_close(p: &Posting) -> bool {
 fn setup(name: &str) -> World {
     let w = World::new(name, CONFIG);
     w.apply();
-    load(&w, "plans", &plans_jsonl());
-    load(&w, "customers", &customers_jsonl());
-    load(&w, "subscriptions", &subscriptions_jsonl());
+    w.load_refdata("plans", &plans_jsonl());
+    w.load_refdata("customers", &customers_jsonl());
+    w.load_refdata("subscriptions", &subscriptions_jsonl());
     produce(&w.topic("usage.events"), &records());
     w
 }

@@ -109,24 +109,6 @@ fn records() -> Vec<Record> {
     out
 }
 
-fn load(w: &World, kind: &str, text: &str) {
-    let path = w.dir.path().join(format!("{kind}.jsonl"));
-    std::fs::write(&path, text).unwrap();
-    let out = w.run(&[
-        "refdata",
-        "load",
-        "--kind",
-        kind,
-        "--file",
-        &path_str(&path),
-    ]);
-    assert!(
-        out.status.success(),
-        "refdata load {kind}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn postings(w: &World) -> Vec<Posting> {
     read_all(&w.topic("finance.postings"), true)
         .into_iter()
@@ -157,9 +139,9 @@ fn settled(w: &World) -> bool {
 fn setup(name: &str, extra: &str) -> World {
     let w = World::new(name, &format!("{CONFIG}{extra}"));
     w.apply();
-    load(&w, "plans", &plans_jsonl());
-    load(&w, "customers", &customer(C1));
-    load(&w, "subscriptions", &subscriptions_jsonl());
+    w.load_refdata("plans", &plans_jsonl());
+    w.load_refdata("customers", &customer(C1));
+    w.load_refdata("subscriptions", &subscriptions_jsonl());
     produce(&w.topic("usage.events"), &records());
     w
 }
@@ -208,11 +190,7 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
         Some(1.0)
     );
     // The customer arrives: p1 is re-emitted and flows.
-    load(
-        &w,
-        "customers",
-        &format!("{}\n{}", customer(C1), customer(C2)),
-    );
+    w.load_refdata("customers", &format!("{}\n{}", customer(C1), customer(C2)));
     wait_until("both subscriptions' October posted", || settled(&w));
     std::thread::sleep(Duration::from_secs(3));
 
@@ -414,11 +392,7 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
 fn windows_deleted_before_post_reads_them_fail_naming_the_windows() {
     let w = setup("recdel", "");
     // p1's customer is loaded at once here.
-    load(
-        &w,
-        "customers",
-        &format!("{}\n{}", customer(C1), customer(C2)),
-    );
+    w.load_refdata("customers", &format!("{}\n{}", customer(C1), customer(C2)));
     let mut upstream = w.spawn_stage(&["validate", "enrich", "rate", "aggregate"], "a");
     let windows_topic = w.topic("usage.windows");
     let closed = |w: &World| -> Vec<(Rec, ClosedWindow)> {

@@ -146,6 +146,25 @@ transaction_timeout_ms = 10000
             .unwrap()
     }
 
+    /// `meterline refdata load` of a JSON-lines text; asserts it succeeded.
+    pub fn load_refdata(&self, kind: &str, text: &str) {
+        let path = self.dir.path().join(format!("{kind}.jsonl"));
+        std::fs::write(&path, text).unwrap();
+        let out = self.run(&[
+            "refdata",
+            "load",
+            "--kind",
+            kind,
+            "--file",
+            &path_str(&path),
+        ]);
+        assert!(
+            out.status.success(),
+            "refdata load {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
