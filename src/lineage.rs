@@ -272,15 +272,23 @@ pub fn get_json<T: for<'de> Deserialize<'de>>(
     }
 }
 
-/// Adds one to a day's counter in the counters store.
-pub fn count(ctx: &mut Ctx<'_>, store: StoreId, day: &str, what: Count) -> Result<(), StageError> {
+/// Adds one to each of `what` in a day's counters: one read-modify-write
+/// of the day's entry per record, however many counters it moves.
+pub fn count(
+    ctx: &mut Ctx<'_>,
+    store: StoreId,
+    day: &str,
+    what: impl IntoIterator<Item = Count>,
+) -> Result<(), StageError> {
     let key = counter_key(day);
     let mut c: DayCounters = get_json(ctx, store, &key)?.unwrap_or_default();
-    match what {
-        Count::In => c.records_in += 1,
-        Count::Passed => c.passed += 1,
-        Count::Held => c.held += 1,
-        Count::Released => c.released += 1,
+    for w in what {
+        match w {
+            Count::In => c.records_in += 1,
+            Count::Passed => c.passed += 1,
+            Count::Held => c.held += 1,
+            Count::Released => c.released += 1,
+        }
     }
     let b = serde_json::to_vec(&c).map_err(|e| corrupt("encoding", e))?;
     ctx.stores.put(store, key, b);
@@ -404,8 +412,7 @@ mod tests {
                 record_step(ctx, 0, "src", "id", st, 1_000).unwrap();
             }
             record_step(ctx, 0, "src", "other", step("validated"), 5 * MS_PER_DAY).unwrap();
-            count(ctx, 0, "2026-10-05", Count::In).unwrap();
-            count(ctx, 0, "2026-10-05", Count::Passed).unwrap();
+            count(ctx, 0, "2026-10-05", [Count::In, Count::Passed]).unwrap();
         });
         s.apply_committed(&[]).unwrap();
         let of = |s: &PartitionStores, id: &str| {

@@ -1677,47 +1677,16 @@ mod tests {
     use rust_decimal_macros::dec;
 
     use super::*;
-    use crate::runtime::{Ctx, InputRecord, Processor};
     use crate::stages::aggregate::tests::{aggregate_all, config, rated, UTC1};
     use crate::stages::aggregate::GRACE_PERIOD_S;
-    use crate::stages::post::PostProcessor;
     use crate::stages::rate::RatedEvent;
-    use crate::store::{MemBackend, PartitionStores};
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
     fn post_all(windows: &[ClosedWindow]) -> Vec<Posting> {
-        let cfg = config();
-        let mut p = PostProcessor::new(&cfg);
-        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
-        let mut postings = Vec::new();
-        for w in windows {
-            let value = w.to_json_bytes().unwrap();
-            let mut out = Vec::new();
-            let rec = InputRecord {
-                topic: "x.usage.windows",
-                partition: 0,
-                offset: 0,
-                key: Some(b"cust-1"),
-                value: Some(&value),
-                headers: &[],
-                timestamp_ms: None,
-            };
-            let mut ctx = Ctx {
-                partition: 0,
-                stores: &mut s,
-                out: &mut out,
-                config: &cfg,
-            };
-            p.process(&rec, &mut ctx).unwrap();
-            s.apply_committed(&[]).unwrap();
-            for o in out {
-                postings.push(Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap());
-            }
-        }
-        postings
+        crate::stages::post::tests::post_windows(&config(), windows).0
     }
 
     /// January usage with a late event (an adjustment of Jan 11 made in the

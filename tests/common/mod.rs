@@ -401,18 +401,7 @@ pub fn free_port() -> u16 {
 
 /// GET http://127.0.0.1:port/path, body as text (plain HTTP/1.0, no client crate needed).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    meterline::http::http_get(&format!("http://127.0.0.1:{port}"), path).ok()
 }
 
 /// A structured-mode CloudEvent.

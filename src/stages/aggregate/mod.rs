@@ -1026,10 +1026,10 @@ impl Processor for AggregateProcessor {
         // Into the write-back cache: serialized once per commit, not per event.
         let part = self.cache.entry(ctx.partition).or_default();
         for (key, w) in touched.windows {
-            if let Some(Some(min)) = &mut part.min_end_ms {
-                *min = (*min).min(w.window.end.timestamp_millis());
-            } else if part.min_end_ms == Some(None) {
-                part.min_end_ms = Some(Some(w.window.end.timestamp_millis()));
+            // Unknown stays unknown (recomputed when needed); known takes the min.
+            let end = w.window.end.timestamp_millis();
+            if let Some(known) = &mut part.min_end_ms {
+                *known = Some(known.map_or(end, |m| m.min(end)));
             }
             part.dirty.insert(key, w);
         }

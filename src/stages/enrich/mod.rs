@@ -922,10 +922,9 @@ impl Enricher {
                 / MS_PER_SECOND,
         );
         // A replayed exceptions copy is not a new input: the event was
-        // counted when it first arrived.
-        if !replayed {
-            lineage::count(ctx, COUNTERS, &day, Count::In)?;
-        }
+        // counted when it first arrived. (A dropped replayed copy counts
+        // nothing; every other path counts its outcome together with this.)
+        let arrived = (!replayed).then_some(Count::In);
         if existing.is_none() {
             if let Some(from) = self.replayed_exception(rec) {
                 ExceptionReplayDropped {
@@ -948,24 +947,19 @@ impl Enricher {
                     .emit(&self.metrics);
                 }
                 let healed = existing.is_some();
-                lineage::count(
-                    ctx,
-                    COUNTERS,
-                    &day,
-                    if healed {
-                        Count::Released
-                    } else {
-                        Count::Passed
-                    },
-                )?;
+                let outcome = if healed {
+                    Count::Released
+                } else {
+                    Count::Passed
+                };
+                lineage::count(ctx, COUNTERS, &day, arrived.into_iter().chain([outcome]))?;
                 self.note_enriched(ctx, &enriched, rec.partition, rec.offset, healed)?;
                 let out = self.enriched_output(&enriched, rec.timestamp_ms)?;
                 ctx.emit(out);
             }
             Err(reason) => {
-                if existing.is_none() {
-                    lineage::count(ctx, COUNTERS, &day, Count::Held)?;
-                }
+                let parked = existing.is_none().then_some(Count::Held);
+                lineage::count(ctx, COUNTERS, &day, arrived.into_iter().chain(parked))?;
                 self.note(
                     ctx,
                     &event,
@@ -1071,7 +1065,8 @@ impl Enricher {
         match resolve(&event, &self.tables, &self.meters) {
             Ok(enriched) => {
                 remove_parked(ctx.stores, &ids, &entry.meta)?;
-                lineage::count(ctx, COUNTERS, &lineage::day_of(event.time), Count::Released)?;
+                let day = lineage::day_of(event.time);
+                lineage::count(ctx, COUNTERS, &day, [Count::Released])?;
                 // Not from an input record (offset -1): healed by reference data.
                 let partition = ctx.partition;
                 self.note_enriched(ctx, &enriched, partition, -1, true)?;

@@ -699,4 +699,4 @@ impl Processor for PostProcessor {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -43,6 +43,18 @@ fn post_all(windows: &[ClosedWindow]) -> Vec<Posting> {
 }
 
 fn post_all_with(cfg: &Config, windows: &[ClosedWindow]) -> Vec<Posting> {
+    let (postings, s) = post_windows(cfg, windows);
+    // The store only holds open periods: January's sums are gone.
+    assert_eq!(s.approximate_keys(0), 0);
+    postings
+}
+
+/// Posts `windows` in order, committing after each; the postings and the
+/// stores they leave.
+pub(crate) fn post_windows(
+    cfg: &Config,
+    windows: &[ClosedWindow],
+) -> (Vec<Posting>, PartitionStores) {
     let mut p = PostProcessor::new(cfg);
     let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
     let mut postings = Vec::new();
@@ -72,9 +84,7 @@ fn post_all_with(cfg: &Config, windows: &[ClosedWindow]) -> Vec<Posting> {
             postings.push(Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap());
         }
     }
-    // The store only holds open periods: January's sums are gone.
-    assert_eq!(s.approximate_keys(0), 0);
-    postings
+    (postings, s)
 }
 
 /// (type, kind, debit account, credit account, amount text) of each posting

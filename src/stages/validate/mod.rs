@@ -167,7 +167,6 @@ impl Processor for ValidateProcessor {
             reason: None,
             detail,
         };
-        lineage::count(ctx, COUNTERS, &day, Count::In)?;
         if ctx.stores.get(DEDUPE, &entry)?.is_some() {
             crate::internal_events::DuplicateDropped {
                 source: &validated.source,
@@ -176,7 +175,7 @@ impl Processor for ValidateProcessor {
                 offset: rec.offset,
             }
             .emit(&self.duplicates);
-            lineage::count(ctx, COUNTERS, &day, Count::Released)?;
+            lineage::count(ctx, COUNTERS, &day, [Count::In, Count::Released])?;
             lineage::record_step(
                 ctx,
                 LINEAGE,
@@ -187,7 +186,7 @@ impl Processor for ValidateProcessor {
             )?;
             return Ok(());
         }
-        lineage::count(ctx, COUNTERS, &day, Count::Passed)?;
+        lineage::count(ctx, COUNTERS, &day, [Count::In, Count::Passed])?;
         lineage::record_step(
             ctx,
             LINEAGE,
@@ -231,8 +230,7 @@ impl Processor for ValidateProcessor {
     ) -> Result<(), StageError> {
         let (source, id, time) = lineage::identify_raw(rec.value, rec.headers);
         let day = time.map_or_else(|| lineage::UNKNOWN_DAY.to_string(), lineage::day_of);
-        lineage::count(ctx, COUNTERS, &day, Count::In)?;
-        lineage::count(ctx, COUNTERS, &day, Count::Held)?;
+        lineage::count(ctx, COUNTERS, &day, [Count::In, Count::Held])?;
         if let (Some(source), Some(id)) = (source, id) {
             let step = lineage::Step {
                 outcome: "dead_lettered".into(),
