@@ -603,6 +603,31 @@ impl Env {
         format!("{}.{}.{}.", self.run_id, sys.tag(), phase)
     }
 
+    /// A reference-data file of the scenario. Subscriptions start on the
+    /// first of the month of the scenario's first event: billing periods are
+    /// driven by subscriptions, and periods before the events (which K, the
+    /// usage-driven peer, does not post) would only add postings to compare.
+    fn scenario_file(&self, kind: &str) -> Result<PathBuf, String> {
+        let path = self
+            .opts
+            .repo
+            .join(format!("benches/scenario/{kind}.jsonl"));
+        if kind != "subscriptions" {
+            return Ok(path);
+        }
+        let first = timeline_end() - chrono::Duration::hours(i64::from(SPREAD_HOURS));
+        let start = format!("{}-01T00:00:00Z", first.format("%Y-%m"));
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let out = self
+            .opts
+            .out
+            .join(format!("{}.subscriptions.jsonl", self.run_id));
+        std::fs::write(&out, text.replace("2026-01-01T00:00:00Z", &start))
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        Ok(out)
+    }
+
     fn meterline_cmd(&self, ns: &str) -> Command {
         let mut c = Command::new(&self.meterline);
         c.current_dir(&self.opts.repo)
@@ -657,12 +682,10 @@ impl Env {
                 c.args(["topology", "apply"]);
                 self.run_ok(c, "meterline topology apply")?;
                 for kind in ["customers", "subscriptions", "plans"] {
+                    let file = self.scenario_file(kind)?;
                     let mut c = self.meterline_cmd(ns);
-                    c.args(["refdata", "load", "--kind", kind, "--file"]).arg(
-                        self.opts
-                            .repo
-                            .join(format!("benches/scenario/{kind}.jsonl")),
-                    );
+                    c.args(["refdata", "load", "--kind", kind, "--file"])
+                        .arg(file);
                     self.run_ok(c, "meterline refdata load")?;
                 }
                 if sys == System::K {

@@ -34,6 +34,12 @@
 //! | `invoice_amount` | billing-period window: invoice line and reclass = the rounded amount |
 //! | `unbilled_cleared` | once a period is invoiced, unbilled receivable of each segment nets to zero |
 //!
+//! **Per subscription and billing period** (aggregate, from `ref.subscriptions`):
+//!
+//! | check | equality |
+//! |---|---|
+//! | `subscription_period_closed` | every period a subscription overlaps that ended at or before its partition's watermark has exactly one regular `period_close` window, with or without usage |
+//!
 //! The rounding difference (rounded minus unrounded posted amounts) is shown
 //! per window and per currency; it is not a failure.
 //!
@@ -232,6 +238,11 @@ pub struct Facts {
     pub closed: Vec<ClosedWindow>,
     pub open: Vec<ClosedWindow>,
     pub postings: Vec<Posting>,
+    /// `ref.subscriptions` as of now.
+    pub subscriptions: Vec<crate::refdata::Subscription>,
+    /// Aggregate's watermark per partition of `usage.rated`, and their count.
+    pub watermarks: BTreeMap<i32, i64>,
+    pub rated_partitions: i32,
 }
 
 impl Facts {
@@ -460,6 +471,7 @@ pub fn check(facts: &Facts, period: Option<&str>) -> Report {
     let mut checks = Vec::new();
     let days = check_days(facts, period, &mut checks);
     let (windows, rounding) = check_windows(facts, period, &mut checks);
+    check_subscription_periods(facts, period, &mut checks);
     let mut notes = Vec::new();
     for (stage, n) in &facts.in_flight {
         if *n > 0 {
@@ -484,6 +496,57 @@ pub fn check(facts: &Facts, period: Option<&str>) -> Report {
         in_flight: facts.in_flight.clone(),
         dead_letters: facts.dead_letters.clone(),
         notes,
+    }
+}
+
+/// `subscription_period_closed` (see the module docs): walks each
+/// subscription's periods up to its partition's watermark.
+fn check_subscription_periods(facts: &Facts, period: Option<&str>, checks: &mut Vec<Check>) {
+    let mut closes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for w in &facts.closed {
+        if w.kind == WindowKind::PeriodClose && w.adjusts.is_none() {
+            *closes
+                .entry((w.subscription_id.as_str(), w.window.id.as_str()))
+                .or_default() += 1;
+        }
+    }
+    for sub in &facts.subscriptions {
+        let owner =
+            kafka::partition_for_key(sub.customer_id.as_bytes(), facts.rated_partitions.max(1));
+        let Some(wm) = facts.watermarks.get(&owner).copied() else {
+            continue;
+        };
+        let Ok(tz) = crate::calendar::parse_tz(&sub.time_zone) else {
+            continue;
+        };
+        let mut at = sub.start;
+        for _ in 0..crate::stages::aggregate::periods::PERIODS_PER_SUBSCRIPTION_MAX {
+            if sub.end.is_some_and(|end| end <= at) {
+                break;
+            }
+            let Ok(p) = crate::calendar::BillingPeriod::containing(sub.billing_anchor_day, tz, at)
+            else {
+                break;
+            };
+            if p.end().timestamp_millis() > wm {
+                break;
+            }
+            if in_period(period, &p.id()) {
+                let n = closes
+                    .get(&(sub.id.as_str(), p.id().as_str()))
+                    .copied()
+                    .unwrap_or(0);
+                let subject = format!("subscription {} period {}", sub.id, p.id());
+                checks.push(count_check(
+                    &subject,
+                    "subscription_period_closed",
+                    1,
+                    n,
+                    format!("{n} period_close window(s) on usage.windows for a period that ended before the watermark"),
+                ));
+            }
+            at = p.end();
+        }
     }
 }
 
@@ -1624,11 +1687,28 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     // is then seen twice (and counted once, closed), never not at all.
     let topic = config.topic(&names::changelog("aggregate", "windows"));
     let mut open = Vec::new();
-    for ((_, k), v) in latest(config, &topic)? {
+    for ((partition, k), v) in latest(config, &topic)? {
         if k.first() == Some(&b'W') {
             if let Ok(w) = ClosedWindow::from_json_slice(&v) {
                 open.push(w);
             }
+        } else if k == b"M" {
+            if let Some(wm) = serde_json::from_slice::<crate::stages::aggregate::PartitionClock>(&v)
+                .ok()
+                .and_then(|c| c.watermark_ms)
+            {
+                f.watermarks.insert(partition, wm);
+            }
+        }
+    }
+    let c = kafka::reader(config)?;
+    let rated_topic = config.topic(names::RATED);
+    let md = kafka::metadata(c.client(), config, Some(&rated_topic))?;
+    f.rated_partitions = kafka::partition_count(&md, &rated_topic, config)?;
+    drop(c);
+    for ((_, _), v) in latest(config, &config.topic(names::REF_SUBSCRIPTIONS))? {
+        if let Ok(sub) = serde_json::from_slice::<crate::refdata::Subscription>(&v) {
+            f.subscriptions.push(sub);
         }
     }
     let mut closed = Vec::new();
@@ -1753,6 +1833,47 @@ mod tests {
         assert!(text.contains("reconcile: OK"), "{text}");
         assert!(r.checks.iter().any(|c| c.check == "unbilled_cleared"));
         assert!(r.checks.iter().any(|c| c.check == "period_close"));
+    }
+
+    #[test]
+    fn every_subscription_period_before_the_watermark_is_closed_once() {
+        // January's books; sub-1 started Dec 1, 2025 (its December has no
+        // usage), the watermark is in February.
+        let mut f = january();
+        let sub = |id: &str, start: &str| {
+            serde_json::from_value::<crate::refdata::Subscription>(serde_json::json!({
+                "id": id, "customer_id": "cust-1", "plan_id": "pro", "start": start,
+                "end": null, "billing_anchor_day": 1, "time_zone": "UTC",
+                "currency": "USD", "legal_entity": "ml-us"}))
+            .unwrap()
+        };
+        f.subscriptions = vec![sub("sub-1", "2026-01-01T00:00:00Z")];
+        f.rated_partitions = 1;
+        f.watermarks
+            .insert(0, at("2026-02-01T00:00:00Z").timestamp_millis());
+        assert!(check(&f, None).ok(), "{}", render(&check(&f, None), true));
+        // December was never closed: named.
+        f.subscriptions = vec![sub("sub-1", "2025-12-01T00:00:00Z")];
+        assert_eq!(
+            failing(&check(&f, None)),
+            vec![(
+                "subscription sub-1 period 2025-12-01".to_string(),
+                "subscription_period_closed"
+            )]
+        );
+        // January closed twice: named too.
+        f.subscriptions = vec![sub("sub-1", "2026-01-01T00:00:00Z")];
+        let jan = f
+            .closed
+            .iter()
+            .find(|w| w.kind == WindowKind::PeriodClose)
+            .unwrap()
+            .clone();
+        f.closed.push(jan);
+        assert!(failing(&check(&f, None)).contains(&(
+            "subscription sub-1 period 2026-01-01".to_string(),
+            "subscription_period_closed"
+        )));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! postings worked out by hand.
 //!
 //! * plan `p` v1: tokens per_unit 0.001, base fee 5.00; v2 from Oct 16:
-//!   tokens per_unit 0.002, base fee 8.00 (a new rating segment mid-period);
+//!   tokens per_unit 0.002, base fee 8.00 (a new rating segment mid-period;
+//!   October's base fee stays v1's, the version in force at its start);
 //! * duplicates (dropped by validate), a malformed record (dead-lettered);
 //! * a late event inside the 60 s grace (joins its still-open day) and one
 //!   beyond it, produced after later events (an adjustment of Oct 5 in the
@@ -129,9 +130,10 @@ const EXPECTED: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
     ("journal_entry", "accrual", "2026-10-31", "tokens", "4.69", "1210", "4010"),
     ("invoice_line", "usage", "2026-10-31", "tokens", "9.69", "", ""),
     ("journal_entry", "reclass", "2026-10-31", "tokens", "9.69", "1200", "1210"),
-    // The greatest version's base fee; 6.00 + 9.69 + 8.00 >= 20.00: no true-up.
-    ("invoice_line", "base_fee", "2026-10-31", "", "8.00", "", ""),
-    ("journal_entry", "base_fee", "2026-10-31", "", "8.00", "1200", "4010"),
+    // The base fee of the version in force on Oct 1 (v1), not of v2 that
+    // took effect mid-period; 6.00 + 9.69 + 5.00 >= 20.00: no true-up.
+    ("invoice_line", "base_fee", "2026-10-31", "", "5.00", "", ""),
+    ("journal_entry", "base_fee", "2026-10-31", "", "5.00", "1200", "4010"),
 ];
 
 /// Day control totals of both periods: (window id, adjusted window id or "",

@@ -250,3 +250,90 @@ mod tests {
         }
     }
 }
+
+/// Kafka's murmur2 hash of a record key, as the Java client and librdkafka's
+/// `murmur2` / `murmur2_random` partitioners compute it (seed 0x9747b28c).
+pub fn murmur2(key: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = key.len();
+    // Keys longer than u32::MAX bytes do not exist on Kafka (1 MB records).
+    let mut h: u32 = SEED ^ (len as u32);
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if let Some(b) = rest.first() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition a keyed record lands on among `partitions` under the
+/// murmur2 partitioners ([`PARTITIONER`], Java's default): the hash made
+/// positive, modulo the count. `partitions` must be >= 1.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    debug_assert!(partitions >= 1, "a topic has at least one partition");
+    let positive = murmur2(key) & 0x7fff_ffff;
+    // positive < 2^31 and partitions >= 1: the remainder fits an i32.
+    (positive % partitions.max(1) as u32) as i32
+}
+
+#[cfg(test)]
+mod partitioner_tests {
+    use super::*;
+
+    /// Kafka's own test vectors (`UtilsTest.testMurmur2`): the hash as a
+    /// signed Java int.
+    #[test]
+    fn murmur2_matches_kafka() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (key, want) in cases {
+            assert_eq!(
+                murmur2(key) as i32,
+                want,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_are_in_range_and_stable() {
+        for n in 1..=12 {
+            for key in ["cust-1", "cust-2", "", "ünïcödé"] {
+                let p = partition_for_key(key.as_bytes(), n);
+                assert!((0..n).contains(&p));
+                assert_eq!(p, partition_for_key(key.as_bytes(), n));
+            }
+        }
+        assert_eq!(partition_for_key(b"21", 1), 0);
+    }
+}

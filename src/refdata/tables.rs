@@ -195,6 +195,17 @@ impl RefTables {
             .filter(move |subscription| subscription.is_active_at(t))
     }
 
+    /// Ids of the customers that have at least one subscription, in order,
+    /// from `from` (inclusive) on.
+    pub fn customers_with_subscriptions_from<'a>(
+        &'a self,
+        from: &str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.subscriptions_by_customer
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .map(|(id, _)| id.as_str())
+    }
+
     /// Whether any version of plan `plan_id` is known.
     pub fn has_plan(&self, plan_id: &str) -> bool {
         self.plans.contains_key(plan_id)

@@ -165,6 +165,11 @@ pub trait Processor: Send + 'static {
     /// name). Every instance reads all partitions of its tables: all of them
     /// to their end before the first input record, then as they arrive.
     fn on_table_record(&mut self, _table: &str, _key: Option<&[u8]>, _value: Option<&[u8]>) {}
+    /// Called once, before any other call, with the partition count of the
+    /// input topic: which input partition a customer's records land on
+    /// ([`crate::kafka::partition_for_key`]), for work a stage does for
+    /// customers that sent nothing yet (aggregate's subscription periods).
+    fn on_input_partitions(&mut self, _count: i32) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1050,6 +1055,8 @@ pub fn run_stage<P: Processor>(
     needed.dedup();
     let md = kafka::check_topics(&probe, &config, &needed)?;
     let dlq_partitions = kafka::partition_count(&md, &dlq_topic, &config)?;
+    let mut processor = processor;
+    processor.on_input_partitions(kafka::partition_count(&md, &input_topic, &config)?);
     drop(probe);
 
     if transactional {

@@ -108,7 +108,11 @@ pub const STAGES: &[StageSpec] = &[
         name: "aggregate",
         input: names::RATED,
         outputs: &[names::WINDOWS],
-        tables: &[],
+        tables: &[
+            names::REF_CUSTOMERS,
+            names::REF_SUBSCRIPTIONS,
+            names::REF_PLANS,
+        ],
         stores: &["windows", "lineage"],
         summary: "event-time windows per day and billing period, emitted once when closed",
     },

@@ -60,11 +60,13 @@
 //! minimum commitment are charged for every period the subscription
 //! overlaps). Closing a subscription's regular period-close window opens
 //! the next period's, empty, unless the subscription ends at or before
-//! that period starts ([`ClosedWindow::subscription_end`], carried from
-//! `ref.subscriptions` by enrich). So from its first event on, every
-//! period of a subscription closes, with or without usage. A subscription
-//! that never sends a single event is not seen by this stage at all (it
-//! reads usage, not reference data): its base fee is not posted.
+//! that period starts ([`ClosedWindow::subscription_end`]). Periods are
+//! driven by subscriptions, not by usage: aggregate reads the reference
+//! tables and walks every subscription's periods from its start, so the
+//! periods before its first event, and every period of a subscription
+//! that never sends one, close too, each exactly once (see [`periods`]).
+//! A period's base fee, commitment, tax code and accounts are those of the
+//! plan version in force at the start of its service interval.
 //!
 //! # Late events
 //!
@@ -85,6 +87,7 @@
 //!
 //! | key | value |
 //! |---|---|
+//! | `C` subscription id, period end (i64 ms) | empty: the period's `period_close` was emitted ([`periods`]) |
 //! | `M` | the partition's [`PartitionClock`], JSON |
 //! | `W` end (i64 ms) kind rank, scope id, window id, adjusted window id | an open [`ClosedWindow`] being accumulated, JSON |
 //!
@@ -119,18 +122,21 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 use crate::calendar::{self, BillingPeriod, LocalDay};
 use crate::config::Config;
 use crate::meter::Aggregation;
 use crate::refdata::serde_with::optional_decimal_str;
-use crate::refdata::GlAccounts;
+use crate::refdata::{GlAccounts, RefKind, RefTables};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
 use crate::stages::enrich::resolve::{CustomerInfo, EnrichedEvent, Window};
 use crate::stages::rate::RatedEvent;
 use crate::store::keys::{encode_i64, KeyBuilder};
 use crate::store::StoreId;
 use crate::topology::{self, StageSpec};
+
+pub mod periods;
 
 /// How long after the greatest event time seen a window stays open for late
 /// events, in seconds: the default of config `aggregate.grace_period_s`.
@@ -244,8 +250,9 @@ pub struct Clearing {
 /// * `clearing`: the invoice window whose invoice line clears this window's
 ///   accruals (for a billing-period window, itself).
 /// * `plan_version`, `tax_code`, `base_fee`, `minimum_commitment`: of the
-///   subscription period (for `period_close`, those of the greatest plan
-///   version seen in the period); base fee and commitment are per period.
+///   subscription period (for `period_close`, those of the plan version in
+///   force at the start of the period's service interval, see
+///   [`periods`]); base fee and commitment are per period.
 /// * `closed_at_watermark_ms`: the partition watermark that closed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClosedWindow {
@@ -472,6 +479,12 @@ pub struct AggregateProcessor {
     unbilled: UnbilledMetrics,
     /// Write-back cache per partition (see "Performance" in the module docs).
     cache: BTreeMap<i32, PartCache>,
+    /// The reference tables (see [`periods`]), materialised on every instance.
+    tables: RefTables,
+    /// Partition count of `usage.rated`: which partition owns a customer.
+    input_partitions: i32,
+    /// Per partition: the subscriptions still to walk.
+    pending: BTreeMap<i32, periods::Pending>,
 }
 
 /// Per partition: windows changed since the last flush (not yet in the
@@ -612,7 +625,96 @@ impl AggregateProcessor {
             last_input_ms: BTreeMap::new(),
             cache: BTreeMap::new(),
             unbilled: UnbilledMetrics::new(),
+            tables: RefTables::new(),
+            input_partitions: 1,
+            pending: BTreeMap::new(),
         }
+    }
+
+    /// Emits a closed window on `usage.windows`. A regular period close
+    /// first takes its period's terms from the reference tables and leaves
+    /// its closed marker; one whose marker is already there was emitted
+    /// before and is dropped, so no path can post a period twice.
+    fn emit_closed(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut w: ClosedWindow,
+        watermark_ms: i64,
+    ) -> Result<(), StageError> {
+        if w.kind == WindowKind::PeriodClose && w.adjusts.is_none() {
+            if periods::is_closed(ctx, &w.subscription_id, w.window.end)? {
+                warn!(
+                    subscription = w.subscription_id,
+                    period = w.window.id,
+                    "period close emitted before: not emitted again"
+                );
+                return Ok(());
+            }
+            if !periods::apply_terms(&self.tables, &mut w) {
+                warn!(
+                    subscription = w.subscription_id,
+                    period = w.window.id,
+                    "subscription or plan version unknown here: the period closes with the terms its usage carried"
+                );
+            }
+            periods::mark_closed(ctx, &w);
+        }
+        w.closed_at_watermark_ms = watermark_ms;
+        let bytes = w
+            .to_json_bytes()
+            .map_err(|e| fatal("serializing a closed window", e))?;
+        ctx.emit(Output {
+            topic: self.windows_topic.clone(),
+            key: Some(w.customer.id.clone().into_bytes()),
+            value: Some(bytes),
+            headers: Vec::new(),
+            partition: None,
+            // Producer time: event-time stamps of old windows would
+            // make time-based retention drop them at once.
+            timestamp_ms: None,
+        });
+        Ok(())
+    }
+
+    /// Walks the subscriptions due in this partition (see [`periods`]):
+    /// emits closed periods never emitted, opens the first open one.
+    fn schedule_periods(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        let (partitions, partition) = (self.input_partitions, ctx.partition);
+        let batch = self
+            .pending
+            .entry(ctx.partition)
+            .or_insert_with(periods::Pending::new)
+            .next_batch(&self.tables, |customer| {
+                crate::kafka::partition_for_key(customer.as_bytes(), partitions) == partition
+            });
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // The walk reads open windows from the store.
+        self.flush_windows(ctx)?;
+        let watermark = load_clock(ctx)?.watermark_ms;
+        for customer in batch {
+            let subs: Vec<crate::refdata::Subscription> =
+                self.tables.subscriptions_of(&customer).cloned().collect();
+            for sub in subs {
+                let walk = {
+                    let c: &Ctx<'_> = ctx;
+                    periods::walk(c, &self.tables, &sub, watermark, |key| {
+                        Ok(c.stores.get(WINDOWS, key)?.is_some())
+                    })?
+                };
+                for w in walk.closed {
+                    // `walk` emits closed periods only below a watermark.
+                    self.emit_closed(ctx, w, watermark.unwrap_or_default())?;
+                }
+                if let Some((key, w)) = walk.open {
+                    let part = self.cache.entry(ctx.partition).or_default();
+                    part.min_end_ms = None;
+                    part.dirty.insert(key, w);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the partition's changed windows into the store.
@@ -686,12 +788,8 @@ impl AggregateProcessor {
                 return Ok(());
             }
             for (key, value) in batch {
-                let mut w = ClosedWindow::from_json_slice(&value)
+                let w = ClosedWindow::from_json_slice(&value)
                     .map_err(|e| fatal("stored window is corrupt", e))?;
-                w.closed_at_watermark_ms = watermark_ms;
-                let bytes = w
-                    .to_json_bytes()
-                    .map_err(|e| fatal("serializing a closed window", e))?;
                 ctx.stores.delete(WINDOWS, key);
                 if let Some((next_key, next)) = next_period_close(&w)? {
                     // A later scan of this loop closes it too if the
@@ -703,16 +801,7 @@ impl AggregateProcessor {
                         ctx.stores.put(WINDOWS, next_key, b);
                     }
                 }
-                ctx.emit(Output {
-                    topic: self.windows_topic.clone(),
-                    key: Some(w.customer.id.clone().into_bytes()),
-                    value: Some(bytes),
-                    headers: Vec::new(),
-                    partition: None,
-                    // Producer time: event-time stamps of old windows would
-                    // make time-based retention drop them at once.
-                    timestamp_ms: None,
-                });
+                self.emit_closed(ctx, w, watermark_ms)?;
             }
         }
     }
@@ -1005,9 +1094,10 @@ impl Processor for AggregateProcessor {
                     &digest,
                 )?;
                 add(close, Decimal::ZERO, rm.marginal_amount)?;
-                // A mid-period plan change: the period's fee and
-                // commitment are those of the greatest plan version seen,
-                // whatever the arrival order.
+                // Provisional terms, whatever the arrival order: at close
+                // the period takes those of the version in force at its
+                // start from the reference tables ([`periods::apply_terms`]);
+                // these stay only when the tables lack the subscription.
                 if e.plan_version > close.plan_version {
                     close.plan_version = e.plan_version;
                     close.plan_id = e.plan_id.clone();
@@ -1075,12 +1165,46 @@ impl Processor for AggregateProcessor {
     }
 
     fn on_rollback(&mut self) {
-        // The cached windows held the aborted transaction's changes.
+        // The cached windows held the aborted transaction's changes, and
+        // the periods it emitted or opened were rolled back: walk again.
         self.cache.clear();
+        for p in self.pending.values_mut() {
+            p.request_sweep();
+        }
+    }
+
+    fn on_input_partitions(&mut self, count: i32) {
+        self.input_partitions = count.max(1);
+    }
+
+    fn on_table_record(&mut self, table: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let (Some(kind), Some(key)) = (
+            RefKind::from_topic(table),
+            key.and_then(|k| std::str::from_utf8(k).ok()),
+        ) else {
+            warn!(
+                table,
+                "reference record without a known table or UTF-8 key: skipped"
+            );
+            return;
+        };
+        match self.tables.apply_tracked(kind, key, value) {
+            Ok(triggers) => {
+                for p in self.pending.values_mut() {
+                    for t in &triggers {
+                        p.trigger(t);
+                    }
+                }
+            }
+            // enrich counts refused records; here they only keep the
+            // previous value in force.
+            Err(e) => warn!(table, key, error = %e, "reference record refused: skipped"),
+        }
     }
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
         crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
+        self.schedule_periods(ctx)?;
         // The gauges and the scans below read the store.
         self.flush_windows(ctx)?;
         self.unbilled.refresh(ctx, now_ms)?;
@@ -1108,6 +1232,7 @@ impl Processor for AggregateProcessor {
 
     fn on_revoked(&mut self, partition: i32) {
         self.cache.remove(&partition);
+        self.pending.remove(&partition);
         self.last_input_ms.remove(&partition);
         self.unbilled.parts.remove(&partition);
         self.unbilled.publish();

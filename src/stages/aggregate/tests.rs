@@ -787,3 +787,266 @@ fn periods_without_usage_close_until_the_subscription_ends() {
     let out = punctuate(&mut p, &mut s, at("2026-06-15T00:00:00Z"));
     assert_eq!(closes(&out).len(), 3);
 }
+
+// ---- periods driven by subscriptions (see `periods`) -------------------------
+
+mod subscription_periods {
+    use super::*;
+    use crate::refdata::parse_jsonl;
+
+    fn customer_line() -> String {
+        json!({"id": "cust-1", "name": "Acme", "legal_entity": "acme",
+               "erp_customer_id": "C-1", "status": "active"})
+        .to_string()
+    }
+
+    fn subscription_line(start: &str, end: Option<&str>) -> String {
+        json!({"id": "sub-1", "customer_id": "cust-1", "plan_id": "pro",
+               "start": start, "end": end,
+               "billing_anchor_day": 1, "time_zone": "UTC", "currency": "USD",
+               "legal_entity": "ml-us", "minimum_commitment": "100"})
+        .to_string()
+    }
+
+    fn plan_line(version: u32, effective_from: &str, base_fee: &str) -> String {
+        json!({"id": "pro", "version": version, "effective_from": effective_from,
+               "currency": "USD", "base_fee": base_fee, "tax_code": format!("TX-V{version}"),
+               "charges": {"m": {"model": "per_unit", "unit_price": "1"}},
+               "gl_accounts": {"usage_revenue": format!("40{version}0"),
+                               "unbilled_receivable": "1210", "receivable": "1200"}})
+        .to_string()
+    }
+
+    fn load(p: &mut AggregateProcessor, kind: RefKind, lines: &[String]) {
+        for (key, value) in parse_jsonl(kind, &lines.join("\n")).unwrap() {
+            p.on_table_record(kind.topic(), Some(key.as_bytes()), value.as_deref());
+        }
+    }
+
+    /// A processor whose tables hold cust-1, sub-1 (from `start`) and the
+    /// plan versions given as (version, effective from, base fee).
+    fn with_tables(start: &str, versions: &[(u32, &str, &str)]) -> AggregateProcessor {
+        let (mut p, _) = processor();
+        load(&mut p, RefKind::Customers, &[customer_line()]);
+        let plans: Vec<String> = versions
+            .iter()
+            .map(|(v, from, fee)| plan_line(*v, from, fee))
+            .collect();
+        load(&mut p, RefKind::Plans, &plans);
+        load(
+            &mut p,
+            RefKind::Subscriptions,
+            &[subscription_line(start, None)],
+        );
+        p
+    }
+
+    fn punctuate_on(
+        p: &mut AggregateProcessor,
+        s: &mut PartitionStores,
+        partition: i32,
+        now: DateTime<Utc>,
+    ) -> Vec<ClosedWindow> {
+        let cfg = config();
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            partition,
+            stores: s,
+            out: &mut out,
+            config: &cfg,
+        };
+        p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
+        parse_out(&out)
+    }
+
+    /// Two punctuations `idle` apart: the first walks the subscriptions,
+    /// the second advances the idle partition's watermark to `now`.
+    fn settle(
+        p: &mut AggregateProcessor,
+        s: &mut PartitionStores,
+        now: DateTime<Utc>,
+    ) -> Vec<ClosedWindow> {
+        let mut out = punctuate(p, s, now);
+        out.extend(punctuate(p, s, now + Duration::seconds(IDLE_ADVANCE_S + 1)));
+        out
+    }
+
+    /// (period id, events, base fee, plan version) of each period close.
+    fn fees(ws: &[ClosedWindow]) -> Vec<(String, u64, Option<Decimal>, u32)> {
+        ws.iter()
+            .filter(|w| w.kind == WindowKind::PeriodClose)
+            .map(|w| {
+                (
+                    w.window.id.clone(),
+                    w.event_count,
+                    w.base_fee,
+                    w.plan_version,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_subscription_without_usage_closes_every_period_exactly_once() {
+        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
+        let mut s = stores();
+        let out = settle(&mut p, &mut s, at("2026-03-05T00:00:00Z"));
+        assert_eq!(
+            fees(&out),
+            vec![
+                ("2026-01-01".to_string(), 0, Some(dec!(10)), 1),
+                ("2026-02-01".to_string(), 0, Some(dec!(10)), 1),
+            ]
+        );
+        let jan = &out[0];
+        assert_eq!(jan.minimum_commitment, Some(dec!(100)));
+        assert_eq!(jan.customer.erp_customer_id, "C-1");
+        assert_eq!(jan.gl_accounts.usage_revenue, "4010");
+
+        // Republished records and a later sweep post nothing again.
+        load(
+            &mut p,
+            RefKind::Subscriptions,
+            &[subscription_line("2026-01-01T00:00:00Z", None)],
+        );
+        load(
+            &mut p,
+            RefKind::Plans,
+            &[plan_line(1, "2025-01-01T00:00:00Z", "10")],
+        );
+        assert!(settle(&mut p, &mut s, at("2026-03-06T00:00:00Z")).is_empty());
+
+        // A restart (fresh processor, same store) neither: March closes on time.
+        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
+        assert!(settle(&mut p, &mut s, at("2026-03-07T00:00:00Z")).is_empty());
+        let out = settle(&mut p, &mut s, at("2026-04-02T00:00:00Z"));
+        assert_eq!(
+            fees(&out),
+            vec![("2026-03-01".to_string(), 0, Some(dec!(10)), 1)]
+        );
+    }
+
+    #[test]
+    fn periods_before_the_first_event_close_too_and_usage_periods_once() {
+        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
+        let mut s = stores();
+        // The first event comes in February: January must still close.
+        let feb = rated("e1", at("2026-02-10T10:00:00Z"), UTC1, &[("m", dec!(3))]);
+        assert!(run(&mut p, &mut s, &feb).is_empty());
+        let out = punctuate(&mut p, &mut s, at("2026-02-10T10:00:00Z"));
+        assert_eq!(
+            fees(&out),
+            vec![("2026-01-01".to_string(), 0, Some(dec!(10)), 1)]
+        );
+        let out = settle(&mut p, &mut s, at("2026-03-02T00:00:00Z"));
+        assert_eq!(
+            fees(&out),
+            vec![("2026-02-01".to_string(), 1, Some(dec!(10)), 1)]
+        );
+        assert_eq!(closes(&out), vec![("2026-02-01".to_string(), 1, dec!(3))]);
+    }
+
+    #[test]
+    fn a_subscription_created_after_its_periods_passed_gets_them_once() {
+        // The partition is in May when the subscription (from January) arrives.
+        let (mut p, _) = processor();
+        let mut s = stores();
+        load(&mut p, RefKind::Customers, &[customer_line()]);
+        load(
+            &mut p,
+            RefKind::Plans,
+            &[plan_line(1, "2025-01-01T00:00:00Z", "10")],
+        );
+        let other = rated("e0", at("2026-05-10T10:00:00Z"), UTC1, &[("m", dec!(1))]);
+        run(&mut p, &mut s, &other);
+        // Without a subscription record nothing is walked; usage closed nothing yet.
+        assert!(punctuate(&mut p, &mut s, at("2026-05-10T10:00:00Z")).is_empty());
+        load(
+            &mut p,
+            RefKind::Subscriptions,
+            &[subscription_line(
+                "2026-01-01T00:00:00Z",
+                Some("2026-04-15T00:00:00Z"),
+            )],
+        );
+        let out = punctuate(&mut p, &mut s, at("2026-05-10T10:00:01Z"));
+        assert_eq!(
+            fees(&out).into_iter().map(|f| f.0).collect::<Vec<_>>(),
+            vec!["2026-01-01", "2026-02-01", "2026-03-01", "2026-04-01"],
+            "every period it overlaps, April included, and none after its end"
+        );
+        load(
+            &mut p,
+            RefKind::Subscriptions,
+            &[subscription_line(
+                "2026-01-01T00:00:00Z",
+                Some("2026-04-15T00:00:00Z"),
+            )],
+        );
+        assert!(punctuate(&mut p, &mut s, at("2026-05-10T10:00:02Z")).is_empty());
+    }
+
+    #[test]
+    fn a_mid_period_plan_change_bills_the_period_at_the_version_in_force_at_its_start() {
+        let versions = [
+            (1, "2025-01-01T00:00:00Z", "10"),
+            (2, "2026-01-15T00:00:00Z", "25"),
+        ];
+        let mut p = with_tables("2026-01-01T00:00:00Z", &versions);
+        let mut s = stores();
+        // Usage after the change is rated at version 2 and carries its fee.
+        let v2 = Sub {
+            plan_version: 2,
+            ..UTC1
+        };
+        let mut e = rated("e1", at("2026-01-20T10:00:00Z"), v2, &[("m", dec!(3))]);
+        e.enriched.base_fee = Some(dec!(25));
+        run(&mut p, &mut s, &e);
+        let out = settle(&mut p, &mut s, at("2026-03-02T00:00:00Z"));
+        assert_eq!(
+            fees(&out),
+            vec![
+                ("2026-01-01".to_string(), 1, Some(dec!(10)), 1),
+                ("2026-02-01".to_string(), 0, Some(dec!(25)), 2),
+            ]
+        );
+        let jan = out
+            .iter()
+            .find(|w| w.kind == WindowKind::PeriodClose)
+            .unwrap();
+        assert_eq!(
+            (
+                jan.tax_code.as_deref(),
+                jan.gl_accounts.usage_revenue.as_str()
+            ),
+            (Some("TX-V1"), "4010")
+        );
+    }
+
+    #[test]
+    fn only_the_partition_that_owns_the_customer_walks_it() {
+        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
+        p.on_input_partitions(6);
+        let owner = crate::kafka::partition_for_key(b"cust-1", 6);
+        let other = (owner + 1) % 6;
+        let mut s = stores();
+        let t = at("2026-03-05T00:00:00Z");
+        punctuate_on(&mut p, &mut s, other, t);
+        let out = punctuate_on(
+            &mut p,
+            &mut s,
+            other,
+            t + Duration::seconds(IDLE_ADVANCE_S + 1),
+        );
+        assert!(out.is_empty(), "{out:?}");
+        let mut s = stores();
+        let mut out = punctuate_on(&mut p, &mut s, owner, t);
+        out.extend(punctuate_on(
+            &mut p,
+            &mut s,
+            owner,
+            t + Duration::seconds(IDLE_ADVANCE_S + 1),
+        ));
+        assert_eq!(fees(&out).len(), 2);
+    }
+}
