@@ -243,6 +243,8 @@ pub struct Facts {
     /// Aggregate's watermark per partition of `usage.rated`, and their count.
     pub watermarks: BTreeMap<i32, i64>,
     pub rated_partitions: i32,
+    /// Config `aggregate.periods_from`: periods ending at or before it are not checked.
+    pub periods_from: Option<DateTime<Utc>>,
 }
 
 impl Facts {
@@ -531,7 +533,8 @@ fn check_subscription_periods(facts: &Facts, period: Option<&str>, checks: &mut 
             if p.end().timestamp_millis() > wm {
                 break;
             }
-            if in_period(period, &p.id()) {
+            let billed_before = facts.periods_from.is_some_and(|from| p.end() <= from);
+            if !billed_before && in_period(period, &p.id()) {
                 let n = closes
                     .get(&(sub.id.as_str(), p.id().as_str()))
                     .copied()
@@ -1705,6 +1708,7 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     let rated_topic = config.topic(names::RATED);
     let md = kafka::metadata(c.client(), config, Some(&rated_topic))?;
     f.rated_partitions = kafka::partition_count(&md, &rated_topic, config)?;
+    f.periods_from = config.aggregate.periods_from;
     drop(c);
     for ((_, _), v) in latest(config, &config.topic(names::REF_SUBSCRIPTIONS))? {
         if let Ok(sub) = serde_json::from_slice::<crate::refdata::Subscription>(&v) {

@@ -324,6 +324,16 @@ pub struct AggregateConfig {
     /// advances by the wall clock (`now - grace_period_s`).
     #[serde(default = "defaults::idle_advance_s")]
     pub idle_advance_s: u32,
+    /// Cut-over instant (RFC 3339): billing periods ending at or before it
+    /// are not closed by the subscription walk (they were billed before
+    /// meterline took over); unset, every period from each subscription's
+    /// start closes. Usage in such a period is still billed.
+    #[serde(
+        default,
+        with = "crate::refdata::serde_with::optional_rfc3339_utc",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub periods_from: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Default for AggregateConfig {
@@ -331,6 +341,7 @@ impl Default for AggregateConfig {
         AggregateConfig {
             grace_period_s: defaults::grace_period_s(),
             idle_advance_s: defaults::idle_advance_s(),
+            periods_from: None,
         }
     }
 }

@@ -30,6 +30,9 @@
 //!   (empty) if it has none; the periods after it open one by one as each
 //!   closes (`next_period_close` in the stage), so the walk stops there.
 //!
+//! Periods ending at or before config `aggregate.periods_from` (a cut-over
+//! instant, unset by default) are skipped: they were billed before.
+//!
 //! Every `period_close` emitted, here or when the watermark closes it,
 //! writes a closed marker `C` subscription, period end, so nothing is
 //! emitted twice: not after a restart, not when a subscription record is
@@ -285,6 +288,7 @@ pub(super) fn walk(
     watermark_ms: Option<i64>,
     mut has_window: impl FnMut(&[u8]) -> Result<bool, StageError>,
 ) -> Result<Walk, StageError> {
+    let periods_from = ctx.config.aggregate.periods_from;
     let mut out = Walk::default();
     let Ok(tz) = calendar::parse_tz(&sub.time_zone) else {
         // refdata validation refuses such a record; nothing to walk.
@@ -299,7 +303,9 @@ pub(super) fn walk(
             .map_err(|e| fatal("calendar", e))?;
         let period = to_window(p.id(), p.start(), p.end());
         let end_ms = period.end.timestamp_millis();
-        if watermark_ms.is_some_and(|wm| end_ms <= wm) {
+        if periods_from.is_some_and(|from| period.end <= from) {
+            // Before the cut-over (config `aggregate.periods_from`).
+        } else if watermark_ms.is_some_and(|wm| end_ms <= wm) {
             if !is_closed(ctx, &sub.id, period.end)? {
                 match empty_period_close(tables, sub, period.clone()) {
                     Some(w) => out.closed.push(w),

@@ -1024,6 +1024,35 @@ mod subscription_periods {
     }
 
     #[test]
+    fn periods_before_the_cut_over_are_not_closed_by_the_walk() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let cfg = Config::from_parts(
+            "[topology]\nnamespace = \"x.\"\n[aggregate]\nperiods_from = \"2026-02-01T00:00:00Z\"\n",
+            "test",
+            &[],
+            dir,
+        )
+        .unwrap();
+        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
+        let mut s = stores();
+        let mut out = Vec::new();
+        for now in [at("2026-03-05T00:00:00Z"), at("2026-03-05T00:01:01Z")] {
+            let mut ctx = Ctx {
+                partition: 0,
+                stores: &mut s,
+                out: &mut out,
+                config: &cfg,
+            };
+            p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
+        }
+        // January ends on the cut-over: billed before; February is ours.
+        assert_eq!(
+            fees(&parse_out(&out)),
+            vec![("2026-02-01".to_string(), 0, Some(dec!(10)), 1)]
+        );
+    }
+
+    #[test]
     fn only_the_partition_that_owns_the_customer_walks_it() {
         let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
         p.on_input_partitions(6);
