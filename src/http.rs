@@ -212,14 +212,33 @@ pub fn router(statuses: Statuses) -> Router {
         )
 }
 
-/// Serves until the process ends. An empty address disables the server.
-pub async fn serve(addr: &str, statuses: Statuses) -> Result<(), std::io::Error> {
+/// Binds the HTTP listener; `None` for an empty address (server disabled).
+/// Separate from [`serve_on`] so a process can refuse to start when its
+/// address is taken, instead of running unobservable (or letting a stale
+/// instance answer in its place).
+pub async fn bind(addr: &str) -> Result<Option<tokio::net::TcpListener>, std::io::Error> {
     if addr.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::net::TcpListener::bind(addr).await.map(Some)
+}
+
+/// Serves on a bound listener until the process ends.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    statuses: Statuses,
+) -> Result<(), std::io::Error> {
+    let addr = listener.local_addr()?.to_string();
     tracing::info!(addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, router(statuses)).await
+}
+
+/// Binds and serves until the process ends. An empty address disables the server.
+pub async fn serve(addr: &str, statuses: Statuses) -> Result<(), std::io::Error> {
+    match bind(addr).await? {
+        Some(listener) => serve_on(listener, statuses).await,
+        None => Ok(()),
+    }
 }
 
 /// How long [`http_get`] waits to connect and for the answer.

@@ -1523,14 +1523,7 @@ fn unknown() -> String {
 }
 
 fn headers_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
-    use rdkafka::message::Headers;
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default()
+    kafka::record_headers(m).headers
 }
 
 /// The committed offsets of a stage's consumer group on its input topic.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::DateTime;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -151,7 +151,9 @@ impl ReplaySummary {
 pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let mut cc = kafka::reader_config(config);
     cc.set("group.id", &opts.group);
-    let consumer: BaseConsumer = kafka::create(&cc, rdkafka::consumer::DefaultConsumerContext)?;
+    // ReaderContext: partition ends (how this loop knows it is done) are
+    // not logged as client errors.
+    let consumer: BaseConsumer<kafka::ReaderContext> = kafka::create(&cc, kafka::ReaderContext)?;
     let md = kafka::metadata(consumer.client(), config, Some(&opts.from))?;
     let partitions = kafka::partition_count(&md, &opts.from, config)?;
     if let Some(to) = &opts.to {
@@ -221,14 +223,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
                 summary.sent()
             );
         }
-        let hs: Vec<(String, Option<Vec<u8>>)> = msg
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let hs = kafka::record_headers(&msg).headers;
         let ts = msg.timestamp().to_millis();
         if let (Some(until), Some(ts)) = (opts.until_ms, ts) {
             if ts > until {
@@ -344,7 +339,7 @@ fn single(topic: &str, p: i32) -> TopicPartitionList {
 
 fn commit(
     producer: &BaseProducer,
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<kafka::ReaderContext>,
     topic: &str,
     pending: &mut BTreeMap<i32, i64>,
     timeout: Duration,

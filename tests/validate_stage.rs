@@ -157,6 +157,19 @@ fn malformed(code: &str, n: usize, registry: bool) -> Option<Record> {
             ),
             &sub,
         ),
+        // Over max_event_bytes (default 256 KiB) but small enough for its
+        // dead letter to keep the original bytes (identified by them below).
+        "event_too_large" => structured(
+            ok(&format!(
+                r#"{{"tokens":1,"pad":"{}"}}"#,
+                "x".repeat(300 * 1024)
+            )),
+            &sub,
+        ),
+        // Own tests: need a raw header key / require_signature on.
+        "invalid_header" | "signature_required" => return None,
+        // An object group value must not open a new billing segment.
+        "invalid_group_value" => structured(ok(r#"{"tokens":1,"model":{"x":1}}"#), &sub),
         other => panic!("test has no malformed case for reason {other}: add one"),
     };
     Some(rec)
@@ -332,8 +345,9 @@ fn every_event_lands_in_exactly_one_place() {
     for code in &covered {
         assert_eq!(per_reason.get(*code), Some(&PER_REASON), "{code}");
     }
-    // Every code but the two Avro ones is exercised here.
-    assert!(covered.len() >= codes.len() - 2, "{covered:?}");
+    // Every code but the two Avro ones, invalid_header and signature_required
+    // (poisoned_records_do_not_stop_their_partition) is exercised here.
+    assert!(covered.len() >= codes.len() - 4, "{covered:?}");
 
     let (status, metrics) = http_get(port, "/metrics").expect("metrics endpoint");
     assert_eq!(status, 200);
@@ -377,4 +391,231 @@ fn every_event_lands_in_exactly_one_place() {
 
     let status = terminate(&mut stage);
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+/// Produces one record whose headers include a key that is not UTF-8
+/// (rdkafka's safe API only takes `&str` keys, so the key goes in through
+/// librdkafka's C API), and waits for it to be acknowledged.
+fn produce_with_raw_header_key(topic: &str, key: &[u8], value: &[u8], raw_key: &[u8]) {
+    use rdkafka::message::OwnedHeaders;
+    use rdkafka::producer::{BaseRecord, Producer};
+    let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: "x-ok",
+        value: Some(&b"1"[..]),
+    });
+    // SAFETY: `as_borrowed` is a view of the same native header list that
+    // `headers` owns (rdkafka's own representation); the name and value
+    // pointers are valid for the call, which copies them.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_header_add(
+            headers.as_borrowed() as *const rdkafka::message::BorrowedHeaders
+                as *mut rdkafka::bindings::rd_kafka_headers_t,
+            raw_key.as_ptr().cast(),
+            raw_key.len() as isize,
+            b"v".as_ptr().cast(),
+            1,
+        )
+    };
+    assert_eq!(
+        err,
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+    );
+    let p = producer();
+    let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
+    p.send(record).map_err(|(e, _)| e).unwrap();
+    p.flush(std::time::Duration::from_secs(60)).unwrap();
+}
+
+fn binary(subject: &str, id: &str, time: &str, data: &str, signed_subject: &str) -> Record {
+    let attributes = ["1.0", id, "signed-src", "llm.tokens", signed_subject, time];
+    let mut signed: Vec<u8> = Vec::new();
+    for a in attributes {
+        signed.extend_from_slice(a.as_bytes());
+        signed.push(b'\n');
+    }
+    signed.extend_from_slice(data.as_bytes());
+    (
+        Some(subject.as_bytes().to_vec()),
+        Some(data.as_bytes().to_vec()),
+        vec![
+            ("ce_specversion".into(), b"1.0".to_vec()),
+            ("ce_id".into(), id.as_bytes().to_vec()),
+            ("ce_source".into(), b"signed-src".to_vec()),
+            ("ce_type".into(), b"llm.tokens".to_vec()),
+            ("ce_subject".into(), subject.as_bytes().to_vec()),
+            ("ce_time".into(), time.as_bytes().to_vec()),
+            ("meterline-signature".into(), sign(&signed).into_bytes()),
+        ],
+    )
+}
+
+/// Issue 12 item 8 a/b/c: a record with a non-UTF-8 header key, a ~1 MB
+/// record, a signed binary-mode event whose ce_subject was edited and an
+/// unsigned source under require_signature each land on the DLQ with their
+/// code, and the valid events behind them on the same partition are validated.
+#[test]
+fn poisoned_records_do_not_stop_their_partition() {
+    let w = World::new(
+        "validate_poison",
+        &format!(
+            "[validate]\nrequire_signature = true\nhmac_keys_hex = {{ \"signed-src\" = \"{HMAC_KEY_HEX}\" }}\n"
+        ),
+    );
+    w.apply();
+    let input = w.topic("usage.events");
+    let now = now_rfc3339();
+    let sub = "cust-poison";
+    let signed_structured = |id: &str| {
+        let v = cloudevent(
+            "signed-src",
+            id,
+            "llm.tokens",
+            sub,
+            &now,
+            r#"{"tokens":3,"model":"m"}"#,
+        );
+        let s = sign(v.as_bytes());
+        (
+            Some(sub.as_bytes().to_vec()),
+            Some(v.into_bytes()),
+            vec![("meterline-signature".to_string(), s.into_bytes())],
+        )
+    };
+    // 1. A header key that is not UTF-8 (the record is otherwise valid).
+    let (_, v, _) = signed_structured("p-header");
+    produce_with_raw_header_key(&input, sub.as_bytes(), &v.unwrap(), b"bad\xff\xfekey");
+    // 2. ~1 MB: above max_event_bytes and too big for a whole dead letter.
+    let big_data = format!(r#"{{"tokens":1,"pad":"{}"}}"#, "x".repeat(990_000));
+    let big = cloudevent("signed-src", "p-big", "llm.tokens", sub, &now, &big_data);
+    let big_len = big.len();
+    let big_digest = {
+        use sha2::Digest;
+        hex::encode(Sha256::digest(big.as_bytes()))
+    };
+    let data = r#"{"tokens":4,"model":"m"}"#;
+    produce(
+        &input,
+        &[
+            (
+                Some(sub.as_bytes().to_vec()),
+                Some(big.into_bytes()),
+                vec![],
+            ),
+            // 3. Signed for cust-victim, re-sent with ce_subject edited (and the
+            //    same key, so on the same partition).
+            binary(sub, "p-edited", &now, data, "cust-victim"),
+            // 4. An unsigned source while require_signature is on.
+            structured(
+                cloudevent("src-a", "p-unsigned", "llm.tokens", sub, &now, data),
+                sub,
+            ),
+            // The valid events behind them.
+            binary(sub, "p-binary-ok", &now, data, sub),
+            signed_structured("p-structured-ok"),
+        ],
+    );
+    let mut stage = w.spawn_stage(&["validate"], "a");
+    let validated_topic = w.topic("usage.validated");
+    let dlq_topic = w.topic("meterline.dlq.validate");
+    wait_until("poisoned and valid records to land", || {
+        read_all(&validated_topic, true).len() >= 2 && read_all(&dlq_topic, true).len() >= 4
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
+    let validated = read_all(&validated_topic, true);
+    let ids: Vec<String> = validated
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["p-binary-ok", "p-structured-ok"]);
+
+    let dlq = read_all(&dlq_topic, true);
+    let reasons: Vec<String> = dlq
+        .iter()
+        .map(|r| r.header("meterline.reason").unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "invalid_header",
+            "event_too_large",
+            "signature_invalid",
+            "signature_required"
+        ]
+    );
+    // The undecodable key is shown with replacement characters.
+    assert!(dlq[0]
+        .headers
+        .iter()
+        .any(|(k, _)| k == "bad\u{fffd}\u{fffd}key"));
+    // The big one is cut to fit, with its digest and length.
+    let big_dl = &dlq[1];
+    assert!(big_dl.value.as_ref().unwrap().len() < big_len);
+    assert_eq!(
+        big_dl.header("meterline.original.value.sha256"),
+        Some(big_digest)
+    );
+    assert_eq!(
+        big_dl.header("meterline.original.value.bytes"),
+        Some(big_len.to_string())
+    );
+    assert!(big_dl.header("meterline.truncated").is_some());
+    // All on one partition, in order.
+    let offsets: Vec<i64> = dlq
+        .iter()
+        .map(|r| {
+            r.header("meterline.original.offset")
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    assert!(dlq.iter().all(|r| r.partition == dlq[0].partition));
+
+    let status = terminate(&mut stage);
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+/// Issue 12 item 8f: `run` with its HTTP address taken exits non-zero at
+/// once with a message naming the address, instead of running without its
+/// endpoints (a stale instance answered lineage queries in its place).
+#[test]
+fn run_exits_when_its_http_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let w = World::new(
+        "validate_bind",
+        &format!("[http]\nlisten_addr = \"{addr}\"\n"),
+    );
+    let mut child = w
+        .cmd()
+        .args(["run", "--stage", "validate"])
+        .current_dir(w.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("meterline run kept running with its HTTP address taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        stderr.contains(&format!("cannot listen on http.listen_addr {addr}")),
+        "{stderr}"
+    );
+    drop(taken);
 }

@@ -251,6 +251,12 @@ fn run(
             })
             .collect::<Result<_, _>>()?
     };
+    // Bind before any stage starts: an address in use is a startup error
+    // (exit non-zero), not a process that runs without its endpoints.
+    let addr = config.http.listen_addr.clone();
+    let listener = rt
+        .block_on(crate::http::bind(&addr))
+        .with_context(|| format!("cannot listen on http.listen_addr {addr}"))?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut statuses = Vec::new();
     let mut threads = Vec::new();
@@ -261,12 +267,19 @@ fn run(
         threads.push((name, handle));
     }
     let statuses = Arc::new(statuses);
-    let addr = config.http.listen_addr.clone();
-    rt.spawn(async move {
-        if let Err(e) = crate::http::serve(&addr, statuses).await {
-            tracing::error!(addr, error = %e, "metrics server failed");
-        }
-    });
+    let http_failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    if let Some(listener) = listener {
+        let (sd, failure) = (shutdown.clone(), http_failure.clone());
+        rt.spawn(async move {
+            if let Err(e) = crate::http::serve_on(listener, statuses).await {
+                tracing::error!(addr, error = %e, "metrics server failed: stopping");
+                if let Ok(mut f) = failure.lock() {
+                    f.get_or_insert(format!("HTTP server on {addr} failed: {e}"));
+                }
+                sd.store(true, Ordering::SeqCst);
+            }
+        });
+    }
     // Stop on SIGTERM/SIGINT, or as soon as any stage dies (a supervisor
     // restarts the process; half a pipeline must not look healthy).
     let sd = shutdown.clone();
@@ -296,6 +309,9 @@ fn run(
                 failed.get_or_insert(format!("stage {name} panicked"));
             }
         }
+    }
+    if failed.is_none() {
+        failed = http_failure.lock().ok().and_then(|mut f| f.take());
     }
     match failed {
         Some(m) => bail!(m),

@@ -25,6 +25,13 @@ use crate::money::RoundingMode;
 pub const ENV_PREFIX: &str = "METERLINE__";
 const SECONDS_PER_DAY: u64 = 86_400;
 
+/// The librdkafka property bounding one produced record.
+pub const MESSAGE_MAX_BYTES_PROPERTY: &str = "message.max.bytes";
+/// librdkafka's default `message.max.bytes`.
+pub const LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room for a record batch's own header around one record.
+pub const RECORD_BATCH_OVERHEAD_BYTES: usize = 4 * 1024;
+
 /// Prefix of the environment variables that set librdkafka properties.
 pub const ENV_KAFKA_PREFIX: &str = "METERLINE_KAFKA__";
 
@@ -78,6 +85,7 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
+    #[serde(default = "defaults::bootstrap_servers")]
     pub bootstrap_servers: String,
     /// librdkafka properties for every client (security.protocol, sasl.*, ssl.*, ...).
     #[serde(default)]
@@ -97,7 +105,7 @@ pub struct KafkaConfig {
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
-            bootstrap_servers: defaults::BOOTSTRAP_SERVERS.to_string(),
+            bootstrap_servers: defaults::bootstrap_servers(),
             client: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -254,9 +262,19 @@ pub struct ValidateConfig {
     /// source -> HMAC-SHA256 key (hex). Events from such a source must be signed.
     #[serde(default)]
     pub hmac_keys_hex: BTreeMap<String, String>,
-    /// Header carrying the hex HMAC-SHA256 digest of the record value.
+    /// Header carrying the hex HMAC-SHA256 signature (see the README, "Signing").
     #[serde(default = "defaults::signature_header")]
     pub signature_header: String,
+    /// Refuse (`signature_required`) events from a source that has no key in
+    /// `hmac_keys_hex`: with it, every accepted event is signed.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// Largest input record accepted (key + value + header keys and values),
+    /// in bytes; a larger one is dead-lettered as `event_too_large`. Must be
+    /// below the producer's `message.max.bytes`, so that what validate emits
+    /// for an accepted event always fits in one Kafka record.
+    #[serde(default = "defaults::max_event_bytes")]
+    pub max_event_bytes: usize,
 }
 
 impl Default for ValidateConfig {
@@ -268,6 +286,8 @@ impl Default for ValidateConfig {
             allowed_sources: Vec::new(),
             hmac_keys_hex: BTreeMap::new(),
             signature_header: defaults::signature_header(),
+            require_signature: false,
+            max_event_bytes: defaults::max_event_bytes(),
         }
     }
 }
@@ -370,6 +390,12 @@ mod defaults {
     use crate::money::RoundingMode;
 
     pub const BOOTSTRAP_SERVERS: &str = "127.0.0.1:9092";
+    pub fn bootstrap_servers() -> String {
+        BOOTSTRAP_SERVERS.to_string()
+    }
+    pub fn max_event_bytes() -> usize {
+        256 * 1024
+    }
     pub fn request_timeout_ms() -> u64 {
         10_000
     }
@@ -551,6 +577,23 @@ impl Config {
                 )));
             }
         }
+        let message_max_bytes = self.producer_message_max_bytes()?;
+        if self.validate.max_event_bytes == 0 || self.validate.max_event_bytes >= message_max_bytes
+        {
+            // An accepted event bigger than what the producer may send would
+            // fail to produce on every retry: its partition would never move.
+            return Err(ConfigError::Invalid(format!(
+                "validate.max_event_bytes ({}) must be > 0 and below the producer's message.max.bytes ({message_max_bytes})",
+                self.validate.max_event_bytes
+            )));
+        }
+        let dead_letter_bytes =
+            crate::runtime::dlq::DEAD_LETTER_MAX_BYTES + RECORD_BATCH_OVERHEAD_BYTES;
+        if message_max_bytes < dead_letter_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "the producer's message.max.bytes ({message_max_bytes}) must be at least {dead_letter_bytes}: dead letters take up to that much"
+            )));
+        }
         for (source, key) in &self.validate.hmac_keys_hex {
             if hex::decode(key).is_err() || key.is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -568,6 +611,20 @@ impl Config {
                 .max_event_age_days
                 .saturating_add(SEGMENT_RETENTION_MARGIN_DAYS),
         )
+    }
+
+    /// The producers' `message.max.bytes` (librdkafka's default unless set
+    /// in `kafka.client` or `kafka.producer`): the largest record a stage can
+    /// write.
+    pub fn producer_message_max_bytes(&self) -> Result<usize, ConfigError> {
+        match self.producer_props().get(MESSAGE_MAX_BYTES_PROPERTY) {
+            None => Ok(LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES),
+            Some(text) => text.trim().parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "kafka property {MESSAGE_MAX_BYTES_PROPERTY} = {text:?} is not a byte count"
+                ))
+            }),
+        }
     }
 
     /// librdkafka properties for a consumer: common, then consumer-specific.
@@ -838,5 +895,94 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("dedupe_horizon_days"), "{err}");
+    }
+
+    /// Every key is documented optional: a `[kafka.client]` table (or a
+    /// `METERLINE_KAFKA__*` variable, which writes into it) without
+    /// `bootstrap_servers` keeps the default servers.
+    #[test]
+    fn kafka_client_without_bootstrap_servers_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let base = dir.path().to_path_buf();
+        let c = Config::from_parts(
+            "[kafka.client]\n\"security.protocol\" = \"PLAINTEXT\"\n",
+            "x.toml",
+            &[],
+            base.clone(),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, defaults::BOOTSTRAP_SERVERS);
+        assert_eq!(
+            c.common_props()
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("PLAINTEXT")
+        );
+        let env = vec![(
+            "METERLINE_KAFKA__SASL_PASSWORD".to_string(),
+            "secret".to_string(),
+        )];
+        let c = Config::from_parts("", "x.toml", &env, base.clone()).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, defaults::BOOTSTRAP_SERVERS);
+        assert_eq!(
+            c.common_props().get("sasl.password").map(String::as_str),
+            Some("secret")
+        );
+        let c = Config::from_parts("[kafka]\n[kafka.producer]\n", "x.toml", &[], base).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, defaults::BOOTSTRAP_SERVERS);
+    }
+
+    #[test]
+    fn max_event_bytes_defaults_and_must_fit_the_producer() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let base = dir.path().to_path_buf();
+        let c = Config::from_parts("", "x.toml", &[], base.clone()).unwrap();
+        assert_eq!(c.validate.max_event_bytes, 262_144);
+        assert!(!c.validate.require_signature);
+        assert_eq!(
+            c.producer_message_max_bytes().unwrap(),
+            LIBRDKAFKA_DEFAULT_MESSAGE_MAX_BYTES
+        );
+        let c = Config::from_parts(
+            "[validate]\nmax_event_bytes = 1000\nrequire_signature = true\n",
+            "x.toml",
+            &[],
+            base.clone(),
+        )
+        .unwrap();
+        assert_eq!(c.validate.max_event_bytes, 1000);
+        assert!(c.validate.require_signature);
+        for text in [
+            "[validate]\nmax_event_bytes = 0\n",
+            "[validate]\nmax_event_bytes = 1000000\n",
+            "[validate]\nmax_event_bytes = 900000\n[kafka.producer]\n\"message.max.bytes\" = \"800000\"\n",
+            "[validate]\nmax_event_bytes = 900000\n[kafka.client]\n\"message.max.bytes\" = \"900000\"\n",
+        ] {
+            let err = Config::from_parts(text, "x.toml", &[], base.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_event_bytes"), "{text}: {err}");
+        }
+        // Dead letters must fit too.
+        let err = Config::from_parts(
+            "[validate]\nmax_event_bytes = 1000\n[kafka.producer]\n\"message.max.bytes\" = \"100000\"\n",
+            "x.toml",
+            &[],
+            base.clone(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dead letters"), "{err}");
+        let err = Config::from_parts(
+            "[kafka.producer]\n\"message.max.bytes\" = \"lots\"\n",
+            "x.toml",
+            &[],
+            base,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("message.max.bytes"), "{err}");
     }
 }

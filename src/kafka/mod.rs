@@ -12,9 +12,79 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::metadata::Metadata;
 
 use crate::config::Config;
+
+/// One consumed record's headers, read without assuming their keys are UTF-8.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordHeaders {
+    /// In record order (Kafka allows repeated keys and null values). A key
+    /// that is not UTF-8 is converted lossily (U+FFFD for each bad sequence).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// How many keys were not UTF-8.
+    pub undecodable_keys: usize,
+}
+
+/// The headers of a consumed record: the one header conversion every reader
+/// uses (stages, replay, reconcile, tests).
+///
+/// rdkafka's safe header accessors (`Headers::get`, `try_get`, `iter`)
+/// unwrap `CStr::to_str` on the key and so panic on a key that is not UTF-8:
+/// one such record would stop a partition for good, on every restart. This
+/// reads the keys as bytes through librdkafka's C API instead, so it is total.
+pub fn record_headers(msg: &BorrowedMessage<'_>) -> RecordHeaders {
+    use rdkafka::bindings as rd;
+    let mut out = RecordHeaders::default();
+    let mut native: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `msg.ptr()` is the live message this borrow guards; librdkafka
+    // writes a pointer to the message's own header list (valid as long as the
+    // message) or leaves it null.
+    let err = unsafe { rd::rd_kafka_message_headers(msg.ptr(), &mut native) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || native.is_null() {
+        return out;
+    }
+    // SAFETY: `native` is a valid header list for the message's lifetime.
+    let count = unsafe { rd::rd_kafka_header_cnt(native) };
+    out.headers.reserve(count);
+    for idx in 0..count {
+        let mut name: *const std::ffi::c_char = std::ptr::null();
+        let mut value: *const std::ffi::c_void = std::ptr::null();
+        let mut size: usize = 0;
+        // SAFETY: idx < count; the out-pointers are valid locals.
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            continue;
+        }
+        // SAFETY: librdkafka stores header names NUL-terminated; the value
+        // is `size` bytes (null for a null value); both live as long as `msg`.
+        let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec());
+        let key = match std::str::from_utf8(key) {
+            Ok(key) => key.to_owned(),
+            Err(_) => {
+                out.undecodable_keys += 1;
+                String::from_utf8_lossy(key).into_owned()
+            }
+        };
+        out.headers.push((key, value));
+    }
+    out
+}
+
+/// Whether a produce error can never succeed on retry: the record itself is
+/// refused (too large for the producer or the topic, or invalid), so
+/// aborting and retrying the transaction would fail the same way forever.
+pub fn is_permanent_produce_error(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge | C::InvalidRecord
+    )
+}
 
 /// Java's default partitioner: a Java producer keying by customer id and
 /// meterline must put that customer on the same partition number.
@@ -223,6 +293,29 @@ pub fn check_topics<C: ConsumerContext>(
 mod tests {
     use super::*;
     use rdkafka::producer::BaseProducer;
+
+    #[test]
+    fn only_errors_of_the_record_itself_are_permanent() {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidMessageSize,
+            C::MessageBatchTooLarge,
+            C::InvalidRecord,
+        ] {
+            assert!(is_permanent_produce_error(code), "{code:?}");
+        }
+        for code in [
+            C::QueueFull,
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::NetworkException,
+            C::InvalidMessage,
+            C::ProducerFenced,
+        ] {
+            assert!(!is_permanent_produce_error(code), "{code:?}");
+        }
+    }
 
     /// librdkafka refuses `security.protocol` values it was built without
     /// ("OpenSSL not available at build time"); these must all be accepted,

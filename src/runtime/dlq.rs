@@ -17,6 +17,13 @@ pub mod headers {
     pub const ATTEMPT: &str = "meterline.attempt";
     /// `topic:partition:offset` of the dead letter a replayed record came from.
     pub const REPLAYED_FROM: &str = "meterline.replayed.from";
+    /// Present when the original record did not fit in a dead letter: says
+    /// what was cut (`value: 1048000 bytes, first 65536 kept; ...`).
+    pub const TRUNCATED: &str = "meterline.truncated";
+    /// With [`TRUNCATED`]: hex SHA-256 of the whole original value.
+    pub const ORIGINAL_VALUE_SHA256: &str = "meterline.original.value.sha256";
+    /// With [`TRUNCATED`]: the original value's length in bytes.
+    pub const ORIGINAL_VALUE_BYTES: &str = "meterline.original.value.bytes";
 
     /// Headers that describe a failure; replay strips them.
     pub const DIAGNOSTIC: &[&str] = &[
@@ -27,7 +34,41 @@ pub mod headers {
         ORIGINAL_PARTITION,
         ORIGINAL_OFFSET,
         ORIGINAL_TIMESTAMP,
+        TRUNCATED,
+        ORIGINAL_VALUE_SHA256,
+        ORIGINAL_VALUE_BYTES,
     ];
+}
+
+/// Largest dead letter written (key + value + headers, plus
+/// [`RECORD_HEADER_OVERHEAD_BYTES`] per header): half of librdkafka's default
+/// `message.max.bytes` (1,000,000) and of Kafka's default topic
+/// `max.message.bytes`, so a dead letter always fits (the config refuses a
+/// smaller producer `message.max.bytes`). A record that does not fit is kept
+/// in part, see [`dead_letter`].
+pub const DEAD_LETTER_MAX_BYTES: usize = 512 * 1024;
+/// Bytes of the original value kept in a dead letter that had to be cut.
+pub const TRUNCATED_VALUE_PREFIX_BYTES: usize = 64 * 1024;
+/// Bytes of the original key kept in a dead letter that had to be cut.
+pub const TRUNCATED_KEY_PREFIX_BYTES: usize = 1024;
+/// The original headers are kept in a cut dead letter when they take at
+/// most this many bytes, dropped otherwise.
+pub const TRUNCATED_HEADERS_MAX_BYTES: usize = 64 * 1024;
+/// What one header costs in a record beyond its key and value (varint
+/// lengths), counted generously.
+pub const RECORD_HEADER_OVERHEAD_BYTES: usize = 16;
+
+/// Reason codes the runtime itself gives, whatever the stage: records the
+/// stage's own rules never see. Stable, like the stages' codes.
+pub mod reasons {
+    /// A header key of the record is not UTF-8 (the dead letter carries it
+    /// with U+FFFD replacements).
+    pub const INVALID_HEADER: &str = "invalid_header";
+    /// An output the record produced was refused by the producer or the
+    /// broker for good (larger than `message.max.bytes` or the topic's
+    /// `max.message.bytes`, or invalid): the record is dead-lettered instead
+    /// of retrying forever.
+    pub const OUTPUT_UNPRODUCIBLE: &str = "output_unproducible";
 }
 
 /// Longest human message kept in a header (the reason code is the stable part).
@@ -50,7 +91,29 @@ pub fn last_header<'a>(headers: &'a [(String, Option<Vec<u8>>)], name: &str) -> 
         .and_then(|(_, v)| v.as_deref())
 }
 
-/// Builds the dead letter of `rec`.
+fn headers_size(headers: &[(String, Option<Vec<u8>>)]) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + RECORD_HEADER_OVERHEAD_BYTES)
+        .sum()
+}
+
+/// Size of a record as [`DEAD_LETTER_MAX_BYTES`] counts it.
+pub fn record_size(out: &Output) -> usize {
+    out.key.as_ref().map_or(0, Vec::len)
+        + out.value.as_ref().map_or(0, Vec::len)
+        + headers_size(&out.headers)
+}
+
+/// Builds the dead letter of `rec`: the original key, value and headers
+/// byte-for-byte plus the diagnostic headers, when that fits in
+/// [`DEAD_LETTER_MAX_BYTES`]. Otherwise (a huge record) the value is cut to
+/// its first [`TRUNCATED_VALUE_PREFIX_BYTES`], the key to
+/// [`TRUNCATED_KEY_PREFIX_BYTES`], the original headers are dropped if they
+/// exceed [`TRUNCATED_HEADERS_MAX_BYTES`], and headers
+/// [`headers::TRUNCATED`], [`headers::ORIGINAL_VALUE_SHA256`] and
+/// [`headers::ORIGINAL_VALUE_BYTES`] say so: a dead letter must always be
+/// writable, or the record would stop its partition.
 pub fn dead_letter(
     stage: &str,
     rec: &InputRecord<'_>,
@@ -67,8 +130,8 @@ pub fn dead_letter(
         }
         message.truncate(cut);
     }
-    let mut h: Vec<(String, Option<Vec<u8>>)> = rec.headers.to_vec();
-    let mut add = |k: &str, v: String| h.push((k.to_string(), Some(v.into_bytes())));
+    let mut diagnostics: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut add = |k: &str, v: String| diagnostics.push((k.to_string(), Some(v.into_bytes())));
     add(headers::STAGE, stage.to_string());
     add(headers::REASON, reason.to_string());
     add(headers::MESSAGE, message);
@@ -80,10 +143,54 @@ pub fn dead_letter(
         rec.timestamp_ms.map(|t| t.to_string()).unwrap_or_default(),
     );
     add(headers::ATTEMPT, attempt_of(rec.headers).to_string());
+    let key_len = rec.key.map_or(0, <[u8]>::len);
+    let value = rec.value.unwrap_or_default();
+    let whole = key_len + value.len() + headers_size(rec.headers) + headers_size(&diagnostics);
+    let (key, value, h) = if whole <= DEAD_LETTER_MAX_BYTES {
+        let mut h = rec.headers.to_vec();
+        h.append(&mut diagnostics);
+        (
+            rec.key.map(<[u8]>::to_vec),
+            rec.value.map(<[u8]>::to_vec),
+            h,
+        )
+    } else {
+        use sha2::{Digest, Sha256};
+        let kept_value = &value[..value.len().min(TRUNCATED_VALUE_PREFIX_BYTES)];
+        let kept_key = rec
+            .key
+            .map(|k| k[..k.len().min(TRUNCATED_KEY_PREFIX_BYTES)].to_vec());
+        let original_headers = headers_size(rec.headers);
+        let keep_headers = original_headers <= TRUNCATED_HEADERS_MAX_BYTES;
+        let mut h = if keep_headers {
+            rec.headers.to_vec()
+        } else {
+            Vec::new()
+        };
+        let what = format!(
+            "value: {} bytes, first {} kept; key: {key_len} bytes, first {} kept; headers: {} ({original_headers} bytes) {}",
+            value.len(),
+            kept_value.len(),
+            kept_key.as_ref().map_or(0, Vec::len),
+            rec.headers.len(),
+            if keep_headers { "kept" } else { "dropped" },
+        );
+        h.append(&mut diagnostics);
+        h.push((headers::TRUNCATED.to_string(), Some(what.into_bytes())));
+        h.push((
+            headers::ORIGINAL_VALUE_SHA256.to_string(),
+            Some(hex::encode(Sha256::digest(value)).into_bytes()),
+        ));
+        h.push((
+            headers::ORIGINAL_VALUE_BYTES.to_string(),
+            Some(value.len().to_string().into_bytes()),
+        ));
+        (kept_key, rec.value.map(|_| kept_value.to_vec()), h)
+    };
     Output {
         topic: dlq_topic.to_string(),
-        key: rec.key.map(<[u8]>::to_vec),
-        value: rec.value.map(<[u8]>::to_vec),
+        key,
+        value,
         headers: h,
         // Same partition number as the input (modulo the DLQ's size): keeps a
         // partition's dead letters in order and needs no key.
@@ -132,6 +239,85 @@ mod tests {
             Some(&b"42"[..])
         );
         assert_eq!(attempt_of(&out.headers), 1);
+    }
+
+    #[test]
+    fn a_dead_letter_that_cannot_fit_keeps_a_prefix_and_the_digest() {
+        use sha2::{Digest, Sha256};
+        let value = vec![b'x'; 1_000_000];
+        let big_header = vec![b'h'; TRUNCATED_HEADERS_MAX_BYTES];
+        let key = vec![b'k'; 5_000];
+        for headers in [
+            vec![("ce_id".to_string(), Some(b"1".to_vec()))],
+            vec![("huge".to_string(), Some(big_header.clone()))],
+        ] {
+            let rec = InputRecord {
+                topic: "usage.events",
+                partition: 2,
+                offset: 9,
+                key: Some(&key),
+                value: Some(&value),
+                headers: &headers,
+                timestamp_ms: Some(1),
+            };
+            let out = dead_letter(
+                "validate",
+                &rec,
+                "event_too_large",
+                &"m".repeat(5_000),
+                "dlq",
+                3,
+            );
+            assert!(record_size(&out) <= DEAD_LETTER_MAX_BYTES);
+            assert_eq!(
+                out.value.as_ref().map(Vec::len),
+                Some(TRUNCATED_VALUE_PREFIX_BYTES)
+            );
+            assert_eq!(
+                out.key.as_ref().map(Vec::len),
+                Some(TRUNCATED_KEY_PREFIX_BYTES)
+            );
+            assert_eq!(
+                last_header(&out.headers, headers::ORIGINAL_VALUE_SHA256),
+                Some(hex::encode(Sha256::digest(&value)).as_bytes())
+            );
+            assert_eq!(
+                last_header(&out.headers, headers::ORIGINAL_VALUE_BYTES),
+                Some(&b"1000000"[..])
+            );
+            let what = String::from_utf8(
+                last_header(&out.headers, headers::TRUNCATED)
+                    .unwrap()
+                    .to_vec(),
+            )
+            .unwrap();
+            assert!(
+                what.starts_with("value: 1000000 bytes, first 65536 kept"),
+                "{what}"
+            );
+            assert_eq!(
+                last_header(&out.headers, headers::REASON),
+                Some(&b"event_too_large"[..])
+            );
+            let kept_original = out.headers.iter().any(|(k, _)| k == "ce_id");
+            let kept_huge = out.headers.iter().any(|(k, _)| k == "huge");
+            assert_eq!(kept_original, headers[0].0 == "ce_id");
+            assert!(!kept_huge, "headers over the limit are dropped");
+        }
+        // Just under the bound: kept whole, no truncation headers.
+        let value = vec![b'y'; DEAD_LETTER_MAX_BYTES - 2_000];
+        let rec = InputRecord {
+            topic: "usage.events",
+            partition: 0,
+            offset: 1,
+            key: None,
+            value: Some(&value),
+            headers: &[],
+            timestamp_ms: None,
+        };
+        let out = dead_letter("validate", &rec, "event_too_large", "m", "dlq", 3);
+        assert_eq!(out.value.as_deref(), Some(&value[..]));
+        assert_eq!(last_header(&out.headers, headers::TRUNCATED), None);
     }
 
     #[test]

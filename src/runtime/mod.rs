@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -66,6 +66,12 @@ const TXN_CALL_RETRIES_MAX: u32 = 3;
 /// Bits of the delivery opaque: tag | store id << 24 | partition.
 const CHANGELOG_TAG: usize = 1 << 40;
 const PARTITION_MASK: usize = (1 << 24) - 1;
+/// Opaque of a processor output: tag | index of its input record in the
+/// open transaction (bits of [`PARTITION_MASK`]), so a delivery that can
+/// never succeed is traced back to the record that caused it.
+const OUTPUT_TAG: usize = 1 << 41;
+/// Opaque of a dead letter.
+const DEAD_LETTER_TAG: usize = 1 << 42;
 
 /// One input record, as a processor sees it.
 #[derive(Debug, Clone, Copy)]
@@ -267,6 +273,9 @@ enum LoopError {
     },
     /// Stop the stage.
     Fatal(String),
+    /// A record was refused by the producer or the broker for what it is
+    /// (too large, invalid): retrying cannot help.
+    Unproducible(String),
 }
 
 impl From<StoreError> for LoopError {
@@ -304,13 +313,24 @@ fn classify(call: &'static str, e: KafkaError) -> LoopError {
 pub struct DeliveryTracker {
     changelog_max: Mutex<BTreeMap<(StoreId, i32), i64>>,
     failure: Mutex<Option<String>>,
+    /// Deliveries that failed for good: (opaque, error).
+    unproducible: Mutex<Vec<(usize, String)>>,
+}
+
+/// What the delivery reports of one transaction said.
+struct Deliveries {
+    changelog_max: BTreeMap<(StoreId, i32), i64>,
+    failure: Option<String>,
+    unproducible: Vec<(usize, String)>,
 }
 
 impl DeliveryTracker {
-    fn take(&self) -> (BTreeMap<(StoreId, i32), i64>, Option<String>) {
-        let m = std::mem::take(&mut *lock(&self.changelog_max));
-        let f = lock(&self.failure).take();
-        (m, f)
+    fn take(&self) -> Deliveries {
+        Deliveries {
+            changelog_max: std::mem::take(&mut *lock(&self.changelog_max)),
+            failure: lock(&self.failure).take(),
+            unproducible: std::mem::take(&mut *lock(&self.unproducible)),
+        }
     }
 }
 
@@ -338,6 +358,11 @@ impl ProducerContext for DeliveryContext {
                 }
             }
             Err((e, _)) => {
+                if e.rdkafka_error_code()
+                    .is_some_and(kafka::is_permanent_produce_error)
+                {
+                    lock(&self.0.unproducible).push((opaque, e.to_string()));
+                }
                 let mut f = lock(&self.0.failure);
                 if f.is_none() {
                     *f = Some(e.to_string());
@@ -445,6 +470,12 @@ pub struct Engine<P: Processor> {
     fatal: Option<String>,
     failures_in_a_row: u32,
     tables: Option<tables::TableFeed>,
+    /// (partition, offset) of each input record processed in the open
+    /// transaction, in order: the index is its outputs' opaque.
+    txn_inputs: Vec<(i32, i64)>,
+    /// Input records with an output that can never be produced: dead-lettered
+    /// (`output_unproducible`) when they come round again after the abort.
+    poisoned: BTreeMap<(i32, i64), String>,
 }
 
 impl<P: Processor> Engine<P> {
@@ -563,9 +594,31 @@ impl<P: Processor> Engine<P> {
                     self.producer.poll(Duration::from_millis(10));
                     record = r;
                 }
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        .is_some_and(kafka::is_permanent_produce_error) =>
+                {
+                    return Err(LoopError::Unproducible(format!(
+                        "producing to {}: {e}",
+                        out.topic
+                    )))
+                }
                 Err((e, _)) => return Err(classify("produce", e)),
             }
         }
+    }
+
+    /// Sends a dead letter: bounded, it always fits; if it is refused
+    /// anyway, the producer or topic limits are below what the config
+    /// allows, which no retry can change: stop with a clear message.
+    fn send_dead_letter(&mut self, dl: &Output, rec: &InputRecord<'_>) -> Result<(), LoopError> {
+        self.send(dl, DEAD_LETTER_TAG).map_err(|e| match e {
+            LoopError::Unproducible(m) => LoopError::Fatal(format!(
+                "the dead letter of {}/{}@{} cannot be produced ({m}): check message.max.bytes of the producer and max.message.bytes of {}",
+                rec.topic, rec.partition, rec.offset, dl.topic
+            )),
+            other => other,
+        })
     }
 
     fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), LoopError> {
@@ -580,14 +633,10 @@ impl<P: Processor> Engine<P> {
             part.dirty = true;
         }
         self.ensure_txn()?;
-        let headers: Vec<(String, Option<Vec<u8>>)> = msg
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let kafka::RecordHeaders {
+            headers,
+            undecodable_keys,
+        } = kafka::record_headers(msg);
         let rec = InputRecord {
             topic: msg.topic(),
             partition: p,
@@ -599,7 +648,21 @@ impl<P: Processor> Engine<P> {
         };
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let result = {
+        let result = if let Some(m) = self.poisoned.remove(&(p, msg.offset())) {
+            Err(StageError::Reject {
+                code: dlq::reasons::OUTPUT_UNPRODUCIBLE,
+                message: format!("an output of this record can never be produced: {m}"),
+            })
+        } else if undecodable_keys > 0 {
+            // Headers are the producer's input like the value: a record whose
+            // header keys cannot be read is refused, never a stuck partition.
+            Err(StageError::Reject {
+                code: dlq::reasons::INVALID_HEADER,
+                message: format!(
+                    "{undecodable_keys} header key(s) are not UTF-8 (shown with U+FFFD replacements)"
+                ),
+            })
+        } else {
             let part = self
                 .parts
                 .get_mut(&p)
@@ -615,8 +678,27 @@ impl<P: Processor> Engine<P> {
         self.metrics.records_in.inc();
         match result {
             Ok(()) => {
+                let index = self.txn_inputs.len();
+                self.txn_inputs.push((p, rec.offset));
+                let opaque = if index <= PARTITION_MASK {
+                    OUTPUT_TAG | index
+                } else {
+                    0
+                };
                 for o in &out {
-                    self.send(o, 0)?;
+                    match self.send(o, opaque) {
+                        Ok(()) => {}
+                        Err(LoopError::Unproducible(m)) => {
+                            // Its state and any earlier outputs are in the
+                            // transaction: abort, and dead-letter it next time.
+                            self.poisoned.insert((p, rec.offset), m.clone());
+                            return Err(LoopError::Abort {
+                                cause: "unproducible_output",
+                                message: m,
+                            });
+                        }
+                        Err(e) => return Err(e),
+                    }
                     self.metrics
                         .records_out
                         .with_label_values(&[&o.topic])
@@ -633,7 +715,7 @@ impl<P: Processor> Engine<P> {
                     &self.dlq_topic,
                     self.dlq_partitions,
                 );
-                self.send(&dl, 0)?;
+                self.send_dead_letter(&dl, &rec)?;
                 let noted = match self.parts.get_mut(&p) {
                     Some(part) => {
                         out.clear();
@@ -793,7 +875,26 @@ impl<P: Processor> Engine<P> {
         self.producer
             .flush(self.call_timeout())
             .map_err(|e| classify("flush", e))?;
-        let (maxes, failure) = self.tracker.take();
+        let Deliveries {
+            changelog_max: maxes,
+            failure,
+            unproducible,
+        } = self.tracker.take();
+        for (opaque, m) in unproducible {
+            if opaque & DEAD_LETTER_TAG != 0 {
+                return Err(LoopError::Fatal(format!(
+                    "a dead letter cannot be produced ({m}): check message.max.bytes of the producer and max.message.bytes of {}",
+                    self.dlq_topic
+                )));
+            }
+            if opaque & OUTPUT_TAG != 0 {
+                if let Some(input) = self.txn_inputs.get(opaque & PARTITION_MASK) {
+                    // The broker refused an output for good (e.g. the topic's
+                    // max.message.bytes): dead-letter its input after the abort.
+                    self.poisoned.insert(*input, m);
+                }
+            }
+        }
         if let Some(f) = failure {
             return Err(LoopError::Abort {
                 cause: "delivery",
@@ -827,6 +928,7 @@ impl<P: Processor> Engine<P> {
             self.retry_txn_call("commit_transaction", |pr, t| pr.commit_transaction(t))?;
         }
         let records = self.txn.take().map(|(_, n)| n).unwrap_or(0);
+        self.txn_inputs.clear();
         // Committed in Kafka: now, and only now, the stores may move forward.
         for (p, part) in self.parts.iter_mut() {
             let checkpoints: Vec<(StoreId, i64)> = (0..self.changelog_topics.len())
@@ -921,6 +1023,7 @@ impl<P: Processor> Engine<P> {
             }
         }
         let _ = self.tracker.take();
+        self.txn_inputs.clear();
         self.processor.on_rollback();
         let timeout = self.call_timeout();
         for (p, part) in self.parts.iter_mut() {
@@ -944,6 +1047,11 @@ impl<P: Processor> Engine<P> {
     fn handle(&mut self, e: LoopError, consumer: &BaseConsumer<StageContext<P>>) {
         match e {
             LoopError::Fatal(m) => self.fatal = Some(m),
+            // Not traced to an input record (a changelog or punctuation
+            // output): no retry can help, so stop rather than loop.
+            LoopError::Unproducible(m) => {
+                self.fatal = Some(format!("a record can never be produced: {m}"))
+            }
             LoopError::Abort { cause, message } => {
                 self.abort(cause, &message, None, consumer);
                 self.failures_in_a_row += 1;
@@ -1096,6 +1204,8 @@ pub fn run_stage<P: Processor>(
         fatal: None,
         failures_in_a_row: 0,
         tables: None,
+        txn_inputs: Vec::new(),
+        poisoned: BTreeMap::new(),
     }));
     // A restarted stage in the same process keeps the first handle's place.
     let _ = status

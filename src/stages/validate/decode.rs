@@ -18,8 +18,10 @@
 //!
 //! Decoding checks everything needed to build a typed [`CloudEvent`], in the
 //! order of the stage's rules: the encoding, then required attributes
-//! present and non-empty strings, then `specversion == "1.0"`, then `time` is
-//! RFC 3339. Everything else is [`super::rules::validate`]'s job.
+//! present and non-empty strings (absent, null or "" is `missing_attribute`;
+//! not a string is `invalid_time` for `time`, `unsupported_specversion` for
+//! `specversion`, `invalid_attribute` otherwise), then `specversion == "1.0"`,
+//! then `time` is RFC 3339. Everything else is [`super::rules::validate`]'s job.
 //!
 //! Errors are split in two: a [`Reject`] is final (the record goes to the
 //! dead-letter topic), while [`DecodeError::Retriable`] means the record
@@ -338,7 +340,7 @@ fn decode_binary(raw: &RawRecord, value: &[u8]) -> Result<CloudEvent, Reject> {
             let header = format!("{BINARY_ATTRIBUTE_PREFIX}{name}");
             match raw.single_header(&header) {
                 HeaderValue::Absent | HeaderValue::Null => AttributeValue::Absent,
-                HeaderValue::Repeated(_) => AttributeValue::Invalid("is repeated in the headers"),
+                HeaderValue::Repeated(_) => AttributeValue::Repeated,
                 HeaderValue::Present(bytes) => match std::str::from_utf8(bytes) {
                     Ok(text) => AttributeValue::Text(text.to_owned()),
                     Err(_) => AttributeValue::Invalid("is not UTF-8"),
@@ -392,8 +394,23 @@ fn decode_avro(wire: &[u8], decoder: &dyn AvroDecoder) -> Result<CloudEvent, Dec
 enum AttributeValue {
     Absent,
     Text(String),
-    /// Present but unusable; the text completes "attribute `x` ...".
+    /// Present but not a string (binary mode: not UTF-8); the text completes
+    /// "attribute `x` ...".
     Invalid(&'static str),
+    /// Binary mode: its header appears more than once.
+    Repeated,
+}
+
+/// The code of an attribute that is present but not a string: the code of
+/// its own value check where it has one (`time` -> `invalid_time`,
+/// `specversion` -> `unsupported_specversion`), `invalid_attribute` otherwise.
+/// See the classification table in the README ("Reason codes").
+fn not_a_string_reason(name: &str) -> RejectReason {
+    match name {
+        "time" => RejectReason::InvalidTime,
+        "specversion" => RejectReason::UnsupportedSpecversion,
+        _ => RejectReason::InvalidAttribute,
+    }
 }
 
 fn event_from_object(mut envelope: Map<String, Value>) -> Result<CloudEvent, Reject> {
@@ -408,19 +425,27 @@ fn event_from_object(mut envelope: Map<String, Value>) -> Result<CloudEvent, Rej
     )
 }
 
+/// A required attribute: absent, null and "" are `missing_attribute`
+/// (CloudEvents requires non-empty strings, so empty is absent); present but
+/// not a string is [`not_a_string_reason`]; a repeated header is
+/// `invalid_attribute`.
 fn required(name: &str, value: AttributeValue) -> Result<String, Reject> {
     match value {
         AttributeValue::Absent => Err(reject(
             RejectReason::MissingAttribute,
             format!("attribute `{name}` is missing"),
         )),
+        AttributeValue::Text(text) if text.is_empty() => Err(reject(
+            RejectReason::MissingAttribute,
+            format!("attribute `{name}` is empty"),
+        )),
         AttributeValue::Invalid(why) => Err(reject(
-            RejectReason::InvalidAttribute,
+            not_a_string_reason(name),
             format!("attribute `{name}` {why}"),
         )),
-        AttributeValue::Text(text) if text.is_empty() => Err(reject(
+        AttributeValue::Repeated => Err(reject(
             RejectReason::InvalidAttribute,
-            format!("attribute `{name}` is empty"),
+            format!("attribute `{name}` is repeated in the headers"),
         )),
         AttributeValue::Text(text) => Ok(text),
     }
@@ -456,6 +481,12 @@ fn build_event(
             return Err(reject(
                 RejectReason::InvalidAttribute,
                 format!("attribute `datacontenttype` {why}"),
+            ))
+        }
+        AttributeValue::Repeated => {
+            return Err(reject(
+                RejectReason::InvalidAttribute,
+                "attribute `datacontenttype` is repeated in the headers",
             ))
         }
     };
@@ -1141,25 +1172,55 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_attributes_are_rejected() {
-        for (name, bad) in [
-            ("id", json!(42)),
-            ("source", json!("")),
-            ("subject", json!({"a": 1})),
-            ("type", json!(["x"])),
-            ("time", json!(1714557600)),
-            ("specversion", json!(1.0)),
-            ("datacontenttype", json!(5)),
+        for (name, bad, code) in [
+            ("id", json!(42), "invalid_attribute"),
+            ("source", json!(true), "invalid_attribute"),
+            ("subject", json!({"a": 1}), "invalid_attribute"),
+            ("type", json!(["x"]), "invalid_attribute"),
+            ("time", json!(1714557600), "invalid_time"),
+            ("time", json!({"t": 1}), "invalid_time"),
+            ("specversion", json!(1.0), "unsupported_specversion"),
+            ("datacontenttype", json!(5), "invalid_attribute"),
         ] {
             let mut env = envelope();
             env[name] = bad;
             match decode_json(&env) {
                 Err(DecodeError::Reject(reject)) => {
-                    assert_eq!(reject.code(), "invalid_attribute", "{name}");
+                    assert_eq!(reject.code(), code, "{name}");
                     assert!(reject.message.contains(&format!("`{name}`")));
                 }
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    /// CloudEvents requires non-empty strings: an empty required attribute is
+    /// absent, whichever attribute it is.
+    #[test]
+    fn empty_required_attributes_are_missing() {
+        for name in REQUIRED_ATTRIBUTES {
+            let mut env = envelope();
+            env[name] = json!("");
+            match decode_json(&env) {
+                Err(DecodeError::Reject(reject)) => {
+                    assert_eq!(reject.code(), "missing_attribute", "{name}");
+                    assert!(reject.message.contains(&format!("`{name}` is empty")));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            let mut headers = binary_headers(TIME);
+            headers.retain(|(header, _)| *header != format!("ce_{name}"));
+            headers.push(header(&format!("ce_{name}"), ""));
+            assert_eq!(
+                reject_code(decode(&record(b"{}", &headers), None)),
+                "missing_attribute",
+                "binary {name}"
+            );
+        }
+        // An empty optional datacontenttype is simply absent.
+        let mut env = envelope();
+        env["datacontenttype"] = json!("");
+        assert_eq!(decode_json(&env).unwrap().0.datacontenttype, None);
     }
 
     #[test]
@@ -1282,13 +1343,21 @@ pub(crate) mod tests {
             reject_code(decode(&record(b"{}", &headers), None)),
             "invalid_attribute"
         );
-        // empty
+        // a time that is not text is an invalid time
+        let mut headers = binary_headers(TIME);
+        headers.retain(|(name, _)| name != "ce_time");
+        headers.push(("ce_time".to_owned(), Some(vec![0xff, 0x00])));
+        assert_eq!(
+            reject_code(decode(&record(b"{}", &headers), None)),
+            "invalid_time"
+        );
+        // empty is missing
         let mut headers = binary_headers(TIME);
         headers.retain(|(name, _)| name != "ce_type");
         headers.push(header("ce_type", ""));
         assert_eq!(
             reject_code(decode(&record(b"{}", &headers), None)),
-            "invalid_attribute"
+            "missing_attribute"
         );
         // version and time
         let mut headers = binary_headers(TIME);

@@ -1,6 +1,7 @@
 //! The validate stage: the gate where bad and duplicate telemetry stops.
 //!
-//! For each record of `usage.events`: decode it (CloudEvents structured JSON,
+//! For each record of `usage.events`: refuse it if it is larger than
+//! `max_event_bytes` (`event_too_large`), decode it (CloudEvents structured JSON,
 //! binary mode, or Confluent Avro via the registry, see [`decode`]), apply the
 //! rules ([`rules`]: attributes, time window, source allow-list, HMAC
 //! signature, meter values), and only then check the dedupe store: a rejected
@@ -83,6 +84,8 @@ impl ValidateProcessor {
             allowed_sources: v.allowed_sources.clone(),
             hmac_keys,
             signature_header: v.signature_header.clone(),
+            require_signature: v.require_signature,
+            max_event_bytes: v.max_event_bytes,
         };
         let avro: Option<Box<dyn AvroDecoder>> = match &config.registry {
             Some(reg) => Some(Box::new(
@@ -140,6 +143,8 @@ impl Processor for ValidateProcessor {
             value: rec.value,
             headers: rec.headers,
         };
+        // Before any parsing: a huge record costs nothing more to refuse.
+        rules::check_size(&raw, &self.rules).map_err(reject)?;
         let (event, encoding) = match decode::decode(&raw, self.avro.as_deref()) {
             Ok(x) => x,
             Err(DecodeError::Reject(r)) => return Err(reject(r)),

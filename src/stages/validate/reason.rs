@@ -61,6 +61,10 @@ macro_rules! reject_reasons {
 }
 
 reject_reasons! {
+    InvalidHeader => "invalid_header",
+        "A Kafka header key is not UTF-8 (checked by the runtime before the stage sees the record; the dead letter shows the key with U+FFFD replacements).";
+    EventTooLarge => "event_too_large",
+        "The record (key + value + headers) is larger than validate.max_event_bytes.";
     EmptyValue => "empty_value",
         "The Kafka record has no value (null or zero bytes).";
     MalformedJson => "malformed_json",
@@ -74,13 +78,13 @@ reject_reasons! {
     AvroDecodeFailed => "avro_decode_failed",
         "The Avro payload does not decode with its writer schema, or holds a value that cannot be converted to JSON.";
     MissingAttribute => "missing_attribute",
-        "A required CloudEvents attribute (specversion, id, source, type, subject, time) is absent or null.";
+        "A required CloudEvents attribute (specversion, id, source, type, subject, time) is absent, null or the empty string.";
     InvalidAttribute => "invalid_attribute",
-        "An attribute is not a string, is empty, is not UTF-8, or its header is repeated.";
+        "id, source, type, subject or datacontenttype is not a string (binary mode: not UTF-8), or an attribute header is repeated.";
     UnsupportedSpecversion => "unsupported_specversion",
-        "specversion is not \"1.0\".";
+        "specversion is not the string \"1.0\".";
     InvalidTime => "invalid_time",
-        "time is not an RFC 3339 timestamp.";
+        "time is not a string holding an RFC 3339 timestamp.";
     EventTooOld => "event_too_old",
         "time is earlier than now minus max_event_age_days.";
     EventInFuture => "event_in_future",
@@ -90,7 +94,9 @@ reject_reasons! {
     SignatureMissing => "signature_missing",
         "The source has an HMAC key but the record carries no signature header.";
     SignatureInvalid => "signature_invalid",
-        "The signature header is not hex or is not the HMAC-SHA256 of the record value.";
+        "The signature header is repeated, not hex, or not the HMAC-SHA256 of the signed bytes (structured and Avro: the value; binary mode: the canonical attributes and the value).";
+    SignatureRequired => "signature_required",
+        "validate.require_signature is on and the source has no HMAC key.";
     DataNotObject => "data_not_object",
         "data is absent or not a JSON object.";
     UnknownEventType => "unknown_event_type",
@@ -107,6 +113,8 @@ reject_reasons! {
         "A value (or its unit conversion) cannot be held exactly by a 96-bit decimal with at most 28 fractional digits.";
     ValueNotScalar => "value_not_scalar",
         "A UNIQUE_COUNT value is an object or array instead of a string, number or boolean.";
+    InvalidGroupValue => "invalid_group_value",
+        "A group_by value is an object or array instead of a string, number or boolean (an absent or null value is its own group).";
 }
 
 impl fmt::Display for RejectReason {
@@ -171,6 +179,16 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     }
 
+    /// The runtime gives this code itself (before the stage runs); it must
+    /// be the validate table's.
+    #[test]
+    fn runtime_header_code_is_in_the_table() {
+        assert_eq!(
+            RejectReason::InvalidHeader.code(),
+            crate::runtime::dlq::reasons::INVALID_HEADER
+        );
+    }
+
     #[test]
     fn codes_are_unique_snake_case() {
         let mut seen = HashSet::new();
@@ -217,6 +235,10 @@ mod tests {
             "source_not_allowed",
             "signature_missing",
             "signature_invalid",
+            "invalid_group_value",
+            "invalid_header",
+            "event_too_large",
+            "signature_required",
         ] {
             assert!(ALL_REASON_CODES.contains(&code), "{code} missing");
         }

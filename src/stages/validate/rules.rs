@@ -4,7 +4,7 @@
 //! Rules run in a fixed order and the first failure wins, so a record always
 //! gets the same reason whatever else is wrong with it:
 //!
-//! 1. attributes are non-empty strings (`invalid_attribute`) and
+//! 1. attributes are non-empty strings (`missing_attribute`) and
 //!    `specversion == "1.0"` (`unsupported_specversion`) — decoding already
 //!    checked this for decoded events; it is repeated because a `CloudEvent`
 //!    can be built by other code;
@@ -12,8 +12,12 @@
 //!    both bounds inclusive (`event_too_old` / `event_in_future`);
 //! 3. `source` is allowed (`source_not_allowed`);
 //! 4. if the source has an HMAC key, the signature header holds the hex
-//!    HMAC-SHA256 of the exact Kafka value bytes (`signature_missing` /
-//!    `signature_invalid`); compared in constant time;
+//!    HMAC-SHA256 of the signed bytes (`signature_missing` /
+//!    `signature_invalid`), compared in constant time: the exact Kafka value
+//!    in structured mode and Avro (the value holds every attribute), the
+//!    canonical attributes and the value in binary mode
+//!    ([`binary_signing_input`]); a source without a key is refused when
+//!    `require_signature` is on (`signature_required`);
 //! 5. `data` is a JSON object (`data_not_object`);
 //! 6. at least one meter consumes `type` (`unknown_event_type`);
 //! 7. per meter, in slug order: the value checks below.
@@ -38,10 +42,10 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::decode::{HeaderValue, RawRecord};
+use super::decode::{detect_encoding, HeaderValue, RawRecord};
 use super::reason::{excerpt, Reject, RejectReason};
 use crate::event::{
-    rfc3339_utc, CloudEvent, Measure, Origin, ValidatedEvent, CLOUDEVENTS_SPEC_VERSION,
+    rfc3339_utc, CloudEvent, Encoding, Measure, Origin, ValidatedEvent, CLOUDEVENTS_SPEC_VERSION,
 };
 use crate::jsonpath::{JsonPath, JsonPathError};
 use crate::meter::{Aggregation, Meter};
@@ -53,6 +57,12 @@ pub const DEFAULT_MAX_EVENT_AGE_DAYS: u32 = 35;
 pub const DEFAULT_MAX_CLOCK_SKEW_S: u32 = 300;
 /// Default Kafka header carrying the hex HMAC-SHA256 of the record value.
 pub const DEFAULT_SIGNATURE_HEADER: &str = "meterline-signature";
+/// Default largest input record (key + value + headers): 256 KiB, far above
+/// any usage event and far below the producers' 1 MB `message.max.bytes`.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Bytes that separate, and end, the attributes of the binary-mode signing
+/// input (see [`binary_signing_input`]).
+pub const SIGNING_ATTRIBUTE_TERMINATOR: u8 = b'\n';
 /// An `allowed_sources` entry ending in this character is a prefix.
 pub const SOURCE_PREFIX_WILDCARD: char = '*';
 
@@ -79,6 +89,10 @@ pub struct ValidateRules {
     /// Source -> HMAC-SHA256 key. A source with a key must sign every record.
     pub hmac_keys: BTreeMap<String, Vec<u8>>,
     pub signature_header: String,
+    /// Refuse sources without a key (`signature_required`).
+    pub require_signature: bool,
+    /// Largest record accepted, key + value + headers (`event_too_large`).
+    pub max_event_bytes: usize,
 }
 
 impl Default for ValidateRules {
@@ -89,6 +103,8 @@ impl Default for ValidateRules {
             allowed_sources: Vec::new(),
             hmac_keys: BTreeMap::new(),
             signature_header: DEFAULT_SIGNATURE_HEADER.to_owned(),
+            require_signature: false,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
     }
 }
@@ -109,6 +125,8 @@ impl fmt::Debug for ValidateRules {
                     .collect::<BTreeMap<_, _>>(),
             )
             .field("signature_header", &self.signature_header)
+            .field("require_signature", &self.require_signature)
+            .field("max_event_bytes", &self.max_event_bytes)
             .finish()
     }
 }
@@ -292,7 +310,7 @@ pub fn validate(
             ),
         ));
     }
-    check_signature(&event.source, raw, rules)?;
+    check_signature(&event, raw, rules)?;
     if !event.data.is_object() {
         return Err(Reject::new(
             RejectReason::DataNotObject,
@@ -330,9 +348,10 @@ fn check_attributes(event: &CloudEvent) -> Result<(), Reject> {
         ("type", &event.event_type),
         ("subject", &event.subject),
     ] {
+        // CloudEvents requires non-empty strings: empty is absent.
         if value.is_empty() {
             return Err(Reject::new(
-                RejectReason::InvalidAttribute,
+                RejectReason::MissingAttribute,
                 format!("attribute `{name}` is empty"),
             ));
         }
@@ -388,8 +407,80 @@ fn check_time(
     Ok(())
 }
 
-fn check_signature(source: &str, raw: &RawRecord, rules: &ValidateRules) -> Result<(), Reject> {
+/// The size a record counts for against `max_event_bytes`: key, value and
+/// every header's key and value.
+pub fn record_size(raw: &RawRecord) -> usize {
+    raw.key.map_or(0, <[u8]>::len)
+        + raw.value_bytes().len()
+        + raw
+            .headers
+            .iter()
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+/// Refuses a record larger than `max_event_bytes` (`event_too_large`),
+/// before anything is parsed.
+pub fn check_size(raw: &RawRecord, rules: &ValidateRules) -> Result<(), Reject> {
+    let size = record_size(raw);
+    if size > rules.max_event_bytes {
+        return Err(Reject::new(
+            RejectReason::EventTooLarge,
+            format!(
+                "the record is {size} bytes (key + value + headers), more than max_event_bytes = {}",
+                rules.max_event_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a binary-mode record's HMAC signs: the attributes `specversion`,
+/// `id`, `source`, `type`, `subject` and `time`, in this order, each as the
+/// exact bytes of its `ce_` header followed by one line feed, then the exact
+/// value bytes. Headers can be edited without touching the value, so signing
+/// only the value would let a signed event be re-sent for another customer.
+/// None when an attribute holds a line feed: the input would be ambiguous
+/// (bytes could move from one attribute to the next), so it cannot be signed.
+pub fn binary_signing_input(event: &CloudEvent, value: &[u8]) -> Option<Vec<u8>> {
+    let time = event.time_raw.as_deref()?;
+    let attributes = [
+        event.specversion.as_str(),
+        event.id.as_str(),
+        event.source.as_str(),
+        event.event_type.as_str(),
+        event.subject.as_str(),
+        time,
+    ];
+    let attribute_bytes: usize = attributes.iter().map(|a| a.len() + 1).sum();
+    let mut input = Vec::with_capacity(attribute_bytes + value.len());
+    for attribute in attributes {
+        if attribute.as_bytes().contains(&SIGNING_ATTRIBUTE_TERMINATOR) {
+            return None;
+        }
+        input.extend_from_slice(attribute.as_bytes());
+        input.push(SIGNING_ATTRIBUTE_TERMINATOR);
+    }
+    input.extend_from_slice(value);
+    Some(input)
+}
+
+fn check_signature(
+    event: &CloudEvent,
+    raw: &RawRecord,
+    rules: &ValidateRules,
+) -> Result<(), Reject> {
+    let source = event.source.as_str();
     let Some(key) = rules.hmac_keys.get(source) else {
+        if rules.require_signature {
+            return Err(Reject::new(
+                RejectReason::SignatureRequired,
+                format!(
+                    "source {} has no HMAC key and require_signature is on",
+                    excerpt(source)
+                ),
+            ));
+        }
         return Ok(());
     };
     let header = &rules.signature_header;
@@ -418,10 +509,19 @@ fn check_signature(source: &str, raw: &RawRecord, rules: &ValidateRules) -> Resu
             excerpt(source)
         ))
     })?;
-    mac.update(raw.value_bytes());
+    if detect_encoding(raw) == Encoding::Binary {
+        let input = binary_signing_input(event, raw.value_bytes()).ok_or_else(|| {
+            invalid("a signed binary-mode attribute contains a line feed".to_owned())
+        })?;
+        mac.update(&input);
+    } else {
+        // Structured and Avro: the value holds every attribute.
+        mac.update(raw.value_bytes());
+    }
     // verify_slice compares in constant time.
-    mac.verify_slice(&digest)
-        .map_err(|_| invalid("the signature does not match the record value".to_owned()))
+    mac.verify_slice(&digest).map_err(|_| {
+        invalid("the signature does not match the signed attributes and value".to_owned())
+    })
 }
 
 fn describe(value: &Value) -> &'static str {
@@ -446,8 +546,8 @@ fn measure(meter: &CompiledMeter, data: &Value) -> Result<Measure, Reject> {
     let group = meter
         .group_by
         .iter()
-        .map(|(name, path)| (name.clone(), group_value(path.get(data))))
-        .collect();
+        .map(|(name, path)| Ok((name.clone(), group_value(meter, name, path, data)?)))
+        .collect::<Result<_, Reject>>()?;
     Ok(Measure {
         meter: meter.slug.clone(),
         value,
@@ -543,13 +643,29 @@ fn canonical_number(text: &str) -> String {
     }
 }
 
-/// group_by values: strings as-is, other scalars as their JSON text, missing
-/// or null as "", objects and arrays as compact JSON (keys sorted).
-fn group_value(value: Option<&Value>) -> String {
-    match value {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(text)) => text.clone(),
-        Some(other) => other.to_string(),
+/// group_by values: strings as-is, numbers and booleans as their JSON text,
+/// missing or null as "" (its own group). An object or array is refused
+/// (`invalid_group_value`): it would otherwise open a new billing segment,
+/// with fresh tiers and tier fees, for every shape a producer sends.
+fn group_value(
+    meter: &CompiledMeter,
+    name: &str,
+    path: &JsonPath,
+    data: &Value,
+) -> Result<String, Reject> {
+    match path.get(data) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(scalar @ (Value::Number(_) | Value::Bool(_))) => Ok(scalar.to_string()),
+        Some(other @ (Value::Object(_) | Value::Array(_))) => Err(Reject::new(
+            RejectReason::InvalidGroupValue,
+            format!(
+                "meter `{}`: group_by.{name} at {} is {}, not a string, number or boolean",
+                meter.slug,
+                path.as_str(),
+                describe(other)
+            ),
+        )),
     }
 }
 
@@ -1068,6 +1184,17 @@ mod tests {
                     &signed_rules(),
                 ),
             ),
+            (
+                "signature_required",
+                run(
+                    &tokens_bytes(json!(1)),
+                    &[],
+                    &ValidateRules {
+                        require_signature: true,
+                        ..ValidateRules::default()
+                    },
+                ),
+            ),
             ("data_not_object", env(&|v| v["data"] = json!([1]))),
             ("unknown_event_type", env(&|v| v["type"] = json!("nope"))),
             ("value_missing", env(&|v| v["data"] = json!({"user": "u"}))),
@@ -1079,12 +1206,18 @@ mod tests {
                 "value_not_scalar",
                 env(&|v| v["data"] = json!({"tokens": 1, "user": {"id": 1}})),
             ),
+            (
+                "invalid_group_value",
+                env(&|v| v["data"] = json!({"tokens": 1, "user": "u", "model": {"x": 1}})),
+            ),
         ];
         let mut reached = HashSet::new();
         for (expected, result) in cases {
             assert_eq!(code(result), expected);
             reached.insert(expected);
         }
+        // Checked before decoding, by the stage and the runtime (own tests).
+        reached.extend(["invalid_header", "event_too_large"]);
         let all: HashSet<&str> = ALL_REASON_CODES.iter().copied().collect();
         assert_eq!(reached, all, "every code must be reachable and tested");
     }
@@ -1128,7 +1261,7 @@ mod tests {
         ] {
             let mut event = good.clone();
             edit(&mut event);
-            assert_eq!(check(event), Err("invalid_attribute"));
+            assert_eq!(check(event), Err("missing_attribute"));
         }
         let mut event = good;
         event.specversion = "0.3".to_owned();
@@ -1274,14 +1407,159 @@ mod tests {
         );
     }
 
-    #[test]
-    fn binary_mode_signature_is_over_the_data_bytes() {
+    /// The binary-mode signing input, spelled out as the README documents
+    /// it for producers.
+    fn canonical(attributes: [&str; 6], data: &[u8]) -> Vec<u8> {
+        let mut input = Vec::new();
+        for attribute in attributes {
+            input.extend_from_slice(attribute.as_bytes());
+            input.push(b'\n');
+        }
+        input.extend_from_slice(data);
+        input
+    }
+
+    const BIN_TIME: &str = "2024-05-10T11:00:00Z";
+    const BIN_ATTRIBUTES: [&str; 6] = [
+        "1.0",
+        "evt-bin-1",
+        "svc/bin",
+        "llm.tokens",
+        "cust-7",
+        BIN_TIME,
+    ];
+
+    fn bin_rules() -> ValidateRules {
         let mut rules = ValidateRules::default();
         rules.hmac_keys.insert("svc/bin".to_owned(), KEY.to_vec());
+        rules
+    }
+
+    #[test]
+    fn binary_mode_signature_covers_the_attributes_and_the_data() {
+        let rules = bin_rules();
         let data = br#"{"tokens": 3, "user": "u"}"#;
-        let mut headers: Headers = binary_headers("2024-05-10T11:00:00Z");
-        headers.push(signature_header(&sign(KEY, data)));
+        let good = sign(KEY, &canonical(BIN_ATTRIBUTES, data));
+        let mut headers: Headers = binary_headers(BIN_TIME);
+        headers.push(signature_header(&good));
         assert!(run(data, &headers, &rules).is_ok());
+
+        // Signing the value alone is no longer enough.
+        let mut headers: Headers = binary_headers(BIN_TIME);
+        headers.push(signature_header(&sign(KEY, data)));
+        assert_eq!(code(run(data, &headers, &rules)), "signature_invalid");
+
+        // Re-sent with an edited attribute header: refused, whichever it is.
+        for (name, edited) in [
+            ("ce_subject", "cust-other"),
+            ("ce_id", "evt-bin-2"),
+            ("ce_time", "2024-05-10T11:00:01Z"),
+            ("ce_type", "storage.bytes"),
+        ] {
+            let mut headers: Headers = binary_headers(BIN_TIME);
+            for (header, value) in headers.iter_mut() {
+                if header == name {
+                    *value = Some(edited.as_bytes().to_vec());
+                }
+            }
+            headers.push(signature_header(&good));
+            assert_eq!(
+                code(run(data, &headers, &rules)),
+                "signature_invalid",
+                "{name}"
+            );
+        }
+        // Edited data: refused too.
+        let mut headers: Headers = binary_headers(BIN_TIME);
+        headers.push(signature_header(&good));
+        assert_eq!(
+            code(run(br#"{"tokens": 30, "user": "u"}"#, &headers, &rules)),
+            "signature_invalid"
+        );
+    }
+
+    #[test]
+    fn binary_signing_input_is_exact_and_refuses_line_feeds() {
+        let data = br#"{"tokens": 3}"#;
+        let raw_headers: Headers = binary_headers(BIN_TIME);
+        let raw = RawRecord {
+            key: None,
+            value: Some(data),
+            headers: &raw_headers,
+        };
+        let (event, _) = decode(&raw, None).unwrap();
+        assert_eq!(
+            binary_signing_input(&event, data).unwrap(),
+            b"1.0\nevt-bin-1\nsvc/bin\nllm.tokens\ncust-7\n2024-05-10T11:00:00Z\n{\"tokens\": 3}"
+                .to_vec()
+        );
+        // The raw time text is signed, not its UTC normalisation.
+        let offset_headers: Headers = binary_headers("2024-05-10T13:00:00+02:00");
+        let raw = RawRecord {
+            key: None,
+            value: Some(data),
+            headers: &offset_headers,
+        };
+        let (event, _) = decode(&raw, None).unwrap();
+        assert!(binary_signing_input(&event, data)
+            .unwrap()
+            .ends_with(b"\n2024-05-10T13:00:00+02:00\n{\"tokens\": 3}"));
+        let mut multi_line = event;
+        multi_line.subject = "cust\n7".to_owned();
+        assert_eq!(binary_signing_input(&multi_line, data), None);
+    }
+
+    #[test]
+    fn require_signature_refuses_sources_without_a_key() {
+        let mut rules = signed_rules();
+        rules.require_signature = true;
+        let bytes = tokens(json!({"tokens": 1, "user": "u"}));
+        // svc/api has a key: signed is accepted, unsigned is missing a signature.
+        assert!(run(&bytes, &[signature_header(&sign(KEY, &bytes))], &rules).is_ok());
+        assert_eq!(code(run(&bytes, &[], &rules)), "signature_missing");
+        // A source without a key is refused, signed or not.
+        let mut other = envelope("llm.tokens", json!({"tokens": 1, "user": "u"}));
+        other["source"] = json!("svc/unkeyed");
+        let other = serde_json::to_vec(&other).unwrap();
+        assert_eq!(code(run(&other, &[], &rules)), "signature_required");
+        assert_eq!(
+            code(run(&other, &[signature_header(&sign(KEY, &other))], &rules)),
+            "signature_required"
+        );
+        // Off (the default): accepted.
+        rules.require_signature = false;
+        assert!(run(&other, &[], &rules).is_ok());
+    }
+
+    #[test]
+    fn records_larger_than_max_event_bytes_are_refused() {
+        let rules = ValidateRules {
+            max_event_bytes: 100,
+            ..ValidateRules::default()
+        };
+        let headers: Headers = vec![
+            ("h".to_owned(), Some(vec![b'x'; 9])),
+            ("n".to_owned(), None),
+        ];
+        let value = vec![b'v'; 80];
+        let raw = RawRecord {
+            key: Some(b"key"),
+            value: Some(&value),
+            headers: &headers,
+        };
+        // 3 + 80 + (1 + 9) + 1 = 94
+        assert_eq!(record_size(&raw), 94);
+        assert!(check_size(&raw, &rules).is_ok());
+        let value = vec![b'v'; 87];
+        let raw = RawRecord {
+            value: Some(&value),
+            ..raw
+        };
+        assert_eq!(record_size(&raw), 101);
+        let reject = check_size(&raw, &rules).unwrap_err();
+        assert_eq!(reject.code(), "event_too_large");
+        assert!(reject.message.contains("101 bytes"), "{}", reject.message);
+        assert_eq!(ValidateRules::default().max_event_bytes, 262_144);
     }
 
     #[test]
@@ -1573,7 +1851,6 @@ mod tests {
             ("b", "$.b"),
             ("z", "$.z"),
             ("missing", "$.nope"),
-            ("o", "$.o"),
             ("a", "$.a[1]"),
         ] {
             m.group_by.insert(name.to_owned(), path.to_owned());
@@ -1587,9 +1864,55 @@ mod tests {
         assert_eq!(group["b"], "false");
         assert_eq!(group["z"], "");
         assert_eq!(group["missing"], "");
-        assert_eq!(group["o"], r#"{"x":[2],"y":1}"#);
         assert_eq!(group["a"], "second");
         assert_eq!(event.measures[0].value, None);
+    }
+
+    #[test]
+    fn object_or_array_group_values_are_rejected() {
+        let mut m = meter("m", "g", Aggregation::Count, None);
+        m.group_by.insert("model".to_owned(), "$.model".to_owned());
+        let index = MeterIndex::new(&[m]).unwrap();
+        let with_model = |model: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"e","source":"s","type":"g","subject":"c","time":"2024-05-10T11:59:00Z","data":{{"model":{model}}}}}"#
+            )
+        };
+        for bad in [r#"{"x":1}"#, "{}", "[1,2]", "[]"] {
+            let result = run_full(
+                with_model(bad).as_bytes(),
+                &[],
+                None,
+                &index,
+                &ValidateRules::default(),
+            );
+            let Err(DecodeError::Reject(reject)) = result else {
+                panic!("{bad}: {result:?}")
+            };
+            assert_eq!(reject.code(), "invalid_group_value", "{bad}");
+            assert!(
+                reject.message.contains("group_by.model"),
+                "{}",
+                reject.message
+            );
+        }
+        // Scalars and an absent value are groups.
+        for (good, group) in [
+            (r#""gpt""#, "gpt"),
+            ("7", "7"),
+            ("true", "true"),
+            ("null", ""),
+        ] {
+            let event = run_full(
+                with_model(good).as_bytes(),
+                &[],
+                None,
+                &index,
+                &ValidateRules::default(),
+            )
+            .unwrap();
+            assert_eq!(event.measures[0].group["model"], group, "{good}");
+        }
     }
 
     #[test]
