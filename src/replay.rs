@@ -302,9 +302,8 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         if let Some(v) = msg.payload() {
             rec = rec.payload(v);
         }
-        if let Some(t) = ts {
-            rec = rec.timestamp(t);
-        }
+        // No timestamp: stamped when written (append time), like every
+        // meterline record; the dead letter's is when it failed.
         loop {
             match producer.send(rec) {
                 Ok(()) => break,

@@ -21,7 +21,7 @@
 //!    unrounded.
 //!
 //! One [`RatedEvent`] per input event goes to `usage.rated`, keyed by the
-//! customer id, with the input record's timestamp. The marginal amounts of a
+//! customer id, stamped when written (append time). The marginal amounts of a
 //! segment add up to exactly the charge model's price of its total, whatever
 //! the tiers and however the usage was split into events (see
 //! [`crate::rating`]), so everything downstream is additive.
@@ -488,7 +488,7 @@ impl Processor for RateProcessor {
             value: Some(value),
             headers: Vec::new(),
             partition: None,
-            timestamp_ms: rec.timestamp_ms,
+            timestamp_ms: None,
         });
         Ok(())
     }
@@ -639,7 +639,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "x.usage.rated");
         assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
-        assert_eq!(out[0].timestamp_ms, Some(42));
+        // Stamped when written, not with the input's timestamp (42).
+        assert_eq!(out[0].timestamp_ms, None);
         RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap()
     }
 
