@@ -40,6 +40,12 @@
 //! |---|---|
 //! | `subscription_period_closed` | every period a subscription overlaps that ended at or before its partition's watermark has exactly one regular `period_close` window, with or without usage |
 //!
+//! **Per topic** (`usage.rated`, `usage.windows`, `finance.postings`):
+//!
+//! | check | equality |
+//! |---|---|
+//! | `unreadable_records` | no record fails to parse as the topic's contract (a foreign record in the books, e.g. written by hand or by a misdirected tool, is named by partition and offset instead of being skipped) |
+//!
 //! The rounding difference (rounded minus unrounded posted amounts) is shown
 //! per window and per currency; it is not a failure.
 //!
@@ -70,6 +76,7 @@ use crate::stages::aggregate::{ClosedWindow, WindowKind};
 use crate::stages::post::{Posting, PostingType, Side};
 use crate::topology::counts::for_each_record;
 use crate::topology::names;
+use crate::topology::postings::{parse_or_count, Unreadable};
 
 /// `meterline reconcile` arguments.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -245,6 +252,9 @@ pub struct Facts {
     pub rated_partitions: i32,
     /// Config `aggregate.periods_from`: periods ending at or before it are not checked.
     pub periods_from: Option<DateTime<Utc>>,
+    /// Topic name without namespace -> its records that do not parse (only
+    /// topics whose records reconcile parses: rated, windows, postings).
+    pub unreadable: BTreeMap<String, Unreadable>,
 }
 
 impl Facts {
@@ -474,6 +484,7 @@ pub fn check(facts: &Facts, period: Option<&str>) -> Report {
     let days = check_days(facts, period, &mut checks);
     let (windows, rounding) = check_windows(facts, period, &mut checks);
     check_subscription_periods(facts, period, &mut checks);
+    check_unreadable(facts, &mut checks);
     let mut notes = Vec::new();
     for (stage, n) in &facts.in_flight {
         if *n > 0 {
@@ -681,6 +692,28 @@ fn check_days(facts: &Facts, period: Option<&str>, checks: &mut Vec<Check>) -> V
 
 fn dlq(stage: &str) -> String {
     format!("meterline.dlq.{stage}")
+}
+
+/// Topics whose records reconcile parses, with what they must be.
+const PARSED_TOPICS: &[(&str, &str)] = &[
+    (names::RATED, "rated events"),
+    (names::WINDOWS, "closed windows"),
+    (names::POSTINGS, "postings"),
+];
+
+/// `unreadable_records`: one check per parsed topic, whatever the period (a
+/// record that does not parse has no day or window).
+fn check_unreadable(facts: &Facts, checks: &mut Vec<Check>) {
+    for (topic, contract) in PARSED_TOPICS {
+        let u = facts.unreadable.get(*topic).cloned().unwrap_or_default();
+        checks.push(count_check(
+            &format!("topic {topic}"),
+            "unreadable_records",
+            0,
+            u.count,
+            u.describe(topic, contract),
+        ));
+    }
 }
 
 /// Signed effect of a journal entry on `account` (debit positive).
@@ -1167,6 +1200,7 @@ pub const CHECKS: &[&str] = &[
     "accrual_amount",
     "invoice_amount",
     "unbilled_cleared",
+    "unreadable_records",
 ];
 
 /// The report as tables: days, windows, failures, summary.
@@ -1659,12 +1693,11 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
         days.push((dlq("rate"), d));
     })?;
     let mut rated = Vec::new();
+    let mut unreadable: BTreeMap<String, Unreadable> = BTreeMap::new();
+    let u = unreadable.entry(names::RATED.to_string()).or_default();
     for_each_record(config, &config.topic(names::RATED), |m| {
         flight("aggregate", m);
-        if let Some(r) = m
-            .payload()
-            .and_then(|v| crate::stages::rate::RatedEvent::from_json_slice(v).ok())
-        {
+        if let Some(r) = parse_or_count(m, u, crate::stages::rate::RatedEvent::from_json_slice) {
             days.push((
                 names::RATED.to_string(),
                 lineage::day_of(r.enriched.event.time),
@@ -1709,12 +1742,10 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
         }
     }
     let mut closed = Vec::new();
+    let u = unreadable.entry(names::WINDOWS.to_string()).or_default();
     for_each_record(config, &config.topic(names::WINDOWS), |m| {
         flight("post", m);
-        if let Some(w) = m
-            .payload()
-            .and_then(|v| ClosedWindow::from_json_slice(v).ok())
-        {
+        if let Some(w) = parse_or_count(m, u, ClosedWindow::from_json_slice) {
             closed.push(w);
         }
     })?;
@@ -1723,12 +1754,14 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     f.open = open;
     f.closed = closed;
     let mut postings = Vec::new();
+    let u = unreadable.entry(names::POSTINGS.to_string()).or_default();
     for_each_record(config, &config.topic(names::POSTINGS), |m| {
-        if let Some(p) = m.payload().and_then(|v| Posting::from_json_slice(v).ok()) {
+        if let Some(p) = parse_or_count(m, u, Posting::from_json_slice) {
             postings.push(p);
         }
     })?;
     f.postings = postings;
+    f.unreadable = unreadable;
     for stage in ["enrich", "aggregate", "post"] {
         let n = crate::topology::counts::count_topic(config, &config.topic(&dlq(stage)))?;
         f.dead_letters.insert(stage.to_string(), n);
@@ -2044,6 +2077,54 @@ mod tests {
         assert!(failing(&check(&f, None)).contains(&("all days".into(), "events_topic")));
         f.in_flight.insert("validate".into(), 1);
         assert!(!failing(&check(&f, None)).contains(&("all days".into(), "events_topic")));
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_posting_fails_naming_it() {
+        let mut f = january();
+        let r = check(&f, None);
+        let ok: Vec<&Check> = r
+            .checks
+            .iter()
+            .filter(|c| c.check == "unreadable_records")
+            .collect();
+        assert_eq!(ok.len(), 3);
+        assert!(ok.iter().all(|c| c.ok));
+        f.unreadable
+            .entry(names::POSTINGS.to_string())
+            .or_default()
+            .add(4, 17, "missing field `posting_type`");
+        // Whatever the period: the record has none.
+        for period in [None, Some("2026-01")] {
+            let r = check(&f, period);
+            assert!(!r.ok());
+            assert_eq!(
+                failing(&r),
+                [("topic finance.postings".to_string(), "unreadable_records")]
+            );
+            let text = render(&r, false);
+            assert!(
+                text.contains(
+                    "FAIL topic finance.postings: unreadable_records: 1 record(s) of \
+                     finance.postings are not postings and were left out: partition 4 offset 17"
+                ),
+                "{text}"
+            );
+            assert!(text.contains("reconcile: FAILED"), "{text}");
+        }
+        let text = prometheus(&check(&f, None), at("2026-02-02T00:00:00Z"));
+        assert!(
+            text.contains(
+                "meterline_reconcile_check_failures{period=\"all\",check=\"unreadable_records\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "meterline_reconcile_count_difference{period=\"all\",check=\"unreadable_records\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! `meterline replay`: re-publish dead letters (or parked exceptions) to the
 //! stage input they came from, transactionally.
 //!
+//! Only a dead-letter topic (`meterline.dlq.<stage>`, back to that stage's
+//! input) or `usage.exceptions` (back to `usage.validated`, enrich's input)
+//! can be replayed, and each record only to the topic its
+//! `meterline.original.topic` header names, which must be that input: any
+//! other `--from` or `--to` is refused before anything is read or sent
+//! ([`ReplayError::Refused`]), and a record whose header names another topic
+//! (or none) stops the replay before it is sent, its transaction aborted
+//! ([`ReplayError::ForeignRecord`], [`ReplayError::NoTarget`]). Without this
+//! a replay could write foreign records into the books (`finance.postings`).
+//!
 //! Progress is kept in a consumer group (`meterline.replay.<from>.<reason|all>`
 //! by default) whose offsets are committed in the same transaction as the
 //! re-published records, so running the same replay twice sends nothing the
@@ -25,6 +35,7 @@ use crate::cli::ReplayArgs;
 use crate::config::Config;
 use crate::kafka::{self, ClientError};
 use crate::runtime::dlq::{attempt_of, headers, last_header};
+use crate::topology::{names, STAGES};
 
 /// Records per replay transaction.
 const REPLAY_BATCH_RECORDS: usize = 1_000;
@@ -39,12 +50,30 @@ pub enum ReplayError {
     Client(#[from] ClientError),
     #[error("--{flag}: {message}")]
     Arg { flag: &'static str, message: String },
-    #[error("record {topic}/{partition}@{offset} has no {header} header; pass --to <topic>")]
+    /// The source or target is not one replay may use; nothing was read or sent.
+    #[error("replay refused ({code}): {message}")]
+    Refused { code: &'static str, message: String },
+    #[error(
+        "record {topic}/{partition}@{offset} has no {header} header: it is not a dead letter \
+         and was not replayed (nor was the rest of its batch)"
+    )]
     NoTarget {
         topic: String,
         partition: i32,
         offset: i64,
         header: &'static str,
+    },
+    #[error(
+        "record {topic}/{partition}@{offset} came from {origin}, not from {target}: replay sends \
+         a record only back to the input it came from; it was not replayed (nor was the rest of \
+         its batch)"
+    )]
+    ForeignRecord {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        origin: String,
+        target: String,
     },
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
@@ -59,7 +88,9 @@ pub struct ReplayOptions {
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub limit: Option<u64>,
-    pub to: Option<String>,
+    /// The one topic records may go back to (namespace applied): the input
+    /// of the stage whose dead letters (or exceptions) `from` holds.
+    pub target: String,
     pub dry_run: bool,
     pub group: String,
     /// Give up when the end of the topic is not reached within this time.
@@ -75,8 +106,44 @@ fn parse_time(flag: &'static str, v: &str) -> Result<i64, ReplayError> {
         })
 }
 
+/// Refusal code: `--from` is neither a dead-letter topic nor usage.exceptions.
+pub const NOT_REPLAYABLE_SOURCE: &str = "not_replayable_source";
+/// Refusal code: `--to` is not the input the records came from.
+pub const NOT_ORIGIN_TARGET: &str = "not_origin_target";
+
+/// The input topic (before the namespace) that the records of `from` (before
+/// the namespace) go back to, or None when `from` may not be replayed.
+pub fn replay_target(from: &str) -> Option<&'static str> {
+    if from == names::EXCEPTIONS {
+        // Parked by enrich: back to enrich's input.
+        return Some(names::VALIDATED);
+    }
+    STAGES.iter().find(|s| s.dlq() == from).map(|s| s.input)
+}
+
 impl ReplayOptions {
     pub fn from_args(config: &Config, a: &ReplayArgs) -> Result<Self, ReplayError> {
+        let Some(target) = replay_target(&a.from) else {
+            let dlqs: Vec<String> = STAGES.iter().map(|s| s.dlq()).collect();
+            return Err(ReplayError::Refused {
+                code: NOT_REPLAYABLE_SOURCE,
+                message: format!(
+                    "--from {}: replay reads only a dead-letter topic ({}) or {}",
+                    a.from,
+                    dlqs.join(", "),
+                    names::EXCEPTIONS
+                ),
+            });
+        };
+        if let Some(to) = a.to.as_deref().filter(|to| *to != target) {
+            return Err(ReplayError::Refused {
+                code: NOT_ORIGIN_TARGET,
+                message: format!(
+                    "--to {to}: the records of {} go back only to the topic they came from, {target}",
+                    a.from
+                ),
+            });
+        }
         let group = a.group.clone().unwrap_or_else(|| {
             format!(
                 "{}meterline.replay.{}.{}",
@@ -99,7 +166,7 @@ impl ReplayOptions {
                 .map(|v| parse_time("until", v))
                 .transpose()?,
             limit: a.limit,
-            to: a.to.as_deref().map(|t| config.topic(t)),
+            target: config.topic(target),
             dry_run: a.dry_run,
             group,
             timeout_ms: 600_000,
@@ -156,10 +223,8 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
     let consumer: BaseConsumer<kafka::ReaderContext> = kafka::create(&cc, kafka::ReaderContext)?;
     let md = kafka::metadata(consumer.client(), config, Some(&opts.from))?;
     let partitions = kafka::partition_count(&md, &opts.from, config)?;
-    if let Some(to) = &opts.to {
-        let md = kafka::metadata(consumer.client(), config, Some(to))?;
-        kafka::partition_count(&md, to, config)?;
-    }
+    let md = kafka::metadata(consumer.client(), config, Some(&opts.target))?;
+    kafka::partition_count(&md, &opts.target, config)?;
     let call_timeout = Duration::from_millis(config.runtime.transaction_call_timeout_ms);
 
     // Start each partition where this group left off.
@@ -244,20 +309,31 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
             pending.insert(p, msg.offset() + 1);
             continue;
         }
-        let target = match &opts.to {
-            Some(t) => t.clone(),
-            None => match last_header(&hs, headers::ORIGINAL_TOPIC) {
-                Some(t) => String::from_utf8_lossy(t).into_owned(),
-                None => {
-                    return Err(ReplayError::NoTarget {
-                        topic: opts.from.clone(),
-                        partition: p,
-                        offset: msg.offset(),
-                        header: headers::ORIGINAL_TOPIC,
-                    })
-                }
-            },
+        // Checked before anything of this record is sent; what this
+        // transaction holds so far is rolled back with it.
+        let origin_error = match last_header(&hs, headers::ORIGINAL_TOPIC) {
+            None => Some(ReplayError::NoTarget {
+                topic: opts.from.clone(),
+                partition: p,
+                offset: msg.offset(),
+                header: headers::ORIGINAL_TOPIC,
+            }),
+            Some(o) if o != opts.target.as_bytes() => Some(ReplayError::ForeignRecord {
+                topic: opts.from.clone(),
+                partition: p,
+                offset: msg.offset(),
+                origin: String::from_utf8_lossy(o).into_owned(),
+                target: opts.target.clone(),
+            }),
+            Some(_) => None,
         };
+        if let Some(e) = origin_error {
+            if let (Some(producer), true) = (&producer, in_txn > 0) {
+                producer.abort_transaction(call_timeout)?;
+            }
+            return Err(e);
+        }
+        let target = opts.target.clone();
         *summary.by_reason.entry(reason).or_default() += 1;
         *summary.by_target.entry(target.clone()).or_default() += 1;
         pending.insert(p, msg.offset() + 1);
@@ -297,9 +373,8 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         if let Some(v) = msg.payload() {
             rec = rec.payload(v);
         }
-        if let Some(t) = ts {
-            rec = rec.timestamp(t);
-        }
+        // No timestamp: stamped when written (append time), like every
+        // meterline record; the dead letter's is when it failed.
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
@@ -357,4 +432,81 @@ fn commit(
     producer.commit_transaction(timeout)?;
     pending.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(from: &str, to: Option<&str>) -> Result<ReplayOptions, ReplayError> {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let config =
+            Config::from_parts("[topology]\nnamespace = \"ns.\"\n", "test", &[], dir).unwrap();
+        let args = ReplayArgs {
+            from: from.to_owned(),
+            reason: None,
+            since: None,
+            until: None,
+            limit: None,
+            to: to.map(str::to_owned),
+            dry_run: false,
+            group: None,
+        };
+        ReplayOptions::from_args(&config, &args)
+    }
+
+    fn refusal(r: Result<ReplayOptions, ReplayError>) -> (&'static str, String) {
+        match r {
+            Err(e @ ReplayError::Refused { code, .. }) => (code, e.to_string()),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dead_letters_and_exceptions_go_back_to_their_stage_input_only() {
+        for (from, target) in [
+            ("meterline.dlq.validate", "ns.usage.events"),
+            ("meterline.dlq.enrich", "ns.usage.validated"),
+            ("meterline.dlq.rate", "ns.usage.enriched"),
+            ("meterline.dlq.aggregate", "ns.usage.rated"),
+            ("meterline.dlq.post", "ns.usage.windows"),
+            ("usage.exceptions", "ns.usage.validated"),
+        ] {
+            let o = options(from, None).unwrap();
+            assert_eq!(
+                (o.from.as_str(), o.target.as_str()),
+                (&*format!("ns.{from}"), target)
+            );
+            // Naming the origin with --to is allowed, and changes nothing.
+            let logical = target.strip_prefix("ns.").unwrap();
+            assert_eq!(options(from, Some(logical)).unwrap().target, target);
+        }
+    }
+
+    #[test]
+    fn any_other_source_or_target_is_refused_by_code() {
+        let (code, text) = refusal(options("usage.validated", Some("finance.postings")));
+        assert_eq!(code, NOT_REPLAYABLE_SOURCE);
+        assert!(text.contains("--from usage.validated"), "{text}");
+        for from in [
+            "finance.postings",
+            "usage.events",
+            "meterline.dlq.nope",
+            "ref.plans",
+        ] {
+            assert_eq!(
+                refusal(options(from, None)).0,
+                NOT_REPLAYABLE_SOURCE,
+                "{from}"
+            );
+        }
+        let (code, text) = refusal(options("meterline.dlq.validate", Some("finance.postings")));
+        assert_eq!(code, NOT_ORIGIN_TARGET);
+        assert!(text.contains("--to finance.postings"), "{text}");
+        assert!(text.contains("usage.events"), "{text}");
+        assert_eq!(
+            refusal(options("usage.exceptions", Some("usage.enriched"))).0,
+            NOT_ORIGIN_TARGET
+        );
+    }
 }

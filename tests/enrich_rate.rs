@@ -699,3 +699,84 @@ fn sigkill_three_times_changes_no_total() {
     assert_eq!(kills, 3);
     assert!(terminate(&mut stage).success());
 }
+
+/// LATEST at full nanosecond precision: per customer two storage snapshots in
+/// the same microsecond, 1 ns apart, the earlier one with the greater id (so
+/// a tie on the microsecond would let it win). c-up sends them in time
+/// order, c-down in reverse; both segments end at the later one's 120 GB:
+/// 120 * 0.10 = 12.00 USD each, exactly.
+#[test]
+fn latest_one_nanosecond_apart_the_later_value_wins_in_either_order() {
+    let w = World::new("latestns", VALIDATE_CONFIG);
+    w.apply();
+    let plan = format!(
+        r#"{{"id":"store","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"storage_gb":{{"model":"per_unit","unit_price":"0.10"}}}},{GL}}}"#
+    );
+    load_ok(&w, "plans", "plans.jsonl", &plan, 1);
+    let customers = format!("{}\n{}\n", customer_line("c-up"), customer_line("c-down"));
+    load_ok(&w, "customers", "customers.jsonl", &customers, 2);
+    let from = "2026-09-01T00:00:00Z";
+    let subs = [
+        subscription_line("s-up", "c-up", "store", from, None, ""),
+        subscription_line("s-down", "c-down", "store", from, None, ""),
+    ]
+    .join("\n");
+    load_ok(&w, "subscriptions", "subscriptions.jsonl", &subs, 2);
+
+    const EARLIER: &str = "2026-10-05T12:00:00.000000100Z";
+    const LATER: &str = "2026-10-05T12:00:00.000000101Z";
+    let snapshot = |customer: &str, id: &str, time: &str, bytes: u64| -> Record {
+        let v = cloudevent(
+            SOURCE,
+            &format!("{customer}-{id}"),
+            "storage.snapshot",
+            customer,
+            time,
+            &format!(r#"{{"bytes":{bytes}}}"#),
+        );
+        (
+            Some(customer.as_bytes().to_vec()),
+            Some(v.into_bytes()),
+            vec![],
+        )
+    };
+    let early = |c: &str| snapshot(c, "z-early", EARLIER, 500_000_000_000);
+    let late = |c: &str| snapshot(c, "a-late", LATER, 120_000_000_000);
+    // Keyed by customer: each customer's two records keep this order.
+    produce(
+        &w.topic("usage.events"),
+        &[early("c-up"), late("c-up"), late("c-down"), early("c-down")],
+    );
+    let mut stage = w.spawn_stage(&["validate", "enrich", "rate"], "a");
+    let rated_topic = w.topic("usage.rated");
+    wait_until("four snapshots rated", || {
+        read_all(&rated_topic, true).len() >= 4
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let rated = read_all(&rated_topic, true);
+    assert_eq!(rated.len(), 4);
+    let mut totals: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
+    for r in &rated {
+        let text = String::from_utf8(r.value.clone().unwrap()).unwrap();
+        assert!(
+            text.contains(EARLIER) || text.contains(LATER),
+            "the event time keeps its nanoseconds end to end: {text}"
+        );
+        let e = RatedEvent::from_json_slice(r.value.as_deref().unwrap()).unwrap();
+        let m = &e.measures[0];
+        let t = totals
+            .entry(e.enriched.subscription_id.clone())
+            .or_default();
+        t.0 += m.marginal_quantity;
+        t.1 += m.marginal_amount;
+    }
+    let want = |q: &str, a: &str| (q.parse::<Decimal>().unwrap(), a.parse().unwrap());
+    assert_eq!(
+        totals,
+        BTreeMap::from([
+            ("s-down".to_owned(), want("120", "12.00")),
+            ("s-up".to_owned(), want("120", "12.00")),
+        ])
+    );
+    assert!(terminate(&mut stage).success());
+}

@@ -485,3 +485,68 @@ fn windows_deleted_before_post_reads_them_fail_naming_the_windows() {
     assert!(terminate(&mut post).success());
     assert!(terminate(&mut upstream).success());
 }
+
+/// A record on finance.postings that is not a posting (here a validated
+/// event, what `replay --from usage.validated --to finance.postings` used to
+/// write) is not skipped: reconcile fails naming it (`unreadable_records`,
+/// partition and offset) and `meterline postings` reports it.
+#[test]
+fn a_foreign_record_in_the_books_fails_reconcile_and_is_reported_by_postings() {
+    let w = World::new("recforeign", CONFIG);
+    w.apply();
+    let (code, out) = reconcile(&w, &[]);
+    assert_eq!(code, 0, "an empty pipeline reconciles: {out}");
+    assert!(out.contains(", 0 failed;"), "{out}");
+
+    let foreign = cloudevent(
+        SOURCE,
+        "x1",
+        "llm.tokens",
+        C1,
+        "2026-10-05T12:00:00Z",
+        r#"{"tokens":5}"#,
+    );
+    produce(
+        &w.topic("finance.postings"),
+        &[(
+            Some(C1.as_bytes().to_vec()),
+            Some(foreign.into_bytes()),
+            vec![],
+        )],
+    );
+    let rec = &read_all(&w.topic("finance.postings"), true)[0];
+
+    let (code, out) = reconcile(&w, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAIL topic finance.postings: unreadable_records: 1 record(s) of finance.postings \
+             are not postings and were left out: partition {} offset {} (",
+            rec.partition, rec.offset
+        )),
+        "{out}"
+    );
+    assert!(out.contains("reconcile: FAILED"), "{out}");
+    assert!(out.contains(", 1 failed;"), "{out}");
+    // Whatever the period: the record has none.
+    let (code, _) = reconcile(&w, &["--period", "2026-10"]);
+    assert_eq!(code, 1);
+
+    let o = w.run(&["postings"]);
+    assert!(o.status.success());
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.contains(
+            "0 posting(s); 0 unbalanced journal entries; 1 record(s) that are not postings\n"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "WARNING: 1 record(s) of finance.postings are not postings and were left out: \
+             partition {} offset {} (",
+            rec.partition, rec.offset
+        )),
+        "{table}"
+    );
+}

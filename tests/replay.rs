@@ -159,3 +159,108 @@ fn fixed_dead_letters_are_replayed_exactly_once() {
     assert_eq!(read_all(&dlq, true).len(), FIXABLE + BROKEN);
     assert!(terminate(&mut stage).success());
 }
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Replay reads only a dead-letter topic or usage.exceptions and sends each
+/// record only back to the input it came from: `--from usage.validated --to
+/// finance.postings` (which would write foreign records into the books) is
+/// refused and writes nothing; so is a dead letter whose origin header names
+/// another topic.
+#[test]
+fn replay_into_the_books_is_refused_and_writes_nothing() {
+    let w = World::new("replayrefused", "");
+    w.apply();
+    let now = now_rfc3339();
+    // Something replay could pick up if it were allowed to.
+    produce(
+        &w.topic("usage.validated"),
+        &[ev("src-ok", 1, 5, &now), ev("src-ok", 2, 5, &now)],
+    );
+    let postings = w.topic("finance.postings");
+
+    for (args, code) in [
+        (
+            vec!["--from", "usage.validated", "--to", "finance.postings"],
+            "not_replayable_source",
+        ),
+        (vec!["--from", "finance.postings"], "not_replayable_source"),
+        (
+            vec![
+                "--from",
+                "meterline.dlq.validate",
+                "--to",
+                "finance.postings",
+            ],
+            "not_origin_target",
+        ),
+        (
+            vec!["--from", "usage.exceptions", "--to", "finance.postings"],
+            "not_origin_target",
+        ),
+    ] {
+        for dry_run in [true, false] {
+            let mut a = vec!["replay"];
+            a.extend(&args);
+            if dry_run {
+                a.push("--dry-run");
+            }
+            let o = w.run(&a);
+            assert!(!o.status.success(), "{a:?} must be refused: {}", stdout(&o));
+            let e = stderr(&o);
+            assert!(
+                e.contains(&format!("replay refused ({code})")),
+                "{a:?}: {e}"
+            );
+        }
+    }
+
+    // A dead letter whose origin header names finance.postings, behind a
+    // genuine one on the same partition: the replay stops before sending it
+    // and the genuine one's transaction is rolled back with it.
+    let dlq = w.topic("meterline.dlq.validate");
+    let dead_letter = |id: usize, origin: &str| -> Record {
+        let (_, v, _) = ev("src-ok", id, 5, &now);
+        (
+            Some(b"cust-0".to_vec()),
+            v,
+            vec![
+                (
+                    "meterline.reason".to_owned(),
+                    b"source_not_allowed".to_vec(),
+                ),
+                (
+                    "meterline.original.topic".to_owned(),
+                    origin.as_bytes().to_vec(),
+                ),
+            ],
+        )
+    };
+    produce(
+        &dlq,
+        &[
+            dead_letter(10, &w.topic("usage.events")),
+            dead_letter(11, &postings),
+        ],
+    );
+    let o = w.run(&["replay", "--from", "meterline.dlq.validate"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "came from {postings}, not from {}",
+            w.topic("usage.events")
+        )),
+        "{e}"
+    );
+    assert!(
+        read_all(&postings, false).is_empty(),
+        "nothing written to the books"
+    );
+    assert!(
+        read_all(&w.topic("usage.events"), true).is_empty(),
+        "the batch with the foreign record was rolled back"
+    );
+}

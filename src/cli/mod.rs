@@ -126,7 +126,8 @@ pub struct ReplayArgs {
     /// Replay at most this many records.
     #[arg(long)]
     pub limit: Option<u64>,
-    /// Publish here instead of the record's original topic (namespace added).
+    /// The topic the records go back to (namespace added); optional, and
+    /// only the input they came from is accepted (anything else is refused).
     #[arg(long)]
     pub to: Option<String>,
     /// Print what would be replayed, by reason; send and commit nothing.

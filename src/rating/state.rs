@@ -10,20 +10,54 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::{add, sub, RatingError};
 use crate::meter::Aggregation;
 
-/// Orders LATEST events: by event time, ties broken by event id. The derived
-/// `Ord` compares the fields in declaration order, which is exactly that.
+/// Orders LATEST events: by event time at full nanosecond precision, ties
+/// broken by event id. The derived `Ord` compares the fields in declaration
+/// order, which is exactly that.
+///
+/// The time is split in two so that state stored before nanoseconds were kept
+/// still reads: `event_time` is what it always was, and `sub_micro_ns` is the
+/// rest of the time below it. State written by an older version has no
+/// `sub_micro_ns` and reads as 0 (its event's nanoseconds were not recorded);
+/// a key whose `sub_micro_ns` is 0 is written exactly as before.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventKey {
-    /// Any monotone encoding of the event time, e.g. microseconds since the epoch.
+    /// Any monotone encoding of the event time; [`EventKey::at`] uses
+    /// microseconds since the epoch.
     pub event_time: i64,
+    /// Nanoseconds past `event_time`'s microsecond, `0..NANOS_PER_MICRO`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sub_micro_ns: u16,
     pub event_id: String,
+}
+
+/// Nanoseconds in a microsecond: the range of [`EventKey::sub_micro_ns`].
+pub const NANOS_PER_MICRO: u32 = 1_000;
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+impl EventKey {
+    /// The key of an event at `time`, to the nanosecond.
+    pub fn at(time: DateTime<Utc>, event_id: impl Into<String>) -> Self {
+        // `% NANOS_PER_MICRO` < 1000, so it fits a u16. A leap second's
+        // nanoseconds (>= 1e9) still give a value in range.
+        let sub_micro_ns =
+            u16::try_from(time.timestamp_subsec_nanos() % NANOS_PER_MICRO).unwrap_or_default();
+        EventKey {
+            event_time: time.timestamp_micros(),
+            sub_micro_ns,
+            event_id: event_id.into(),
+        }
+    }
 }
 
 /// What one event tells a segment; which variant is valid depends on the
@@ -70,14 +104,24 @@ impl Observation {
         }
     }
 
-    /// A LATEST observation.
+    /// A LATEST observation ordered by an event time in any monotone
+    /// encoding (no sub-microsecond part).
     pub fn latest(value: Decimal, event_time: i64, event_id: impl Into<String>) -> Self {
         Observation::Latest {
             value,
             key: EventKey {
                 event_time,
+                sub_micro_ns: 0,
                 event_id: event_id.into(),
             },
+        }
+    }
+
+    /// A LATEST observation of an event at `time`, ordered to the nanosecond.
+    pub fn latest_at(value: Decimal, time: DateTime<Utc>, event_id: impl Into<String>) -> Self {
+        Observation::Latest {
+            value,
+            key: EventKey::at(time, event_id),
         }
     }
 

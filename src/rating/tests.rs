@@ -611,8 +611,63 @@ fn latest_follows_the_greatest_event_key() {
         state.latest(),
         Some(&EventKey {
             event_time: 101,
+            sub_micro_ns: 0,
             event_id: "a".into()
         })
+    );
+}
+
+#[test]
+fn latest_orders_events_one_nanosecond_apart_in_either_arrival_order() {
+    use chrono::{DateTime, TimeDelta, Utc};
+    // Same microsecond, 1 ns apart; the earlier event has the greater id, so
+    // a key that dropped the nanoseconds would let it win on the tie-break.
+    let earlier: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-10-05T12:00:00.000000100Z")
+        .unwrap()
+        .into();
+    let later = earlier + TimeDelta::nanoseconds(1);
+    assert_eq!(earlier.timestamp_micros(), later.timestamp_micros());
+    let first = || Observation::latest_at(dec!(7), earlier, "z-earlier");
+    let second = || Observation::latest_at(dec!(3), later, "a-later");
+    for order in [[first(), second()], [second(), first()]] {
+        let mut state = SegmentState::new(Aggregation::Latest);
+        for o in order {
+            state.observe(o).unwrap();
+        }
+        assert_eq!(state.quantity(), dec!(3));
+        assert_eq!(state.latest(), Some(&EventKey::at(later, "a-later")));
+        assert_eq!(state.latest().unwrap().sub_micro_ns, 101);
+    }
+}
+
+#[test]
+fn latest_state_stored_without_nanoseconds_still_reads() {
+    // As written before `sub_micro_ns` existed: read as 0 ns past the microsecond.
+    let old = r#"{"aggregation":"LATEST","quantity":"7.5","latest":{"event_time":1700000000000000,"event_id":"evt-1"}}"#;
+    let mut state: SegmentState = serde_json::from_str(old).unwrap();
+    assert_eq!(state.latest().unwrap().sub_micro_ns, 0);
+    // Unchanged state is written back byte for byte.
+    assert_eq!(serde_json::to_string(&state).unwrap(), old);
+    // A later event in the same microsecond replaces it...
+    let change = state
+        .observe(Observation::Latest {
+            value: dec!(2),
+            key: EventKey {
+                event_time: 1_700_000_000_000_000,
+                sub_micro_ns: 1,
+                event_id: "evt-0".into(),
+            },
+        })
+        .unwrap();
+    assert_eq!(change.after, dec!(2));
+    // ...and the nanoseconds are stored.
+    assert_eq!(
+        serde_json::to_string(&state).unwrap(),
+        r#"{"aggregation":"LATEST","quantity":"2","latest":{"event_time":1700000000000000,"sub_micro_ns":1,"event_id":"evt-0"}}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<SegmentState>(&serde_json::to_string(&state).unwrap()).unwrap(),
+        state
     );
 }
 

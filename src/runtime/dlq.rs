@@ -195,7 +195,9 @@ pub fn dead_letter(
         // Same partition number as the input (modulo the DLQ's size): keeps a
         // partition's dead letters in order and needs no key.
         partition: Some(rec.partition.rem_euclid(dlq_partitions.max(1))),
-        timestamp_ms: rec.timestamp_ms,
+        // Stamped when dead-lettered (append time); the original record's
+        // timestamp is in `meterline.original.timestamp`.
+        timestamp_ms: None,
     }
 }
 
@@ -239,6 +241,12 @@ mod tests {
             Some(&b"42"[..])
         );
         assert_eq!(attempt_of(&out.headers), 1);
+        // Stamped when written, the original time kept in a header.
+        assert_eq!(out.timestamp_ms, None);
+        assert_eq!(
+            last_header(&out.headers, headers::ORIGINAL_TIMESTAMP),
+            Some(&b"1700000000000"[..])
+        );
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct Output {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// None: by key (murmur2, as Java clients do).
     pub partition: Option<i32>,
+    /// Not written: every record is stamped when it is produced (append time
+    /// on meterline's topics, DESIGN.md), never with its input's timestamp,
+    /// so retention cannot delete it early. Set it to None.
     pub timestamp_ms: Option<i64>,
 }
 
@@ -583,9 +586,8 @@ impl<P: Processor> Engine<P> {
         if let Some(p) = out.partition {
             record = record.partition(p);
         }
-        if let Some(t) = out.timestamp_ms {
-            record = record.timestamp(t);
-        }
+        // No timestamp, whatever `out.timestamp_ms` says: the producer stamps
+        // the send time and meterline's topics (LogAppendTime) the append time.
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

@@ -148,6 +148,26 @@ impl CleanupPolicy {
     }
 }
 
+/// `message.timestamp.type` of a topic: which time a record's timestamp is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TimestampType {
+    /// The broker stamps each record when it appends it (DESIGN.md: every
+    /// meterline topic, so retention counts from when a record was written,
+    /// never from an event time a producer put on it).
+    LogAppendTime,
+    /// The producer's timestamp is kept (Kafka's default).
+    CreateTime,
+}
+
+impl TimestampType {
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            TimestampType::LogAppendTime => "LogAppendTime",
+            TimestampType::CreateTime => "CreateTime",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Defaults {
@@ -169,6 +189,8 @@ struct TopicEntry {
     cleanup_policy: CleanupPolicy,
     #[serde(default)]
     retention_ms: Option<i64>,
+    #[serde(default)]
+    message_timestamp_type: Option<TimestampType>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +199,9 @@ struct TopicsFile {
     defaults: Defaults,
     topic: Vec<TopicEntry>,
 }
+
+/// The topic config naming which time record timestamps are.
+pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
 
 /// A topic as it should exist in the cluster (namespace applied).
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +216,9 @@ pub struct TopicSpec {
     pub cleanup_policy: CleanupPolicy,
     /// None: the broker's default.
     pub retention_ms: Option<i64>,
+    /// None: the broker's default (`log.message.timestamp.type`, CreateTime
+    /// unless changed).
+    pub message_timestamp_type: Option<TimestampType>,
 }
 
 impl TopicSpec {
@@ -201,6 +229,9 @@ impl TopicSpec {
         c.insert("min.insync.replicas", self.min_insync_replicas.to_string());
         if let Some(r) = self.retention_ms {
             c.insert("retention.ms", r.to_string());
+        }
+        if let Some(t) = self.message_timestamp_type {
+            c.insert(MESSAGE_TIMESTAMP_TYPE, t.as_kafka().to_string());
         }
         c
     }
@@ -246,6 +277,7 @@ impl Topology {
                 min_insync_replicas: t.min_insync_replicas.unwrap_or(d.min_insync_replicas),
                 cleanup_policy: t.cleanup_policy,
                 retention_ms: t.retention_ms,
+                message_timestamp_type: t.message_timestamp_type,
             };
             if spec.partitions < 1 || spec.replication_factor < 1 || spec.min_insync_replicas < 1 {
                 return Err(ConfigError::Parse {
@@ -414,6 +446,60 @@ mod tests {
             CleanupPolicy::Compact
         );
         assert_eq!(t.get("usage.events").unwrap().partitions, 6);
+    }
+
+    #[test]
+    fn every_bundled_topic_is_stamped_with_append_time() {
+        // DESIGN.md: record timestamps are the append time, never the event
+        // time, so retention never deletes a backfilled event before a stage
+        // reads it. The Kubernetes copy must say the same.
+        for (file, text) in [
+            ("topology", include_str!("../../topology/topics.toml")),
+            (
+                "kubernetes",
+                include_str!("../../deploy/kubernetes/config/topics.toml"),
+            ),
+        ] {
+            let t = Topology::parse(text, Path::new(file), "ns.").unwrap();
+            assert_eq!(t.topics.len(), 27, "{file}");
+            for topic in &t.topics {
+                assert_eq!(
+                    topic.message_timestamp_type,
+                    Some(TimestampType::LogAppendTime),
+                    "{file}: {}",
+                    topic.logical
+                );
+                assert_eq!(
+                    topic
+                        .configs()
+                        .get(MESSAGE_TIMESTAMP_TYPE)
+                        .map(String::as_str),
+                    Some("LogAppendTime"),
+                    "{file}: {}",
+                    topic.logical
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn timestamp_type_is_optional_and_checked() {
+        let base = "[defaults]\npartitions = 1\nreplication_factor = 1\nmin_insync_replicas = 1\n";
+        let topic = |extra: &str| {
+            format!("{base}[[topic]]\nname = \"x\"\ncleanup_policy = \"delete\"\n{extra}")
+        };
+        let file: TopicsFile = toml::from_str(&topic("")).unwrap();
+        assert_eq!(file.topic[0].message_timestamp_type, None);
+        let file: TopicsFile =
+            toml::from_str(&topic("message_timestamp_type = \"CreateTime\"\n")).unwrap();
+        assert_eq!(
+            file.topic[0].message_timestamp_type,
+            Some(TimestampType::CreateTime)
+        );
+        assert!(
+            toml::from_str::<TopicsFile>(&topic("message_timestamp_type = \"EventTime\"\n"))
+                .is_err()
+        );
     }
 
     #[test]

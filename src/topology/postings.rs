@@ -1,22 +1,125 @@
 //! `meterline postings`: the committed postings of `finance.postings` as a
 //! readable table (what an ERP connector would receive), with a check that
-//! every journal entry balances.
+//! every journal entry balances. A record that is not a posting is never
+//! skipped silently: it is counted and the first ones are named
+//! ([`Unreadable`]); reconcile fails on them.
 
 use std::collections::BTreeMap;
 
 use rdkafka::message::Message;
 use rust_decimal::Decimal;
+use serde::Serialize;
 
 use crate::config::Config;
 use crate::kafka::ClientError;
 use crate::stages::post::{Posting, Side};
 use crate::topology::names;
 
-/// Reads every committed posting.
-pub fn read(config: &Config) -> Result<Vec<Posting>, ClientError> {
+/// Records a topic should not hold (they do not parse as its contract) named
+/// one by one in a report; the rest are only counted.
+pub const UNREADABLE_NAMED_MAX: usize = 10;
+/// Longest parse error kept for one unreadable record.
+const UNREADABLE_ERROR_MAX_BYTES: usize = 200;
+
+/// One record that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnreadableRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// Why it does not parse (a null value, or the JSON error).
+    pub error: String,
+}
+
+/// The records of a topic that do not parse as its contract.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub count: u64,
+    /// The first [`UNREADABLE_NAMED_MAX`] of them, in reading order.
+    pub first: Vec<UnreadableRecord>,
+}
+
+impl Unreadable {
+    /// Counts one record that does not parse.
+    pub fn add(&mut self, partition: i32, offset: i64, error: &str) {
+        self.count += 1;
+        if self.first.len() < UNREADABLE_NAMED_MAX {
+            let mut error = error.to_string();
+            if error.len() > UNREADABLE_ERROR_MAX_BYTES {
+                let mut cut = UNREADABLE_ERROR_MAX_BYTES;
+                while !error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                error.truncate(cut);
+            }
+            self.first.push(UnreadableRecord {
+                partition,
+                offset,
+                error,
+            });
+        }
+    }
+
+    /// `N record(s) of TOPIC ...: p0@12 (error), ...`; empty when there are none.
+    pub fn describe(&self, topic: &str, contract: &str) -> String {
+        if self.count == 0 {
+            return String::new();
+        }
+        let named: Vec<String> = self
+            .first
+            .iter()
+            .map(|r| {
+                format!(
+                    "partition {} offset {} ({})",
+                    r.partition, r.offset, r.error
+                )
+            })
+            .collect();
+        format!(
+            "{} record(s) of {topic} are not {contract} and were left out: {}{}",
+            self.count,
+            named.join("; "),
+            if self.count > self.first.len() as u64 {
+                "; ..."
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Parses a record value with `parse`, counting it in `unreadable` when it
+/// has no value or does not parse.
+pub fn parse_or_count<T, E: std::fmt::Display>(
+    m: &impl Message,
+    unreadable: &mut Unreadable,
+    parse: impl FnOnce(&[u8]) -> Result<T, E>,
+) -> Option<T> {
+    let parsed = match m.payload() {
+        None => Err("no value (null)".to_string()),
+        Some(v) => parse(v).map_err(|e| e.to_string()),
+    };
+    match parsed {
+        Ok(t) => Some(t),
+        Err(e) => {
+            unreadable.add(m.partition(), m.offset(), &e);
+            None
+        }
+    }
+}
+
+/// What `finance.postings` holds: the postings and the records that are not.
+#[derive(Debug, Default)]
+pub struct PostingsTopic {
+    pub postings: Vec<Posting>,
+    pub unreadable: Unreadable,
+}
+
+/// Reads every committed posting, counting records that are not postings.
+pub fn read(config: &Config) -> Result<PostingsTopic, ClientError> {
     let mut out = Vec::new();
+    let mut unreadable = Unreadable::default();
     super::counts::for_each_record(config, &config.topic(names::POSTINGS), |m| {
-        if let Some(p) = m.payload().and_then(|v| Posting::from_json_slice(v).ok()) {
+        if let Some(p) = parse_or_count(m, &mut unreadable, Posting::from_json_slice) {
             out.push(p);
         }
     })?;
@@ -36,11 +139,16 @@ pub fn read(config: &Config) -> Result<Vec<Posting>, ClientError> {
                 &b.meter,
             ))
     });
-    Ok(out)
+    Ok(PostingsTopic {
+        postings: out,
+        unreadable,
+    })
 }
 
-/// The table, one row per posting, and totals per currency.
-pub fn render(postings: &[Posting]) -> String {
+/// The table, one row per posting, totals per currency and, when there are
+/// any, the records that are not postings.
+pub fn render(topic: &PostingsTopic) -> String {
+    let postings = &topic.postings;
     let mut s = format!(
         "{:<10} {:<14} {:<8} {:<15} {:<12} {:<8} {:>14}  {:<24} {}\n",
         "date",
@@ -110,6 +218,62 @@ pub fn render(postings: &[Posting]) -> String {
     for (c, d) in &debits {
         s.push_str(&format!("journal debits {d} {c}; "));
     }
-    s.push_str(&format!("{unbalanced} unbalanced journal entries\n"));
+    s.push_str(&format!("{unbalanced} unbalanced journal entries; "));
+    s.push_str(&format!(
+        "{} record(s) that are not postings\n",
+        topic.unreadable.count
+    ));
+    if topic.unreadable.count > 0 {
+        s.push_str(&format!(
+            "WARNING: {}\n",
+            topic.unreadable.describe(names::POSTINGS, "postings")
+        ));
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_records_are_counted_and_the_first_named() {
+        let mut u = Unreadable::default();
+        for i in 0..(UNREADABLE_NAMED_MAX as i64 + 2) {
+            u.add(1, i, &"x".repeat(UNREADABLE_ERROR_MAX_BYTES + 5));
+        }
+        assert_eq!(u.count, UNREADABLE_NAMED_MAX as u64 + 2);
+        assert_eq!(u.first.len(), UNREADABLE_NAMED_MAX);
+        assert_eq!(u.first[3].offset, 3);
+        assert_eq!(u.first[0].error.len(), UNREADABLE_ERROR_MAX_BYTES);
+        let text = u.describe("finance.postings", "postings");
+        assert!(
+            text.starts_with("12 record(s) of finance.postings are not postings"),
+            "{text}"
+        );
+        assert!(text.contains("partition 1 offset 0 (x"), "{text}");
+        assert!(text.ends_with("; ..."), "{text}");
+        assert_eq!(Unreadable::default().describe("t", "c"), "");
+    }
+
+    #[test]
+    fn the_table_reports_records_that_are_not_postings() {
+        let mut topic = PostingsTopic::default();
+        assert!(render(&topic).ends_with("0 record(s) that are not postings\n"));
+        topic.unreadable.add(2, 7, "missing field `kind`");
+        let text = render(&topic);
+        assert!(
+            text.contains(
+                "0 posting(s); 0 unbalanced journal entries; 1 record(s) that are not postings\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "WARNING: 1 record(s) of finance.postings are not postings and were left out: \
+                 partition 2 offset 7 (missing field `kind`)"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -11,8 +11,9 @@
 //! 2. the segment's cumulative [`SegmentState`] is read from the `segments`
 //!    store (a new segment starts at 0 with the measure's aggregation) and
 //!    the measure is observed: SUM and MAX by its value, COUNT as one
-//!    occurrence, LATEST by its value and event key (event time in
-//!    microseconds, then `id`, then `source`), UNIQUE_COUNT by whether its
+//!    occurrence, LATEST by its value and event key (event time to the
+//!    nanosecond, then `id`, then `source`; see [`crate::rating::EventKey`]),
+//!    UNIQUE_COUNT by whether its
 //!    `unique_value` is a member of the segment yet (one store key per
 //!    member, see below);
 //! 3. the marginal amount is `price(after) - price(before)` under the
@@ -20,7 +21,7 @@
 //!    unrounded.
 //!
 //! One [`RatedEvent`] per input event goes to `usage.rated`, keyed by the
-//! customer id, with the input record's timestamp. The marginal amounts of a
+//! customer id, stamped when written (append time). The marginal amounts of a
 //! segment add up to exactly the charge model's price of its total, whatever
 //! the tiers and however the usage was split into events (see
 //! [`crate::rating`]), so everything downstream is additive.
@@ -396,9 +397,9 @@ impl Processor for RateProcessor {
             let observation = match charge.aggregation {
                 Aggregation::Sum | Aggregation::Max => Observation::value(value()?),
                 Aggregation::Count => Observation::Occurrence,
-                Aggregation::Latest => Observation::latest(
+                Aggregation::Latest => Observation::latest_at(
                     value()?,
-                    event.time.timestamp_micros(),
+                    event.time,
                     format!("{}{LATEST_KEY_SEPARATOR}{}", event.id, event.source),
                 ),
                 Aggregation::UniqueCount => {
@@ -487,7 +488,7 @@ impl Processor for RateProcessor {
             value: Some(value),
             headers: Vec::new(),
             partition: None,
-            timestamp_ms: rec.timestamp_ms,
+            timestamp_ms: None,
         });
         Ok(())
     }
@@ -638,7 +639,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "x.usage.rated");
         assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
-        assert_eq!(out[0].timestamp_ms, Some(42));
+        // Stamped when written, not with the input's timestamp (42).
+        assert_eq!(out[0].timestamp_ms, None);
         RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap()
     }
 
@@ -851,6 +853,45 @@ mod tests {
         assert_eq!(after, [dec!(100), dec!(80), dec!(80), dec!(120)]);
         assert_eq!(amounts, [dec!(10.00), dec!(-2.00), dec!(0), dec!(4.00)]);
         assert_eq!(amounts.iter().sum::<Decimal>(), dec!(12.00));
+    }
+
+    #[test]
+    fn latest_events_one_nanosecond_apart_the_later_wins_in_either_order() {
+        let per_gb = ChargeModel::PerUnit {
+            unit_price: dec!(0.10),
+        };
+        // One microsecond, 1 ns apart; the earlier event has the greater id.
+        let earlier = t0() + Duration::nanoseconds(5_000_100);
+        let later = earlier + Duration::nanoseconds(1);
+        let snapshot = |id: &str, time, gb: Decimal| {
+            enriched(
+                id,
+                time,
+                vec![(
+                    measure("storage_gb", Some(gb), None),
+                    Aggregation::Latest,
+                    per_gb.clone(),
+                )],
+            )
+        };
+        let a = snapshot("z-earlier", earlier, dec!(500));
+        let b = snapshot("a-later", later, dec!(120));
+        // The time crosses the topic as RFC 3339 with 9 fractional digits.
+        let text = String::from_utf8(b.to_json_bytes().unwrap()).unwrap();
+        assert!(
+            text.contains("\"2026-01-10T00:00:00.005000101Z\""),
+            "{text}"
+        );
+        for order in [[&a, &b], [&b, &a]] {
+            let mut p = processor();
+            let mut s = stores();
+            let amounts: Vec<Decimal> = order
+                .iter()
+                .map(|e| rate(&mut p, &mut s, e).measures.remove(0).marginal_amount)
+                .collect();
+            // Whatever the order, the period is priced at the later event's 120 GB.
+            assert_eq!(amounts.iter().sum::<Decimal>(), dec!(12.00), "{amounts:?}");
+        }
     }
 
     #[test]
