@@ -329,7 +329,14 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         };
         if let Some(e) = origin_error {
             if let (Some(producer), true) = (&producer, in_txn > 0) {
-                producer.abort_transaction(call_timeout)?;
+                // Delivery reports are served only when polled (flush does),
+                // and abort waits for them.
+                let _ = producer.flush(call_timeout);
+                if let Err(abort) = producer.abort_transaction(call_timeout) {
+                    // Uncommitted either way: the broker aborts it on timeout,
+                    // or the next replay of this group fences it.
+                    eprintln!("replay: aborting the open transaction failed: {abort}");
+                }
             }
             return Err(e);
         }
