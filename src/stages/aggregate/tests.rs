@@ -13,8 +13,14 @@ use crate::stages::rate::RatedMeasure;
 use crate::store::{MemBackend, PartitionStores};
 
 pub(crate) fn config() -> Config {
+    config_with("")
+}
+
+/// The test config with `extra` TOML appended.
+fn config_with(extra: &str) -> Config {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
+    let text = format!("[topology]\nnamespace = \"x.\"\n{extra}");
+    Config::from_parts(&text, "test", &[], dir).unwrap()
 }
 
 fn stores() -> PartitionStores {
@@ -666,14 +672,7 @@ fn closed_window_json_round_trips() {
 
 #[test]
 fn grace_and_idle_advance_come_from_the_config() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let cfg = Config::from_parts(
-        "[topology]\nnamespace = \"x.\"\n[aggregate]\ngrace_period_s = 60\nidle_advance_s = 2\n",
-        "test",
-        &[],
-        dir,
-    )
-    .unwrap();
+    let cfg = config_with("[aggregate]\ngrace_period_s = 60\nidle_advance_s = 2\n");
     let now = Arc::new(AtomicI64::new(0));
     let n = now.clone();
     let mut p = AggregateProcessor::with_clock(&cfg, Box::new(move || n.load(Ordering::SeqCst)));
@@ -1025,14 +1024,7 @@ mod subscription_periods {
 
     #[test]
     fn periods_before_the_cut_over_are_not_closed_by_the_walk() {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let cfg = Config::from_parts(
-            "[topology]\nnamespace = \"x.\"\n[aggregate]\nperiods_from = \"2026-02-01T00:00:00Z\"\n",
-            "test",
-            &[],
-            dir,
-        )
-        .unwrap();
+        let cfg = config_with("[aggregate]\nperiods_from = \"2026-02-01T00:00:00Z\"\n");
         let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
         let mut s = stores();
         let mut out = Vec::new();
