@@ -9,8 +9,8 @@
 //! [`MALFORMED_VALIDATED_EVENT`]):
 //!
 //! * it resolves => its [`EnrichedEvent`] goes to `usage.enriched`, keyed by
-//!   the customer id (the event's `subject`), with the input record's
-//!   timestamp;
+//!   the customer id (the event's `subject`), stamped by the broker
+//!   (append time, like every meterline topic);
 //! * it does not => it is **parked**: kept in the `parked` store and copied
 //!   to `usage.exceptions` (key = subject, value = the validated event bytes
 //!   unchanged, headers `meterline.reason` = the park code,
