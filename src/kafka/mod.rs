@@ -282,12 +282,28 @@ pub fn check_topics<C: ConsumerContext>(
     config: &Config,
     topics: &[String],
 ) -> Result<Metadata, ClientError> {
-    let md = metadata(consumer.client(), config, None)?;
-    for t in topics {
-        partition_count(&md, t, config)?;
+    // A topic created a moment ago (`topology apply` just before `run`) may
+    // not be in the broker's metadata yet, or have no leader yet: wait for
+    // it a bounded time before calling it missing.
+    let deadline = std::time::Instant::now() + Duration::from_millis(TOPIC_WAIT_MS);
+    loop {
+        let md = metadata(consumer.client(), config, None)?;
+        match topics
+            .iter()
+            .try_for_each(|t| partition_count(&md, t, config).map(|_| ()))
+        {
+            Ok(()) => return Ok(md),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(TOPIC_WAIT_POLL_MS)),
+        }
     }
-    Ok(md)
 }
+
+/// How long a stage waits at startup for its topics to appear in the
+/// metadata (just created, no leader yet) before it reports one missing.
+pub const TOPIC_WAIT_MS: u64 = 10_000;
+/// How often it asks again meanwhile.
+const TOPIC_WAIT_POLL_MS: u64 = 250;
 
 #[cfg(test)]
 mod tests {
