@@ -669,8 +669,7 @@ impl AggregateProcessor {
             value: Some(bytes),
             headers: Vec::new(),
             partition: None,
-            // Producer time: event-time stamps of old windows would
-            // make time-based retention drop them at once.
+            // The runtime stamps nothing: the broker's append time.
             timestamp_ms: None,
         });
         Ok(())
