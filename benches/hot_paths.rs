@@ -37,19 +37,17 @@ use serde_json::json;
 use sha2::Sha256;
 
 use meterline::config::Config;
-use meterline::event::{CloudEvent, Encoding, Measure, Origin, ValidatedEvent};
+use meterline::contracts::{
+    ChargeSource, Clearing, ClosedWindow, CloudEvent, CustomerInfo, Encoding, EnrichedEvent,
+    Measure, Origin, RatedEvent, ResolvedCharge, SegmentInfo, ValidatedEvent, Window, WindowKind,
+};
 use meterline::meter::Aggregation;
 use meterline::rating::{ChargeModel, Observation, SegmentState, Tier};
 use meterline::refdata::GlAccounts;
 use meterline::runtime::{Ctx, InputRecord, Output, Processor};
-use meterline::stages::aggregate::{
-    AggregateProcessor, Clearing, ClosedWindow, SegmentInfo, WindowKind,
-};
-use meterline::stages::enrich::resolve::{
-    ChargeSource, CustomerInfo, EnrichedEvent, ResolvedCharge, Window,
-};
+use meterline::stages::aggregate::AggregateProcessor;
 use meterline::stages::post::{post_window, PostProcessor};
-use meterline::stages::rate::{RateProcessor, RatedEvent};
+use meterline::stages::rate::RateProcessor;
 use meterline::stages::validate::decode::{
     self, AvroDecodeError, AvroDecoder, RawRecord, WriterSchema, CLOUDEVENT_AVRO_SCHEMA_EXAMPLE,
     CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC_BYTE,

@@ -7,13 +7,13 @@
 //! * [`config`], [`kafka`], [`topology`]: what to connect to and which topics exist;
 //! * [`runtime`] and [`store`]: the exactly-once loop and its RocksDB state;
 //! * [`stages`]: the stage logic, one folder per stage;
-//! * [`meter`], [`event`]: the data contracts;
+//! * [`contracts`]: the records stages exchange; [`meter`]: the meter catalog;
 //! * [`replay`], [`metrics`], [`internal_events`], [`http`]: operations.
 
 pub mod calendar;
 pub mod cli;
 pub mod config;
-pub mod event;
+pub mod contracts;
 pub mod http;
 pub mod internal_events;
 pub mod jsonpath;

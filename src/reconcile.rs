@@ -70,10 +70,11 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::contracts::{
+    ClosedWindow, PartitionClock, Posting, PostingType, RatedEvent, Side, WindowKind,
+};
 use crate::kafka::{self, ClientError};
 use crate::lineage::{self, DayCounters};
-use crate::stages::aggregate::{ClosedWindow, WindowKind};
-use crate::stages::post::{Posting, PostingType, Side};
 use crate::topology::counts::for_each_record;
 use crate::topology::names;
 use crate::topology::postings::{parse_or_count, Unreadable};
@@ -260,7 +261,7 @@ pub struct Facts {
 impl Facts {
     /// Adds one `usage.rated` record: each measure's marginal amount to its
     /// segment's original day and billing-period windows.
-    pub fn add_rated(&mut self, r: &crate::stages::rate::RatedEvent) {
+    pub fn add_rated(&mut self, r: &RatedEvent) {
         let e = &r.enriched;
         let mut seen = BTreeSet::new();
         for m in &r.measures {
@@ -1697,7 +1698,7 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     let u = unreadable.entry(names::RATED.to_string()).or_default();
     for_each_record(config, &config.topic(names::RATED), |m| {
         flight("aggregate", m);
-        if let Some(r) = parse_or_count(m, u, crate::stages::rate::RatedEvent::from_json_slice) {
+        if let Some(r) = parse_or_count(m, u, RatedEvent::from_json_slice) {
             days.push((
                 names::RATED.to_string(),
                 lineage::day_of(r.enriched.event.time),
@@ -1722,7 +1723,7 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
                 open.push(w);
             }
         } else if k == b"M" {
-            if let Some(wm) = serde_json::from_slice::<crate::stages::aggregate::PartitionClock>(&v)
+            if let Some(wm) = serde_json::from_slice::<PartitionClock>(&v)
                 .ok()
                 .and_then(|c| c.watermark_ms)
             {
@@ -1789,7 +1790,6 @@ mod tests {
     use super::*;
     use crate::stages::aggregate::tests::{aggregate_all, config, rated, UTC1};
     use crate::stages::aggregate::GRACE_PERIOD_S;
-    use crate::stages::rate::RatedEvent;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

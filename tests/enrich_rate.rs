@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::*;
-use meterline::stages::rate::RatedEvent;
+use meterline::contracts::RatedEvent;
 use rust_decimal::Decimal;
 
 const EVENTS: usize = 5_000;

@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use meterline::stages::post::{Posting, PostingType};
+use meterline::contracts::{Posting, PostingType};
 
 const SOURCE: &str = "lin";
 /// The watermark moves only with events here (idle advance would move it to

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use meterline::stages::post::{Posting, PostingType, Side};
+use meterline::contracts::{Posting, PostingType, Side};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 

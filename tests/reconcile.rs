@@ -20,8 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use meterline::stages::aggregate::ClosedWindow;
-use meterline::stages::post::{Posting, PostingType};
+use meterline::contracts::{ClosedWindow, Posting, PostingType};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::{Offset, TopicPartitionList};

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use meterline::stages::post::{Posting, PostingType};
+use meterline::contracts::{Posting, PostingType};
 use rust_decimal::Decimal;
 
 /// Past events accepted; idle advance slow enough that the events, produced

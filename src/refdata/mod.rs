@@ -291,21 +291,23 @@ pub(crate) mod serde_with {
     }
 
     /// `Option<DateTime<Utc>>` as an optional RFC 3339 string (`null` when
-    /// `None`), in the canonical form of [`crate::event::rfc3339_utc`].
+    /// `None`), in the canonical form of [`crate::contracts::rfc3339_utc`].
     pub mod optional_rfc3339_utc {
         use chrono::{DateTime, Utc};
         use serde::{Deserialize, Deserializer, Serializer};
 
         #[derive(Deserialize)]
         #[serde(transparent)]
-        struct Instant(#[serde(with = "crate::event::rfc3339_utc")] DateTime<Utc>);
+        struct Instant(#[serde(with = "crate::contracts::rfc3339_utc")] DateTime<Utc>);
 
         pub fn serialize<S: Serializer>(
             value: &Option<DateTime<Utc>>,
             serializer: S,
         ) -> Result<S::Ok, S::Error> {
             match value {
-                Some(time) => serializer.serialize_str(&crate::event::rfc3339_utc::format(time)),
+                Some(time) => {
+                    serializer.serialize_str(&crate::contracts::rfc3339_utc::format(time))
+                }
                 None => serializer.serialize_none(),
             }
         }

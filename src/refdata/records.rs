@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::serde_with::{optional_decimal_str, optional_rfc3339_utc};
 use super::{RefError, RefKind};
 use crate::calendar::{self, MAX_ANCHOR_DAY, MIN_ANCHOR_DAY};
-use crate::event::rfc3339_utc;
+use crate::contracts::rfc3339_utc;
 use crate::money;
 use crate::rating::ChargeModel;
 

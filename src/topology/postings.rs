@@ -11,8 +11,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::contracts::{Posting, Side};
 use crate::kafka::ClientError;
-use crate::stages::post::{Posting, Side};
 use crate::topology::names;
 
 /// Records a topic should not hold (they do not parse as its contract) named

@@ -62,9 +62,9 @@ use chrono::{DateTime, Utc};
 use tracing::warn;
 
 use crate::calendar::{self, BillingPeriod};
+use crate::contracts::{CustomerInfo, Window};
 use crate::refdata::{Plan, RefKind, RefTables, RefTrigger, Subscription};
 use crate::runtime::{Ctx, StageError};
-use crate::stages::enrich::resolve::{CustomerInfo, Window};
 use crate::store::keys::KeyBuilder;
 
 use super::{

@@ -6,10 +6,11 @@ use rust_decimal_macros::dec;
 use serde_json::json;
 
 use super::*;
-use crate::event::{Encoding, Measure, Origin, ValidatedEvent};
+use crate::contracts::{ChargeSource, CustomerInfo, RatedMeasure, ResolvedCharge};
+use crate::contracts::{Encoding, Measure, Origin, ValidatedEvent};
+use crate::meter::Aggregation;
 use crate::rating::ChargeModel;
-use crate::stages::enrich::resolve::{ChargeSource, ResolvedCharge};
-use crate::stages::rate::RatedMeasure;
+use crate::refdata::GlAccounts;
 use crate::store::{MemBackend, PartitionStores};
 
 pub(crate) fn config() -> Config {

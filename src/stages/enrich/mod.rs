@@ -117,7 +117,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::event::ValidatedEvent;
+use crate::contracts::ValidatedEvent;
 use crate::lineage::{self, Count};
 use crate::refdata::{RefKind, RefTables, RefTrigger};
 use crate::runtime::dlq::{self, headers, last_header};
@@ -126,7 +126,8 @@ use crate::store::keys::{KeyBuilder, KeyReader};
 use crate::store::{PartitionStores, StoreId};
 use crate::topology::{self, StageSpec};
 
-use resolve::{meter_catalog, resolve, EnrichedEvent, MeterCatalog, ParkReason};
+use crate::contracts::EnrichedEvent;
+use resolve::{meter_catalog, resolve, MeterCatalog, ParkReason};
 
 /// The parked store's index in the stage's store list.
 const PARKED: StoreId = 0;
@@ -1236,7 +1237,7 @@ impl Processor for EnrichProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Encoding, Measure, Origin};
+    use crate::contracts::{Encoding, Measure, Origin};
     use crate::refdata::parse_jsonl;
     use crate::store::MemBackend;
     use chrono::{DateTime, TimeZone};

@@ -2,9 +2,9 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal_macros::dec;
 
 use super::*;
+use crate::contracts::RatedEvent;
 use crate::stages::aggregate::tests::{aggregate_all, config, rated, UTC1};
 use crate::stages::aggregate::GRACE_PERIOD_S;
-use crate::stages::rate::RatedEvent;
 use crate::store::{MemBackend, PartitionStores};
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -139,7 +139,7 @@ fn balance(postings: &[Posting], account: &str) -> Decimal {
 
 fn assert_books(postings: &[Posting]) {
     for p in postings {
-        p.check_balanced().unwrap();
+        check_balanced(p).unwrap();
         let (d, c) = p.totals();
         assert_eq!(d, c, "{}", p.idempotency_key);
         if p.posting_type == PostingType::JournalEntry {
@@ -294,9 +294,9 @@ fn idempotency_keys_are_stable_and_unique() {
 fn an_unbalanced_entry_is_caught_and_stops_the_stage() {
     let mut p = january("USD", &[dec!(1)]).remove(0);
     assert_eq!(p.posting_type, PostingType::JournalEntry);
-    p.check_balanced().unwrap();
+    check_balanced(&p).unwrap();
     p.lines[1].amount += dec!(0.01);
-    let err = p.check_balanced().unwrap_err();
+    let err = check_balanced(&p).unwrap_err();
     assert_eq!(err.code(), "unbalanced_journal_entry");
     assert!(matches!(StageError::from(err), StageError::Fatal(_)));
     assert_eq!(two_lines("1", "2", Decimal::ZERO), None);

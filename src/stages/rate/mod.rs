@@ -59,14 +59,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
+use crate::contracts::{EnrichedEvent, RatedMeasure, RatedOut};
 use crate::meter::Aggregation;
 use crate::rating::{Observation, RatingError, SegmentState};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
-use crate::stages::enrich::resolve::EnrichedEvent;
 use crate::store::keys::KeyBuilder;
 use crate::store::StoreId;
 use crate::topology::{self, StageSpec};
@@ -93,90 +90,6 @@ const LATEST_KEY_SEPARATOR: char = '\u{0}';
 
 /// Reject code of an input record that is not an enriched event.
 pub const MALFORMED_ENRICHED_EVENT: &str = "malformed_enriched_event";
-
-/// The rate stage's output: one record on `usage.rated` per enriched event.
-/// This is the contract the aggregate stage reads.
-///
-/// JSON, fields in this order, decimals as strings (unrounded, scale kept),
-/// e.g.
-///
-/// ```json
-/// {"source":"svc/gateway","id":"evt-1","customer_id":"cust-42",
-///  "measures":[{"meter":"tokens",
-///    "segment_key":"[\"sub-1\",\"tokens\",\"2026-01-01\",2,{\"model\":\"m\"}]",
-///    "segment_id":"3f1c…(64 hex)","plan_version":2,"aggregation":"SUM",
-///    "quantity_before":"900","quantity_after":"1500",
-///    "marginal_quantity":"600","marginal_amount":"5.00"}],
-///  "enriched":{"event":{…},"customer":{…},"subscription_id":"sub-1",…}}
-/// ```
-///
-/// * `source`, `id`: the event identity (CloudEvents `source` and `id`),
-///   shared by every measure of the record.
-/// * `customer_id`: the record key, the event's `subject`.
-/// * `measures[i]` rates `enriched.event.measures[i]` with
-///   `enriched.charges[i]` (same length, same order).
-/// * `enriched`: the [`EnrichedEvent`] as received, unchanged (currency,
-///   billing period, local day, GL accounts, tax codes, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RatedEvent {
-    pub source: String,
-    pub id: String,
-    pub customer_id: String,
-    pub measures: Vec<RatedMeasure>,
-    pub enriched: EnrichedEvent,
-}
-
-/// [`RatedEvent`] as written: the same fields in the same order, with the
-/// enriched event as the input bytes.
-#[derive(Serialize)]
-struct RatedOut<'a> {
-    source: &'a str,
-    id: &'a str,
-    customer_id: &'a str,
-    measures: &'a [RatedMeasure],
-    enriched: &'a serde_json::value::RawValue,
-}
-
-/// What one measure of an event did to its rating segment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RatedMeasure {
-    /// The meter's slug.
-    pub meter: String,
-    /// [`EnrichedEvent::rating_segment_key`]: readable, stable JSON array
-    /// (subscription, meter, billing period id, plan version, group).
-    pub segment_key: String,
-    /// [`EnrichedEvent::rating_segment_id`]: SHA-256 hex of the key.
-    pub segment_id: String,
-    /// The plan version that prices the segment (part of the segment).
-    pub plan_version: u32,
-    pub aggregation: Aggregation,
-    /// The segment's cumulative quantity before and after this event.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub quantity_before: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub quantity_after: Decimal,
-    /// `quantity_after - quantity_before`; 0 for a repeated UNIQUE_COUNT
-    /// value, a non-increasing MAX or an older LATEST; negative when a
-    /// LATEST value falls.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub marginal_quantity: Decimal,
-    /// `price(quantity_after) - price(quantity_before)` in the enriched
-    /// event's currency, unrounded; may be negative.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub marginal_amount: Decimal,
-}
-
-impl RatedEvent {
-    /// The record value for `usage.rated`.
-    pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
-    }
-
-    /// Parses a record value read back from `usage.rated`.
-    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
-}
 
 /// Why an event cannot be rated. [`code`](RateError::code) is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -497,12 +410,15 @@ impl Processor for RateProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Encoding, Measure, Origin, ValidatedEvent};
+    use crate::contracts::{
+        ChargeSource, CustomerInfo, Encoding, Measure, Origin, RatedEvent, ResolvedCharge,
+        ValidatedEvent, Window,
+    };
     use crate::rating::{ChargeModel, Tier};
     use crate::refdata::GlAccounts;
-    use crate::stages::enrich::resolve::{ChargeSource, CustomerInfo, ResolvedCharge, Window};
     use crate::store::{MemBackend, PartitionStores};
     use chrono::{DateTime, Duration, TimeZone, Utc};
+    use rust_decimal::Decimal;
     use rust_decimal_macros::dec;
     use serde_json::json;
 

@@ -42,7 +42,7 @@ use chrono::{DateTime, NaiveDateTime, NaiveTime, Utc};
 use serde_json::{Map, Number, Value};
 
 use super::reason::{excerpt, Reject, RejectReason};
-use crate::event::{rfc3339_utc, CloudEvent, Encoding, CLOUDEVENTS_SPEC_VERSION};
+use crate::contracts::{rfc3339_utc, CloudEvent, Encoding, CLOUDEVENTS_SPEC_VERSION};
 
 /// Header whose presence selects binary mode.
 pub const BINARY_MODE_MARKER_HEADER: &str = "ce_specversion";

@@ -28,7 +28,7 @@ use chrono::Utc;
 use prometheus::IntCounter;
 
 use crate::config::Config;
-use crate::event::Origin;
+use crate::contracts::Origin;
 use crate::lineage::{self, Count};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
 use crate::store::StoreId;

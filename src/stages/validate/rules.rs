@@ -44,7 +44,7 @@ use sha2::Sha256;
 
 use super::decode::{detect_encoding, HeaderValue, RawRecord};
 use super::reason::{excerpt, Reject, RejectReason};
-use crate::event::{
+use crate::contracts::{
     rfc3339_utc, CloudEvent, Encoding, Measure, Origin, ValidatedEvent, CLOUDEVENTS_SPEC_VERSION,
 };
 use crate::jsonpath::{JsonPath, JsonPathError};
@@ -839,7 +839,7 @@ pub fn exact_mul(a: Decimal, b: Decimal) -> Result<Decimal, NumericError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Encoding;
+    use crate::contracts::Encoding;
     use crate::meter::UnitConversion;
     use crate::stages::validate::decode::tests::{
         binary_headers, example_avro, wire, FakeRegistry, EXAMPLE_SCHEMA_ID,

@@ -1,0 +1,51 @@
+//! The records that flow between stages: the only types two stages share.
+//!
+//! | record | topic | written by | read by |
+//! |---|---|---|---|
+//! | [`CloudEvent`] | `usage.events` | producers | validate |
+//! | [`ValidatedEvent`] | `usage.validated` | validate | enrich |
+//! | [`EnrichedEvent`] | `usage.enriched` | enrich | rate |
+//! | [`RatedEvent`] | `usage.rated` | rate | aggregate, reconcile |
+//! | [`ClosedWindow`] | `usage.windows` | aggregate | post, reconcile |
+//! | [`Posting`] | `finance.postings` | post | ERP connectors, reconcile |
+//!
+//! A stage imports these, the runtime, the stores and libraries, never
+//! another stage (`tests/stage_imports.rs` enforces it). That keeps a stage
+//! replaceable: what it owes the next one is written here, not in its code.
+//!
+//! # Versions
+//! Each record has a version constant. Within a version a change may only
+//! add a field that readers of the previous form can do without (an
+//! `Option` or a `#[serde(default)]`); renaming, removing or changing the
+//! meaning of a field is a new version, announced in the changelog, with a
+//! period in which readers accept both. The tests below pin the wire form
+//! of each record to a golden JSON document: a change that alters what is
+//! written fails them, and so must be a decision, not an accident.
+//!
+//! Every record is JSON with fields in declaration order, decimals as
+//! strings and instants as RFC 3339 UTC ([`rfc3339_utc`]), so equal records
+//! serialize to equal bytes.
+
+mod enriched;
+mod posting;
+mod rated;
+mod usage;
+mod window;
+
+pub use enriched::{
+    rating_segment_id, rating_segment_key, ChargeSource, CustomerInfo, EnrichedEvent,
+    ResolvedCharge, Window, ENRICHED_EVENT_VERSION,
+};
+pub use posting::{
+    ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, POSTING_VERSION,
+};
+pub use rated::{RatedEvent, RatedMeasure, RatedOut, RATED_EVENT_VERSION};
+pub use usage::{
+    rfc3339_utc, CloudEvent, Encoding, Measure, Origin, ValidatedEvent, CLOUDEVENTS_SPEC_VERSION,
+};
+pub use window::{
+    Clearing, ClosedWindow, PartitionClock, SegmentInfo, WindowKind, CLOSED_WINDOW_VERSION,
+};
+
+#[cfg(test)]
+mod tests;
