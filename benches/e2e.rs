@@ -554,10 +554,16 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
-fn metric_sum(text: &str, name: &str) -> f64 {
+/// The sum of a metric's series whose labels include `label` (`k="v"`).
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter(|l| {
+            l.split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .is_some_and(|(labels, _)| labels.split(',').any(|kv| kv == label))
+        })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
@@ -1153,7 +1159,8 @@ fn commits(port: u16) -> Option<f64> {
     let body = http_get(port, "/metrics")?;
     Some(metric_sum(
         &body,
-        "meterline_validate_transaction_commits_total",
+        "meterline_transaction_commits_total",
+        "stage=\"validate\"",
     ))
 }
 
@@ -1241,7 +1248,7 @@ fn recovery(env: &Env) -> Result<Vec<Recovery>, String> {
         }
         // The store size gauge refreshes every 5 s.
         let keys = http_get(port, "/metrics")
-            .map(|b| metric_sum(&b, "meterline_validate_store_keys"))
+            .map(|b| metric_sum(&b, "meterline_store_keys", "stage=\"validate\""))
             .unwrap_or(0.0);
         std::thread::sleep(Duration::from_millis(300));
         let killed = Instant::now();

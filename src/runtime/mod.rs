@@ -40,8 +40,9 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::internal_events::{
-    PartitionsAssigned, PartitionsRevoked, RecordDeadLettered, StageFailed, TransactionAborted,
-    TransactionCommitted,
+    ConsumerLagMeasured, PartitionClosed, PartitionsAssigned, PartitionsRevoked,
+    RecordDeadLettered, RecordProcessed, RecordWritten, StageFailed, StoreKeysMeasured,
+    TransactionAborted, TransactionCommitted,
 };
 use crate::kafka;
 use crate::metrics::StageMetrics;
@@ -542,10 +543,11 @@ impl<P: Processor> Engine<P> {
         // Dropping the stores closes RocksDB; what was committed is in it.
         self.parts.remove(&p);
         self.processor.on_revoked(p);
-        self.metrics
-            .consumer_lag
-            .with_label_values(&[&p.to_string()])
-            .set(0);
+        PartitionClosed {
+            stage: self.spec.name,
+            partition: p,
+        }
+        .emit(&self.metrics);
     }
 
     /// False when the stage runs `at_least_once` (no Kafka transactions).
@@ -677,7 +679,12 @@ impl<P: Processor> Engine<P> {
             };
             self.processor.process(&rec, &mut ctx)
         };
-        self.metrics.records_in.inc();
+        RecordProcessed {
+            stage: self.spec.name,
+            partition: p,
+            offset: rec.offset,
+        }
+        .emit(&self.metrics);
         match result {
             Ok(()) => {
                 let index = self.txn_inputs.len();
@@ -701,10 +708,11 @@ impl<P: Processor> Engine<P> {
                         }
                         Err(e) => return Err(e),
                     }
-                    self.metrics
-                        .records_out
-                        .with_label_values(&[&o.topic])
-                        .inc();
+                    RecordWritten {
+                        stage: self.spec.name,
+                        topic: &o.topic,
+                    }
+                    .emit(&self.metrics);
                 }
             }
             Err(StageError::Reject { code, message }) => {
@@ -790,10 +798,11 @@ impl<P: Processor> Engine<P> {
                 Ok(()) => {
                     for o in &out {
                         self.send(o, 0)?;
-                        self.metrics
-                            .records_out
-                            .with_label_values(&[&o.topic])
-                            .inc();
+                        RecordWritten {
+                            stage: self.spec.name,
+                            topic: &o.topic,
+                        }
+                        .emit(&self.metrics);
                     }
                 }
                 Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
@@ -1076,10 +1085,13 @@ impl<P: Processor> Engine<P> {
         for (p, part) in &self.parts {
             let label = p.to_string();
             for (sid, store) in self.spec.stores.iter().enumerate() {
-                self.metrics
-                    .store_keys
-                    .with_label_values(&[*store, label.as_str()])
-                    .set(part.stores.approximate_keys(sid as StoreId) as i64);
+                StoreKeysMeasured {
+                    stage: self.spec.name,
+                    store,
+                    partition: &label,
+                    keys: part.stores.approximate_keys(sid as StoreId) as i64,
+                }
+                .emit(&self.metrics);
             }
             let pos = positions
                 .as_ref()
@@ -1091,10 +1103,12 @@ impl<P: Processor> Engine<P> {
                 .or(part.committed);
             if let Some(high) = cached_high_watermark(consumer, &self.input_topic, *p) {
                 let lag = (high - pos.unwrap_or(0)).max(0);
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&label])
-                    .set(lag);
+                ConsumerLagMeasured {
+                    stage: self.spec.name,
+                    partition: &label,
+                    lag,
+                }
+                .emit(&self.metrics);
             }
         }
     }

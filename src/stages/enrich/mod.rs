@@ -82,8 +82,8 @@
 //! * `meterline_enrich_parked_oldest_age_seconds{reason}`: age of the oldest;
 //! * `meterline_enrich_revenue_at_risk{currency, legal_entity}`: the list
 //!   price of the parked quantities (below), unrounded;
-//! * `meterline_enrich_event_time_lag_seconds`: wall clock minus the event
-//!   time of the last validated event read;
+//! * `meterline_event_time_lag_seconds{stage="enrich"}`: wall clock minus
+//!   the event time of the last validated event read;
 //! * `meterline_enrich_parked_total{reason}`, `meterline_enrich_reemitted_total`,
 //!   `meterline_enrich_exception_replays_dropped_total`,
 //!   `meterline_enrich_table_records_refused_total{table, code}`: counters.
@@ -584,10 +584,7 @@ impl EnrichMetrics {
                 "meterline_enrich_exception_replays_dropped_total",
                 "Records replayed from usage.exceptions whose event had already flowed.",
             ),
-            event_time_lag: crate::metrics::gauge(
-                "meterline_enrich_event_time_lag_seconds",
-                "Wall clock minus the event time of the last validated event read.",
-            ),
+            event_time_lag: crate::metrics::event_time_lag(topology::STAGES[1].name),
             table_refused: crate::metrics::counter_vec(
                 "meterline_enrich_table_records_refused_total",
                 "Reference records refused (malformed or invalid) and skipped, by table and code.",
@@ -825,24 +822,28 @@ impl EnrichProcessor {
         }
         let m = &self.inner.metrics;
         for code in ParkReason::ALL_CODES {
-            m.parked_events
-                .with_label_values(&[*code])
-                .set(counts.get(code).copied().unwrap_or(0));
             let age_s = oldest
                 .get(code)
                 .map(|t| now_ms.saturating_sub(*t).max(0) / MS_PER_SECOND)
                 .unwrap_or(0);
-            m.oldest_age.with_label_values(&[*code]).set(age_s);
+            crate::internal_events::ParkedMeasured {
+                reason: code,
+                events: counts.get(code).copied().unwrap_or(0),
+                oldest_age_s: age_s,
+            }
+            .emit(&m.parked_events, &m.oldest_age);
         }
         for key in at_risk.keys() {
             self.currencies_seen.insert(key.clone());
         }
         if let Some(gauge) = &m.revenue_at_risk {
             for key in &self.currencies_seen {
-                let v = at_risk.get(key).and_then(Decimal::to_f64).unwrap_or(0.0);
-                gauge
-                    .with_label_values(&[key.0.as_str(), key.1.as_str()])
-                    .set(v);
+                crate::internal_events::RevenueAtRiskMeasured {
+                    currency: &key.0,
+                    legal_entity: &key.1,
+                    amount: at_risk.get(key).and_then(Decimal::to_f64).unwrap_or(0.0),
+                }
+                .emit(gauge);
             }
         }
     }
@@ -915,12 +916,14 @@ impl Enricher {
         };
         let replayed = self.replayed_exception(rec).is_some();
         let day = lineage::day_of(event.time);
-        self.metrics.event_time_lag.set(
-            Utc::now()
+        crate::internal_events::EventTimeLagMeasured {
+            stage: topology::STAGES[1].name,
+            lag_s: Utc::now()
                 .timestamp_millis()
                 .saturating_sub(event.time.timestamp_millis())
                 / MS_PER_SECOND,
-        );
+        }
+        .emit(&self.metrics.event_time_lag);
         // A replayed exceptions copy is not a new input: the event was
         // counted when it first arrived. (A dropped replayed copy counts
         // nothing; every other path counts its outcome together with this.)
