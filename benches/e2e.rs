@@ -310,20 +310,11 @@ fn produce(bootstrap: &str, topic: &str, events: &[Event], rate: f64) -> Result<
         }
         let ts = now_ms();
         produced_ms.push(ts);
-        let mut rec: BaseRecord<'_, str, str, usize> = BaseRecord::with_opaque_to(topic, i)
+        let rec: BaseRecord<'_, str, str, usize> = BaseRecord::with_opaque_to(topic, i)
             .key(e.key.as_str())
             .payload(e.value.as_str())
             .timestamp(ts);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    p.poll(Duration::from_millis(5));
-                    rec = r;
-                }
-                Err((e, _)) => return Err(format!("produce: {e}")),
-            }
-        }
+        kafka::send_waiting(&p, rec).map_err(|e| format!("produce: {e}"))?;
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(120))
@@ -1747,15 +1738,8 @@ fn hop(args: &[String]) {
             if let Some(h) = m.headers() {
                 rec = rec.headers(h.detach());
             }
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        producer.poll(Duration::from_millis(5));
-                        rec = r;
-                    }
-                    Err((e, _)) => panic!("produce: {e}"),
-                }
+            if let Err(e) = kafka::send_waiting(&producer, rec) {
+                panic!("produce: {e}");
             }
             next.insert(m.partition(), m.offset() + 1);
             if let Some((_, n)) = &mut open {

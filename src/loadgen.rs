@@ -324,24 +324,10 @@ pub fn run(config: &Config, args: &LoadgenArgs) -> Result<LoadgenSummary, Loadge
         match &producer {
             None => writeln!(out, "{}", g.value)?,
             Some(p) => {
-                let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(&topic)
+                let rec: BaseRecord<'_, str, str> = BaseRecord::to(&topic)
                     .key(g.key.as_str())
                     .payload(g.value.as_str());
-                loop {
-                    match p.send(rec) {
-                        Ok(()) => break,
-                        Err((
-                            KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            r,
-                        )) => {
-                            p.poll(Duration::from_millis(10));
-                            rec = r;
-                        }
-                        Err((e, _)) => return Err(e.into()),
-                    }
-                }
+                crate::kafka::send_waiting(p, rec)?;
                 p.poll(Duration::ZERO);
             }
         }

@@ -12,8 +12,10 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders, ToBytes};
 use rdkafka::metadata::Metadata;
+use rdkafka::producer::{BaseProducer, BaseRecord, Partitioner, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 
@@ -73,6 +75,48 @@ pub fn record_headers(msg: &BorrowedMessage<'_>) -> RecordHeaders {
         out.headers.push((key, value));
     }
     out
+}
+
+/// Our headers (key, value or null, in order) as the Kafka headers of a
+/// record to produce: the reverse of [`record_headers`], and the one
+/// conversion every producer uses.
+pub fn owned_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(headers.len());
+    for (key, value) in headers {
+        out = out.insert(Header {
+            key: key.as_str(),
+            value: value.as_deref(),
+        });
+    }
+    out
+}
+
+/// How long a producer whose queue is full waits for deliveries to make room.
+const QUEUE_FULL_POLL_MS: u64 = 10;
+
+/// Sends one record, waiting while librdkafka's local queue is full
+/// (back-pressure: the producer is polled so deliveries make room, then the
+/// record is offered again). Any other error is returned as is.
+pub fn send_waiting<C, Part, K, P>(
+    producer: &BaseProducer<C, Part>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    Part: Partitioner,
+    C: ProducerContext<Part>,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(QUEUE_FULL_POLL_MS));
+                record = r;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Whether a produce error can never succeed on retry: the record itself is

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -570,15 +570,9 @@ impl<P: Processor> Engine<P> {
 
     fn send(&mut self, out: &Output, opaque: usize) -> Result<(), LoopError> {
         self.ensure_txn()?;
-        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-        for (k, v) in &out.headers {
-            headers = headers.insert(Header {
-                key: k.as_str(),
-                value: v.as_deref(),
-            });
-        }
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&out.topic, opaque).headers(headers);
+            BaseRecord::with_opaque_to(&out.topic, opaque)
+                .headers(kafka::owned_headers(&out.headers));
         if let Some(k) = &out.key {
             record = record.key(k.as_slice());
         }
@@ -590,25 +584,18 @@ impl<P: Processor> Engine<P> {
         }
         // No timestamp, whatever `out.timestamp_ms` says: the producer stamps
         // the send time and meterline's topics (LogAppendTime) the append time.
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Back-pressure: let librdkafka deliver, then try again.
-                    self.producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-                Err((e, _))
-                    if e.rdkafka_error_code()
-                        .is_some_and(kafka::is_permanent_produce_error) =>
-                {
-                    return Err(LoopError::Unproducible(format!(
-                        "producing to {}: {e}",
-                        out.topic
-                    )))
-                }
-                Err((e, _)) => return Err(classify("produce", e)),
+        match kafka::send_waiting(&self.producer, record) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.rdkafka_error_code()
+                    .is_some_and(kafka::is_permanent_produce_error) =>
+            {
+                Err(LoopError::Unproducible(format!(
+                    "producing to {}: {e}",
+                    out.topic
+                )))
             }
+            Err(e) => Err(classify("produce", e)),
         }
     }
 
