@@ -44,6 +44,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
 /// Metric names and label sets are built from compile-time stage and noun
 /// names; an invalid one is a programming error, caught by the first test
 /// that builds the stage's metrics.
+#[allow(clippy::panic)] // deliberately: see above
 fn valid<T>(made: prometheus::Result<T>, name: &str) -> T {
     match made {
         Ok(m) => m,

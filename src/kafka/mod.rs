@@ -413,21 +413,20 @@ pub fn murmur2(key: &[u8]) -> u32 {
     let len = key.len();
     // Keys longer than u32::MAX bytes do not exist on Kafka (1 MB records).
     let mut h: u32 = SEED ^ (len as u32);
-    let mut chunks = key.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    let (chunks, rest) = key.as_chunks::<4>();
+    for c in chunks {
+        let mut k = u32::from_le_bytes(*c);
         k = k.wrapping_mul(M);
         k ^= k >> R;
         k = k.wrapping_mul(M);
         h = h.wrapping_mul(M);
         h ^= k;
     }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
+    if let [_, _, b, ..] = rest {
+        h ^= u32::from(*b) << 16;
     }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
+    if let [_, b, ..] = rest {
+        h ^= u32::from(*b) << 8;
     }
     if let Some(b) = rest.first() {
         h ^= u32::from(*b);

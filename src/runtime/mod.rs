@@ -503,11 +503,17 @@ impl<P: Processor> Engine<P> {
         let path = self.state_root.join(p.to_string());
         let backend = RocksBackend::open(&path).map_err(|e| e.to_string())?;
         let mut stores = PartitionStores::new(Box::new(backend), self.spec.stores.len());
-        for (i, topic) in self.changelog_topics.iter().enumerate() {
+        // One changelog topic per declared store, in the same order.
+        for (i, (topic, store)) in self
+            .changelog_topics
+            .iter()
+            .zip(self.spec.stores)
+            .enumerate()
+        {
             restore::restore_store(
                 &self.config,
                 self.spec.name,
-                self.spec.stores[i],
+                store,
                 i as StoreId,
                 topic,
                 p,

@@ -57,17 +57,6 @@
 //! billing-period windows and those before its period close, on one
 //! partition (keyed by customer), which is what makes the sums complete.
 
-// Non-test code must not be able to panic.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use chrono::{Duration, NaiveDate};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
