@@ -355,6 +355,22 @@ mod tests {
     use rdkafka::producer::BaseProducer;
 
     #[test]
+    fn owned_headers_keep_order_repeated_keys_and_null_values() {
+        use rdkafka::message::Headers;
+        let ours = vec![
+            ("a".to_string(), Some(b"1".to_vec())),
+            ("b".to_string(), None),
+            ("a".to_string(), Some(b"2".to_vec())),
+        ];
+        let kafka = owned_headers(&ours);
+        let back: Vec<(String, Option<Vec<u8>>)> = kafka
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(back, ours);
+    }
+
+    #[test]
     fn only_errors_of_the_record_itself_are_permanent() {
         use rdkafka::types::RDKafkaErrorCode as C;
         for code in [
