@@ -310,20 +310,11 @@ fn produce(bootstrap: &str, topic: &str, events: &[Event], rate: f64) -> Result<
         }
         let ts = now_ms();
         produced_ms.push(ts);
-        let mut rec: BaseRecord<'_, str, str, usize> = BaseRecord::with_opaque_to(topic, i)
+        let rec: BaseRecord<'_, str, str, usize> = BaseRecord::with_opaque_to(topic, i)
             .key(e.key.as_str())
             .payload(e.value.as_str())
             .timestamp(ts);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    p.poll(Duration::from_millis(5));
-                    rec = r;
-                }
-                Err((e, _)) => return Err(format!("produce: {e}")),
-            }
-        }
+        kafka::send_waiting(&p, rec).map_err(|e| format!("produce: {e}"))?;
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(120))
@@ -554,10 +545,16 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
-fn metric_sum(text: &str, name: &str) -> f64 {
+/// The sum of a metric's series whose labels include `label` (`k="v"`).
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter(|l| {
+            l.split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .is_some_and(|(labels, _)| labels.split(',').any(|kv| kv == label))
+        })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
@@ -1153,7 +1150,8 @@ fn commits(port: u16) -> Option<f64> {
     let body = http_get(port, "/metrics")?;
     Some(metric_sum(
         &body,
-        "meterline_validate_transaction_commits_total",
+        "meterline_transaction_commits_total",
+        "stage=\"validate\"",
     ))
 }
 
@@ -1241,7 +1239,7 @@ fn recovery(env: &Env) -> Result<Vec<Recovery>, String> {
         }
         // The store size gauge refreshes every 5 s.
         let keys = http_get(port, "/metrics")
-            .map(|b| metric_sum(&b, "meterline_validate_store_keys"))
+            .map(|b| metric_sum(&b, "meterline_store_keys", "stage=\"validate\""))
             .unwrap_or(0.0);
         std::thread::sleep(Duration::from_millis(300));
         let killed = Instant::now();
@@ -1740,15 +1738,8 @@ fn hop(args: &[String]) {
             if let Some(h) = m.headers() {
                 rec = rec.headers(h.detach());
             }
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        producer.poll(Duration::from_millis(5));
-                        rec = r;
-                    }
-                    Err((e, _)) => panic!("produce: {e}"),
-                }
+            if let Err(e) = kafka::send_waiting(&producer, rec) {
+                panic!("produce: {e}");
             }
             next.insert(m.partition(), m.offset() + 1);
             if let Some((_, n)) = &mut open {

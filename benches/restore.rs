@@ -87,22 +87,12 @@ fn main() {
         for i in chunk * KEYS_PER_TRANSACTION..((chunk + 1) * KEYS_PER_TRANSACTION).min(keys) {
             let k = format!("E\0\0\0\x0bsource-{:04}\0\0\0\x0cevt-{i:08}", i % 1000);
             let v = (i as i64).to_be_bytes();
-            let mut r = BaseRecord::<[u8], [u8]>::to(&topic)
+            let r = BaseRecord::<[u8], [u8]>::to(&topic)
                 .partition(0)
                 .key(k.as_bytes())
                 .payload(&v);
-            loop {
-                match p.send(r) {
-                    Ok(()) => break,
-                    Err((
-                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        back,
-                    )) => {
-                        p.poll(Duration::from_millis(5));
-                        r = back;
-                    }
-                    Err((e, _)) => panic!("{e}"),
-                }
+            if let Err(e) = meterline::kafka::send_waiting(&p, r) {
+                panic!("{e}");
             }
         }
         p.commit_transaction(Duration::from_secs(60)).unwrap();

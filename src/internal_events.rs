@@ -1,10 +1,14 @@
 //! Internal events: one struct per thing that happens, whose `emit()` writes
 //! one structured log line and bumps one metric, so logs and metrics never
-//! disagree about what happened.
+//! disagree about what happened. Nothing else bumps a metric. Events on the
+//! per-record path log at `trace` (off unless asked for).
+//!
+//! The runtime's events take the stage's [`StageMetrics`]; a stage's own
+//! business events take the metric the stage registered.
 
 use std::time::Duration;
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use crate::metrics::StageMetrics;
 
@@ -26,7 +30,7 @@ impl RecordDeadLettered<'_> {
             message = self.message,
             "record dead-lettered"
         );
-        m.dead_letters.with_label_values(&[self.reason]).inc();
+        m.dead_letters(self.reason).inc();
     }
 }
 
@@ -63,7 +67,7 @@ impl TransactionAborted<'_> {
             error = self.error,
             "transaction aborted; rewinding to the last commit"
         );
-        m.aborts.with_label_values(&[self.cause]).inc();
+        m.aborts(self.cause).inc();
     }
 }
 
@@ -154,5 +158,212 @@ impl DuplicateDropped<'_> {
             "duplicate dropped"
         );
         counter.inc();
+    }
+}
+
+/// An input record went through the processor (whatever the outcome).
+pub struct RecordProcessed<'a> {
+    pub stage: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl RecordProcessed<'_> {
+    pub fn emit(&self, m: &StageMetrics) {
+        trace!(
+            stage = self.stage,
+            partition = self.partition,
+            offset = self.offset,
+            "record processed"
+        );
+        m.records_in.inc();
+    }
+}
+
+/// A record was sent to an output topic (committed or not).
+pub struct RecordWritten<'a> {
+    pub stage: &'a str,
+    pub topic: &'a str,
+}
+
+impl RecordWritten<'_> {
+    pub fn emit(&self, m: &StageMetrics) {
+        trace!(stage = self.stage, topic = self.topic, "record written");
+        m.records_out(self.topic).inc();
+    }
+}
+
+/// An input partition's stores were closed (revoked or lost): its lag is
+/// no longer this instance's to report.
+pub struct PartitionClosed<'a> {
+    pub stage: &'a str,
+    pub partition: i32,
+}
+
+impl PartitionClosed<'_> {
+    pub fn emit(&self, m: &StageMetrics) {
+        debug!(
+            stage = self.stage,
+            partition = self.partition,
+            "partition closed"
+        );
+        m.consumer_lag(&self.partition.to_string()).set(0);
+    }
+}
+
+/// The consumer lag of one input partition, as last measured.
+pub struct ConsumerLagMeasured<'a> {
+    pub stage: &'a str,
+    pub partition: &'a str,
+    pub lag: i64,
+}
+
+impl ConsumerLagMeasured<'_> {
+    pub fn emit(&self, m: &StageMetrics) {
+        trace!(
+            stage = self.stage,
+            partition = self.partition,
+            lag = self.lag,
+            "consumer lag measured"
+        );
+        m.consumer_lag(self.partition).set(self.lag);
+    }
+}
+
+/// The approximate key count of one store of one partition.
+pub struct StoreKeysMeasured<'a> {
+    pub stage: &'a str,
+    pub store: &'a str,
+    pub partition: &'a str,
+    pub keys: i64,
+}
+
+impl StoreKeysMeasured<'_> {
+    pub fn emit(&self, m: &StageMetrics) {
+        trace!(
+            stage = self.stage,
+            store = self.store,
+            partition = self.partition,
+            keys = self.keys,
+            "store keys measured"
+        );
+        m.store_keys(self.store, self.partition).set(self.keys);
+    }
+}
+
+/// Wall clock minus the event time of the record in hand (post: minus the
+/// end of the window posted), whole seconds.
+pub struct EventTimeLagMeasured<'a> {
+    pub stage: &'a str,
+    pub lag_s: i64,
+}
+
+impl EventTimeLagMeasured<'_> {
+    /// `gauge`: the stage's `meterline_event_time_lag_seconds{stage}`
+    /// ([`crate::metrics::event_time_lag`]).
+    pub fn emit(&self, gauge: &prometheus::IntGauge) {
+        trace!(
+            stage = self.stage,
+            lag_s = self.lag_s,
+            "event-time lag measured"
+        );
+        gauge.set(self.lag_s);
+    }
+}
+
+/// post: one posting emitted to finance.postings (committed or not).
+pub struct PostingEmitted<'a> {
+    pub posting_type: &'a str,
+    pub kind: &'a str,
+    pub idempotency_key: &'a str,
+}
+
+impl PostingEmitted<'_> {
+    /// `counter`: `meterline_post_postings_total{type, kind}`.
+    pub fn emit(&self, counter: &prometheus::IntCounterVec) {
+        trace!(
+            posting_type = self.posting_type,
+            kind = self.kind,
+            idempotency_key = self.idempotency_key,
+            "posting emitted"
+        );
+        counter
+            .with_label_values(&[self.posting_type, self.kind])
+            .inc();
+    }
+}
+
+/// aggregate: the open billing-period windows of one currency and legal
+/// entity, summed over this instance's partitions.
+pub struct UnbilledMeasured<'a> {
+    pub currency: &'a str,
+    pub legal_entity: &'a str,
+    pub amount: f64,
+    pub lines: i64,
+}
+
+impl UnbilledMeasured<'_> {
+    /// `amount`: `meterline_aggregate_unbilled_amount` (None if the registry
+    /// refused it); `lines`: `meterline_aggregate_invoice_lines_pending`.
+    pub fn emit(&self, amount: Option<&prometheus::GaugeVec>, lines: &prometheus::IntGaugeVec) {
+        trace!(
+            currency = self.currency,
+            legal_entity = self.legal_entity,
+            amount = self.amount,
+            lines = self.lines,
+            "unbilled usage measured"
+        );
+        let labels = [self.currency, self.legal_entity];
+        if let Some(g) = amount {
+            g.with_label_values(&labels).set(self.amount);
+        }
+        lines.with_label_values(&labels).set(self.lines);
+    }
+}
+
+/// enrich: the parked events of one park reason on this instance.
+pub struct ParkedMeasured<'a> {
+    pub reason: &'a str,
+    pub events: i64,
+    pub oldest_age_s: i64,
+}
+
+impl ParkedMeasured<'_> {
+    /// `events`: `meterline_enrich_parked_events`; `oldest_age`:
+    /// `meterline_enrich_parked_oldest_age_seconds`.
+    pub fn emit(&self, events: &prometheus::IntGaugeVec, oldest_age: &prometheus::IntGaugeVec) {
+        trace!(
+            reason = self.reason,
+            events = self.events,
+            oldest_age_s = self.oldest_age_s,
+            "parked events measured"
+        );
+        events.with_label_values(&[self.reason]).set(self.events);
+        oldest_age
+            .with_label_values(&[self.reason])
+            .set(self.oldest_age_s);
+    }
+}
+
+/// enrich: the list price of the parked events of one currency and legal
+/// entity on this instance.
+pub struct RevenueAtRiskMeasured<'a> {
+    pub currency: &'a str,
+    pub legal_entity: &'a str,
+    pub amount: f64,
+}
+
+impl RevenueAtRiskMeasured<'_> {
+    /// `gauge`: `meterline_enrich_revenue_at_risk`.
+    pub fn emit(&self, gauge: &prometheus::GaugeVec) {
+        trace!(
+            currency = self.currency,
+            legal_entity = self.legal_entity,
+            amount = self.amount,
+            "revenue at risk measured"
+        );
+        gauge
+            .with_label_values(&[self.currency, self.legal_entity])
+            .set(self.amount);
     }
 }

@@ -10,6 +10,21 @@
 //! * [`contracts`]: the records stages exchange; [`meter`]: the meter catalog;
 //! * [`replay`], [`metrics`], [`internal_events`], [`http`]: operations.
 
+// Non-test code must not be able to panic: no unwrap/expect/panic, no
+// unchecked indexing; here once for the whole library. (Not in Cargo.toml
+// `[lints]`: that applies to the integration tests and benchmarks too, whose
+// helper functions clippy does not count as test code.) A module not yet
+// clean says so with an `#[allow]` where it is declared.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod calendar;
 pub mod cli;
 pub mod config;
@@ -24,6 +39,11 @@ pub mod meter;
 pub mod metrics;
 pub mod money;
 pub mod rating;
+// Not yet clean of the crate's no-panic lints (Cargo.toml [lints]): three
+// slices/indexes in reconcile.rs, which is being split into read / checks /
+// render on another branch (issue 11); to fix there (`.get()`), then drop
+// this allow.
+#[allow(clippy::indexing_slicing)]
 pub mod reconcile;
 pub mod refdata;
 pub mod registry;

@@ -173,7 +173,15 @@ impl Generator {
     }
 
     fn event(&mut self, id: &str, subject: &str) -> String {
-        let (ty, _) = TYPES[self.types[self.rng.random_range(0..self.types.len())]];
+        // Indices drawn in range of the slices they index (here and below);
+        // the defaults are never used.
+        let drawn = self.rng.random_range(0..self.types.len());
+        let (ty, _) = self
+            .types
+            .get(drawn)
+            .and_then(|t| TYPES.get(*t))
+            .copied()
+            .unwrap_or_default();
         // Event time walks forward through the spread as the stream goes on
         // (telemetry arrives roughly in order), with a little jitter, and a
         // `late_fraction` of events arrive far behind (late usage).
@@ -190,11 +198,17 @@ impl Generator {
             "llm.tokens" => format!(
                 r#"{{"tokens":{},"model":"{}"}}"#,
                 self.rng.random_range(1..5_000),
-                MODELS[self.rng.random_range(0..MODELS.len())]
+                MODELS
+                    .get(self.rng.random_range(0..MODELS.len()))
+                    .copied()
+                    .unwrap_or_default()
             ),
             "api.request" => format!(
                 r#"{{"region":"{}"}}"#,
-                REGIONS[self.rng.random_range(0..REGIONS.len())]
+                REGIONS
+                    .get(self.rng.random_range(0..REGIONS.len()))
+                    .copied()
+                    .unwrap_or_default()
             ),
             "storage.snapshot" => format!(
                 r#"{{"bytes":{}}}"#,
@@ -229,7 +243,10 @@ impl Generator {
         let subject = format!("cust-{:04}", self.rng.random_range(0..self.customers));
         let roll: f64 = self.rng.random();
         if roll < self.malformed_fraction {
-            let (code, _) = MALFORMED[(self.n as usize) % MALFORMED.len()];
+            let (code, _) = MALFORMED
+                .get((self.n as usize) % MALFORMED.len())
+                .copied()
+                .unwrap_or_default();
             let id = format!("bad-{}-{}", self.seed, self.n);
             let value = match code {
                 "malformed_json" => r#"{"specversion":"1.0","id":"#.to_string(),
@@ -260,7 +277,7 @@ impl Generator {
         }
         if roll < self.malformed_fraction + self.duplicate_fraction && !self.valid.is_empty() {
             let i = self.rng.random_range(0..self.valid.len());
-            let (key, value) = self.valid[i].clone();
+            let (key, value) = self.valid.get(i).cloned().unwrap_or_default();
             return Generated {
                 key,
                 value,
@@ -324,24 +341,10 @@ pub fn run(config: &Config, args: &LoadgenArgs) -> Result<LoadgenSummary, Loadge
         match &producer {
             None => writeln!(out, "{}", g.value)?,
             Some(p) => {
-                let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(&topic)
+                let rec: BaseRecord<'_, str, str> = BaseRecord::to(&topic)
                     .key(g.key.as_str())
                     .payload(g.value.as_str());
-                loop {
-                    match p.send(rec) {
-                        Ok(()) => break,
-                        Err((
-                            KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            r,
-                        )) => {
-                            p.poll(Duration::from_millis(10));
-                            rec = r;
-                        }
-                        Err((e, _)) => return Err(e.into()),
-                    }
-                }
+                crate::kafka::send_waiting(p, rec)?;
                 p.poll(Duration::ZERO);
             }
         }

@@ -1,16 +1,20 @@
 //! Prometheus metrics, one registry per process, served on `/metrics`.
 //!
-//! Names follow `meterline_<stage>_<noun>_<unit>[_total]`. The stage runtime
-//! registers the same set for every stage it runs ([`StageMetrics`]); a stage
-//! registers its own domain counters beside them. Metrics are only ever bumped
-//! through the internal events in [`crate::internal_events`], so each log line
-//! and its counter stay together.
+//! Names follow `meterline_<noun>_<unit>[_total]`. What every stage has
+//! (records in and out, dead letters, transactions, consumer lag, store keys,
+//! partitions, restores, event-time lag) is one metric per noun for the whole
+//! process with a `stage` label (`meterline_records_in_total{stage="validate"}`):
+//! the runtime binds it to its stage in [`StageMetrics`]. A stage registers
+//! its own business metrics beside them, named after the stage
+//! (`meterline_enrich_parked_events`, `meterline_post_postings_total`).
+//! Metrics are only ever bumped through the internal events in
+//! [`crate::internal_events`], so each log line and its counter stay together.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process-wide registry.
@@ -40,6 +44,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
 /// Metric names and label sets are built from compile-time stage and noun
 /// names; an invalid one is a programming error, caught by the first test
 /// that builds the stage's metrics.
+#[allow(clippy::panic)] // deliberately: see above
 fn valid<T>(made: prometheus::Result<T>, name: &str) -> T {
     match made {
         Ok(m) => m,
@@ -66,78 +71,170 @@ pub fn gauge(name: &str, help: &str) -> IntGauge {
     register(valid(IntGauge::new(name, help), name))
 }
 
-fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+// One family per noun for the process, registered the first time a stage
+// asks for it.
+static RECORDS_IN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_records_in_total",
+        "Input records processed (committed or not), by stage.",
+        &["stage"],
+    )
+});
+static RECORDS_OUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_records_out_total",
+        "Records written, by stage and topic.",
+        &["stage", "topic"],
+    )
+});
+static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_dead_letters_total",
+        "Records sent to the dead-letter topic, by stage and reason code.",
+        &["stage", "reason"],
+    )
+});
+static COMMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_transaction_commits_total",
+        "Kafka transactions committed, by stage.",
+        &["stage"],
+    )
+});
+static ABORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_transaction_aborts_total",
+        "Kafka transactions aborted, by stage and cause.",
+        &["stage", "cause"],
+    )
+});
+static COMMIT_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(valid(
-        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())),
-        name,
+        HistogramVec::new(
+            HistogramOpts::new(
+                "meterline_transaction_commit_latency_seconds",
+                "Time to flush, send offsets and commit one transaction, by stage.",
+            )
+            .buckets(COMMIT_LATENCY_BUCKETS_S.to_vec()),
+            &["stage"],
+        ),
+        "meterline_transaction_commit_latency_seconds",
     ))
+});
+static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterline_consumer_lag_records",
+        "Records between the committed position and the end of each input partition, by stage.",
+        &["stage", "partition"],
+    )
+});
+static STORE_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterline_store_keys",
+        "Approximate keys per store and partition, by stage.",
+        &["stage", "store", "partition"],
+    )
+});
+static ASSIGNED_PARTITIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterline_assigned_partitions",
+        "Input partitions assigned to this instance, by stage.",
+        &["stage"],
+    )
+});
+static RESTORED_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_restored_records_total",
+        "Changelog records replayed into stores, by stage.",
+        &["stage"],
+    )
+});
+static EVENT_TIME_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterline_event_time_lag_seconds",
+        "Wall clock minus the event time of the last record processed (post: minus the end of the last window posted), by stage.",
+        &["stage"],
+    )
+});
+
+/// `meterline_event_time_lag_seconds{stage}`: a stage processor sets it
+/// (through [`crate::internal_events::EventTimeLagMeasured`]) from the
+/// event time of the record in hand.
+pub fn event_time_lag(stage: &str) -> IntGauge {
+    EVENT_TIME_LAG.with_label_values(&[stage])
 }
 
-/// The metrics every stage has.
+/// The metrics every stage has, bound to one stage's `stage` label. Two
+/// runtimes of one stage in one process (tests) share the same series.
 #[derive(Clone)]
 pub struct StageMetrics {
+    stage: String,
     pub records_in: IntCounter,
-    pub records_out: IntCounterVec,
-    pub dead_letters: IntCounterVec,
     pub commits: IntCounter,
-    pub aborts: IntCounterVec,
     pub commit_latency: Histogram,
-    pub consumer_lag: IntGaugeVec,
-    pub store_keys: IntGaugeVec,
     pub assigned_partitions: IntGauge,
     pub restored_records: IntCounter,
 }
 
 impl StageMetrics {
     pub fn new(stage: &str) -> Self {
-        let n = |noun: &str| format!("meterline_{stage}_{noun}");
+        let s = [stage];
         StageMetrics {
-            records_in: counter(
-                &n("records_in_total"),
-                "Input records processed (committed or not).",
-            ),
-            records_out: counter_vec(
-                &n("records_out_total"),
-                "Records written, by topic.",
-                &["topic"],
-            ),
-            dead_letters: counter_vec(
-                &n("dead_letters_total"),
-                "Records sent to the dead-letter topic, by reason code.",
-                &["reason"],
-            ),
-            commits: counter(
-                &n("transaction_commits_total"),
-                "Kafka transactions committed.",
-            ),
-            aborts: counter_vec(
-                &n("transaction_aborts_total"),
-                "Kafka transactions aborted, by cause.",
-                &["cause"],
-            ),
-            commit_latency: histogram(
-                &n("transaction_commit_latency_seconds"),
-                "Time to flush, send offsets and commit one transaction.",
-                COMMIT_LATENCY_BUCKETS_S,
-            ),
-            consumer_lag: gauge_vec(
-                &n("consumer_lag_records"),
-                "Records between the committed position and the end of each input partition.",
-                &["partition"],
-            ),
-            store_keys: gauge_vec(
-                &n("store_keys"),
-                "Approximate keys per store and partition.",
-                &["store", "partition"],
-            ),
-            assigned_partitions: gauge(
-                &n("assigned_partitions"),
-                "Input partitions assigned to this instance.",
-            ),
-            restored_records: counter(
-                &n("restored_records_total"),
-                "Changelog records replayed into stores.",
-            ),
+            stage: stage.to_string(),
+            records_in: RECORDS_IN.with_label_values(&s),
+            commits: COMMITS.with_label_values(&s),
+            commit_latency: COMMIT_LATENCY.with_label_values(&s),
+            assigned_partitions: ASSIGNED_PARTITIONS.with_label_values(&s),
+            restored_records: RESTORED_RECORDS.with_label_values(&s),
         }
+    }
+
+    pub fn records_out(&self, topic: &str) -> IntCounter {
+        RECORDS_OUT.with_label_values(&[self.stage.as_str(), topic])
+    }
+
+    pub fn dead_letters(&self, reason: &str) -> IntCounter {
+        DEAD_LETTERS.with_label_values(&[self.stage.as_str(), reason])
+    }
+
+    pub fn aborts(&self, cause: &str) -> IntCounter {
+        ABORTS.with_label_values(&[self.stage.as_str(), cause])
+    }
+
+    pub fn consumer_lag(&self, partition: &str) -> IntGauge {
+        CONSUMER_LAG.with_label_values(&[self.stage.as_str(), partition])
+    }
+
+    pub fn store_keys(&self, store: &str, partition: &str) -> IntGauge {
+        STORE_KEYS.with_label_values(&[self.stage.as_str(), store, partition])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_metrics_share_one_name_per_noun_with_a_stage_label() {
+        let a = StageMetrics::new("metrics_test_a");
+        let b = StageMetrics::new("metrics_test_b");
+        a.records_in.inc();
+        b.records_in.inc_by(2);
+        a.records_out("t").inc();
+        b.store_keys("s", "0").set(7);
+        b.commit_latency.observe(0.002);
+        event_time_lag("metrics_test_a").set(3);
+        let text = render();
+        for line in [
+            "meterline_records_in_total{stage=\"metrics_test_a\"} 1",
+            "meterline_records_in_total{stage=\"metrics_test_b\"} 2",
+            "meterline_records_out_total{stage=\"metrics_test_a\",topic=\"t\"} 1",
+            "meterline_store_keys{partition=\"0\",stage=\"metrics_test_b\",store=\"s\"} 7",
+            "meterline_transaction_commit_latency_seconds_count{stage=\"metrics_test_b\"} 1",
+            "meterline_event_time_lag_seconds{stage=\"metrics_test_a\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("meterline_metrics_test_a_"), "{text}");
     }
 }

@@ -382,19 +382,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         }
         // No timestamp: stamped when written (append time), like every
         // meterline record; the dead letter's is when it failed.
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
-                    producer.poll(Duration::from_millis(10));
-                    rec = r;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        kafka::send_waiting(producer, rec)?;
         in_txn += 1;
         if in_txn >= REPLAY_BATCH_RECORDS {
             commit(producer, &consumer, &opts.from, &mut pending, call_timeout)?;

@@ -249,30 +249,46 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
     /// (metric, labels, value).
     type Expected<'a> = (&'a str, Vec<(&'a str, String)>, f64);
     let checks: Vec<Expected> = vec![
-        ("meterline_validate_records_in_total", vec![], n_in),
+        (
+            "meterline_records_in_total",
+            vec![("stage", "validate".into())],
+            n_in,
+        ),
         (
             "meterline_validate_duplicates_total",
             vec![],
             DUPLICATES as f64,
         ),
         (
-            "meterline_validate_dead_letters_total",
-            vec![("reason", "malformed_json".into())],
+            "meterline_dead_letters_total",
+            vec![
+                ("stage", "validate".into()),
+                ("reason", "malformed_json".into()),
+            ],
             1.0,
         ),
         (
-            "meterline_validate_records_out_total",
-            vec![("topic", topic("usage.validated"))],
+            "meterline_records_out_total",
+            vec![
+                ("stage", "validate".into()),
+                ("topic", topic("usage.validated")),
+            ],
             unique.len() as f64,
         ),
         (
-            "meterline_enrich_records_out_total",
-            vec![("topic", topic("usage.enriched"))],
+            "meterline_records_out_total",
+            vec![
+                ("stage", "enrich".into()),
+                ("topic", topic("usage.enriched")),
+            ],
             unique.len() as f64,
         ),
         (
-            "meterline_enrich_records_out_total",
-            vec![("topic", topic("usage.exceptions"))],
+            "meterline_records_out_total",
+            vec![
+                ("stage", "enrich".into()),
+                ("topic", topic("usage.exceptions")),
+            ],
             1.0,
         ),
         (
@@ -292,23 +308,26 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
             0.0,
         ),
         (
-            "meterline_rate_records_out_total",
-            vec![("topic", topic("usage.rated"))],
+            "meterline_records_out_total",
+            vec![("stage", "rate".into()), ("topic", topic("usage.rated"))],
             unique.len() as f64,
         ),
         (
-            "meterline_rate_records_in_total",
-            vec![],
+            "meterline_records_in_total",
+            vec![("stage", "rate".into())],
             unique.len() as f64,
         ),
         (
-            "meterline_aggregate_records_in_total",
-            vec![],
+            "meterline_records_in_total",
+            vec![("stage", "aggregate".into())],
             unique.len() as f64,
         ),
         (
-            "meterline_post_records_out_total",
-            vec![("topic", topic("finance.postings"))],
+            "meterline_records_out_total",
+            vec![
+                ("stage", "post".into()),
+                ("topic", topic("finance.postings")),
+            ],
             all.len() as f64,
         ),
     ];
@@ -334,11 +353,7 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
         );
     }
     for stage in ["validate", "enrich", "rate", "aggregate", "post"] {
-        let lag = metric(
-            &m,
-            &format!("meterline_{stage}_event_time_lag_seconds"),
-            &[],
-        );
+        let lag = metric(&m, "meterline_event_time_lag_seconds", &[("stage", stage)]);
         assert!(
             lag.is_some_and(|s| s > 0.0),
             "{stage} event-time lag {lag:?}"

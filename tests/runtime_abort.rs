@@ -109,8 +109,11 @@ fn retriable_failure_aborts_rewinds_and_rolls_back_state() {
     assert_eq!(
         metric(
             &m,
-            "meterline_validate_transaction_aborts_total",
-            &[("cause", "retriable_processing_error")]
+            "meterline_transaction_aborts_total",
+            &[
+                ("stage", "validate"),
+                ("cause", "retriable_processing_error")
+            ]
         ),
         Some(POISON_FAILURES as f64),
         "{m}"

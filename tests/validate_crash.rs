@@ -168,7 +168,13 @@ fn survivor_takes_over_a_killed_instances_partitions_and_stores() {
     // Both hold partitions before the stream starts.
     wait_until("both instances assigned", || {
         http_get(port, "/metrics")
-            .and_then(|(_, m)| metric(&m, "meterline_validate_assigned_partitions", &[]))
+            .and_then(|(_, m)| {
+                metric(
+                    &m,
+                    "meterline_assigned_partitions",
+                    &[("stage", "validate")],
+                )
+            })
             .is_some_and(|n| n >= 1.0 && n < TEST_PARTITIONS as f64)
     });
     let half: Vec<Record> = (0..EVENTS / 2).map(|i| event(i, &now)).collect();
@@ -187,15 +193,25 @@ fn survivor_takes_over_a_killed_instances_partitions_and_stores() {
     let rest: Vec<Record> = (EVENTS / 2..EVENTS).map(|i| event(i, &now)).collect();
     produce(&topic, &rest);
     wait_until("a owns every partition", || {
-        http_get(port, "/metrics")
-            .and_then(|(_, m)| metric(&m, "meterline_validate_assigned_partitions", &[]))
-            == Some(TEST_PARTITIONS as f64)
+        http_get(port, "/metrics").and_then(|(_, m)| {
+            metric(
+                &m,
+                "meterline_assigned_partitions",
+                &[("stage", "validate")],
+            )
+        }) == Some(TEST_PARTITIONS as f64)
     });
     let (valid, bad) = expected(EVENTS);
     check_exactly_once(&w, &valid, &bad);
     let (_, m) = http_get(port, "/metrics").unwrap();
     assert!(
-        metric(&m, "meterline_validate_restored_records_total", &[]).unwrap_or(0.0) > 0.0,
+        metric(
+            &m,
+            "meterline_restored_records_total",
+            &[("stage", "validate")],
+        )
+        .unwrap_or(0.0)
+            > 0.0,
         "a restored b's stores from their changelogs: {m}"
     );
     assert!(terminate(&mut a).success());

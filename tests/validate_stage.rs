@@ -360,8 +360,8 @@ fn every_event_lands_in_exactly_one_place() {
         assert_eq!(
             metric(
                 &metrics,
-                "meterline_validate_dead_letters_total",
-                &[("reason", code)]
+                "meterline_dead_letters_total",
+                &[("stage", "validate"), ("reason", code)]
             ),
             Some(PER_REASON as f64),
             "{code}"
@@ -370,8 +370,8 @@ fn every_event_lands_in_exactly_one_place() {
     assert_eq!(
         metric(
             &metrics,
-            "meterline_validate_records_out_total",
-            &[("topic", &validated_topic)]
+            "meterline_records_out_total",
+            &[("stage", "validate"), ("topic", &validated_topic)]
         ),
         Some(VALID_EVENTS as f64)
     );
@@ -381,8 +381,8 @@ fn every_event_lands_in_exactly_one_place() {
         (0..TEST_PARTITIONS).all(|p| {
             metric(
                 &m,
-                "meterline_validate_consumer_lag_records",
-                &[("partition", &p.to_string())],
+                "meterline_consumer_lag_records",
+                &[("stage", "validate"), ("partition", &p.to_string())],
             ) == Some(0.0)
         })
     });

@@ -350,8 +350,6 @@ fn refdata_load(config: &Config, kind: RefKind, file: &Path) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long `refdata load` waits for librdkafka's queue when it is full.
-const REFDATA_QUEUE_POLL_MS: u64 = 10;
 /// How long `refdata load` waits for a topic to appear in the metadata.
 const REFDATA_TOPIC_WAIT_MS: u64 = 10_000;
 const REFDATA_TOPIC_RETRY_MS: u64 = 250;
@@ -362,9 +360,7 @@ fn publish_refdata(
     topic: &str,
     records: &[PublishRecord],
 ) -> anyhow::Result<()> {
-    use rdkafka::error::KafkaError;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    use rdkafka::types::RDKafkaErrorCode;
     use std::time::Duration;
 
     if records.is_empty() {
@@ -401,16 +397,8 @@ fn publish_refdata(
             if let Some(v) = value {
                 record = record.payload(v.as_slice());
             }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        producer.poll(Duration::from_millis(REFDATA_QUEUE_POLL_MS));
-                        record = r;
-                    }
-                    Err((e, _)) => return Err(e).context(format!("producing key {key:?}")),
-                }
-            }
+            kafka::send_waiting(&producer, record)
+                .with_context(|| format!("producing key {key:?}"))?;
         }
         // Commit flushes first and fails if any record failed to deliver.
         producer

@@ -686,15 +686,18 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
                     message: "empty key segment".into(),
                 });
             }
+            // `split` yields at least one segment.
+            let Some((leaf, path)) = parts.split_last() else {
+                continue;
+            };
             let mut cursor = &mut *table;
-            for part in &parts[..parts.len() - 1] {
+            for part in path {
                 let next = cursor
                     .entry(part.clone())
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 cursor = as_table(next, var)?;
             }
-            let leaf = parts[parts.len() - 1].clone();
-            cursor.insert(leaf, parse_env_value(value));
+            cursor.insert(leaf.clone(), parse_env_value(value));
         }
     }
     Ok(())

@@ -12,8 +12,10 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders, ToBytes};
 use rdkafka::metadata::Metadata;
+use rdkafka::producer::{BaseProducer, BaseRecord, Partitioner, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 
@@ -73,6 +75,48 @@ pub fn record_headers(msg: &BorrowedMessage<'_>) -> RecordHeaders {
         out.headers.push((key, value));
     }
     out
+}
+
+/// Our headers (key, value or null, in order) as the Kafka headers of a
+/// record to produce: the reverse of [`record_headers`], and the one
+/// conversion every producer uses.
+pub fn owned_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(headers.len());
+    for (key, value) in headers {
+        out = out.insert(Header {
+            key: key.as_str(),
+            value: value.as_deref(),
+        });
+    }
+    out
+}
+
+/// How long a producer whose queue is full waits for deliveries to make room.
+const QUEUE_FULL_POLL_MS: u64 = 10;
+
+/// Sends one record, waiting while librdkafka's local queue is full
+/// (back-pressure: the producer is polled so deliveries make room, then the
+/// record is offered again). Any other error is returned as is.
+pub fn send_waiting<C, Part, K, P>(
+    producer: &BaseProducer<C, Part>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    Part: Partitioner,
+    C: ProducerContext<Part>,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(QUEUE_FULL_POLL_MS));
+                record = r;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Whether a produce error can never succeed on retry: the record itself is
@@ -311,6 +355,22 @@ mod tests {
     use rdkafka::producer::BaseProducer;
 
     #[test]
+    fn owned_headers_keep_order_repeated_keys_and_null_values() {
+        use rdkafka::message::Headers;
+        let ours = vec![
+            ("a".to_string(), Some(b"1".to_vec())),
+            ("b".to_string(), None),
+            ("a".to_string(), Some(b"2".to_vec())),
+        ];
+        let kafka = owned_headers(&ours);
+        let back: Vec<(String, Option<Vec<u8>>)> = kafka
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(back, ours);
+    }
+
+    #[test]
     fn only_errors_of_the_record_itself_are_permanent() {
         use rdkafka::types::RDKafkaErrorCode as C;
         for code in [
@@ -369,21 +429,20 @@ pub fn murmur2(key: &[u8]) -> u32 {
     let len = key.len();
     // Keys longer than u32::MAX bytes do not exist on Kafka (1 MB records).
     let mut h: u32 = SEED ^ (len as u32);
-    let mut chunks = key.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    let (chunks, rest) = key.as_chunks::<4>();
+    for c in chunks {
+        let mut k = u32::from_le_bytes(*c);
         k = k.wrapping_mul(M);
         k ^= k >> R;
         k = k.wrapping_mul(M);
         h = h.wrapping_mul(M);
         h ^= k;
     }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
+    if let [_, _, b, ..] = rest {
+        h ^= u32::from(*b) << 16;
     }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
+    if let [_, b, ..] = rest {
+        h ^= u32::from(*b) << 8;
     }
     if let Some(b) = rest.first() {
         h ^= u32::from(*b);

@@ -156,10 +156,10 @@ pub fn dead_letter(
         )
     } else {
         use sha2::{Digest, Sha256};
-        let kept_value = &value[..value.len().min(TRUNCATED_VALUE_PREFIX_BYTES)];
+        let kept_value = value.get(..TRUNCATED_VALUE_PREFIX_BYTES).unwrap_or(value);
         let kept_key = rec
             .key
-            .map(|k| k[..k.len().min(TRUNCATED_KEY_PREFIX_BYTES)].to_vec());
+            .map(|k| k.get(..TRUNCATED_KEY_PREFIX_BYTES).unwrap_or(k).to_vec());
         let original_headers = headers_size(rec.headers);
         let keep_headers = original_headers <= TRUNCATED_HEADERS_MAX_BYTES;
         let mut h = if keep_headers {

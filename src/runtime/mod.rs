@@ -33,15 +33,16 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::internal_events::{
-    PartitionsAssigned, PartitionsRevoked, RecordDeadLettered, StageFailed, TransactionAborted,
-    TransactionCommitted,
+    ConsumerLagMeasured, PartitionClosed, PartitionsAssigned, PartitionsRevoked,
+    RecordDeadLettered, RecordProcessed, RecordWritten, StageFailed, StoreKeysMeasured,
+    TransactionAborted, TransactionCommitted,
 };
 use crate::kafka;
 use crate::metrics::StageMetrics;
@@ -502,11 +503,17 @@ impl<P: Processor> Engine<P> {
         let path = self.state_root.join(p.to_string());
         let backend = RocksBackend::open(&path).map_err(|e| e.to_string())?;
         let mut stores = PartitionStores::new(Box::new(backend), self.spec.stores.len());
-        for (i, topic) in self.changelog_topics.iter().enumerate() {
+        // One changelog topic per declared store, in the same order.
+        for (i, (topic, store)) in self
+            .changelog_topics
+            .iter()
+            .zip(self.spec.stores)
+            .enumerate()
+        {
             restore::restore_store(
                 &self.config,
                 self.spec.name,
-                self.spec.stores[i],
+                store,
                 i as StoreId,
                 topic,
                 p,
@@ -542,10 +549,11 @@ impl<P: Processor> Engine<P> {
         // Dropping the stores closes RocksDB; what was committed is in it.
         self.parts.remove(&p);
         self.processor.on_revoked(p);
-        self.metrics
-            .consumer_lag
-            .with_label_values(&[&p.to_string()])
-            .set(0);
+        PartitionClosed {
+            stage: self.spec.name,
+            partition: p,
+        }
+        .emit(&self.metrics);
     }
 
     /// False when the stage runs `at_least_once` (no Kafka transactions).
@@ -568,15 +576,9 @@ impl<P: Processor> Engine<P> {
 
     fn send(&mut self, out: &Output, opaque: usize) -> Result<(), LoopError> {
         self.ensure_txn()?;
-        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-        for (k, v) in &out.headers {
-            headers = headers.insert(Header {
-                key: k.as_str(),
-                value: v.as_deref(),
-            });
-        }
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&out.topic, opaque).headers(headers);
+            BaseRecord::with_opaque_to(&out.topic, opaque)
+                .headers(kafka::owned_headers(&out.headers));
         if let Some(k) = &out.key {
             record = record.key(k.as_slice());
         }
@@ -588,25 +590,18 @@ impl<P: Processor> Engine<P> {
         }
         // No timestamp, whatever `out.timestamp_ms` says: the producer stamps
         // the send time and meterline's topics (LogAppendTime) the append time.
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Back-pressure: let librdkafka deliver, then try again.
-                    self.producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-                Err((e, _))
-                    if e.rdkafka_error_code()
-                        .is_some_and(kafka::is_permanent_produce_error) =>
-                {
-                    return Err(LoopError::Unproducible(format!(
-                        "producing to {}: {e}",
-                        out.topic
-                    )))
-                }
-                Err((e, _)) => return Err(classify("produce", e)),
+        match kafka::send_waiting(&self.producer, record) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.rdkafka_error_code()
+                    .is_some_and(kafka::is_permanent_produce_error) =>
+            {
+                Err(LoopError::Unproducible(format!(
+                    "producing to {}: {e}",
+                    out.topic
+                )))
             }
+            Err(e) => Err(classify("produce", e)),
         }
     }
 
@@ -677,7 +672,12 @@ impl<P: Processor> Engine<P> {
             };
             self.processor.process(&rec, &mut ctx)
         };
-        self.metrics.records_in.inc();
+        RecordProcessed {
+            stage: self.spec.name,
+            partition: p,
+            offset: rec.offset,
+        }
+        .emit(&self.metrics);
         match result {
             Ok(()) => {
                 let index = self.txn_inputs.len();
@@ -701,10 +701,11 @@ impl<P: Processor> Engine<P> {
                         }
                         Err(e) => return Err(e),
                     }
-                    self.metrics
-                        .records_out
-                        .with_label_values(&[&o.topic])
-                        .inc();
+                    RecordWritten {
+                        stage: self.spec.name,
+                        topic: &o.topic,
+                    }
+                    .emit(&self.metrics);
                 }
             }
             Err(StageError::Reject { code, message }) => {
@@ -790,10 +791,11 @@ impl<P: Processor> Engine<P> {
                 Ok(()) => {
                     for o in &out {
                         self.send(o, 0)?;
-                        self.metrics
-                            .records_out
-                            .with_label_values(&[&o.topic])
-                            .inc();
+                        RecordWritten {
+                            stage: self.spec.name,
+                            topic: &o.topic,
+                        }
+                        .emit(&self.metrics);
                     }
                 }
                 Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
@@ -1076,10 +1078,13 @@ impl<P: Processor> Engine<P> {
         for (p, part) in &self.parts {
             let label = p.to_string();
             for (sid, store) in self.spec.stores.iter().enumerate() {
-                self.metrics
-                    .store_keys
-                    .with_label_values(&[*store, label.as_str()])
-                    .set(part.stores.approximate_keys(sid as StoreId) as i64);
+                StoreKeysMeasured {
+                    stage: self.spec.name,
+                    store,
+                    partition: &label,
+                    keys: part.stores.approximate_keys(sid as StoreId) as i64,
+                }
+                .emit(&self.metrics);
             }
             let pos = positions
                 .as_ref()
@@ -1091,10 +1096,12 @@ impl<P: Processor> Engine<P> {
                 .or(part.committed);
             if let Some(high) = cached_high_watermark(consumer, &self.input_topic, *p) {
                 let lag = (high - pos.unwrap_or(0)).max(0);
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&label])
-                    .set(lag);
+                ConsumerLagMeasured {
+                    stage: self.spec.name,
+                    partition: &label,
+                    lag,
+                }
+                .emit(&self.metrics);
             }
         }
     }

@@ -28,7 +28,8 @@ impl KeyBuilder {
     pub fn bytes(mut self, b: &[u8]) -> Self {
         let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
         self.buf.extend_from_slice(&len.to_be_bytes());
-        self.buf.extend_from_slice(&b[..len as usize]);
+        self.buf
+            .extend_from_slice(b.get(..len as usize).unwrap_or(b));
         self
     }
 
@@ -71,11 +72,10 @@ impl<'a> KeyReader<'a> {
     }
 
     pub fn bytes(&mut self) -> Result<&'a [u8], KeyError> {
-        if self.rest.len() < 4 {
+        let Some((len, rest)) = self.rest.split_first_chunk::<4>() else {
             return Err(KeyError("truncated length"));
-        }
-        let (len, rest) = self.rest.split_at(4);
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        };
+        let len = u32::from_be_bytes(*len) as usize;
         if rest.len() < len {
             return Err(KeyError("truncated bytes"));
         }

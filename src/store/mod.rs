@@ -122,6 +122,11 @@ pub struct PartitionStores {
     overlays: Vec<Writes>,
 }
 
+// A `StoreId` is the index of a store the stage declared (`StageSpec::stores`),
+// and there is one overlay per declared store: an id out of range is a bug in
+// the stage, which a panic shows in its first test, where returning "not
+// found" or dropping the write would lose data silently.
+#[allow(clippy::indexing_slicing)]
 impl PartitionStores {
     pub fn new(backend: Box<dyn Backend>, store_count: usize) -> Self {
         PartitionStores {

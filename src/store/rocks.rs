@@ -97,7 +97,8 @@ impl Backend for RocksBackend {
             if k.as_ref() >= end.as_slice() || out.len() >= limit {
                 break;
             }
-            out.push((k[1..].to_vec(), v.to_vec()));
+            // Every key of the store starts with its one-byte prefix.
+            out.push((k.get(1..).unwrap_or_default().to_vec(), v.to_vec()));
         }
         Ok(out)
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -217,32 +217,20 @@ pub type Record = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
 pub fn produce(topic: &str, records: &[Record]) {
     let p = producer();
     for (k, v, h) in records {
-        let mut headers = OwnedHeaders::new();
-        for (hk, hv) in h {
-            headers = headers.insert(Header {
-                key: hk,
-                value: Some(hv),
-            });
-        }
-        let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        let h: Vec<(String, Option<Vec<u8>>)> = h
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        let mut r: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).headers(meterline::kafka::owned_headers(&h));
         if let Some(k) = k {
             r = r.key(k);
         }
         if let Some(v) = v {
             r = r.payload(v);
         }
-        loop {
-            match p.send(r) {
-                Ok(()) => break,
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    back,
-                )) => {
-                    p.poll(Duration::from_millis(20));
-                    r = back;
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
+        if let Err(e) = meterline::kafka::send_waiting(&p, r) {
+            panic!("produce: {e}");
         }
         p.poll(Duration::ZERO);
     }

@@ -105,17 +105,6 @@
 //! closed, and RocksDB would otherwise walk the deletion markers of every
 //! window closed since the last compaction.
 
-// Non-test code must not be able to panic.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -348,7 +337,7 @@ struct UnbilledMetrics {
     amount: Option<prometheus::GaugeVec>,
     /// `meterline_aggregate_invoice_lines_pending{currency, legal_entity}`.
     lines: prometheus::IntGaugeVec,
-    /// `meterline_aggregate_event_time_lag_seconds`.
+    /// `meterline_event_time_lag_seconds{stage="aggregate"}`.
     event_time_lag: prometheus::IntGauge,
     /// Per partition: when last summed, and (currency, legal entity) ->
     /// (amount, open billing-period windows).
@@ -379,10 +368,7 @@ impl UnbilledMetrics {
                 "Invoice lines pending period close (open billing-period windows), by currency and legal entity.",
                 &["currency", "legal_entity"],
             ),
-            event_time_lag: crate::metrics::gauge(
-                "meterline_aggregate_event_time_lag_seconds",
-                "Wall clock minus the event time of the last rated event aggregated.",
-            ),
+            event_time_lag: crate::metrics::event_time_lag(SPEC.name),
             parts: BTreeMap::new(),
             seen: std::collections::BTreeSet::new(),
         }
@@ -437,12 +423,13 @@ impl UnbilledMetrics {
         self.seen.extend(total.keys().cloned());
         for k in &self.seen {
             let (a, n) = total.get(k).copied().unwrap_or_default();
-            let labels = [k.0.as_str(), k.1.as_str()];
-            if let Some(g) = &self.amount {
-                g.with_label_values(&labels)
-                    .set(rust_decimal::prelude::ToPrimitive::to_f64(&a).unwrap_or(0.0));
+            crate::internal_events::UnbilledMeasured {
+                currency: &k.0,
+                legal_entity: &k.1,
+                amount: rust_decimal::prelude::ToPrimitive::to_f64(&a).unwrap_or(0.0),
+                lines: n,
             }
-            self.lines.with_label_values(&labels).set(n);
+            .emit(self.amount.as_ref(), &self.lines);
         }
     }
 }
@@ -816,11 +803,14 @@ fn add(w: &mut ClosedWindow, quantity: Decimal, amount: Decimal) -> Result<(), A
     Ok(())
 }
 
+/// This stage's entry in the stage table (a constant index: out of range
+/// would not compile).
+#[allow(clippy::indexing_slicing)]
+const SPEC: &StageSpec = &topology::STAGES[3];
+
 impl Processor for AggregateProcessor {
-    // A constant index into the constant stage table: checked by every test.
-    #[allow(clippy::indexing_slicing)]
     fn spec(&self) -> &'static StageSpec {
-        &topology::STAGES[3]
+        SPEC
     }
 
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
@@ -828,9 +818,11 @@ impl Processor for AggregateProcessor {
         self.last_input_ms.insert(ctx.partition, now_ms);
         let rated = parse(rec.value)?;
         let e = &rated.enriched;
-        self.unbilled
-            .event_time_lag
-            .set(now_ms.saturating_sub(e.event.time.timestamp_millis()) / MS_PER_S);
+        crate::internal_events::EventTimeLagMeasured {
+            stage: SPEC.name,
+            lag_s: now_ms.saturating_sub(e.event.time.timestamp_millis()) / MS_PER_S,
+        }
+        .emit(&self.unbilled.event_time_lag);
         let mut clock = load_clock(ctx)?;
         let t = targets(e, clock.watermark_ms)?;
         let digest = event_digest(&rated.source, &rated.id);

@@ -57,17 +57,6 @@
 //! billing-period windows and those before its period close, on one
 //! partition (keyed by customer), which is what makes the sums complete.
 
-// Non-test code must not be able to panic.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use chrono::{Duration, NaiveDate};
 use rust_decimal::Decimal;
 
@@ -418,8 +407,8 @@ pub struct PostProcessor {
     lineage_retention_days: u32,
     /// `meterline_post_postings_total{type, kind}`.
     postings_emitted: prometheus::IntCounterVec,
-    /// `meterline_post_event_time_lag_seconds`: wall clock minus the end of
-    /// the last window posted.
+    /// `meterline_event_time_lag_seconds{stage="post"}`: wall clock minus
+    /// the end of the last window posted.
     event_time_lag: prometheus::IntGauge,
 }
 
@@ -434,10 +423,7 @@ impl PostProcessor {
                 "Postings emitted to finance.postings (committed or not), by posting type and kind.",
                 &["type", "kind"],
             ),
-            event_time_lag: crate::metrics::gauge(
-                "meterline_post_event_time_lag_seconds",
-                "Wall clock minus the end of the last window posted.",
-            ),
+            event_time_lag: crate::metrics::event_time_lag(SPEC.name),
         }
     }
 }
@@ -473,11 +459,14 @@ fn parse(bytes: Option<&[u8]>) -> Result<ClosedWindow, PostError> {
     Ok(w)
 }
 
+/// This stage's entry in the stage table (a constant index: out of range
+/// would not compile).
+#[allow(clippy::indexing_slicing)]
+const SPEC: &StageSpec = &topology::STAGES[4];
+
 impl Processor for PostProcessor {
-    // A constant index into the constant stage table: checked by every test.
-    #[allow(clippy::indexing_slicing)]
     fn spec(&self) -> &'static StageSpec {
-        &topology::STAGES[4]
+        SPEC
     }
 
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
@@ -538,12 +527,18 @@ impl Processor for PostProcessor {
                 now_ms,
             )?;
         }
-        self.event_time_lag
-            .set((now_ms - w.window.end.timestamp_millis()) / 1_000);
+        crate::internal_events::EventTimeLagMeasured {
+            stage: SPEC.name,
+            lag_s: (now_ms - w.window.end.timestamp_millis()) / 1_000,
+        }
+        .emit(&self.event_time_lag);
         for p in posted.postings {
-            self.postings_emitted
-                .with_label_values(&[p.posting_type.as_str(), p.kind.as_str()])
-                .inc();
+            crate::internal_events::PostingEmitted {
+                posting_type: p.posting_type.as_str(),
+                kind: p.kind.as_str(),
+                idempotency_key: &p.idempotency_key,
+            }
+            .emit(&self.postings_emitted);
             let value = p
                 .to_json_bytes()
                 .map_err(|e| StageError::Fatal(format!("serializing a posting: {e}")))?;

@@ -180,10 +180,7 @@ impl RateProcessor {
             retention_ms: i64::from(retention_days).saturating_mul(MS_PER_DAY),
             clock,
             lineage_retention_days: config.lineage.retention_days,
-            event_time_lag: crate::metrics::gauge(
-                "meterline_rate_event_time_lag_seconds",
-                "Wall clock minus the event time of the last event rated.",
-            ),
+            event_time_lag: crate::metrics::event_time_lag(SPEC.name),
         }
     }
 
@@ -216,9 +213,14 @@ fn parse(bytes: Option<&[u8]>) -> Result<EnrichedEvent, RateError> {
     Ok(enriched)
 }
 
+/// This stage's entry in the stage table (a constant index: out of range
+/// would not compile).
+#[allow(clippy::indexing_slicing)]
+const SPEC: &StageSpec = &topology::STAGES[2];
+
 impl Processor for RateProcessor {
     fn spec(&self) -> &'static StageSpec {
-        &topology::STAGES[2]
+        SPEC
     }
 
     /// Releases segments whose period ended beyond the retention (see
@@ -266,8 +268,11 @@ impl Processor for RateProcessor {
         let enriched = parse(rec.value)?;
         let period_end_ms = enriched.billing_period.end.timestamp_millis();
         let now_ms = (self.clock)();
-        self.event_time_lag
-            .set(now_ms.saturating_sub(enriched.event.time.timestamp_millis()) / 1_000);
+        crate::internal_events::EventTimeLagMeasured {
+            stage: SPEC.name,
+            lag_s: now_ms.saturating_sub(enriched.event.time.timestamp_millis()) / 1_000,
+        }
+        .emit(&self.event_time_lag);
         if period_end_ms < self.expiry_cutoff_ms(now_ms) {
             return Err(RateError::SegmentExpired {
                 period: enriched.billing_period.id.clone(),

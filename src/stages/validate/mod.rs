@@ -113,10 +113,7 @@ impl ValidateProcessor {
             output_topic: config.topic(topology::names::VALIDATED),
             stream_time_ms: BTreeMap::new(),
             lineage_retention_days: config.lineage.retention_days,
-            event_time_lag: crate::metrics::gauge(
-                "meterline_validate_event_time_lag_seconds",
-                "Wall clock minus the event time of the last event validated.",
-            ),
+            event_time_lag: crate::metrics::event_time_lag(SPEC.name),
             duplicates: crate::metrics::counter(
                 "meterline_validate_duplicates_total",
                 "Valid events dropped because their (source, id) was already accepted.",
@@ -132,9 +129,14 @@ fn reject(r: reason::Reject) -> StageError {
     }
 }
 
+/// This stage's entry in the stage table (a constant index: out of range
+/// would not compile).
+#[allow(clippy::indexing_slicing)]
+const SPEC: &StageSpec = &topology::STAGES[0];
+
 impl Processor for ValidateProcessor {
     fn spec(&self) -> &'static StageSpec {
-        &topology::STAGES[0]
+        SPEC
     }
 
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
@@ -163,8 +165,11 @@ impl Processor for ValidateProcessor {
         let entry = dedupe::entry_key(&validated.source, &validated.id);
         let day = lineage::day_of(validated.time);
         let now_ms = Utc::now().timestamp_millis();
-        self.event_time_lag
-            .set((now_ms - validated.time.timestamp_millis()) / 1_000);
+        crate::internal_events::EventTimeLagMeasured {
+            stage: SPEC.name,
+            lag_s: (now_ms - validated.time.timestamp_millis()) / 1_000,
+        }
+        .emit(&self.event_time_lag);
         let step = |outcome: &str, detail: serde_json::Value| lineage::Step {
             outcome: outcome.to_string(),
             partition: rec.partition,

@@ -1,0 +1,461 @@
+//! The enrich processor: resolving or parking each input record, the
+//! punctuation that re-checks parked events and refreshes the gauges, and
+//! the reference-table feed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Utc;
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+
+use crate::config::Config;
+use crate::contracts::ValidatedEvent;
+use crate::lineage::{self, Count};
+use crate::refdata::{RefKind, RefTables};
+use crate::runtime::dlq::{self, headers, last_header};
+use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
+use crate::topology::{self, StageSpec};
+
+use super::events::{
+    EventParked, ExceptionReplayDropped, ParkedEventReemitted, TableRecordRefused,
+};
+use super::metrics::EnrichMetrics;
+use super::parked::{
+    all_entries_range, customer_range, oldest_parked_ms, read_stats, remove_parked, store_parked,
+    EventIds, ParkedEntry, ParkedMeta,
+};
+use super::recheck::{Recheck, Snapshot, PARKED_RECHECK_BATCH_MAX, PARKED_RESWEEP_INTERVAL_MS};
+use super::resolve::{meter_catalog, resolve, MeterCatalog, ParkReason};
+use super::stats::revenue_at_risk;
+use super::{SetupError, COUNTERS, LINEAGE, MALFORMED_VALIDATED_EVENT, MS_PER_SECOND, PARKED};
+use crate::contracts::EnrichedEvent;
+
+/// The parts of the processor that resolving and parking need, apart from
+/// the re-check bookkeeping (so both can be borrowed at once).
+pub(super) struct Enricher {
+    pub(super) tables: RefTables,
+    pub(super) meters: MeterCatalog,
+    pub(super) validated_topic: String,
+    pub(super) enriched_topic: String,
+    pub(super) exceptions_topic: String,
+    pub(super) metrics: EnrichMetrics,
+    pub(super) lineage_retention_days: u32,
+}
+
+pub struct EnrichProcessor {
+    pub(super) inner: Enricher,
+    pub(super) parts: BTreeMap<i32, Recheck>,
+    /// Currencies ever reported, so one that drops out is reset to 0.
+    /// (currency, legal entity) pairs the revenue-at-risk gauge has shown.
+    pub(super) currencies_seen: BTreeSet<(String, String)>,
+}
+
+impl EnrichProcessor {
+    pub fn new(config: &Config) -> Result<Self, SetupError> {
+        let mut slugs = BTreeSet::new();
+        for m in &config.meters {
+            if !slugs.insert(m.slug.as_str()) {
+                return Err(SetupError::Meters(format!(
+                    "meter {:?} declared twice",
+                    m.slug
+                )));
+            }
+        }
+        Ok(EnrichProcessor {
+            inner: Enricher {
+                tables: RefTables::new(),
+                meters: meter_catalog(config.meters.iter().cloned()),
+                validated_topic: config.topic(topology::names::VALIDATED),
+                enriched_topic: config.topic(topology::names::ENRICHED),
+                exceptions_topic: config.topic(topology::names::EXCEPTIONS),
+                metrics: EnrichMetrics::new(),
+                lineage_retention_days: config.lineage.retention_days,
+            },
+            parts: BTreeMap::new(),
+            currencies_seen: BTreeSet::new(),
+        })
+    }
+
+    /// The reference tables as this instance sees them.
+    pub fn tables(&self) -> &RefTables {
+        &self.inner.tables
+    }
+
+    fn set_gauges(&mut self, now_ms: i64) {
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut oldest: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut at_risk: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+        for part in self.parts.values() {
+            for (reason, n) in &part.snapshot.stats.by_reason {
+                *counts.entry(reason.as_str()).or_default() +=
+                    i64::try_from(*n).unwrap_or(i64::MAX);
+            }
+            for (reason, t) in &part.snapshot.oldest_ms {
+                let e = oldest.entry(reason.as_str()).or_insert(*t);
+                *e = (*e).min(*t);
+            }
+            let stats = &part.snapshot.stats;
+            for (currency, amount) in &stats.at_risk {
+                // Per legal entity; what no entity accounts for (entries
+                // parked before entities were kept) under "".
+                let mut rest = amount.0;
+                let entities = stats.at_risk_by_entity.get(currency);
+                for (entity, a) in entities.into_iter().flatten() {
+                    rest = rest.checked_sub(a.0).unwrap_or(rest);
+                    let e = at_risk
+                        .entry((currency.clone(), entity.clone()))
+                        .or_insert(Decimal::ZERO);
+                    *e = e.checked_add(a.0).unwrap_or(*e);
+                }
+                if !rest.is_zero() {
+                    let e = at_risk
+                        .entry((currency.clone(), String::new()))
+                        .or_insert(Decimal::ZERO);
+                    *e = e.checked_add(rest).unwrap_or(*e);
+                }
+            }
+        }
+        let m = &self.inner.metrics;
+        for code in ParkReason::ALL_CODES {
+            let age_s = oldest
+                .get(code)
+                .map(|t| now_ms.saturating_sub(*t).max(0) / MS_PER_SECOND)
+                .unwrap_or(0);
+            crate::internal_events::ParkedMeasured {
+                reason: code,
+                events: counts.get(code).copied().unwrap_or(0),
+                oldest_age_s: age_s,
+            }
+            .emit(&m.parked_events, &m.oldest_age);
+        }
+        for key in at_risk.keys() {
+            self.currencies_seen.insert(key.clone());
+        }
+        if let Some(gauge) = &m.revenue_at_risk {
+            for key in &self.currencies_seen {
+                crate::internal_events::RevenueAtRiskMeasured {
+                    currency: &key.0,
+                    legal_entity: &key.1,
+                    amount: at_risk.get(key).and_then(Decimal::to_f64).unwrap_or(0.0),
+                }
+                .emit(gauge);
+            }
+        }
+    }
+}
+
+impl Enricher {
+    /// The exceptions copy of a parked input record.
+    fn exception(&self, rec: &InputRecord<'_>, subject: &str, reason: &ParkReason) -> Output {
+        // Built like a dead letter (same diagnostic headers, input headers
+        // kept) so `meterline replay` treats both alike; the original topic
+        // is always the namespaced usage.validated.
+        let source = InputRecord {
+            topic: &self.validated_topic,
+            ..*rec
+        };
+        let mut out = dlq::dead_letter(
+            "enrich",
+            &source,
+            reason.code(),
+            &reason.message(),
+            &self.exceptions_topic,
+            1,
+        );
+        out.key = Some(subject.as_bytes().to_vec());
+        // Keyed by customer like every pipeline topic.
+        out.partition = None;
+        out
+    }
+
+    pub(super) fn enriched_output(
+        &self,
+        enriched: &EnrichedEvent,
+        timestamp_ms: Option<i64>,
+    ) -> Result<Output, StageError> {
+        let value = enriched
+            .to_json_bytes()
+            .map_err(|e| StageError::Fatal(format!("serializing an enriched event: {e}")))?;
+        Ok(Output {
+            topic: self.enriched_topic.clone(),
+            key: Some(enriched.event.subject.as_bytes().to_vec()),
+            value: Some(value),
+            headers: Vec::new(),
+            partition: None,
+            timestamp_ms,
+        })
+    }
+
+    /// Whether `rec` was replayed from usage.exceptions; the source if so.
+    fn replayed_exception<'r>(&self, rec: &InputRecord<'r>) -> Option<&'r str> {
+        let from = last_header(rec.headers, headers::REPLAYED_FROM)?;
+        let from = std::str::from_utf8(from).ok()?;
+        let topic = from.strip_prefix(self.exceptions_topic.as_str())?;
+        topic.starts_with(':').then_some(from)
+    }
+
+    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        let bytes = rec.value.ok_or_else(|| StageError::Reject {
+            code: MALFORMED_VALIDATED_EVENT,
+            message: "the record has no value".into(),
+        })?;
+        let event = ValidatedEvent::from_json_slice(bytes).map_err(|e| StageError::Reject {
+            code: MALFORMED_VALIDATED_EVENT,
+            message: format!("not a validated event: {e}"),
+        })?;
+        let ids = EventIds::of(&event);
+        let key = ids.entry_key();
+        let existing = match ctx.stores.get(PARKED, &key)? {
+            Some(b) => Some(ParkedEntry::decode(&b)?),
+            None => None,
+        };
+        let replayed = self.replayed_exception(rec).is_some();
+        let day = lineage::day_of(event.time);
+        crate::internal_events::EventTimeLagMeasured {
+            stage: SPEC.name,
+            lag_s: Utc::now()
+                .timestamp_millis()
+                .saturating_sub(event.time.timestamp_millis())
+                / MS_PER_SECOND,
+        }
+        .emit(&self.metrics.event_time_lag);
+        // A replayed exceptions copy is not a new input: the event was
+        // counted when it first arrived. (A dropped replayed copy counts
+        // nothing; every other path counts its outcome together with this.)
+        let arrived = (!replayed).then_some(Count::In);
+        if existing.is_none() {
+            if let Some(from) = self.replayed_exception(rec) {
+                ExceptionReplayDropped {
+                    ids: &ids,
+                    replayed_from: from,
+                }
+                .emit(&self.metrics);
+                return Ok(());
+            }
+        }
+        match resolve(&event, &self.tables, &self.meters) {
+            Ok(enriched) => {
+                if let Some(old) = &existing {
+                    remove_parked(ctx.stores, &ids, &old.meta)?;
+                    ParkedEventReemitted {
+                        ids: &ids,
+                        reason: &old.meta.reason,
+                        parked_ms: old.meta.first_parked_ms,
+                    }
+                    .emit(&self.metrics);
+                }
+                let healed = existing.is_some();
+                let outcome = if healed {
+                    Count::Released
+                } else {
+                    Count::Passed
+                };
+                lineage::count(ctx, COUNTERS, &day, arrived.into_iter().chain([outcome]))?;
+                self.note_enriched(ctx, &enriched, rec.partition, rec.offset, healed)?;
+                let out = self.enriched_output(&enriched, rec.timestamp_ms)?;
+                ctx.emit(out);
+            }
+            Err(reason) => {
+                let parked = existing.is_none().then_some(Count::Held);
+                lineage::count(ctx, COUNTERS, &day, arrived.into_iter().chain(parked))?;
+                self.note(
+                    ctx,
+                    &event,
+                    lineage::Step {
+                        outcome: "parked".into(),
+                        partition: rec.partition,
+                        offset: rec.offset,
+                        reason: Some(reason.code().to_owned()),
+                        detail: serde_json::Value::Null,
+                    },
+                )?;
+                let (first_parked_ms, input_timestamp_ms) = match &existing {
+                    Some(old) => (old.meta.first_parked_ms, old.meta.input_timestamp_ms),
+                    None => (Utc::now().timestamp_millis(), rec.timestamp_ms),
+                };
+                let entry = ParkedEntry {
+                    meta: ParkedMeta {
+                        reason: reason.code().to_owned(),
+                        message: reason.message(),
+                        first_parked_ms,
+                        input_timestamp_ms,
+                        at_risk: revenue_at_risk(&event, &reason, &self.tables),
+                    },
+                    event: bytes.to_vec(),
+                };
+                store_parked(ctx.stores, &ids, existing.as_ref().map(|e| &e.meta), &entry)?;
+                ctx.emit(self.exception(rec, &event.subject, &reason));
+                EventParked {
+                    ids: &ids,
+                    reason: reason.code(),
+                    message: &entry.meta.message,
+                    again: existing.is_some(),
+                }
+                .emit(&self.metrics);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a lineage step for `event`.
+    fn note(
+        &self,
+        ctx: &mut Ctx<'_>,
+        event: &ValidatedEvent,
+        step: lineage::Step,
+    ) -> Result<(), StageError> {
+        lineage::record_step(
+            ctx,
+            LINEAGE,
+            &event.source,
+            &event.id,
+            step,
+            Utc::now().timestamp_millis(),
+        )
+    }
+
+    /// The lineage step of an enriched event (`healed`: it was parked).
+    pub(super) fn note_enriched(
+        &self,
+        ctx: &mut Ctx<'_>,
+        e: &EnrichedEvent,
+        partition: i32,
+        offset: i64,
+        healed: bool,
+    ) -> Result<(), StageError> {
+        self.note(
+            ctx,
+            &e.event,
+            lineage::Step {
+                outcome: "enriched".into(),
+                partition,
+                offset,
+                reason: None,
+                detail: serde_json::json!({
+                    "subscription": e.subscription_id,
+                    "plan": e.plan_id,
+                    "plan_version": e.plan_version,
+                    "currency": e.currency,
+                    "legal_entity": e.legal_entity,
+                    "billing_period": e.billing_period.id,
+                    "healed": healed,
+                }),
+            },
+        )
+    }
+}
+
+/// This stage's entry in the stage table (a constant index: out of range
+/// would not compile).
+#[allow(clippy::indexing_slicing)]
+pub(super) const SPEC: &StageSpec = &topology::STAGES[1];
+
+impl Processor for EnrichProcessor {
+    fn spec(&self) -> &'static StageSpec {
+        SPEC
+    }
+
+    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        self.parts.entry(ctx.partition).or_insert_with(Recheck::new);
+        self.inner.process(rec, ctx)
+    }
+
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        lineage::expire(ctx, LINEAGE, now_ms, self.inner.lineage_retention_days)?;
+        let part = self.parts.entry(ctx.partition).or_insert_with(Recheck::new);
+        if part.sweep.is_none()
+            && part
+                .last_sweep_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= PARKED_RESWEEP_INTERVAL_MS)
+        {
+            part.sweep_requested = true;
+        }
+        if part.sweep_requested && part.sweep.is_none() {
+            part.sweep_requested = false;
+            part.sweep = Some(all_entries_range().0);
+            part.last_sweep_ms = Some(now_ms);
+        }
+
+        let mut budget = PARKED_RECHECK_BATCH_MAX;
+        // Targeted re-checks first: they answer a record that just arrived.
+        while budget > 0 {
+            let Some((customer, from)) = part.customers.pop_first() else {
+                break;
+            };
+            let (_, to) = customer_range(&customer);
+            let (next, used) = self.inner.recheck_range(&from, &to, budget, ctx)?;
+            budget = budget.saturating_sub(used);
+            if let Some(next) = next {
+                part.customers.insert(customer, next);
+            }
+        }
+        if budget > 0 {
+            if let Some(from) = part.sweep.take() {
+                let (_, to) = all_entries_range();
+                let (next, _) = self.inner.recheck_range(&from, &to, budget, ctx)?;
+                part.sweep = next;
+            }
+        }
+
+        let stats = read_stats(ctx.stores)?;
+        let mut oldest_ms = BTreeMap::new();
+        for reason in stats.by_reason.keys() {
+            if let Some(t) = oldest_parked_ms(ctx.stores, reason)? {
+                oldest_ms.insert(reason.clone(), t);
+            }
+        }
+        part.snapshot = Snapshot { stats, oldest_ms };
+        self.set_gauges(now_ms);
+        Ok(())
+    }
+
+    fn on_rollback(&mut self) {
+        // Re-emissions of the aborted transaction were rolled back with
+        // their deletes: look at everything again.
+        for part in self.parts.values_mut() {
+            part.customers.clear();
+            part.sweep = None;
+            part.sweep_requested = true;
+        }
+    }
+
+    fn on_revoked(&mut self, partition: i32) {
+        self.parts.remove(&partition);
+        self.set_gauges(Utc::now().timestamp_millis());
+    }
+
+    fn on_table_record(&mut self, table: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let m = &self.inner.metrics;
+        let refuse = |key: &str, code: &str, error: &str| {
+            TableRecordRefused {
+                table,
+                key,
+                code,
+                error,
+            }
+            .emit(m)
+        };
+        let Some(kind) = RefKind::from_topic(table) else {
+            refuse("", "unknown_table", "not a reference table");
+            return;
+        };
+        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            refuse(
+                "",
+                "invalid_key",
+                "a reference record needs a UTF-8 key (the record's id)",
+            );
+            return;
+        };
+        match self.inner.tables.apply_tracked(kind, key, value) {
+            Ok(triggers) => {
+                for part in self.parts.values_mut() {
+                    for trigger in &triggers {
+                        part.trigger(trigger);
+                    }
+                }
+            }
+            Err(e) => refuse(key, e.code(), &e.to_string()),
+        }
+    }
+}

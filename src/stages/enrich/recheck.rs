@@ -1,0 +1,160 @@
+//! Re-checking parked events: the per-partition bookkeeping of what remains
+//! to re-check (not state: re-derivable) and the re-resolution of parked
+//! entries (see "Self-healing, exactly once" in the module docs of [`super`]).
+
+use std::collections::BTreeMap;
+
+use crate::contracts::ValidatedEvent;
+use crate::lineage::{self, Count};
+use crate::refdata::{RefKind, RefTrigger};
+use crate::runtime::{Ctx, StageError};
+
+use super::events::ParkedEventReemitted;
+use super::parked::{
+    customer_range, parse_entry_key, remove_parked, store_parked, successor, EventIds, ParkedEntry,
+    ParkedMeta,
+};
+use super::processor::Enricher;
+use super::resolve::resolve;
+use super::stats::{revenue_at_risk, ParkedStats};
+use super::{COUNTERS, PARKED};
+
+/// Parked entries re-resolved per partition per punctuation, at most (bounds
+/// one transaction; the rest wait for the next punctuation, about 1 s later).
+pub const PARKED_RECHECK_BATCH_MAX: usize = 500;
+/// A full sweep of a partition's parked events at least this often, even
+/// without a reference record that calls for one (a safety net: triggers
+/// already cover every record that can resolve a park).
+pub const PARKED_RESWEEP_INTERVAL_MS: i64 = 600_000;
+/// Customers queued for a targeted re-check per partition, at most; a bulk
+/// load beyond this is cheaper to handle with one full sweep.
+const RECHECK_CUSTOMERS_MAX: usize = 10_000;
+
+/// What remains to re-check in one partition. Losing it loses nothing: a
+/// fresh one asks for a full sweep.
+#[derive(Debug, Clone)]
+pub(super) struct Recheck {
+    /// Customer -> next key of its range to re-check.
+    pub(super) customers: BTreeMap<String, Vec<u8>>,
+    /// A full sweep in progress: the next key to re-check.
+    pub(super) sweep: Option<Vec<u8>>,
+    /// Start a full sweep as soon as none is in progress.
+    pub(super) sweep_requested: bool,
+    /// When the last full sweep started (wall clock, ms).
+    pub(super) last_sweep_ms: Option<i64>,
+    /// The partition's figures as of its last punctuation, for the gauges.
+    pub(super) snapshot: Snapshot,
+}
+
+impl Recheck {
+    pub(super) fn new() -> Self {
+        Recheck {
+            customers: BTreeMap::new(),
+            sweep: None,
+            sweep_requested: true,
+            last_sweep_ms: None,
+            snapshot: Snapshot::default(),
+        }
+    }
+
+    pub(super) fn trigger(&mut self, trigger: &RefTrigger) {
+        match trigger.kind {
+            RefKind::Customers | RefKind::Subscriptions => {
+                if self.customers.len() >= RECHECK_CUSTOMERS_MAX {
+                    self.customers.clear();
+                    self.sweep_requested = true;
+                } else {
+                    // From the start of the range again: entries before a
+                    // cursor were checked against older tables.
+                    let (from, _) = customer_range(&trigger.id);
+                    self.customers.insert(trigger.id.clone(), from);
+                }
+            }
+            RefKind::Plans => self.sweep_requested = true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct Snapshot {
+    pub(super) stats: ParkedStats,
+    pub(super) oldest_ms: BTreeMap<String, i64>,
+}
+
+impl Enricher {
+    /// Re-resolves one parked entry: emits and deletes it if it resolves,
+    /// updates it if its park code or revenue at risk changed.
+    fn recheck(&self, key: &[u8], value: &[u8], ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        let (customer, source, id) = parse_entry_key(key)?;
+        let ids = EventIds {
+            customer,
+            source,
+            id,
+        };
+        let entry = ParkedEntry::decode(value)?;
+        let event = ValidatedEvent::from_json_slice(&entry.event).map_err(|e| {
+            StageError::Fatal(format!(
+                "parked event {}/{} is not a validated event any more: {e}",
+                ids.source, ids.id
+            ))
+        })?;
+        match resolve(&event, &self.tables, &self.meters) {
+            Ok(enriched) => {
+                remove_parked(ctx.stores, &ids, &entry.meta)?;
+                let day = lineage::day_of(event.time);
+                lineage::count(ctx, COUNTERS, &day, [Count::Released])?;
+                // Not from an input record (offset -1): healed by reference data.
+                let partition = ctx.partition;
+                self.note_enriched(ctx, &enriched, partition, -1, true)?;
+                let out = self.enriched_output(&enriched, entry.meta.input_timestamp_ms)?;
+                ctx.emit(out);
+                ParkedEventReemitted {
+                    ids: &ids,
+                    reason: &entry.meta.reason,
+                    parked_ms: entry.meta.first_parked_ms,
+                }
+                .emit(&self.metrics);
+            }
+            Err(reason) => {
+                let at_risk = revenue_at_risk(&event, &reason, &self.tables);
+                if reason.code() != entry.meta.reason || at_risk != entry.meta.at_risk {
+                    let updated = ParkedEntry {
+                        meta: ParkedMeta {
+                            reason: reason.code().to_owned(),
+                            message: reason.message(),
+                            at_risk,
+                            ..entry.meta.clone()
+                        },
+                        event: entry.event.clone(),
+                    };
+                    store_parked(ctx.stores, &ids, Some(&entry.meta), &updated)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-checks up to `budget` entries of `[from, to)`; returns the cursor
+    /// to resume from, or None when the range is done, and what was used.
+    pub(super) fn recheck_range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        budget: usize,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(Option<Vec<u8>>, usize), StageError> {
+        let entries = ctx.stores.scan(PARKED, from, to, budget)?;
+        let used = entries.len();
+        let mut last = None;
+        for (k, v) in entries {
+            self.recheck(&k, &v, ctx)?;
+            last = Some(k);
+        }
+        // A full batch may have more behind it; a short one ends the range.
+        let next = match last {
+            Some(k) if used >= budget => Some(successor(&k)),
+            _ => None,
+        };
+        Ok((next, used))
+    }
+}

@@ -1,0 +1,503 @@
+//! Unit tests of the enrich processor.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::parked::{all_entries_range, oldest_parked_ms, parse_entry_key, read_stats};
+use super::stats::ParkedStats;
+use super::*;
+use crate::config::Config;
+use crate::contracts::EnrichedEvent;
+use crate::contracts::ValidatedEvent;
+use crate::contracts::{Encoding, Measure, Origin};
+use crate::lineage;
+use crate::refdata::parse_jsonl;
+use crate::refdata::RefKind;
+use crate::runtime::dlq::{headers, last_header};
+use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
+use crate::store::MemBackend;
+use crate::store::PartitionStores;
+use chrono::{TimeZone, Utc};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+use serde_json::json;
+
+const NS: &str = "x.";
+
+fn config() -> Config {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
+}
+
+fn stores() -> PartitionStores {
+    PartitionStores::new(Box::<MemBackend>::default(), 3)
+}
+
+fn customer_line(id: &str) -> String {
+    json!({"id": id, "name": "Acme", "legal_entity": "acme-us",
+           "erp_customer_id": format!("C-{id}"), "status": "active"})
+    .to_string()
+}
+
+fn subscription_line(id: &str, customer: &str, plan: &str) -> String {
+    json!({"id": id, "customer_id": customer, "plan_id": plan,
+           "start": "2026-01-01T00:00:00Z", "end": null,
+           "billing_anchor_day": 1, "time_zone": "UTC", "currency": "USD",
+           "legal_entity": "meterline-us"})
+    .to_string()
+}
+
+fn plan_line(id: &str) -> String {
+    json!({"id": id, "version": 1, "effective_from": "2026-01-01T00:00:00Z",
+           "currency": "USD",
+           "charges": {"tokens": {"model": "graduated", "tiers": [
+               {"up_to": "1000", "unit_price": "0"},
+               {"up_to": null, "unit_price": "0.01"}]}},
+           "gl_accounts": {"usage_revenue": "4010", "unbilled_receivable": "1210", "receivable": "1200"}})
+    .to_string()
+}
+
+/// Feeds JSON-lines records to the processor as table records.
+fn load(p: &mut EnrichProcessor, kind: RefKind, lines: &[String]) {
+    for (key, value) in parse_jsonl(kind, &lines.join("\n")).unwrap() {
+        p.on_table_record(kind.topic(), Some(key.as_bytes()), value.as_deref());
+    }
+}
+
+fn event(customer: &str, id: &str, tokens: Decimal) -> ValidatedEvent {
+    ValidatedEvent {
+        source: "svc".into(),
+        id: id.into(),
+        event_type: "llm.tokens".into(),
+        subject: customer.into(),
+        time: Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap(),
+        measures: vec![Measure {
+            meter: "tokens".into(),
+            value: Some(tokens),
+            unique_value: None,
+            group: BTreeMap::from([("model".into(), "m".into())]),
+        }],
+        data: json!({"tokens": 1, "model": "m"}),
+        origin: Origin {
+            topic: "x.usage.events".into(),
+            partition: 0,
+            offset: 1,
+            encoding: Encoding::Structured,
+        },
+    }
+}
+
+fn processor() -> EnrichProcessor {
+    EnrichProcessor::new(&config()).unwrap()
+}
+
+/// A processor knowing plan `pro` and `cust-1` with subscription `sub-1`.
+fn loaded() -> EnrichProcessor {
+    let mut p = processor();
+    load(&mut p, RefKind::Plans, &[plan_line("pro")]);
+    load(&mut p, RefKind::Customers, &[customer_line("cust-1")]);
+    load(
+        &mut p,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-1", "cust-1", "pro")],
+    );
+    p
+}
+
+fn run_with_headers(
+    p: &mut EnrichProcessor,
+    s: &mut PartitionStores,
+    value: &[u8],
+    headers: &[(String, Option<Vec<u8>>)],
+) -> (Result<(), StageError>, Vec<Output>) {
+    let cfg = config();
+    let mut out = Vec::new();
+    let rec = InputRecord {
+        topic: "x.usage.validated",
+        partition: 0,
+        offset: 5,
+        key: Some(b"k"),
+        value: Some(value),
+        headers,
+        timestamp_ms: Some(1_768_046_400_000),
+    };
+    let mut ctx = Ctx {
+        partition: 0,
+        stores: s,
+        out: &mut out,
+        config: &cfg,
+    };
+    let r = p.process(&rec, &mut ctx);
+    (r, out)
+}
+
+fn run(
+    p: &mut EnrichProcessor,
+    s: &mut PartitionStores,
+    e: &ValidatedEvent,
+) -> (Result<(), StageError>, Vec<Output>) {
+    run_with_headers(p, s, &e.to_json_bytes().unwrap(), &[])
+}
+
+fn punctuate(p: &mut EnrichProcessor, s: &mut PartitionStores, now_ms: i64) -> Vec<Output> {
+    let cfg = config();
+    let mut out = Vec::new();
+    let mut ctx = Ctx {
+        partition: 0,
+        stores: s,
+        out: &mut out,
+        config: &cfg,
+    };
+    p.punctuate(&mut ctx, now_ms).unwrap();
+    out
+}
+
+fn header(o: &Output, name: &str) -> Option<String> {
+    last_header(&o.headers, name).map(|v| String::from_utf8(v.to_vec()).unwrap())
+}
+
+fn parked_keys(s: &PartitionStores) -> Vec<(String, String, String)> {
+    let (from, to) = all_entries_range();
+    s.scan(PARKED, &from, &to, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| parse_entry_key(&k).unwrap())
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[test]
+fn a_resolved_event_goes_to_usage_enriched_keyed_by_customer() {
+    let mut p = loaded();
+    let mut s = stores();
+    let (r, out) = run(&mut p, &mut s, &event("cust-1", "e1", dec!(5)));
+    r.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
+    assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
+    assert_eq!(out[0].timestamp_ms, Some(1_768_046_400_000));
+    let enriched = EnrichedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (enriched.subscription_id.as_str(), enriched.plan_version),
+        ("sub-1", 1)
+    );
+    assert!(parked_keys(&s).is_empty());
+    // Nothing parked; lineage and the day's counters are written.
+    assert!(s.pending(PARKED).is_empty());
+    assert_eq!(s.pending(COUNTERS).len(), 1);
+    let prefix = lineage::event_key("svc", "e1");
+    let steps = lineage::gather_steps(
+        s.scan(LINEAGE, &prefix, &lineage::prefix_end(&prefix), 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v),
+    );
+    assert_eq!(steps.steps[0].outcome, "enriched");
+}
+
+#[test]
+fn malformed_input_is_rejected_without_writes_or_outputs() {
+    let mut p = loaded();
+    let mut s = stores();
+    for bad in [&b"{not json"[..], br#"{"source":"s"}"#] {
+        let (r, out) = run_with_headers(&mut p, &mut s, bad, &[]);
+        match r.unwrap_err() {
+            StageError::Reject { code, .. } => assert_eq!(code, MALFORMED_VALIDATED_EVENT),
+            other => panic!("{other:?}"),
+        }
+        assert!(out.is_empty());
+    }
+    assert!(!s.has_pending());
+}
+
+#[test]
+fn an_unknown_customer_is_parked_with_an_exceptions_copy() {
+    let mut p = loaded();
+    let mut s = stores();
+    let e = event("cust-9", "e1", dec!(5));
+    let bytes = e.to_json_bytes().unwrap();
+    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &[]);
+    r.unwrap();
+    assert_eq!(out.len(), 1);
+    let x = &out[0];
+    assert_eq!(x.topic, format!("{NS}usage.exceptions"));
+    assert_eq!(x.key.as_deref(), Some(&b"cust-9"[..]));
+    assert_eq!(x.value.as_deref(), Some(bytes.as_slice()));
+    assert_eq!(x.partition, None);
+    assert_eq!(
+        header(x, headers::REASON).as_deref(),
+        Some("unknown_customer")
+    );
+    assert_eq!(header(x, headers::STAGE).as_deref(), Some("enrich"));
+    assert_eq!(
+        header(x, headers::ORIGINAL_TOPIC),
+        Some(format!("{NS}usage.validated"))
+    );
+    assert!(header(x, headers::MESSAGE).unwrap().contains("cust-9"));
+    assert_eq!(
+        parked_keys(&s),
+        [("cust-9".into(), "svc".into(), "e1".into())]
+    );
+    let stats = read_stats(&s).unwrap();
+    assert_eq!(stats.by_reason.get("unknown_customer"), Some(&1));
+    // No subscription is known for cust-9: the amount at risk is unknown.
+    assert!(stats.at_risk.is_empty());
+    assert!(oldest_parked_ms(&s, "unknown_customer").unwrap().is_some());
+}
+
+#[test]
+fn a_parked_event_flows_exactly_once_when_its_customer_arrives() {
+    let mut p = processor();
+    load(&mut p, RefKind::Plans, &[plan_line("pro")]);
+    // The subscription is known, the customer not yet.
+    load(
+        &mut p,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-9", "cust-9", "pro")],
+    );
+    let mut s = stores();
+    let (r, out) = run(&mut p, &mut s, &event("cust-9", "e1", dec!(1500)));
+    r.unwrap();
+    assert_eq!(out[0].topic, format!("{NS}usage.exceptions"));
+    // Revenue at risk: 1500 tokens alone = 1000 free + 500 * 0.01.
+    let stats = read_stats(&s).unwrap();
+    assert_eq!(stats.at_risk.get("USD").map(|d| d.0), Some(dec!(5.00)));
+    s.apply_committed(&[(0, 1)]).unwrap();
+
+    // The initial sweep finds nothing to do yet.
+    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    assert_eq!(parked_keys(&s).len(), 1);
+
+    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
+    let out = punctuate(&mut p, &mut s, now_ms());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
+    assert_eq!(out[0].key.as_deref(), Some(&b"cust-9"[..]));
+    assert_eq!(out[0].timestamp_ms, Some(1_768_046_400_000));
+    let enriched = EnrichedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(enriched.subscription_id, "sub-9");
+    assert_eq!(enriched.event.id, "e1");
+    // Deleted in the same transaction, with its index key and statistics.
+    assert!(parked_keys(&s).is_empty());
+    assert!(oldest_parked_ms(&s, "unknown_customer").unwrap().is_none());
+    assert_eq!(read_stats(&s).unwrap(), ParkedStats::default());
+    s.apply_committed(&[(0, 2)]).unwrap();
+
+    // Nothing flows a second time, even after a full sweep.
+    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    let later = now_ms() + PARKED_RESWEEP_INTERVAL_MS + 1;
+    assert!(punctuate(&mut p, &mut s, later).is_empty());
+    let all = s.scan(PARKED, &[], &[0xFF], 100).unwrap();
+    assert_eq!(all.len(), 1, "only the statistics key remains: {all:?}");
+}
+
+#[test]
+fn an_aborted_reemission_is_redone_in_the_next_transaction() {
+    let mut p = loaded();
+    let mut s = stores();
+    run(&mut p, &mut s, &event("cust-9", "e1", dec!(5)))
+        .0
+        .unwrap();
+    s.apply_committed(&[]).unwrap();
+    punctuate(&mut p, &mut s, now_ms());
+    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
+    load(
+        &mut p,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-9", "cust-9", "pro")],
+    );
+    assert_eq!(punctuate(&mut p, &mut s, now_ms()).len(), 1);
+    // The transaction aborts: the delete is dropped with the output.
+    s.rollback();
+    p.on_rollback();
+    assert_eq!(parked_keys(&s).len(), 1);
+    let out = punctuate(&mut p, &mut s, now_ms());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
+    s.apply_committed(&[]).unwrap();
+    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    assert!(parked_keys(&s).is_empty());
+}
+
+#[test]
+fn a_plan_record_triggers_a_bounded_sweep_of_every_customer() {
+    let mut p = processor();
+    load(&mut p, RefKind::Customers, &[customer_line("cust-1")]);
+    load(
+        &mut p,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-1", "cust-1", "pro")],
+    );
+    let mut s = stores();
+    let parked = PARKED_RECHECK_BATCH_MAX * 2 + 7;
+    for i in 0..parked {
+        let (r, out) = run(&mut p, &mut s, &event("cust-1", &format!("e{i}"), dec!(1)));
+        r.unwrap();
+        assert_eq!(
+            header(&out[0], headers::REASON).as_deref(),
+            Some("unknown_plan")
+        );
+    }
+    s.apply_committed(&[]).unwrap();
+    let now = now_ms();
+    assert!(punctuate(&mut p, &mut s, now).is_empty());
+    // Let the initial sweep finish before the plan arrives.
+    while p.parts[&0].sweep.is_some() {
+        assert!(punctuate(&mut p, &mut s, now).is_empty());
+    }
+    load(&mut p, RefKind::Plans, &[plan_line("pro")]);
+    let mut emitted = BTreeSet::new();
+    let mut rounds = 0;
+    while !parked_keys(&s).is_empty() {
+        let out = punctuate(&mut p, &mut s, now);
+        assert!(out.len() <= PARKED_RECHECK_BATCH_MAX);
+        for o in out {
+            let e = EnrichedEvent::from_json_slice(o.value.as_deref().unwrap()).unwrap();
+            assert!(emitted.insert(e.event.id), "emitted twice");
+        }
+        s.apply_committed(&[]).unwrap();
+        rounds += 1;
+        assert!(rounds < 10);
+    }
+    assert_eq!(emitted.len(), parked);
+    assert_eq!(rounds, 3);
+    assert!(punctuate(&mut p, &mut s, now).is_empty());
+}
+
+#[test]
+fn a_customer_trigger_rechecks_only_that_customer_across_punctuations() {
+    let mut p = loaded();
+    let mut s = stores();
+    let parked = PARKED_RECHECK_BATCH_MAX + 3;
+    for i in 0..parked {
+        run(&mut p, &mut s, &event("cust-9", &format!("e{i}"), dec!(1)))
+            .0
+            .unwrap();
+    }
+    s.apply_committed(&[]).unwrap();
+    let now = now_ms();
+    while {
+        punctuate(&mut p, &mut s, now);
+        p.parts[&0].sweep.is_some()
+    } {}
+    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
+    load(
+        &mut p,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-9", "cust-9", "pro")],
+    );
+    assert!(p.parts[&0].customers.contains_key("cust-9"));
+    assert!(p.parts[&0].sweep.is_none() && !p.parts[&0].sweep_requested);
+    let first = punctuate(&mut p, &mut s, now);
+    assert_eq!(first.len(), PARKED_RECHECK_BATCH_MAX);
+    s.apply_committed(&[]).unwrap();
+    let second = punctuate(&mut p, &mut s, now);
+    assert_eq!(second.len(), 3);
+    s.apply_committed(&[]).unwrap();
+    assert!(parked_keys(&s).is_empty());
+    assert!(p.parts[&0].customers.is_empty());
+}
+
+#[test]
+fn a_still_unresolved_event_changes_reason_without_a_new_exception() {
+    let mut p = processor();
+    let mut s = stores();
+    run(&mut p, &mut s, &event("cust-1", "e1", dec!(5)))
+        .0
+        .unwrap();
+    s.apply_committed(&[]).unwrap();
+    punctuate(&mut p, &mut s, now_ms());
+    load(&mut p, RefKind::Customers, &[customer_line("cust-1")]);
+    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    let stats = read_stats(&s).unwrap();
+    assert_eq!(
+        stats.by_reason,
+        BTreeMap::from([("no_active_subscription".to_owned(), 1)])
+    );
+    assert!(oldest_parked_ms(&s, "unknown_customer").unwrap().is_none());
+    assert!(oldest_parked_ms(&s, "no_active_subscription")
+        .unwrap()
+        .is_some());
+    // The subscription comes, its plan does not: unknown_plan.
+    load(
+        &mut p,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-1", "cust-1", "pro")],
+    );
+    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    assert_eq!(
+        read_stats(&s).unwrap().by_reason,
+        BTreeMap::from([("unknown_plan".to_owned(), 1)])
+    );
+}
+
+#[test]
+fn replays_of_exceptions_flow_once_and_never_twice() {
+    let mut p = loaded();
+    let mut s = stores();
+    let e = event("cust-9", "e1", dec!(5));
+    let bytes = e.to_json_bytes().unwrap();
+    run(&mut p, &mut s, &e).0.unwrap();
+    s.apply_committed(&[]).unwrap();
+    let replayed = vec![
+        (headers::ATTEMPT.to_owned(), Some(b"2".to_vec())),
+        (
+            headers::REPLAYED_FROM.to_owned(),
+            Some(format!("{NS}usage.exceptions:0:0").into_bytes()),
+        ),
+    ];
+    // Replayed while still unresolved: parked again, with a new copy.
+    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &replayed);
+    r.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(header(&out[0], headers::ATTEMPT).as_deref(), Some("2"));
+    assert_eq!(parked_keys(&s).len(), 1);
+    assert_eq!(
+        read_stats(&s).unwrap().by_reason.get("unknown_customer"),
+        Some(&1)
+    );
+    s.apply_committed(&[]).unwrap();
+    // The customer arrives and the replayed copy resolves it.
+    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
+    load(
+        &mut p,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-9", "cust-9", "pro")],
+    );
+    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &replayed);
+    r.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
+    assert!(parked_keys(&s).is_empty());
+    s.apply_committed(&[]).unwrap();
+    // Self-healing finds nothing left; a further replay is dropped.
+    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &replayed);
+    r.unwrap();
+    assert!(out.is_empty());
+    assert!(!s.has_pending());
+    // A replay from a dead-letter topic is a normal input record.
+    let from_dlq = vec![(
+        headers::REPLAYED_FROM.to_owned(),
+        Some(format!("{NS}meterline.dlq.enrich:0:0").into_bytes()),
+    )];
+    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &from_dlq);
+    r.unwrap();
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn malformed_table_records_are_skipped() {
+    let mut p = loaded();
+    let before = p.tables().clone();
+    p.on_table_record("ref.customers", Some(b"cust-1"), Some(b"{oops"));
+    p.on_table_record("ref.customers", None, Some(b"{}"));
+    p.on_table_record("ref.plans", Some(b"no-version"), None);
+    p.on_table_record("ref.unknown", Some(b"k"), Some(b"{}"));
+    assert_eq!(p.tables(), &before);
+    // And a good tombstone still applies afterwards.
+    p.on_table_record("ref.customers", Some(b"cust-1"), None);
+    assert!(p.tables().customer("cust-1").is_none());
+}
