@@ -39,11 +39,6 @@ pub mod meter;
 pub mod metrics;
 pub mod money;
 pub mod rating;
-// Not yet clean of the crate's no-panic lints (Cargo.toml [lints]): three
-// slices/indexes in reconcile.rs, which is being split into read / checks /
-// render on another branch (issue 11); to fix there (`.get()`), then drop
-// this allow.
-#[allow(clippy::indexing_slicing)]
 pub mod reconcile;
 pub mod refdata;
 pub mod registry;

@@ -31,7 +31,6 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::cli::ReplayArgs;
 use crate::config::Config;
 use crate::kafka::{self, ClientError};
 use crate::runtime::dlq::{attempt_of, headers, last_header};
@@ -79,6 +78,37 @@ pub enum ReplayError {
     Kafka(#[from] KafkaError),
     #[error("replay took longer than {0} ms without reaching the end of the topic")]
     Timeout(u64),
+}
+
+/// `meterline replay` arguments (the `cli` parses them; [`ReplayOptions::from_args`]
+/// checks them).
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Topic to replay from: a dead-letter topic or usage.exceptions (namespace added).
+    #[arg(long)]
+    pub from: String,
+    /// Only records dead-lettered with this reason code.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only records dead-lettered at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Stop at the first record dead-lettered after this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Replay at most this many records.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// The topic the records go back to (namespace added); optional, and
+    /// only the input they came from is accepted (anything else is refused).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Print what would be replayed, by reason; send and commit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Consumer group keeping replay progress (default: meterline.replay.<from>.<reason|all>).
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,45 +246,9 @@ impl ReplaySummary {
 
 /// Runs a replay to the end of the source topic (or --until / --limit).
 pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
-    let mut cc = kafka::reader_config(config);
-    cc.set("group.id", &opts.group);
-    // ReaderContext: partition ends (how this loop knows it is done) are
-    // not logged as client errors.
-    let consumer: BaseConsumer<kafka::ReaderContext> = kafka::create(&cc, kafka::ReaderContext)?;
-    let md = kafka::metadata(consumer.client(), config, Some(&opts.from))?;
-    let partitions = kafka::partition_count(&md, &opts.from, config)?;
-    let md = kafka::metadata(consumer.client(), config, Some(&opts.target))?;
-    kafka::partition_count(&md, &opts.target, config)?;
     let call_timeout = Duration::from_millis(config.runtime.transaction_call_timeout_ms);
-
-    // Start each partition where this group left off.
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(&opts.from, p);
-    }
-    let committed = consumer.committed_offsets(tpl, call_timeout)?;
-    let mut assign = TopicPartitionList::new();
-    let mut open: BTreeMap<i32, ()> = BTreeMap::new();
-    for e in committed.elements() {
-        let start = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        assign.add_partition_offset(&opts.from, e.partition(), start)?;
-        open.insert(e.partition(), ());
-    }
-    consumer.assign(&assign)?;
-
-    let producer: Option<BaseProducer> = if opts.dry_run {
-        None
-    } else {
-        let p: BaseProducer = kafka::create(
-            &kafka::transactional_producer_config(config, &format!("{}.producer", opts.group)),
-            rdkafka::producer::DefaultProducerContext,
-        )?;
-        p.init_transactions(call_timeout)?;
-        Some(p)
-    };
+    let (consumer, mut open) = assign_source(config, opts, call_timeout)?;
+    let producer = replay_producer(config, opts, call_timeout)?;
 
     let mut summary = ReplaySummary::default();
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
@@ -311,32 +305,9 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         }
         // Checked before anything of this record is sent; what this
         // transaction holds so far is rolled back with it.
-        let origin_error = match last_header(&hs, headers::ORIGINAL_TOPIC) {
-            None => Some(ReplayError::NoTarget {
-                topic: opts.from.clone(),
-                partition: p,
-                offset: msg.offset(),
-                header: headers::ORIGINAL_TOPIC,
-            }),
-            Some(o) if o != opts.target.as_bytes() => Some(ReplayError::ForeignRecord {
-                topic: opts.from.clone(),
-                partition: p,
-                offset: msg.offset(),
-                origin: String::from_utf8_lossy(o).into_owned(),
-                target: opts.target.clone(),
-            }),
-            Some(_) => None,
-        };
-        if let Some(e) = origin_error {
+        if let Some(e) = origin_error(opts, p, msg.offset(), &hs) {
             if let (Some(producer), true) = (&producer, in_txn > 0) {
-                // Delivery reports are served only when polled (flush does),
-                // and abort waits for them.
-                let _ = producer.flush(call_timeout);
-                if let Err(abort) = producer.abort_transaction(call_timeout) {
-                    // Uncommitted either way: the broker aborts it on timeout,
-                    // or the next replay of this group fences it.
-                    eprintln!("replay: aborting the open transaction failed: {abort}");
-                }
+                abort_open_transaction(producer, call_timeout);
             }
             return Err(e);
         }
@@ -348,32 +319,9 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         if in_txn == 0 {
             producer.begin_transaction()?;
         }
-        let attempt = attempt_of(&hs).saturating_add(1).to_string();
         let from = format!("{}:{}:{}", opts.from, p, msg.offset());
-        let mut out = OwnedHeaders::new();
-        for (k, v) in &hs {
-            let k = k.as_str();
-            if headers::DIAGNOSTIC.contains(&k)
-                || k == headers::ATTEMPT
-                || k == headers::REPLAYED_FROM
-            {
-                continue;
-            }
-            out = out.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
-        }
-        out = out
-            .insert(Header {
-                key: headers::ATTEMPT,
-                value: Some(attempt.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::REPLAYED_FROM,
-                value: Some(from.as_bytes()),
-            });
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&target).headers(out);
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&target).headers(replayed_headers(&hs, &from));
         if let Some(k) = msg.key() {
             rec = rec.key(k);
         }
@@ -401,6 +349,126 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
     Ok(summary)
 }
 
+/// The replay consumer, assigned every partition of the source where this
+/// group left off, and the partitions still open (all of them).
+fn assign_source(
+    config: &Config,
+    opts: &ReplayOptions,
+    call_timeout: Duration,
+) -> Result<(BaseConsumer<kafka::ReaderContext>, BTreeMap<i32, ()>), ReplayError> {
+    let mut cc = kafka::reader_config(config);
+    cc.set("group.id", &opts.group);
+    // ReaderContext: partition ends (how the replay loop knows it is done)
+    // are not logged as client errors.
+    let consumer: BaseConsumer<kafka::ReaderContext> = kafka::create(&cc, kafka::ReaderContext)?;
+    let md = kafka::metadata(consumer.client(), config, Some(&opts.from))?;
+    let partitions = kafka::partition_count(&md, &opts.from, config)?;
+    let md = kafka::metadata(consumer.client(), config, Some(&opts.target))?;
+    kafka::partition_count(&md, &opts.target, config)?;
+
+    // Start each partition where this group left off.
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&opts.from, p);
+    }
+    let committed = consumer.committed_offsets(tpl, call_timeout)?;
+    let mut assign = TopicPartitionList::new();
+    let mut open: BTreeMap<i32, ()> = BTreeMap::new();
+    for e in committed.elements() {
+        let start = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        assign.add_partition_offset(&opts.from, e.partition(), start)?;
+        open.insert(e.partition(), ());
+    }
+    consumer.assign(&assign)?;
+    Ok((consumer, open))
+}
+
+/// The transactional producer of a replay (None for a dry run).
+fn replay_producer(
+    config: &Config,
+    opts: &ReplayOptions,
+    call_timeout: Duration,
+) -> Result<Option<BaseProducer>, ReplayError> {
+    if opts.dry_run {
+        return Ok(None);
+    }
+    let p: BaseProducer = kafka::create(
+        &kafka::transactional_producer_config(config, &format!("{}.producer", opts.group)),
+        rdkafka::producer::DefaultProducerContext,
+    )?;
+    p.init_transactions(call_timeout)?;
+    Ok(Some(p))
+}
+
+/// Why the record at `partition`/`offset` of the source, with headers `hs`,
+/// may not go to the replay's target (None when it may).
+fn origin_error(
+    opts: &ReplayOptions,
+    partition: i32,
+    offset: i64,
+    hs: &[(String, Option<Vec<u8>>)],
+) -> Option<ReplayError> {
+    match last_header(hs, headers::ORIGINAL_TOPIC) {
+        None => Some(ReplayError::NoTarget {
+            topic: opts.from.clone(),
+            partition,
+            offset,
+            header: headers::ORIGINAL_TOPIC,
+        }),
+        Some(o) if o != opts.target.as_bytes() => Some(ReplayError::ForeignRecord {
+            topic: opts.from.clone(),
+            partition,
+            offset,
+            origin: String::from_utf8_lossy(o).into_owned(),
+            target: opts.target.clone(),
+        }),
+        Some(_) => None,
+    }
+}
+
+/// Aborts the open transaction before a replay stops on an error.
+fn abort_open_transaction(producer: &BaseProducer, call_timeout: Duration) {
+    // Delivery reports are served only when polled (flush does), and abort
+    // waits for them.
+    let _ = producer.flush(call_timeout);
+    if let Err(abort) = producer.abort_transaction(call_timeout) {
+        // Uncommitted either way: the broker aborts it on timeout, or the
+        // next replay of this group fences it.
+        eprintln!("replay: aborting the open transaction failed: {abort}");
+    }
+}
+
+/// The headers of a replayed record: the dead letter's, without the
+/// diagnostic ones, with `meterline.attempt` + 1 and
+/// `meterline.replayed.from` = `from`.
+fn replayed_headers(hs: &[(String, Option<Vec<u8>>)], from: &str) -> OwnedHeaders {
+    let attempt = attempt_of(hs).saturating_add(1).to_string();
+    let mut out = OwnedHeaders::new();
+    for (k, v) in hs {
+        let k = k.as_str();
+        if headers::DIAGNOSTIC.contains(&k) || k == headers::ATTEMPT || k == headers::REPLAYED_FROM
+        {
+            continue;
+        }
+        out = out.insert(Header {
+            key: k,
+            value: v.as_deref(),
+        });
+    }
+    out.insert(Header {
+        key: headers::ATTEMPT,
+        value: Some(attempt.as_bytes()),
+    })
+    .insert(Header {
+        key: headers::REPLAYED_FROM,
+        value: Some(from.as_bytes()),
+    })
+}
+
+/// Sends one record, waiting while the producer's queue is full.
 fn single(topic: &str, p: i32) -> TopicPartitionList {
     let mut t = TopicPartitionList::new();
     t.add_partition(topic, p);

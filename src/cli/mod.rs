@@ -14,7 +14,7 @@ mod lineage;
 use crate::config::Config;
 use crate::kafka;
 use crate::refdata::{parse_jsonl, PublishRecord, RefKind};
-use crate::replay::{ReplayOptions, ReplaySummary};
+use crate::replay::{ReplayArgs, ReplayOptions, ReplaySummary};
 use crate::runtime::StageStatus;
 use crate::topology::{self, Topology};
 
@@ -107,35 +107,6 @@ pub enum TopologyAction {
     },
     /// Count the committed records of every pipeline topic (reads them all).
     Counts,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ReplayArgs {
-    /// Topic to replay from: a dead-letter topic or usage.exceptions (namespace added).
-    #[arg(long)]
-    pub from: String,
-    /// Only records dead-lettered with this reason code.
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// Only records dead-lettered at or after this time (RFC 3339).
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Stop at the first record dead-lettered after this time (RFC 3339).
-    #[arg(long)]
-    pub until: Option<String>,
-    /// Replay at most this many records.
-    #[arg(long)]
-    pub limit: Option<u64>,
-    /// The topic the records go back to (namespace added); optional, and
-    /// only the input they came from is accepted (anything else is refused).
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Print what would be replayed, by reason; send and commit nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Consumer group keeping replay progress (default: meterline.replay.<from>.<reason|all>).
-    #[arg(long)]
-    pub group: Option<String>,
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

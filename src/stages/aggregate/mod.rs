@@ -796,6 +796,65 @@ impl Touched {
     }
 }
 
+/// The event being windowed, as [`Touched::add_to`] needs it.
+struct Windowing<'a> {
+    e: &'a EnrichedEvent,
+    /// The clearing of every window the event touches.
+    clearing: Clearing,
+    digest: &'a [u8; DIGEST_BYTES],
+    /// The partition's write-back cache.
+    cached: &'a BTreeMap<Vec<u8>, ClosedWindow>,
+}
+
+/// One window an event adds to.
+struct WindowTarget<'a> {
+    kind: WindowKind,
+    /// The segment id, or the subscription id of a period close.
+    scope: &'a str,
+    window: &'a Window,
+    adjusts: Option<&'a Window>,
+    segment: Option<SegmentInfo>,
+}
+
+impl Touched {
+    /// Adds `quantity` and `amount` to the window `target` (touched, stored
+    /// or new) and returns it.
+    fn add_to(
+        &mut self,
+        ctx: &Ctx<'_>,
+        ev: &Windowing<'_>,
+        target: WindowTarget<'_>,
+        quantity: Decimal,
+        amount: Decimal,
+    ) -> Result<&mut ClosedWindow, StageError> {
+        let key = window_key(
+            target.window.end,
+            target.kind,
+            target.scope,
+            &target.window.id,
+            target.adjusts,
+        )?;
+        let w = self.get(
+            ctx,
+            ev.cached,
+            key,
+            || {
+                new_window(
+                    ev.e,
+                    target.kind,
+                    target.window.clone(),
+                    target.adjusts.cloned(),
+                    ev.clearing.clone(),
+                    target.segment,
+                )
+            },
+            ev.digest,
+        )?;
+        add(w, quantity, amount)?;
+        Ok(w)
+    }
+}
+
 fn add(w: &mut ClosedWindow, quantity: Decimal, amount: Decimal) -> Result<(), AggregateError> {
     let overflow = || AggregateError::Overflow(w.window.id.clone());
     w.quantity = w.quantity.checked_add(quantity).ok_or_else(overflow)?;
@@ -833,10 +892,15 @@ impl Processor for AggregateProcessor {
         // Everything is computed in memory first: a reject writes nothing.
         let mut touched = Touched::default();
         let no_cache = BTreeMap::new();
-        let cached = self
-            .cache
-            .get(&ctx.partition)
-            .map_or(&no_cache, |c| &c.dirty);
+        let ev = Windowing {
+            e,
+            clearing: period_clearing,
+            digest: &digest,
+            cached: self
+                .cache
+                .get(&ctx.partition)
+                .map_or(&no_cache, |c| &c.dirty),
+        };
         for ((rm, measure), charge) in rated.measures.iter().zip(&e.event.measures).zip(&e.charges)
         {
             let segment = SegmentInfo {
@@ -849,79 +913,31 @@ impl Processor for AggregateProcessor {
                 tax_code: charge.tax_code.clone(),
                 unit: charge.unit.clone(),
             };
-            let day_key = window_key(
-                t.day.end,
-                WindowKind::Day,
-                &rm.segment_id,
-                &t.day.id,
-                t.day_adjusts.as_ref(),
-            )?;
-            let day = touched.get(
-                ctx,
-                cached,
-                day_key,
-                || {
-                    new_window(
-                        e,
-                        WindowKind::Day,
-                        t.day.clone(),
-                        t.day_adjusts.clone(),
-                        period_clearing.clone(),
-                        Some(segment.clone()),
-                    )
-                },
-                &digest,
-            )?;
-            add(day, rm.marginal_quantity, rm.marginal_amount)?;
-            let period_key = window_key(
-                t.period.end,
-                WindowKind::BillingPeriod,
-                &rm.segment_id,
-                &t.period.id,
-                t.period_adjusts.as_ref(),
-            )?;
-            let period = touched.get(
-                ctx,
-                cached,
-                period_key,
-                || {
-                    new_window(
-                        e,
-                        WindowKind::BillingPeriod,
-                        t.period.clone(),
-                        t.period_adjusts.clone(),
-                        period_clearing.clone(),
-                        Some(segment),
-                    )
-                },
-                &digest,
-            )?;
-            add(period, rm.marginal_quantity, rm.marginal_amount)?;
+            let day = WindowTarget {
+                kind: WindowKind::Day,
+                scope: &rm.segment_id,
+                window: &t.day,
+                adjusts: t.day_adjusts.as_ref(),
+                segment: Some(segment.clone()),
+            };
+            touched.add_to(ctx, &ev, day, rm.marginal_quantity, rm.marginal_amount)?;
+            let period = WindowTarget {
+                kind: WindowKind::BillingPeriod,
+                scope: &rm.segment_id,
+                window: &t.period,
+                adjusts: t.period_adjusts.as_ref(),
+                segment: Some(segment),
+            };
+            touched.add_to(ctx, &ev, period, rm.marginal_quantity, rm.marginal_amount)?;
             if t.period_adjusts.is_none() {
-                let close_key = window_key(
-                    t.period.end,
-                    WindowKind::PeriodClose,
-                    &e.subscription_id,
-                    &t.period.id,
-                    None,
-                )?;
-                let close = touched.get(
-                    ctx,
-                    cached,
-                    close_key,
-                    || {
-                        new_window(
-                            e,
-                            WindowKind::PeriodClose,
-                            t.period.clone(),
-                            None,
-                            period_clearing.clone(),
-                            None,
-                        )
-                    },
-                    &digest,
-                )?;
-                add(close, Decimal::ZERO, rm.marginal_amount)?;
+                let close = WindowTarget {
+                    kind: WindowKind::PeriodClose,
+                    scope: &e.subscription_id,
+                    window: &t.period,
+                    adjusts: None,
+                    segment: None,
+                };
+                let close = touched.add_to(ctx, &ev, close, Decimal::ZERO, rm.marginal_amount)?;
                 // Provisional terms, whatever the arrival order: at close
                 // the period takes those of the version in force at its
                 // start from the reference tables ([`periods::apply_terms`]);

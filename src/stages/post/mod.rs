@@ -235,17 +235,54 @@ pub fn post_window_with(
     spend: Decimal,
     mode: RoundingMode,
 ) -> Result<Posted, PostError> {
-    let round = |a: Decimal| money::round_to_minor(a, &w.currency, mode);
     // Checked first: an unknown currency rejects the window, whatever its kind.
-    let amount = round(w.amount)?;
+    let amount = money::round_to_minor(w.amount, &w.currency, mode)?;
     let accounting_date = match w.kind {
         WindowKind::Day => w.window.id.clone(),
         _ => last_local_date(&w.window, &w.time_zone)?
             .format("%Y-%m-%d")
             .to_string(),
     };
-    let segment = w.segment.as_ref();
-    let build = |posting_type: PostingType, kind: &str| {
+    let b = PostingBuilder { w, accounting_date };
+    let mut postings = Vec::new();
+    let mut new_accrued = None;
+    let mut new_spend = None;
+    match w.kind {
+        WindowKind::Day => new_accrued = Some(post_day(&b, amount, accrued, &mut postings)?),
+        WindowKind::BillingPeriod => {
+            new_spend = post_billing_period(&b, amount, accrued, spend, &mut postings)?;
+        }
+        WindowKind::PeriodClose => post_period_close(&b, spend, mode, &mut postings)?,
+    }
+    let mut control = b.build(PostingType::ControlTotal, w.kind.as_str());
+    control.control_total = Some(ControlTotal {
+        event_count: w.event_count,
+        quantity: w.quantity,
+        amount: w.amount,
+        amount_rounded: amount,
+        lineage_digest: w.lineage_digest.clone(),
+    });
+    postings.push(control);
+    for p in &postings {
+        check_balanced(p)?;
+    }
+    Ok(Posted {
+        postings,
+        accrued: new_accrued,
+        spend: new_spend,
+    })
+}
+
+/// Builds the postings of one window: what they share comes from it.
+struct PostingBuilder<'w> {
+    w: &'w ClosedWindow,
+    accounting_date: String,
+}
+
+impl PostingBuilder<'_> {
+    fn build(&self, posting_type: PostingType, kind: &str) -> Posting {
+        let w = self.w;
+        let segment = w.segment.as_ref();
         let business_key: Vec<String> = vec![
             posting_type.as_str().to_string(),
             kind.to_string(),
@@ -270,7 +307,7 @@ pub fn post_window_with(
             plan_id: w.plan_id.clone(),
             plan_version: segment.map_or(w.plan_version, |s| s.plan_version),
             currency: w.currency.clone(),
-            accounting_date: accounting_date.clone(),
+            accounting_date: self.accounting_date.clone(),
             billing_period: w.clearing.period.clone(),
             window_kind: w.kind,
             window: w.window.clone(),
@@ -282,123 +319,134 @@ pub fn post_window_with(
             invoice_line: None,
             control_total: None,
         }
-    };
-    let journal = |kind: &str, lines: Vec<JournalLine>| {
-        let mut p = build(PostingType::JournalEntry, kind);
+    }
+
+    fn journal(&self, kind: &str, lines: Vec<JournalLine>) -> Posting {
+        let mut p = self.build(PostingType::JournalEntry, kind);
         p.lines = lines;
         p
-    };
-    let invoice = |kind: &str, line: InvoiceLine| {
-        let mut p = build(PostingType::InvoiceLine, kind);
+    }
+
+    fn invoice(&self, kind: &str, line: InvoiceLine) -> Posting {
+        let mut p = self.build(PostingType::InvoiceLine, kind);
         p.invoice_line = Some(line);
         p
-    };
+    }
+}
+
+/// A day window: its accrual; returns the new accrued sum.
+fn post_day(
+    b: &PostingBuilder<'_>,
+    amount: Decimal,
+    accrued: Decimal,
+    postings: &mut Vec<Posting>,
+) -> Result<Decimal, PostError> {
+    let gl = &b.w.gl_accounts;
+    if let Some(lines) = two_lines(&gl.unbilled_receivable, &gl.usage_revenue, amount) {
+        postings.push(b.journal("accrual", lines));
+    }
+    accrued.checked_add(amount).ok_or(PostError::Overflow)
+}
+
+/// A billing-period window: its invoice line, rounding and reclass; returns
+/// the new spend of its subscription period (None: unchanged).
+fn post_billing_period(
+    b: &PostingBuilder<'_>,
+    amount: Decimal,
+    accrued: Decimal,
+    spend: Decimal,
+    postings: &mut Vec<Posting>,
+) -> Result<Option<Decimal>, PostError> {
+    let w = b.w;
     let gl = &w.gl_accounts;
-    let mut postings = Vec::new();
-    let mut new_accrued = None;
-    let mut new_spend = None;
-    match w.kind {
-        WindowKind::Day => {
-            if let Some(lines) = two_lines(&gl.unbilled_receivable, &gl.usage_revenue, amount) {
-                postings.push(journal("accrual", lines));
+    let segment = w.segment.as_ref();
+    if !(amount.is_zero() && w.quantity.is_zero()) {
+        let description = match (&w.segment, &w.adjusts) {
+            (Some(s), None) => {
+                format!("{} (plan {} v{})", s.meter, w.plan_id, s.plan_version)
             }
-            new_accrued = Some(accrued.checked_add(amount).ok_or(PostError::Overflow)?);
-        }
-        WindowKind::BillingPeriod => {
-            if !(amount.is_zero() && w.quantity.is_zero()) {
-                let description = match (&w.segment, &w.adjusts) {
-                    (Some(s), None) => {
-                        format!("{} (plan {} v{})", s.meter, w.plan_id, s.plan_version)
-                    }
-                    (Some(s), Some(a)) => format!(
-                        "{} (plan {} v{}), adjustment of period {}",
-                        s.meter, w.plan_id, s.plan_version, a.id
-                    ),
-                    (None, _) => "usage".to_string(),
-                };
-                postings.push(invoice(
-                    "usage",
+            (Some(s), Some(a)) => format!(
+                "{} (plan {} v{}), adjustment of period {}",
+                s.meter, w.plan_id, s.plan_version, a.id
+            ),
+            (None, _) => "usage".to_string(),
+        };
+        postings.push(b.invoice(
+            "usage",
+            InvoiceLine {
+                description,
+                quantity: w.quantity,
+                unit: segment.and_then(|s| s.unit.clone()),
+                amount,
+                tax_code: segment.and_then(|s| s.tax_code.clone()),
+            },
+        ));
+    }
+    // Unbilled holds `accrued`; bring it to the invoiced amount, then
+    // move exactly that to receivable: it ends at zero.
+    let difference = amount.checked_sub(accrued).ok_or(PostError::Overflow)?;
+    if let Some(lines) = two_lines(&gl.unbilled_receivable, &gl.usage_revenue, difference) {
+        postings.push(b.journal("rounding", lines));
+    }
+    if let Some(lines) = two_lines(&gl.receivable, &gl.unbilled_receivable, amount) {
+        postings.push(b.journal("reclass", lines));
+    }
+    // An adjustment counts toward no commitment (its period may
+    // not even have a period close): the spend is left alone.
+    if w.adjusts.is_none() {
+        return Ok(Some(spend.checked_add(amount).ok_or(PostError::Overflow)?));
+    }
+    Ok(None)
+}
+
+/// A period close: its base fee and minimum-commitment true-up.
+fn post_period_close(
+    b: &PostingBuilder<'_>,
+    spend: Decimal,
+    mode: RoundingMode,
+    postings: &mut Vec<Posting>,
+) -> Result<(), PostError> {
+    let w = b.w;
+    let gl = &w.gl_accounts;
+    let round = |a: Decimal| money::round_to_minor(a, &w.currency, mode);
+    let base_fee = round(w.base_fee.unwrap_or(Decimal::ZERO))?;
+    if let Some(lines) = two_lines(&gl.receivable, &gl.usage_revenue, base_fee) {
+        postings.push(b.invoice(
+            "base_fee",
+            InvoiceLine {
+                description: format!("base fee (plan {} v{})", w.plan_id, w.plan_version),
+                quantity: Decimal::ONE,
+                unit: None,
+                amount: base_fee,
+                tax_code: w.tax_code.clone(),
+            },
+        ));
+        postings.push(b.journal("base_fee", lines));
+    }
+    if let Some(commitment) = w.minimum_commitment {
+        let commitment = round(commitment)?;
+        let billed = spend.checked_add(base_fee).ok_or(PostError::Overflow)?;
+        let shortfall = commitment.checked_sub(billed).ok_or(PostError::Overflow)?;
+        if shortfall > Decimal::ZERO {
+            if let Some(lines) = two_lines(&gl.receivable, &gl.usage_revenue, shortfall) {
+                postings.push(b.invoice(
+                    "minimum_true_up",
                     InvoiceLine {
-                        description,
-                        quantity: w.quantity,
-                        unit: segment.and_then(|s| s.unit.clone()),
-                        amount,
-                        tax_code: segment.and_then(|s| s.tax_code.clone()),
-                    },
-                ));
-            }
-            // Unbilled holds `accrued`; bring it to the invoiced amount, then
-            // move exactly that to receivable: it ends at zero.
-            let difference = amount.checked_sub(accrued).ok_or(PostError::Overflow)?;
-            if let Some(lines) = two_lines(&gl.unbilled_receivable, &gl.usage_revenue, difference) {
-                postings.push(journal("rounding", lines));
-            }
-            if let Some(lines) = two_lines(&gl.receivable, &gl.unbilled_receivable, amount) {
-                postings.push(journal("reclass", lines));
-            }
-            // An adjustment counts toward no commitment (its period may
-            // not even have a period close): the spend is left alone.
-            if w.adjusts.is_none() {
-                new_spend = Some(spend.checked_add(amount).ok_or(PostError::Overflow)?);
-            }
-        }
-        WindowKind::PeriodClose => {
-            let base_fee = round(w.base_fee.unwrap_or(Decimal::ZERO))?;
-            if let Some(lines) = two_lines(&gl.receivable, &gl.usage_revenue, base_fee) {
-                postings.push(invoice(
-                    "base_fee",
-                    InvoiceLine {
-                        description: format!("base fee (plan {} v{})", w.plan_id, w.plan_version),
+                        description: format!(
+                            "minimum commitment {commitment} {}: true-up",
+                            w.currency
+                        ),
                         quantity: Decimal::ONE,
                         unit: None,
-                        amount: base_fee,
+                        amount: shortfall,
                         tax_code: w.tax_code.clone(),
                     },
                 ));
-                postings.push(journal("base_fee", lines));
-            }
-            if let Some(commitment) = w.minimum_commitment {
-                let commitment = round(commitment)?;
-                let billed = spend.checked_add(base_fee).ok_or(PostError::Overflow)?;
-                let shortfall = commitment.checked_sub(billed).ok_or(PostError::Overflow)?;
-                if shortfall > Decimal::ZERO {
-                    if let Some(lines) = two_lines(&gl.receivable, &gl.usage_revenue, shortfall) {
-                        postings.push(invoice(
-                            "minimum_true_up",
-                            InvoiceLine {
-                                description: format!(
-                                    "minimum commitment {commitment} {}: true-up",
-                                    w.currency
-                                ),
-                                quantity: Decimal::ONE,
-                                unit: None,
-                                amount: shortfall,
-                                tax_code: w.tax_code.clone(),
-                            },
-                        ));
-                        postings.push(journal("minimum_true_up", lines));
-                    }
-                }
+                postings.push(b.journal("minimum_true_up", lines));
             }
         }
     }
-    let mut control = build(PostingType::ControlTotal, w.kind.as_str());
-    control.control_total = Some(ControlTotal {
-        event_count: w.event_count,
-        quantity: w.quantity,
-        amount: w.amount,
-        amount_rounded: amount,
-        lineage_digest: w.lineage_digest.clone(),
-    });
-    postings.push(control);
-    for p in &postings {
-        check_balanced(p)?;
-    }
-    Ok(Posted {
-        postings,
-        accrued: new_accrued,
-        spend: new_spend,
-    })
+    Ok(())
 }
 
 pub struct PostProcessor {
