@@ -118,11 +118,15 @@ fn config() -> Config {
     .expect("bench config")
 }
 
-/// The rate stage with its wall clock on the benchmark's day (its events are
-/// from January 2026: on today's clock their segments would have expired).
+/// The clock every stage sees (`Ctx::now_ms`): the benchmark's day, an hour
+/// after its events (from January 2026: on today's clock the rate stage's
+/// segments would have expired).
+fn bench_now_ms() -> i64 {
+    utc("2026-01-10T13:00:00Z").timestamp_millis()
+}
+
 fn rate_processor(cfg: &Config) -> RateProcessor {
-    let now_ms = utc("2026-01-10T12:00:00Z").timestamp_millis();
-    RateProcessor::with_clock(cfg, Box::new(move || now_ms))
+    RateProcessor::new(cfg)
 }
 
 fn mem_stores() -> PartitionStores {
@@ -150,6 +154,7 @@ fn process_all<P: Processor>(
         stores,
         out,
         config: cfg,
+        now_ms: bench_now_ms(),
     };
     for (i, r) in recs.iter().enumerate() {
         let rec = InputRecord {

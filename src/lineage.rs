@@ -365,6 +365,7 @@ mod tests {
             stores: s,
             out: &mut out,
             config: &cfg,
+            now_ms: 0,
         };
         f(&mut ctx)
     }

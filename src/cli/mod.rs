@@ -187,7 +187,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             }
         },
         Command::Stages => {
-            println!("{}", crate::stages::RUNNABLE);
+            println!("{}", crate::stages::runnable());
             Ok(ExitCode::SUCCESS)
         }
         Command::Loadgen(args) => {

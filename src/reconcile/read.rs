@@ -54,7 +54,9 @@ fn committed(config: &Config, stage: &str, topic: &str) -> Result<BTreeMap<i32, 
     let mut cc = kafka::reader_config(config);
     cc.set("group.id", config.group_id(stage));
     let c: BaseConsumer = kafka::create(&cc, rdkafka::consumer::DefaultConsumerContext)?;
-    let md = kafka::metadata(c.client(), config, Some(topic))?;
+    // A topic created a moment ago may not be in the metadata yet: wait
+    // for it a bounded time, as the stages do.
+    let md = kafka::check_topics(&c, config, &[topic.to_string()])?;
     let parts = kafka::partition_count(&md, topic, config)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
@@ -82,7 +84,9 @@ fn committed(config: &Config, stage: &str, topic: &str) -> Result<BTreeMap<i32, 
 /// Whether any partition of `topic` had records deleted from its start.
 fn truncated(config: &Config, topic: &str) -> Result<bool, ClientError> {
     let c = kafka::reader(config)?;
-    let md = kafka::metadata(c.client(), config, Some(topic))?;
+    // A topic created a moment ago may not be in the metadata yet: wait
+    // for it a bounded time, as the stages do.
+    let md = kafka::check_topics(&c, config, &[topic.to_string()])?;
     let parts = kafka::partition_count(&md, topic, config)?;
     for p in 0..parts {
         let (low, _) = c.fetch_watermarks(

@@ -11,8 +11,7 @@ use crate::contracts::RatedEvent;
 use crate::contracts::{ClosedWindow, WindowKind};
 use crate::contracts::{Posting, PostingType};
 use crate::lineage::DayCounters;
-use crate::stages::aggregate::tests::{aggregate_all, config, rated, UTC1};
-use crate::stages::aggregate::GRACE_PERIOD_S;
+use crate::stages::fixtures::{aggregate_all, config, post_windows, rated, GRACE_PERIOD_S, UTC1};
 use crate::topology::names::{self, dlq};
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -20,7 +19,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 fn post_all(windows: &[ClosedWindow]) -> Vec<Posting> {
-    crate::stages::post::tests::post_windows(&config(), windows).0
+    post_windows(&config(), windows).0
 }
 
 /// January usage with a late event (an adjustment of Jan 11 made in the

@@ -23,6 +23,7 @@
 pub mod dlq;
 pub mod restore;
 mod tables;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -106,8 +107,9 @@ pub struct Output {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StageError {
     /// Bad input: the record goes to the stage's dead-letter topic with this
-    /// stable reason code. The processor must not have written state or
-    /// emitted outputs for it.
+    /// stable reason code. Whatever the processor wrote or emitted for the
+    /// record is dropped (a store savepoint per record, see
+    /// [`process_atomically`]).
     #[error("{code}: {message}")]
     Reject { code: &'static str, message: String },
     /// A dependency is unavailable (schema registry down, ...): abort, rewind,
@@ -131,12 +133,26 @@ pub struct Ctx<'a> {
     pub stores: &'a mut PartitionStores,
     pub out: &'a mut Vec<Output>,
     pub config: &'a Config,
+    /// Wall-clock time of this call, ms since the epoch. A stage reads the
+    /// time here, never from the system, so tests pin it
+    /// ([`testing::Harness`]).
+    pub now_ms: i64,
 }
 
 impl Ctx<'_> {
     pub fn emit(&mut self, output: Output) {
         self.out.push(output);
     }
+
+    /// [`now_ms`](Self::now_ms) as an instant.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(self.now_ms).unwrap_or_default()
+    }
+}
+
+/// The wall clock, ms since the epoch: what the runtime puts in [`Ctx`].
+pub fn wall_clock_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// A stage's logic. Everything it keeps must live in the stores it is given
@@ -669,8 +685,9 @@ impl<P: Processor> Engine<P> {
                 stores: &mut part.stores,
                 out: &mut out,
                 config: &self.config,
+                now_ms: wall_clock_ms(),
             };
-            self.processor.process(&rec, &mut ctx)
+            process_atomically(&mut self.processor, &rec, &mut ctx)
         };
         RecordProcessed {
             stage: self.spec.name,
@@ -709,7 +726,6 @@ impl<P: Processor> Engine<P> {
                 }
             }
             Err(StageError::Reject { code, message }) => {
-                debug_assert!(out.is_empty(), "a rejecting processor must not emit");
                 let dl = dlq::dead_letter(
                     self.spec.name,
                     &rec,
@@ -727,6 +743,7 @@ impl<P: Processor> Engine<P> {
                             stores: &mut part.stores,
                             out: &mut out,
                             config: &self.config,
+                            now_ms: wall_clock_ms(),
                         };
                         self.processor.on_rejected(&rec, code, &mut ctx)
                     }
@@ -784,6 +801,7 @@ impl<P: Processor> Engine<P> {
                     stores: &mut part.stores,
                     out: &mut out,
                     config: &self.config,
+                    now_ms,
                 };
                 self.processor.punctuate(&mut ctx, now_ms)
             };
@@ -832,6 +850,7 @@ impl<P: Processor> Engine<P> {
                 stores: &mut part.stores,
                 out: &mut flushed,
                 config: &self.config,
+                now_ms: wall_clock_ms(),
             };
             match self.processor.flush(&mut ctx) {
                 Ok(()) => {}
@@ -1110,6 +1129,27 @@ impl<P: Processor> Engine<P> {
 /// The high watermark librdkafka last saw in a fetch response for a partition
 /// (no request: a lag gauge must not add load or block the loop). None until
 /// the first fetch.
+/// [`Processor::process`] as one unit: a record the processor rejects
+/// leaves no store write and no output behind (its writes since the
+/// savepoint are undone, its outputs dropped), whatever the processor did
+/// before it returned the reject. The runtime then dead-letters it and calls
+/// [`Processor::on_rejected`], whose writes are kept.
+pub(crate) fn process_atomically<P: Processor>(
+    processor: &mut P,
+    rec: &InputRecord<'_>,
+    ctx: &mut Ctx<'_>,
+) -> Result<(), StageError> {
+    ctx.stores.savepoint();
+    let result = processor.process(rec, ctx);
+    if let Err(StageError::Reject { .. }) = result {
+        ctx.stores.rollback_to_savepoint();
+        ctx.out.clear();
+    } else {
+        ctx.stores.release_savepoint();
+    }
+    result
+}
+
 fn cached_high_watermark<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,

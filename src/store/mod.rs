@@ -115,11 +115,19 @@ impl Backend for MemBackend {
     }
 }
 
+/// One overlay write since a savepoint: the store, the key and the overlay
+/// entry it replaced (None: the key was not in the overlay).
+type Undo = (StoreId, Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// The stores of one partition: a durable backend plus the open transaction's
 /// overlay per store.
 pub struct PartitionStores {
     backend: Box<dyn Backend>,
     overlays: Vec<Writes>,
+    /// Since the last [`savepoint`](Self::savepoint): each overlay write,
+    /// to undo it.
+    undo: Vec<Undo>,
+    savepoint_open: bool,
 }
 
 // A `StoreId` is the index of a store the stage declared (`StageSpec::stores`),
@@ -132,6 +140,8 @@ impl PartitionStores {
         PartitionStores {
             backend,
             overlays: vec![Writes::new(); store_count],
+            undo: Vec::new(),
+            savepoint_open: false,
         }
     }
 
@@ -160,11 +170,49 @@ impl PartitionStores {
     }
 
     pub fn put(&mut self, store: StoreId, key: Vec<u8>, value: Vec<u8>) {
-        self.overlays[store as usize].insert(key, Some(value));
+        self.write(store, key, Some(value));
     }
 
     pub fn delete(&mut self, store: StoreId, key: Vec<u8>) {
-        self.overlays[store as usize].insert(key, None);
+        self.write(store, key, None);
+    }
+
+    fn write(&mut self, store: StoreId, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let overlay = &mut self.overlays[store as usize];
+        if self.savepoint_open {
+            let replaced = overlay.insert(key.clone(), value);
+            self.undo.push((store, key, replaced));
+        } else {
+            overlay.insert(key, value);
+        }
+    }
+
+    /// Marks the open transaction's writes so far: the runtime sets one
+    /// before each record, so that a rejected record's writes can be undone
+    /// ([`rollback_to_savepoint`](Self::rollback_to_savepoint)) while the
+    /// transaction's other writes stay.
+    pub fn savepoint(&mut self) {
+        self.undo.clear();
+        self.savepoint_open = true;
+    }
+
+    /// Undoes every write since the last [`savepoint`](Self::savepoint) and
+    /// closes it.
+    pub fn rollback_to_savepoint(&mut self) {
+        for (store, key, replaced) in self.undo.drain(..).rev() {
+            let overlay = &mut self.overlays[store as usize];
+            match replaced {
+                Some(entry) => overlay.insert(key, entry),
+                None => overlay.remove(&key),
+            };
+        }
+        self.savepoint_open = false;
+    }
+
+    /// Keeps the writes since the last savepoint and closes it.
+    pub fn release_savepoint(&mut self) {
+        self.undo.clear();
+        self.savepoint_open = false;
     }
 
     /// Entries with `from <= key < to` as the transaction sees them (overlay
@@ -225,6 +273,7 @@ impl PartitionStores {
         for o in &mut self.overlays {
             o.clear();
         }
+        self.release_savepoint();
         Ok(())
     }
 
@@ -233,6 +282,7 @@ impl PartitionStores {
         for o in &mut self.overlays {
             o.clear();
         }
+        self.release_savepoint();
     }
 
     /// Applies restored changelog records directly (no overlay: they are committed).
@@ -261,6 +311,40 @@ mod tests {
 
     fn stores() -> PartitionStores {
         PartitionStores::new(Box::<MemBackend>::default(), 2)
+    }
+
+    #[test]
+    fn a_savepoint_undoes_only_the_writes_after_it() {
+        let mut s = stores();
+        s.put(0, b"committed".to_vec(), b"c".to_vec());
+        s.apply_committed(&[]).unwrap();
+        // Earlier records of the open transaction.
+        s.put(0, b"a".to_vec(), b"1".to_vec());
+        s.delete(1, b"b".to_vec());
+        s.savepoint();
+        // The rejected record: overwrites, deletes, new keys, twice the same key.
+        s.put(0, b"a".to_vec(), b"2".to_vec());
+        s.put(0, b"a".to_vec(), b"3".to_vec());
+        s.put(1, b"b".to_vec(), b"x".to_vec());
+        s.delete(0, b"committed".to_vec());
+        s.put(0, b"new".to_vec(), b"n".to_vec());
+        s.rollback_to_savepoint();
+        assert_eq!(s.get(0, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get(1, b"b").unwrap(), None);
+        assert_eq!(s.get(0, b"committed").unwrap(), Some(b"c".to_vec()));
+        assert_eq!(s.get(0, b"new").unwrap(), None);
+        // Exactly the earlier records' writes go to the changelog.
+        assert_eq!(s.pending(0).len(), 1);
+        assert_eq!(s.pending(1).get(&b"b"[..]), Some(&None));
+        // A released savepoint keeps its writes; writes without one are kept.
+        s.savepoint();
+        s.put(0, b"kept".to_vec(), b"k".to_vec());
+        s.release_savepoint();
+        s.rollback_to_savepoint();
+        s.put(0, b"also".to_vec(), b"k".to_vec());
+        s.rollback_to_savepoint();
+        assert_eq!(s.get(0, b"kept").unwrap(), Some(b"k".to_vec()));
+        assert_eq!(s.get(0, b"also").unwrap(), Some(b"k".to_vec()));
     }
 
     #[test]

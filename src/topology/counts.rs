@@ -44,7 +44,9 @@ pub fn for_each_record(
     mut f: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), ClientError> {
     let c = kafka::reader(config)?;
-    let md = kafka::metadata(c.client(), config, Some(topic))?;
+    // A topic created a moment ago may not be in the metadata yet: wait
+    // for it a bounded time, as the stages do.
+    let md = kafka::check_topics(&c, config, &[topic.to_string()])?;
     let parts = kafka::partition_count(&md, topic, config)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {

@@ -286,16 +286,12 @@ fn targets(e: &EnrichedEvent, watermark_ms: Option<i64>) -> Result<Targets, Aggr
     Ok(t)
 }
 
-/// Wall clock in ms since the epoch; injectable for tests.
-pub type Clock = Box<dyn Fn() -> i64 + Send>;
-
 pub struct AggregateProcessor {
     windows_topic: String,
     /// `aggregate.grace_period_s`, in ms.
     grace_ms: i64,
     /// `aggregate.idle_advance_s`, in ms.
     idle_advance_ms: i64,
-    clock: Clock,
     lineage_retention_days: u32,
     /// Wall clock of the last input per partition. A liveness hint only
     /// (after a restart the idle timer starts again, which merely delays
@@ -436,15 +432,10 @@ impl UnbilledMetrics {
 
 impl AggregateProcessor {
     pub fn new(config: &Config) -> Self {
-        Self::with_clock(config, Box::new(|| Utc::now().timestamp_millis()))
-    }
-
-    pub fn with_clock(config: &Config, clock: Clock) -> Self {
         AggregateProcessor {
             windows_topic: config.topic(topology::names::WINDOWS),
             grace_ms: i64::from(config.aggregate.grace_period_s) * MS_PER_S,
             idle_advance_ms: i64::from(config.aggregate.idle_advance_s) * MS_PER_S,
-            clock,
             lineage_retention_days: config.lineage.retention_days,
             last_input_ms: BTreeMap::new(),
             cache: BTreeMap::new(),
@@ -873,7 +864,7 @@ impl Processor for AggregateProcessor {
     }
 
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
-        let now_ms = (self.clock)();
+        let now_ms = ctx.now_ms;
         self.last_input_ms.insert(ctx.partition, now_ms);
         let rated = parse(rec.value)?;
         let e = &rated.enriched;
@@ -979,7 +970,7 @@ impl Processor for AggregateProcessor {
                 reason: None,
                 detail: serde_json::json!({ "windows": refs }),
             },
-            (self.clock)(),
+            ctx.now_ms,
         )?;
         let event_ms = e.event.time.timestamp_millis();
         let before = clock;
@@ -1084,4 +1075,4 @@ impl Processor for AggregateProcessor {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

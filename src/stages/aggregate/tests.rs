@@ -1,24 +1,14 @@
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal_macros::dec;
 use serde_json::json;
 
 use super::*;
-use crate::contracts::{ChargeSource, CustomerInfo, RatedMeasure, ResolvedCharge};
-use crate::contracts::{Encoding, Measure, Origin, ValidatedEvent};
-use crate::meter::Aggregation;
-use crate::rating::ChargeModel;
-use crate::refdata::GlAccounts;
+use crate::runtime::testing::PinnedClock;
+use crate::stages::fixtures::{aggregate_all, config, rated, Sub, UTC1};
 use crate::store::{MemBackend, PartitionStores};
 
-pub(crate) fn config() -> Config {
-    config_with("")
-}
-
 /// The test config with `extra` TOML appended.
-fn config_with(extra: &str) -> Config {
+pub(crate) fn config_with(extra: &str) -> Config {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let text = format!("[topology]\nnamespace = \"x.\"\n{extra}");
     Config::from_parts(&text, "test", &[], dir).unwrap()
@@ -33,133 +23,9 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 /// A processor whose wall clock the test sets.
-fn processor() -> (AggregateProcessor, Arc<AtomicI64>) {
-    let now = Arc::new(AtomicI64::new(0));
-    let n = now.clone();
-    let p = AggregateProcessor::with_clock(&config(), Box::new(move || n.load(Ordering::SeqCst)));
-    (p, now)
-}
-
-/// A subscription's calendar for building events.
-#[derive(Clone, Copy)]
-pub(crate) struct Sub {
-    pub tz: &'static str,
-    pub anchor: u8,
-    pub plan_version: u32,
-}
-
-pub(crate) const UTC1: Sub = Sub {
-    tz: "UTC",
-    anchor: 1,
-    plan_version: 1,
-};
-
-/// A rated event of subscription `sub` at `time` with one measure per
-/// (meter, marginal amount); marginal quantity 1 each.
-pub(crate) fn rated(
-    id: &str,
-    time: DateTime<Utc>,
-    sub: Sub,
-    measures: &[(&str, Decimal)],
-) -> RatedEvent {
-    let tz = calendar::parse_tz(sub.tz).unwrap();
-    let day = LocalDay::containing(tz, time).unwrap();
-    let period = BillingPeriod::containing(sub.anchor, tz, time).unwrap();
-    let charges = measures
-        .iter()
-        .map(|(m, _)| ResolvedCharge {
-            meter: m.to_string(),
-            aggregation: Aggregation::Sum,
-            charge: ChargeModel::PerUnit {
-                unit_price: dec!(1),
-            },
-            source: ChargeSource::Plan,
-            tax_code: Some("TX-USAGE".into()),
-            unit: Some("unit".into()),
-        })
-        .collect();
-    let enriched = EnrichedEvent {
-        event: ValidatedEvent {
-            source: "svc".into(),
-            id: id.into(),
-            event_type: "t".into(),
-            subject: "cust-1".into(),
-            time,
-            measures: measures
-                .iter()
-                .map(|(m, _)| Measure {
-                    meter: m.to_string(),
-                    value: Some(dec!(1)),
-                    unique_value: None,
-                    group: BTreeMap::new(),
-                })
-                .collect(),
-            data: json!({}),
-            origin: Origin {
-                topic: "x.usage.events".into(),
-                partition: 0,
-                offset: 0,
-                encoding: Encoding::Structured,
-            },
-        },
-        customer: CustomerInfo {
-            id: "cust-1".into(),
-            name: "Acme".into(),
-            legal_entity: "acme".into(),
-            erp_customer_id: "C-1".into(),
-        },
-        subscription_id: "sub-1".into(),
-        plan_id: "pro".into(),
-        plan_version: sub.plan_version,
-        currency: "USD".into(),
-        legal_entity: "ml-us".into(),
-        time_zone: sub.tz.into(),
-        billing_anchor_day: sub.anchor,
-        subscription_end: None,
-        billing_period: Window {
-            id: period.id(),
-            start: period.start(),
-            end: period.end(),
-        },
-        local_day: Window {
-            id: day.id(),
-            start: day.start(),
-            end: day.end(),
-        },
-        gl_accounts: GlAccounts {
-            usage_revenue: "4010".into(),
-            unbilled_receivable: "1210".into(),
-            receivable: "1200".into(),
-        },
-        tax_code: Some("TX-PLAN".into()),
-        minimum_commitment: Some(dec!(100)),
-        base_fee: Some(dec!(10)),
-        charges,
-    };
-    let rated_measures = enriched
-        .event
-        .measures
-        .iter()
-        .zip(measures)
-        .map(|(m, (_, amount))| RatedMeasure {
-            meter: m.meter.clone(),
-            segment_key: enriched.rating_segment_key(m),
-            segment_id: enriched.rating_segment_id(m),
-            plan_version: sub.plan_version,
-            aggregation: Aggregation::Sum,
-            quantity_before: dec!(0),
-            quantity_after: dec!(1),
-            marginal_quantity: dec!(1),
-            marginal_amount: *amount,
-        })
-        .collect();
-    RatedEvent {
-        source: "svc".into(),
-        id: id.into(),
-        customer_id: "cust-1".into(),
-        measures: rated_measures,
-        enriched,
-    }
+fn processor() -> (AggregateProcessor, PinnedClock) {
+    PinnedClock.set(0);
+    (AggregateProcessor::new(&config()), PinnedClock)
 }
 
 fn run_bytes(
@@ -183,6 +49,7 @@ fn run_bytes(
         stores: s,
         out: &mut out,
         config: &cfg,
+        now_ms: PinnedClock.get(),
     };
     p.process(&rec, &mut ctx)?;
     // As the runtime does before each commit (here: after every record).
@@ -216,21 +83,10 @@ fn punctuate(
         stores: s,
         out: &mut out,
         config: &cfg,
+        now_ms: now.timestamp_millis(),
     };
     p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
     parse_out(&out)
-}
-
-/// Feeds `events` in order to a fresh processor and store; every window
-/// emitted, in order.
-pub(crate) fn aggregate_all(events: &[RatedEvent]) -> Vec<ClosedWindow> {
-    let (mut p, _) = processor();
-    let mut s = stores();
-    let mut all = Vec::new();
-    for e in events {
-        all.extend(run(&mut p, &mut s, e));
-    }
-    all
 }
 
 fn clock_of(s: &PartitionStores) -> PartitionClock {
@@ -544,7 +400,7 @@ fn an_idle_partition_advances_by_wall_clock() {
     let (mut p, wall) = processor();
     let mut s = stores();
     let t = at("2026-01-10T12:00:00Z");
-    wall.store(t.timestamp_millis(), Ordering::SeqCst);
+    wall.set(t.timestamp_millis());
     run(&mut p, &mut s, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
     s.apply_committed(&[]).unwrap();
     let end = at("2026-01-11T00:00:00Z");
@@ -561,7 +417,7 @@ fn an_idle_partition_advances_by_wall_clock() {
     assert_eq!(out[0].window.id, "2026-01-10");
     assert_eq!(clock_of(&s).watermark_ms, Some(end.timestamp_millis()));
     // Input resets the idle timer.
-    wall.store((end + grace()).timestamp_millis(), Ordering::SeqCst);
+    wall.set((end + grace()).timestamp_millis());
     run(
         &mut p,
         &mut s,
@@ -674,12 +530,12 @@ fn closed_window_json_round_trips() {
 #[test]
 fn grace_and_idle_advance_come_from_the_config() {
     let cfg = config_with("[aggregate]\ngrace_period_s = 60\nidle_advance_s = 2\n");
-    let now = Arc::new(AtomicI64::new(0));
-    let n = now.clone();
-    let mut p = AggregateProcessor::with_clock(&cfg, Box::new(move || n.load(Ordering::SeqCst)));
+    let now = PinnedClock;
+    now.set(0);
+    let mut p = AggregateProcessor::new(&cfg);
     let mut s = stores();
     let t = at("2026-01-10T12:00:00Z");
-    now.store(t.timestamp_millis(), Ordering::SeqCst);
+    now.set(t.timestamp_millis());
     run(&mut p, &mut s, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
     s.apply_committed(&[]).unwrap();
     let end = at("2026-01-11T00:00:00Z");
@@ -700,7 +556,7 @@ fn grace_and_idle_advance_come_from_the_config() {
     s.apply_committed(&[]).unwrap();
     // Idle for 2 s (not 60) and the wall clock past Jan 11 + 60 s: it closes.
     let wall = at("2026-01-12T00:01:00Z");
-    now.store(wall.timestamp_millis(), Ordering::SeqCst);
+    now.set(wall.timestamp_millis());
     run(
         &mut p,
         &mut s,
@@ -854,6 +710,7 @@ mod subscription_periods {
             stores: s,
             out: &mut out,
             config: &cfg,
+            now_ms: now.timestamp_millis(),
         };
         p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
         parse_out(&out)
@@ -1035,6 +892,7 @@ mod subscription_periods {
                 stores: &mut s,
                 out: &mut out,
                 config: &cfg,
+                now_ms: now.timestamp_millis(),
             };
             p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
         }

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Utc;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
@@ -213,10 +212,7 @@ impl Enricher {
         let day = lineage::day_of(event.time);
         crate::internal_events::EventTimeLagMeasured {
             stage: SPEC.name,
-            lag_s: Utc::now()
-                .timestamp_millis()
-                .saturating_sub(event.time.timestamp_millis())
-                / MS_PER_SECOND,
+            lag_s: ctx.now_ms.saturating_sub(event.time.timestamp_millis()) / MS_PER_SECOND,
         }
         .emit(&self.metrics.event_time_lag);
         // A replayed exceptions copy is not a new input: the event was
@@ -271,7 +267,7 @@ impl Enricher {
                 )?;
                 let (first_parked_ms, input_timestamp_ms) = match &existing {
                     Some(old) => (old.meta.first_parked_ms, old.meta.input_timestamp_ms),
-                    None => (Utc::now().timestamp_millis(), rec.timestamp_ms),
+                    None => (ctx.now_ms, rec.timestamp_ms),
                 };
                 let entry = ParkedEntry {
                     meta: ParkedMeta {
@@ -304,14 +300,7 @@ impl Enricher {
         event: &ValidatedEvent,
         step: lineage::Step,
     ) -> Result<(), StageError> {
-        lineage::record_step(
-            ctx,
-            LINEAGE,
-            &event.source,
-            &event.id,
-            step,
-            Utc::now().timestamp_millis(),
-        )
+        lineage::record_step(ctx, LINEAGE, &event.source, &event.id, step, ctx.now_ms)
     }
 
     /// The lineage step of an enriched event (`healed`: it was parked).
@@ -421,7 +410,8 @@ impl Processor for EnrichProcessor {
 
     fn on_revoked(&mut self, partition: i32) {
         self.parts.remove(&partition);
-        self.set_gauges(Utc::now().timestamp_millis());
+        // No Ctx here: gauges only, never state.
+        self.set_gauges(crate::runtime::wall_clock_ms());
     }
 
     fn on_table_record(&mut self, table: &str, key: Option<&[u8]>, value: Option<&[u8]>) {

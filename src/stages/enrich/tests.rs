@@ -125,6 +125,7 @@ fn run_with_headers(
         stores: s,
         out: &mut out,
         config: &cfg,
+        now_ms: crate::runtime::wall_clock_ms(),
     };
     let r = p.process(&rec, &mut ctx);
     (r, out)
@@ -146,6 +147,7 @@ fn punctuate(p: &mut EnrichProcessor, s: &mut PartitionStores, now_ms: i64) -> V
         stores: s,
         out: &mut out,
         config: &cfg,
+        now_ms,
     };
     p.punctuate(&mut ctx, now_ms).unwrap();
     out

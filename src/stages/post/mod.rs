@@ -548,7 +548,7 @@ impl Processor for PostProcessor {
         }
         let key = serde_json::to_vec(&[&w.legal_entity, &w.subscription_id])
             .map_err(|e| StageError::Fatal(format!("serializing a key: {e}")))?;
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now_ms = ctx.now_ms;
         let wref = w.lineage_ref();
         let made = crate::lineage::WindowPostings {
             postings: posted.postings.iter().map(posting_ref).collect(),
@@ -608,4 +608,4 @@ impl Processor for PostProcessor {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -3,8 +3,7 @@ use rust_decimal_macros::dec;
 
 use super::*;
 use crate::contracts::RatedEvent;
-use crate::stages::aggregate::tests::{aggregate_all, config, rated, UTC1};
-use crate::stages::aggregate::GRACE_PERIOD_S;
+use crate::stages::fixtures::{aggregate_all, config, post_windows, rated, GRACE_PERIOD_S, UTC1};
 use crate::store::{MemBackend, PartitionStores};
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -47,44 +46,6 @@ fn post_all_with(cfg: &Config, windows: &[ClosedWindow]) -> Vec<Posting> {
     // The store only holds open periods: January's sums are gone.
     assert_eq!(s.approximate_keys(0), 0);
     postings
-}
-
-/// Posts `windows` in order, committing after each; the postings and the
-/// stores they leave.
-pub(crate) fn post_windows(
-    cfg: &Config,
-    windows: &[ClosedWindow],
-) -> (Vec<Posting>, PartitionStores) {
-    let mut p = PostProcessor::new(cfg);
-    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
-    let mut postings = Vec::new();
-    for w in windows {
-        let value = w.to_json_bytes().unwrap();
-        let mut out = Vec::new();
-        let rec = InputRecord {
-            topic: "x.usage.windows",
-            partition: 0,
-            offset: 0,
-            key: Some(b"cust-1"),
-            value: Some(&value),
-            headers: &[],
-            timestamp_ms: None,
-        };
-        let mut ctx = Ctx {
-            partition: 0,
-            stores: &mut s,
-            out: &mut out,
-            config: cfg,
-        };
-        p.process(&rec, &mut ctx).unwrap();
-        s.apply_committed(&[]).unwrap();
-        for o in out {
-            assert_eq!(o.topic, "x.finance.postings");
-            assert_eq!(o.key.as_deref(), Some(&br#"["ml-us","sub-1"]"#[..]));
-            postings.push(Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap());
-        }
-    }
-    (postings, s)
 }
 
 /// (type, kind, debit account, credit account, amount text) of each posting
@@ -323,6 +284,7 @@ fn bad_windows_are_rejected() {
             stores: s,
             out: &mut out,
             config: &cfg,
+            now_ms: crate::runtime::wall_clock_ms(),
         };
         match p.process(&rec, &mut ctx) {
             Err(StageError::Reject { code, .. }) => code,

@@ -153,15 +153,11 @@ fn expiry_key(period_end_ms: i64, segment_id: &str) -> Vec<u8> {
         .build()
 }
 
-/// Wall clock in ms since the epoch; injectable for tests.
-pub type Clock = Box<dyn Fn() -> i64 + Send>;
-
 pub struct RateProcessor {
     rated_topic: String,
     /// `rate.segment_retention_days`, in days and ms.
     retention_days: u32,
     retention_ms: i64,
-    clock: Clock,
     lineage_retention_days: u32,
     /// Wall clock minus the event time of the last event rated.
     event_time_lag: prometheus::IntGauge,
@@ -169,16 +165,11 @@ pub struct RateProcessor {
 
 impl RateProcessor {
     pub fn new(config: &Config) -> Self {
-        Self::with_clock(config, Box::new(|| chrono::Utc::now().timestamp_millis()))
-    }
-
-    pub fn with_clock(config: &Config, clock: Clock) -> Self {
         let retention_days = config.segment_retention_days();
         RateProcessor {
             rated_topic: config.topic(topology::names::RATED),
             retention_days,
             retention_ms: i64::from(retention_days).saturating_mul(MS_PER_DAY),
-            clock,
             lineage_retention_days: config.lineage.retention_days,
             event_time_lag: crate::metrics::event_time_lag(SPEC.name),
         }
@@ -267,7 +258,7 @@ impl Processor for RateProcessor {
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
         let enriched = parse(rec.value)?;
         let period_end_ms = enriched.billing_period.end.timestamp_millis();
-        let now_ms = (self.clock)();
+        let now_ms = ctx.now_ms;
         crate::internal_events::EventTimeLagMeasured {
             stage: SPEC.name,
             lag_s: now_ms.saturating_sub(enriched.event.time.timestamp_millis()) / 1_000,
@@ -385,7 +376,7 @@ impl Processor for RateProcessor {
                 reason: None,
                 detail: serde_json::json!({ "measures": detail }),
             },
-            (self.clock)(),
+            ctx.now_ms,
         )?;
         // The enriched event goes out as received, byte for byte: no second
         // serialization of the largest part of the record.
@@ -421,6 +412,7 @@ mod tests {
     };
     use crate::rating::{ChargeModel, Tier};
     use crate::refdata::GlAccounts;
+    use crate::runtime::testing::PinnedClock;
     use crate::store::{MemBackend, PartitionStores};
     use chrono::{DateTime, Duration, TimeZone, Utc};
     use rust_decimal::Decimal;
@@ -434,7 +426,8 @@ mod tests {
 
     /// A processor whose wall clock stands at [`t0`].
     fn processor() -> RateProcessor {
-        RateProcessor::with_clock(&config(), Box::new(|| t0().timestamp_millis()))
+        PinnedClock.set(t0().timestamp_millis());
+        RateProcessor::new(&config())
     }
 
     fn stores() -> PartitionStores {
@@ -551,6 +544,7 @@ mod tests {
             stores: s,
             out: &mut out,
             config: &cfg,
+            now_ms: PinnedClock.get(),
         };
         p.process(&rec, &mut ctx).map(|()| out)
     }
@@ -989,12 +983,7 @@ mod tests {
     #[test]
     fn segments_are_released_after_the_retention_and_late_events_refused() {
         // Retention: 35 + 25 = 60 days after January's end (Feb 1): Apr 2.
-        let now = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(t0().timestamp_millis()));
-        let n = now.clone();
-        let mut p = RateProcessor::with_clock(
-            &config(),
-            Box::new(move || n.load(std::sync::atomic::Ordering::SeqCst)),
-        );
+        let mut p = processor();
         let mut s = stores();
         let per_unit = ChargeModel::PerUnit {
             unit_price: dec!(1),
@@ -1029,6 +1018,7 @@ mod tests {
                 stores: s,
                 out: &mut out,
                 config: &cfg,
+                now_ms: at.timestamp_millis(),
             };
             p.punctuate(&mut ctx, at.timestamp_millis()).unwrap();
             s.apply_committed(&[]).unwrap();
@@ -1040,10 +1030,7 @@ mod tests {
         punctuate(&mut p, &mut s, feb1 + Duration::days(61));
         assert_eq!(s.approximate_keys(SEGMENTS), 0, "released");
         // A January event that still arrives is refused, not priced from zero.
-        now.store(
-            (feb1 + Duration::days(61)).timestamp_millis(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        PinnedClock.set((feb1 + Duration::days(61)).timestamp_millis());
         let late = enriched(
             "late",
             t0(),

@@ -24,7 +24,6 @@ pub mod rules;
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use prometheus::IntCounter;
 
 use crate::config::Config;
@@ -158,13 +157,13 @@ impl Processor for ValidateProcessor {
             offset: rec.offset,
             encoding,
         };
-        let validated = rules::validate(event, &raw, &self.meters, &self.rules, Utc::now(), origin)
+        let validated = rules::validate(event, &raw, &self.meters, &self.rules, ctx.now(), origin)
             .map_err(reject)?;
 
         // Dedupe only after validation: a rejected copy never claims the id.
         let entry = dedupe::entry_key(&validated.source, &validated.id);
         let day = lineage::day_of(validated.time);
-        let now_ms = Utc::now().timestamp_millis();
+        let now_ms = ctx.now_ms;
         crate::internal_events::EventTimeLagMeasured {
             stage: SPEC.name,
             lag_s: (now_ms - validated.time.timestamp_millis()) / 1_000,
@@ -249,14 +248,7 @@ impl Processor for ValidateProcessor {
                 reason: Some(code.to_string()),
                 detail: serde_json::Value::Null,
             };
-            lineage::record_step(
-                ctx,
-                LINEAGE,
-                &source,
-                &id,
-                step,
-                Utc::now().timestamp_millis(),
-            )?;
+            lineage::record_step(ctx, LINEAGE, &source, &id, step, ctx.now_ms)?;
         }
         Ok(())
     }
@@ -291,6 +283,7 @@ impl Processor for ValidateProcessor {
 mod tests {
     use super::*;
     use crate::store::{MemBackend, PartitionStores};
+    use chrono::Utc;
 
     fn config() -> Config {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -333,6 +326,7 @@ mod tests {
             stores,
             out: &mut out,
             config: &cfg,
+            now_ms: crate::runtime::wall_clock_ms(),
         };
         let r = p.process(&rec, &mut ctx);
         (r, out)
@@ -390,6 +384,7 @@ mod tests {
             stores: &mut s,
             out: &mut out,
             config: &cfg2,
+            now_ms: 0,
         };
         p.punctuate(&mut ctx, 0).unwrap();
         assert!(s
@@ -403,6 +398,7 @@ mod tests {
             stores: &mut s,
             out: &mut out,
             config: &cfg2,
+            now_ms: 0,
         };
         p.punctuate(&mut ctx, 0).unwrap();
         assert!(s
