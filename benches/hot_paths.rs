@@ -118,11 +118,17 @@ fn config() -> Config {
     .expect("bench config")
 }
 
-/// The clock every stage sees (`Ctx::now_ms`): the benchmark's day, an hour
-/// after its events (from January 2026: on today's clock the rate stage's
-/// segments would have expired).
-fn bench_now_ms() -> i64 {
-    utc("2026-01-10T13:00:00Z").timestamp_millis()
+/// The clock a stage sees (`Ctx::now_ms`) for records of `topic`. The raw
+/// events validate reads are stamped with the wall clock (its future-time
+/// rule compares them to now); the records of the later stages are from
+/// January 2026, and their clock is that day, an hour after the events (on
+/// today's clock the rate stage's January segments would have expired).
+fn bench_now_ms(topic: &str) -> i64 {
+    if topic.ends_with("usage.events") {
+        meterline::runtime::wall_clock_ms()
+    } else {
+        utc("2026-01-10T13:00:00Z").timestamp_millis()
+    }
 }
 
 fn rate_processor(cfg: &Config) -> RateProcessor {
@@ -154,7 +160,7 @@ fn process_all<P: Processor>(
         stores,
         out,
         config: cfg,
-        now_ms: bench_now_ms(),
+        now_ms: bench_now_ms(topic),
     };
     for (i, r) in recs.iter().enumerate() {
         let rec = InputRecord {

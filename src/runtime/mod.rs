@@ -803,7 +803,7 @@ impl<P: Processor> Engine<P> {
                     config: &self.config,
                     now_ms,
                 };
-                self.processor.punctuate(&mut ctx, now_ms)
+                punctuate_partition(&mut self.processor, &mut ctx, now_ms)
             };
             match result {
                 Ok(()) => {
@@ -1148,6 +1148,25 @@ pub(crate) fn process_atomically<P: Processor>(
         ctx.stores.release_savepoint();
     }
     result
+}
+
+/// One punctuation of a partition: what is the same for every stage (expiry
+/// of the lineage store, [`crate::lineage::LINEAGE_STORE`], after
+/// `lineage.retention_days`), then [`Processor::punctuate`].
+pub(crate) fn punctuate_partition<P: Processor>(
+    processor: &mut P,
+    ctx: &mut Ctx<'_>,
+    now_ms: i64,
+) -> Result<(), StageError> {
+    let stores = processor.spec().stores;
+    if let Some(lineage) = stores
+        .iter()
+        .position(|s| *s == crate::lineage::LINEAGE_STORE)
+    {
+        let retention_days = ctx.config.lineage.retention_days;
+        crate::lineage::expire(ctx, lineage as StoreId, now_ms, retention_days)?;
+    }
+    processor.punctuate(ctx, now_ms)
 }
 
 fn cached_high_watermark<C: ConsumerContext>(

@@ -10,7 +10,9 @@
 //! aborted transaction or a lost partition would. Nothing here touches the
 //! network or the wall clock.
 
-use super::{process_atomically, Ctx, InputRecord, Output, Processor, StageError};
+use super::{
+    process_atomically, punctuate_partition, Ctx, InputRecord, Output, Processor, StageError,
+};
 use crate::config::Config;
 use crate::store::{MemBackend, PartitionStores};
 
@@ -103,12 +105,13 @@ impl<P: Processor> Harness<P> {
         result.map(|()| out)
     }
 
-    /// A punctuation at the harness clock; its outputs.
+    /// A punctuation at the harness clock, as the runtime runs it (lineage
+    /// expiry first); its outputs.
     pub fn punctuate(&mut self) -> Result<Vec<Output>, StageError> {
         let mut out = Vec::new();
         let now_ms = self.now_ms;
         let (processor, mut ctx) = self.split(&mut out);
-        processor.punctuate(&mut ctx, now_ms)?;
+        punctuate_partition(processor, &mut ctx, now_ms)?;
         Ok(out)
     }
 

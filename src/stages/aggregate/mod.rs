@@ -292,7 +292,6 @@ pub struct AggregateProcessor {
     grace_ms: i64,
     /// `aggregate.idle_advance_s`, in ms.
     idle_advance_ms: i64,
-    lineage_retention_days: u32,
     /// Wall clock of the last input per partition. A liveness hint only
     /// (after a restart the idle timer starts again, which merely delays
     /// the wall-clock advance), so it is not kept in the store.
@@ -436,7 +435,6 @@ impl AggregateProcessor {
             windows_topic: config.topic(topology::names::WINDOWS),
             grace_ms: i64::from(config.aggregate.grace_period_s) * MS_PER_S,
             idle_advance_ms: i64::from(config.aggregate.idle_advance_s) * MS_PER_S,
-            lineage_retention_days: config.lineage.retention_days,
             last_input_ms: BTreeMap::new(),
             cache: BTreeMap::new(),
             unbilled: UnbilledMetrics::new(),
@@ -1038,7 +1036,6 @@ impl Processor for AggregateProcessor {
     }
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
-        crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
         self.schedule_periods(ctx)?;
         // The gauges and the scans below read the store.
         self.flush_windows(ctx)?;

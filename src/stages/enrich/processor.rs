@@ -38,7 +38,6 @@ pub(super) struct Enricher {
     pub(super) enriched_topic: String,
     pub(super) exceptions_topic: String,
     pub(super) metrics: EnrichMetrics,
-    pub(super) lineage_retention_days: u32,
 }
 
 pub struct EnrichProcessor {
@@ -68,7 +67,6 @@ impl EnrichProcessor {
                 enriched_topic: config.topic(topology::names::ENRICHED),
                 exceptions_topic: config.topic(topology::names::EXCEPTIONS),
                 metrics: EnrichMetrics::new(),
-                lineage_retention_days: config.lineage.retention_days,
             },
             parts: BTreeMap::new(),
             currencies_seen: BTreeSet::new(),
@@ -350,7 +348,6 @@ impl Processor for EnrichProcessor {
     }
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
-        lineage::expire(ctx, LINEAGE, now_ms, self.inner.lineage_retention_days)?;
         let part = self.parts.entry(ctx.partition).or_insert_with(Recheck::new);
         if part.sweep.is_none()
             && part

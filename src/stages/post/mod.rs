@@ -452,7 +452,6 @@ fn post_period_close(
 pub struct PostProcessor {
     postings_topic: String,
     rounding_mode: RoundingMode,
-    lineage_retention_days: u32,
     /// `meterline_post_postings_total{type, kind}`.
     postings_emitted: prometheus::IntCounterVec,
     /// `meterline_event_time_lag_seconds{stage="post"}`: wall clock minus
@@ -465,7 +464,6 @@ impl PostProcessor {
         PostProcessor {
             postings_topic: config.topic(topology::names::POSTINGS),
             rounding_mode: config.post.rounding_mode,
-            lineage_retention_days: config.lineage.retention_days,
             postings_emitted: crate::metrics::counter_vec(
                 "meterline_post_postings_total",
                 "Postings emitted to finance.postings (committed or not), by posting type and kind.",
@@ -600,10 +598,6 @@ impl Processor for PostProcessor {
             });
         }
         Ok(())
-    }
-
-    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
-        crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)
     }
 }
 

@@ -158,7 +158,6 @@ pub struct RateProcessor {
     /// `rate.segment_retention_days`, in days and ms.
     retention_days: u32,
     retention_ms: i64,
-    lineage_retention_days: u32,
     /// Wall clock minus the event time of the last event rated.
     event_time_lag: prometheus::IntGauge,
 }
@@ -170,7 +169,6 @@ impl RateProcessor {
             rated_topic: config.topic(topology::names::RATED),
             retention_days,
             retention_ms: i64::from(retention_days).saturating_mul(MS_PER_DAY),
-            lineage_retention_days: config.lineage.retention_days,
             event_time_lag: crate::metrics::event_time_lag(SPEC.name),
         }
     }
@@ -217,7 +215,6 @@ impl Processor for RateProcessor {
     /// Releases segments whose period ended beyond the retention (see
     /// "Expiry" in the module docs).
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
-        crate::lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
         let to = KeyBuilder::new(EXPIRY_PREFIX)
             .i64(self.expiry_cutoff_ms(now_ms))
             .build();

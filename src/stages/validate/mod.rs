@@ -64,7 +64,6 @@ pub struct ValidateProcessor {
     /// Greatest event time accepted per partition (drives expiry).
     stream_time_ms: BTreeMap<i32, i64>,
     duplicates: IntCounter,
-    lineage_retention_days: u32,
     /// Wall clock minus the event time of the last event validated.
     event_time_lag: prometheus::IntGauge,
 }
@@ -111,7 +110,6 @@ impl ValidateProcessor {
             horizon_ms: i64::from(config.validate.dedupe_horizon_days) * MS_PER_DAY,
             output_topic: config.topic(topology::names::VALIDATED),
             stream_time_ms: BTreeMap::new(),
-            lineage_retention_days: config.lineage.retention_days,
             event_time_lag: crate::metrics::event_time_lag(SPEC.name),
             duplicates: crate::metrics::counter(
                 "meterline_validate_duplicates_total",
@@ -253,8 +251,7 @@ impl Processor for ValidateProcessor {
         Ok(())
     }
 
-    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
-        lineage::expire(ctx, LINEAGE, now_ms, self.lineage_retention_days)?;
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, _now_ms: i64) -> Result<(), StageError> {
         let Some(&st) = self.stream_time_ms.get(&ctx.partition) else {
             return Ok(());
         };
