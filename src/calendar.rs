@@ -241,23 +241,10 @@ impl LocalDay {
     /// supported years.
     pub fn containing(tz: Tz, t: DateTime<Utc>) -> Result<Self, CalendarError> {
         let date = local_date_of(tz, t)?;
-        let mut day = LocalDay::for_date(tz, date)?;
+        let day = LocalDay::for_date(tz, date)?;
         // The local date already is the answer with real tz data; stepping is
         // a safety net that keeps `start <= t < end` true by construction.
-        for _ in 0..MAX_NEIGHBOUR_STEPS {
-            if t < day.start {
-                day = day.previous()?;
-            } else if t >= day.end {
-                day = day.next()?;
-            } else {
-                return Ok(day);
-            }
-        }
-        if day.contains(t) {
-            Ok(day)
-        } else {
-            Err(CalendarError::UnresolvableLocalTime { date, tz })
-        }
+        step_to_containing(day, t, date, tz)
     }
 
     /// The local calendar date.
@@ -311,6 +298,66 @@ impl LocalDay {
             .pred_opt()
             .ok_or_else(|| CalendarError::OutOfRange(self.date.to_string()))?;
         LocalDay::for_date(self.tz, date)
+    }
+}
+
+/// A local calendar interval `[start, end)` that knows its neighbours: a
+/// day, a billing period.
+trait Neighbours: Sized {
+    fn bounds(&self) -> (DateTime<Utc>, DateTime<Utc>);
+    fn previous(&self) -> Result<Self, CalendarError>;
+    fn next(&self) -> Result<Self, CalendarError>;
+}
+
+impl Neighbours for LocalDay {
+    fn bounds(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        (self.start, self.end)
+    }
+    fn previous(&self) -> Result<Self, CalendarError> {
+        LocalDay::previous(self)
+    }
+    fn next(&self) -> Result<Self, CalendarError> {
+        LocalDay::next(self)
+    }
+}
+
+impl Neighbours for BillingPeriod {
+    fn bounds(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        (self.start, self.end)
+    }
+    fn previous(&self) -> Result<Self, CalendarError> {
+        BillingPeriod::previous(self)
+    }
+    fn next(&self) -> Result<Self, CalendarError> {
+        BillingPeriod::next(self)
+    }
+}
+
+/// From `guess` (built for local date `date`), steps at most
+/// [`MAX_NEIGHBOUR_STEPS`] neighbours towards `t`: the interval containing
+/// it, or [`CalendarError::UnresolvableLocalTime`].
+fn step_to_containing<I: Neighbours>(
+    guess: I,
+    t: DateTime<Utc>,
+    date: NaiveDate,
+    tz: Tz,
+) -> Result<I, CalendarError> {
+    let mut interval = guess;
+    for _ in 0..MAX_NEIGHBOUR_STEPS {
+        let (start, end) = interval.bounds();
+        if t < start {
+            interval = interval.previous()?;
+        } else if t >= end {
+            interval = interval.next()?;
+        } else {
+            return Ok(interval);
+        }
+    }
+    let (start, end) = interval.bounds();
+    if start <= t && t < end {
+        Ok(interval)
+    } else {
+        Err(CalendarError::UnresolvableLocalTime { date, tz })
     }
 }
 
@@ -372,22 +419,9 @@ impl BillingPeriod {
         } else {
             shift_month(this_month, -1)?
         };
-        let mut period = BillingPeriod::build(anchor_day, tz, start_month)?;
+        let period = BillingPeriod::build(anchor_day, tz, start_month)?;
         // Safety net as in LocalDay::containing.
-        for _ in 0..MAX_NEIGHBOUR_STEPS {
-            if t < period.start {
-                period = period.previous()?;
-            } else if t >= period.end {
-                period = period.next()?;
-            } else {
-                return Ok(period);
-            }
-        }
-        if period.contains(t) {
-            Ok(period)
-        } else {
-            Err(CalendarError::UnresolvableLocalTime { date, tz })
-        }
+        step_to_containing(period, t, date, tz)
     }
 
     /// The billing anchor day (1..=31) as configured, before clamping.

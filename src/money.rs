@@ -500,6 +500,31 @@ fn length_prefix(len: usize) -> [u8; IDEMPOTENCY_LEN_PREFIX_BYTES] {
     u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes()
 }
 
+/// `Option<Decimal>` as an optional JSON string: absent or `null` is
+/// `None`. Unlike `rust_decimal::serde::str_option`, `""` is refused
+/// rather than read as absent, and a JSON number is refused.
+pub mod optional_decimal_str {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(transparent)]
+    struct DecimalString(#[serde(with = "rust_decimal::serde::str")] Decimal);
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Decimal>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        rust_decimal::serde::str_option::serialize(value, serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Decimal>, D::Error> {
+        Ok(Option::<DecimalString>::deserialize(deserializer)?.map(|DecimalString(value)| value))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

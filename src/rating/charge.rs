@@ -63,14 +63,14 @@ pub enum ChargeModel {
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Inclusive upper bound; `None` (absent or null) for the open last tier.
-    #[serde(default, with = "optional_decimal_str")]
+    #[serde(default, with = "crate::money::optional_decimal_str")]
     pub up_to: Option<Decimal>,
     #[serde(with = "rust_decimal::serde::str")]
     pub unit_price: Decimal,
     /// Charged once per period when usage enters the tier.
     #[serde(
         default,
-        with = "optional_decimal_str",
+        with = "crate::money::optional_decimal_str",
         skip_serializing_if = "Option::is_none"
     )]
     pub flat_fee: Option<Decimal>,
@@ -105,32 +105,6 @@ impl Tier {
 
     fn flat_fee_or_zero(&self) -> Decimal {
         self.flat_fee.unwrap_or(Decimal::ZERO)
-    }
-}
-
-/// `Option<Decimal>` as an optional JSON string. rust_decimal's `str_option`
-/// rejects `null` inside an internally tagged enum (serde buffers it as a
-/// unit) and reads `""` as absent; going through serde's `Option` handles
-/// `null` and rejects `""`.
-mod optional_decimal_str {
-    use rust_decimal::Decimal;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(transparent)]
-    struct DecimalString(#[serde(with = "rust_decimal::serde::str")] Decimal);
-
-    pub fn serialize<S: Serializer>(
-        value: &Option<Decimal>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        rust_decimal::serde::str_option::serialize(value, serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Decimal>, D::Error> {
-        Ok(Option::<DecimalString>::deserialize(deserializer)?.map(|DecimalString(value)| value))
     }
 }
 

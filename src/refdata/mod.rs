@@ -252,31 +252,7 @@ impl RefError {
 
 /// Serde helpers shared by the records and the enriched event.
 pub(crate) mod serde_with {
-    /// `Option<Decimal>` as an optional JSON string: absent or `null` is
-    /// `None`. Unlike `rust_decimal::serde::str_option`, `""` is refused
-    /// rather than read as absent, and a JSON number is refused.
-    pub mod optional_decimal_str {
-        use rust_decimal::Decimal;
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        #[derive(Deserialize)]
-        #[serde(transparent)]
-        struct DecimalString(#[serde(with = "rust_decimal::serde::str")] Decimal);
-
-        pub fn serialize<S: Serializer>(
-            value: &Option<Decimal>,
-            serializer: S,
-        ) -> Result<S::Ok, S::Error> {
-            rust_decimal::serde::str_option::serialize(value, serializer)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Option<Decimal>, D::Error> {
-            Ok(Option::<DecimalString>::deserialize(deserializer)?
-                .map(|DecimalString(value)| value))
-        }
-    }
+    pub use crate::money::optional_decimal_str;
 
     /// `Option<DateTime<Utc>>` as an optional RFC 3339 string (`null` when
     /// `None`), in the canonical form of [`crate::contracts::rfc3339_utc`].
