@@ -57,6 +57,8 @@
 //! [`SEGMENT_EXPIRED`]: pricing it from zero would bill tiers and free units
 //! a second time.
 
+pub mod reason;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
@@ -83,13 +85,13 @@ const MEMBER_SCAN_BATCH: usize = 1_000;
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// Reject code of an event whose billing period's segments were released.
-pub const SEGMENT_EXPIRED: &str = "segment_expired";
+pub use reason::SEGMENT_EXPIRED;
 /// Separates `id` and `source` in a LATEST event key; below every printable
 /// character, so the order is by id first, then by source.
 const LATEST_KEY_SEPARATOR: char = '\u{0}';
 
 /// Reject code of an input record that is not an enriched event.
-pub const MALFORMED_ENRICHED_EVENT: &str = "malformed_enriched_event";
+pub use reason::MALFORMED_ENRICHED_EVENT;
 
 /// Why an event cannot be rated. [`code`](RateError::code) is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,8 +120,8 @@ impl RateError {
     pub fn code(&self) -> &'static str {
         match self {
             RateError::Malformed(_) => MALFORMED_ENRICHED_EVENT,
-            RateError::MissingValue { .. } => "measure_value_missing",
-            RateError::MissingUniqueValue { .. } => "measure_unique_value_missing",
+            RateError::MissingValue { .. } => reason::MEASURE_VALUE_MISSING,
+            RateError::MissingUniqueValue { .. } => reason::MEASURE_UNIQUE_VALUE_MISSING,
             RateError::SegmentExpired { .. } => SEGMENT_EXPIRED,
             RateError::Rating { source, .. } => source.code(),
         }
