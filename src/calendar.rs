@@ -123,11 +123,67 @@ impl CalendarError {
     /// Stable machine-readable identifier of the error kind.
     pub const fn code(&self) -> &'static str {
         match self {
-            CalendarError::InvalidAnchorDay(_) => "invalid_anchor_day",
-            CalendarError::UnknownTimeZone(_) => "unknown_time_zone",
-            CalendarError::OutOfRange(_) => "out_of_range",
-            CalendarError::InvalidRange { .. } => "invalid_range",
-            CalendarError::UnresolvableLocalTime { .. } => "unresolvable_local_time",
+            CalendarError::InvalidAnchorDay(_) => reasons::INVALID_ANCHOR_DAY,
+            CalendarError::UnknownTimeZone(_) => reasons::UNKNOWN_TIME_ZONE,
+            CalendarError::OutOfRange(_) => reasons::OUT_OF_RANGE,
+            CalendarError::InvalidRange { .. } => reasons::INVALID_RANGE,
+            CalendarError::UnresolvableLocalTime { .. } => reasons::UNRESOLVABLE_LOCAL_TIME,
+        }
+    }
+}
+
+/// The codes of [`CalendarError`] (see [`crate::reason`]).
+pub mod reasons {
+    crate::reason_codes! {
+        INVALID_ANCHOR_DAY => "invalid_anchor_day",
+            "A billing anchor day is not between 1 and 31.";
+        UNKNOWN_TIME_ZONE => "unknown_time_zone",
+            "A time zone name is not an IANA time zone.";
+        OUT_OF_RANGE => "out_of_range",
+            "A date or instant lies outside the supported calendar range (local years 1 to 9999).";
+        INVALID_RANGE => "invalid_range",
+            "A range's start lies after its end.";
+        UNRESOLVABLE_LOCAL_TIME => "unresolvable_local_time",
+            "The time zone data gives no consistent local midnight (not expected with real tzdb data).";
+    }
+
+    /// One error of each kind, for tests that check codes against tables.
+    #[cfg(test)]
+    pub(crate) fn one_of_each() -> Vec<super::CalendarError> {
+        use super::CalendarError as E;
+        let all = vec![
+            E::InvalidAnchorDay(0),
+            E::UnknownTimeZone("x".into()),
+            E::OutOfRange("x".into()),
+            E::InvalidRange {
+                start: chrono::DateTime::UNIX_EPOCH,
+                end: chrono::DateTime::UNIX_EPOCH,
+            },
+            E::UnresolvableLocalTime {
+                date: chrono::NaiveDate::MIN,
+                tz: chrono_tz::UTC,
+            },
+        ];
+        // A new kind fails to compile here: add it to the list above.
+        for e in &all {
+            match e {
+                E::InvalidAnchorDay(_)
+                | E::UnknownTimeZone(_)
+                | E::OutOfRange(_)
+                | E::InvalidRange { .. }
+                | E::UnresolvableLocalTime { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn every_code_is_in_the_table() {
+            for e in super::one_of_each() {
+                assert!(super::CODES.contains(&e.code()), "{}", e.code());
+            }
         }
     }
 }

@@ -8,7 +8,8 @@
 //! * [`runtime`] and [`store`]: the exactly-once loop and its RocksDB state;
 //! * [`stages`]: the stage logic, one folder per stage;
 //! * [`contracts`]: the records stages exchange; [`meter`]: the meter catalog;
-//! * [`replay`], [`metrics`], [`internal_events`], [`http`]: operations.
+//! * [`replay`], [`metrics`], [`internal_events`], [`http`]: operations;
+//! * [`reason`]: the reason codes of every stage, declared once.
 
 // Non-test code must not be able to panic: no unwrap/expect/panic, no
 // unchecked indexing; here once for the whole library. (Not in Cargo.toml
@@ -39,6 +40,7 @@ pub mod meter;
 pub mod metrics;
 pub mod money;
 pub mod rating;
+pub mod reason;
 pub mod reconcile;
 pub mod refdata;
 pub mod registry;

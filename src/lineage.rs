@@ -354,20 +354,23 @@ pub type EventLineage = BTreeMap<String, Vec<Step>>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemBackend, PartitionStores};
+    use crate::runtime::testing::{Bare, Harness};
+    use crate::store::PartitionStores;
+    use crate::topology::StageSpec;
 
-    fn ctx_run<T>(s: &mut PartitionStores, f: impl FnOnce(&mut Ctx<'_>) -> T) -> T {
+    static SPEC: StageSpec = StageSpec {
+        name: "lineage-test",
+        input: "usage.events",
+        outputs: &[],
+        tables: &[],
+        stores: &[LINEAGE_STORE],
+        summary: "one lineage store, for the lineage functions' tests",
+    };
+
+    fn harness() -> Harness<Bare> {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let cfg = crate::config::Config::from_parts("", "test", &[], dir).unwrap();
-        let mut out = Vec::new();
-        let mut ctx = Ctx {
-            partition: 0,
-            stores: s,
-            out: &mut out,
-            config: &cfg,
-            now_ms: 0,
-        };
-        f(&mut ctx)
+        Harness::new(cfg, Bare(&SPEC), 0)
     }
 
     #[test]
@@ -397,7 +400,7 @@ mod tests {
 
     #[test]
     fn steps_append_cap_and_expire() {
-        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 1);
+        let mut h = harness();
         let step = |o: &str| Step {
             outcome: o.into(),
             partition: 0,
@@ -405,7 +408,7 @@ mod tests {
             reason: None,
             detail: serde_json::Value::Null,
         };
-        ctx_run(&mut s, |ctx| {
+        h.with_ctx(|_, ctx| {
             for i in 0..(STEPS_PER_EVENT_MAX + 3) {
                 let o = if i == 0 { "validated" } else { "duplicate" };
                 let mut st = step(o);
@@ -415,7 +418,7 @@ mod tests {
             record_step(ctx, 0, "src", "other", step("validated"), 5 * MS_PER_DAY).unwrap();
             count(ctx, 0, "2026-10-05", [Count::In, Count::Passed]).unwrap();
         });
-        s.apply_committed(&[]).unwrap();
+        h.commit().unwrap();
         let of = |s: &PartitionStores, id: &str| {
             let p = event_key("src", id);
             gather_steps(
@@ -425,21 +428,25 @@ mod tests {
                     .map(|(_, v)| v),
             )
         };
-        let steps = of(&s, "id");
+        let steps = of(&h.stores, "id");
         assert_eq!(steps.steps.len(), STEPS_PER_EVENT_MAX);
         assert_eq!(steps.steps[0].outcome, "validated");
         assert_eq!(steps.steps[1].outcome, "duplicate");
         assert_eq!(steps.more, 3);
         // "i" is a prefix of "id" as text, not as a key.
-        assert!(of(&s, "i").steps.is_empty());
+        assert!(of(&h.stores, "i").steps.is_empty());
         // 2 days after the first entries, with 1 day of retention: they go.
-        ctx_run(&mut s, |ctx| expire(ctx, 0, 2 * MS_PER_DAY, 1).unwrap());
-        s.apply_committed(&[]).unwrap();
-        assert!(of(&s, "id").steps.is_empty());
-        assert_eq!(of(&s, "other").steps.len(), 1);
-        let c: DayCounters =
-            serde_json::from_slice(&s.get(0, &counter_key("2026-10-05")).unwrap().unwrap())
-                .unwrap();
+        h.with_ctx(|_, ctx| expire(ctx, 0, 2 * MS_PER_DAY, 1).unwrap());
+        h.commit().unwrap();
+        assert!(of(&h.stores, "id").steps.is_empty());
+        assert_eq!(of(&h.stores, "other").steps.len(), 1);
+        let c: DayCounters = serde_json::from_slice(
+            &h.stores
+                .get(0, &counter_key("2026-10-05"))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!((c.records_in, c.passed, c.held, c.released), (1, 1, 0, 0));
     }
 

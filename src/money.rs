@@ -270,10 +270,56 @@ impl MoneyError {
     /// Stable machine-readable identifier of the error kind.
     pub const fn code(&self) -> &'static str {
         match self {
-            MoneyError::UnknownCurrency(_) => "unknown_currency",
-            MoneyError::NoMinorUnit(_) => "no_minor_unit",
-            MoneyError::UnknownRoundingMode(_) => "unknown_rounding_mode",
-            MoneyError::AmountOverflow => "amount_overflow",
+            MoneyError::UnknownCurrency(_) => reasons::UNKNOWN_CURRENCY,
+            MoneyError::NoMinorUnit(_) => reasons::NO_MINOR_UNIT,
+            MoneyError::UnknownRoundingMode(_) => reasons::UNKNOWN_ROUNDING_MODE,
+            MoneyError::AmountOverflow => reasons::AMOUNT_OVERFLOW,
+        }
+    }
+}
+
+/// The codes of [`MoneyError`] (see [`crate::reason`]).
+pub mod reasons {
+    crate::reason_codes! {
+        UNKNOWN_CURRENCY => "unknown_currency",
+            "A currency code is not an active ISO 4217 alphabetic code.";
+        NO_MINOR_UNIT => "no_minor_unit",
+            "A currency has no minor unit in ISO 4217 (e.g. XAU) and cannot be posted as money.";
+        UNKNOWN_ROUNDING_MODE => "unknown_rounding_mode",
+            "A rounding mode name is not one of half_even, half_up, half_down, up, down, ceiling, floor.";
+        AMOUNT_OVERFLOW => "amount_overflow",
+            "An amount or a sum of amounts does not fit in a decimal.";
+    }
+
+    /// One error of each kind, for tests that check codes against tables.
+    #[cfg(test)]
+    pub(crate) fn one_of_each() -> Vec<super::MoneyError> {
+        use super::MoneyError as E;
+        let all = vec![
+            E::UnknownCurrency("x".into()),
+            E::NoMinorUnit("XAU".into()),
+            E::UnknownRoundingMode("x".into()),
+            E::AmountOverflow,
+        ];
+        // A new kind fails to compile here: add it to the list above.
+        for e in &all {
+            match e {
+                E::UnknownCurrency(_)
+                | E::NoMinorUnit(_)
+                | E::UnknownRoundingMode(_)
+                | E::AmountOverflow => {}
+            }
+        }
+        all
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn every_code_is_in_the_table() {
+            for e in super::one_of_each() {
+                assert!(super::CODES.contains(&e.code()), "{}", e.code());
+            }
         }
     }
 }

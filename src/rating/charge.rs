@@ -136,15 +136,19 @@ impl ChargeModelError {
     /// Stable snake_case code, for config validation reports and API errors.
     pub fn code(&self) -> &'static str {
         match self {
-            ChargeModelError::NoTiers => "no_tiers",
-            ChargeModelError::TooManyTiers { .. } => "too_many_tiers",
-            ChargeModelError::TierBoundNotPositive { .. } => "tier_bound_not_positive",
-            ChargeModelError::TierBoundsNotIncreasing { .. } => "tier_bounds_not_increasing",
-            ChargeModelError::OpenTierNotLast { .. } => "open_tier_not_last",
-            ChargeModelError::LastTierNotOpen => "last_tier_not_open",
-            ChargeModelError::NegativePrice { .. } => "negative_price",
-            ChargeModelError::PackageSizeNotPositive => "package_size_not_positive",
-            ChargeModelError::NegativeFreeUnits => "negative_free_units",
+            ChargeModelError::NoTiers => super::reasons::NO_TIERS,
+            ChargeModelError::TooManyTiers { .. } => super::reasons::TOO_MANY_TIERS,
+            ChargeModelError::TierBoundNotPositive { .. } => {
+                super::reasons::TIER_BOUND_NOT_POSITIVE
+            }
+            ChargeModelError::TierBoundsNotIncreasing { .. } => {
+                super::reasons::TIER_BOUNDS_NOT_INCREASING
+            }
+            ChargeModelError::OpenTierNotLast { .. } => super::reasons::OPEN_TIER_NOT_LAST,
+            ChargeModelError::LastTierNotOpen => super::reasons::LAST_TIER_NOT_OPEN,
+            ChargeModelError::NegativePrice { .. } => super::reasons::NEGATIVE_PRICE,
+            ChargeModelError::PackageSizeNotPositive => super::reasons::PACKAGE_SIZE_NOT_POSITIVE,
+            ChargeModelError::NegativeFreeUnits => super::reasons::NEGATIVE_FREE_UNITS,
         }
     }
 }

@@ -101,12 +101,122 @@ impl RatingError {
     pub fn code(&self) -> &'static str {
         match self {
             RatingError::InvalidChargeModel(inner) => inner.code(),
-            RatingError::NegativeQuantity { .. } => "negative_quantity",
-            RatingError::NegativeValue { .. } => "negative_value",
-            RatingError::ObservationMismatch { .. } => "observation_mismatch",
-            RatingError::DistinctValueNeedsSet => "distinct_value_needs_set",
-            RatingError::Overflow => "arithmetic_overflow",
-            RatingError::PrecisionExceeded => "precision_exceeded",
+            RatingError::NegativeQuantity { .. } => reasons::NEGATIVE_QUANTITY,
+            RatingError::NegativeValue { .. } => reasons::NEGATIVE_VALUE,
+            RatingError::ObservationMismatch { .. } => reasons::OBSERVATION_MISMATCH,
+            RatingError::DistinctValueNeedsSet => reasons::DISTINCT_VALUE_NEEDS_SET,
+            RatingError::Overflow => reasons::ARITHMETIC_OVERFLOW,
+            RatingError::PrecisionExceeded => reasons::PRECISION_EXCEEDED,
+        }
+    }
+}
+
+/// The codes of [`RatingError`] and [`ChargeModelError`] (see
+/// [`crate::reason`]).
+pub mod reasons {
+    crate::reason_codes! {
+        NEGATIVE_QUANTITY => "negative_quantity",
+            "A cumulative quantity to price is negative.";
+        NEGATIVE_VALUE => "negative_value",
+            "An event value is negative (a refund or credit is not usage).";
+        OBSERVATION_MISMATCH => "observation_mismatch",
+            "An observation does not carry what the segment's aggregation needs.";
+        DISTINCT_VALUE_NEEDS_SET => "distinct_value_needs_set",
+            "A distinct value was given to a segment without its in-memory set.";
+        ARITHMETIC_OVERFLOW => "arithmetic_overflow",
+            "A rating result does not fit in a decimal.";
+        PRECISION_EXCEEDED => "precision_exceeded",
+            "A rating result needs more than 28 significant digits and would be rounded.";
+        NO_TIERS => "no_tiers",
+            "A tiered charge model has no tier.";
+        TOO_MANY_TIERS => "too_many_tiers",
+            "A charge model has more tiers than the maximum.";
+        TIER_BOUND_NOT_POSITIVE => "tier_bound_not_positive",
+            "A tier's up_to is not greater than 0.";
+        TIER_BOUNDS_NOT_INCREASING => "tier_bounds_not_increasing",
+            "A tier's up_to is not greater than the previous tier's.";
+        OPEN_TIER_NOT_LAST => "open_tier_not_last",
+            "A tier without up_to is not the last tier.";
+        LAST_TIER_NOT_OPEN => "last_tier_not_open",
+            "The last tier has an up_to.";
+        NEGATIVE_PRICE => "negative_price",
+            "A price or fee of a charge model is negative.";
+        PACKAGE_SIZE_NOT_POSITIVE => "package_size_not_positive",
+            "A package model's package size is not greater than 0.";
+        NEGATIVE_FREE_UNITS => "negative_free_units",
+            "A package model's free_units is negative.";
+    }
+
+    /// One error of each kind (an invalid charge model once per
+    /// [`ChargeModelError`](super::ChargeModelError) kind), for tests that
+    /// check codes against tables.
+    #[cfg(test)]
+    pub(crate) fn one_of_each() -> Vec<super::RatingError> {
+        use super::{ChargeModelError as C, RatingError as E};
+        let models = vec![
+            C::NoTiers,
+            C::TooManyTiers { count: 2, max: 1 },
+            C::TierBoundNotPositive { tier: 0 },
+            C::TierBoundsNotIncreasing { tier: 1 },
+            C::OpenTierNotLast { tier: 0 },
+            C::LastTierNotOpen,
+            C::NegativePrice { field: "x".into() },
+            C::PackageSizeNotPositive,
+            C::NegativeFreeUnits,
+        ];
+        let mut all = vec![
+            E::NegativeQuantity {
+                quantity: rust_decimal::Decimal::NEGATIVE_ONE,
+            },
+            E::NegativeValue {
+                value: rust_decimal::Decimal::NEGATIVE_ONE,
+            },
+            E::ObservationMismatch {
+                aggregation: crate::meter::Aggregation::Sum,
+                observation: "occurrence",
+            },
+            E::DistinctValueNeedsSet,
+            E::Overflow,
+            E::PrecisionExceeded,
+        ];
+        // A new kind fails to compile here: add it to the lists above.
+        for m in &models {
+            match m {
+                C::NoTiers
+                | C::TooManyTiers { .. }
+                | C::TierBoundNotPositive { .. }
+                | C::TierBoundsNotIncreasing { .. }
+                | C::OpenTierNotLast { .. }
+                | C::LastTierNotOpen
+                | C::NegativePrice { .. }
+                | C::PackageSizeNotPositive
+                | C::NegativeFreeUnits => {}
+            }
+        }
+        for e in &all {
+            match e {
+                E::InvalidChargeModel(_)
+                | E::NegativeQuantity { .. }
+                | E::NegativeValue { .. }
+                | E::ObservationMismatch { .. }
+                | E::DistinctValueNeedsSet
+                | E::Overflow
+                | E::PrecisionExceeded => {}
+            }
+        }
+        all.extend(models.into_iter().map(E::InvalidChargeModel));
+        all
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn every_code_is_in_the_table() {
+            let all = super::one_of_each();
+            assert_eq!(all.len(), super::ALL.len());
+            for e in all {
+                assert!(super::CODES.contains(&e.code()), "{}", e.code());
+            }
         }
     }
 }

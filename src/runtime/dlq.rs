@@ -61,14 +61,12 @@ pub const RECORD_HEADER_OVERHEAD_BYTES: usize = 16;
 /// Reason codes the runtime itself gives, whatever the stage: records the
 /// stage's own rules never see. Stable, like the stages' codes.
 pub mod reasons {
-    /// A header key of the record is not UTF-8 (the dead letter carries it
-    /// with U+FFFD replacements).
-    pub const INVALID_HEADER: &str = "invalid_header";
-    /// An output the record produced was refused by the producer or the
-    /// broker for good (larger than `message.max.bytes` or the topic's
-    /// `max.message.bytes`, or invalid): the record is dead-lettered instead
-    /// of retrying forever.
-    pub const OUTPUT_UNPRODUCIBLE: &str = "output_unproducible";
+    crate::reason_codes! {
+        INVALID_HEADER => "invalid_header",
+            "A header key of the record is not UTF-8 (the dead letter carries it with U+FFFD replacements).";
+        OUTPUT_UNPRODUCIBLE => "output_unproducible",
+            "An output the record produced was refused for good by the producer or the broker (larger than message.max.bytes or the topic's max.message.bytes, or invalid): the record is dead-lettered instead of retrying forever.";
+    }
 }
 
 /// Longest human message kept in a header (the reason code is the stable part).

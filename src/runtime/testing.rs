@@ -15,6 +15,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::store::{MemBackend, PartitionStores};
+use crate::topology::StageSpec;
 
 /// One record for [`Harness::process_record`]; the rest of the
 /// [`InputRecord`] (topic, partition, offset) comes from the harness.
@@ -115,15 +116,23 @@ impl<P: Processor> Harness<P> {
         Ok(out)
     }
 
-    /// The transaction commits: the processor flushes its caches into the
-    /// stores, the writes become durable.
-    pub fn commit(&mut self) -> Result<(), StageError> {
+    /// The processor flushes its caches into the stores, as the runtime has
+    /// it do before each commit; the writes stay uncommitted. For tests
+    /// that look at the stores between records without committing.
+    pub fn flush(&mut self) -> Result<(), StageError> {
         let mut out = Vec::new();
         let (processor, mut ctx) = self.split(&mut out);
         processor.flush(&mut ctx)?;
         if !out.is_empty() {
             return Err(StageError::Fatal("flush emitted outputs".into()));
         }
+        Ok(())
+    }
+
+    /// The transaction commits: the processor flushes its caches into the
+    /// stores, the writes become durable.
+    pub fn commit(&mut self) -> Result<(), StageError> {
+        self.flush()?;
         self.stores.apply_committed(&[])?;
         Ok(())
     }
@@ -148,6 +157,18 @@ impl<P: Processor> Harness<P> {
         self.processor.on_table_record(table, key, value);
     }
 
+    /// Runs `f` with the processor and a [`Ctx`] as a call inside
+    /// [`Processor::process`] sees them (at the harness clock, without the
+    /// per-record savepoint); its value and the outputs it emitted. For
+    /// testing helpers that stages call with their `Ctx` (lineage,
+    /// counters), e.g. through a [`Bare`] processor.
+    pub fn with_ctx<T>(&mut self, f: impl FnOnce(&mut P, &mut Ctx<'_>) -> T) -> (T, Vec<Output>) {
+        let mut out = Vec::new();
+        let (processor, mut ctx) = self.split(&mut out);
+        let value = f(processor, &mut ctx);
+        (value, out)
+    }
+
     fn split<'a>(&'a mut self, out: &'a mut Vec<Output>) -> (&'a mut P, Ctx<'a>) {
         let ctx = Ctx {
             partition: self.partition,
@@ -157,6 +178,21 @@ impl<P: Processor> Harness<P> {
             now_ms: self.now_ms,
         };
         (&mut self.processor, ctx)
+    }
+}
+
+/// A processor that does nothing with its records: a [`Harness`] over the
+/// stores `spec` names, for testing code that takes a [`Ctx`] outside any
+/// stage ([`Harness::with_ctx`]).
+pub struct Bare(pub &'static StageSpec);
+
+impl Processor for Bare {
+    fn spec(&self) -> &'static StageSpec {
+        self.0
+    }
+
+    fn process(&mut self, _rec: &InputRecord<'_>, _ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        Ok(())
     }
 }
 
@@ -183,7 +219,6 @@ impl PinnedClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::StageSpec;
 
     static SPEC: StageSpec = StageSpec {
         name: "toy",

@@ -125,6 +125,7 @@ use crate::store::StoreId;
 use crate::topology::{self, StageSpec};
 
 pub mod periods;
+pub mod reason;
 
 /// How long after the greatest event time seen a window stays open for late
 /// events, in seconds: the default of config `aggregate.grace_period_s`.
@@ -148,7 +149,7 @@ const CLOSE_SCAN_BATCH: usize = 1_000;
 const DIGEST_BYTES: usize = 32;
 
 /// Reject code of an input record that is not a rated event.
-pub const MALFORMED_RATED_EVENT: &str = "malformed_rated_event";
+pub use reason::MALFORMED_RATED_EVENT;
 
 /// Why a rated event cannot be aggregated. [`code`](AggregateError::code)
 /// is stable.
@@ -169,8 +170,8 @@ impl AggregateError {
         match self {
             AggregateError::Malformed(_) => MALFORMED_RATED_EVENT,
             AggregateError::Calendar(e) => e.code(),
-            AggregateError::Overflow(_) => "amount_overflow",
-            AggregateError::Instant(_) => "instant_out_of_range",
+            AggregateError::Overflow(_) => crate::money::reasons::AMOUNT_OVERFLOW,
+            AggregateError::Instant(_) => reason::INSTANT_OUT_OF_RANGE,
         }
     }
 }

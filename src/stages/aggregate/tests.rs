@@ -3,9 +3,9 @@ use rust_decimal_macros::dec;
 use serde_json::json;
 
 use super::*;
-use crate::runtime::testing::PinnedClock;
+use crate::runtime::testing::{Harness, Record};
 use crate::stages::fixtures::{aggregate_all, config, rated, Sub, UTC1};
-use crate::store::{MemBackend, PartitionStores};
+use crate::store::PartitionStores;
 
 /// The test config with `extra` TOML appended.
 pub(crate) fn config_with(extra: &str) -> Config {
@@ -14,46 +14,32 @@ pub(crate) fn config_with(extra: &str) -> Config {
     Config::from_parts(&text, "test", &[], dir).unwrap()
 }
 
-fn stores() -> PartitionStores {
-    PartitionStores::new(Box::<MemBackend>::default(), 3)
-}
-
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-/// A processor whose wall clock the test sets.
-fn processor() -> (AggregateProcessor, PinnedClock) {
-    PinnedClock.set(0);
-    (AggregateProcessor::new(&config()), PinnedClock)
+type H = Harness<AggregateProcessor>;
+
+/// `p` over empty stores with the test config; the clock (which records
+/// see; the test sets it) at 0.
+fn harness_of(p: AggregateProcessor) -> H {
+    Harness::new(config(), p, 0)
 }
 
-fn run_bytes(
-    p: &mut AggregateProcessor,
-    s: &mut PartitionStores,
-    value: &[u8],
-) -> Result<Vec<ClosedWindow>, StageError> {
-    let cfg = config();
-    let mut out = Vec::new();
-    let rec = InputRecord {
-        topic: "x.usage.rated",
-        partition: 0,
-        offset: 0,
+fn harness() -> H {
+    harness_of(AggregateProcessor::new(&config()))
+}
+
+fn run_bytes(h: &mut H, value: &[u8]) -> Result<Vec<ClosedWindow>, StageError> {
+    assert_eq!(h.input_topic(), "x.usage.rated");
+    let out = h.process_record(Record {
         key: Some(b"cust-1"),
         value: Some(value),
-        headers: &[],
         timestamp_ms: Some(42),
-    };
-    let mut ctx = Ctx {
-        partition: 0,
-        stores: s,
-        out: &mut out,
-        config: &cfg,
-        now_ms: PinnedClock.get(),
-    };
-    p.process(&rec, &mut ctx)?;
+        ..Record::default()
+    })?;
     // As the runtime does before each commit (here: after every record).
-    p.flush(&mut ctx)?;
+    h.flush()?;
     Ok(parse_out(&out))
 }
 
@@ -67,25 +53,16 @@ fn parse_out(out: &[Output]) -> Vec<ClosedWindow> {
         .collect()
 }
 
-fn run(p: &mut AggregateProcessor, s: &mut PartitionStores, e: &RatedEvent) -> Vec<ClosedWindow> {
-    run_bytes(p, s, &serde_json::to_vec(e).unwrap()).unwrap()
+fn run(h: &mut H, e: &RatedEvent) -> Vec<ClosedWindow> {
+    run_bytes(h, &serde_json::to_vec(e).unwrap()).unwrap()
 }
 
-fn punctuate(
-    p: &mut AggregateProcessor,
-    s: &mut PartitionStores,
-    now: DateTime<Utc>,
-) -> Vec<ClosedWindow> {
-    let cfg = config();
-    let mut out = Vec::new();
-    let mut ctx = Ctx {
-        partition: 0,
-        stores: s,
-        out: &mut out,
-        config: &cfg,
-        now_ms: now.timestamp_millis(),
-    };
-    p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
+/// A punctuation at `now`; the clock records see is left where it was.
+fn punctuate(h: &mut H, now: DateTime<Utc>) -> Vec<ClosedWindow> {
+    let records_clock = h.now_ms;
+    h.now_ms = now.timestamp_millis();
+    let out = h.punctuate().unwrap();
+    h.now_ms = records_clock;
     parse_out(&out)
 }
 
@@ -207,38 +184,29 @@ fn local_day_follows_the_subscription_time_zone() {
 
 #[test]
 fn late_within_grace_joins_its_window_and_windows_close_once() {
-    let (mut p, _) = processor();
-    let mut s = stores();
+    let mut h = harness();
     let d = at("2026-01-10T00:00:00Z");
     assert!(run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated("a", d + Duration::hours(12), UTC1, &[("tokens", dec!(1))])
     )
     .is_empty());
     // Next day, but within the grace of the 10th's end.
     let next = d + Duration::days(1) + Duration::minutes(5);
-    assert!(run(
-        &mut p,
-        &mut s,
-        &rated("b", next, UTC1, &[("tokens", dec!(2))])
-    )
-    .is_empty());
+    assert!(run(&mut h, &rated("b", next, UTC1, &[("tokens", dec!(2))])).is_empty());
     assert_eq!(
-        clock_of(&s).watermark_ms,
+        clock_of(&h.stores).watermark_ms,
         Some((next - grace()).timestamp_millis())
     );
     // Out of order but within the grace: the 10th is still open.
     assert!(run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated("c", d + Duration::hours(23), UTC1, &[("tokens", dec!(4))])
     )
     .is_empty());
     // The watermark reaches the end of the 10th: it closes, with a and c.
     let out = run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated(
             "d",
             d + Duration::days(1) + grace(),
@@ -256,8 +224,7 @@ fn late_within_grace_joins_its_window_and_windows_close_once() {
     );
     // Emitted once: later events do not emit it again, and the store no longer has it.
     let out = run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated(
             "e",
             d + Duration::days(1) + Duration::hours(1),
@@ -267,11 +234,10 @@ fn late_within_grace_joins_its_window_and_windows_close_once() {
     );
     assert!(out.is_empty());
     // A restart (new processor, committed store) neither re-emits nor loses anything.
-    s.apply_committed(&[]).unwrap();
-    let (mut p, _) = processor();
+    h.commit().unwrap();
+    h.processor = AggregateProcessor::new(&config());
     let out = run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated(
             "f",
             d + Duration::days(2) + grace(),
@@ -286,33 +252,19 @@ fn late_within_grace_joins_its_window_and_windows_close_once() {
 
 #[test]
 fn a_late_event_beyond_the_grace_is_an_adjustment_in_the_current_window() {
-    let (mut p, _) = processor();
-    let mut s = stores();
+    let mut h = harness();
     let jan10 = at("2026-01-10T12:00:00Z");
-    run(
-        &mut p,
-        &mut s,
-        &rated("a", jan10, UTC1, &[("tokens", dec!(1))]),
-    );
+    run(&mut h, &rated("a", jan10, UTC1, &[("tokens", dec!(1))]));
     // Jan 12 noon: the 10th closes.
     let now = at("2026-01-12T12:00:00Z");
-    let out = run(
-        &mut p,
-        &mut s,
-        &rated("b", now, UTC1, &[("tokens", dec!(1))]),
-    );
+    let out = run(&mut h, &rated("b", now, UTC1, &[("tokens", dec!(1))]));
     assert_eq!(out.len(), 1);
     // Late for the 10th: into the current day (the day of the watermark,
     // Jan 12) as an adjustment naming the 10th; January is still open.
-    let out = run(
-        &mut p,
-        &mut s,
-        &rated("late", jan10, UTC1, &[("tokens", dec!(7))]),
-    );
+    let out = run(&mut h, &rated("late", jan10, UTC1, &[("tokens", dec!(7))]));
     assert!(out.is_empty());
     let out = run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated(
             "c",
             at("2026-01-13T00:00:00Z") + grace(),
@@ -342,27 +294,18 @@ fn a_late_event_beyond_the_grace_is_an_adjustment_in_the_current_window() {
     assert_eq!(out[1].clearing.adjusts, None);
     // February: a January event is late for its whole period.
     let feb = at("2026-02-03T00:00:00Z");
-    let out = run(
-        &mut p,
-        &mut s,
-        &rated("d", feb, UTC1, &[("tokens", dec!(1))]),
-    );
+    let out = run(&mut h, &rated("d", feb, UTC1, &[("tokens", dec!(1))]));
     let january: Vec<_> = out.iter().filter(|w| w.kind != WindowKind::Day).collect();
     assert_eq!(january.len(), 2);
     assert_eq!(january[0].amount, dec!(10));
     assert_eq!(january[1].kind, WindowKind::PeriodClose);
     assert_eq!(january[1].event_count, 4);
-    let out = run(
-        &mut p,
-        &mut s,
-        &rated("late2", jan10, UTC1, &[("tokens", dec!(3))]),
-    );
+    let out = run(&mut h, &rated("late2", jan10, UTC1, &[("tokens", dec!(3))]));
     assert!(out.is_empty());
     // Close February: the adjustment is in February's period, naming January,
     // and is not part of February's period close.
     let out = run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated(
             "e",
             at("2026-03-01T00:00:00Z") + grace(),
@@ -397,33 +340,34 @@ fn a_late_event_beyond_the_grace_is_an_adjustment_in_the_current_window() {
 
 #[test]
 fn an_idle_partition_advances_by_wall_clock() {
-    let (mut p, wall) = processor();
-    let mut s = stores();
+    let mut h = harness();
     let t = at("2026-01-10T12:00:00Z");
-    wall.set(t.timestamp_millis());
-    run(&mut p, &mut s, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
-    s.apply_committed(&[]).unwrap();
+    h.now_ms = t.timestamp_millis();
+    run(&mut h, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
+    h.commit().unwrap();
     let end = at("2026-01-11T00:00:00Z");
     // Not idle long enough: nothing, and nothing written.
     let soon = t + Duration::seconds(IDLE_ADVANCE_S - 1);
-    assert!(punctuate(&mut p, &mut s, soon).is_empty());
+    assert!(punctuate(&mut h, soon).is_empty());
     // Idle, but the wall-clock watermark would close nothing: no write.
     let idle = t + Duration::seconds(IDLE_ADVANCE_S);
-    assert!(punctuate(&mut p, &mut s, idle).is_empty());
-    assert!(!s.has_pending());
+    assert!(punctuate(&mut h, idle).is_empty());
+    assert!(!h.stores.has_pending());
     // Idle and past the day's end plus the grace: the day closes.
-    let out = punctuate(&mut p, &mut s, end + grace());
+    let out = punctuate(&mut h, end + grace());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].window.id, "2026-01-10");
-    assert_eq!(clock_of(&s).watermark_ms, Some(end.timestamp_millis()));
+    assert_eq!(
+        clock_of(&h.stores).watermark_ms,
+        Some(end.timestamp_millis())
+    );
     // Input resets the idle timer.
-    wall.set((end + grace()).timestamp_millis());
+    h.now_ms = (end + grace()).timestamp_millis();
     run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated("b", end + Duration::hours(1), UTC1, &[("tokens", dec!(1))]),
     );
-    assert!(punctuate(&mut p, &mut s, end + grace() + Duration::seconds(30)).is_empty());
+    assert!(punctuate(&mut h, end + grace() + Duration::seconds(30)).is_empty());
 }
 
 #[test]
@@ -481,9 +425,8 @@ fn digest_addition_wraps_and_carries() {
 
 #[test]
 fn malformed_input_is_rejected_and_writes_nothing() {
-    let (mut p, _) = processor();
-    let mut s = stores();
-    match run_bytes(&mut p, &mut s, b"{nope") {
+    let mut h = harness();
+    match run_bytes(&mut h, b"{nope") {
         Err(StageError::Reject { code, .. }) => assert_eq!(code, MALFORMED_RATED_EVENT),
         other => panic!("{other:?}"),
     }
@@ -494,11 +437,11 @@ fn malformed_input_is_rejected_and_writes_nothing() {
         &[("tokens", dec!(1))],
     );
     e.measures.clear();
-    match run_bytes(&mut p, &mut s, &serde_json::to_vec(&e).unwrap()) {
+    match run_bytes(&mut h, &serde_json::to_vec(&e).unwrap()) {
         Err(StageError::Reject { code, .. }) => assert_eq!(code, MALFORMED_RATED_EVENT),
         other => panic!("{other:?}"),
     }
-    assert!(!s.has_pending());
+    assert!(!h.stores.has_pending());
 }
 
 #[test]
@@ -530,19 +473,15 @@ fn closed_window_json_round_trips() {
 #[test]
 fn grace_and_idle_advance_come_from_the_config() {
     let cfg = config_with("[aggregate]\ngrace_period_s = 60\nidle_advance_s = 2\n");
-    let now = PinnedClock;
-    now.set(0);
-    let mut p = AggregateProcessor::new(&cfg);
-    let mut s = stores();
+    let mut h = Harness::new(cfg.clone(), AggregateProcessor::new(&cfg), 0);
     let t = at("2026-01-10T12:00:00Z");
-    now.set(t.timestamp_millis());
-    run(&mut p, &mut s, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
-    s.apply_committed(&[]).unwrap();
+    h.now_ms = t.timestamp_millis();
+    run(&mut h, &rated("a", t, UTC1, &[("tokens", dec!(1))]));
+    h.commit().unwrap();
     let end = at("2026-01-11T00:00:00Z");
     // 60 s after the day's end: the default grace (600 s) would keep it open.
     let out = run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated(
             "b",
             end + Duration::seconds(60),
@@ -552,14 +491,16 @@ fn grace_and_idle_advance_come_from_the_config() {
     );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].window.id, "2026-01-10");
-    assert_eq!(clock_of(&s).watermark_ms, Some(end.timestamp_millis()));
-    s.apply_committed(&[]).unwrap();
+    assert_eq!(
+        clock_of(&h.stores).watermark_ms,
+        Some(end.timestamp_millis())
+    );
+    h.commit().unwrap();
     // Idle for 2 s (not 60) and the wall clock past Jan 11 + 60 s: it closes.
     let wall = at("2026-01-12T00:01:00Z");
-    now.set(wall.timestamp_millis());
+    h.now_ms = wall.timestamp_millis();
     run(
-        &mut p,
-        &mut s,
+        &mut h,
         &rated(
             "c",
             end + Duration::seconds(61),
@@ -567,9 +508,9 @@ fn grace_and_idle_advance_come_from_the_config() {
             &[("tokens", dec!(1))],
         ),
     );
-    s.apply_committed(&[]).unwrap();
-    assert!(punctuate(&mut p, &mut s, wall + Duration::seconds(1)).is_empty());
-    let out = punctuate(&mut p, &mut s, wall + Duration::seconds(2));
+    h.commit().unwrap();
+    assert!(punctuate(&mut h, wall + Duration::seconds(1)).is_empty());
+    let out = punctuate(&mut h, wall + Duration::seconds(2));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].window.id, "2026-01-11");
     assert_eq!(out[0].event_count, 2);
@@ -587,11 +528,10 @@ fn closes(ws: &[ClosedWindow]) -> Vec<(String, u64, Decimal)> {
 fn periods_without_usage_close_until_the_subscription_ends() {
     // Open-ended: January has usage, February and March none; the wall
     // clock on April 15 closes all three, and April waits for its end.
-    let (mut p, _) = processor();
-    let mut s = stores();
+    let mut h = harness();
     let jan = rated("e1", at("2026-01-10T10:00:00Z"), UTC1, &[("m", dec!(3))]);
-    assert!(closes(&run(&mut p, &mut s, &jan)).is_empty());
-    let out = punctuate(&mut p, &mut s, at("2026-04-15T00:00:00Z"));
+    assert!(closes(&run(&mut h, &jan)).is_empty());
+    let out = punctuate(&mut h, at("2026-04-15T00:00:00Z"));
     assert_eq!(
         closes(&out),
         vec![
@@ -613,34 +553,33 @@ fn periods_without_usage_close_until_the_subscription_ends() {
     assert_eq!(feb.clearing.period.id, "2026-02-01");
     // April's is open in the store; usage in April lands in it.
     let apr = rated("e2", at("2026-04-20T10:00:00Z"), UTC1, &[("m", dec!(2))]);
-    run(&mut p, &mut s, &apr);
-    let out = punctuate(&mut p, &mut s, at("2026-05-02T00:00:00Z"));
+    run(&mut h, &apr);
+    let out = punctuate(&mut h, at("2026-05-02T00:00:00Z"));
     assert_eq!(closes(&out), vec![("2026-04-01".to_string(), 1, dec!(2))]);
 
     // Ending on March 1: February is the last period billed.
-    let (mut p, _) = processor();
-    let mut s = stores();
+    let mut h = harness();
     let mut jan = jan.clone();
     jan.enriched.subscription_end = Some(at("2026-03-01T00:00:00Z"));
-    run(&mut p, &mut s, &jan);
-    let out = punctuate(&mut p, &mut s, at("2026-06-15T00:00:00Z"));
+    run(&mut h, &jan);
+    let out = punctuate(&mut h, at("2026-06-15T00:00:00Z"));
     assert_eq!(
         closes(&out).into_iter().map(|c| c.0).collect::<Vec<_>>(),
         vec!["2026-01-01", "2026-02-01"]
     );
     // Nothing is left open: the store holds only the clock.
-    let left = s
+    let left = h
+        .stores
         .scan(WINDOWS, &[WINDOW_PREFIX], &[WINDOW_PREFIX + 1], 10)
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 
     // Ending mid-March: March overlaps it, so it is billed in full.
-    let (mut p, _) = processor();
-    let mut s = stores();
+    let mut h = harness();
     let mut jan = rated("e1", at("2026-01-10T10:00:00Z"), UTC1, &[("m", dec!(3))]);
     jan.enriched.subscription_end = Some(at("2026-03-15T00:00:00Z"));
-    run(&mut p, &mut s, &jan);
-    let out = punctuate(&mut p, &mut s, at("2026-06-15T00:00:00Z"));
+    run(&mut h, &jan);
+    let out = punctuate(&mut h, at("2026-06-15T00:00:00Z"));
     assert_eq!(closes(&out).len(), 3);
 }
 
@@ -682,7 +621,7 @@ mod subscription_periods {
     /// A processor whose tables hold cust-1, sub-1 (from `start`) and the
     /// plan versions given as (version, effective from, base fee).
     fn with_tables(start: &str, versions: &[(u32, &str, &str)]) -> AggregateProcessor {
-        let (mut p, _) = processor();
+        let mut p = AggregateProcessor::new(&config());
         load(&mut p, RefKind::Customers, &[customer_line()]);
         let plans: Vec<String> = versions
             .iter()
@@ -697,34 +636,16 @@ mod subscription_periods {
         p
     }
 
-    fn punctuate_on(
-        p: &mut AggregateProcessor,
-        s: &mut PartitionStores,
-        partition: i32,
-        now: DateTime<Utc>,
-    ) -> Vec<ClosedWindow> {
-        let cfg = config();
-        let mut out = Vec::new();
-        let mut ctx = Ctx {
-            partition,
-            stores: s,
-            out: &mut out,
-            config: &cfg,
-            now_ms: now.timestamp_millis(),
-        };
-        p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
-        parse_out(&out)
+    fn punctuate_on(h: &mut H, partition: i32, now: DateTime<Utc>) -> Vec<ClosedWindow> {
+        h.partition = partition;
+        punctuate(h, now)
     }
 
     /// Two punctuations `idle` apart: the first walks the subscriptions,
     /// the second advances the idle partition's watermark to `now`.
-    fn settle(
-        p: &mut AggregateProcessor,
-        s: &mut PartitionStores,
-        now: DateTime<Utc>,
-    ) -> Vec<ClosedWindow> {
-        let mut out = punctuate(p, s, now);
-        out.extend(punctuate(p, s, now + Duration::seconds(IDLE_ADVANCE_S + 1)));
+    fn settle(h: &mut H, now: DateTime<Utc>) -> Vec<ClosedWindow> {
+        let mut out = punctuate(h, now);
+        out.extend(punctuate(h, now + Duration::seconds(IDLE_ADVANCE_S + 1)));
         out
     }
 
@@ -745,9 +666,11 @@ mod subscription_periods {
 
     #[test]
     fn a_subscription_without_usage_closes_every_period_exactly_once() {
-        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
-        let mut s = stores();
-        let out = settle(&mut p, &mut s, at("2026-03-05T00:00:00Z"));
+        let mut h = harness_of(with_tables(
+            "2026-01-01T00:00:00Z",
+            &[(1, "2025-01-01T00:00:00Z", "10")],
+        ));
+        let out = settle(&mut h, at("2026-03-05T00:00:00Z"));
         assert_eq!(
             fees(&out),
             vec![
@@ -762,21 +685,21 @@ mod subscription_periods {
 
         // Republished records and a later sweep post nothing again.
         load(
-            &mut p,
+            &mut h.processor,
             RefKind::Subscriptions,
             &[subscription_line("2026-01-01T00:00:00Z", None)],
         );
         load(
-            &mut p,
+            &mut h.processor,
             RefKind::Plans,
             &[plan_line(1, "2025-01-01T00:00:00Z", "10")],
         );
-        assert!(settle(&mut p, &mut s, at("2026-03-06T00:00:00Z")).is_empty());
+        assert!(settle(&mut h, at("2026-03-06T00:00:00Z")).is_empty());
 
         // A restart (fresh processor, same store) neither: March closes on time.
-        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
-        assert!(settle(&mut p, &mut s, at("2026-03-07T00:00:00Z")).is_empty());
-        let out = settle(&mut p, &mut s, at("2026-04-02T00:00:00Z"));
+        h.processor = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
+        assert!(settle(&mut h, at("2026-03-07T00:00:00Z")).is_empty());
+        let out = settle(&mut h, at("2026-04-02T00:00:00Z"));
         assert_eq!(
             fees(&out),
             vec![("2026-03-01".to_string(), 0, Some(dec!(10)), 1)]
@@ -785,17 +708,19 @@ mod subscription_periods {
 
     #[test]
     fn periods_before_the_first_event_close_too_and_usage_periods_once() {
-        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
-        let mut s = stores();
+        let mut h = harness_of(with_tables(
+            "2026-01-01T00:00:00Z",
+            &[(1, "2025-01-01T00:00:00Z", "10")],
+        ));
         // The first event comes in February: January must still close.
         let feb = rated("e1", at("2026-02-10T10:00:00Z"), UTC1, &[("m", dec!(3))]);
-        assert!(run(&mut p, &mut s, &feb).is_empty());
-        let out = punctuate(&mut p, &mut s, at("2026-02-10T10:00:00Z"));
+        assert!(run(&mut h, &feb).is_empty());
+        let out = punctuate(&mut h, at("2026-02-10T10:00:00Z"));
         assert_eq!(
             fees(&out),
             vec![("2026-01-01".to_string(), 0, Some(dec!(10)), 1)]
         );
-        let out = settle(&mut p, &mut s, at("2026-03-02T00:00:00Z"));
+        let out = settle(&mut h, at("2026-03-02T00:00:00Z"));
         assert_eq!(
             fees(&out),
             vec![("2026-02-01".to_string(), 1, Some(dec!(10)), 1)]
@@ -806,41 +731,40 @@ mod subscription_periods {
     #[test]
     fn a_subscription_created_after_its_periods_passed_gets_them_once() {
         // The partition is in May when the subscription (from January) arrives.
-        let (mut p, _) = processor();
-        let mut s = stores();
-        load(&mut p, RefKind::Customers, &[customer_line()]);
+        let mut h = harness();
+        load(&mut h.processor, RefKind::Customers, &[customer_line()]);
         load(
-            &mut p,
+            &mut h.processor,
             RefKind::Plans,
             &[plan_line(1, "2025-01-01T00:00:00Z", "10")],
         );
         let other = rated("e0", at("2026-05-10T10:00:00Z"), UTC1, &[("m", dec!(1))]);
-        run(&mut p, &mut s, &other);
+        run(&mut h, &other);
         // Without a subscription record nothing is walked; usage closed nothing yet.
-        assert!(punctuate(&mut p, &mut s, at("2026-05-10T10:00:00Z")).is_empty());
+        assert!(punctuate(&mut h, at("2026-05-10T10:00:00Z")).is_empty());
         load(
-            &mut p,
+            &mut h.processor,
             RefKind::Subscriptions,
             &[subscription_line(
                 "2026-01-01T00:00:00Z",
                 Some("2026-04-15T00:00:00Z"),
             )],
         );
-        let out = punctuate(&mut p, &mut s, at("2026-05-10T10:00:01Z"));
+        let out = punctuate(&mut h, at("2026-05-10T10:00:01Z"));
         assert_eq!(
             fees(&out).into_iter().map(|f| f.0).collect::<Vec<_>>(),
             vec!["2026-01-01", "2026-02-01", "2026-03-01", "2026-04-01"],
             "every period it overlaps, April included, and none after its end"
         );
         load(
-            &mut p,
+            &mut h.processor,
             RefKind::Subscriptions,
             &[subscription_line(
                 "2026-01-01T00:00:00Z",
                 Some("2026-04-15T00:00:00Z"),
             )],
         );
-        assert!(punctuate(&mut p, &mut s, at("2026-05-10T10:00:02Z")).is_empty());
+        assert!(punctuate(&mut h, at("2026-05-10T10:00:02Z")).is_empty());
     }
 
     #[test]
@@ -849,8 +773,7 @@ mod subscription_periods {
             (1, "2025-01-01T00:00:00Z", "10"),
             (2, "2026-01-15T00:00:00Z", "25"),
         ];
-        let mut p = with_tables("2026-01-01T00:00:00Z", &versions);
-        let mut s = stores();
+        let mut h = harness_of(with_tables("2026-01-01T00:00:00Z", &versions));
         // Usage after the change is rated at version 2 and carries its fee.
         let v2 = Sub {
             plan_version: 2,
@@ -858,8 +781,8 @@ mod subscription_periods {
         };
         let mut e = rated("e1", at("2026-01-20T10:00:00Z"), v2, &[("m", dec!(3))]);
         e.enriched.base_fee = Some(dec!(25));
-        run(&mut p, &mut s, &e);
-        let out = settle(&mut p, &mut s, at("2026-03-02T00:00:00Z"));
+        run(&mut h, &e);
+        let out = settle(&mut h, at("2026-03-02T00:00:00Z"));
         assert_eq!(
             fees(&out),
             vec![
@@ -883,22 +806,15 @@ mod subscription_periods {
     #[test]
     fn periods_before_the_cut_over_are_not_closed_by_the_walk() {
         let cfg = config_with("[aggregate]\nperiods_from = \"2026-02-01T00:00:00Z\"\n");
-        let mut p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
-        let mut s = stores();
+        let p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
+        let mut h = Harness::new(cfg, p, 0);
         let mut out = Vec::new();
         for now in [at("2026-03-05T00:00:00Z"), at("2026-03-05T00:01:01Z")] {
-            let mut ctx = Ctx {
-                partition: 0,
-                stores: &mut s,
-                out: &mut out,
-                config: &cfg,
-                now_ms: now.timestamp_millis(),
-            };
-            p.punctuate(&mut ctx, now.timestamp_millis()).unwrap();
+            out.extend(punctuate(&mut h, now));
         }
         // January ends on the cut-over: billed before; February is ours.
         assert_eq!(
-            fees(&parse_out(&out)),
+            fees(&out),
             vec![("2026-02-01".to_string(), 0, Some(dec!(10)), 1)]
         );
     }
@@ -909,21 +825,16 @@ mod subscription_periods {
         p.on_input_partitions(6);
         let owner = crate::kafka::partition_for_key(b"cust-1", 6);
         let other = (owner + 1) % 6;
-        let mut s = stores();
+        let mut h = harness_of(p);
         let t = at("2026-03-05T00:00:00Z");
-        punctuate_on(&mut p, &mut s, other, t);
-        let out = punctuate_on(
-            &mut p,
-            &mut s,
-            other,
-            t + Duration::seconds(IDLE_ADVANCE_S + 1),
-        );
+        punctuate_on(&mut h, other, t);
+        let out = punctuate_on(&mut h, other, t + Duration::seconds(IDLE_ADVANCE_S + 1));
         assert!(out.is_empty(), "{out:?}");
-        let mut s = stores();
-        let mut out = punctuate_on(&mut p, &mut s, owner, t);
+        // The same processor over another partition's (empty) stores.
+        let mut h = harness_of(h.processor);
+        let mut out = punctuate_on(&mut h, owner, t);
         out.extend(punctuate_on(
-            &mut p,
-            &mut s,
+            &mut h,
             owner,
             t + Duration::seconds(IDLE_ADVANCE_S + 1),
         ));

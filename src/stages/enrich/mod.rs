@@ -118,6 +118,7 @@ mod events;
 mod metrics;
 mod parked;
 mod processor;
+pub mod reason;
 mod recheck;
 mod stats;
 #[cfg(test)]
@@ -138,7 +139,7 @@ const COUNTERS: StoreId = 2;
 const MS_PER_SECOND: i64 = 1_000;
 
 /// Reject code of an input record that is not a validated event.
-pub const MALFORMED_VALIDATED_EVENT: &str = "malformed_validated_event";
+pub use reason::MALFORMED_VALIDATED_EVENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

@@ -38,11 +38,11 @@ impl ParkedStoreError {
     /// Stable snake_case code.
     pub fn code(&self) -> &'static str {
         match self {
-            ParkedStoreError::Format(_) => "parked_format_unknown",
-            ParkedStoreError::Truncated => "parked_value_truncated",
-            ParkedStoreError::Meta(_) => "parked_meta_invalid",
-            ParkedStoreError::Key(_) => "parked_key_invalid",
-            ParkedStoreError::Stats(_) => "parked_stats_invalid",
+            ParkedStoreError::Format(_) => super::reason::PARKED_FORMAT_UNKNOWN,
+            ParkedStoreError::Truncated => super::reason::PARKED_VALUE_TRUNCATED,
+            ParkedStoreError::Meta(_) => super::reason::PARKED_META_INVALID,
+            ParkedStoreError::Key(_) => super::reason::PARKED_KEY_INVALID,
+            ParkedStoreError::Stats(_) => super::reason::PARKED_STATS_INVALID,
         }
     }
 }

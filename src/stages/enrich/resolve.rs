@@ -76,6 +76,8 @@ use crate::contracts::{
 use crate::meter::Meter;
 use crate::refdata::{Plan, RefKind, RefTables, RefTrigger, Subscription};
 
+use super::reason;
+
 /// The meters of `topology/meters.toml`, by slug.
 pub type MeterCatalog = BTreeMap<String, Meter>;
 
@@ -177,29 +179,29 @@ impl ParkReason {
     /// Every park code, for metrics and dashboards. Codes are a contract:
     /// never rename one, only add.
     pub const ALL_CODES: &'static [&'static str] = &[
-        "unknown_meter",
-        "unknown_customer",
-        "no_active_subscription",
-        "ambiguous_subscription",
-        "unknown_plan",
-        "no_plan_version",
-        "no_charge_for_meter",
-        "currency_mismatch",
-        "no_billing_period",
+        reason::UNKNOWN_METER,
+        reason::UNKNOWN_CUSTOMER,
+        reason::NO_ACTIVE_SUBSCRIPTION,
+        reason::AMBIGUOUS_SUBSCRIPTION,
+        reason::UNKNOWN_PLAN,
+        reason::NO_PLAN_VERSION,
+        reason::NO_CHARGE_FOR_METER,
+        reason::CURRENCY_MISMATCH,
+        reason::NO_BILLING_PERIOD,
     ];
 
     /// Stable snake_case code.
     pub const fn code(&self) -> &'static str {
         match self {
-            ParkReason::UnknownMeter { .. } => "unknown_meter",
-            ParkReason::UnknownCustomer { .. } => "unknown_customer",
-            ParkReason::NoActiveSubscription { .. } => "no_active_subscription",
-            ParkReason::AmbiguousSubscription { .. } => "ambiguous_subscription",
-            ParkReason::UnknownPlan { .. } => "unknown_plan",
-            ParkReason::NoPlanVersion { .. } => "no_plan_version",
-            ParkReason::NoChargeForMeter { .. } => "no_charge_for_meter",
-            ParkReason::CurrencyMismatch { .. } => "currency_mismatch",
-            ParkReason::NoBillingPeriod { .. } => "no_billing_period",
+            ParkReason::UnknownMeter { .. } => reason::UNKNOWN_METER,
+            ParkReason::UnknownCustomer { .. } => reason::UNKNOWN_CUSTOMER,
+            ParkReason::NoActiveSubscription { .. } => reason::NO_ACTIVE_SUBSCRIPTION,
+            ParkReason::AmbiguousSubscription { .. } => reason::AMBIGUOUS_SUBSCRIPTION,
+            ParkReason::UnknownPlan { .. } => reason::UNKNOWN_PLAN,
+            ParkReason::NoPlanVersion { .. } => reason::NO_PLAN_VERSION,
+            ParkReason::NoChargeForMeter { .. } => reason::NO_CHARGE_FOR_METER,
+            ParkReason::CurrencyMismatch { .. } => reason::CURRENCY_MISMATCH,
+            ParkReason::NoBillingPeriod { .. } => reason::NO_BILLING_PERIOD,
         }
     }
 

@@ -13,8 +13,8 @@ use crate::lineage;
 use crate::refdata::parse_jsonl;
 use crate::refdata::RefKind;
 use crate::runtime::dlq::{headers, last_header};
-use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
-use crate::store::MemBackend;
+use crate::runtime::testing::{Harness, Record};
+use crate::runtime::{Output, Processor, StageError};
 use crate::store::PartitionStores;
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
@@ -26,10 +26,6 @@ const NS: &str = "x.";
 fn config() -> Config {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
-}
-
-fn stores() -> PartitionStores {
-    PartitionStores::new(Box::<MemBackend>::default(), 3)
 }
 
 fn customer_line(id: &str) -> String {
@@ -57,9 +53,9 @@ fn plan_line(id: &str) -> String {
 }
 
 /// Feeds JSON-lines records to the processor as table records.
-fn load(p: &mut EnrichProcessor, kind: RefKind, lines: &[String]) {
+fn load(h: &mut Harness<EnrichProcessor>, kind: RefKind, lines: &[String]) {
     for (key, value) in parse_jsonl(kind, &lines.join("\n")).unwrap() {
-        p.on_table_record(kind.topic(), Some(key.as_bytes()), value.as_deref());
+        h.table_record(kind.topic(), Some(key.as_bytes()), value.as_deref());
     }
 }
 
@@ -86,71 +82,54 @@ fn event(customer: &str, id: &str, tokens: Decimal) -> ValidatedEvent {
     }
 }
 
-fn processor() -> EnrichProcessor {
-    EnrichProcessor::new(&config()).unwrap()
+/// A processor knowing no reference data over empty stores, the clock at
+/// [`now_ms`].
+fn processor() -> Harness<EnrichProcessor> {
+    Harness::new(config(), EnrichProcessor::new(&config()).unwrap(), now_ms())
 }
 
 /// A processor knowing plan `pro` and `cust-1` with subscription `sub-1`.
-fn loaded() -> EnrichProcessor {
-    let mut p = processor();
-    load(&mut p, RefKind::Plans, &[plan_line("pro")]);
-    load(&mut p, RefKind::Customers, &[customer_line("cust-1")]);
+fn loaded() -> Harness<EnrichProcessor> {
+    let mut h = processor();
+    load(&mut h, RefKind::Plans, &[plan_line("pro")]);
+    load(&mut h, RefKind::Customers, &[customer_line("cust-1")]);
     load(
-        &mut p,
+        &mut h,
         RefKind::Subscriptions,
         &[subscription_line("sub-1", "cust-1", "pro")],
     );
-    p
+    h
 }
 
 fn run_with_headers(
-    p: &mut EnrichProcessor,
-    s: &mut PartitionStores,
+    h: &mut Harness<EnrichProcessor>,
     value: &[u8],
     headers: &[(String, Option<Vec<u8>>)],
 ) -> (Result<(), StageError>, Vec<Output>) {
-    let cfg = config();
-    let mut out = Vec::new();
-    let rec = InputRecord {
-        topic: "x.usage.validated",
-        partition: 0,
-        offset: 5,
+    assert_eq!(h.input_topic(), "x.usage.validated");
+    let r = h.process_record(Record {
         key: Some(b"k"),
         value: Some(value),
         headers,
         timestamp_ms: Some(1_768_046_400_000),
-    };
-    let mut ctx = Ctx {
-        partition: 0,
-        stores: s,
-        out: &mut out,
-        config: &cfg,
-        now_ms: crate::runtime::wall_clock_ms(),
-    };
-    let r = p.process(&rec, &mut ctx);
-    (r, out)
+    });
+    match r {
+        Ok(out) => (Ok(()), out),
+        Err(e) => (Err(e), Vec::new()),
+    }
 }
 
 fn run(
-    p: &mut EnrichProcessor,
-    s: &mut PartitionStores,
+    h: &mut Harness<EnrichProcessor>,
     e: &ValidatedEvent,
 ) -> (Result<(), StageError>, Vec<Output>) {
-    run_with_headers(p, s, &e.to_json_bytes().unwrap(), &[])
+    run_with_headers(h, &e.to_json_bytes().unwrap(), &[])
 }
 
-fn punctuate(p: &mut EnrichProcessor, s: &mut PartitionStores, now_ms: i64) -> Vec<Output> {
-    let cfg = config();
-    let mut out = Vec::new();
-    let mut ctx = Ctx {
-        partition: 0,
-        stores: s,
-        out: &mut out,
-        config: &cfg,
-        now_ms,
-    };
-    p.punctuate(&mut ctx, now_ms).unwrap();
-    out
+/// A punctuation with the clock at `now_ms`.
+fn punctuate(h: &mut Harness<EnrichProcessor>, now_ms: i64) -> Vec<Output> {
+    h.now_ms = now_ms;
+    h.punctuate().unwrap()
 }
 
 fn header(o: &Output, name: &str) -> Option<String> {
@@ -166,15 +145,17 @@ fn parked_keys(s: &PartitionStores) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The pinned clock: an hour after the test events' time.
 fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    Utc.with_ymd_and_hms(2026, 1, 10, 13, 0, 0)
+        .unwrap()
+        .timestamp_millis()
 }
 
 #[test]
 fn a_resolved_event_goes_to_usage_enriched_keyed_by_customer() {
-    let mut p = loaded();
-    let mut s = stores();
-    let (r, out) = run(&mut p, &mut s, &event("cust-1", "e1", dec!(5)));
+    let mut h = loaded();
+    let (r, out) = run(&mut h, &event("cust-1", "e1", dec!(5)));
     r.unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
@@ -185,13 +166,14 @@ fn a_resolved_event_goes_to_usage_enriched_keyed_by_customer() {
         (enriched.subscription_id.as_str(), enriched.plan_version),
         ("sub-1", 1)
     );
-    assert!(parked_keys(&s).is_empty());
+    assert!(parked_keys(&h.stores).is_empty());
     // Nothing parked; lineage and the day's counters are written.
-    assert!(s.pending(PARKED).is_empty());
-    assert_eq!(s.pending(COUNTERS).len(), 1);
+    assert!(h.stores.pending(PARKED).is_empty());
+    assert_eq!(h.stores.pending(COUNTERS).len(), 1);
     let prefix = lineage::event_key("svc", "e1");
     let steps = lineage::gather_steps(
-        s.scan(LINEAGE, &prefix, &lineage::prefix_end(&prefix), 10)
+        h.stores
+            .scan(LINEAGE, &prefix, &lineage::prefix_end(&prefix), 10)
             .unwrap()
             .into_iter()
             .map(|(_, v)| v),
@@ -201,26 +183,24 @@ fn a_resolved_event_goes_to_usage_enriched_keyed_by_customer() {
 
 #[test]
 fn malformed_input_is_rejected_without_writes_or_outputs() {
-    let mut p = loaded();
-    let mut s = stores();
+    let mut h = loaded();
     for bad in [&b"{not json"[..], br#"{"source":"s"}"#] {
-        let (r, out) = run_with_headers(&mut p, &mut s, bad, &[]);
+        let (r, out) = run_with_headers(&mut h, bad, &[]);
         match r.unwrap_err() {
             StageError::Reject { code, .. } => assert_eq!(code, MALFORMED_VALIDATED_EVENT),
             other => panic!("{other:?}"),
         }
         assert!(out.is_empty());
     }
-    assert!(!s.has_pending());
+    assert!(!h.stores.has_pending());
 }
 
 #[test]
 fn an_unknown_customer_is_parked_with_an_exceptions_copy() {
-    let mut p = loaded();
-    let mut s = stores();
+    let mut h = loaded();
     let e = event("cust-9", "e1", dec!(5));
     let bytes = e.to_json_bytes().unwrap();
-    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &[]);
+    let (r, out) = run_with_headers(&mut h, &bytes, &[]);
     r.unwrap();
     assert_eq!(out.len(), 1);
     let x = &out[0];
@@ -239,41 +219,42 @@ fn an_unknown_customer_is_parked_with_an_exceptions_copy() {
     );
     assert!(header(x, headers::MESSAGE).unwrap().contains("cust-9"));
     assert_eq!(
-        parked_keys(&s),
+        parked_keys(&h.stores),
         [("cust-9".into(), "svc".into(), "e1".into())]
     );
-    let stats = read_stats(&s).unwrap();
+    let stats = read_stats(&h.stores).unwrap();
     assert_eq!(stats.by_reason.get("unknown_customer"), Some(&1));
     // No subscription is known for cust-9: the amount at risk is unknown.
     assert!(stats.at_risk.is_empty());
-    assert!(oldest_parked_ms(&s, "unknown_customer").unwrap().is_some());
+    assert!(oldest_parked_ms(&h.stores, "unknown_customer")
+        .unwrap()
+        .is_some());
 }
 
 #[test]
 fn a_parked_event_flows_exactly_once_when_its_customer_arrives() {
-    let mut p = processor();
-    load(&mut p, RefKind::Plans, &[plan_line("pro")]);
+    let mut h = processor();
+    load(&mut h, RefKind::Plans, &[plan_line("pro")]);
     // The subscription is known, the customer not yet.
     load(
-        &mut p,
+        &mut h,
         RefKind::Subscriptions,
         &[subscription_line("sub-9", "cust-9", "pro")],
     );
-    let mut s = stores();
-    let (r, out) = run(&mut p, &mut s, &event("cust-9", "e1", dec!(1500)));
+    let (r, out) = run(&mut h, &event("cust-9", "e1", dec!(1500)));
     r.unwrap();
     assert_eq!(out[0].topic, format!("{NS}usage.exceptions"));
     // Revenue at risk: 1500 tokens alone = 1000 free + 500 * 0.01.
-    let stats = read_stats(&s).unwrap();
+    let stats = read_stats(&h.stores).unwrap();
     assert_eq!(stats.at_risk.get("USD").map(|d| d.0), Some(dec!(5.00)));
-    s.apply_committed(&[(0, 1)]).unwrap();
+    h.commit().unwrap();
 
     // The initial sweep finds nothing to do yet.
-    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
-    assert_eq!(parked_keys(&s).len(), 1);
+    assert!(punctuate(&mut h, now_ms()).is_empty());
+    assert_eq!(parked_keys(&h.stores).len(), 1);
 
-    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
-    let out = punctuate(&mut p, &mut s, now_ms());
+    load(&mut h, RefKind::Customers, &[customer_line("cust-9")]);
+    let out = punctuate(&mut h, now_ms());
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
     assert_eq!(out[0].key.as_deref(), Some(&b"cust-9"[..]));
@@ -282,167 +263,161 @@ fn a_parked_event_flows_exactly_once_when_its_customer_arrives() {
     assert_eq!(enriched.subscription_id, "sub-9");
     assert_eq!(enriched.event.id, "e1");
     // Deleted in the same transaction, with its index key and statistics.
-    assert!(parked_keys(&s).is_empty());
-    assert!(oldest_parked_ms(&s, "unknown_customer").unwrap().is_none());
-    assert_eq!(read_stats(&s).unwrap(), ParkedStats::default());
-    s.apply_committed(&[(0, 2)]).unwrap();
+    assert!(parked_keys(&h.stores).is_empty());
+    assert!(oldest_parked_ms(&h.stores, "unknown_customer")
+        .unwrap()
+        .is_none());
+    assert_eq!(read_stats(&h.stores).unwrap(), ParkedStats::default());
+    h.commit().unwrap();
 
     // Nothing flows a second time, even after a full sweep.
-    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    assert!(punctuate(&mut h, now_ms()).is_empty());
     let later = now_ms() + PARKED_RESWEEP_INTERVAL_MS + 1;
-    assert!(punctuate(&mut p, &mut s, later).is_empty());
-    let all = s.scan(PARKED, &[], &[0xFF], 100).unwrap();
+    assert!(punctuate(&mut h, later).is_empty());
+    let all = h.stores.scan(PARKED, &[], &[0xFF], 100).unwrap();
     assert_eq!(all.len(), 1, "only the statistics key remains: {all:?}");
 }
 
 #[test]
 fn an_aborted_reemission_is_redone_in_the_next_transaction() {
-    let mut p = loaded();
-    let mut s = stores();
-    run(&mut p, &mut s, &event("cust-9", "e1", dec!(5)))
-        .0
-        .unwrap();
-    s.apply_committed(&[]).unwrap();
-    punctuate(&mut p, &mut s, now_ms());
-    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
+    let mut h = loaded();
+    run(&mut h, &event("cust-9", "e1", dec!(5))).0.unwrap();
+    h.commit().unwrap();
+    punctuate(&mut h, now_ms());
+    load(&mut h, RefKind::Customers, &[customer_line("cust-9")]);
     load(
-        &mut p,
+        &mut h,
         RefKind::Subscriptions,
         &[subscription_line("sub-9", "cust-9", "pro")],
     );
-    assert_eq!(punctuate(&mut p, &mut s, now_ms()).len(), 1);
+    assert_eq!(punctuate(&mut h, now_ms()).len(), 1);
     // The transaction aborts: the delete is dropped with the output.
-    s.rollback();
-    p.on_rollback();
-    assert_eq!(parked_keys(&s).len(), 1);
-    let out = punctuate(&mut p, &mut s, now_ms());
+    h.abort();
+    assert_eq!(parked_keys(&h.stores).len(), 1);
+    let out = punctuate(&mut h, now_ms());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
-    s.apply_committed(&[]).unwrap();
-    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
-    assert!(parked_keys(&s).is_empty());
+    h.commit().unwrap();
+    assert!(punctuate(&mut h, now_ms()).is_empty());
+    assert!(parked_keys(&h.stores).is_empty());
 }
 
 #[test]
 fn a_plan_record_triggers_a_bounded_sweep_of_every_customer() {
-    let mut p = processor();
-    load(&mut p, RefKind::Customers, &[customer_line("cust-1")]);
+    let mut h = processor();
+    load(&mut h, RefKind::Customers, &[customer_line("cust-1")]);
     load(
-        &mut p,
+        &mut h,
         RefKind::Subscriptions,
         &[subscription_line("sub-1", "cust-1", "pro")],
     );
-    let mut s = stores();
     let parked = PARKED_RECHECK_BATCH_MAX * 2 + 7;
     for i in 0..parked {
-        let (r, out) = run(&mut p, &mut s, &event("cust-1", &format!("e{i}"), dec!(1)));
+        let (r, out) = run(&mut h, &event("cust-1", &format!("e{i}"), dec!(1)));
         r.unwrap();
         assert_eq!(
             header(&out[0], headers::REASON).as_deref(),
             Some("unknown_plan")
         );
     }
-    s.apply_committed(&[]).unwrap();
+    h.commit().unwrap();
     let now = now_ms();
-    assert!(punctuate(&mut p, &mut s, now).is_empty());
+    assert!(punctuate(&mut h, now).is_empty());
     // Let the initial sweep finish before the plan arrives.
-    while p.parts[&0].sweep.is_some() {
-        assert!(punctuate(&mut p, &mut s, now).is_empty());
+    while h.processor.parts[&0].sweep.is_some() {
+        assert!(punctuate(&mut h, now).is_empty());
     }
-    load(&mut p, RefKind::Plans, &[plan_line("pro")]);
+    load(&mut h, RefKind::Plans, &[plan_line("pro")]);
     let mut emitted = BTreeSet::new();
     let mut rounds = 0;
-    while !parked_keys(&s).is_empty() {
-        let out = punctuate(&mut p, &mut s, now);
+    while !parked_keys(&h.stores).is_empty() {
+        let out = punctuate(&mut h, now);
         assert!(out.len() <= PARKED_RECHECK_BATCH_MAX);
         for o in out {
             let e = EnrichedEvent::from_json_slice(o.value.as_deref().unwrap()).unwrap();
             assert!(emitted.insert(e.event.id), "emitted twice");
         }
-        s.apply_committed(&[]).unwrap();
+        h.commit().unwrap();
         rounds += 1;
         assert!(rounds < 10);
     }
     assert_eq!(emitted.len(), parked);
     assert_eq!(rounds, 3);
-    assert!(punctuate(&mut p, &mut s, now).is_empty());
+    assert!(punctuate(&mut h, now).is_empty());
 }
 
 #[test]
 fn a_customer_trigger_rechecks_only_that_customer_across_punctuations() {
-    let mut p = loaded();
-    let mut s = stores();
+    let mut h = loaded();
     let parked = PARKED_RECHECK_BATCH_MAX + 3;
     for i in 0..parked {
-        run(&mut p, &mut s, &event("cust-9", &format!("e{i}"), dec!(1)))
+        run(&mut h, &event("cust-9", &format!("e{i}"), dec!(1)))
             .0
             .unwrap();
     }
-    s.apply_committed(&[]).unwrap();
+    h.commit().unwrap();
     let now = now_ms();
     while {
-        punctuate(&mut p, &mut s, now);
-        p.parts[&0].sweep.is_some()
+        punctuate(&mut h, now);
+        h.processor.parts[&0].sweep.is_some()
     } {}
-    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
+    load(&mut h, RefKind::Customers, &[customer_line("cust-9")]);
     load(
-        &mut p,
+        &mut h,
         RefKind::Subscriptions,
         &[subscription_line("sub-9", "cust-9", "pro")],
     );
-    assert!(p.parts[&0].customers.contains_key("cust-9"));
-    assert!(p.parts[&0].sweep.is_none() && !p.parts[&0].sweep_requested);
-    let first = punctuate(&mut p, &mut s, now);
+    assert!(h.processor.parts[&0].customers.contains_key("cust-9"));
+    assert!(h.processor.parts[&0].sweep.is_none() && !h.processor.parts[&0].sweep_requested);
+    let first = punctuate(&mut h, now);
     assert_eq!(first.len(), PARKED_RECHECK_BATCH_MAX);
-    s.apply_committed(&[]).unwrap();
-    let second = punctuate(&mut p, &mut s, now);
+    h.commit().unwrap();
+    let second = punctuate(&mut h, now);
     assert_eq!(second.len(), 3);
-    s.apply_committed(&[]).unwrap();
-    assert!(parked_keys(&s).is_empty());
-    assert!(p.parts[&0].customers.is_empty());
+    h.commit().unwrap();
+    assert!(parked_keys(&h.stores).is_empty());
+    assert!(h.processor.parts[&0].customers.is_empty());
 }
 
 #[test]
 fn a_still_unresolved_event_changes_reason_without_a_new_exception() {
-    let mut p = processor();
-    let mut s = stores();
-    run(&mut p, &mut s, &event("cust-1", "e1", dec!(5)))
-        .0
-        .unwrap();
-    s.apply_committed(&[]).unwrap();
-    punctuate(&mut p, &mut s, now_ms());
-    load(&mut p, RefKind::Customers, &[customer_line("cust-1")]);
-    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
-    let stats = read_stats(&s).unwrap();
+    let mut h = processor();
+    run(&mut h, &event("cust-1", "e1", dec!(5))).0.unwrap();
+    h.commit().unwrap();
+    punctuate(&mut h, now_ms());
+    load(&mut h, RefKind::Customers, &[customer_line("cust-1")]);
+    assert!(punctuate(&mut h, now_ms()).is_empty());
+    let stats = read_stats(&h.stores).unwrap();
     assert_eq!(
         stats.by_reason,
         BTreeMap::from([("no_active_subscription".to_owned(), 1)])
     );
-    assert!(oldest_parked_ms(&s, "unknown_customer").unwrap().is_none());
-    assert!(oldest_parked_ms(&s, "no_active_subscription")
+    assert!(oldest_parked_ms(&h.stores, "unknown_customer")
+        .unwrap()
+        .is_none());
+    assert!(oldest_parked_ms(&h.stores, "no_active_subscription")
         .unwrap()
         .is_some());
     // The subscription comes, its plan does not: unknown_plan.
     load(
-        &mut p,
+        &mut h,
         RefKind::Subscriptions,
         &[subscription_line("sub-1", "cust-1", "pro")],
     );
-    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
+    assert!(punctuate(&mut h, now_ms()).is_empty());
     assert_eq!(
-        read_stats(&s).unwrap().by_reason,
+        read_stats(&h.stores).unwrap().by_reason,
         BTreeMap::from([("unknown_plan".to_owned(), 1)])
     );
 }
 
 #[test]
 fn replays_of_exceptions_flow_once_and_never_twice() {
-    let mut p = loaded();
-    let mut s = stores();
+    let mut h = loaded();
     let e = event("cust-9", "e1", dec!(5));
     let bytes = e.to_json_bytes().unwrap();
-    run(&mut p, &mut s, &e).0.unwrap();
-    s.apply_committed(&[]).unwrap();
+    run(&mut h, &e).0.unwrap();
+    h.commit().unwrap();
     let replayed = vec![
         (headers::ATTEMPT.to_owned(), Some(b"2".to_vec())),
         (
@@ -451,48 +426,51 @@ fn replays_of_exceptions_flow_once_and_never_twice() {
         ),
     ];
     // Replayed while still unresolved: parked again, with a new copy.
-    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &replayed);
+    let (r, out) = run_with_headers(&mut h, &bytes, &replayed);
     r.unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(header(&out[0], headers::ATTEMPT).as_deref(), Some("2"));
-    assert_eq!(parked_keys(&s).len(), 1);
+    assert_eq!(parked_keys(&h.stores).len(), 1);
     assert_eq!(
-        read_stats(&s).unwrap().by_reason.get("unknown_customer"),
+        read_stats(&h.stores)
+            .unwrap()
+            .by_reason
+            .get("unknown_customer"),
         Some(&1)
     );
-    s.apply_committed(&[]).unwrap();
+    h.commit().unwrap();
     // The customer arrives and the replayed copy resolves it.
-    load(&mut p, RefKind::Customers, &[customer_line("cust-9")]);
+    load(&mut h, RefKind::Customers, &[customer_line("cust-9")]);
     load(
-        &mut p,
+        &mut h,
         RefKind::Subscriptions,
         &[subscription_line("sub-9", "cust-9", "pro")],
     );
-    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &replayed);
+    let (r, out) = run_with_headers(&mut h, &bytes, &replayed);
     r.unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
-    assert!(parked_keys(&s).is_empty());
-    s.apply_committed(&[]).unwrap();
+    assert!(parked_keys(&h.stores).is_empty());
+    h.commit().unwrap();
     // Self-healing finds nothing left; a further replay is dropped.
-    assert!(punctuate(&mut p, &mut s, now_ms()).is_empty());
-    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &replayed);
+    assert!(punctuate(&mut h, now_ms()).is_empty());
+    let (r, out) = run_with_headers(&mut h, &bytes, &replayed);
     r.unwrap();
     assert!(out.is_empty());
-    assert!(!s.has_pending());
+    assert!(!h.stores.has_pending());
     // A replay from a dead-letter topic is a normal input record.
     let from_dlq = vec![(
         headers::REPLAYED_FROM.to_owned(),
         Some(format!("{NS}meterline.dlq.enrich:0:0").into_bytes()),
     )];
-    let (r, out) = run_with_headers(&mut p, &mut s, &bytes, &from_dlq);
+    let (r, out) = run_with_headers(&mut h, &bytes, &from_dlq);
     r.unwrap();
     assert_eq!(out.len(), 1);
 }
 
 #[test]
 fn malformed_table_records_are_skipped() {
-    let mut p = loaded();
+    let p = &mut loaded().processor;
     let before = p.tables().clone();
     p.on_table_record("ref.customers", Some(b"cust-1"), Some(b"{oops"));
     p.on_table_record("ref.customers", None, Some(b"{}"));

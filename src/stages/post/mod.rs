@@ -57,6 +57,8 @@
 //! billing-period windows and those before its period close, on one
 //! partition (keyed by customer), which is what makes the sums complete.
 
+pub mod reason;
+
 use chrono::{Duration, NaiveDate};
 use rust_decimal::Decimal;
 
@@ -86,7 +88,7 @@ const ACCRUED_PREFIX: u8 = b'A';
 const SPEND_PREFIX: u8 = b'S';
 
 /// Reject code of an input record that is not a closed window.
-pub const MALFORMED_CLOSED_WINDOW: &str = "malformed_closed_window";
+pub use reason::MALFORMED_CLOSED_WINDOW;
 
 /// Why a window cannot be posted. [`code`](PostError::code) is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,8 +115,8 @@ impl PostError {
             PostError::Malformed(_) => MALFORMED_CLOSED_WINDOW,
             PostError::Money(e) => e.code(),
             PostError::Calendar(e) => e.code(),
-            PostError::Overflow => "amount_overflow",
-            PostError::Unbalanced { .. } => "unbalanced_journal_entry",
+            PostError::Overflow => money::reasons::AMOUNT_OVERFLOW,
+            PostError::Unbalanced { .. } => reason::UNBALANCED_JOURNAL_ENTRY,
         }
     }
 }

@@ -3,8 +3,8 @@ use rust_decimal_macros::dec;
 
 use super::*;
 use crate::contracts::RatedEvent;
+use crate::runtime::testing::Harness;
 use crate::stages::fixtures::{aggregate_all, config, post_windows, rated, GRACE_PERIOD_S, UTC1};
-use crate::store::{MemBackend, PartitionStores};
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -266,32 +266,13 @@ fn an_unbalanced_entry_is_caught_and_stops_the_stage() {
 #[test]
 fn bad_windows_are_rejected() {
     let cfg = config();
-    let mut p = PostProcessor::new(&cfg);
-    let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
-    let run = |p: &mut PostProcessor, s: &mut PartitionStores, value: &[u8]| {
-        let mut out = Vec::new();
-        let rec = InputRecord {
-            topic: "x.usage.windows",
-            partition: 0,
-            offset: 0,
-            key: None,
-            value: Some(value),
-            headers: &[],
-            timestamp_ms: None,
-        };
-        let mut ctx = Ctx {
-            partition: 0,
-            stores: s,
-            out: &mut out,
-            config: &cfg,
-            now_ms: crate::runtime::wall_clock_ms(),
-        };
-        match p.process(&rec, &mut ctx) {
-            Err(StageError::Reject { code, .. }) => code,
-            other => panic!("{other:?}"),
-        }
+    let mut h = Harness::new(cfg.clone(), PostProcessor::new(&cfg), 0);
+    assert_eq!(h.input_topic(), "x.usage.windows");
+    let run = |h: &mut Harness<PostProcessor>, value: &[u8]| match h.process(None, Some(value)) {
+        Err(StageError::Reject { code, .. }) => code,
+        other => panic!("{other:?}"),
     };
-    assert_eq!(run(&mut p, &mut s, b"[]"), MALFORMED_CLOSED_WINDOW);
+    assert_eq!(run(&mut h, b"[]"), MALFORMED_CLOSED_WINDOW);
     let windows = aggregate_all(&[
         rated(
             "a",
@@ -308,17 +289,14 @@ fn bad_windows_are_rejected() {
     ]);
     let mut w = windows[0].clone();
     w.currency = "usd".into();
-    assert_eq!(
-        run(&mut p, &mut s, &w.to_json_bytes().unwrap()),
-        "unknown_currency"
-    );
+    assert_eq!(run(&mut h, &w.to_json_bytes().unwrap()), "unknown_currency");
     let mut w = windows[0].clone();
     w.segment = None;
     assert_eq!(
-        run(&mut p, &mut s, &w.to_json_bytes().unwrap()),
+        run(&mut h, &w.to_json_bytes().unwrap()),
         MALFORMED_CLOSED_WINDOW
     );
-    assert!(!s.has_pending());
+    assert!(!h.stores.has_pending());
 }
 
 #[test]

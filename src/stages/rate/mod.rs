@@ -57,6 +57,8 @@
 //! [`SEGMENT_EXPIRED`]: pricing it from zero would bill tiers and free units
 //! a second time.
 
+pub mod reason;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
@@ -83,13 +85,13 @@ const MEMBER_SCAN_BATCH: usize = 1_000;
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// Reject code of an event whose billing period's segments were released.
-pub const SEGMENT_EXPIRED: &str = "segment_expired";
+pub use reason::SEGMENT_EXPIRED;
 /// Separates `id` and `source` in a LATEST event key; below every printable
 /// character, so the order is by id first, then by source.
 const LATEST_KEY_SEPARATOR: char = '\u{0}';
 
 /// Reject code of an input record that is not an enriched event.
-pub const MALFORMED_ENRICHED_EVENT: &str = "malformed_enriched_event";
+pub use reason::MALFORMED_ENRICHED_EVENT;
 
 /// Why an event cannot be rated. [`code`](RateError::code) is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,8 +120,8 @@ impl RateError {
     pub fn code(&self) -> &'static str {
         match self {
             RateError::Malformed(_) => MALFORMED_ENRICHED_EVENT,
-            RateError::MissingValue { .. } => "measure_value_missing",
-            RateError::MissingUniqueValue { .. } => "measure_unique_value_missing",
+            RateError::MissingValue { .. } => reason::MEASURE_VALUE_MISSING,
+            RateError::MissingUniqueValue { .. } => reason::MEASURE_UNIQUE_VALUE_MISSING,
             RateError::SegmentExpired { .. } => SEGMENT_EXPIRED,
             RateError::Rating { source, .. } => source.code(),
         }
@@ -409,8 +411,7 @@ mod tests {
     };
     use crate::rating::{ChargeModel, Tier};
     use crate::refdata::GlAccounts;
-    use crate::runtime::testing::PinnedClock;
-    use crate::store::{MemBackend, PartitionStores};
+    use crate::runtime::testing::{Harness, Record};
     use chrono::{DateTime, Duration, TimeZone, Utc};
     use rust_decimal::Decimal;
     use rust_decimal_macros::dec;
@@ -421,14 +422,13 @@ mod tests {
         Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
     }
 
-    /// A processor whose wall clock stands at [`t0`].
-    fn processor() -> RateProcessor {
-        PinnedClock.set(t0().timestamp_millis());
-        RateProcessor::new(&config())
-    }
-
-    fn stores() -> PartitionStores {
-        PartitionStores::new(Box::<MemBackend>::default(), 3)
+    /// A processor over empty stores, the clock at [`t0`].
+    fn harness() -> Harness<RateProcessor> {
+        Harness::new(
+            config(),
+            RateProcessor::new(&config()),
+            t0().timestamp_millis(),
+        )
     }
 
     fn t0() -> DateTime<Utc> {
@@ -520,34 +520,18 @@ mod tests {
         }
     }
 
-    fn run_bytes(
-        p: &mut RateProcessor,
-        s: &mut PartitionStores,
-        value: &[u8],
-    ) -> Result<Vec<Output>, StageError> {
-        let cfg = config();
-        let mut out = Vec::new();
-        let rec = InputRecord {
-            topic: "x.usage.enriched",
-            partition: 0,
-            offset: 0,
+    fn run_bytes(h: &mut Harness<RateProcessor>, value: &[u8]) -> Result<Vec<Output>, StageError> {
+        assert_eq!(h.input_topic(), "x.usage.enriched");
+        h.process_record(Record {
             key: Some(b"cust-1"),
             value: Some(value),
-            headers: &[],
             timestamp_ms: Some(42),
-        };
-        let mut ctx = Ctx {
-            partition: 0,
-            stores: s,
-            out: &mut out,
-            config: &cfg,
-            now_ms: PinnedClock.get(),
-        };
-        p.process(&rec, &mut ctx).map(|()| out)
+            ..Record::default()
+        })
     }
 
-    fn rate(p: &mut RateProcessor, s: &mut PartitionStores, e: &EnrichedEvent) -> RatedEvent {
-        let out = run_bytes(p, s, &e.to_json_bytes().unwrap()).unwrap();
+    fn rate(h: &mut Harness<RateProcessor>, e: &EnrichedEvent) -> RatedEvent {
+        let out = run_bytes(h, &e.to_json_bytes().unwrap()).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "x.usage.rated");
         assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
@@ -565,8 +549,7 @@ mod tests {
 
     #[test]
     fn marginals_of_a_sequence_add_up_to_the_price_of_the_total() {
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let values = [
             dec!(60),
             dec!(40),
@@ -587,7 +570,7 @@ mod tests {
                     graduated(),
                 )],
             );
-            let rated = rate(&mut p, &mut s, &e);
+            let rated = rate(&mut h, &e);
             let m = &rated.measures[0];
             assert_eq!(m.quantity_before, total_quantity);
             total_quantity += v;
@@ -595,8 +578,8 @@ mod tests {
             assert_eq!(m.marginal_quantity, *v);
             amounts.push(m.marginal_amount);
             // State survives each commit: it is in the store, not in memory.
-            s.apply_committed(&[]).unwrap();
-            p = processor();
+            h.commit().unwrap();
+            h.processor = RateProcessor::new(&config());
         }
         // By hand: 60 and 40 stay in the free tier (its bound is inclusive);
         // 0.5 enters tier 2: 0.25 + its 5.00 fee; 899.5 * 0.50 fills it;
@@ -624,8 +607,7 @@ mod tests {
         let volume = ChargeModel::Volume {
             tiers: vec![Tier::bounded(dec!(10), dec!(1)), Tier::open(dec!(0.5))],
         };
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let mut amounts = Vec::new();
         for (i, v) in [dec!(10), dec!(2)].iter().enumerate() {
             let e = enriched(
@@ -637,7 +619,7 @@ mod tests {
                     volume.clone(),
                 )],
             );
-            amounts.push(rate(&mut p, &mut s, &e).measures[0].marginal_amount);
+            amounts.push(rate(&mut h, &e).measures[0].marginal_amount);
         }
         // 10 units at 1.00 = 10; 12 units all at 0.50 = 6: the second event is -4.
         assert_eq!(amounts, [dec!(10), dec!(-4.0)]);
@@ -645,8 +627,7 @@ mod tests {
 
     #[test]
     fn segments_are_separate_per_plan_version_and_group() {
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let per_unit = ChargeModel::PerUnit {
             unit_price: dec!(2),
         };
@@ -665,9 +646,9 @@ mod tests {
         let mut e3 = e1.clone();
         e3.event.id = "e3".into();
         e3.event.measures[0].group = BTreeMap::from([("model".into(), "other".into())]);
-        let r1 = rate(&mut p, &mut s, &e1);
-        let r2 = rate(&mut p, &mut s, &e2);
-        let r3 = rate(&mut p, &mut s, &e3);
+        let r1 = rate(&mut h, &e1);
+        let r2 = rate(&mut h, &e2);
+        let r3 = rate(&mut h, &e3);
         for r in [&r1, &r2, &r3] {
             assert_eq!(r.measures[0].quantity_before, dec!(0));
             assert_eq!(r.measures[0].marginal_amount, dec!(6));
@@ -685,8 +666,7 @@ mod tests {
 
     #[test]
     fn unique_count_counts_each_value_once() {
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let per_user = ChargeModel::PerUnit {
             unit_price: dec!(3),
         };
@@ -703,13 +683,13 @@ mod tests {
                     per_user.clone(),
                 )],
             );
-            let m = rate(&mut p, &mut s, &e).measures.remove(0);
+            let m = rate(&mut h, &e).measures.remove(0);
             quantities.push(m.quantity_after);
             amount += m.marginal_amount;
             if i == 2 {
                 // Membership survives a commit (it is in the store, not in memory).
-                s.apply_committed(&[]).unwrap();
-                p = processor();
+                h.commit().unwrap();
+                h.processor = RateProcessor::new(&config());
             }
         }
         assert_eq!(
@@ -728,13 +708,12 @@ mod tests {
             )],
         );
         e.plan_version = 9;
-        assert_eq!(rate(&mut p, &mut s, &e).measures[0].quantity_after, dec!(1));
+        assert_eq!(rate(&mut h, &e).measures[0].quantity_after, dec!(1));
     }
 
     #[test]
     fn latest_follows_event_time_and_may_go_down() {
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let per_gb = ChargeModel::PerUnit {
             unit_price: dec!(0.10),
         };
@@ -758,7 +737,7 @@ mod tests {
             snapshot("c", 15, dec!(500)),
             snapshot("d", 30, dec!(120)),
         ] {
-            let m = rate(&mut p, &mut s, &e).measures.remove(0);
+            let m = rate(&mut h, &e).measures.remove(0);
             amounts.push(m.marginal_amount);
             after.push(m.quantity_after);
         }
@@ -795,11 +774,10 @@ mod tests {
             "{text}"
         );
         for order in [[&a, &b], [&b, &a]] {
-            let mut p = processor();
-            let mut s = stores();
+            let mut h = harness();
             let amounts: Vec<Decimal> = order
                 .iter()
-                .map(|e| rate(&mut p, &mut s, e).measures.remove(0).marginal_amount)
+                .map(|e| rate(&mut h, e).measures.remove(0).marginal_amount)
                 .collect();
             // Whatever the order, the period is priced at the later event's 120 GB.
             assert_eq!(amounts.iter().sum::<Decimal>(), dec!(12.00), "{amounts:?}");
@@ -808,8 +786,7 @@ mod tests {
 
     #[test]
     fn count_and_max_and_several_measures_in_one_event() {
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let per_unit = |price| ChargeModel::PerUnit { unit_price: price };
         let e = |id: &str, seats: Decimal| {
             enriched(
@@ -829,9 +806,9 @@ mod tests {
                 ],
             )
         };
-        let r1 = rate(&mut p, &mut s, &e("e1", dec!(5)));
-        let r2 = rate(&mut p, &mut s, &e("e2", dec!(3)));
-        let r3 = rate(&mut p, &mut s, &e("e3", dec!(7)));
+        let r1 = rate(&mut h, &e("e1", dec!(5)));
+        let r2 = rate(&mut h, &e("e2", dec!(3)));
+        let r3 = rate(&mut h, &e("e3", dec!(7)));
         let q = |r: &RatedEvent| (r.measures[0].quantity_after, r.measures[1].quantity_after);
         assert_eq!(q(&r1), (dec!(1), dec!(5)));
         assert_eq!(q(&r2), (dec!(2), dec!(5)));
@@ -842,13 +819,12 @@ mod tests {
 
     #[test]
     fn errors_reject_the_whole_event_and_write_nothing() {
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let per_unit = ChargeModel::PerUnit {
             unit_price: dec!(1),
         };
         assert_eq!(
-            reject_code(run_bytes(&mut p, &mut s, b"{nope")),
+            reject_code(run_bytes(&mut h, b"{nope")),
             MALFORMED_ENRICHED_EVENT
         );
         // Overflow on the second measure: the first one's state is not kept.
@@ -873,10 +849,10 @@ mod tests {
         );
         let bytes = ok_then_overflow.to_json_bytes().unwrap();
         assert_eq!(
-            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            reject_code(run_bytes(&mut h, &bytes)),
             "arithmetic_overflow"
         );
-        assert!(!s.has_pending());
+        assert!(!h.stores.has_pending());
         // A SUM measure without a value.
         let no_value = enriched(
             "e2",
@@ -889,7 +865,7 @@ mod tests {
         );
         let bytes = no_value.to_json_bytes().unwrap();
         assert_eq!(
-            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            reject_code(run_bytes(&mut h, &bytes)),
             "measure_value_missing"
         );
         // Charges that do not line up with the measures.
@@ -905,7 +881,7 @@ mod tests {
         skewed.charges.clear();
         let bytes = skewed.to_json_bytes().unwrap();
         assert_eq!(
-            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            reject_code(run_bytes(&mut h, &bytes)),
             MALFORMED_ENRICHED_EVENT
         );
         // The aggregation of a segment changed mid-period.
@@ -918,21 +894,20 @@ mod tests {
                 per_unit.clone(),
             )],
         );
-        rate(&mut p, &mut s, &sum);
+        rate(&mut h, &sum);
         let mut as_count = sum.clone();
         as_count.event.id = "e5".into();
         as_count.charges[0].aggregation = Aggregation::Count;
         let bytes = as_count.to_json_bytes().unwrap();
         assert_eq!(
-            reject_code(run_bytes(&mut p, &mut s, &bytes)),
+            reject_code(run_bytes(&mut h, &bytes)),
             "observation_mismatch"
         );
     }
 
     #[test]
     fn rated_event_json_has_the_documented_shape() {
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let e = enriched(
             "e1",
             t0(),
@@ -942,7 +917,7 @@ mod tests {
                 graduated(),
             )],
         );
-        let out = run_bytes(&mut p, &mut s, &e.to_json_bytes().unwrap()).unwrap();
+        let out = run_bytes(&mut h, &e.to_json_bytes().unwrap()).unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(out[0].value.as_deref().unwrap()).unwrap();
         let text = String::from_utf8(out[0].value.clone().unwrap()).unwrap();
@@ -980,8 +955,7 @@ mod tests {
     #[test]
     fn segments_are_released_after_the_retention_and_late_events_refused() {
         // Retention: 35 + 25 = 60 days after January's end (Feb 1): Apr 2.
-        let mut p = processor();
-        let mut s = stores();
+        let mut h = harness();
         let per_unit = ChargeModel::PerUnit {
             unit_price: dec!(1),
         };
@@ -1002,32 +976,28 @@ mod tests {
                     ),
                 ],
             );
-            rate(&mut p, &mut s, &e);
-            s.apply_committed(&[]).unwrap();
+            rate(&mut h, &e);
+            h.commit().unwrap();
         }
         // Two segments, two members, two index entries.
-        assert_eq!(s.approximate_keys(SEGMENTS), 6);
-        let punctuate = |p: &mut RateProcessor, s: &mut PartitionStores, at: DateTime<Utc>| {
-            let cfg = config();
-            let mut out = Vec::new();
-            let mut ctx = Ctx {
-                partition: 0,
-                stores: s,
-                out: &mut out,
-                config: &cfg,
-                now_ms: at.timestamp_millis(),
-            };
-            p.punctuate(&mut ctx, at.timestamp_millis()).unwrap();
-            s.apply_committed(&[]).unwrap();
+        assert_eq!(h.stores.approximate_keys(SEGMENTS), 6);
+        let punctuate = |h: &mut Harness<RateProcessor>, at: DateTime<Utc>| {
+            h.now_ms = at.timestamp_millis();
+            let out = h.punctuate().unwrap();
+            h.commit().unwrap();
             assert!(out.is_empty());
         };
         let feb1 = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
-        punctuate(&mut p, &mut s, feb1 + Duration::days(59));
-        assert_eq!(s.approximate_keys(SEGMENTS), 6, "inside the retention");
-        punctuate(&mut p, &mut s, feb1 + Duration::days(61));
-        assert_eq!(s.approximate_keys(SEGMENTS), 0, "released");
+        punctuate(&mut h, feb1 + Duration::days(59));
+        assert_eq!(
+            h.stores.approximate_keys(SEGMENTS),
+            6,
+            "inside the retention"
+        );
+        punctuate(&mut h, feb1 + Duration::days(61));
+        assert_eq!(h.stores.approximate_keys(SEGMENTS), 0, "released");
         // A January event that still arrives is refused, not priced from zero.
-        PinnedClock.set((feb1 + Duration::days(61)).timestamp_millis());
+        h.now_ms = (feb1 + Duration::days(61)).timestamp_millis();
         let late = enriched(
             "late",
             t0(),
@@ -1037,8 +1007,8 @@ mod tests {
                 graduated(),
             )],
         );
-        let r = run_bytes(&mut p, &mut s, &late.to_json_bytes().unwrap());
+        let r = run_bytes(&mut h, &late.to_json_bytes().unwrap());
         assert_eq!(reject_code(r), SEGMENT_EXPIRED);
-        assert_eq!(s.approximate_keys(SEGMENTS), 0);
+        assert_eq!(h.stores.approximate_keys(SEGMENTS), 0);
     }
 }

@@ -279,8 +279,8 @@ impl Processor for ValidateProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemBackend, PartitionStores};
-    use chrono::Utc;
+    use crate::runtime::testing::{Harness, Record};
+    use chrono::{TimeZone, Utc};
 
     fn config() -> Config {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -301,112 +301,93 @@ mod tests {
         .into_bytes()
     }
 
-    fn run(
-        p: &mut ValidateProcessor,
-        stores: &mut PartitionStores,
-        value: &[u8],
-        offset: i64,
-    ) -> (Result<(), StageError>, Vec<Output>) {
+    /// Default rules over empty stores, the clock at `now`.
+    fn harness(now: chrono::DateTime<Utc>) -> Harness<ValidateProcessor> {
         let cfg = config();
-        let mut out = Vec::new();
-        let rec = InputRecord {
-            topic: "x.usage.events",
-            partition: 0,
-            offset,
+        let p = ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).unwrap();
+        Harness::new(cfg, p, now.timestamp_millis())
+    }
+
+    fn now() -> chrono::DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    /// One record at the harness's next offset.
+    fn run(
+        h: &mut Harness<ValidateProcessor>,
+        value: &[u8],
+    ) -> (Result<(), StageError>, Vec<Output>) {
+        assert_eq!(h.input_topic(), "x.usage.events");
+        let r = h.process_record(Record {
             key: Some(b"cust-1"),
             value: Some(value),
-            headers: &[],
             timestamp_ms: Some(1),
-        };
-        let mut ctx = Ctx {
-            partition: 0,
-            stores,
-            out: &mut out,
-            config: &cfg,
-            now_ms: crate::runtime::wall_clock_ms(),
-        };
-        let r = p.process(&rec, &mut ctx);
-        (r, out)
+            ..Record::default()
+        });
+        match r {
+            Ok(out) => (Ok(()), out),
+            Err(e) => (Err(e), Vec::new()),
+        }
     }
 
     #[test]
     fn first_valid_copy_wins_and_rejects_do_not_claim_the_id() {
-        let cfg = config();
-        let mut p = ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).unwrap();
-        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
-        let now = Utc::now();
+        let now = now();
+        let mut h = harness(now);
         // A negative value is rejected and does not claim (src, e1)...
-        let (r, out) = run(&mut p, &mut s, &event("src", "e1", "-5", now), 0);
+        let (r, out) = run(&mut h, &event("src", "e1", "-5", now));
         assert_eq!(
             r.unwrap_err().to_string().split(':').next().unwrap(),
             "value_negative"
         );
         assert!(out.is_empty());
         // ...so the corrected resend is accepted,
-        let (r, out) = run(&mut p, &mut s, &event("src", "e1", "5", now), 1);
+        let (r, out) = run(&mut h, &event("src", "e1", "5", now));
         r.unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "x.usage.validated");
         assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
         // and a later copy with another payload is a duplicate.
-        let (r, out) = run(&mut p, &mut s, &event("src", "e1", "7", now), 2);
+        let (r, out) = run(&mut h, &event("src", "e1", "7", now));
         r.unwrap();
         assert!(out.is_empty());
         // Same id from another source is another event.
-        let (r, out) = run(&mut p, &mut s, &event("other", "e1", "7", now), 3);
+        let (r, out) = run(&mut h, &event("other", "e1", "7", now));
         r.unwrap();
         assert_eq!(out.len(), 1);
     }
 
     #[test]
     fn entries_older_than_the_horizon_are_purged() {
-        let cfg = config();
-        let mut p = ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).unwrap();
-        let mut s = PartitionStores::new(Box::<MemBackend>::default(), 3);
-        let now = Utc::now();
+        let now = now();
+        let mut h = harness(now);
         let old = now - chrono::Duration::days(30);
-        run(&mut p, &mut s, &event("src", "old", "1", old), 0)
-            .0
-            .unwrap();
-        run(&mut p, &mut s, &event("src", "new", "1", now), 1)
-            .0
-            .unwrap();
-        s.apply_committed(&[]).unwrap();
+        run(&mut h, &event("src", "old", "1", old)).0.unwrap();
+        run(&mut h, &event("src", "new", "1", now)).0.unwrap();
+        h.commit().unwrap();
         // Horizon 40 days: nothing is old enough yet.
-        p.horizon_ms = 40 * MS_PER_DAY;
-        let cfg2 = config();
-        let mut out = Vec::new();
-        let mut ctx = Ctx {
-            partition: 0,
-            stores: &mut s,
-            out: &mut out,
-            config: &cfg2,
-            now_ms: 0,
-        };
-        p.punctuate(&mut ctx, 0).unwrap();
-        assert!(s
+        h.processor.horizon_ms = 40 * MS_PER_DAY;
+        h.now_ms = 0;
+        h.punctuate().unwrap();
+        assert!(h
+            .stores
             .get(DEDUPE, &dedupe::entry_key("src", "old"))
             .unwrap()
             .is_some());
         // Horizon 10 days: the 30-day-old entry goes, with its index key.
-        p.horizon_ms = 10 * MS_PER_DAY;
-        let mut ctx = Ctx {
-            partition: 0,
-            stores: &mut s,
-            out: &mut out,
-            config: &cfg2,
-            now_ms: 0,
-        };
-        p.punctuate(&mut ctx, 0).unwrap();
-        assert!(s
+        h.processor.horizon_ms = 10 * MS_PER_DAY;
+        h.punctuate().unwrap();
+        assert!(h
+            .stores
             .get(DEDUPE, &dedupe::entry_key("src", "old"))
             .unwrap()
             .is_none());
-        assert!(s
+        assert!(h
+            .stores
             .get(DEDUPE, &dedupe::entry_key("src", "new"))
             .unwrap()
             .is_some());
-        let all = s.scan(DEDUPE, &[], &[0xFF], 100).unwrap();
+        let all = h.stores.scan(DEDUPE, &[], &[0xFF], 100).unwrap();
         assert_eq!(all.len(), 2, "one entry and one index key remain");
     }
 }

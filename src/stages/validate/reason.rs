@@ -7,7 +7,10 @@
 //! public contract: never rename one, only add new ones.
 //!
 //! The enum, its codes, its one-line descriptions and [`ALL_REASON_CODES`]
-//! are generated from one table so they cannot drift apart.
+//! are generated from one table by [`crate::reason_codes!`] (the macro
+//! every stage's table uses) so they cannot drift apart. `invalid_header` is
+//! the runtime's code ([`crate::runtime::dlq::reasons`]), listed here too
+//! because validate's dead letters are where producers meet it.
 
 use std::fmt;
 
@@ -17,105 +20,71 @@ use serde::{Serialize, Serializer};
 /// hostile or broken producer cannot blow up dead-letter records.
 pub const MAX_EXCERPT_CHARS: usize = 64;
 
-macro_rules! reject_reasons {
-    ($($variant:ident => $code:literal, $description:literal;)*) => {
-        /// One kind of validation failure.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum RejectReason {
-            $(
-                #[doc = $description]
-                $variant,
-            )*
+crate::reason_codes! {
+    /// One kind of validation failure.
+    pub enum RejectReason {
+        @also {
+            InvalidHeader => crate::runtime::dlq::reasons::INVALID_HEADER,
+                "A Kafka header key is not UTF-8 (checked by the runtime before the stage sees the record; the dead letter shows the key with U+FFFD replacements).";
         }
-
-        impl RejectReason {
-            /// Every reason, in the order the pipeline checks them.
-            pub const ALL: &'static [RejectReason] = &[$(RejectReason::$variant),*];
-
-            /// The stable snake_case code.
-            pub const fn code(&self) -> &'static str {
-                match self {
-                    $(RejectReason::$variant => $code,)*
-                }
-            }
-
-            /// A one-line meaning, for documentation.
-            pub const fn description(&self) -> &'static str {
-                match self {
-                    $(RejectReason::$variant => $description,)*
-                }
-            }
-
-            /// The reason with this code, if any.
-            pub fn from_code(code: &str) -> Option<RejectReason> {
-                match code {
-                    $($code => Some(RejectReason::$variant),)*
-                    _ => None,
-                }
-            }
-        }
-
-        /// Every reject code, in the order of [`RejectReason::ALL`].
-        pub const ALL_REASON_CODES: &[&str] = &[$($code),*];
-    };
+        EventTooLarge => "event_too_large",
+            "The record (key + value + headers) is larger than validate.max_event_bytes.";
+        EmptyValue => "empty_value",
+            "The Kafka record has no value (null or zero bytes).";
+        MalformedJson => "malformed_json",
+            "The value (or an Avro `data` string) is not valid JSON.";
+        NotAnObject => "not_an_object",
+            "A structured-mode envelope or Avro record is not a JSON object/record.";
+        UnsupportedEncoding => "unsupported_encoding",
+            "The encoding is not accepted: Avro without a configured registry, a non-JSON binary-mode content-type, or a CloudEvents batch.";
+        AvroSchemaNotFound => "avro_schema_not_found",
+            "The schema id in the Confluent wire-format header is unknown to the registry.";
+        AvroDecodeFailed => "avro_decode_failed",
+            "The Avro payload does not decode with its writer schema, or holds a value that cannot be converted to JSON.";
+        MissingAttribute => "missing_attribute",
+            "A required CloudEvents attribute (specversion, id, source, type, subject, time) is absent, null or the empty string.";
+        InvalidAttribute => "invalid_attribute",
+            "id, source, type, subject or datacontenttype is not a string (binary mode: not UTF-8), or an attribute header is repeated.";
+        UnsupportedSpecversion => "unsupported_specversion",
+            "specversion is not the string \"1.0\".";
+        InvalidTime => "invalid_time",
+            "time is not a string holding an RFC 3339 timestamp.";
+        EventTooOld => "event_too_old",
+            "time is earlier than now minus max_event_age_days.";
+        EventInFuture => "event_in_future",
+            "time is later than now plus max_clock_skew_s.";
+        SourceNotAllowed => "source_not_allowed",
+            "source matches no entry of allowed_sources.";
+        SignatureMissing => "signature_missing",
+            "The source has an HMAC key but the record carries no signature header.";
+        SignatureInvalid => "signature_invalid",
+            "The signature header is repeated, not hex, or not the HMAC-SHA256 of the signed bytes (structured and Avro: the value; binary mode: the canonical attributes and the value).";
+        SignatureRequired => "signature_required",
+            "validate.require_signature is on and the source has no HMAC key.";
+        DataNotObject => "data_not_object",
+            "data is absent or not a JSON object.";
+        UnknownEventType => "unknown_event_type",
+            "No meter is declared for the event's type.";
+        ValueMissing => "value_missing",
+            "A meter's value_property is absent or null in data.";
+        ValueNotNumeric => "value_not_numeric",
+            "A SUM/MAX/LATEST value is neither a JSON number nor a numeric string.";
+        ValueNotFinite => "value_not_finite",
+            "A value is NaN or infinite (as a string such as \"NaN\", \"Infinity\", \"inf\").";
+        ValueNegative => "value_negative",
+            "A value is below zero.";
+        ValueOutOfRange => "value_out_of_range",
+            "A value (or its unit conversion) cannot be held exactly by a 96-bit decimal with at most 28 fractional digits.";
+        ValueNotScalar => "value_not_scalar",
+            "A UNIQUE_COUNT value is an object or array instead of a string, number or boolean.";
+        InvalidGroupValue => "invalid_group_value",
+            "A group_by value is an object or array instead of a string, number or boolean (an absent or null value is its own group).";
+    }
 }
 
-reject_reasons! {
-    InvalidHeader => "invalid_header",
-        "A Kafka header key is not UTF-8 (checked by the runtime before the stage sees the record; the dead letter shows the key with U+FFFD replacements).";
-    EventTooLarge => "event_too_large",
-        "The record (key + value + headers) is larger than validate.max_event_bytes.";
-    EmptyValue => "empty_value",
-        "The Kafka record has no value (null or zero bytes).";
-    MalformedJson => "malformed_json",
-        "The value (or an Avro `data` string) is not valid JSON.";
-    NotAnObject => "not_an_object",
-        "A structured-mode envelope or Avro record is not a JSON object/record.";
-    UnsupportedEncoding => "unsupported_encoding",
-        "The encoding is not accepted: Avro without a configured registry, a non-JSON binary-mode content-type, or a CloudEvents batch.";
-    AvroSchemaNotFound => "avro_schema_not_found",
-        "The schema id in the Confluent wire-format header is unknown to the registry.";
-    AvroDecodeFailed => "avro_decode_failed",
-        "The Avro payload does not decode with its writer schema, or holds a value that cannot be converted to JSON.";
-    MissingAttribute => "missing_attribute",
-        "A required CloudEvents attribute (specversion, id, source, type, subject, time) is absent, null or the empty string.";
-    InvalidAttribute => "invalid_attribute",
-        "id, source, type, subject or datacontenttype is not a string (binary mode: not UTF-8), or an attribute header is repeated.";
-    UnsupportedSpecversion => "unsupported_specversion",
-        "specversion is not the string \"1.0\".";
-    InvalidTime => "invalid_time",
-        "time is not a string holding an RFC 3339 timestamp.";
-    EventTooOld => "event_too_old",
-        "time is earlier than now minus max_event_age_days.";
-    EventInFuture => "event_in_future",
-        "time is later than now plus max_clock_skew_s.";
-    SourceNotAllowed => "source_not_allowed",
-        "source matches no entry of allowed_sources.";
-    SignatureMissing => "signature_missing",
-        "The source has an HMAC key but the record carries no signature header.";
-    SignatureInvalid => "signature_invalid",
-        "The signature header is repeated, not hex, or not the HMAC-SHA256 of the signed bytes (structured and Avro: the value; binary mode: the canonical attributes and the value).";
-    SignatureRequired => "signature_required",
-        "validate.require_signature is on and the source has no HMAC key.";
-    DataNotObject => "data_not_object",
-        "data is absent or not a JSON object.";
-    UnknownEventType => "unknown_event_type",
-        "No meter is declared for the event's type.";
-    ValueMissing => "value_missing",
-        "A meter's value_property is absent or null in data.";
-    ValueNotNumeric => "value_not_numeric",
-        "A SUM/MAX/LATEST value is neither a JSON number nor a numeric string.";
-    ValueNotFinite => "value_not_finite",
-        "A value is NaN or infinite (as a string such as \"NaN\", \"Infinity\", \"inf\").";
-    ValueNegative => "value_negative",
-        "A value is below zero.";
-    ValueOutOfRange => "value_out_of_range",
-        "A value (or its unit conversion) cannot be held exactly by a 96-bit decimal with at most 28 fractional digits.";
-    ValueNotScalar => "value_not_scalar",
-        "A UNIQUE_COUNT value is an object or array instead of a string, number or boolean.";
-    InvalidGroupValue => "invalid_group_value",
-        "A group_by value is an object or array instead of a string, number or boolean (an absent or null value is its own group).";
-}
+/// Every reject code, in the order of [`RejectReason::ALL`] (the same as
+/// [`CODES`]).
+pub const ALL_REASON_CODES: &[&str] = CODES;
 
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -167,17 +136,8 @@ pub fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reason::is_snake_case;
     use std::collections::HashSet;
-
-    fn is_snake_case(code: &str) -> bool {
-        !code.is_empty()
-            && code.starts_with(|c: char| c.is_ascii_lowercase())
-            && !code.ends_with('_')
-            && !code.contains("__")
-            && code
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    }
 
     /// The runtime gives this code itself (before the stage runs); it must
     /// be the validate table's.
@@ -208,6 +168,9 @@ mod tests {
             assert!(!reason.description().is_empty());
         }
         assert_eq!(RejectReason::from_code("no_such_code"), None);
+        // Declared here: all but the runtime's invalid_header.
+        let declared: Vec<&str> = ALL.iter().map(|r| r.code).collect();
+        assert_eq!(declared, ALL_REASON_CODES[1..]);
     }
 
     #[test]

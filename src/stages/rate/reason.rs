@@ -1,0 +1,76 @@
+//! rate's reason codes (see [`crate::reason`]): its own, and the rating
+//! library's, which a measure that cannot be priced is dead-lettered with.
+//! Stable: never rename one, only add.
+
+crate::reason_codes! {
+    MALFORMED_ENRICHED_EVENT => "malformed_enriched_event",
+        "The input record has no value or is not an enriched event.";
+    MEASURE_VALUE_MISSING => "measure_value_missing",
+        "A measure of a SUM, MAX or LATEST meter carries no value.";
+    MEASURE_UNIQUE_VALUE_MISSING => "measure_unique_value_missing",
+        "A measure of a UNIQUE_COUNT meter carries no unique_value.";
+    SEGMENT_EXPIRED => "segment_expired",
+        "The event's billing period ended more than rate.segment_retention_days ago; its rating state is released.";
+    @also [
+        crate::rating::reasons::NEGATIVE_QUANTITY,
+        crate::rating::reasons::NEGATIVE_VALUE,
+        crate::rating::reasons::OBSERVATION_MISMATCH,
+        crate::rating::reasons::DISTINCT_VALUE_NEEDS_SET,
+        crate::rating::reasons::ARITHMETIC_OVERFLOW,
+        crate::rating::reasons::PRECISION_EXCEEDED,
+        crate::rating::reasons::NO_TIERS,
+        crate::rating::reasons::TOO_MANY_TIERS,
+        crate::rating::reasons::TIER_BOUND_NOT_POSITIVE,
+        crate::rating::reasons::TIER_BOUNDS_NOT_INCREASING,
+        crate::rating::reasons::OPEN_TIER_NOT_LAST,
+        crate::rating::reasons::LAST_TIER_NOT_OPEN,
+        crate::rating::reasons::NEGATIVE_PRICE,
+        crate::rating::reasons::PACKAGE_SIZE_NOT_POSITIVE,
+        crate::rating::reasons::NEGATIVE_FREE_UNITS,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RateError as E;
+    use super::CODES;
+    use crate::meter::Aggregation;
+
+    #[test]
+    fn every_code_rate_gives_is_in_its_table() {
+        let mut all = vec![
+            E::Malformed("x".into()),
+            E::MissingValue {
+                meter: "m".into(),
+                aggregation: Aggregation::Sum,
+            },
+            E::MissingUniqueValue { meter: "m".into() },
+            E::SegmentExpired {
+                period: "p".into(),
+                days: 1,
+            },
+        ];
+        all.extend(
+            crate::rating::reasons::one_of_each()
+                .into_iter()
+                .map(|source| E::Rating {
+                    meter: "m".into(),
+                    source,
+                }),
+        );
+        // A new kind fails to compile here: add it to the list above.
+        for e in &all {
+            match e {
+                E::Malformed(_)
+                | E::MissingValue { .. }
+                | E::MissingUniqueValue { .. }
+                | E::SegmentExpired { .. }
+                | E::Rating { .. } => {}
+            }
+        }
+        assert_eq!(all.len(), CODES.len());
+        for e in all {
+            assert!(CODES.contains(&e.code()), "{}", e.code());
+        }
+    }
+}
