@@ -196,26 +196,6 @@ impl Processor for Bare {
     }
 }
 
-std::thread_local! {
-    static PINNED_NOW_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
-}
-
-/// The clock of a unit test that builds its [`Ctx`] by hand: the test sets
-/// it, its `Ctx { now_ms: PinnedClock.get(), .. }` reads it. One per test
-/// thread, so parallel tests do not see each other's time.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PinnedClock;
-
-impl PinnedClock {
-    pub fn set(self, now_ms: i64) {
-        PINNED_NOW_MS.with(|c| c.set(now_ms));
-    }
-
-    pub fn get(self) -> i64 {
-        PINNED_NOW_MS.with(std::cell::Cell::get)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
