@@ -22,6 +22,7 @@
 
 pub mod dlq;
 pub mod restore;
+pub mod schedule;
 mod tables;
 pub mod testing;
 

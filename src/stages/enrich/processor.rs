@@ -395,9 +395,7 @@ impl Processor for EnrichProcessor {
         {
             part.sweep_requested = true;
         }
-        if part.sweep_requested && part.sweep.is_none() {
-            part.sweep_requested = false;
-            part.sweep = Some(all_entries_range().0);
+        if part.start_sweep(|| all_entries_range().0) {
             part.last_sweep_ms = Some(now_ms);
         }
 
@@ -438,9 +436,7 @@ impl Processor for EnrichProcessor {
         // Re-emissions of the aborted transaction were rolled back with
         // their deletes: look at everything again.
         for part in self.parts.values_mut() {
-            part.customers.clear();
-            part.sweep = None;
-            part.sweep_requested = true;
+            part.restart();
         }
     }
 
