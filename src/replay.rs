@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::DateTime;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -319,18 +319,7 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         if in_txn == 0 {
             producer.begin_transaction()?;
         }
-        let from = format!("{}:{}:{}", opts.from, p, msg.offset());
-        let mut rec: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(&target).headers(replayed_headers(&hs, &from));
-        if let Some(k) = msg.key() {
-            rec = rec.key(k);
-        }
-        if let Some(v) = msg.payload() {
-            rec = rec.payload(v);
-        }
-        // No timestamp: stamped when written (append time), like every
-        // meterline record; the dead letter's is when it failed.
-        kafka::send_waiting(producer, rec)?;
+        send_replayed(producer, &target, &opts.from, &msg, &hs)?;
         in_txn += 1;
         if in_txn >= REPLAY_BATCH_RECORDS {
             commit(producer, &consumer, &opts.from, &mut pending, call_timeout)?;
@@ -338,15 +327,60 @@ pub fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, Re
         }
     }
     if let Some(producer) = &producer {
-        if in_txn == 0 && !pending.is_empty() {
-            producer.begin_transaction()?;
-            in_txn = 1;
-        }
-        if in_txn > 0 {
-            commit(producer, &consumer, &opts.from, &mut pending, call_timeout)?;
-        }
+        commit_last(
+            producer,
+            &consumer,
+            opts,
+            in_txn,
+            &mut pending,
+            call_timeout,
+        )?;
     }
     Ok(summary)
+}
+
+/// Sends one dead letter to `target` as it was (key, value), its diagnostic
+/// headers replaced by where it was replayed from.
+fn send_replayed(
+    producer: &BaseProducer,
+    target: &str,
+    from_topic: &str,
+    msg: &BorrowedMessage<'_>,
+    hs: &[(String, Option<Vec<u8>>)],
+) -> Result<(), ReplayError> {
+    let from = format!("{}:{}:{}", from_topic, msg.partition(), msg.offset());
+    let mut rec: BaseRecord<'_, [u8], [u8]> =
+        BaseRecord::to(target).headers(replayed_headers(hs, &from));
+    if let Some(k) = msg.key() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = msg.payload() {
+        rec = rec.payload(v);
+    }
+    // No timestamp: stamped when written (append time), like every
+    // meterline record; the dead letter's is when it failed.
+    kafka::send_waiting(producer, rec)?;
+    Ok(())
+}
+
+/// The last transaction: what it holds, or only offsets (records the
+/// filters skipped), committed with the offsets reached.
+fn commit_last(
+    producer: &BaseProducer,
+    consumer: &BaseConsumer<kafka::ReaderContext>,
+    opts: &ReplayOptions,
+    mut in_txn: usize,
+    pending: &mut BTreeMap<i32, i64>,
+    call_timeout: Duration,
+) -> Result<(), ReplayError> {
+    if in_txn == 0 && !pending.is_empty() {
+        producer.begin_transaction()?;
+        in_txn = 1;
+    }
+    if in_txn > 0 {
+        commit(producer, consumer, &opts.from, pending, call_timeout)?;
+    }
+    Ok(())
 }
 
 /// The replay consumer, assigned every partition of the source where this

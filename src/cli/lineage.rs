@@ -210,86 +210,81 @@ fn steps_of(found: &[Found]) -> Vec<Step> {
 pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
     let eps = endpoints(config, args);
     if let Some(key) = &args.posting {
-        let a = ask(
-            &eps,
-            &format!("/lineage/posting?key={}", percent_encode(key)),
-        )?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&to_json(&a))?);
-        }
-        let Some(found) = a.get("post").and_then(|f| f.first()) else {
-            if !args.json {
-                println!("posting {key}: not known to any instance asked");
-            }
-            return Ok(false);
-        };
-        let src: PostingSources =
-            serde_json::from_value(found.value.clone()).context("posting lineage entry")?;
-        if !args.json {
-            println!("posting {key}");
-            println!(
-                "  {} event(s), lineage digest {}",
-                src.event_count, src.lineage_digest
-            );
-            for w in &src.windows {
-                println!("  window {}", describe_window(w));
-                if let Ok(p) = ask(&eps, &window_path(w)) {
-                    for f in p.get("post").into_iter().flatten() {
-                        if let Ok(wp) = serde_json::from_value::<WindowPostings>(f.value.clone()) {
-                            for posting in wp.postings {
-                                let mark = if posting.idempotency_key == *key {
-                                    "*"
-                                } else {
-                                    " "
-                                };
-                                println!(
-                                    "   {mark} {:<13} {:<16} {:>14}  {}",
-                                    posting.posting_type,
-                                    posting.kind,
-                                    posting.amount,
-                                    posting.idempotency_key
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        return Ok(true);
+        return posting_lineage(&eps, key, args.json);
     }
     let (Some(source), Some(id)) = (&args.source, &args.id) else {
         bail!("give <source> <id>, or --posting <key>");
     };
+    event_lineage(&eps, source, id, args.json)
+}
+
+/// `--posting <key>`: the posting's window(s) and every posting of each.
+fn posting_lineage(eps: &[String], key: &str, json: bool) -> anyhow::Result<bool> {
     let a = ask(
-        &eps,
+        eps,
+        &format!("/lineage/posting?key={}", percent_encode(key)),
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&a))?);
+    }
+    let Some(found) = a.get("post").and_then(|f| f.first()) else {
+        if !json {
+            println!("posting {key}: not known to any instance asked");
+        }
+        return Ok(false);
+    };
+    let src: PostingSources =
+        serde_json::from_value(found.value.clone()).context("posting lineage entry")?;
+    if !json {
+        println!("posting {key}");
+        println!(
+            "  {} event(s), lineage digest {}",
+            src.event_count, src.lineage_digest
+        );
+        for w in &src.windows {
+            println!("  window {}", describe_window(w));
+            if let Ok(p) = ask(eps, &window_path(w)) {
+                print_window_postings(&p, key);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The postings of one window, the one asked for marked with `*`.
+fn print_window_postings(p: &Answer, key: &str) {
+    for f in p.get("post").into_iter().flatten() {
+        if let Ok(wp) = serde_json::from_value::<WindowPostings>(f.value.clone()) {
+            for posting in wp.postings {
+                let mark = if posting.idempotency_key == key {
+                    "*"
+                } else {
+                    " "
+                };
+                println!(
+                    "   {mark} {:<13} {:<16} {:>14}  {}",
+                    posting.posting_type, posting.kind, posting.amount, posting.idempotency_key
+                );
+            }
+        }
+    }
+}
+
+/// `<source> <id>`: the event's step in each stage, then the postings of
+/// every window it went into.
+fn event_lineage(eps: &[String], source: &str, id: &str, json: bool) -> anyhow::Result<bool> {
+    let a = ask(
+        eps,
         &format!(
             "/lineage/event?source={}&id={}",
             percent_encode(source),
             percent_encode(id)
         ),
     )?;
-    let mut windows: Vec<WindowRef> = Vec::new();
-    let mut known = false;
-    let mut lines = Vec::new();
-    for stage in STAGE_ORDER {
-        let steps = a.get(*stage).map(|f| steps_of(f)).unwrap_or_default();
-        if steps.is_empty() {
-            lines.push(format!("{stage:<10} not seen"));
-            continue;
-        }
-        known = true;
-        for s in &steps {
-            lines.push(describe_step(stage, s));
-            if *stage == "aggregate" {
-                windows.extend(windows_of(s));
-            }
-        }
-    }
-    windows.sort();
-    windows.dedup();
+    let (lines, windows, known) = stage_lines(&a);
     let mut postings = BTreeMap::new();
     for w in &windows {
-        let p = ask(&eps, &window_path(w))?;
+        let p = ask(eps, &window_path(w))?;
         let made: Vec<WindowPostings> = p
             .get("post")
             .into_iter()
@@ -298,7 +293,7 @@ pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
             .collect();
         postings.insert(w.clone(), made);
     }
-    if args.json {
+    if json {
         let mut j = to_json(&a);
         if let Some(o) = j.as_object_mut() {
             o.insert(
@@ -318,7 +313,41 @@ pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
     for l in lines {
         println!("  {l}");
     }
-    for (w, made) in &postings {
+    print_postings(&postings);
+    if !known {
+        println!("  (no stage of the instances asked knows this event)");
+    }
+    Ok(known)
+}
+
+/// One line per step of each stage (or "not seen"), the windows aggregate
+/// put the event into (sorted, once each), and whether any stage knows it.
+fn stage_lines(a: &Answer) -> (Vec<String>, Vec<WindowRef>, bool) {
+    let mut windows: Vec<WindowRef> = Vec::new();
+    let mut known = false;
+    let mut lines = Vec::new();
+    for stage in STAGE_ORDER {
+        let steps = a.get(*stage).map(|f| steps_of(f)).unwrap_or_default();
+        if steps.is_empty() {
+            lines.push(format!("{stage:<10} not seen"));
+            continue;
+        }
+        known = true;
+        for s in &steps {
+            lines.push(describe_step(stage, s));
+            if *stage == "aggregate" {
+                windows.extend(windows_of(s));
+            }
+        }
+    }
+    windows.sort();
+    windows.dedup();
+    (lines, windows, known)
+}
+
+/// What post made of each window (or that it is still open).
+fn print_postings(postings: &BTreeMap<WindowRef, Vec<WindowPostings>>) {
+    for (w, made) in postings {
         if made.is_empty() {
             println!(
                 "  {:<10} window {}: open (not closed yet)",
@@ -342,10 +371,6 @@ pub fn run(config: &Config, args: &LineageArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    if !known {
-        println!("  (no stage of the instances asked knows this event)");
-    }
-    Ok(known)
 }
 
 fn to_json(a: &Answer) -> serde_json::Value {

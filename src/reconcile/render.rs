@@ -20,6 +20,19 @@ pub fn render(r: &Report, verbose: bool) -> String {
             .as_ref()
             .map_or(String::new(), |p| format!(" --period {p}"))
     );
+    render_days(&mut s, r);
+    render_windows(&mut s, r);
+    render_rounding(&mut s, r);
+    if verbose {
+        render_checks(&mut s, r);
+    }
+    render_dead_letters_and_notes(&mut s, r);
+    render_failures(&mut s, r);
+    s
+}
+
+/// The DAYS table: one row per UTC day of event time.
+fn render_days(s: &mut String, r: &Report) {
     let _ = writeln!(
         s,
         "\nDAYS (UTC day of event time; validate: in = validated + dead-lettered + duplicates; \
@@ -52,6 +65,10 @@ pub fn render(r: &Report, verbose: bool) -> String {
             if d.ok { "OK" } else { "FAIL" }
         );
     }
+}
+
+/// The WINDOWS table: one row per original window.
+fn render_windows(s: &mut String, r: &Report) {
     let _ = writeln!(
         s,
         "\nWINDOWS (by original window: adjustments count toward the window they adjust; \
@@ -83,6 +100,10 @@ pub fn render(r: &Report, verbose: bool) -> String {
             if w.ok { "OK" } else { "FAIL" }
         );
     }
+}
+
+/// The ROUNDING section, when anything was invoiced.
+fn render_rounding(s: &mut String, r: &Report) {
     if !r.rounding.is_empty() {
         let _ = writeln!(
             s,
@@ -96,24 +117,30 @@ pub fn render(r: &Report, verbose: bool) -> String {
             );
         }
     }
-    if verbose {
-        let _ = writeln!(s, "\nCHECKS");
-        for c in &r.checks {
-            let _ = writeln!(
-                s,
-                "{:<4} {:<22} {:<60} expected {} actual {} difference {}{}",
-                if c.ok { "OK" } else { "FAIL" },
-                c.check,
-                c.subject,
-                c.expected,
-                c.actual,
-                c.difference,
-                c.currency
-                    .as_ref()
-                    .map_or(String::new(), |cur| format!(" {cur}"))
-            );
-        }
+}
+
+/// The CHECKS section (verbose): every check, held or not.
+fn render_checks(s: &mut String, r: &Report) {
+    let _ = writeln!(s, "\nCHECKS");
+    for c in &r.checks {
+        let _ = writeln!(
+            s,
+            "{:<4} {:<22} {:<60} expected {} actual {} difference {}{}",
+            if c.ok { "OK" } else { "FAIL" },
+            c.check,
+            c.subject,
+            c.expected,
+            c.actual,
+            c.difference,
+            c.currency
+                .as_ref()
+                .map_or(String::new(), |cur| format!(" {cur}"))
+        );
     }
+}
+
+/// Dead letters downstream of validate, then the notes.
+fn render_dead_letters_and_notes(s: &mut String, r: &Report) {
     let dl: Vec<String> = r
         .dead_letters
         .iter()
@@ -130,6 +157,10 @@ pub fn render(r: &Report, verbose: bool) -> String {
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
     }
+}
+
+/// One line per failed check, then the summary line.
+fn render_failures(s: &mut String, r: &Report) {
     let failures: Vec<&Check> = r.failures().collect();
     if !failures.is_empty() {
         let _ = writeln!(s);
@@ -158,7 +189,6 @@ pub fn render(r: &Report, verbose: bool) -> String {
         r.days.len(),
         r.windows.len()
     );
-    s
 }
 
 fn esc(v: &str) -> String {
@@ -167,18 +197,41 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The report as Prometheus metrics (text exposition format 0.0.4).
-pub fn prometheus(r: &Report, now: DateTime<Utc>) -> String {
-    let period = esc(r.period.as_deref().unwrap_or("all"));
-    let mut s = String::new();
-    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+/// Gauge families in the text exposition format, every sample labelled
+/// with the reconciled period.
+struct Families {
+    s: String,
+    period: String,
+}
+
+impl Families {
+    fn family(&mut self, name: &str, help: &str, samples: Vec<(String, f64)>) {
+        let (s, period) = (&mut self.s, &self.period);
         let _ = writeln!(s, "# HELP {name} {help}");
         let _ = writeln!(s, "# TYPE {name} gauge");
         for (labels, v) in samples {
             let sep = if labels.is_empty() { "" } else { "," };
             let _ = writeln!(s, "{name}{{period=\"{period}\"{sep}{labels}}} {v}");
         }
+    }
+}
+
+/// The report as Prometheus metrics (text exposition format 0.0.4).
+pub fn prometheus(r: &Report, now: DateTime<Utc>) -> String {
+    let mut f = Families {
+        s: String::new(),
+        period: esc(r.period.as_deref().unwrap_or("all")),
     };
+    outcome_families(&mut f, r);
+    difference_families(&mut f, r);
+    coverage_families(&mut f, r, now);
+    f.s
+}
+
+/// Success, checks by result, checks failed.
+fn outcome_families(f: &mut Families, r: &Report) {
+    let mut family =
+        |name: &str, help: &str, samples: Vec<(String, f64)>| f.family(name, help, samples);
     let failed = r.failures().count();
     family(
         "meterline_reconcile_success",
@@ -198,6 +251,12 @@ pub fn prometheus(r: &Report, now: DateTime<Utc>) -> String {
         "Checks that failed in the last reconcile.",
         vec![(String::new(), failed as f64)],
     );
+}
+
+/// Failures per check, count and amount differences, rounding.
+fn difference_families(f: &mut Families, r: &Report) {
+    let mut family =
+        |name: &str, help: &str, samples: Vec<(String, f64)>| f.family(name, help, samples);
     let mut by_check: BTreeMap<&str, f64> = CHECKS.iter().map(|c| (*c, 0.0)).collect();
     let mut count_diff: BTreeMap<&str, f64> = CHECKS.iter().map(|c| (*c, 0.0)).collect();
     let mut amount_diff: BTreeMap<(&str, String), f64> = BTreeMap::new();
@@ -255,6 +314,12 @@ pub fn prometheus(r: &Report, now: DateTime<Utc>) -> String {
             .map(|(c, x)| (format!("currency=\"{}\"", esc(c)), x.diff))
             .collect(),
     );
+}
+
+/// What was reconciled (windows by kind, days, in-flight records) and when.
+fn coverage_families(f: &mut Families, r: &Report, now: DateTime<Utc>) {
+    let mut family =
+        |name: &str, help: &str, samples: Vec<(String, f64)>| f.family(name, help, samples);
     let mut kinds: BTreeMap<&str, f64> = BTreeMap::new();
     for w in &r.windows {
         *kinds.entry(w.id.kind.as_str()).or_default() += 1.0;
@@ -285,7 +350,6 @@ pub fn prometheus(r: &Report, now: DateTime<Utc>) -> String {
         "When the last reconcile ran (Unix time).",
         vec![(String::new(), now.timestamp() as f64)],
     );
-    s
 }
 
 /// Writes `text` to `path` atomically (a temporary file renamed over it), as

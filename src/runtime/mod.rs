@@ -22,6 +22,7 @@
 
 pub mod dlq;
 pub mod restore;
+pub mod schedule;
 mod tables;
 pub mod testing;
 
@@ -661,34 +662,7 @@ impl<P: Processor> Engine<P> {
         };
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let result = if let Some(m) = self.poisoned.remove(&(p, msg.offset())) {
-            Err(StageError::Reject {
-                code: dlq::reasons::OUTPUT_UNPRODUCIBLE,
-                message: format!("an output of this record can never be produced: {m}"),
-            })
-        } else if undecodable_keys > 0 {
-            // Headers are the producer's input like the value: a record whose
-            // header keys cannot be read is refused, never a stuck partition.
-            Err(StageError::Reject {
-                code: dlq::reasons::INVALID_HEADER,
-                message: format!(
-                    "{undecodable_keys} header key(s) are not UTF-8 (shown with U+FFFD replacements)"
-                ),
-            })
-        } else {
-            let part = self
-                .parts
-                .get_mut(&p)
-                .ok_or_else(|| LoopError::Fatal("partition vanished".into()))?;
-            let mut ctx = Ctx {
-                partition: p,
-                stores: &mut part.stores,
-                out: &mut out,
-                config: &self.config,
-                now_ms: wall_clock_ms(),
-            };
-            process_atomically(&mut self.processor, &rec, &mut ctx)
-        };
+        let result = self.run_processor(&rec, undecodable_keys, &mut out)?;
         RecordProcessed {
             stage: self.spec.name,
             partition: p,
@@ -696,78 +670,9 @@ impl<P: Processor> Engine<P> {
         }
         .emit(&self.metrics);
         match result {
-            Ok(()) => {
-                let index = self.txn_inputs.len();
-                self.txn_inputs.push((p, rec.offset));
-                let opaque = if index <= PARTITION_MASK {
-                    OUTPUT_TAG | index
-                } else {
-                    0
-                };
-                for o in &out {
-                    match self.send(o, opaque) {
-                        Ok(()) => {}
-                        Err(LoopError::Unproducible(m)) => {
-                            // Its state and any earlier outputs are in the
-                            // transaction: abort, and dead-letter it next time.
-                            self.poisoned.insert((p, rec.offset), m.clone());
-                            return Err(LoopError::Abort {
-                                cause: "unproducible_output",
-                                message: m,
-                            });
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    RecordWritten {
-                        stage: self.spec.name,
-                        topic: &o.topic,
-                    }
-                    .emit(&self.metrics);
-                }
-            }
+            Ok(()) => self.send_outputs(&rec, &out)?,
             Err(StageError::Reject { code, message }) => {
-                let dl = dlq::dead_letter(
-                    self.spec.name,
-                    &rec,
-                    code,
-                    &message,
-                    &self.dlq_topic,
-                    self.dlq_partitions,
-                );
-                self.send_dead_letter(&dl, &rec)?;
-                let noted = match self.parts.get_mut(&p) {
-                    Some(part) => {
-                        out.clear();
-                        let mut ctx = Ctx {
-                            partition: p,
-                            stores: &mut part.stores,
-                            out: &mut out,
-                            config: &self.config,
-                            now_ms: wall_clock_ms(),
-                        };
-                        self.processor.on_rejected(&rec, code, &mut ctx)
-                    }
-                    None => Ok(()),
-                };
-                out.clear();
-                match noted {
-                    Ok(()) => {}
-                    Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
-                    Err(e) => {
-                        return Err(LoopError::Abort {
-                            cause: "on_rejected",
-                            message: e.to_string(),
-                        })
-                    }
-                }
-                RecordDeadLettered {
-                    stage: self.spec.name,
-                    reason: code,
-                    message: &message,
-                    partition: p,
-                    offset: rec.offset,
-                }
-                .emit(&self.metrics);
+                self.dead_letter(&rec, code, &message, &mut out)?
             }
             Err(StageError::Retriable(m)) => {
                 return Err(LoopError::Abort {
@@ -778,13 +683,159 @@ impl<P: Processor> Engine<P> {
             Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
         }
         self.scratch = out;
+        self.record_done(p, rec.offset);
+        Ok(())
+    }
+
+    /// What becomes of one input record: a reject when it was poisoned (an
+    /// output of it can never be produced) or its header keys are
+    /// unreadable, else the processor's verdict (inside a store savepoint).
+    /// The outer error stops the loop; the inner one is the record's fate.
+    fn run_processor(
+        &mut self,
+        rec: &InputRecord<'_>,
+        undecodable_keys: usize,
+        out: &mut Vec<Output>,
+    ) -> Result<Result<(), StageError>, LoopError> {
+        let p = rec.partition;
+        if let Some(m) = self.poisoned.remove(&(p, rec.offset)) {
+            return Ok(Err(StageError::Reject {
+                code: dlq::reasons::OUTPUT_UNPRODUCIBLE,
+                message: format!("an output of this record can never be produced: {m}"),
+            }));
+        }
+        if undecodable_keys > 0 {
+            // Headers are the producer's input like the value: a record whose
+            // header keys cannot be read is refused, never a stuck partition.
+            return Ok(Err(StageError::Reject {
+                code: dlq::reasons::INVALID_HEADER,
+                message: format!(
+                    "{undecodable_keys} header key(s) are not UTF-8 (shown with U+FFFD replacements)"
+                ),
+            }));
+        }
+        let part = self
+            .parts
+            .get_mut(&p)
+            .ok_or_else(|| LoopError::Fatal("partition vanished".into()))?;
+        let mut ctx = Ctx {
+            partition: p,
+            stores: &mut part.stores,
+            out,
+            config: &self.config,
+            now_ms: wall_clock_ms(),
+        };
+        Ok(process_atomically(&mut self.processor, rec, &mut ctx))
+    }
+
+    /// Sends an accepted record's outputs into the open transaction, each
+    /// tagged with the record's index in it. An output that can never be
+    /// produced poisons the record (dead-lettered after the abort).
+    fn send_outputs(&mut self, rec: &InputRecord<'_>, out: &[Output]) -> Result<(), LoopError> {
+        let p = rec.partition;
+        let index = self.txn_inputs.len();
+        self.txn_inputs.push((p, rec.offset));
+        let opaque = if index <= PARTITION_MASK {
+            OUTPUT_TAG | index
+        } else {
+            0
+        };
+        for o in out {
+            match self.send(o, opaque) {
+                Ok(()) => {}
+                Err(LoopError::Unproducible(m)) => {
+                    // Its state and any earlier outputs are in the
+                    // transaction: abort, and dead-letter it next time.
+                    self.poisoned.insert((p, rec.offset), m.clone());
+                    return Err(LoopError::Abort {
+                        cause: "unproducible_output",
+                        message: m,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+            RecordWritten {
+                stage: self.spec.name,
+                topic: &o.topic,
+            }
+            .emit(&self.metrics);
+        }
+        Ok(())
+    }
+
+    /// A rejected record: its dead letter, then `on_rejected` (whose writes
+    /// are kept, whose outputs are dropped), then the event.
+    fn dead_letter(
+        &mut self,
+        rec: &InputRecord<'_>,
+        code: &'static str,
+        message: &str,
+        out: &mut Vec<Output>,
+    ) -> Result<(), LoopError> {
+        let dl = dlq::dead_letter(
+            self.spec.name,
+            rec,
+            code,
+            message,
+            &self.dlq_topic,
+            self.dlq_partitions,
+        );
+        self.send_dead_letter(&dl, rec)?;
+        let noted = self.note_rejected(rec, code, out);
+        out.clear();
+        match noted {
+            Ok(()) => {}
+            Err(StageError::Fatal(m)) => return Err(LoopError::Fatal(m)),
+            Err(e) => {
+                return Err(LoopError::Abort {
+                    cause: "on_rejected",
+                    message: e.to_string(),
+                })
+            }
+        }
+        RecordDeadLettered {
+            stage: self.spec.name,
+            reason: code,
+            message,
+            partition: rec.partition,
+            offset: rec.offset,
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    /// [`Processor::on_rejected`] with the partition's stores (nothing when
+    /// the partition is gone).
+    fn note_rejected(
+        &mut self,
+        rec: &InputRecord<'_>,
+        code: &'static str,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StageError> {
+        let p = rec.partition;
+        let Some(part) = self.parts.get_mut(&p) else {
+            return Ok(());
+        };
+        out.clear();
+        let mut ctx = Ctx {
+            partition: p,
+            stores: &mut part.stores,
+            out,
+            config: &self.config,
+            now_ms: wall_clock_ms(),
+        };
+        self.processor.on_rejected(rec, code, &mut ctx)
+    }
+
+    /// A record is through: the offset to commit moves past it and the
+    /// transaction counts it.
+    fn record_done(&mut self, p: i32, offset: i64) {
         if let Some(part) = self.parts.get_mut(&p) {
-            part.next_offset = Some(rec.offset + 1);
+            part.next_offset = Some(offset + 1);
         }
         if let Some((_, n)) = &mut self.txn {
             *n += 1;
         }
-        Ok(())
     }
 
     fn punctuate(&mut self, now_ms: i64) -> Result<(), LoopError> {
@@ -843,6 +894,37 @@ impl<P: Processor> Engine<P> {
     /// Commits the open transaction: changelogs, offsets, commit, then the
     /// stores. A no-op when nothing happened.
     fn commit(&mut self, consumer: &BaseConsumer<StageContext<P>>) -> Result<(), LoopError> {
+        self.flush_processor()?;
+        let has_pending = self.parts.values().any(|p| p.stores.has_pending());
+        if self.txn.is_none() && !has_pending {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        self.send_changelogs()?;
+        self.ensure_txn()?;
+        self.producer
+            .flush(self.call_timeout())
+            .map_err(|e| classify("flush", e))?;
+        let maxes = self.take_deliveries()?;
+        let tpl = self.offsets_to_commit()?;
+        self.commit_offsets(&tpl, consumer)?;
+        let records = self.txn.take().map(|(_, n)| n).unwrap_or(0);
+        self.txn_inputs.clear();
+        // Committed in Kafka: now, and only now, the stores may move forward.
+        self.apply_committed(&maxes)?;
+        self.failures_in_a_row = 0;
+        TransactionCommitted {
+            stage: self.spec.name,
+            records,
+            elapsed: t0.elapsed(),
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    /// [`Processor::flush`] on every partition: what it caches in memory goes
+    /// into its stores. It may not emit records.
+    fn flush_processor(&mut self) -> Result<(), LoopError> {
         let mut flushed = Vec::new();
         for (p, part) in self.parts.iter_mut() {
             let mut ctx = Ctx {
@@ -868,12 +950,12 @@ impl<P: Processor> Engine<P> {
                 ));
             }
         }
-        let has_pending = self.parts.values().any(|p| p.stores.has_pending());
-        if self.txn.is_none() && !has_pending {
-            return Ok(());
-        }
-        let t0 = Instant::now();
-        // Changelogs: the final value of each key written in this transaction.
+        Ok(())
+    }
+
+    /// Changelogs: the final value of each key written in this transaction,
+    /// sent into it (all collected first, then sent).
+    fn send_changelogs(&mut self) -> Result<(), LoopError> {
         let mut changelog: Vec<Output> = Vec::new();
         let mut opaques: Vec<usize> = Vec::new();
         for (p, part) in &self.parts {
@@ -891,13 +973,18 @@ impl<P: Processor> Engine<P> {
                 }
             }
         }
+        debug_assert_eq!(changelog.len(), opaques.len());
         for (o, opaque) in changelog.iter().zip(opaques) {
             self.send(o, opaque)?;
         }
-        self.ensure_txn()?;
-        self.producer
-            .flush(self.call_timeout())
-            .map_err(|e| classify("flush", e))?;
+        Ok(())
+    }
+
+    /// The delivery reports of the flushed transaction: the highest changelog
+    /// offset per (store, partition), or why it must not commit. An output
+    /// refused for good poisons its input record (dead-lettered after the
+    /// abort); a dead letter refused for good stops the stage.
+    fn take_deliveries(&mut self) -> Result<BTreeMap<(StoreId, i32), i64>, LoopError> {
         let Deliveries {
             changelog_max: maxes,
             failure,
@@ -924,6 +1011,12 @@ impl<P: Processor> Engine<P> {
                 message: f,
             });
         }
+        Ok(maxes)
+    }
+
+    /// The input offsets to commit with the transaction: each partition's
+    /// last processed record + 1.
+    fn offsets_to_commit(&self) -> Result<TopicPartitionList, LoopError> {
         let mut tpl = TopicPartitionList::new();
         for (p, part) in &self.parts {
             if let Some(o) = part.next_offset {
@@ -931,28 +1024,40 @@ impl<P: Processor> Engine<P> {
                     .map_err(|e| LoopError::Fatal(e.to_string()))?;
             }
         }
+        Ok(tpl)
+    }
+
+    /// exactly_once: the offsets into the transaction, then commit it.
+    /// at_least_once: everything sent is acknowledged (flushed before); now
+    /// the input offsets.
+    fn commit_offsets(
+        &self,
+        tpl: &TopicPartitionList,
+        consumer: &BaseConsumer<StageContext<P>>,
+    ) -> Result<(), LoopError> {
         if !self.transactional() {
-            // at_least_once: everything sent is acknowledged (flushed above);
-            // now the input offsets, then the stores.
             if tpl.count() > 0 {
                 consumer
-                    .commit(&tpl, CommitMode::Sync)
+                    .commit(tpl, CommitMode::Sync)
                     .map_err(|e| classify("commit_offsets", e))?;
             }
-        } else {
-            if tpl.count() > 0 {
-                let cgm = consumer
-                    .group_metadata()
-                    .ok_or_else(|| LoopError::Fatal("consumer has no group metadata".into()))?;
-                self.retry_txn_call("send_offsets_to_transaction", |pr, t| {
-                    pr.send_offsets_to_transaction(&tpl, &cgm, t)
-                })?;
-            }
-            self.retry_txn_call("commit_transaction", |pr, t| pr.commit_transaction(t))?;
+            return Ok(());
         }
-        let records = self.txn.take().map(|(_, n)| n).unwrap_or(0);
-        self.txn_inputs.clear();
-        // Committed in Kafka: now, and only now, the stores may move forward.
+        if tpl.count() > 0 {
+            let cgm = consumer
+                .group_metadata()
+                .ok_or_else(|| LoopError::Fatal("consumer has no group metadata".into()))?;
+            self.retry_txn_call("send_offsets_to_transaction", |pr, t| {
+                pr.send_offsets_to_transaction(tpl, &cgm, t)
+            })?;
+        }
+        self.retry_txn_call("commit_transaction", |pr, t| pr.commit_transaction(t))
+    }
+
+    /// After the Kafka commit: each partition's store writes go to RocksDB
+    /// with the changelog offsets reached (the checkpoint), and its committed
+    /// position moves forward.
+    fn apply_committed(&mut self, maxes: &BTreeMap<(StoreId, i32), i64>) -> Result<(), LoopError> {
         for (p, part) in self.parts.iter_mut() {
             let checkpoints: Vec<(StoreId, i64)> = (0..self.changelog_topics.len())
                 .filter_map(|sid| {
@@ -967,13 +1072,6 @@ impl<P: Processor> Engine<P> {
             }
             part.dirty = false;
         }
-        self.failures_in_a_row = 0;
-        TransactionCommitted {
-            stage: self.spec.name,
-            records,
-            elapsed: t0.elapsed(),
-        }
-        .emit(&self.metrics);
         Ok(())
     }
 
@@ -1092,6 +1190,40 @@ impl<P: Processor> Engine<P> {
         ))
     }
 
+    /// What one consumer poll brought: a record is processed (its failure
+    /// handled); a fatal consumer error stops the stage (Err), others are
+    /// logged (librdkafka retries).
+    fn take_polled(
+        &mut self,
+        polled: Option<Result<BorrowedMessage<'_>, KafkaError>>,
+        consumer: &BaseConsumer<StageContext<P>>,
+    ) -> Result<(), String> {
+        match polled {
+            None => {}
+            Some(Ok(msg)) => {
+                if let Err(e) = self.process(&msg) {
+                    self.handle(e, consumer);
+                }
+            }
+            Some(Err(e)) => {
+                if let KafkaError::MessageConsumptionFatal(_) = e {
+                    return Err(e.to_string());
+                }
+                warn!(stage = self.spec.name, error = %e, "consumer error (librdkafka retries)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the processor what arrived on its tables since the last call.
+    fn poll_tables(&mut self) -> Result<(), String> {
+        // Split borrow: the feed and the processor are distinct fields.
+        match self.tables.as_mut() {
+            Some(feed) => feed.poll_some(&mut self.processor),
+            None => Ok(()),
+        }
+    }
+
     fn refresh_gauges(&self, consumer: &BaseConsumer<StageContext<P>>) {
         let positions = consumer.position().ok();
         for (p, part) in &self.parts {
@@ -1204,92 +1336,21 @@ pub fn run_stage<P: Processor>(
     let stage = spec.name;
     // Every log line of this thread carries the stage (JSON logs: "span").
     let _span = tracing::info_span!("stage", stage).entered();
-    let fatal = |message: String| RuntimeError::Fatal {
-        stage: stage.to_string(),
-        message,
-    };
+    let fatal = |message: String| stage_fatal(stage, message);
     let group_id = config.group_id(stage);
-    let input_topic = config.topic(spec.input);
-    let dlq_topic = config.topic(&spec.dlq());
-    let changelog_topics: Vec<String> = spec.changelogs().iter().map(|c| config.topic(c)).collect();
-
-    let tracker = Arc::new(DeliveryTracker::default());
     let transactional_id = format!("{group_id}.{}", config.runtime.instance_id);
-    let transactional = config.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
-    let producer: BaseProducer<DeliveryContext> = kafka::create(
-        &if transactional {
-            kafka::transactional_producer_config(&config, &transactional_id)
-        } else {
-            kafka::at_least_once_producer_config(&config)
-        },
-        DeliveryContext(tracker.clone()),
-    )?;
-
-    // Fail early, in one line, on an unreachable broker or a missing topic.
-    let probe = kafka::reader(&config)?;
-    let mut needed: Vec<String> = spec.topics().iter().map(|t| config.topic(t)).collect();
-    needed.dedup();
-    let md = kafka::check_topics(&probe, &config, &needed)?;
-    let dlq_partitions = kafka::partition_count(&md, &dlq_topic, &config)?;
-    let mut processor = processor;
-    processor.on_input_partitions(kafka::partition_count(&md, &input_topic, &config)?);
-    drop(probe);
-
-    if transactional {
-        producer
-            .init_transactions(Duration::from_millis(
-                config.runtime.transaction_call_timeout_ms,
-            ))
-            .map_err(|e| fatal(format!("init_transactions for {transactional_id}: {e}")))?;
-    } else {
-        warn!(
-            stage,
-            "runtime.processing_guarantee = at_least_once: no transactions, a failure may duplicate outputs"
-        );
-    }
-
-    let state_root = config
-        .resolve(&config.runtime.state_dir)
-        .join(format!("{}{}", config.topology.namespace, stage))
-        .join(&config.runtime.instance_id);
-    let metrics = StageMetrics::new(stage);
-    let engine = Arc::new(Mutex::new(Engine {
-        spec,
+    let engine = Arc::new(Mutex::new(start_engine(
+        &config,
         processor,
-        producer,
-        tracker,
-        config: config.clone(),
-        input_topic: input_topic.clone(),
-        dlq_topic,
-        dlq_partitions,
-        changelog_topics,
-        state_root,
-        parts: BTreeMap::new(),
-        txn: None,
-        scratch: Vec::new(),
-        metrics,
-        status: status.clone(),
-        fatal: None,
-        failures_in_a_row: 0,
-        tables: None,
-        txn_inputs: Vec::new(),
-        poisoned: BTreeMap::new(),
-    }));
+        &status,
+        &transactional_id,
+    )?));
     // A restarted stage in the same process keeps the first handle's place.
     let _ = status
         .query
         .set(Arc::new(EngineQuery(engine.clone())) as Arc<dyn StoreQuery>);
-    {
-        // Tables first: an input record must never be matched against
-        // half-loaded reference data.
-        let mut e = lock(&engine);
-        let e = &mut *e;
-        let root = e.state_root.clone();
-        if let Some(mut feed) = tables::TableFeed::open(&config, spec, &root).map_err(&fatal)? {
-            feed.load_all(&config, &mut e.processor).map_err(&fatal)?;
-            e.tables = Some(feed);
-        }
-    }
+    load_tables(&engine, &config, spec).map_err(&fatal)?;
+    let input_topic = config.topic(spec.input);
     let consumer: BaseConsumer<StageContext<P>> = kafka::create(
         &kafka::stage_consumer_config(&config, &group_id),
         StageContext {
@@ -1302,72 +1363,191 @@ pub fn run_stage<P: Processor>(
     status.alive.store(true, Ordering::SeqCst);
     info!(stage, group_id, transactional_id, "stage started");
 
+    let result = run_loop(&engine, &consumer, &shutdown, stage);
+    stop_stage(result, &engine, &consumer, &status, stage)
+}
+
+/// A fatal runtime error of `stage`.
+fn stage_fatal(stage: &str, message: String) -> RuntimeError {
+    RuntimeError::Fatal {
+        stage: stage.to_string(),
+        message,
+    }
+}
+
+/// The engine of a stage, ready to consume: its producer (transactions
+/// initialised when exactly_once), its topics checked, the processor told
+/// the input partition count.
+fn start_engine<P: Processor>(
+    config: &Arc<Config>,
+    processor: P,
+    status: &Arc<StageStatus>,
+    transactional_id: &str,
+) -> Result<Engine<P>, RuntimeError> {
+    let spec = processor.spec();
+    let stage = spec.name;
+    let input_topic = config.topic(spec.input);
+    let dlq_topic = config.topic(&spec.dlq());
+    let changelog_topics: Vec<String> = spec.changelogs().iter().map(|c| config.topic(c)).collect();
+
+    let tracker = Arc::new(DeliveryTracker::default());
+    let transactional = config.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+    let producer: BaseProducer<DeliveryContext> = kafka::create(
+        &if transactional {
+            kafka::transactional_producer_config(config, transactional_id)
+        } else {
+            kafka::at_least_once_producer_config(config)
+        },
+        DeliveryContext(tracker.clone()),
+    )?;
+    let mut processor = processor;
+    let dlq_partitions = probe_topics(config, spec, &mut processor, &input_topic, &dlq_topic)?;
+    if transactional {
+        producer
+            .init_transactions(Duration::from_millis(
+                config.runtime.transaction_call_timeout_ms,
+            ))
+            .map_err(|e| {
+                stage_fatal(
+                    stage,
+                    format!("init_transactions for {transactional_id}: {e}"),
+                )
+            })?;
+    } else {
+        warn!(
+            stage,
+            "runtime.processing_guarantee = at_least_once: no transactions, a failure may duplicate outputs"
+        );
+    }
+
+    let state_root = config
+        .resolve(&config.runtime.state_dir)
+        .join(format!("{}{}", config.topology.namespace, stage))
+        .join(&config.runtime.instance_id);
+    Ok(Engine {
+        spec,
+        processor,
+        producer,
+        tracker,
+        config: config.clone(),
+        input_topic,
+        dlq_topic,
+        dlq_partitions,
+        changelog_topics,
+        state_root,
+        parts: BTreeMap::new(),
+        txn: None,
+        scratch: Vec::new(),
+        metrics: StageMetrics::new(stage),
+        status: status.clone(),
+        fatal: None,
+        failures_in_a_row: 0,
+        tables: None,
+        txn_inputs: Vec::new(),
+        poisoned: BTreeMap::new(),
+    })
+}
+
+/// Fails early, in one line, on an unreachable broker or a missing topic;
+/// tells the processor the input partition count and returns the DLQ's.
+fn probe_topics<P: Processor>(
+    config: &Config,
+    spec: &StageSpec,
+    processor: &mut P,
+    input_topic: &str,
+    dlq_topic: &str,
+) -> Result<i32, RuntimeError> {
+    let probe = kafka::reader(config)?;
+    let mut needed: Vec<String> = spec.topics().iter().map(|t| config.topic(t)).collect();
+    needed.dedup();
+    let md = kafka::check_topics(&probe, config, &needed)?;
+    let dlq_partitions = kafka::partition_count(&md, dlq_topic, config)?;
+    processor.on_input_partitions(kafka::partition_count(&md, input_topic, config)?);
+    drop(probe);
+    Ok(dlq_partitions)
+}
+
+/// Tables first: an input record must never be matched against
+/// half-loaded reference data.
+fn load_tables<P: Processor>(
+    engine: &Mutex<Engine<P>>,
+    config: &Config,
+    spec: &'static StageSpec,
+) -> Result<(), String> {
+    let mut e = lock(engine);
+    let e = &mut *e;
+    let root = e.state_root.clone();
+    if let Some(mut feed) = tables::TableFeed::open(config, spec, &root)? {
+        feed.load_all(config, &mut e.processor)?;
+        e.tables = Some(feed);
+    }
+    Ok(())
+}
+
+/// The loop: poll one record, process it, feed the tables, punctuate,
+/// commit when due, refresh the gauges, back off after failures. Ok when
+/// `shutdown` is set, Err on a fatal error.
+fn run_loop<P: Processor>(
+    engine: &Mutex<Engine<P>>,
+    consumer: &BaseConsumer<StageContext<P>>,
+    shutdown: &AtomicBool,
+    stage: &str,
+) -> Result<(), RuntimeError> {
+    let fatal = |message: String| stage_fatal(stage, message);
     let mut last_punctuate = Instant::now();
     let mut last_gauges = Instant::now();
-    let result = loop {
+    loop {
         if shutdown.load(Ordering::SeqCst) {
-            break Ok(());
+            return Ok(());
         }
         let polled = consumer.poll(Duration::from_millis(POLL_TIMEOUT_MS));
-        let mut engine = lock(&engine);
+        let mut engine = lock(engine);
         if let Some(m) = engine.fatal.take() {
-            break Err(fatal(m));
+            return Err(fatal(m));
         }
-        match polled {
-            None => {}
-            Some(Ok(msg)) => {
-                if let Err(e) = engine.process(&msg) {
-                    engine.handle(e, &consumer);
-                }
-            }
-            Some(Err(e)) => {
-                if let KafkaError::MessageConsumptionFatal(_) = e {
-                    break Err(fatal(e.to_string()));
-                }
-                warn!(stage, error = %e, "consumer error (librdkafka retries)");
-            }
-        }
-        {
-            // Split borrow: the feed and the processor are distinct fields.
-            let e = &mut *engine;
-            if let Some(feed) = e.tables.as_mut() {
-                if let Err(m) = feed.poll_some(&mut e.processor) {
-                    break Err(fatal(m));
-                }
-            }
-        }
+        engine.take_polled(polled, consumer).map_err(fatal)?;
+        engine.poll_tables().map_err(fatal)?;
         if last_punctuate.elapsed() >= Duration::from_millis(PUNCTUATE_INTERVAL_MS) {
             last_punctuate = Instant::now();
             let now_ms = chrono::Utc::now().timestamp_millis();
             if let Err(e) = engine.punctuate(now_ms) {
-                engine.handle(e, &consumer);
+                engine.handle(e, consumer);
             }
         }
         if engine.due() {
-            if let Err(e) = engine.commit(&consumer) {
-                engine.handle(e, &consumer);
+            if let Err(e) = engine.commit(consumer) {
+                engine.handle(e, consumer);
             }
         }
         if last_gauges.elapsed() >= Duration::from_millis(GAUGE_REFRESH_INTERVAL_MS) {
             last_gauges = Instant::now();
-            engine.refresh_gauges(&consumer);
+            engine.refresh_gauges(consumer);
         }
         if let Some(m) = engine.fatal.take() {
-            break Err(fatal(m));
+            return Err(fatal(m));
         }
         if let Some(d) = engine.backoff() {
             drop(engine);
             std::thread::sleep(d);
         }
-    };
+    }
+}
 
+/// After the loop: a graceful stop commits what was processed, then leaves
+/// the group (the revoke callback finds nothing left to commit); a failure
+/// is reported. Not ready and not alive either way.
+fn stop_stage<P: Processor>(
+    result: Result<(), RuntimeError>,
+    engine: &Mutex<Engine<P>>,
+    consumer: &BaseConsumer<StageContext<P>>,
+    status: &StageStatus,
+    stage: &str,
+) -> Result<(), RuntimeError> {
     status.ready.store(false, Ordering::SeqCst);
     if result.is_ok() {
-        // Graceful stop: commit what was processed, then leave the group (the
-        // revoke callback finds nothing left to commit).
-        let mut e = lock(&engine);
-        if let Err(err) = e.commit(&consumer) {
-            e.handle(err, &consumer);
+        let mut e = lock(engine);
+        if let Err(err) = e.commit(consumer) {
+            e.handle(err, consumer);
         }
         drop(e);
         consumer.unsubscribe();

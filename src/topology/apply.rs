@@ -91,6 +91,12 @@ pub enum ApplyError {
     Registry(String),
 }
 
+/// The cluster's admin client.
+type Admin = rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>;
+
+/// Partitions and replication factor of each topic in the cluster.
+type Existing = BTreeMap<String, (i32, i32)>;
+
 /// Applies the topology to the cluster named in `config`.
 pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, ApplyError> {
     let admin = kafka::admin(config)?;
@@ -101,7 +107,7 @@ pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, 
         .operation_timeout(Some(timeout));
 
     let mut report = ApplyReport::default();
-    let mut existing: BTreeMap<String, (i32, i32)> = BTreeMap::new();
+    let mut existing: Existing = BTreeMap::new();
     for t in md.topics() {
         if t.error().is_none() {
             let rf = t
@@ -112,117 +118,10 @@ pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, 
             existing.insert(t.name().to_string(), (t.partitions().len() as i32, rf));
         }
     }
-
-    let missing: Vec<&TopicSpec> = topology
-        .topics
-        .iter()
-        .filter(|t| !existing.contains_key(&t.name))
-        .collect();
-    if !missing.is_empty() {
-        let configs: Vec<BTreeMap<&'static str, String>> =
-            missing.iter().map(|t| t.configs()).collect();
-        let new_topics: Vec<NewTopic> = missing
-            .iter()
-            .zip(&configs)
-            .map(|(t, c)| {
-                let mut nt = NewTopic::new(
-                    &t.name,
-                    t.partitions,
-                    TopicReplication::Fixed(t.replication_factor),
-                );
-                for (k, v) in c {
-                    nt = nt.set(k, v);
-                }
-                nt
-            })
-            .collect();
-        let results =
-            admin
-                .create_topics(&new_topics, &opts)
-                .await
-                .map_err(|e| ApplyError::Create {
-                    topic: "(all)".into(),
-                    message: e.to_string(),
-                })?;
-        for r in results {
-            match r {
-                Ok(_) => {}
-                // Another apply raced us: it exists now, which is what we want.
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(ApplyError::Create {
-                        topic,
-                        message: code.to_string(),
-                    })
-                }
-            }
-        }
-    }
-
-    let present: Vec<&TopicSpec> = topology
-        .topics
-        .iter()
-        .filter(|t| existing.contains_key(&t.name))
-        .collect();
-    let mut actual_configs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    if !present.is_empty() {
-        let specs: Vec<ResourceSpecifier> = present
-            .iter()
-            .map(|t| ResourceSpecifier::Topic(&t.name))
-            .collect();
-        let described =
-            admin
-                .describe_configs(&specs, &opts)
-                .await
-                .map_err(|e| ApplyError::Describe {
-                    topic: "(all)".into(),
-                    message: e.to_string(),
-                })?;
-        for (t, r) in present.iter().zip(described) {
-            let resource = r.map_err(|e| ApplyError::Describe {
-                topic: t.name.clone(),
-                message: e.to_string(),
-            })?;
-            let map = resource
-                .entries
-                .into_iter()
-                .filter_map(|e| e.value.map(|v| (e.name, v)))
-                .collect();
-            actual_configs.insert(t.name.clone(), map);
-        }
-    }
-
+    create_missing(&admin, &opts, topology, &existing).await?;
+    let actual_configs = describe_present(&admin, &opts, topology, &existing).await?;
     for t in &topology.topics {
-        let outcome = match existing.get(&t.name) {
-            None => TopicOutcome::Created,
-            Some(&(partitions, rf)) => {
-                let mut diffs = Vec::new();
-                if partitions != t.partitions {
-                    diffs.push(format!(
-                        "partitions: {} in the file, {} in the cluster",
-                        t.partitions, partitions
-                    ));
-                }
-                if rf != t.replication_factor {
-                    diffs.push(format!(
-                        "replication_factor: {} in the file, {} in the cluster",
-                        t.replication_factor, rf
-                    ));
-                }
-                let actual = actual_configs.get(&t.name);
-                for (k, want) in t.configs() {
-                    let have = actual.and_then(|a| a.get(k)).cloned().unwrap_or_default();
-                    if have != want {
-                        diffs.push(format!("{k}: {want} in the file, {have} in the cluster"));
-                    }
-                }
-                if diffs.is_empty() {
-                    TopicOutcome::UpToDate
-                } else {
-                    TopicOutcome::Differs(diffs)
-                }
-            }
-        };
+        let outcome = outcome_of(t, &existing, &actual_configs);
         report.outcomes.push((t.name.clone(), outcome));
     }
 
@@ -236,4 +135,140 @@ pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, 
                 .map_err(|e| ApplyError::Registry(e.to_string()))?;
     }
     Ok(report)
+}
+
+/// Creates the topics of the file the cluster does not have, with their
+/// configs; one that another apply created meanwhile is fine.
+async fn create_missing(
+    admin: &Admin,
+    opts: &AdminOptions,
+    topology: &Topology,
+    existing: &Existing,
+) -> Result<(), ApplyError> {
+    let missing: Vec<&TopicSpec> = topology
+        .topics
+        .iter()
+        .filter(|t| !existing.contains_key(&t.name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let configs: Vec<BTreeMap<&'static str, String>> =
+        missing.iter().map(|t| t.configs()).collect();
+    let new_topics: Vec<NewTopic> = missing
+        .iter()
+        .zip(&configs)
+        .map(|(t, c)| {
+            let mut nt = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(t.replication_factor),
+            );
+            for (k, v) in c {
+                nt = nt.set(k, v);
+            }
+            nt
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, opts)
+        .await
+        .map_err(|e| ApplyError::Create {
+            topic: "(all)".into(),
+            message: e.to_string(),
+        })?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            // Another apply raced us: it exists now, which is what we want.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(ApplyError::Create {
+                    topic,
+                    message: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The configs (name -> value) of the file's topics the cluster already has.
+async fn describe_present(
+    admin: &Admin,
+    opts: &AdminOptions,
+    topology: &Topology,
+    existing: &Existing,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, ApplyError> {
+    let present: Vec<&TopicSpec> = topology
+        .topics
+        .iter()
+        .filter(|t| existing.contains_key(&t.name))
+        .collect();
+    let mut actual_configs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    if present.is_empty() {
+        return Ok(actual_configs);
+    }
+    let specs: Vec<ResourceSpecifier> = present
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(&t.name))
+        .collect();
+    let described =
+        admin
+            .describe_configs(&specs, opts)
+            .await
+            .map_err(|e| ApplyError::Describe {
+                topic: "(all)".into(),
+                message: e.to_string(),
+            })?;
+    for (t, r) in present.iter().zip(described) {
+        let resource = r.map_err(|e| ApplyError::Describe {
+            topic: t.name.clone(),
+            message: e.to_string(),
+        })?;
+        let map = resource
+            .entries
+            .into_iter()
+            .filter_map(|e| e.value.map(|v| (e.name, v)))
+            .collect();
+        actual_configs.insert(t.name.clone(), map);
+    }
+    Ok(actual_configs)
+}
+
+/// What apply did or found for one topic of the file: created, up to date,
+/// or how the cluster differs (partitions, replication factor, configs).
+fn outcome_of(
+    t: &TopicSpec,
+    existing: &Existing,
+    actual_configs: &BTreeMap<String, BTreeMap<String, String>>,
+) -> TopicOutcome {
+    let Some(&(partitions, rf)) = existing.get(&t.name) else {
+        return TopicOutcome::Created;
+    };
+    let mut diffs = Vec::new();
+    if partitions != t.partitions {
+        diffs.push(format!(
+            "partitions: {} in the file, {} in the cluster",
+            t.partitions, partitions
+        ));
+    }
+    if rf != t.replication_factor {
+        diffs.push(format!(
+            "replication_factor: {} in the file, {} in the cluster",
+            t.replication_factor, rf
+        ));
+    }
+    let actual = actual_configs.get(&t.name);
+    for (k, want) in t.configs() {
+        let have = actual.and_then(|a| a.get(k)).cloned().unwrap_or_default();
+        if have != want {
+            diffs.push(format!("{k}: {want} in the file, {have} in the cluster"));
+        }
+    }
+    if diffs.is_empty() {
+        TopicOutcome::UpToDate
+    } else {
+        TopicOutcome::Differs(diffs)
+    }
 }

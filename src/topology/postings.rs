@@ -165,18 +165,7 @@ pub fn render(topic: &PostingsTopic) -> String {
     let mut unbalanced = 0usize;
     for p in postings {
         let (amount, accounts, balanced) = if !p.lines.is_empty() {
-            let dr: Decimal = p
-                .lines
-                .iter()
-                .filter(|l| l.side == Side::Debit)
-                .map(|l| l.amount)
-                .sum();
-            let cr: Decimal = p
-                .lines
-                .iter()
-                .filter(|l| l.side == Side::Credit)
-                .map(|l| l.amount)
-                .sum();
+            let (dr, cr) = p.totals();
             let accts = p
                 .lines
                 .iter()
@@ -254,6 +243,41 @@ mod tests {
         assert!(text.contains("partition 1 offset 0 (x"), "{text}");
         assert!(text.ends_with("; ..."), "{text}");
         assert_eq!(Unreadable::default().describe("t", "c"), "");
+    }
+
+    fn journal(credit: &str) -> Posting {
+        let json = concat!(
+            r#"{"posting_type":"journal_entry","kind":"accrual","idempotency_key":"5d41","#,
+            r#""business_key":["journal_entry","accrual"],"key_version":1,"legal_entity":"ml-us","#,
+            r#""customer_id":"cust-42","erp_customer_id":"C-42","subscription_id":"sub-1","#,
+            r#""plan_id":"pro","plan_version":2,"currency":"USD","accounting_date":"2026-01-10","#,
+            r#""billing_period":{"id":"2026-01-01","start":"2026-01-01T05:00:00Z","end":"2026-02-01T05:00:00Z"},"#,
+            r#""window_kind":"day","#,
+            r#""window":{"id":"2026-01-10","start":"2026-01-10T05:00:00Z","end":"2026-01-11T05:00:00Z"},"#,
+            r#""adjusts":null,"segment_id":"3f1c","segment_key":null,"meter":"tokens","#,
+            r#""lines":[{"account":"1210","side":"debit","amount":"4.50"},"#,
+            r#"{"account":"4010","side":"credit","amount":"CREDIT"}],"#,
+            r#""invoice_line":null,"control_total":null}"#
+        );
+        Posting::from_json_slice(json.replace("CREDIT", credit).as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn journal_rows_show_their_debits_and_whether_they_balance() {
+        let topic = PostingsTopic {
+            postings: vec![journal("4.50"), journal("4.49")],
+            unreadable: Unreadable::default(),
+        };
+        let text = render(&topic);
+        let rows: Vec<&str> = text.lines().skip(1).take(2).collect();
+        assert!(rows[0].contains(" 4.50  Dr 1210 / Cr 4010 "), "{text}");
+        assert!(rows[0].ends_with(" yes"), "{text}");
+        assert!(rows[1].contains(" 4.50  Dr 1210 / Cr 4010 "), "{text}");
+        assert!(rows[1].ends_with(" NO"), "{text}");
+        assert!(
+            text.contains("2 posting(s); journal debits 9.00 USD; 1 unbalanced journal entries; "),
+            "{text}"
+        );
     }
 
     #[test]

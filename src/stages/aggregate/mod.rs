@@ -872,7 +872,7 @@ impl Processor for AggregateProcessor {
             lag_s: now_ms.saturating_sub(e.event.time.timestamp_millis()) / MS_PER_S,
         }
         .emit(&self.unbilled.event_time_lag);
-        let mut clock = load_clock(ctx)?;
+        let clock = load_clock(ctx)?;
         let t = targets(e, clock.watermark_ms)?;
         let digest = event_digest(&rated.source, &rated.id);
         let period_clearing = Clearing {
@@ -880,83 +880,25 @@ impl Processor for AggregateProcessor {
             adjusts: t.period_adjusts.clone(),
         };
         // Everything is computed in memory first: a reject writes nothing.
-        let mut touched = Touched::default();
-        let no_cache = BTreeMap::new();
-        let ev = Windowing {
-            e,
-            clearing: period_clearing,
-            digest: &digest,
-            cached: self
-                .cache
-                .get(&ctx.partition)
-                .map_or(&no_cache, |c| &c.dirty),
+        let touched = {
+            let no_cache = BTreeMap::new();
+            let ev = Windowing {
+                e,
+                clearing: period_clearing,
+                digest: &digest,
+                cached: self
+                    .cache
+                    .get(&ctx.partition)
+                    .map_or(&no_cache, |c| &c.dirty),
+            };
+            window_measures(ctx, &ev, &t, &rated)?
         };
-        for ((rm, measure), charge) in rated.measures.iter().zip(&e.event.measures).zip(&e.charges)
-        {
-            let segment = SegmentInfo {
-                segment_id: rm.segment_id.clone(),
-                segment_key: rm.segment_key.clone(),
-                meter: rm.meter.clone(),
-                plan_version: rm.plan_version,
-                group: measure.group.clone(),
-                aggregation: rm.aggregation,
-                tax_code: charge.tax_code.clone(),
-                unit: charge.unit.clone(),
-            };
-            let day = WindowTarget {
-                kind: WindowKind::Day,
-                scope: &rm.segment_id,
-                window: &t.day,
-                adjusts: t.day_adjusts.as_ref(),
-                segment: Some(segment.clone()),
-            };
-            touched.add_to(ctx, &ev, day, rm.marginal_quantity, rm.marginal_amount)?;
-            let period = WindowTarget {
-                kind: WindowKind::BillingPeriod,
-                scope: &rm.segment_id,
-                window: &t.period,
-                adjusts: t.period_adjusts.as_ref(),
-                segment: Some(segment),
-            };
-            touched.add_to(ctx, &ev, period, rm.marginal_quantity, rm.marginal_amount)?;
-            if t.period_adjusts.is_none() {
-                let close = WindowTarget {
-                    kind: WindowKind::PeriodClose,
-                    scope: &e.subscription_id,
-                    window: &t.period,
-                    adjusts: None,
-                    segment: None,
-                };
-                let close = touched.add_to(ctx, &ev, close, Decimal::ZERO, rm.marginal_amount)?;
-                // Provisional terms, whatever the arrival order: at close
-                // the period takes those of the version in force at its
-                // start from the reference tables ([`periods::apply_terms`]);
-                // these stay only when the tables lack the subscription.
-                if e.plan_version > close.plan_version {
-                    close.plan_version = e.plan_version;
-                    close.plan_id = e.plan_id.clone();
-                    close.base_fee = e.base_fee;
-                    close.minimum_commitment = e.minimum_commitment;
-                    close.tax_code = e.tax_code.clone();
-                    close.gl_accounts = e.gl_accounts.clone();
-                }
-            }
-        }
         let refs: Vec<crate::lineage::WindowRef> = touched
             .windows
             .values()
             .map(ClosedWindow::lineage_ref)
             .collect();
-        // Into the write-back cache: serialized once per commit, not per event.
-        let part = self.cache.entry(ctx.partition).or_default();
-        for (key, w) in touched.windows {
-            // Unknown stays unknown (recomputed when needed); known takes the min.
-            let end = w.window.end.timestamp_millis();
-            if let Some(known) = &mut part.min_end_ms {
-                *known = Some(known.map_or(end, |m| m.min(end)));
-            }
-            part.dirty.insert(key, w);
-        }
+        self.cache_touched(ctx.partition, touched);
         crate::lineage::record_step(
             ctx,
             LINEAGE,
@@ -971,27 +913,7 @@ impl Processor for AggregateProcessor {
             },
             ctx.now_ms,
         )?;
-        let event_ms = e.event.time.timestamp_millis();
-        let before = clock;
-        clock.max_event_ms = Some(clock.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
-        let candidate = clock.max_event_ms.map(|m| m.saturating_sub(self.grace_ms));
-        clock.watermark_ms = clock.watermark_ms.max(candidate);
-        if clock != before {
-            store_clock(ctx, &clock)?;
-        }
-        if let (Some(wm), true) = (
-            clock.watermark_ms,
-            clock.watermark_ms != before.watermark_ms,
-        ) {
-            // Most events move the watermark; few make a window due.
-            if self
-                .min_open_end(ctx, before.watermark_ms)?
-                .is_some_and(|end| end <= wm)
-            {
-                self.close_until(ctx, before.watermark_ms, wm)?;
-            }
-        }
-        Ok(())
+        self.advance_clock(ctx, clock, e.event.time.timestamp_millis())
     }
 
     fn flush(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
@@ -1069,6 +991,120 @@ impl Processor for AggregateProcessor {
         self.last_input_ms.remove(&partition);
         self.unbilled.parts.remove(&partition);
         self.unbilled.publish();
+    }
+}
+
+impl AggregateProcessor {
+    /// Into the write-back cache: serialized once per commit, not per event.
+    fn cache_touched(&mut self, partition: i32, touched: Touched) {
+        let part = self.cache.entry(partition).or_default();
+        for (key, w) in touched.windows {
+            // Unknown stays unknown (recomputed when needed); known takes the min.
+            let end = w.window.end.timestamp_millis();
+            if let Some(known) = &mut part.min_end_ms {
+                *known = Some(known.map_or(end, |m| m.min(end)));
+            }
+            part.dirty.insert(key, w);
+        }
+    }
+
+    /// The partition's clock after an event at `event_ms`: the highest event
+    /// time and the watermark (it minus the grace) move forward, stored when
+    /// changed; windows the new watermark makes due are closed.
+    fn advance_clock(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut clock: PartitionClock,
+        event_ms: i64,
+    ) -> Result<(), StageError> {
+        let before = clock;
+        clock.max_event_ms = Some(clock.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
+        let candidate = clock.max_event_ms.map(|m| m.saturating_sub(self.grace_ms));
+        clock.watermark_ms = clock.watermark_ms.max(candidate);
+        if clock != before {
+            store_clock(ctx, &clock)?;
+        }
+        if let (Some(wm), true) = (
+            clock.watermark_ms,
+            clock.watermark_ms != before.watermark_ms,
+        ) {
+            // Most events move the watermark; few make a window due.
+            if self
+                .min_open_end(ctx, before.watermark_ms)?
+                .is_some_and(|end| end <= wm)
+            {
+                self.close_until(ctx, before.watermark_ms, wm)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The windows a rated event adds to, per measure: its segment's day and
+/// billing period, and (unless it adjusts a closed period) the
+/// subscription's period close.
+fn window_measures(
+    ctx: &Ctx<'_>,
+    ev: &Windowing<'_>,
+    t: &Targets,
+    rated: &RatedEvent,
+) -> Result<Touched, StageError> {
+    let e = &rated.enriched;
+    let mut touched = Touched::default();
+    for ((rm, measure), charge) in rated.measures.iter().zip(&e.event.measures).zip(&e.charges) {
+        let segment = SegmentInfo {
+            segment_id: rm.segment_id.clone(),
+            segment_key: rm.segment_key.clone(),
+            meter: rm.meter.clone(),
+            plan_version: rm.plan_version,
+            group: measure.group.clone(),
+            aggregation: rm.aggregation,
+            tax_code: charge.tax_code.clone(),
+            unit: charge.unit.clone(),
+        };
+        let day = WindowTarget {
+            kind: WindowKind::Day,
+            scope: &rm.segment_id,
+            window: &t.day,
+            adjusts: t.day_adjusts.as_ref(),
+            segment: Some(segment.clone()),
+        };
+        touched.add_to(ctx, ev, day, rm.marginal_quantity, rm.marginal_amount)?;
+        let period = WindowTarget {
+            kind: WindowKind::BillingPeriod,
+            scope: &rm.segment_id,
+            window: &t.period,
+            adjusts: t.period_adjusts.as_ref(),
+            segment: Some(segment),
+        };
+        touched.add_to(ctx, ev, period, rm.marginal_quantity, rm.marginal_amount)?;
+        if t.period_adjusts.is_none() {
+            let close = WindowTarget {
+                kind: WindowKind::PeriodClose,
+                scope: &e.subscription_id,
+                window: &t.period,
+                adjusts: None,
+                segment: None,
+            };
+            let close = touched.add_to(ctx, ev, close, Decimal::ZERO, rm.marginal_amount)?;
+            take_provisional_terms(close, e);
+        }
+    }
+    Ok(touched)
+}
+
+/// Provisional terms, whatever the arrival order: at close the period takes
+/// those of the version in force at its start from the reference tables
+/// ([`periods::apply_terms`]); these stay only when the tables lack the
+/// subscription.
+fn take_provisional_terms(close: &mut ClosedWindow, e: &EnrichedEvent) {
+    if e.plan_version > close.plan_version {
+        close.plan_version = e.plan_version;
+        close.plan_id = e.plan_id.clone();
+        close.base_fee = e.base_fee;
+        close.minimum_commitment = e.minimum_commitment;
+        close.tax_code = e.tax_code.clone();
+        close.gl_accounts = e.gl_accounts.clone();
     }
 }
 

@@ -56,14 +56,13 @@
 //! per punctuation (the sweep resumes from a cursor), and at most
 //! [`PERIODS_PER_SUBSCRIPTION_MAX`] periods per subscription.
 
-use std::collections::BTreeSet;
-
 use chrono::{DateTime, Utc};
 use tracing::warn;
 
 use crate::calendar::{self, BillingPeriod};
 use crate::contracts::{CustomerInfo, Window};
-use crate::refdata::{Plan, RefKind, RefTables, RefTrigger, Subscription};
+use crate::refdata::{Plan, RefTables, RefTrigger, Subscription};
+use crate::runtime::schedule::Schedule;
 use crate::runtime::{Ctx, StageError};
 use crate::store::keys::KeyBuilder;
 
@@ -85,41 +84,27 @@ const PENDING_CUSTOMERS_MAX: usize = 10_000;
 /// Key prefix of the closed markers in the windows store.
 pub(super) const CLOSED_PREFIX: u8 = b'C';
 
-/// What remains to walk in one partition. Losing it loses nothing: a fresh
+/// What remains to walk in one partition: queued customers, and a sweep's
+/// cursor (walk customers from this id on). Losing it loses nothing: a fresh
 /// one asks for a sweep.
 #[derive(Debug, Clone)]
 pub(super) struct Pending {
-    customers: BTreeSet<String>,
-    /// A sweep in progress: walk customers from this id on.
-    sweep_from: Option<String>,
-    sweep_requested: bool,
+    schedule: Schedule<(), String>,
 }
 
 impl Pending {
     pub(super) fn new() -> Self {
         Pending {
-            customers: BTreeSet::new(),
-            sweep_from: None,
-            sweep_requested: true,
+            schedule: Schedule::new(PENDING_CUSTOMERS_MAX),
         }
     }
 
     pub(super) fn trigger(&mut self, trigger: &RefTrigger) {
-        match trigger.kind {
-            RefKind::Customers | RefKind::Subscriptions => {
-                if self.customers.len() >= PENDING_CUSTOMERS_MAX {
-                    self.customers.clear();
-                    self.sweep_requested = true;
-                } else {
-                    self.customers.insert(trigger.id.clone());
-                }
-            }
-            RefKind::Plans => self.sweep_requested = true,
-        }
+        self.schedule.trigger(trigger, |_| ());
     }
 
     pub(super) fn request_sweep(&mut self) {
-        self.sweep_requested = true;
+        self.schedule.request_sweep();
     }
 
     /// The customers this partition `owns` to walk now: queued ones first,
@@ -129,22 +114,20 @@ impl Pending {
         tables: &RefTables,
         owns: impl Fn(&str) -> bool,
     ) -> Vec<String> {
+        let schedule = &mut self.schedule;
         let mut batch = Vec::new();
         while batch.len() < SCHEDULE_CUSTOMERS_PER_PUNCTUATION {
-            match self.customers.pop_first() {
-                Some(c) if owns(&c) => batch.push(c),
+            match schedule.customers.pop_first() {
+                Some((c, ())) if owns(&c) => batch.push(c),
                 Some(_) => {}
                 None => break,
             }
         }
-        if self.sweep_requested && self.sweep_from.is_none() {
-            self.sweep_requested = false;
-            self.sweep_from = Some(String::new());
-        }
-        if let Some(from) = self.sweep_from.take() {
+        schedule.start_sweep(String::new);
+        if let Some(from) = schedule.sweep.take() {
             let mut ids = tables.customers_with_subscriptions_from(&from);
             let mut scanned = 0;
-            self.sweep_from = loop {
+            schedule.sweep = loop {
                 let Some(id) = ids.next() else { break None };
                 if batch.len() >= SCHEDULE_CUSTOMERS_PER_PUNCTUATION
                     || scanned >= SWEEP_CUSTOMERS_SCANNED_PER_PUNCTUATION

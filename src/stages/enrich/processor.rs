@@ -141,6 +141,16 @@ impl EnrichProcessor {
     }
 }
 
+/// One input record being enriched: the record, its value, the event it
+/// holds and the event's ids.
+#[derive(Clone, Copy)]
+struct Input<'r, 'a> {
+    rec: &'a InputRecord<'r>,
+    bytes: &'a [u8],
+    event: &'a ValidatedEvent,
+    ids: &'a EventIds,
+}
+
 impl Enricher {
     /// The exceptions copy of a parked input record.
     fn exception(&self, rec: &InputRecord<'_>, subject: &str, reason: &ParkReason) -> Output {
@@ -252,42 +262,68 @@ impl Enricher {
             Err(reason) => {
                 let parked = existing.is_none().then_some(Count::Held);
                 lineage::count(ctx, COUNTERS, &day, arrived.into_iter().chain(parked))?;
-                self.note(
-                    ctx,
-                    &event,
-                    lineage::Step {
-                        outcome: "parked".into(),
-                        partition: rec.partition,
-                        offset: rec.offset,
-                        reason: Some(reason.code().to_owned()),
-                        detail: serde_json::Value::Null,
-                    },
-                )?;
-                let (first_parked_ms, input_timestamp_ms) = match &existing {
-                    Some(old) => (old.meta.first_parked_ms, old.meta.input_timestamp_ms),
-                    None => (ctx.now_ms, rec.timestamp_ms),
-                };
-                let entry = ParkedEntry {
-                    meta: ParkedMeta {
-                        reason: reason.code().to_owned(),
-                        message: reason.message(),
-                        first_parked_ms,
-                        input_timestamp_ms,
-                        at_risk: revenue_at_risk(&event, &reason, &self.tables),
-                    },
-                    event: bytes.to_vec(),
-                };
-                store_parked(ctx.stores, &ids, existing.as_ref().map(|e| &e.meta), &entry)?;
-                ctx.emit(self.exception(rec, &event.subject, &reason));
-                EventParked {
+                let input = Input {
+                    rec,
+                    bytes,
+                    event: &event,
                     ids: &ids,
-                    reason: reason.code(),
-                    message: &entry.meta.message,
-                    again: existing.is_some(),
-                }
-                .emit(&self.metrics);
+                };
+                self.park(ctx, &input, existing.as_ref(), &reason)?;
             }
         }
+        Ok(())
+    }
+
+    /// Parks an event no contract matches (again, when it was parked
+    /// before: its first parking time and input timestamp stay), with its
+    /// lineage step and its exceptions copy.
+    fn park(
+        &self,
+        ctx: &mut Ctx<'_>,
+        input: &Input<'_, '_>,
+        existing: Option<&ParkedEntry>,
+        reason: &ParkReason,
+    ) -> Result<(), StageError> {
+        let Input {
+            rec,
+            bytes,
+            event,
+            ids,
+        } = *input;
+        self.note(
+            ctx,
+            event,
+            lineage::Step {
+                outcome: "parked".into(),
+                partition: rec.partition,
+                offset: rec.offset,
+                reason: Some(reason.code().to_owned()),
+                detail: serde_json::Value::Null,
+            },
+        )?;
+        let (first_parked_ms, input_timestamp_ms) = match existing {
+            Some(old) => (old.meta.first_parked_ms, old.meta.input_timestamp_ms),
+            None => (ctx.now_ms, rec.timestamp_ms),
+        };
+        let entry = ParkedEntry {
+            meta: ParkedMeta {
+                reason: reason.code().to_owned(),
+                message: reason.message(),
+                first_parked_ms,
+                input_timestamp_ms,
+                at_risk: revenue_at_risk(event, reason, &self.tables),
+            },
+            event: bytes.to_vec(),
+        };
+        store_parked(ctx.stores, ids, existing.map(|e| &e.meta), &entry)?;
+        ctx.emit(self.exception(rec, &event.subject, reason));
+        EventParked {
+            ids,
+            reason: reason.code(),
+            message: &entry.meta.message,
+            again: existing.is_some(),
+        }
+        .emit(&self.metrics);
         Ok(())
     }
 
@@ -356,9 +392,7 @@ impl Processor for EnrichProcessor {
         {
             part.sweep_requested = true;
         }
-        if part.sweep_requested && part.sweep.is_none() {
-            part.sweep_requested = false;
-            part.sweep = Some(all_entries_range().0);
+        if part.start_sweep(|| all_entries_range().0) {
             part.last_sweep_ms = Some(now_ms);
         }
 
@@ -399,9 +433,7 @@ impl Processor for EnrichProcessor {
         // Re-emissions of the aborted transaction were rolled back with
         // their deletes: look at everything again.
         for part in self.parts.values_mut() {
-            part.customers.clear();
-            part.sweep = None;
-            part.sweep_requested = true;
+            part.restart();
         }
     }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::contracts::ValidatedEvent;
 use crate::lineage::{self, Count};
-use crate::refdata::{RefKind, RefTrigger};
+use crate::refdata::RefTrigger;
+use crate::runtime::schedule::Schedule;
 use crate::runtime::{Ctx, StageError};
 
 use super::events::ParkedEventReemitted;
@@ -30,16 +31,13 @@ pub const PARKED_RESWEEP_INTERVAL_MS: i64 = 600_000;
 /// load beyond this is cheaper to handle with one full sweep.
 const RECHECK_CUSTOMERS_MAX: usize = 10_000;
 
-/// What remains to re-check in one partition. Losing it loses nothing: a
-/// fresh one asks for a full sweep.
+/// What remains to re-check in one partition (customer -> next key of its
+/// range; a sweep: the next key of all entries), when the last sweep
+/// started, and the figures for the gauges. Losing it loses nothing: a fresh
+/// one asks for a full sweep.
 #[derive(Debug, Clone)]
 pub(super) struct Recheck {
-    /// Customer -> next key of its range to re-check.
-    pub(super) customers: BTreeMap<String, Vec<u8>>,
-    /// A full sweep in progress: the next key to re-check.
-    pub(super) sweep: Option<Vec<u8>>,
-    /// Start a full sweep as soon as none is in progress.
-    pub(super) sweep_requested: bool,
+    pub(super) schedule: Schedule<Vec<u8>, Vec<u8>>,
     /// When the last full sweep started (wall clock, ms).
     pub(super) last_sweep_ms: Option<i64>,
     /// The partition's figures as of its last punctuation, for the gauges.
@@ -49,29 +47,32 @@ pub(super) struct Recheck {
 impl Recheck {
     pub(super) fn new() -> Self {
         Recheck {
-            customers: BTreeMap::new(),
-            sweep: None,
-            sweep_requested: true,
+            schedule: Schedule::new(RECHECK_CUSTOMERS_MAX),
             last_sweep_ms: None,
             snapshot: Snapshot::default(),
         }
     }
 
     pub(super) fn trigger(&mut self, trigger: &RefTrigger) {
-        match trigger.kind {
-            RefKind::Customers | RefKind::Subscriptions => {
-                if self.customers.len() >= RECHECK_CUSTOMERS_MAX {
-                    self.customers.clear();
-                    self.sweep_requested = true;
-                } else {
-                    // From the start of the range again: entries before a
-                    // cursor were checked against older tables.
-                    let (from, _) = customer_range(&trigger.id);
-                    self.customers.insert(trigger.id.clone(), from);
-                }
-            }
-            RefKind::Plans => self.sweep_requested = true,
-        }
+        // From the start of the range again: entries before a cursor were
+        // checked against older tables.
+        self.schedule
+            .trigger(trigger, |customer| customer_range(customer).0);
+    }
+}
+
+/// The schedule's fields read as the re-check's own (`part.sweep`,
+/// `part.customers`), as the re-check loop and its tests use them.
+impl std::ops::Deref for Recheck {
+    type Target = Schedule<Vec<u8>, Vec<u8>>;
+    fn deref(&self) -> &Self::Target {
+        &self.schedule
+    }
+}
+
+impl std::ops::DerefMut for Recheck {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.schedule
     }
 }
 

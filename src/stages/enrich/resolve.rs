@@ -74,7 +74,7 @@ use crate::contracts::{
     rfc3339_utc, ChargeSource, CustomerInfo, EnrichedEvent, ResolvedCharge, ValidatedEvent, Window,
 };
 use crate::meter::Meter;
-use crate::refdata::{Plan, RefKind, RefTables, RefTrigger, Subscription};
+use crate::refdata::{Customer, Plan, RefKind, RefTables, RefTrigger, Subscription};
 
 use super::reason;
 
@@ -334,16 +334,7 @@ pub fn resolve(
 ) -> Result<EnrichedEvent, ParkReason> {
     let customer_id = event.subject.as_str();
     let time = event.time;
-
-    for measure in &event.measures {
-        if !meters.contains_key(&measure.meter) {
-            return Err(ParkReason::UnknownMeter {
-                customer: customer_id.to_owned(),
-                meter: measure.meter.clone(),
-            });
-        }
-    }
-
+    check_meters_known(event, meters)?;
     let customer = tables
         .customer(customer_id)
         .ok_or_else(|| ParkReason::UnknownCustomer {
@@ -367,33 +358,103 @@ pub fn resolve(
 
     let chosen = choose_subscription(customer_id, time, &candidates, &measured, &candidate_plans)?;
     let subscription = chosen.subscription;
-    let park_context = || {
-        (
-            customer_id.to_owned(),
-            subscription.id.clone(),
-            candidate_plans.clone(),
-        )
+    let park = ParkContext {
+        customer: customer_id,
+        subscription,
+        candidate_plans: &candidate_plans,
     };
+    let plan = chosen_plan(chosen.plan, &park, time)?;
+    let charges = resolve_charges(event, plan, meters, &park)?;
+    check_currency(plan, &park)?;
+    let (billing_period, local_day) = windows(subscription, time).map_err(|error| {
+        let (customer, subscription_id, candidate_plans) = park.owned();
+        ParkReason::NoBillingPeriod {
+            customer,
+            subscription: subscription_id,
+            message: error.to_string(),
+            candidate_plans,
+        }
+    })?;
+    Ok(enriched_event(
+        event,
+        customer,
+        subscription,
+        plan,
+        (billing_period, local_day),
+        charges,
+    ))
+}
 
-    let plan = chosen.plan.map_err(|problem| {
-        let (customer, subscription_id, candidate_plans) = park_context();
+/// Every measured meter must be in the catalog.
+#[allow(clippy::result_large_err)]
+fn check_meters_known(event: &ValidatedEvent, meters: &MeterCatalog) -> Result<(), ParkReason> {
+    for measure in &event.measures {
+        if !meters.contains_key(&measure.meter) {
+            return Err(ParkReason::UnknownMeter {
+                customer: event.subject.clone(),
+                meter: measure.meter.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a park after the subscription is chosen names: the customer, the
+/// subscription, the plans of every candidate.
+struct ParkContext<'a> {
+    customer: &'a str,
+    subscription: &'a Subscription,
+    candidate_plans: &'a [String],
+}
+
+impl ParkContext<'_> {
+    /// (customer, subscription id, candidate plans), owned for a ParkReason.
+    fn owned(&self) -> (String, String, Vec<String>) {
+        (
+            self.customer.to_owned(),
+            self.subscription.id.clone(),
+            self.candidate_plans.to_vec(),
+        )
+    }
+}
+
+/// The chosen subscription's plan version in force, or why there is none.
+#[allow(clippy::result_large_err)]
+fn chosen_plan<'a>(
+    plan: Result<&'a Plan, PlanProblem>,
+    park: &ParkContext<'_>,
+    time: DateTime<Utc>,
+) -> Result<&'a Plan, ParkReason> {
+    plan.map_err(|problem| {
+        let (customer, subscription_id, candidate_plans) = park.owned();
         match problem {
             PlanProblem::Unknown => ParkReason::UnknownPlan {
                 customer,
                 subscription: subscription_id,
-                plan: subscription.plan_id.clone(),
+                plan: park.subscription.plan_id.clone(),
                 candidate_plans,
             },
             PlanProblem::NoVersion => ParkReason::NoPlanVersion {
                 customer,
                 subscription: subscription_id,
-                plan: subscription.plan_id.clone(),
+                plan: park.subscription.plan_id.clone(),
                 time,
                 candidate_plans,
             },
         }
-    })?;
+    })
+}
 
+/// One charge per measure, in the measures' order: the subscription's
+/// override, else the plan's charge; a meter neither prices parks the event.
+#[allow(clippy::result_large_err)]
+fn resolve_charges(
+    event: &ValidatedEvent,
+    plan: &Plan,
+    meters: &MeterCatalog,
+    park: &ParkContext<'_>,
+) -> Result<Vec<ResolvedCharge>, ParkReason> {
+    let subscription = park.subscription;
     let mut charges = Vec::with_capacity(event.measures.len());
     for measure in &event.measures {
         let (charge, source) = match subscription.price_overrides.get(&measure.meter) {
@@ -401,7 +462,7 @@ pub fn resolve(
             None => match plan.charge(&measure.meter) {
                 Some(plan_charge) => (plan_charge.model.clone(), ChargeSource::Plan),
                 None => {
-                    let (customer, subscription_id, candidate_plans) = park_context();
+                    let (customer, subscription_id, candidate_plans) = park.owned();
                     return Err(ParkReason::NoChargeForMeter {
                         customer,
                         subscription: subscription_id,
@@ -417,7 +478,7 @@ pub fn resolve(
         let meter = meters
             .get(&measure.meter)
             .ok_or_else(|| ParkReason::UnknownMeter {
-                customer: customer_id.to_owned(),
+                customer: park.customer.to_owned(),
                 meter: measure.meter.clone(),
             })?;
         charges.push(ResolvedCharge {
@@ -435,31 +496,38 @@ pub fn resolve(
                 .map(|conversion| conversion.unit.clone()),
         });
     }
+    Ok(charges)
+}
 
-    if plan.currency != subscription.currency {
-        let (customer, subscription_id, candidate_plans) = park_context();
-        return Err(ParkReason::CurrencyMismatch {
-            customer,
-            subscription: subscription_id,
-            subscription_currency: subscription.currency.clone(),
-            plan: plan.id.clone(),
-            version: plan.version,
-            plan_currency: plan.currency.clone(),
-            candidate_plans,
-        });
+/// The plan must bill in the subscription's currency.
+#[allow(clippy::result_large_err)]
+fn check_currency(plan: &Plan, park: &ParkContext<'_>) -> Result<(), ParkReason> {
+    let subscription = park.subscription;
+    if plan.currency == subscription.currency {
+        return Ok(());
     }
+    let (customer, subscription_id, candidate_plans) = park.owned();
+    Err(ParkReason::CurrencyMismatch {
+        customer,
+        subscription: subscription_id,
+        subscription_currency: subscription.currency.clone(),
+        plan: plan.id.clone(),
+        version: plan.version,
+        plan_currency: plan.currency.clone(),
+        candidate_plans,
+    })
+}
 
-    let (billing_period, local_day) = windows(subscription, time).map_err(|error| {
-        let (customer, subscription_id, candidate_plans) = park_context();
-        ParkReason::NoBillingPeriod {
-            customer,
-            subscription: subscription_id,
-            message: error.to_string(),
-            candidate_plans,
-        }
-    })?;
-
-    Ok(EnrichedEvent {
+/// The enriched event, once every part is resolved.
+fn enriched_event(
+    event: &ValidatedEvent,
+    customer: &Customer,
+    subscription: &Subscription,
+    plan: &Plan,
+    (billing_period, local_day): (Window, Window),
+    charges: Vec<ResolvedCharge>,
+) -> EnrichedEvent {
+    EnrichedEvent {
         event: event.clone(),
         customer: CustomerInfo {
             id: customer.id.clone(),
@@ -482,7 +550,7 @@ pub fn resolve(
         minimum_commitment: subscription.minimum_commitment,
         base_fee: plan.base_fee,
         charges,
-    })
+    }
 }
 
 fn plan_in_force<'a>(

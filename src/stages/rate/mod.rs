@@ -62,7 +62,7 @@ pub mod reason;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
-use crate::contracts::{EnrichedEvent, RatedMeasure, RatedOut};
+use crate::contracts::{EnrichedEvent, Measure, RatedMeasure, RatedOut, ResolvedCharge};
 use crate::meter::Aggregation;
 use crate::rating::{Observation, RatingError, SegmentState};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
@@ -270,115 +270,25 @@ impl Processor for RateProcessor {
             }
             .into());
         }
-        let event = &enriched.event;
-        // Computed in full before anything is stored, so a measure that
-        // fails leaves no trace of the others. The maps also make two
-        // measures of one segment in one event see each other.
-        let mut states: BTreeMap<String, SegmentState> = BTreeMap::new();
-        let mut members: BTreeSet<(String, String)> = BTreeSet::new();
-        // Segments this event starts: they get an expiry index entry.
-        let mut created: BTreeSet<String> = BTreeSet::new();
-        let mut measures = Vec::with_capacity(event.measures.len());
-        for (measure, charge) in event.measures.iter().zip(&enriched.charges) {
-            let meter = || measure.meter.clone();
-            let key = enriched.rating_segment_key(measure);
-            let id = enriched.rating_segment_id(measure);
-            let mut state = match states.remove(&id) {
-                Some(s) => s,
-                None => match ctx.stores.get(SEGMENTS, &segment_key(&id))? {
-                    Some(b) => serde_json::from_slice(&b).map_err(|e| {
-                        StageError::Fatal(format!("segment {key}: stored state is corrupt: {e}"))
-                    })?,
-                    None => {
-                        created.insert(id.clone());
-                        SegmentState::new(charge.aggregation)
-                    }
-                },
-            };
-            let value = || {
-                measure.value.ok_or_else(|| RateError::MissingValue {
-                    meter: meter(),
-                    aggregation: charge.aggregation,
-                })
-            };
-            let mut new_member = None;
-            let observation = match charge.aggregation {
-                Aggregation::Sum | Aggregation::Max => Observation::value(value()?),
-                Aggregation::Count => Observation::Occurrence,
-                Aggregation::Latest => Observation::latest_at(
-                    value()?,
-                    event.time,
-                    format!("{}{LATEST_KEY_SEPARATOR}{}", event.id, event.source),
-                ),
-                Aggregation::UniqueCount => {
-                    let v = measure
-                        .unique_value
-                        .clone()
-                        .ok_or_else(|| RateError::MissingUniqueValue { meter: meter() })?;
-                    let member = (id.clone(), v);
-                    let is_new = !members.contains(&member)
-                        && ctx
-                            .stores
-                            .get(SEGMENTS, &member_key(&member.0, &member.1))?
-                            .is_none();
-                    if is_new {
-                        new_member = Some(member);
-                    }
-                    Observation::distinct(is_new)
-                }
-            };
-            let rating = |source| RateError::Rating {
-                meter: meter(),
-                source,
-            };
-            let change = state.observe(observation).map_err(rating)?;
-            let amount = charge.charge.marginal(&change).map_err(rating)?;
-            let delta = change.delta().map_err(rating)?;
-            measures.push(RatedMeasure {
-                meter: meter(),
-                segment_key: key,
-                segment_id: id.clone(),
-                plan_version: enriched.plan_version,
-                aggregation: state.aggregation(),
-                quantity_before: change.before,
-                quantity_after: change.after,
-                marginal_quantity: delta,
-                marginal_amount: amount,
-            });
-            members.extend(new_member);
-            states.insert(id, state);
-        }
+        let rating = EventRating::compute(&enriched, ctx)?;
+        rating.store(ctx, period_end_ms)?;
+        record_rated_step(rec, &enriched, &rating.measures, ctx)?;
+        ctx.emit(self.rated_output(rec, &enriched, &rating.measures)?);
+        Ok(())
+    }
+}
 
-        for (id, state) in &states {
-            let bytes = serde_json::to_vec(state)
-                .map_err(|e| StageError::Fatal(format!("encoding segment state: {e}")))?;
-            ctx.stores.put(SEGMENTS, segment_key(id), bytes);
-        }
-        for (id, value) in &members {
-            ctx.stores.put(SEGMENTS, member_key(id, value), Vec::new());
-        }
-        for id in &created {
-            ctx.stores
-                .put(SEGMENTS, expiry_key(period_end_ms, id), Vec::new());
-        }
-        let detail = serde_json::to_value(&measures)
-            .map_err(|e| StageError::Fatal(format!("serializing lineage: {e}")))?;
-        crate::lineage::record_step(
-            ctx,
-            LINEAGE,
-            &event.source,
-            &event.id,
-            crate::lineage::Step {
-                outcome: "rated".into(),
-                partition: rec.partition,
-                offset: rec.offset,
-                reason: None,
-                detail: serde_json::json!({ "measures": detail }),
-            },
-            ctx.now_ms,
-        )?;
-        // The enriched event goes out as received, byte for byte: no second
-        // serialization of the largest part of the record.
+impl RateProcessor {
+    /// The rated event: the enriched input as received, byte for byte (no
+    /// second serialization of the largest part of the record), with the
+    /// rated measures, keyed by customer.
+    fn rated_output(
+        &self,
+        rec: &InputRecord<'_>,
+        enriched: &EnrichedEvent,
+        measures: &[RatedMeasure],
+    ) -> Result<Output, StageError> {
+        let event = &enriched.event;
         let raw: &serde_json::value::RawValue =
             serde_json::from_slice(rec.value.unwrap_or_default())
                 .map_err(|e| StageError::Fatal(format!("re-reading the input: {e}")))?;
@@ -386,18 +296,195 @@ impl Processor for RateProcessor {
             source: &event.source,
             id: &event.id,
             customer_id: &enriched.customer.id,
-            measures: &measures,
+            measures,
             enriched: raw,
         })
         .map_err(|e| StageError::Fatal(format!("serializing a rated event: {e}")))?;
-        ctx.emit(Output {
+        Ok(Output {
             topic: self.rated_topic.clone(),
             key: Some(enriched.customer.id.clone().into_bytes()),
             value: Some(value),
             headers: Vec::new(),
             partition: None,
             timestamp_ms: None,
+        })
+    }
+}
+
+/// The event's lineage step: rated, with its measures.
+fn record_rated_step(
+    rec: &InputRecord<'_>,
+    enriched: &EnrichedEvent,
+    measures: &[RatedMeasure],
+    ctx: &mut Ctx<'_>,
+) -> Result<(), StageError> {
+    let event = &enriched.event;
+    let detail = serde_json::to_value(measures)
+        .map_err(|e| StageError::Fatal(format!("serializing lineage: {e}")))?;
+    crate::lineage::record_step(
+        ctx,
+        LINEAGE,
+        &event.source,
+        &event.id,
+        crate::lineage::Step {
+            outcome: "rated".into(),
+            partition: rec.partition,
+            offset: rec.offset,
+            reason: None,
+            detail: serde_json::json!({ "measures": detail }),
+        },
+        ctx.now_ms,
+    )?;
+    Ok(())
+}
+
+/// What rating one event computes, in full before anything is stored, so a
+/// measure that fails leaves no trace of the others. The maps also make two
+/// measures of one segment in one event see each other.
+#[derive(Default)]
+struct EventRating {
+    /// Segment states after the event, by segment id.
+    states: BTreeMap<String, SegmentState>,
+    /// Unique-count members (segment id, value) the event adds.
+    members: BTreeSet<(String, String)>,
+    /// Segments this event starts: they get an expiry index entry.
+    created: BTreeSet<String>,
+    /// One per measure, in the event's order.
+    measures: Vec<RatedMeasure>,
+}
+
+impl EventRating {
+    fn compute(enriched: &EnrichedEvent, ctx: &mut Ctx<'_>) -> Result<Self, StageError> {
+        let mut rating = EventRating {
+            measures: Vec::with_capacity(enriched.event.measures.len()),
+            ..EventRating::default()
+        };
+        for (measure, charge) in enriched.event.measures.iter().zip(&enriched.charges) {
+            rating.rate_measure(enriched, measure, charge, ctx)?;
+        }
+        Ok(rating)
+    }
+
+    fn rate_measure(
+        &mut self,
+        enriched: &EnrichedEvent,
+        measure: &Measure,
+        charge: &ResolvedCharge,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), StageError> {
+        let meter = || measure.meter.clone();
+        let key = enriched.rating_segment_key(measure);
+        let id = enriched.rating_segment_id(measure);
+        let mut state = self.segment_state(&id, &key, charge, ctx)?;
+        let (observation, new_member) = self.observation(enriched, measure, charge, &id, ctx)?;
+        let rating = |source| RateError::Rating {
+            meter: meter(),
+            source,
+        };
+        let change = state.observe(observation).map_err(rating)?;
+        let amount = charge.charge.marginal(&change).map_err(rating)?;
+        let delta = change.delta().map_err(rating)?;
+        self.measures.push(RatedMeasure {
+            meter: meter(),
+            segment_key: key,
+            segment_id: id.clone(),
+            plan_version: enriched.plan_version,
+            aggregation: state.aggregation(),
+            quantity_before: change.before,
+            quantity_after: change.after,
+            marginal_quantity: delta,
+            marginal_amount: amount,
         });
+        self.members.extend(new_member);
+        self.states.insert(id, state);
+        Ok(())
+    }
+
+    /// The segment's state before this measure: as an earlier measure of the
+    /// event left it, else as stored, else new (and created by this event).
+    fn segment_state(
+        &mut self,
+        id: &str,
+        key: &str,
+        charge: &ResolvedCharge,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<SegmentState, StageError> {
+        if let Some(s) = self.states.remove(id) {
+            return Ok(s);
+        }
+        match ctx.stores.get(SEGMENTS, &segment_key(id))? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                StageError::Fatal(format!("segment {key}: stored state is corrupt: {e}"))
+            }),
+            None => {
+                self.created.insert(id.to_string());
+                Ok(SegmentState::new(charge.aggregation))
+            }
+        }
+    }
+
+    /// What the measure observes in its segment, by aggregation, and the
+    /// unique-count member it adds, if any.
+    fn observation(
+        &self,
+        enriched: &EnrichedEvent,
+        measure: &Measure,
+        charge: &ResolvedCharge,
+        id: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(Observation, Option<(String, String)>), StageError> {
+        let event = &enriched.event;
+        let meter = || measure.meter.clone();
+        let value = || {
+            measure.value.ok_or_else(|| RateError::MissingValue {
+                meter: meter(),
+                aggregation: charge.aggregation,
+            })
+        };
+        let mut new_member = None;
+        let observation = match charge.aggregation {
+            Aggregation::Sum | Aggregation::Max => Observation::value(value()?),
+            Aggregation::Count => Observation::Occurrence,
+            Aggregation::Latest => Observation::latest_at(
+                value()?,
+                event.time,
+                format!("{}{LATEST_KEY_SEPARATOR}{}", event.id, event.source),
+            ),
+            Aggregation::UniqueCount => {
+                let v = measure
+                    .unique_value
+                    .clone()
+                    .ok_or_else(|| RateError::MissingUniqueValue { meter: meter() })?;
+                let member = (id.to_string(), v);
+                let is_new = !self.members.contains(&member)
+                    && ctx
+                        .stores
+                        .get(SEGMENTS, &member_key(&member.0, &member.1))?
+                        .is_none();
+                if is_new {
+                    new_member = Some(member);
+                }
+                Observation::distinct(is_new)
+            }
+        };
+        Ok((observation, new_member))
+    }
+
+    /// Writes the segment states, the new members and the expiry index
+    /// entries of the segments the event started.
+    fn store(&self, ctx: &mut Ctx<'_>, period_end_ms: i64) -> Result<(), StageError> {
+        for (id, state) in &self.states {
+            let bytes = serde_json::to_vec(state)
+                .map_err(|e| StageError::Fatal(format!("encoding segment state: {e}")))?;
+            ctx.stores.put(SEGMENTS, segment_key(id), bytes);
+        }
+        for (id, value) in &self.members {
+            ctx.stores.put(SEGMENTS, member_key(id, value), Vec::new());
+        }
+        for id in &self.created {
+            ctx.stores
+                .put(SEGMENTS, expiry_key(period_end_ms, id), Vec::new());
+        }
         Ok(())
     }
 }

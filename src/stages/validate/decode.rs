@@ -580,6 +580,7 @@ impl<'s> Converter<'s> {
         }
     }
 
+    /// JSON for one Avro value under its writer schema (None: unknown).
     fn convert(
         &self,
         value: &AvroValue,
@@ -612,94 +613,15 @@ impl<'s> Converter<'s> {
             AvroValue::String(text) => Value::String(text.clone()),
             AvroValue::Enum(_, symbol) => Value::String(symbol.clone()),
             AvroValue::Uuid(uuid) => Value::String(uuid.to_string()),
-            AvroValue::Union(index, inner) => {
-                let branch = match schema {
-                    Some(Schema::Union(union)) => usize::try_from(*index)
-                        .ok()
-                        .and_then(|i| union.variants().get(i)),
-                    _ => None,
-                };
-                self.convert(inner, branch, next)?
-            }
-            AvroValue::Array(items) => {
-                let item_schema = match schema {
-                    Some(Schema::Array(array)) => Some(array.items.as_ref()),
-                    _ => None,
-                };
-                Value::Array(
-                    items
-                        .iter()
-                        .map(|item| self.convert(item, item_schema, next))
-                        .collect::<Result<_, _>>()?,
-                )
-            }
-            AvroValue::Map(entries) => {
-                let value_schema = match schema {
-                    Some(Schema::Map(map)) => Some(map.types.as_ref()),
-                    _ => None,
-                };
-                let mut object = Map::new();
-                for (key, entry) in entries {
-                    object.insert(key.clone(), self.convert(entry, value_schema, next)?);
-                }
-                Value::Object(object)
-            }
-            AvroValue::Record(fields) => {
-                let record_schema = match schema {
-                    Some(Schema::Record(record)) => Some(record),
-                    _ => None,
-                };
-                let mut object = Map::new();
-                for (name, field) in fields {
-                    let field_schema = record_schema
-                        .and_then(|record| record.lookup.get(name))
-                        .and_then(|index| {
-                            record_schema.and_then(|record| record.fields.get(*index))
-                        })
-                        .map(|field| &field.schema);
-                    object.insert(name.clone(), self.convert(field, field_schema, next)?);
-                }
-                Value::Object(object)
-            }
-            AvroValue::Decimal(decimal) => {
-                let scale = match schema {
-                    Some(Schema::Decimal(decimal_schema)) => decimal_schema.scale,
-                    _ => {
-                        return Err(
-                            "decimal value without its writer schema: the scale is unknown"
-                                .to_owned(),
-                        )
-                    }
-                };
-                let bytes =
-                    Vec::<u8>::try_from(decimal).map_err(|err| format!("decimal bytes: {err}"))?;
-                Value::String(decimal_text(&bytes, scale)?)
-            }
+            AvroValue::Union(index, inner) => self.convert_union(*index, inner, schema, next)?,
+            AvroValue::Array(items) => self.convert_array(items, schema, next)?,
+            AvroValue::Map(entries) => self.convert_map(entries, schema, next)?,
+            AvroValue::Record(fields) => self.convert_record(fields, schema, next)?,
+            AvroValue::Decimal(decimal) => decimal_json(decimal, schema)?,
             AvroValue::BigDecimal(decimal) => Value::String(decimal.to_string()),
-            AvroValue::Date(days) => {
-                let date = DateTime::from_timestamp(i64::from(*days) * SECONDS_PER_DAY, 0)
-                    .ok_or_else(|| format!("date {days} is out of range"))?;
-                Value::String(date.format("%Y-%m-%d").to_string())
-            }
-            AvroValue::TimeMillis(millis) => {
-                let millis = u32::try_from(*millis)
-                    .map_err(|_| format!("time-millis {millis} is negative"))?;
-                let time = NaiveTime::from_num_seconds_from_midnight_opt(
-                    millis / 1_000,
-                    (millis % 1_000) * 1_000_000,
-                )
-                .ok_or_else(|| format!("time-millis {millis} is out of range"))?;
-                Value::String(time.format("%H:%M:%S%.3f").to_string())
-            }
-            AvroValue::TimeMicros(micros) => {
-                let out_of_range = || format!("time-micros {micros} is out of range");
-                let seconds = u32::try_from(micros / 1_000_000).map_err(|_| out_of_range())?;
-                let nanos =
-                    u32::try_from((micros % 1_000_000) * 1_000).map_err(|_| out_of_range())?;
-                let time = NaiveTime::from_num_seconds_from_midnight_opt(seconds, nanos)
-                    .ok_or_else(out_of_range)?;
-                Value::String(time.format("%H:%M:%S%.6f").to_string())
-            }
+            AvroValue::Date(days) => date_json(*days)?,
+            AvroValue::TimeMillis(millis) => time_millis_json(*millis)?,
+            AvroValue::TimeMicros(micros) => time_micros_json(*micros)?,
             AvroValue::TimestampMillis(millis) => Value::String(rfc3339_utc::format(
                 &DateTime::from_timestamp_millis(*millis)
                     .ok_or_else(|| format!("timestamp-millis {millis} is out of range"))?,
@@ -726,24 +648,139 @@ impl<'s> Converter<'s> {
                 "local-timestamp-nanos",
                 *nanos,
             )?,
-            AvroValue::Duration(duration) => {
-                let mut object = Map::new();
-                object.insert(
-                    "months".to_owned(),
-                    Value::Number(u32::from(duration.months()).into()),
-                );
-                object.insert(
-                    "days".to_owned(),
-                    Value::Number(u32::from(duration.days()).into()),
-                );
-                object.insert(
-                    "millis".to_owned(),
-                    Value::Number(u32::from(duration.millis()).into()),
-                );
-                Value::Object(object)
-            }
+            AvroValue::Duration(duration) => duration_json(duration),
         })
     }
+
+    /// The chosen branch of a union, under its branch schema when known.
+    fn convert_union(
+        &self,
+        index: u32,
+        inner: &AvroValue,
+        schema: Option<&Schema>,
+        next: usize,
+    ) -> Result<Value, String> {
+        let branch = match schema {
+            Some(Schema::Union(union)) => usize::try_from(index)
+                .ok()
+                .and_then(|i| union.variants().get(i)),
+            _ => None,
+        };
+        self.convert(inner, branch, next)
+    }
+
+    fn convert_array(
+        &self,
+        items: &[AvroValue],
+        schema: Option<&Schema>,
+        next: usize,
+    ) -> Result<Value, String> {
+        let item_schema = match schema {
+            Some(Schema::Array(array)) => Some(array.items.as_ref()),
+            _ => None,
+        };
+        Ok(Value::Array(
+            items
+                .iter()
+                .map(|item| self.convert(item, item_schema, next))
+                .collect::<Result<_, _>>()?,
+        ))
+    }
+
+    fn convert_map(
+        &self,
+        entries: &std::collections::HashMap<String, AvroValue>,
+        schema: Option<&Schema>,
+        next: usize,
+    ) -> Result<Value, String> {
+        let value_schema = match schema {
+            Some(Schema::Map(map)) => Some(map.types.as_ref()),
+            _ => None,
+        };
+        let mut object = Map::new();
+        for (key, entry) in entries {
+            object.insert(key.clone(), self.convert(entry, value_schema, next)?);
+        }
+        Ok(Value::Object(object))
+    }
+
+    /// A record's fields, each under its field schema when known.
+    fn convert_record(
+        &self,
+        fields: &[(String, AvroValue)],
+        schema: Option<&Schema>,
+        next: usize,
+    ) -> Result<Value, String> {
+        let record_schema = match schema {
+            Some(Schema::Record(record)) => Some(record),
+            _ => None,
+        };
+        let mut object = Map::new();
+        for (name, field) in fields {
+            let field_schema = record_schema
+                .and_then(|record| record.lookup.get(name))
+                .and_then(|index| record_schema.and_then(|record| record.fields.get(*index)))
+                .map(|field| &field.schema);
+            object.insert(name.clone(), self.convert(field, field_schema, next)?);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// A decimal as exact text: its scale comes from the writer schema.
+fn decimal_json(decimal: &apache_avro::Decimal, schema: Option<&Schema>) -> Result<Value, String> {
+    let scale = match schema {
+        Some(Schema::Decimal(decimal_schema)) => decimal_schema.scale,
+        _ => {
+            return Err("decimal value without its writer schema: the scale is unknown".to_owned())
+        }
+    };
+    let bytes = Vec::<u8>::try_from(decimal).map_err(|err| format!("decimal bytes: {err}"))?;
+    Ok(Value::String(decimal_text(&bytes, scale)?))
+}
+
+/// A date (days since the epoch) as `YYYY-MM-DD`.
+fn date_json(days: i32) -> Result<Value, String> {
+    let date = DateTime::from_timestamp(i64::from(days) * SECONDS_PER_DAY, 0)
+        .ok_or_else(|| format!("date {days} is out of range"))?;
+    Ok(Value::String(date.format("%Y-%m-%d").to_string()))
+}
+
+/// A time-millis as `HH:MM:SS.mmm`.
+fn time_millis_json(millis: i32) -> Result<Value, String> {
+    let millis = u32::try_from(millis).map_err(|_| format!("time-millis {millis} is negative"))?;
+    let time =
+        NaiveTime::from_num_seconds_from_midnight_opt(millis / 1_000, (millis % 1_000) * 1_000_000)
+            .ok_or_else(|| format!("time-millis {millis} is out of range"))?;
+    Ok(Value::String(time.format("%H:%M:%S%.3f").to_string()))
+}
+
+/// A time-micros as `HH:MM:SS.uuuuuu`.
+fn time_micros_json(micros: i64) -> Result<Value, String> {
+    let out_of_range = || format!("time-micros {micros} is out of range");
+    let seconds = u32::try_from(micros / 1_000_000).map_err(|_| out_of_range())?;
+    let nanos = u32::try_from((micros % 1_000_000) * 1_000).map_err(|_| out_of_range())?;
+    let time =
+        NaiveTime::from_num_seconds_from_midnight_opt(seconds, nanos).ok_or_else(out_of_range)?;
+    Ok(Value::String(time.format("%H:%M:%S%.6f").to_string()))
+}
+
+/// A duration as `{months, days, millis}`.
+fn duration_json(duration: &apache_avro::Duration) -> Value {
+    let mut object = Map::new();
+    object.insert(
+        "months".to_owned(),
+        Value::Number(u32::from(duration.months()).into()),
+    );
+    object.insert(
+        "days".to_owned(),
+        Value::Number(u32::from(duration.days()).into()),
+    );
+    object.insert(
+        "millis".to_owned(),
+        Value::Number(u32::from(duration.millis()).into()),
+    );
+    Value::Object(object)
 }
 
 const SECONDS_PER_DAY: i64 = 86_400;
