@@ -49,7 +49,6 @@ impl Processor for Counting {
             value: Some(format!("{}", seen + 1).into_bytes()),
             headers: vec![],
             partition: None,
-            timestamp_ms: None,
         });
         Ok(())
     }

@@ -195,7 +195,6 @@ pub fn dead_letter(
         partition: Some(rec.partition.rem_euclid(dlq_partitions.max(1))),
         // Stamped when dead-lettered (append time); the original record's
         // timestamp is in `meterline.original.timestamp`.
-        timestamp_ms: None,
     }
 }
 
@@ -239,8 +238,7 @@ mod tests {
             Some(&b"42"[..])
         );
         assert_eq!(attempt_of(&out.headers), 1);
-        // Stamped when written, the original time kept in a header.
-        assert_eq!(out.timestamp_ms, None);
+        // The original time is kept in a header (the record is stamped when written).
         assert_eq!(
             last_header(&out.headers, headers::ORIGINAL_TIMESTAMP),
             Some(&b"1700000000000"[..])

@@ -98,10 +98,9 @@ pub struct Output {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// None: by key (murmur2, as Java clients do).
     pub partition: Option<i32>,
-    /// Not written: every record is stamped when it is produced (append time
-    /// on meterline's topics, DESIGN.md), never with its input's timestamp,
-    /// so retention cannot delete it early. Set it to None.
-    pub timestamp_ms: Option<i64>,
+    // No timestamp: every record is stamped when it is produced (append time
+    // on meterline's topics, DESIGN.md), never with its input's timestamp,
+    // so retention cannot delete it early.
 }
 
 /// What a processor can say went wrong with a record.
@@ -967,7 +966,6 @@ impl<P: Processor> Engine<P> {
                         value: v.clone(),
                         headers: vec![],
                         partition: Some(*p),
-                        timestamp_ms: None,
                     });
                     opaques.push(CHANGELOG_TAG | (sid << 24) | (*p as usize & PARTITION_MASK));
                 }
@@ -1509,7 +1507,7 @@ fn run_loop<P: Processor>(
         engine.poll_tables().map_err(fatal)?;
         if last_punctuate.elapsed() >= Duration::from_millis(PUNCTUATE_INTERVAL_MS) {
             last_punctuate = Instant::now();
-            let now_ms = chrono::Utc::now().timestamp_millis();
+            let now_ms = wall_clock_ms();
             if let Err(e) = engine.punctuate(now_ms) {
                 engine.handle(e, consumer);
             }

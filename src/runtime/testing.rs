@@ -229,7 +229,6 @@ mod tests {
                 value: Some(value.clone()),
                 headers: Vec::new(),
                 partition: None,
-                timestamp_ms: None,
             });
             if value == b"bad" {
                 return Err(StageError::Reject {

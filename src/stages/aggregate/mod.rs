@@ -484,7 +484,6 @@ impl AggregateProcessor {
             headers: Vec::new(),
             partition: None,
             // The runtime stamps nothing: the broker's append time.
-            timestamp_ms: None,
         });
         Ok(())
     }

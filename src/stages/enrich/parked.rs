@@ -61,8 +61,9 @@ pub(super) struct ParkedMeta {
     pub(super) message: String,
     /// Wall-clock time the event was first parked (ms since the epoch).
     pub(super) first_parked_ms: i64,
-    /// Timestamp of the input record, given to the enriched record when the
-    /// event is re-emitted.
+    /// Timestamp of the input record. Kept in the store's format for what is
+    /// already parked; no longer read (every output is stamped when it is
+    /// written, append time).
     pub(super) input_timestamp_ms: Option<i64>,
     #[serde(default)]
     pub(super) at_risk: Option<AtRisk>,

@@ -175,11 +175,7 @@ impl Enricher {
         out
     }
 
-    pub(super) fn enriched_output(
-        &self,
-        enriched: &EnrichedEvent,
-        timestamp_ms: Option<i64>,
-    ) -> Result<Output, StageError> {
+    pub(super) fn enriched_output(&self, enriched: &EnrichedEvent) -> Result<Output, StageError> {
         let value = enriched
             .to_json_bytes()
             .map_err(|e| StageError::Fatal(format!("serializing an enriched event: {e}")))?;
@@ -189,7 +185,6 @@ impl Enricher {
             value: Some(value),
             headers: Vec::new(),
             partition: None,
-            timestamp_ms,
         })
     }
 
@@ -256,7 +251,7 @@ impl Enricher {
                 };
                 lineage::count(ctx, COUNTERS, &day, arrived.into_iter().chain([outcome]))?;
                 self.note_enriched(ctx, &enriched, rec.partition, rec.offset, healed)?;
-                let out = self.enriched_output(&enriched, rec.timestamp_ms)?;
+                let out = self.enriched_output(&enriched)?;
                 ctx.emit(out);
             }
             Err(reason) => {

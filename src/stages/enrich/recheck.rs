@@ -107,7 +107,7 @@ impl Enricher {
                 // Not from an input record (offset -1): healed by reference data.
                 let partition = ctx.partition;
                 self.note_enriched(ctx, &enriched, partition, -1, true)?;
-                let out = self.enriched_output(&enriched, entry.meta.input_timestamp_ms)?;
+                let out = self.enriched_output(&enriched)?;
                 ctx.emit(out);
                 ParkedEventReemitted {
                     ids: &ids,

@@ -596,7 +596,6 @@ impl Processor for PostProcessor {
                 value: Some(value),
                 headers: Vec::new(),
                 partition: None,
-                timestamp_ms: None,
             });
         }
         Ok(())

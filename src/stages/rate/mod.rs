@@ -306,7 +306,6 @@ impl RateProcessor {
             value: Some(value),
             headers: Vec::new(),
             partition: None,
-            timestamp_ms: None,
         })
     }
 }
@@ -622,8 +621,6 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "x.usage.rated");
         assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
-        // Stamped when written, not with the input's timestamp (42).
-        assert_eq!(out[0].timestamp_ms, None);
         RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap()
     }
 

@@ -224,7 +224,6 @@ impl Processor for ValidateProcessor {
             value: Some(value),
             headers: Vec::new(),
             partition: None,
-            timestamp_ms: rec.timestamp_ms,
         });
         Ok(())
     }
