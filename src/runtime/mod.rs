@@ -107,9 +107,10 @@ pub struct Output {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StageError {
     /// Bad input: the record goes to the stage's dead-letter topic with this
-    /// stable reason code. Whatever the processor wrote or emitted for the
-    /// record is dropped (a store savepoint per record, see
-    /// [`process_atomically`]).
+    /// stable reason code. Its store writes and outputs for the record are
+    /// dropped (a store savepoint per record, see [`process_atomically`]); a
+    /// cache the processor keeps in memory is its own to leave untouched
+    /// before it rejects.
     #[error("{code}: {message}")]
     Reject { code: &'static str, message: String },
     /// A dependency is unavailable (schema registry down, ...): abort, rewind,
