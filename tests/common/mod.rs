@@ -288,6 +288,9 @@ pub fn read_all(topic: &str, read_committed: bool) -> Vec<Rec> {
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
             }
+            // librdkafka reports a dropped connection and reconnects by
+            // itself: keep reading (the loop is bounded by its timeout).
+            Some(Err(e)) if transient(&e) => {}
             Some(Err(e)) => panic!("read {topic}: {e}"),
             Some(Ok(m)) => out.push(Rec {
                 partition: m.partition(),
@@ -300,6 +303,18 @@ pub fn read_all(topic: &str, read_committed: bool) -> Vec<Rec> {
         }
     }
     out
+}
+
+/// A client error librdkafka recovers from by itself (a connection to the
+/// broker dropped and being re-established).
+fn transient(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+        )
+    )
 }
 
 /// Waits until `f` (reading topics) says the expected state is reached.
