@@ -2,13 +2,15 @@
 //! CPU and memory of
 //!
 //! * P: a passthrough chain of five consume -> produce hops with meterline's
-//!   own transactional client settings and no work (the ceiling here);
-//! * meterline, all five stages, exactly-once (one process per stage);
+//!   own transactional client settings and no work (the ceiling of the
+//!   five-stage design; meterline's sixth hop, the repartition by identity
+//!   before dedupe, is part of what the ratio measures);
+//! * meterline, all six stages, exactly-once (one process per stage);
 //! * meterline with `runtime.processing_guarantee = "at_least_once"`;
 //! * K: the same topology in Kafka Streams (`benches/kstreams`), when built;
 //!
 //! each on the same seeded input, plus a recovery measurement (SIGKILL of
-//! validate with 1,000,000 keys in its dedupe store). Methods: README,
+//! validate + dedupe with 1,000,000 keys in dedupe's store). Methods: README,
 //! "End-to-end benchmark". Run it with `deploy/local/bench` (builds everything
 //! and starts the broker), or
 //!
@@ -45,7 +47,7 @@ const PARTITIONS: i32 = 6;
 const COMMIT_INTERVAL_MS: u64 = 100;
 /// meterline's `runtime.max_batch_records` default, used by the hops too.
 const MAX_BATCH_RECORDS: usize = 5_000;
-const STAGES: &[&str] = &["validate", "enrich", "rate", "aggregate", "post"];
+const STAGES: &[&str] = &["validate", "dedupe", "enrich", "rate", "aggregate", "post"];
 const HOPS: usize = 5;
 
 fn main() {
@@ -974,16 +976,10 @@ fn env_label(procs: &[Proc], i: usize) -> String {
 }
 
 fn stage_inputs(ns: &str) -> Vec<String> {
-    [
-        "usage.events",
-        "usage.validated",
-        "usage.enriched",
-        "usage.rated",
-        "usage.windows",
-    ]
-    .iter()
-    .map(|t| format!("{ns}{t}"))
-    .collect()
+    meterline::topology::STAGES
+        .iter()
+        .map(|s| format!("{ns}{}", s.input))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -1113,7 +1109,8 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 // ---------------------------------------------------------------------------
-// Recovery: SIGKILL of validate with N keys in its dedupe store.
+// Recovery: SIGKILL of validate + dedupe (one process) with N keys in
+// dedupe's store.
 
 struct Recovery {
     mode: &'static str,
@@ -1122,7 +1119,7 @@ struct Recovery {
     spawn_to_commit_s: Option<f64>,
 }
 
-fn spawn_validate(
+fn spawn_gate(
     env: &Env,
     ns: &str,
     state: &Path,
@@ -1131,7 +1128,7 @@ fn spawn_validate(
     tag: &str,
 ) -> Result<Proc, String> {
     let mut c = env.meterline_cmd(ns);
-    c.args(["run", "--stage", "validate"])
+    c.args(["run", "--stage", "validate", "--stage", "dedupe"])
         .env("METERLINE__RUNTIME__STATE_DIR", state)
         .env("METERLINE__HTTP__LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env(
@@ -1141,7 +1138,7 @@ fn spawn_validate(
         .stdout(Stdio::null())
         .stderr(env.log(&format!("recovery.{tag}")));
     Ok(Proc {
-        label: "meterline validate".into(),
+        label: "meterline validate+dedupe".into(),
         child: c.spawn().map_err(|e| format!("spawn: {e}"))?,
     })
 }
@@ -1151,7 +1148,7 @@ fn commits(port: u16) -> Option<f64> {
     Some(metric_sum(
         &body,
         "meterline_transaction_commits_total",
-        "stage=\"validate\"",
+        "stage=\"dedupe\"",
     ))
 }
 
@@ -1178,18 +1175,23 @@ fn recovery(env: &Env) -> Result<Vec<Recovery>, String> {
         })
         .collect();
     eprintln!(
-        "e2e: recovery: loading {n} events through validate ({} keys)",
+        "e2e: recovery: loading {n} events through validate and dedupe ({} keys)",
         2 * n
     );
     produce(&boot, &input, &events, 0.0)?;
     let group = format!("{ns}meterline.validate");
+    let dedupe_group = format!("{ns}meterline.dedupe");
+    let identified = format!("{ns}usage.identified");
     let mut results = Vec::new();
     let mut port = free_port();
-    let mut p = spawn_validate(env, &ns, &state, port, false, "load")?;
+    let mut p = spawn_gate(env, &ns, &state, port, false, "load")?;
     let t0 = Instant::now();
-    while group_lag(&boot, &group, &input) != Some(0) {
+    // usage.identified is transactional: its last record may be a marker.
+    while group_lag(&boot, &group, &input) != Some(0)
+        || group_lag(&boot, &dedupe_group, &identified).is_none_or(|l| l > 1)
+    {
         if t0.elapsed() > Duration::from_secs(600) {
-            return Err("recovery: validate did not catch up in 600 s".into());
+            return Err("recovery: validate and dedupe did not catch up in 600 s".into());
         }
         if let Ok(Some(s)) = p.child.try_wait() {
             return Err(format!("recovery: validate exited ({s})"));
@@ -1229,7 +1231,7 @@ fn recovery(env: &Env) -> Result<Vec<Recovery>, String> {
             signal(p.child.id(), "-TERM");
             let _ = p.child.wait();
             port = free_port();
-            p = spawn_validate(env, &ns, &state, port, true, "static-warm")?;
+            p = spawn_gate(env, &ns, &state, port, true, "static-warm")?;
             let t = Instant::now();
             while commits(port).unwrap_or(0.0) < 20.0 && t.elapsed() < Duration::from_secs(120) {
                 std::thread::sleep(Duration::from_millis(200));
@@ -1239,7 +1241,7 @@ fn recovery(env: &Env) -> Result<Vec<Recovery>, String> {
         }
         // The store size gauge refreshes every 5 s.
         let keys = http_get(port, "/metrics")
-            .map(|b| metric_sum(&b, "meterline_store_keys", "stage=\"validate\""))
+            .map(|b| metric_sum(&b, "meterline_store_keys", "stage=\"dedupe\""))
             .unwrap_or(0.0);
         std::thread::sleep(Duration::from_millis(300));
         let killed = Instant::now();
@@ -1247,7 +1249,7 @@ fn recovery(env: &Env) -> Result<Vec<Recovery>, String> {
         let _ = p.child.wait();
         port = free_port();
         let spawned = Instant::now();
-        p = spawn_validate(
+        p = spawn_gate(
             env,
             &ns,
             &state,
@@ -1776,6 +1778,8 @@ impl ConsumerContext for HopCtx {}
 // `cargo test --benches`: quick checks of the measurement code, no broker.
 
 fn self_check() {
+    let names: Vec<&str> = meterline::topology::STAGES.iter().map(|s| s.name).collect();
+    assert_eq!(STAGES, names.as_slice(), "STAGES: the pipeline's stages");
     // The trigger of a window: first event on the partition whose running
     // max event time reaches end + grace.
     let events: Vec<Event> = [(10, "a"), (30, "b"), (20, "a"), (40, "a")]

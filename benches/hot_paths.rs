@@ -46,6 +46,7 @@ use meterline::rating::{ChargeModel, Observation, SegmentState, Tier};
 use meterline::refdata::GlAccounts;
 use meterline::runtime::{Ctx, InputRecord, Output, Processor};
 use meterline::stages::aggregate::AggregateProcessor;
+use meterline::stages::dedupe::DedupeProcessor;
 use meterline::stages::post::{post_window, PostProcessor};
 use meterline::stages::rate::RateProcessor;
 use meterline::stages::validate::decode::{
@@ -135,14 +136,17 @@ fn rate_processor(cfg: &Config) -> RateProcessor {
     RateProcessor::new(cfg)
 }
 
+/// Stores per partition: as many as the stage with the most has (dedupe).
+const STORES_PER_PARTITION: usize = 4;
+
 fn mem_stores() -> PartitionStores {
-    PartitionStores::new(Box::<MemBackend>::default(), 3)
+    PartitionStores::new(Box::<MemBackend>::default(), STORES_PER_PARTITION)
 }
 
 fn rocks_stores(dir: &tempfile::TempDir) -> PartitionStores {
     PartitionStores::new(
         Box::new(RocksBackend::open(&dir.path().join("db")).expect("open rocksdb")),
-        3,
+        STORES_PER_PARTITION,
     )
 }
 
@@ -609,9 +613,11 @@ fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
         });
     }
 
-    // The whole processor on events never seen: decode, rules, dedupe miss,
-    // two dedupe writes (entry + expiry index), output serialization. Each
-    // batch of N is one transaction, committed to the backend between batches.
+    // The whole gate on events never seen: validate (decode, rules, lineage,
+    // seq, claim keyed by identity), dedupe on the claim (parse, dedupe miss,
+    // two dedupe writes: entry + expiry index, verdict), dedupe on the
+    // verdict (release in seq order, output keyed by subject). Each batch of N is one transaction, committed to the backend
+    // between batches.
     let rocks_dir = tempfile::tempdir().expect("tempdir");
     for backend in ["mem", "rocks"] {
         let name = format!("process_new_{backend}");
@@ -619,9 +625,7 @@ fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
             "mem" => mem_stores(),
             _ => rocks_stores(&rocks_dir),
         };
-        let mut p =
-            ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).expect("processor");
-        let mut stores = new_stores();
+        let mut gate = Gate::new(&cfg, new_stores());
         let mut seq = 0u64;
         g.throughput(plan.add("validate", &name, N));
         g.bench_function(&name, |b| {
@@ -629,7 +633,7 @@ fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     if backend == "mem" && seq >= MEM_DEDUPE_RESET {
-                        stores = new_stores();
+                        gate = Gate::new(&cfg, new_stores());
                         seq = 0;
                     }
                     let recs: Vec<Rec> = (0..N)
@@ -638,19 +642,11 @@ fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
                             structured(&spec(seq + 1_000_000_000, base))
                         })
                         .collect();
-                    let mut out = Vec::with_capacity(N);
                     let t = Instant::now();
-                    process_all(
-                        &mut p,
-                        &mut stores,
-                        &cfg,
-                        "bench.usage.events",
-                        &recs,
-                        &mut out,
-                    );
+                    let out = gate.process(&cfg, &recs);
                     total += t.elapsed();
                     assert_eq!(out.len(), N, "every new event is accepted");
-                    stores.apply_committed(&[(0, seq as i64)]).expect("commit");
+                    gate.commit(seq as i64);
                 }
                 total
             })
@@ -658,33 +654,27 @@ fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
     }
 
     // Duplicates: DEDUPE_FILL events accepted and committed, then N of them
-    // sent again. `process_duplicate_*` is the whole processor on a copy
-    // (decode, rules, dedupe hit, drop); `dedupe/hit_*` is the store lookup
-    // alone, with the entry key built as src/stages/validate/dedupe.rs does.
+    // sent again. `process_duplicate_*` is the whole gate on a copy (decode,
+    // rules, claim; dedupe: parse, hit, verdict; release: nothing out); `dedupe/hit_*` is
+    // the store lookup alone, with the entry key built as
+    // src/stages/dedupe/store.rs does.
     let mut hit_benches = Vec::new();
     for backend in ["mem", "rocks"] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut stores = match backend {
-            "mem" => mem_stores(),
-            _ => rocks_stores(&dir),
-        };
-        let mut p =
-            ValidateProcessor::with_parts(&cfg, ValidateRules::default(), None).expect("processor");
+        let mut gate = Gate::new(
+            &cfg,
+            match backend {
+                "mem" => mem_stores(),
+                _ => rocks_stores(&dir),
+            },
+        );
         let fill: Vec<Rec> = (0..DEDUPE_FILL)
             .map(|i| structured(&spec(i, base)))
             .collect();
         for (k, chunk) in fill.chunks(5_000).enumerate() {
-            let mut out = Vec::new();
-            process_all(
-                &mut p,
-                &mut stores,
-                &cfg,
-                "bench.usage.events",
-                chunk,
-                &mut out,
-            );
+            let out = gate.process(&cfg, chunk);
             assert_eq!(out.len(), chunk.len());
-            stores.apply_committed(&[(0, k as i64)]).expect("commit");
+            gate.commit(k as i64);
         }
         let step = (DEDUPE_FILL as usize) / N;
         let dups: Vec<Rec> = fill.into_iter().step_by(step).take(N).collect();
@@ -699,27 +689,22 @@ fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
             })
             .collect();
         for k in &keys {
-            assert!(stores.get(0, k).expect("get").is_some(), "a dedupe hit");
+            assert!(
+                gate.dedupe_stores.get(0, k).expect("get").is_some(),
+                "a dedupe hit"
+            );
         }
         let name = format!("process_duplicate_{backend}");
         g.throughput(plan.add("validate", &name, N));
         g.bench_function(&name, |b| {
             b.iter(|| {
-                let mut out = Vec::new();
-                process_all(
-                    &mut p,
-                    &mut stores,
-                    &cfg,
-                    "bench.usage.events",
-                    &dups,
-                    &mut out,
-                );
+                let out = gate.process(&cfg, &dups);
                 assert!(out.is_empty(), "duplicates are dropped");
             })
         });
         // Duplicates write lineage and counters, never the dedupe store.
-        assert!(stores.pending(0).is_empty());
-        hit_benches.push((backend, stores, keys, dir));
+        assert!(gate.dedupe_stores.pending(0).is_empty());
+        hit_benches.push((backend, gate.dedupe_stores, keys, dir));
     }
     g.finish();
 
@@ -736,6 +721,71 @@ fn bench_validate(c: &mut Criterion, plan: &mut Plan) {
         });
     }
     g.finish();
+}
+
+/// Outputs read back as input records.
+fn as_recs(outputs: Vec<Output>) -> Vec<Rec> {
+    outputs
+        .into_iter()
+        .map(|o| Rec {
+            key: o.key.unwrap_or_default(),
+            value: o.value.unwrap_or_default(),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+/// The gate: validate, then dedupe on validate's claims and on its own
+/// verdicts (as `usage.identified` carries them), each over its own stores.
+struct Gate {
+    validate: ValidateProcessor,
+    validate_stores: PartitionStores,
+    dedupe: DedupeProcessor,
+    dedupe_stores: PartitionStores,
+}
+
+impl Gate {
+    fn new(cfg: &Config, dedupe_stores: PartitionStores) -> Gate {
+        Gate {
+            validate: ValidateProcessor::with_parts(cfg, ValidateRules::default(), None)
+                .expect("processor"),
+            validate_stores: mem_stores(),
+            dedupe: DedupeProcessor::new(cfg),
+            dedupe_stores,
+        }
+    }
+
+    /// dedupe's outputs (to `usage.validated`) for `recs` (on
+    /// `usage.events`): validate's claims, dedupe's verdicts on them, and
+    /// the release of the verdicts (all on partition 0 here).
+    fn process(&mut self, cfg: &Config, recs: &[Rec]) -> Vec<Output> {
+        let mut claims = Vec::with_capacity(recs.len());
+        let (validate, stores) = (&mut self.validate, &mut self.validate_stores);
+        process_all(
+            validate,
+            stores,
+            cfg,
+            "bench.usage.events",
+            recs,
+            &mut claims,
+        );
+        let mut verdicts = Vec::with_capacity(claims.len());
+        let topic = "bench.usage.identified";
+        let (dedupe, stores) = (&mut self.dedupe, &mut self.dedupe_stores);
+        process_all(dedupe, stores, cfg, topic, &as_recs(claims), &mut verdicts);
+        let mut out = Vec::with_capacity(verdicts.len());
+        process_all(dedupe, stores, cfg, topic, &as_recs(verdicts), &mut out);
+        out
+    }
+
+    fn commit(&mut self, offset: i64) {
+        self.validate_stores
+            .apply_committed(&[(0, offset)])
+            .expect("commit");
+        self.dedupe_stores
+            .apply_committed(&[(0, offset)])
+            .expect("commit");
+    }
 }
 
 fn bench_rating(c: &mut Criterion, plan: &mut Plan) {

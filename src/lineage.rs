@@ -9,7 +9,7 @@
 //!
 //! | stage | key | value |
 //! |---|---|---|
-//! | validate, enrich, rate, aggregate | `E` source, id, input partition, input offset | [`Step`]: what the stage did with that copy of the event (offset -1: not from an input record, e.g. re-emitted when healed) |
+//! | validate, dedupe, enrich, rate, aggregate | `E` source, id, input partition, input offset | [`Step`]: what the stage did with that copy of the event (offset -1: not from an input record, e.g. re-emitted when healed) |
 //! | post | `W` [`WindowRef`] | [`WindowPostings`]: the postings made from the window |
 //! | post | `P` idempotency key | [`PostingSources`]: the windows and events behind a posting |
 //! | every stage | `X` first write (i64 ms), key | empty: expiry index |
@@ -17,9 +17,9 @@
 //! Entries expire `lineage.retention_days` (config) after their first
 //! write ([`expire`], from each stage's punctuation, in bounded batches).
 //!
-//! validate and enrich also keep a `counters` store: [`DayCounters`] per UTC
-//! day of event time (key `C` day), which `meterline reconcile` reads from
-//! its changelog topic: duplicates are dropped, so no topic records them.
+//! validate, dedupe and enrich also keep a `counters` store: [`DayCounters`]
+//! per UTC day of event time (key `C` day), which `meterline reconcile` reads
+//! from its changelog topic: duplicates are dropped, so no topic records them.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +33,7 @@ use crate::store::StoreId;
 /// Name of every stage's lineage store (its changelog is
 /// `meterline.<stage>.lineage.changelog`).
 pub const LINEAGE_STORE: &str = "lineage";
-/// Name of the counters store of validate and enrich.
+/// Name of the counters store of validate, dedupe and enrich.
 pub const COUNTERS_STORE: &str = "counters";
 
 const EVENT_PREFIX: u8 = b'E';
@@ -53,7 +53,8 @@ pub const UNKNOWN_DAY: &str = "unknown";
 /// What one stage did with one copy of an event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    /// validated | duplicate | dead_lettered | enriched | parked | rated | windowed
+    /// validated | dead_lettered (validate), first_copy | duplicate (dedupe),
+    /// enriched | parked | rated | windowed
     pub outcome: String,
     /// Input partition and offset of the copy.
     pub partition: i32,
@@ -126,17 +127,18 @@ pub struct PostingSources {
 /// Per-day counts a stage keeps for `meterline reconcile`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayCounters {
-    /// Records read (validate: every record; enrich: validated events).
+    /// Records read (validate: every record; dedupe: not counted, validate
+    /// counted them; enrich: validated events).
     #[serde(default)]
     pub records_in: u64,
-    /// validate: sent to usage.validated. enrich: sent to usage.enriched
-    /// on arrival.
+    /// dedupe: first copies sent to usage.validated. enrich: sent to
+    /// usage.enriched on arrival.
     #[serde(default)]
     pub passed: u64,
     /// validate: dead-lettered. enrich: parked on usage.exceptions.
     #[serde(default)]
     pub held: u64,
-    /// validate: duplicates dropped. enrich: parked events re-emitted to
+    /// dedupe: duplicates dropped. enrich: parked events re-emitted to
     /// usage.enriched once healed.
     #[serde(default)]
     pub released: u64,

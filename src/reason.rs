@@ -138,7 +138,7 @@ pub fn is_snake_case(code: &str) -> bool {
 
 /// Every table: its owner, the codes it declares and every code it gives.
 /// A new table belongs here (the tests below read it).
-pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 9] {
+pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 10] {
     use crate::stages;
     [
         (
@@ -165,6 +165,11 @@ pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str
             "validate",
             stages::validate::reason::ALL,
             stages::validate::reason::CODES,
+        ),
+        (
+            "dedupe",
+            stages::dedupe::reason::ALL,
+            stages::dedupe::reason::CODES,
         ),
         (
             "enrich",

@@ -94,6 +94,7 @@ fn a_backfilled_event_is_stamped_with_the_append_time_not_its_event_time() {
     assert!(report.contains("0 created, 2 differ"), "{report}");
     assert_eq!(timestamp_type(&w.topic("usage.events")), "CreateTime");
     for name in [
+        "usage.identified",
         "usage.validated",
         "usage.enriched",
         "usage.rated",
@@ -102,7 +103,7 @@ fn a_backfilled_event_is_stamped_with_the_append_time_not_its_event_time() {
         "usage.exceptions",
         "meterline.dlq.enrich",
         "ref.customers",
-        "meterline.validate.dedupe.changelog",
+        "meterline.dedupe.dedupe.changelog",
     ] {
         assert_eq!(timestamp_type(&w.topic(name)), "LogAppendTime", "{name}");
     }
@@ -142,7 +143,7 @@ fn a_backfilled_event_is_stamped_with_the_append_time_not_its_event_time() {
     );
 
     let before_ms = now_ms();
-    let mut stage = w.spawn_stage(&["validate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
     let validated_topic = w.topic("usage.validated");
     let dlq_topic = w.topic("meterline.dlq.validate");
     wait_until(

@@ -19,7 +19,7 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
     assert!(first.status.success(), "{}", stderr(&first));
     let out = stdout(&first);
     let created = out.lines().filter(|l| l.starts_with("created")).count();
-    assert_eq!(created, 27, "{out}");
+    assert_eq!(created, 33, "{out}");
     assert!(
         out.contains(&format!("created  {}usage.events", w.ns)),
         "{out}"
@@ -30,7 +30,7 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
     let out = stdout(&second);
     assert_eq!(
         out.trim(),
-        "topology: no change (27 topics up to date)",
+        "topology: no change (33 topics up to date)",
         "{out}"
     );
 
@@ -59,13 +59,14 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
 }
 
 #[test]
-fn describe_names_all_five_stages_with_their_topics() {
+fn describe_names_all_six_stages_with_their_topics() {
     let w = World::new("describe", "");
     let o = w.run(&["topology", "describe"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     for (stage, input, output) in [
-        ("validate", "usage.events", "usage.validated"),
+        ("validate", "usage.events", "usage.identified"),
+        ("dedupe", "usage.identified", "usage.validated"),
         ("enrich", "usage.validated", "usage.enriched"),
         ("rate", "usage.enriched", "usage.rated"),
         ("aggregate", "usage.rated", "usage.windows"),
@@ -93,7 +94,7 @@ fn describe_names_all_five_stages_with_their_topics() {
     let m = w.run(&["topology", "describe", "--mermaid"]);
     let mermaid = stdout(&m);
     assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
-    for s in ["validate", "enrich", "rate", "aggregate", "post"] {
+    for s in ["validate", "dedupe", "enrich", "rate", "aggregate", "post"] {
         assert!(mermaid.contains(&format!("{s}[[{s}]]")), "{mermaid}");
     }
 }

@@ -1,4 +1,4 @@
-//! validate -> enrich -> rate against the real broker, with reference data
+//! validate -> dedupe -> enrich -> rate against the real broker, with reference data
 //! published by `meterline refdata load`:
 //!
 //! * 3 customers, 4 subscriptions (c-alpha changes plan on Oct 20: its std
@@ -596,7 +596,7 @@ fn rated_totals_match_the_tiers_and_parked_events_heal_exactly_once() {
         "enrichrate",
         &format!("[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"),
     );
-    let mut stage = w.spawn_stage(&["validate", "enrich", "rate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "a");
     let events: Vec<Record> = (0..EVENTS).map(event).collect();
     produce(&w.topic("usage.events"), &events);
 
@@ -673,7 +673,7 @@ fn sigkill_three_times_changes_no_total() {
     const CHUNK: usize = 500;
     let w = scenario_world("enrichcrash", "");
     let topic = w.topic("usage.events");
-    let mut stage = w.spawn_stage(&["validate", "enrich", "rate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "a");
     let events: Vec<Record> = (0..EVENTS).map(event).collect();
     let mut kills = 0;
     for (n, chunk) in events.chunks(CHUNK).enumerate() {
@@ -682,7 +682,7 @@ fn sigkill_three_times_changes_no_total() {
         if n == 2 || n == 6 {
             kill9(&mut stage);
             kills += 1;
-            stage = w.spawn_stage(&["validate", "enrich", "rate"], "a");
+            stage = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "a");
         }
     }
     let exceptions_topic = w.topic("usage.exceptions");
@@ -694,7 +694,7 @@ fn sigkill_three_times_changes_no_total() {
     std::thread::sleep(Duration::from_millis(1_500));
     kill9(&mut stage);
     kills += 1;
-    let mut stage = w.spawn_stage(&["validate", "enrich", "rate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "a");
     check_final(&w);
     assert_eq!(kills, 3);
     assert!(terminate(&mut stage).success());
@@ -747,7 +747,7 @@ fn latest_one_nanosecond_apart_the_later_value_wins_in_either_order() {
         &w.topic("usage.events"),
         &[early("c-up"), late("c-up"), late("c-down"), early("c-down")],
     );
-    let mut stage = w.spawn_stage(&["validate", "enrich", "rate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "a");
     let rated_topic = w.topic("usage.rated");
     wait_until("four snapshots rated", || {
         read_all(&rated_topic, true).len() >= 4

@@ -125,18 +125,23 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
             event("a3", "c-1", "2026-09-14T10:00:00Z", 5000),
         ],
     );
-    let mut stage = w.spawn_stage(&["validate", "enrich", "rate", "aggregate", "post"], "a");
+    let mut stage = w.spawn_stage(
+        &["validate", "dedupe", "enrich", "rate", "aggregate", "post"],
+        "a",
+    );
     wait_until("late1's adjustment posted", || {
         accrual_adjusting(&w, "2026-09-12", "2026-09-10").is_some()
     });
 
-    // The duplicate: validated once, then dropped; priced and posted once.
+    // The duplicate: both copies validated, the second dropped by dedupe;
+    // priced and posted once.
     let (known, text) = lineage(&w, port, &[SOURCE, "a1"]);
     println!("{text}");
     assert!(known, "{text}");
-    assert!(line(&text, "validate", "validated").is_some(), "{text}");
-    assert!(line(&text, "validate", "duplicate").is_some(), "{text}");
-    assert_eq!(text.matches("validate   duplicate").count(), 1, "{text}");
+    assert_eq!(text.matches("validate   validated").count(), 2, "{text}");
+    assert!(line(&text, "dedupe", "first_copy").is_some(), "{text}");
+    assert!(line(&text, "dedupe", "duplicate").is_some(), "{text}");
+    assert_eq!(text.matches("dedupe     duplicate").count(), 1, "{text}");
     assert!(
         line(&text, "enrich", "enriched")
             .is_some_and(|l| l.contains("subscription s-1") && l.contains("plan p v1")),
@@ -260,10 +265,8 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
         v["validate"][0]["value"]["steps"][0]["outcome"],
         "validated"
     );
-    assert_eq!(
-        v["validate"][0]["value"]["steps"][1]["outcome"],
-        "duplicate"
-    );
+    assert_eq!(v["dedupe"][0]["value"]["steps"][0]["outcome"], "first_copy");
+    assert_eq!(v["dedupe"][0]["value"]["steps"][1]["outcome"], "duplicate");
 
     assert!(terminate(&mut stage).success());
 }

@@ -1,4 +1,4 @@
-//! validate -> enrich -> rate -> aggregate -> post against the real broker:
+//! validate -> dedupe -> enrich -> rate -> aggregate -> post against the real broker:
 //! one customer, one UTC subscription (anchor day 1, minimum commitment
 //! 20.00 USD) on plan `p`, September and October 2026, checked against
 //! postings worked out by hand.
@@ -6,7 +6,7 @@
 //! * plan `p` v1: tokens per_unit 0.001, base fee 5.00; v2 from Oct 16:
 //!   tokens per_unit 0.002, base fee 8.00 (a new rating segment mid-period;
 //!   October's base fee stays v1's, the version in force at its start);
-//! * duplicates (dropped by validate), a malformed record (dead-lettered);
+//! * duplicates (dropped by dedupe), a malformed record (dead-lettered);
 //! * a late event inside the 60 s grace (joins its still-open day) and one
 //!   beyond it, produced after later events (an adjustment of Oct 5 in the
 //!   current day window, Oct 20, cleared by October's invoice line);
@@ -217,7 +217,10 @@ fn settled(w: &World) -> bool {
 /// Runs the scenario in a fresh namespace; every posting once it settled.
 fn run_scenario(name: &str) -> (World, Vec<(Rec, Posting)>) {
     let w = setup(name);
-    let mut stage = w.spawn_stage(&["validate", "enrich", "rate", "aggregate", "post"], "a");
+    let mut stage = w.spawn_stage(
+        &["validate", "dedupe", "enrich", "rate", "aggregate", "post"],
+        "a",
+    );
     wait_until("October's period close and the idle-closed Nov 2", || {
         settled(&w)
     });
@@ -449,7 +452,7 @@ fn sigkill_of_aggregate_and_post_changes_no_posting() {
     assert!(!expected.is_empty());
 
     let w = setup("e2ecrash");
-    let mut upstream = w.spawn_stage(&["validate", "enrich", "rate"], "up");
+    let mut upstream = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "up");
     let mut downstream = w.spawn_stage(&["aggregate", "post"], "down");
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for _ in 0..KILLS_MIN {

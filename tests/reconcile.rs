@@ -1,7 +1,7 @@
 //! `meterline reconcile` against the real broker.
 //!
 //! The scenario: two customers, one UTC subscription each (anchor day 1),
-//! September to November 2026; duplicates (dropped by validate), a malformed
+//! September to November 2026; duplicates (dropped by dedupe), a malformed
 //! record (dead-lettered), a late event beyond the grace period (an
 //! adjustment of Oct 5), and an event of a customer that is not loaded yet
 //! (parked, with revenue at risk for its subscription's legal entity, then
@@ -166,7 +166,10 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
         "rec",
         &format!("[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"),
     );
-    let mut stage = w.spawn_stage(&["validate", "enrich", "rate", "aggregate", "post"], "a");
+    let mut stage = w.spawn_stage(
+        &["validate", "dedupe", "enrich", "rate", "aggregate", "post"],
+        "a",
+    );
 
     // p1 is parked: revenue at risk for s-2's legal entity.
     wait_until("p1 parked with its revenue at risk", || {
@@ -271,6 +274,14 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
             "meterline_records_out_total",
             vec![
                 ("stage", "validate".into()),
+                ("topic", topic("usage.identified")),
+            ],
+            (unique.len() + DUPLICATES) as f64,
+        ),
+        (
+            "meterline_records_out_total",
+            vec![
+                ("stage", "dedupe".into()),
                 ("topic", topic("usage.validated")),
             ],
             unique.len() as f64,
@@ -407,7 +418,7 @@ fn windows_deleted_before_post_reads_them_fail_naming_the_windows() {
     let w = setup("recdel", "");
     // p1's customer is loaded at once here.
     w.load_refdata("customers", &format!("{}\n{}", customer(C1), customer(C2)));
-    let mut upstream = w.spawn_stage(&["validate", "enrich", "rate", "aggregate"], "a");
+    let mut upstream = w.spawn_stage(&["validate", "dedupe", "enrich", "rate", "aggregate"], "a");
     let windows_topic = w.topic("usage.windows");
     let closed = |w: &World| -> Vec<(Rec, ClosedWindow)> {
         read_all(&w.topic("usage.windows"), true)

@@ -42,7 +42,7 @@ fn fixed_dead_letters_are_replayed_exactly_once() {
 
     let validated = w.topic("usage.validated");
     let dlq = w.topic("meterline.dlq.validate");
-    let mut stage = w.spawn_stage(&["validate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
     wait_until("first pass", || {
         read_all(&validated, true).len() == GOOD && read_all(&dlq, true).len() == FIXABLE + BROKEN
     });
@@ -50,7 +50,7 @@ fn fixed_dead_letters_are_replayed_exactly_once() {
 
     // The fix: late-src is allowed now.
     w.write_config("[validate]\nallowed_sources = [\"src-*\", \"late-src\"]\n");
-    let mut stage = w.spawn_stage(&["validate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
 
     let dry = w.run(&[
         "replay",
@@ -126,7 +126,7 @@ fn fixed_dead_letters_are_replayed_exactly_once() {
     );
 
     // Replaying the same dead letters under another progress group re-sends
-    // them, and validate drops them as duplicates.
+    // them, and dedupe drops them as duplicates.
     let fresh = w.run(&[
         "replay",
         "--from",

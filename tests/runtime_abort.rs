@@ -78,7 +78,7 @@ fn retriable_failure_aborts_rewinds_and_rolls_back_state() {
     config.runtime.state_dir = w.state_dir();
     assert!(Path::new(&w.config_path).exists());
     let processor = Counting {
-        out_topic: w.topic("usage.validated"),
+        out_topic: w.topic("usage.identified"),
         poison_failures_left: POISON_FAILURES,
     };
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -87,7 +87,7 @@ fn retriable_failure_aborts_rewinds_and_rolls_back_state() {
         let (config, shutdown, status) = (Arc::new(config), shutdown.clone(), status.clone());
         std::thread::spawn(move || run_stage(config, processor, shutdown, status))
     };
-    let out_topic = w.topic("usage.validated");
+    let out_topic = w.topic("usage.identified");
     wait_until("every record output", || {
         read_all(&out_topic, true).len() >= RECORDS
     });

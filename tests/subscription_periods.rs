@@ -125,7 +125,7 @@ fn every_period_of_every_subscription_posts_once_with_or_without_usage() {
         &[(Some(b"c-late".to_vec()), Some(event.into_bytes()), vec![])],
     );
 
-    let stages = ["validate", "enrich", "rate", "aggregate", "post"];
+    let stages = ["validate", "dedupe", "enrich", "rate", "aggregate", "post"];
     let mut run = w.spawn_stage(&stages, "a");
     wait_until(
         "four period closes (two subscriptions x two periods)",

@@ -97,7 +97,7 @@ fn avro_events_are_validated_through_the_registry() {
         ));
     }
     produce(&w.topic("usage.events"), &records);
-    let mut stage = w.spawn_stage(&["validate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
     let validated = w.topic("usage.validated");
     let dlq = w.topic("meterline.dlq.validate");
     wait_until("avro events", || {

@@ -104,13 +104,13 @@ fn crash_run(name: &str, seed: u64, inject_duplicates: bool) {
         })
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut stage = w.spawn_stage(&["validate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
     let mut kills = 0;
     while kills < KILLS_MIN || !done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(rng.random_range(1_500..4_000)));
         kill9(&mut stage);
         kills += 1;
-        stage = w.spawn_stage(&["validate"], "a");
+        stage = w.spawn_stage(&["validate", "dedupe"], "a");
         if inject_duplicates {
             // A copy of an event produced before the crash, sent again.
             let i = rng.random_range(1..CHUNK);
@@ -158,24 +158,22 @@ fn survivor_takes_over_a_killed_instances_partitions_and_stores() {
         let mut c = std::process::Command::new(bin());
         c.arg("--config")
             .arg(&a_config)
-            .args(["run", "--stage", "validate"])
+            .args(["run", "--stage", "validate", "--stage", "dedupe"])
             .env("METERLINE__RUNTIME__INSTANCE_ID", "a")
             .env("METERLINE_LOG", "warn")
             .current_dir(w.dir.path());
         Stage(c.spawn().unwrap())
     };
-    let mut b = w.spawn_stage(&["validate"], "b");
+    let mut b = w.spawn_stage(&["validate", "dedupe"], "b");
     // Both hold partitions before the stream starts.
-    wait_until("both instances assigned", || {
+    let assigned = |stage: &str| {
         http_get(port, "/metrics")
-            .and_then(|(_, m)| {
-                metric(
-                    &m,
-                    "meterline_assigned_partitions",
-                    &[("stage", "validate")],
-                )
-            })
-            .is_some_and(|n| n >= 1.0 && n < TEST_PARTITIONS as f64)
+            .and_then(|(_, m)| metric(&m, "meterline_assigned_partitions", &[("stage", stage)]))
+    };
+    wait_until("both instances assigned", || {
+        ["validate", "dedupe"]
+            .iter()
+            .all(|s| assigned(s).is_some_and(|n| n >= 1.0 && n < TEST_PARTITIONS as f64))
     });
     let half: Vec<Record> = (0..EVENTS / 2).map(|i| event(i, &now)).collect();
     produce(&topic, &half);
@@ -193,13 +191,9 @@ fn survivor_takes_over_a_killed_instances_partitions_and_stores() {
     let rest: Vec<Record> = (EVENTS / 2..EVENTS).map(|i| event(i, &now)).collect();
     produce(&topic, &rest);
     wait_until("a owns every partition", || {
-        http_get(port, "/metrics").and_then(|(_, m)| {
-            metric(
-                &m,
-                "meterline_assigned_partitions",
-                &[("stage", "validate")],
-            )
-        }) == Some(TEST_PARTITIONS as f64)
+        ["validate", "dedupe"]
+            .iter()
+            .all(|s| assigned(s) == Some(TEST_PARTITIONS as f64))
     });
     let (valid, bad) = expected(EVENTS);
     check_exactly_once(&w, &valid, &bad);
@@ -208,11 +202,11 @@ fn survivor_takes_over_a_killed_instances_partitions_and_stores() {
         metric(
             &m,
             "meterline_restored_records_total",
-            &[("stage", "validate")],
+            &[("stage", "dedupe")],
         )
         .unwrap_or(0.0)
             > 0.0,
-        "a restored b's stores from their changelogs: {m}"
+        "a restored b's dedupe stores from their changelogs: {m}"
     );
     assert!(terminate(&mut a).success());
 }

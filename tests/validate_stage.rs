@@ -13,6 +13,8 @@ use sha2::Sha256;
 const VALID_EVENTS: usize = 10_000;
 const DUPLICATES: usize = 300;
 const PER_REASON: usize = 10;
+/// Events of one customer whose order through dedupe is checked.
+const ORDERED_EVENTS: usize = 300;
 /// "key" in hex: the HMAC key of source `signed-src` in these tests.
 const HMAC_KEY_HEX: &str = "6b6579";
 
@@ -274,7 +276,7 @@ fn every_event_lands_in_exactly_one_place() {
     let duplicates = all.len() - VALID_EVENTS - expected_reason.len();
     assert_eq!(duplicates, DUPLICATES);
 
-    let mut stage = w.spawn_stage(&["validate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
     produce(&w.topic("usage.events"), &all);
 
     let validated_topic = w.topic("usage.validated");
@@ -367,11 +369,24 @@ fn every_event_lands_in_exactly_one_place() {
             "{code}"
         );
     }
+    // validate passes every valid copy on, keyed by identity; dedupe keeps
+    // the first of each.
     assert_eq!(
         metric(
             &metrics,
             "meterline_records_out_total",
-            &[("stage", "validate"), ("topic", &validated_topic)]
+            &[
+                ("stage", "validate"),
+                ("topic", &w.topic("usage.identified"))
+            ]
+        ),
+        Some((VALID_EVENTS + DUPLICATES) as f64)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "meterline_records_out_total",
+            &[("stage", "dedupe"), ("topic", &validated_topic)]
         ),
         Some(VALID_EVENTS as f64)
     );
@@ -517,7 +532,7 @@ fn poisoned_records_do_not_stop_their_partition() {
             signed_structured("p-structured-ok"),
         ],
     );
-    let mut stage = w.spawn_stage(&["validate"], "a");
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
     let validated_topic = w.topic("usage.validated");
     let dlq_topic = w.topic("meterline.dlq.validate");
     wait_until("poisoned and valid records to land", || {
@@ -578,6 +593,121 @@ fn poisoned_records_do_not_stop_their_partition() {
 
     let status = terminate(&mut stage);
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+}
+
+/// Issue 12 item 8d: the CloudEvents identity is (`source`, `id`) alone. The
+/// same identity sent for two customers (so under two keys, on two partitions
+/// of usage.events) is validated once, for the first copy's customer, and
+/// the valid event behind it still goes through.
+#[test]
+fn the_same_identity_under_two_subjects_is_validated_once() {
+    let port = free_port();
+    let w = World::new(
+        "validate_identity",
+        &format!("[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"),
+    );
+    w.apply();
+    // Two subjects whose keys land on different partitions of usage.events.
+    let first = "cust-first";
+    let on = |s: &str| meterline::kafka::partition_for_key(s.as_bytes(), TEST_PARTITIONS);
+    let second = (0..100)
+        .map(|i| format!("cust-other-{i}"))
+        .find(|s| on(s) != on(first))
+        .unwrap();
+    let now = now_rfc3339();
+    let data = r#"{"tokens": 5, "model": "m"}"#;
+    let event = |id: &str, subject: &str| {
+        structured(
+            cloudevent("src-a", id, "llm.tokens", subject, &now, data),
+            subject,
+        )
+    };
+    let input = w.topic("usage.events");
+    produce(&input, &[event("twice", first)]);
+    // The first copy is validated before the second is even sent.
+    let mut stage = w.spawn_stage(&["validate", "dedupe"], "a");
+    let validated_topic = w.topic("usage.validated");
+    wait_until("the first copy", || {
+        read_all(&validated_topic, true).len() == 1
+    });
+    produce(
+        &input,
+        &[
+            event("twice", &second),
+            event("twice", first),
+            event("after", &second),
+        ],
+    );
+    wait_until("the event behind the copies", || {
+        read_all(&validated_topic, true).len() >= 2
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let validated: BTreeSet<(String, String)> = read_all(&validated_topic, true)
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+            assert_eq!(
+                v["subject"].as_str(),
+                Some(key.as_str()),
+                "keyed by subject"
+            );
+            (v["id"].as_str().unwrap().to_string(), key)
+        })
+        .collect();
+    let want = [("twice", first), ("after", second.as_str())];
+    let want: BTreeSet<(String, String)> = want
+        .iter()
+        .map(|(i, s)| (i.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(validated, want);
+
+    // Order: one customer's events, spread by identity over every partition
+    // of usage.identified and decided there, reach usage.validated in the
+    // order they were sent (copies under the other subject interleaved).
+    let mut batch = Vec::new();
+    for i in 0..ORDERED_EVENTS {
+        batch.push(event(&format!("o-{i}"), first));
+        if i % 10 == 0 {
+            batch.push(event(&format!("o-{i}"), &second));
+        }
+    }
+    produce(&input, &batch);
+    // (A copy sent for the other customer may be claimed first: which copy
+    // wins across partitions is the first one validated, whichever that is.)
+    let ordered = |subject: &str| -> Vec<usize> {
+        read_all(&validated_topic, true)
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(subject.as_bytes()))
+            .filter_map(|r| r.json()["id"].as_str()?.strip_prefix("o-")?.parse().ok())
+            .collect()
+    };
+    let both = || ordered(first).len() + ordered(&second).len();
+    wait_until("the ordered events", || both() >= ORDERED_EVENTS);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (a, b) = (ordered(first), ordered(&second));
+    assert!(
+        a.windows(2).all(|w| w[0] < w[1]),
+        "in the order sent: {a:?}"
+    );
+    assert!(
+        b.windows(2).all(|w| w[0] < w[1]),
+        "in the order sent: {b:?}"
+    );
+    let mut all: Vec<usize> = a.iter().chain(&b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..ORDERED_EVENTS).collect::<Vec<_>>(), "each once");
+    assert!(a.len() >= ORDERED_EVENTS - ORDERED_EVENTS.div_ceil(10));
+
+    let (_, metrics) = http_get(port, "/metrics").expect("metrics endpoint");
+    assert_eq!(
+        metric(&metrics, "meterline_validate_duplicates_total", &[]),
+        Some((2 + ORDERED_EVENTS.div_ceil(10)) as f64),
+        "{metrics}"
+    );
+    assert!(read_all(&w.topic("meterline.dlq.validate"), true).is_empty());
+    assert!(read_all(&w.topic("meterline.dlq.dedupe"), true).is_empty());
+    assert!(terminate(&mut stage).success());
 }
 
 /// Issue 12 item 8f: `run` with its HTTP address taken exits non-zero at

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - the shell wrapper installs it
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
-STAGES = ["validate", "enrich", "rate", "aggregate", "post"]
+STAGES = ["validate", "dedupe", "enrich", "rate", "aggregate", "post"]
 METRICS_PORT = 9464
 
 failures: list[str] = []

@@ -36,7 +36,7 @@ pub struct LineageArgs {
 
 /// Stages that keep per-event steps, in pipeline order (post keeps lineage
 /// per window and posting, printed after them).
-const STAGE_ORDER: &[&str] = &["validate", "enrich", "rate", "aggregate"];
+const STAGE_ORDER: &[&str] = &["validate", "dedupe", "enrich", "rate", "aggregate"];
 
 /// One value a stage's partition answered.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -130,6 +130,14 @@ fn describe_step(stage: &str, s: &Step) -> String {
             "subject {}, time {}",
             text("subject").unwrap_or_default(),
             text("time").unwrap_or_default()
+        ),
+        ("dedupe", "first_copy") => format!(
+            "first copy, on to usage.validated for subject {}",
+            text("subject").unwrap_or_default()
+        ),
+        ("dedupe", "duplicate") => format!(
+            "duplicate of an accepted copy, dropped (this copy's subject {})",
+            text("subject").unwrap_or_default()
         ),
         ("enrich", "enriched") => format!(
             "subscription {}, plan {} v{}, {} {}, period {}{}",

@@ -51,7 +51,7 @@ pub enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
-    /// Run stages (all five when no --stage is given), until SIGTERM/SIGINT.
+    /// Run stages (all six when no --stage is given), until SIGTERM/SIGINT.
     Run {
         /// A stage to run: validate, enrich, rate, aggregate, post. Repeatable.
         #[arg(long = "stage")]

@@ -3,7 +3,9 @@
 //! | record | topic | written by | read by |
 //! |---|---|---|---|
 //! | [`CloudEvent`] | `usage.events` | producers | validate |
-//! | [`ValidatedEvent`] | `usage.validated` | validate | enrich |
+//! | [`GateRecord`] (a claim carrying a [`ValidatedEvent`]) | `usage.identified` (keyed by [`identity_key`]) | validate | dedupe |
+//! | [`GateRecord`] (a verdict) | `usage.identified` (partition of origin) | dedupe | dedupe |
+//! | [`ValidatedEvent`] | `usage.validated` (keyed by subject) | dedupe | enrich |
 //! | [`EnrichedEvent`] | `usage.enriched` | enrich | rate |
 //! | [`RatedEvent`] | `usage.rated` | rate | aggregate, reconcile |
 //! | [`ClosedWindow`] | `usage.windows` | aggregate | post, reconcile |
@@ -27,6 +29,7 @@
 //! serialize to equal bytes.
 
 mod enriched;
+mod gate;
 mod posting;
 mod rated;
 mod usage;
@@ -36,12 +39,14 @@ pub use enriched::{
     rating_segment_id, rating_segment_key, ChargeSource, CustomerInfo, EnrichedEvent,
     ResolvedCharge, Window, ENRICHED_EVENT_VERSION,
 };
+pub use gate::{GateKind, GateRecord, GATE_RECORD_VERSION};
 pub use posting::{
     ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, POSTING_VERSION,
 };
 pub use rated::{RatedEvent, RatedMeasure, RatedOut, RATED_EVENT_VERSION};
 pub use usage::{
-    rfc3339_utc, CloudEvent, Encoding, Measure, Origin, ValidatedEvent, CLOUDEVENTS_SPEC_VERSION,
+    identity_key, rfc3339_utc, CloudEvent, Encoding, Measure, Origin, ValidatedEvent,
+    CLOUDEVENTS_SPEC_VERSION,
 };
 pub use window::{
     Clearing, ClosedWindow, PartitionClock, SegmentInfo, WindowKind, CLOSED_WINDOW_VERSION,

@@ -261,6 +261,74 @@ fn validated_event_v1_wire_form() {
 }
 
 #[test]
+fn identity_key_wire_form_is_one_key_per_source_and_id() {
+    use crate::contracts::identity_key;
+    assert_eq!(identity_key("src", "e-1"), br#"["src","e-1"]"#.to_vec());
+    // Escaped, so no two pairs share a key however their text runs.
+    assert_eq!(identity_key("a\"", "b,c"), br#"["a\"","b,c"]"#.to_vec());
+    assert_ne!(identity_key("a", "bc"), identity_key("ab", "c"));
+    assert_ne!(identity_key("a\",\"b", "c"), identity_key("a", "b\",\"c"));
+}
+
+#[test]
+fn gate_records_v1_wire_form() {
+    assert_eq!(GATE_RECORD_VERSION, 1);
+    let raw = || serde_json::value::RawValue::from_string(VALIDATED_V1.to_string()).unwrap();
+    let claim = GateRecord {
+        kind: GateKind::Claim,
+        origin_partition: 3,
+        seq: 41,
+        first_copy: None,
+        event: Some(raw()),
+    };
+    let golden =
+        format!(r#"{{"kind":"claim","origin_partition":3,"seq":41,"event":{VALIDATED_V1}}}"#);
+    assert_eq!(
+        String::from_utf8(claim.to_json_bytes().unwrap()).unwrap(),
+        golden
+    );
+    let back = GateRecord::from_json_slice(golden.as_bytes()).unwrap();
+    assert_eq!(
+        (back.kind, back.origin_partition, back.seq),
+        (GateKind::Claim, 3, 41)
+    );
+    // The event's bytes come through unchanged, and read as the event.
+    assert_eq!(back.event.as_ref().unwrap().get(), VALIDATED_V1);
+    let event = ValidatedEvent::from_json_slice(back.event.unwrap().get().as_bytes()).unwrap();
+    assert_eq!(event, validated());
+    let first = GateRecord {
+        kind: GateKind::Verdict,
+        first_copy: Some(true),
+        ..GateRecord::from_json_slice(golden.as_bytes()).unwrap()
+    };
+    assert_eq!(
+        String::from_utf8(first.to_json_bytes().unwrap()).unwrap(),
+        format!(
+            r#"{{"kind":"verdict","origin_partition":3,"seq":41,"first_copy":true,"event":{VALIDATED_V1}}}"#
+        )
+    );
+    let duplicate = GateRecord {
+        kind: GateKind::Verdict,
+        origin_partition: 3,
+        seq: 42,
+        first_copy: Some(false),
+        event: None,
+    };
+    let golden = r#"{"kind":"verdict","origin_partition":3,"seq":42,"first_copy":false}"#;
+    assert_eq!(
+        String::from_utf8(duplicate.to_json_bytes().unwrap()).unwrap(),
+        golden
+    );
+    // A field added later is ignored by this version's reader.
+    let newer = golden.replace('}', r#","added_later":{"any":["shape"]}}"#);
+    let back = GateRecord::from_json_slice(newer.as_bytes()).unwrap();
+    assert_eq!(
+        (back.seq, back.first_copy, back.event.is_none()),
+        (42, Some(false), true)
+    );
+}
+
+#[test]
 fn enriched_event_v1_wire_form() {
     assert_eq!(ENRICHED_EVENT_VERSION, 1);
     let golden = format!(r#"{{"event":{VALIDATED_V1},{ENRICHED_TAIL_V1}"#);

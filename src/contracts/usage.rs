@@ -108,7 +108,21 @@ pub struct Measure {
     pub group: BTreeMap<String, String>,
 }
 
-/// The validate stage's output: one record on `usage.validated`.
+/// The Kafka key of a record on `usage.identified` ([`super::GateRecord`]):
+/// the event's CloudEvents identity (`source`, `id`) as a JSON array,
+/// `["source","id"]`. Every copy of an event gets the same key, so the
+/// murmur2 partitioner puts all their claims on one partition, whatever
+/// subject (and so whatever `usage.events` partition) each copy came with:
+/// the dedupe stage sees every copy in one store. Deterministic: serde_json
+/// escapes a string one way.
+pub fn identity_key(source: &str, id: &str) -> Vec<u8> {
+    // Serializing a pair of strings cannot fail; the fallback is never used.
+    serde_json::to_vec(&(source, id)).unwrap_or_default()
+}
+
+/// A valid event: written by validate inside a claim on `usage.identified`
+/// ([`super::GateRecord`]) and passed on unchanged by dedupe to
+/// `usage.validated` (keyed by `subject`) when it is the first copy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidatedEvent {
     pub source: String,
@@ -127,12 +141,12 @@ pub struct ValidatedEvent {
 }
 
 impl ValidatedEvent {
-    /// The record value for `usage.validated`.
+    /// The record value for `usage.validated` (and the claim's `event`).
     pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
     }
 
-    /// Parses a record value read back from `usage.validated`.
+    /// Parses a record value of `usage.validated` (or a claim's `event`).
     pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }

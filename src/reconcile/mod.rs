@@ -2,10 +2,12 @@
 //! lost, invented or double-counted between the stages.
 //!
 //! It reads (read_committed, every partition to its end) the stage topics,
-//! the `counters` changelogs of validate and enrich, the open windows of
+//! the `counters` changelogs of validate, dedupe and enrich, the open windows of
 //! aggregate (its `windows` changelog) and `finance.postings`, and checks:
 //!
-//! **Per UTC day of event time** (validate, enrich, rate):
+//! **Per UTC day of event time** (validate, enrich, rate; "validate" is the
+//! gate of validate and dedupe together: validate counts records in and
+//! dead letters, dedupe first copies (validated) and duplicates):
 //!
 //! | check | equality |
 //! |---|---|
@@ -17,6 +19,10 @@
 //! | `enriched_topic` | records of `usage.enriched` = enriched on arrival + re-emitted |
 //! | `rate_in` | records of `usage.enriched` = records of `usage.rated` + `meterline.dlq.rate` |
 //! | `events_topic` | (all days) records of `usage.events` = validate's records in + in flight |
+//!
+//! A record dedupe dead-letters (only a record something other than validate
+//! wrote to `usage.identified`) is listed under the dead letters downstream of
+//! validate.
 //!
 //! **Per window** (rate, aggregate, post), keyed by the *original* window
 //! (kind, segment or subscription, window id; an adjustment counts toward

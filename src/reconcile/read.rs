@@ -135,6 +135,7 @@ impl InFlight {
     fn read(config: &Config) -> Result<Self, ClientError> {
         let inputs = [
             ("validate", names::EVENTS),
+            ("dedupe", names::IDENTIFIED),
             ("enrich", names::VALIDATED),
             ("rate", names::ENRICHED),
             ("aggregate", names::RATED),
@@ -201,13 +202,14 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     })?;
     f.postings = postings;
     f.unreadable = unreadable;
-    for stage in ["enrich", "aggregate", "post"] {
+    for stage in ["dedupe", "enrich", "aggregate", "post"] {
         let n = crate::topology::counts::count_topic(config, &config.topic(&dlq(stage)))?;
         f.dead_letters.insert(stage.to_string(), n);
     }
     f.in_flight = flight.counts;
     for t in [
         names::EVENTS,
+        names::IDENTIFIED,
         names::VALIDATED,
         names::ENRICHED,
         names::RATED,
@@ -220,16 +222,24 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     Ok(f)
 }
 
-/// The day counters of validate and enrich (their `counters` changelogs).
+/// The day counters of validate, dedupe and enrich (their `counters`
+/// changelogs). dedupe's are added to validate's: validate counts what came
+/// in and what it dead-lettered, dedupe what was validated (first copies)
+/// and what was a duplicate, and reconcile checks the two as one gate
+/// (in = validated + dead-lettered + duplicates, once both have drained).
 fn read_counters(config: &Config, f: &mut Facts) -> Result<(), ClientError> {
-    for stage in ["validate", "enrich"] {
+    for (stage, counted_as) in [
+        ("validate", "validate"),
+        ("dedupe", "validate"),
+        ("enrich", "enrich"),
+    ] {
         let topic = config.topic(&names::changelog(stage, lineage::COUNTERS_STORE));
         for ((_, k), v) in latest(config, &topic)? {
             if let (Some(day), Ok(c)) = (
                 lineage::counter_day(&k),
                 serde_json::from_slice::<DayCounters>(&v),
             ) {
-                f.add_counters(stage, &day, &c);
+                f.add_counters(counted_as, &day, &c);
             }
         }
     }
@@ -250,6 +260,9 @@ fn read_usage_topics(
         flight.saw("validate", m);
     })?;
     f.events_total = events_total;
+    for_each_record(config, &config.topic(names::IDENTIFIED), |m| {
+        flight.saw("dedupe", m);
+    })?;
     let mut days: Vec<(String, String)> = Vec::new();
     for_each_record(config, &config.topic(names::VALIDATED), |m| {
         flight.saw("enrich", m);

@@ -518,7 +518,16 @@ impl<P: Processor> Engine<P> {
         consumer: &BaseConsumer<StageContext<P>>,
     ) -> Result<(), String> {
         let path = self.state_root.join(p.to_string());
-        let backend = RocksBackend::open(&path).map_err(|e| e.to_string())?;
+        let (backend, wiped) =
+            RocksBackend::open_for(&path, self.spec.stores).map_err(|e| e.to_string())?;
+        if wiped {
+            warn!(
+                stage = self.spec.name,
+                partition = p,
+                path = %path.display(),
+                "local state was written under another store list (an upgrade): wiped, restoring every store from its changelog"
+            );
+        }
         let mut stores = PartitionStores::new(Box::new(backend), self.spec.stores.len());
         // One changelog topic per declared store, in the same order.
         for (i, (topic, store)) in self

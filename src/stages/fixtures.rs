@@ -33,6 +33,14 @@ pub(crate) fn config() -> Config {
     Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
 }
 
+/// The test config of validate's and dedupe's tests (namespace `x.`, a
+/// 40-day dedupe horizon).
+pub(crate) fn gate_config() -> Config {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = "[topology]\nnamespace = \"x.\"\n[validate]\ndedupe_horizon_days = 40\n";
+    Config::from_parts(text, "test", &[], dir).unwrap()
+}
+
 /// A subscription's calendar for building events.
 #[derive(Clone, Copy)]
 pub(crate) struct Sub {

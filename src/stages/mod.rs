@@ -1,8 +1,9 @@
-//! The five stages, one folder each. A stage is a [`crate::runtime::Processor`]:
+//! The six stages, one folder each. A stage is a [`crate::runtime::Processor`]:
 //! its logic and unit tests live in its folder, the exactly-once loop it runs
 //! in lives in [`crate::runtime`].
 
 pub mod aggregate;
+pub mod dedupe;
 pub mod enrich;
 pub mod post;
 pub mod rate;
@@ -48,12 +49,13 @@ fn runner<P: Processor>(processor: P) -> (&'static str, Runner) {
 /// The stage registry: one builder per stage of [`topology::STAGES`] (which
 /// names them and their topics and stores), in the same order; a test
 /// holds the two together.
-const BUILDERS: [Builder; 5] = [
+const BUILDERS: [Builder; 6] = [
     |c| {
         validate::ValidateProcessor::new(c)
             .map(runner)
             .map_err(|e| e.to_string())
     },
+    |c| Ok(runner(dedupe::DedupeProcessor::new(c))),
     |c| {
         enrich::EnrichProcessor::new(c)
             .map(runner)
@@ -115,10 +117,10 @@ mod tests {
             let (name, _) = build(&config).unwrap();
             assert_eq!(name, spec.name);
         }
-        assert_eq!(runnable(), "validate enrich rate aggregate post");
+        assert_eq!(runnable(), "validate dedupe enrich rate aggregate post");
         let err = spawn("nope", Arc::new(config), Arc::default(), Arc::default()).unwrap_err();
         assert!(err
             .to_string()
-            .contains("validate enrich rate aggregate post"));
+            .contains("validate dedupe enrich rate aggregate post"));
     }
 }

@@ -46,6 +46,35 @@ impl RocksBackend {
         })
     }
 
+    /// Opens the database of one (stage, partition) that holds `stores`
+    /// (names in store-id order). Store ids are positions in that list, so
+    /// a database written under another list (a stage that gained, lost or
+    /// moved a store in an upgrade, or one written before the list was
+    /// recorded) would read one store's data as another's, checkpoint
+    /// included: it is wiped first, and every store is then restored from
+    /// its changelog (the database is a cache of them). The list is kept in
+    /// `<path>.stores` beside the database. Returns whether it wiped.
+    pub fn open_for(path: &Path, stores: &[&str]) -> Result<(Self, bool), StoreError> {
+        let layout_path = path.with_extension("stores");
+        let want = stores.join("\n");
+        let io = |e: std::io::Error| StoreError::Rocks {
+            path: layout_path.display().to_string(),
+            message: e.to_string(),
+        };
+        let same = std::fs::read_to_string(&layout_path).is_ok_and(|have| have == want);
+        let stale = !same && path.exists();
+        if stale {
+            Self::destroy(path)?;
+        }
+        if !same {
+            if let Some(dir) = layout_path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            std::fs::write(&layout_path, want.as_bytes()).map_err(io)?;
+        }
+        Ok((Self::open(path)?, stale))
+    }
+
     /// Deletes a store directory (a lost volume, or a wipe).
     pub fn destroy(path: &Path) -> Result<(), StoreError> {
         if path.exists() {
@@ -174,5 +203,40 @@ mod tests {
         assert_eq!(db.checkpoint(1).unwrap(), None);
         let all = db.scan(0, b"", b"\xff", 10).unwrap();
         assert_eq!(all, vec![(b"k1".to_vec(), b"v1".to_vec())]);
+    }
+
+    fn write_one(db: &mut RocksBackend) {
+        let mut w = Writes::new();
+        w.insert(b"k".to_vec(), Some(b"v".to_vec()));
+        db.apply(&[(0, &w)], &[(0, 7)]).unwrap();
+    }
+
+    #[test]
+    fn a_database_written_under_another_store_list_is_wiped() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("3");
+        // Written before the list was recorded: wiped on the first open_for.
+        write_one(&mut RocksBackend::open(&path).unwrap());
+        let (db, wiped) = RocksBackend::open_for(&path, &["dedupe", "lineage"]).unwrap();
+        assert!(wiped);
+        assert_eq!(db.checkpoint(0).unwrap(), None);
+        let mut db = db;
+        write_one(&mut db);
+        drop(db);
+        // The same list: kept.
+        let (db, wiped) = RocksBackend::open_for(&path, &["dedupe", "lineage"]).unwrap();
+        assert!(!wiped);
+        assert_eq!(db.checkpoint(0).unwrap(), Some(7));
+        assert_eq!(db.get(0, b"k").unwrap().unwrap(), b"v");
+        drop(db);
+        // Store 0 is another store now: wiped, never read as lineage.
+        let (db, wiped) = RocksBackend::open_for(&path, &["lineage", "counters"]).unwrap();
+        assert!(wiped);
+        assert_eq!(db.checkpoint(0).unwrap(), None);
+        assert_eq!(db.get(0, b"k").unwrap(), None);
+        drop(db);
+        // A new partition: nothing to wipe.
+        let (_, wiped) = RocksBackend::open_for(&root.path().join("4"), &["a"]).unwrap();
+        assert!(!wiped);
     }
 }

@@ -18,6 +18,10 @@ use crate::config::{Config, ConfigError};
 /// Topic names of the contract in DESIGN.md (before the namespace prefix).
 pub mod names {
     pub const EVENTS: &str = "usage.events";
+    /// Not named in DESIGN.md: validate's valid events keyed by their
+    /// identity (source, id), the repartition that lets dedupe see every copy
+    /// of an event on one partition, whatever its subject.
+    pub const IDENTIFIED: &str = "usage.identified";
     pub const VALIDATED: &str = "usage.validated";
     pub const ENRICHED: &str = "usage.enriched";
     pub const RATED: &str = "usage.rated";
@@ -73,15 +77,25 @@ impl StageSpec {
     }
 }
 
-/// The five stages, in pipeline order.
+/// The six stages, in pipeline order.
 pub const STAGES: &[StageSpec] = &[
     StageSpec {
         name: "validate",
         input: names::EVENTS,
-        outputs: &[names::VALIDATED],
+        outputs: &[names::IDENTIFIED],
         tables: &[],
-        stores: &["dedupe", "lineage", "counters"],
-        summary: "decode CloudEvents, check them, drop duplicates of (source, id)",
+        stores: &["sequence", "lineage", "counters"],
+        summary: "decode CloudEvents and check them; each valid event claimed under (source, id)",
+    },
+    StageSpec {
+        name: "dedupe",
+        input: names::IDENTIFIED,
+        // Verdicts go back to usage.identified, to the claim's origin
+        // partition, where the same stage releases them in order.
+        outputs: &[names::IDENTIFIED, names::VALIDATED],
+        tables: &[],
+        stores: &["dedupe", "release", "lineage", "counters"],
+        summary: "first copy of each (source, id) on to usage.validated, in usage.events order",
     },
     StageSpec {
         name: "enrich",
@@ -302,6 +316,20 @@ impl Topology {
     /// Every topic of the stage graph is declared, and each stage's changelogs
     /// have as many partitions as its input (state is partition-local).
     fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        let partitions = |t: &str| self.get(t).map(|t| t.partitions);
+        let (identified, events) = (partitions(names::IDENTIFIED), partitions(names::EVENTS));
+        if let (Some(i), Some(e)) = (identified, events) {
+            if i != e {
+                return Err(ConfigError::Parse {
+                    path: origin.to_string(),
+                    message: format!(
+                        "{} has {i} partitions but {} has {e}; they must match (dedupe sends each verdict to the partition its event came from)",
+                        names::IDENTIFIED,
+                        names::EVENTS
+                    ),
+                });
+            }
+        }
         for s in STAGES {
             for t in s.topics() {
                 if self.get(&t).is_none() {
@@ -461,7 +489,7 @@ mod tests {
             ),
         ] {
             let t = Topology::parse(text, Path::new(file), "ns.").unwrap();
-            assert_eq!(t.topics.len(), 27, "{file}");
+            assert_eq!(t.topics.len(), 33, "{file}");
             for topic in &t.topics {
                 assert_eq!(
                     topic.message_timestamp_type,
@@ -512,6 +540,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("meterline.rate.segments.changelog"), "{err}");
+    }
+
+    #[test]
+    fn identified_partitions_must_match_events() {
+        // dedupe sends each verdict to its event's usage.events partition
+        // number: usage.identified must have every one of them.
+        let text = include_str!("../../topology/topics.toml").replace(
+            "name = \"usage.events\"\n",
+            "name = \"usage.events\"\npartitions = 12\n",
+        );
+        let err = Topology::parse(&text, Path::new("t.toml"), "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("usage.identified has 6 partitions but usage.events has 12"),
+            "{err}"
+        );
     }
 
     #[test]

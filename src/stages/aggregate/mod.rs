@@ -854,7 +854,7 @@ fn add(w: &mut ClosedWindow, quantity: Decimal, amount: Decimal) -> Result<(), A
 /// This stage's entry in the stage table (a constant index: out of range
 /// would not compile).
 #[allow(clippy::indexing_slicing)]
-const SPEC: &StageSpec = &topology::STAGES[3];
+const SPEC: &StageSpec = &topology::STAGES[4];
 
 impl Processor for AggregateProcessor {
     fn spec(&self) -> &'static StageSpec {

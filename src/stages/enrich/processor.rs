@@ -366,7 +366,7 @@ impl Enricher {
 /// This stage's entry in the stage table (a constant index: out of range
 /// would not compile).
 #[allow(clippy::indexing_slicing)]
-pub(super) const SPEC: &StageSpec = &topology::STAGES[1];
+pub(super) const SPEC: &StageSpec = &topology::STAGES[2];
 
 impl Processor for EnrichProcessor {
     fn spec(&self) -> &'static StageSpec {

@@ -510,7 +510,7 @@ fn parse(bytes: Option<&[u8]>) -> Result<ClosedWindow, PostError> {
 /// This stage's entry in the stage table (a constant index: out of range
 /// would not compile).
 #[allow(clippy::indexing_slicing)]
-const SPEC: &StageSpec = &topology::STAGES[4];
+const SPEC: &StageSpec = &topology::STAGES[5];
 
 impl Processor for PostProcessor {
     fn spec(&self) -> &'static StageSpec {

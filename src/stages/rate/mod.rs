@@ -32,7 +32,7 @@
 //! with the error's code ([`RateError::code`]), and no state of any of its
 //! measures is written: all measures are computed first, then stored.
 //!
-//! Rate does not deduplicate: its input is exactly once (validate drops
+//! Rate does not deduplicate: its input is exactly once (dedupe drops
 //! duplicate events, enrich emits each event once).
 //!
 //! # The segments store (store 0, `segments`)
@@ -207,7 +207,7 @@ fn parse(bytes: Option<&[u8]>) -> Result<EnrichedEvent, RateError> {
 /// This stage's entry in the stage table (a constant index: out of range
 /// would not compile).
 #[allow(clippy::indexing_slicing)]
-const SPEC: &StageSpec = &topology::STAGES[2];
+const SPEC: &StageSpec = &topology::STAGES[3];
 
 impl Processor for RateProcessor {
     fn spec(&self) -> &'static StageSpec {

@@ -1,33 +1,32 @@
-//! The validate stage: the gate where bad and duplicate telemetry stops.
+//! The validate stage: the gate where bad telemetry stops.
 //!
 //! For each record of `usage.events`: refuse it if it is larger than
 //! `max_event_bytes` (`event_too_large`), decode it (CloudEvents structured JSON,
-//! binary mode, or Confluent Avro via the registry, see [`decode`]), apply the
-//! rules ([`rules`]: attributes, time window, source allow-list, HMAC
-//! signature, meter values), and only then check the dedupe store: a rejected
-//! event never claims its (`source`, `id`), so a corrected resend is accepted;
-//! among valid copies the first wins. Rejects go to `meterline.dlq.validate`
-//! with a stable reason code ([`reason`]); duplicates are counted and dropped;
-//! the rest go to `usage.validated`, keyed by `subject` (the customer).
+//! binary mode, or Confluent Avro via the registry, see [`decode`]), and apply
+//! the rules ([`rules`]: attributes, time window, source allow-list, HMAC
+//! signature, meter values). Rejects go to `meterline.dlq.validate` with a
+//! stable reason code ([`reason`]); each valid event is numbered (`seq`, per
+//! input partition, in the `sequence` store) and sent as a claim to
+//! `usage.identified`, keyed by its CloudEvents identity (`source`, `id`)
+//! ([`crate::contracts::GateRecord`], [`crate::contracts::identity_key`]).
 //!
-//! The dedupe store keeps each accepted (`source`, `id`) with the event time
-//! of its first copy, and drops entries older than `dedupe_horizon_days`
-//! behind the partition's stream time (the greatest event time seen), so it
-//! does not grow without bound. The config refuses a horizon shorter than the
-//! window of accepted event times, so an expired entry can never let a
-//! duplicate through.
+//! Duplicates are not dropped here but by the next stage, dedupe:
+//! `usage.events` is keyed by subject, so two copies of one (`source`, `id`)
+//! sent with different subjects sit on different partitions and no
+//! per-partition store could see both; claimed by identity, every copy lands
+//! on one partition of `usage.identified`. dedupe then releases the first
+//! copies in `seq` order, so `usage.validated` keeps each partition's order.
+//! Validation runs before dedupe: a rejected copy is never claimed, so it
+//! never takes the id and a corrected resend is accepted.
 
 pub mod decode;
-mod dedupe;
 pub mod reason;
 pub mod rules;
 
 use std::collections::BTreeMap;
 
-use prometheus::IntCounter;
-
 use crate::config::Config;
-use crate::contracts::Origin;
+use crate::contracts::{identity_key, GateKind, GateRecord, Origin, ValidatedEvent};
 use crate::lineage::{self, Count};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
 use crate::store::StoreId;
@@ -37,13 +36,12 @@ use decode::{AvroDecoder, DecodeError, RawRecord};
 use rules::{MeterIndex, ValidateRules};
 
 /// The stores' indexes in the stage's store list.
-const DEDUPE: StoreId = 0;
+const SEQUENCE: StoreId = 0;
 const LINEAGE: StoreId = 1;
 const COUNTERS: StoreId = 2;
-/// Expired dedupe entries removed per partition per punctuation (bounds the
-/// size of one transaction; the rest go in the next ones).
-const PURGE_BATCH_MAX: usize = 5_000;
-const MS_PER_DAY: i64 = 86_400_000;
+/// The one key of the `sequence` store: the `seq` the partition's next
+/// valid event gets (u64, big-endian; absent = 0).
+const NEXT_SEQ_KEY: &[u8] = b"N";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -59,11 +57,7 @@ pub struct ValidateProcessor {
     meters: MeterIndex,
     rules: ValidateRules,
     avro: Option<Box<dyn AvroDecoder>>,
-    horizon_ms: i64,
     output_topic: String,
-    /// Greatest event time accepted per partition (drives expiry).
-    stream_time_ms: BTreeMap<i32, i64>,
-    duplicates: IntCounter,
     /// Wall clock minus the event time of the last event validated.
     event_time_lag: prometheus::IntGauge,
 }
@@ -107,14 +101,8 @@ impl ValidateProcessor {
             meters,
             rules,
             avro,
-            horizon_ms: i64::from(config.validate.dedupe_horizon_days) * MS_PER_DAY,
-            output_topic: config.topic(topology::names::VALIDATED),
-            stream_time_ms: BTreeMap::new(),
+            output_topic: config.topic(topology::names::IDENTIFIED),
             event_time_lag: crate::metrics::event_time_lag(SPEC.name),
-            duplicates: crate::metrics::counter(
-                "meterline_validate_duplicates_total",
-                "Valid events dropped because their (source, id) was already accepted.",
-            ),
         })
     }
 }
@@ -158,74 +146,7 @@ impl Processor for ValidateProcessor {
         let validated = rules::validate(event, &raw, &self.meters, &self.rules, ctx.now(), origin)
             .map_err(reject)?;
 
-        // Dedupe only after validation: a rejected copy never claims the id.
-        let entry = dedupe::entry_key(&validated.source, &validated.id);
-        let day = lineage::day_of(validated.time);
-        let now_ms = ctx.now_ms;
-        crate::internal_events::EventTimeLagMeasured {
-            stage: SPEC.name,
-            lag_s: (now_ms - validated.time.timestamp_millis()) / 1_000,
-        }
-        .emit(&self.event_time_lag);
-        let step = |outcome: &str, detail: serde_json::Value| lineage::Step {
-            outcome: outcome.to_string(),
-            partition: rec.partition,
-            offset: rec.offset,
-            reason: None,
-            detail,
-        };
-        if ctx.stores.get(DEDUPE, &entry)?.is_some() {
-            crate::internal_events::DuplicateDropped {
-                source: &validated.source,
-                id: &validated.id,
-                partition: rec.partition,
-                offset: rec.offset,
-            }
-            .emit(&self.duplicates);
-            lineage::count(ctx, COUNTERS, &day, [Count::In, Count::Released])?;
-            lineage::record_step(
-                ctx,
-                LINEAGE,
-                &validated.source,
-                &validated.id,
-                step("duplicate", serde_json::Value::Null),
-                now_ms,
-            )?;
-            return Ok(());
-        }
-        lineage::count(ctx, COUNTERS, &day, [Count::In, Count::Passed])?;
-        lineage::record_step(
-            ctx,
-            LINEAGE,
-            &validated.source,
-            &validated.id,
-            step(
-                "validated",
-                serde_json::json!({"subject": validated.subject, "time": validated.time}),
-            ),
-            now_ms,
-        )?;
-        let time_ms = validated.time.timestamp_millis();
-        ctx.stores.put(DEDUPE, entry, dedupe::encode_time(time_ms));
-        ctx.stores.put(
-            DEDUPE,
-            dedupe::expiry_key(time_ms, &validated.source, &validated.id),
-            Vec::new(),
-        );
-        let st = self.stream_time_ms.entry(rec.partition).or_insert(i64::MIN);
-        *st = (*st).max(time_ms);
-
-        let value = validated
-            .to_json_bytes()
-            .map_err(|e| StageError::Fatal(format!("serializing a validated event: {e}")))?;
-        ctx.emit(Output {
-            topic: self.output_topic.clone(),
-            key: Some(validated.subject.into_bytes()),
-            value: Some(value),
-            headers: Vec::new(),
-            partition: None,
-        });
-        Ok(())
+        self.pass(&validated, rec, ctx)
     }
 
     fn on_rejected(
@@ -249,30 +170,70 @@ impl Processor for ValidateProcessor {
         }
         Ok(())
     }
+}
 
-    fn punctuate(&mut self, ctx: &mut Ctx<'_>, _now_ms: i64) -> Result<(), StageError> {
-        let Some(&st) = self.stream_time_ms.get(&ctx.partition) else {
-            return Ok(());
-        };
-        let cutoff = st.saturating_sub(self.horizon_ms);
-        let (from, to) = dedupe::expired_range(cutoff);
-        for (k, _) in ctx.stores.scan(DEDUPE, &from, &to, PURGE_BATCH_MAX)? {
-            let (_, source, id) = dedupe::parse_expiry_key(&k)
-                .map_err(|e| StageError::Fatal(format!("dedupe store: {e}")))?;
-            ctx.stores.delete(DEDUPE, k);
-            ctx.stores.delete(DEDUPE, dedupe::entry_key(&source, &id));
+impl ValidateProcessor {
+    /// A valid event: counted in, its lineage step, and claimed on
+    /// `usage.identified` under its identity with the partition's next seq.
+    fn pass(
+        &self,
+        validated: &ValidatedEvent,
+        rec: &InputRecord<'_>,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), StageError> {
+        let now_ms = ctx.now_ms;
+        crate::internal_events::EventTimeLagMeasured {
+            stage: SPEC.name,
+            lag_s: (now_ms - validated.time.timestamp_millis()) / 1_000,
         }
+        .emit(&self.event_time_lag);
+        // In here; first copy or duplicate is counted by dedupe (reconcile
+        // adds the two stages' counters up).
+        lineage::count(ctx, COUNTERS, &lineage::day_of(validated.time), [Count::In])?;
+        let step = lineage::Step {
+            outcome: "validated".to_string(),
+            partition: rec.partition,
+            offset: rec.offset,
+            reason: None,
+            detail: serde_json::json!({"subject": validated.subject, "time": validated.time}),
+        };
+        lineage::record_step(ctx, LINEAGE, &validated.source, &validated.id, step, now_ms)?;
+        let seq = next_seq(ctx)?;
+        let fatal = |e: serde_json::Error| StageError::Fatal(format!("serializing a claim: {e}"));
+        let event = serde_json::value::to_raw_value(validated).map_err(fatal)?;
+        let claim = GateRecord {
+            kind: GateKind::Claim,
+            origin_partition: rec.partition,
+            seq,
+            first_copy: None,
+            event: Some(event),
+        };
+        ctx.emit(Output {
+            topic: self.output_topic.clone(),
+            key: Some(identity_key(&validated.source, &validated.id)),
+            value: Some(claim.to_json_bytes().map_err(fatal)?),
+            headers: Vec::new(),
+            partition: None,
+        });
         Ok(())
     }
+}
 
-    fn on_rollback(&mut self) {
-        // Stream time only moves expiry; a value from aborted records is
-        // harmless (it will be reached again), so it is kept.
-    }
-
-    fn on_revoked(&mut self, partition: i32) {
-        self.stream_time_ms.remove(&partition);
-    }
+/// The partition's next seq, counted up in the `sequence` store (so a
+/// rejected record, whose writes are dropped, never takes one).
+fn next_seq(ctx: &mut Ctx<'_>) -> Result<u64, StageError> {
+    let seq = match ctx.stores.get(SEQUENCE, NEXT_SEQ_KEY)? {
+        None => 0,
+        Some(b) => <[u8; 8]>::try_from(b.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StageError::Fatal(format!("sequence store: {} bytes, not 8", b.len())))?,
+    };
+    let next = seq
+        .checked_add(1)
+        .ok_or_else(|| StageError::Fatal("sequence overflow".into()))?;
+    ctx.stores
+        .put(SEQUENCE, NEXT_SEQ_KEY.to_vec(), next.to_be_bytes().to_vec());
+    Ok(seq)
 }
 
 #[cfg(test)]
@@ -281,16 +242,7 @@ mod tests {
     use crate::runtime::testing::{Harness, Record};
     use chrono::{TimeZone, Utc};
 
-    fn config() -> Config {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        Config::from_parts(
-            "[topology]\nnamespace = \"x.\"\n[validate]\ndedupe_horizon_days = 40\n",
-            "test",
-            &[],
-            dir,
-        )
-        .unwrap()
-    }
+    use crate::stages::fixtures::gate_config as config;
 
     fn event(source: &str, id: &str, tokens: &str, time: chrono::DateTime<Utc>) -> Vec<u8> {
         format!(
@@ -329,64 +281,68 @@ mod tests {
         }
     }
 
+    fn with_subject(event: Vec<u8>, subject: &str) -> Vec<u8> {
+        String::from_utf8(event)
+            .unwrap()
+            .replace(
+                "\"subject\":\"cust-1\"",
+                &format!("\"subject\":\"{subject}\""),
+            )
+            .into_bytes()
+    }
+
+    /// The claim of an output: (key, origin partition, seq, event).
+    fn claim(o: &Output) -> (String, i32, u64, crate::contracts::ValidatedEvent) {
+        assert_eq!(o.topic, "x.usage.identified");
+        let c = GateRecord::from_json_slice(o.value.as_deref().unwrap()).unwrap();
+        assert_eq!(c.kind, GateKind::Claim);
+        assert_eq!(c.first_copy, None);
+        let event = ValidatedEvent::from_json_slice(c.event.unwrap().get().as_bytes()).unwrap();
+        let key = String::from_utf8(o.key.clone().unwrap()).unwrap();
+        (key, c.origin_partition, c.seq, event)
+    }
+
     #[test]
-    fn first_valid_copy_wins_and_rejects_do_not_claim_the_id() {
+    fn valid_events_are_claimed_by_identity_in_sequence_whatever_their_subject() {
         let now = now();
         let mut h = harness(now);
-        // A negative value is rejected and does not claim (src, e1)...
+        // A negative value is rejected: nothing goes on, no seq is taken.
         let (r, out) = run(&mut h, &event("src", "e1", "-5", now));
         assert_eq!(
             r.unwrap_err().to_string().split(':').next().unwrap(),
             "value_negative"
         );
         assert!(out.is_empty());
-        // ...so the corrected resend is accepted,
+        // The corrected resend is claimed under its identity, seq 0,
         let (r, out) = run(&mut h, &event("src", "e1", "5", now));
         r.unwrap();
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].topic, "x.usage.validated");
-        assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
-        // and a later copy with another payload is a duplicate.
-        let (r, out) = run(&mut h, &event("src", "e1", "7", now));
+        let (key, partition, seq, v) = claim(&out[0]);
+        assert_eq!(
+            (key.as_str(), partition, seq),
+            (r#"["src","e1"]"#, h.partition, 0)
+        );
+        assert_eq!((v.subject.as_str(), v.id.as_str()), ("cust-1", "e1"));
+        // a copy sent for another customer gets the same key (so the same
+        // partition of usage.identified, where dedupe drops it), seq 1,
+        let (r, out) = run(
+            &mut h,
+            &with_subject(event("src", "e1", "7", now), "cust-2"),
+        );
         r.unwrap();
-        assert!(out.is_empty());
-        // Same id from another source is another event.
+        let (key, _, seq, v) = claim(&out[0]);
+        assert_eq!(
+            (key.as_str(), seq, v.subject.as_str()),
+            (r#"["src","e1"]"#, 1, "cust-2")
+        );
+        // a reject in between takes no seq,
+        assert!(run(&mut h, &event("src", "e9", "-1", now)).0.is_err());
+        // and the same id from another source is another identity, seq 2,
+        // also after a commit.
+        h.commit().unwrap();
         let (r, out) = run(&mut h, &event("other", "e1", "7", now));
         r.unwrap();
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn entries_older_than_the_horizon_are_purged() {
-        let now = now();
-        let mut h = harness(now);
-        let old = now - chrono::Duration::days(30);
-        run(&mut h, &event("src", "old", "1", old)).0.unwrap();
-        run(&mut h, &event("src", "new", "1", now)).0.unwrap();
-        h.commit().unwrap();
-        // Horizon 40 days: nothing is old enough yet.
-        h.processor.horizon_ms = 40 * MS_PER_DAY;
-        h.now_ms = 0;
-        h.punctuate().unwrap();
-        assert!(h
-            .stores
-            .get(DEDUPE, &dedupe::entry_key("src", "old"))
-            .unwrap()
-            .is_some());
-        // Horizon 10 days: the 30-day-old entry goes, with its index key.
-        h.processor.horizon_ms = 10 * MS_PER_DAY;
-        h.punctuate().unwrap();
-        assert!(h
-            .stores
-            .get(DEDUPE, &dedupe::entry_key("src", "old"))
-            .unwrap()
-            .is_none());
-        assert!(h
-            .stores
-            .get(DEDUPE, &dedupe::entry_key("src", "new"))
-            .unwrap()
-            .is_some());
-        let all = h.stores.scan(DEDUPE, &[], &[0xFF], 100).unwrap();
-        assert_eq!(all.len(), 2, "one entry and one index key remain");
+        let (key, _, seq, _) = claim(&out[0]);
+        assert_eq!((key.as_str(), seq), (r#"["other","e1"]"#, 2));
     }
 }

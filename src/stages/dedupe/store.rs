@@ -1,6 +1,6 @@
 //! The dedupe store: which (`source`, `id`) pairs were accepted, and when.
 //!
-//! Two kinds of key, both in store 0 of the validate stage:
+//! Two kinds of key, both in store 0 (`dedupe`) of the dedupe stage:
 //! * `E | source | id` -> event time (ms, i64 big-endian) of the first valid copy;
 //! * `X | event time | source | id` -> empty: the expiry index, in time order,
 //!   so entries older than the horizon are found by one range scan and removed.
