@@ -1670,7 +1670,7 @@ fn render(
         let _ = writeln!(w);
         let _ = writeln!(
             w,
-            "Recovery: SIGKILL of validate while events flow, restart at once:"
+            "Recovery: SIGKILL of validate + dedupe (one process) while events flow, restart at once (dedupe's first commit):"
         );
         let _ = writeln!(w);
         let _ = writeln!(
