@@ -34,6 +34,8 @@ pub enum StoreError {
     Rocks { path: String, message: String },
     #[error("store {0} is not open")]
     NotOpen(String),
+    #[error("store {store}: a counter of {len} bytes (one is written as 8)")]
+    BadCounter { store: StoreId, len: usize },
 }
 
 /// Durable key-value state of one partition: a RocksDB in production, a map in
@@ -167,6 +169,23 @@ impl PartitionStores {
         limit: usize,
     ) -> Result<Entries, StoreError> {
         self.backend.scan(store, from, to, limit)
+    }
+
+    /// A counter kept under `key` (u64, big-endian; absent = 0).
+    pub fn get_counter(&self, store: StoreId, key: &[u8]) -> Result<u64, StoreError> {
+        match self.get(store, key)? {
+            None => Ok(0),
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::BadCounter {
+                    store,
+                    len: b.len(),
+                }),
+        }
+    }
+
+    pub fn put_counter(&mut self, store: StoreId, key: &[u8], value: u64) {
+        self.put(store, key.to_vec(), value.to_be_bytes().to_vec());
     }
 
     pub fn put(&mut self, store: StoreId, key: Vec<u8>, value: Vec<u8>) {
@@ -311,6 +330,19 @@ mod tests {
 
     fn stores() -> PartitionStores {
         PartitionStores::new(Box::<MemBackend>::default(), 2)
+    }
+
+    #[test]
+    fn counters_read_zero_when_absent_and_refuse_a_value_of_another_width() {
+        let mut s = stores();
+        assert_eq!(s.get_counter(0, b"n").unwrap(), 0);
+        s.put_counter(0, b"n", u64::MAX - 1);
+        assert_eq!(s.get_counter(0, b"n").unwrap(), u64::MAX - 1);
+        s.put(0, b"n".to_vec(), vec![1, 2, 3]);
+        assert!(matches!(
+            s.get_counter(0, b"n"),
+            Err(StoreError::BadCounter { store: 0, len: 3 })
+        ));
     }
 
     #[test]

@@ -32,17 +32,11 @@ fn early_key(seq: u64) -> Vec<u8> {
 }
 
 fn next_seq(ctx: &Ctx<'_>) -> Result<u64, StageError> {
-    match ctx.stores.get(RELEASE, NEXT_KEY)? {
-        None => Ok(0),
-        Some(b) => <[u8; 8]>::try_from(b.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StageError::Fatal(format!("release store: {} bytes, not 8", b.len()))),
-    }
+    Ok(ctx.stores.get_counter(RELEASE, NEXT_KEY)?)
 }
 
 fn set_next_seq(ctx: &mut Ctx<'_>, next: u64) {
-    ctx.stores
-        .put(RELEASE, NEXT_KEY.to_vec(), next.to_be_bytes().to_vec());
+    ctx.stores.put_counter(RELEASE, NEXT_KEY, next);
 }
 
 /// A verdict on partition `rec.partition`: released now if it is its turn

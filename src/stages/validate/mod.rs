@@ -222,17 +222,11 @@ impl ValidateProcessor {
 /// The partition's next seq, counted up in the `sequence` store (so a
 /// rejected record, whose writes are dropped, never takes one).
 fn next_seq(ctx: &mut Ctx<'_>) -> Result<u64, StageError> {
-    let seq = match ctx.stores.get(SEQUENCE, NEXT_SEQ_KEY)? {
-        None => 0,
-        Some(b) => <[u8; 8]>::try_from(b.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StageError::Fatal(format!("sequence store: {} bytes, not 8", b.len())))?,
-    };
+    let seq = ctx.stores.get_counter(SEQUENCE, NEXT_SEQ_KEY)?;
     let next = seq
         .checked_add(1)
         .ok_or_else(|| StageError::Fatal("sequence overflow".into()))?;
-    ctx.stores
-        .put(SEQUENCE, NEXT_SEQ_KEY.to_vec(), next.to_be_bytes().to_vec());
+    ctx.stores.put_counter(SEQUENCE, NEXT_SEQ_KEY, next);
     Ok(seq)
 }
 
