@@ -2,7 +2,8 @@
 //! retriably on one record (twice) makes the runtime abort the transaction,
 //! drop the transaction's store writes and rewind the consumer; after the
 //! retry every record is output exactly once and no store write is applied
-//! twice.
+//! twice. The same holds when the producer itself fails mid-transaction
+//! (fatally, not fenced) and is replaced in place.
 
 mod common;
 
@@ -22,6 +23,9 @@ const POISON_FAILURES: u32 = 2;
 struct Counting {
     out_topic: String,
     poison_failures_left: u32,
+    /// On the poison record, once: the producer fails (through the
+    /// runtime's fault point) right after this record is processed.
+    producer_fault: Option<Arc<StageStatus>>,
 }
 
 impl Processor for Counting {
@@ -38,6 +42,11 @@ impl Processor for Counting {
             .unwrap_or(0);
         ctx.stores
             .put(0, key.clone(), (seen + 1).to_be_bytes().to_vec());
+        if rec.value == Some(b"poison") {
+            if let Some(status) = self.producer_fault.take() {
+                status.inject_producer_failure.store(true, Ordering::SeqCst);
+            }
+        }
         if rec.value == Some(b"poison") && self.poison_failures_left > 0 {
             // Fail after writing state: the write must be rolled back.
             self.poison_failures_left -= 1;
@@ -56,13 +65,45 @@ impl Processor for Counting {
 
 #[test]
 fn retriable_failure_aborts_rewinds_and_rolls_back_state() {
+    let m = run_counting("abort", POISON_FAILURES, false);
+    assert_eq!(
+        metric(
+            &m,
+            "meterline_transaction_aborts_total",
+            &[
+                ("stage", "validate"),
+                ("cause", "retriable_processing_error")
+            ]
+        ),
+        Some(POISON_FAILURES as f64),
+        "{m}"
+    );
+}
+
+#[test]
+fn failed_producer_is_replaced_and_its_transaction_aborted() {
+    let m = run_counting("replace", 0, true);
+    // At least the injected one (the broker race this recovers from may
+    // add one in the other test of this binary: the metrics are global).
+    let replaced = metric(
+        &m,
+        "meterline_transaction_aborts_total",
+        &[("stage", "validate"), ("cause", "producer_replaced")],
+    );
+    assert!(replaced.is_some_and(|n| n >= 1.0), "{m}");
+}
+
+/// Runs the counting stage over [`RECORDS`] records (the middle one the
+/// poison) until every record is output, checks each was output exactly
+/// once with its state applied once, and returns the metrics.
+fn run_counting(name: &str, poison_failures: u32, producer_fault: bool) -> String {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_test_writer()
         .try_init();
     let port = free_port();
     let w = World::new(
-        "abort",
+        name,
         &format!("[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"),
     );
     w.apply();
@@ -77,12 +118,13 @@ fn retriable_failure_aborts_rewinds_and_rolls_back_state() {
     let mut config = Config::load(&w.config_path).unwrap();
     config.runtime.state_dir = w.state_dir();
     assert!(Path::new(&w.config_path).exists());
-    let processor = Counting {
-        out_topic: w.topic("usage.identified"),
-        poison_failures_left: POISON_FAILURES,
-    };
     let shutdown = Arc::new(AtomicBool::new(false));
     let status = Arc::new(StageStatus::default());
+    let processor = Counting {
+        out_topic: w.topic("usage.identified"),
+        poison_failures_left: poison_failures,
+        producer_fault: producer_fault.then(|| status.clone()),
+    };
     let handle = {
         let (config, shutdown, status) = (Arc::new(config), shutdown.clone(), status.clone());
         std::thread::spawn(move || run_stage(config, processor, shutdown, status))
@@ -104,17 +146,5 @@ fn retriable_failure_aborts_rewinds_and_rolls_back_state() {
             "state applied once: {r:?}"
         );
     }
-    let m = meterline::metrics::render();
-    assert_eq!(
-        metric(
-            &m,
-            "meterline_transaction_aborts_total",
-            &[
-                ("stage", "validate"),
-                ("cause", "retriable_processing_error")
-            ]
-        ),
-        Some(POISON_FAILURES as f64),
-        "{m}"
-    );
+    meterline::metrics::render()
 }

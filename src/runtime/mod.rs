@@ -21,6 +21,7 @@
 //! See [`crate::store`] for why the local state never runs ahead of Kafka.
 
 pub mod dlq;
+mod recover;
 pub mod restore;
 pub mod schedule;
 mod tables;
@@ -66,6 +67,9 @@ const RETRY_BACKOFF_MAX_MS: u64 = 10_000;
 const ABORT_SLICE_MS: u64 = 200;
 /// Retries of one transactional call that failed retriably before aborting.
 const TXN_CALL_RETRIES_MAX: u32 = 3;
+/// Producers replaced in a row (no commit in between) after fatal, not
+/// fencing, transaction errors before the stage stops.
+const PRODUCER_REPLACEMENTS_IN_A_ROW_MAX: u32 = 5;
 /// Bits of the delivery opaque: tag | store id << 24 | partition.
 const CHANGELOG_TAG: usize = 1 << 40;
 const PARTITION_MASK: usize = (1 << 24) - 1;
@@ -217,6 +221,10 @@ pub struct StageStatus {
     pub alive: AtomicBool,
     /// Set once the stage runs.
     pub query: std::sync::OnceLock<Arc<dyn StoreQuery>>,
+    /// Fault point for tests: when set, the loop takes it back and handles
+    /// a fatal, not fencing, producer error (the producer is replaced).
+    #[doc(hidden)]
+    pub inject_producer_failure: AtomicBool,
 }
 
 impl std::fmt::Debug for StageStatus {
@@ -294,6 +302,13 @@ enum LoopError {
     },
     /// Stop the stage.
     Fatal(String),
+    /// The producer hit a fatal transaction error that is not fencing (the
+    /// broker answered INVALID_TXN_STATE to an abort, librdkafka#4849):
+    /// replace it, abort and rewind as for [`LoopError::Abort`].
+    ProducerFailed {
+        cause: &'static str,
+        message: String,
+    },
     /// A record was refused by the producer or the broker for what it is
     /// (too large, invalid): retrying cannot help.
     Unproducible(String),
@@ -307,8 +322,16 @@ impl From<StoreError> for LoopError {
 
 fn classify(call: &'static str, e: KafkaError) -> LoopError {
     if let KafkaError::Transaction(re) = &e {
+        if re.is_fatal() && is_fencing(re.code()) {
+            return LoopError::Fatal(format!(
+                "{call}: {re} (fenced: a newer instance with the same transactional.id runs)"
+            ));
+        }
         if re.is_fatal() {
-            return LoopError::Fatal(format!("{call}: {re} (fatal; a newer instance with the same transactional.id may have fenced this one)"));
+            return LoopError::ProducerFailed {
+                cause: call,
+                message: re.to_string(),
+            };
         }
         return LoopError::Abort {
             cause: call,
@@ -316,15 +339,28 @@ fn classify(call: &'static str, e: KafkaError) -> LoopError {
         };
     }
     match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::Fenced)
-        | Some(RDKafkaErrorCode::ProducerFenced)
-        | Some(RDKafkaErrorCode::InvalidProducerEpoch)
-        | Some(RDKafkaErrorCode::Fatal) => LoopError::Fatal(format!("{call}: {e}")),
+        Some(code) if is_fencing(code) => LoopError::Fatal(format!("{call}: {e}")),
+        Some(RDKafkaErrorCode::Fatal) => LoopError::ProducerFailed {
+            cause: call,
+            message: e.to_string(),
+        },
         _ => LoopError::Abort {
             cause: call,
             message: e.to_string(),
         },
     }
+}
+
+/// Another producer with this transactional.id took over: going on would
+/// fence it back, so only these stop the stage for good.
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+    )
 }
 
 /// Delivery reports of the transactional producer: the greatest changelog
@@ -476,6 +512,9 @@ pub struct Engine<P: Processor> {
     processor: P,
     producer: BaseProducer<DeliveryContext>,
     tracker: Arc<DeliveryTracker>,
+    transactional_id: String,
+    /// Producers replaced since the last commit.
+    replacements_in_a_row: u32,
     config: Arc<Config>,
     input_topic: String,
     dlq_topic: String,
@@ -922,6 +961,7 @@ impl<P: Processor> Engine<P> {
         // Committed in Kafka: now, and only now, the stores may move forward.
         self.apply_committed(&maxes)?;
         self.failures_in_a_row = 0;
+        self.replacements_in_a_row = 0;
         TransactionCommitted {
             stage: self.spec.name,
             records,
@@ -1107,7 +1147,7 @@ impl<P: Processor> Engine<P> {
     /// until every record is accounted for, which needs their delivery
     /// reports served: so abort in short slices and poll in between (the
     /// resumable-call pattern librdkafka documents), up to the call timeout.
-    fn abort_transaction(&self) -> Result<(), String> {
+    fn abort_transaction(&self) -> Result<(), KafkaError> {
         let deadline = Instant::now() + self.call_timeout();
         loop {
             self.producer.poll(Duration::ZERO);
@@ -1122,7 +1162,7 @@ impl<P: Processor> Engine<P> {
                 Err(KafkaError::Transaction(re)) if !re.is_fatal() && Instant::now() < deadline => {
                     tracing::debug!(stage = self.spec.name, error = %re, "abort still in progress");
                 }
-                Err(e) => return Err(format!("abort_transaction: {e}")),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -1144,10 +1184,18 @@ impl<P: Processor> Engine<P> {
         .emit(&self.metrics);
         // at_least_once: what was sent stays sent; the rewind re-sends it.
         if self.txn.take().is_some() && self.transactional() {
-            if let Err(m) = self.abort_transaction() {
+            if let Err(e) = self.abort_transaction() {
                 // A transaction that cannot be aborted cannot be followed by
-                // another: stop, and let the restart fence and abort it.
-                self.fatal = Some(m);
+                // another: a new producer fences the old one and aborts it,
+                // unless another instance already did (then stop).
+                match classify("abort_transaction", e) {
+                    LoopError::Fatal(m) => self.fatal = Some(m),
+                    LoopError::Abort { message, .. }
+                    | LoopError::ProducerFailed { message, .. }
+                    | LoopError::Unproducible(message) => {
+                        self.replace_producer("abort_transaction", &message, skip, consumer)
+                    }
+                }
                 return;
             }
         }
@@ -1183,6 +1231,10 @@ impl<P: Processor> Engine<P> {
             }
             LoopError::Abort { cause, message } => {
                 self.abort(cause, &message, None, consumer);
+                self.failures_in_a_row += 1;
+            }
+            LoopError::ProducerFailed { cause, message } => {
+                self.replace_producer(cause, &message, None, consumer);
                 self.failures_in_a_row += 1;
             }
         }
@@ -1400,27 +1452,12 @@ fn start_engine<P: Processor>(
 
     let tracker = Arc::new(DeliveryTracker::default());
     let transactional = config.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
-    let producer: BaseProducer<DeliveryContext> = kafka::create(
-        &if transactional {
-            kafka::transactional_producer_config(config, transactional_id)
-        } else {
-            kafka::at_least_once_producer_config(config)
-        },
-        DeliveryContext(tracker.clone()),
-    )?;
+    let producer = new_producer(config, transactional_id, &tracker)?;
     let mut processor = processor;
     let dlq_partitions = probe_topics(config, spec, &mut processor, &input_topic, &dlq_topic)?;
     if transactional {
-        producer
-            .init_transactions(Duration::from_millis(
-                config.runtime.transaction_call_timeout_ms,
-            ))
-            .map_err(|e| {
-                stage_fatal(
-                    stage,
-                    format!("init_transactions for {transactional_id}: {e}"),
-                )
-            })?;
+        init_transactions(&producer, config, transactional_id)
+            .map_err(|m| stage_fatal(stage, m))?;
     } else {
         warn!(
             stage,
@@ -1437,6 +1474,8 @@ fn start_engine<P: Processor>(
         processor,
         producer,
         tracker,
+        transactional_id: transactional_id.to_string(),
+        replacements_in_a_row: 0,
         config: config.clone(),
         input_topic,
         dlq_topic,
@@ -1454,6 +1493,38 @@ fn start_engine<P: Processor>(
         txn_inputs: Vec::new(),
         poisoned: BTreeMap::new(),
     })
+}
+
+/// The stage's producer: transactional (not initialised yet) unless the
+/// stage runs at_least_once; its delivery reports go to `tracker`.
+fn new_producer(
+    config: &Config,
+    transactional_id: &str,
+    tracker: &Arc<DeliveryTracker>,
+) -> Result<BaseProducer<DeliveryContext>, RuntimeError> {
+    let transactional = config.runtime.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+    Ok(kafka::create(
+        &if transactional {
+            kafka::transactional_producer_config(config, transactional_id)
+        } else {
+            kafka::at_least_once_producer_config(config)
+        },
+        DeliveryContext(tracker.clone()),
+    )?)
+}
+
+/// Fences any older producer with this transactional.id and completes or
+/// aborts what it left open on the broker.
+fn init_transactions(
+    producer: &BaseProducer<DeliveryContext>,
+    config: &Config,
+    transactional_id: &str,
+) -> Result<(), String> {
+    producer
+        .init_transactions(Duration::from_millis(
+            config.runtime.transaction_call_timeout_ms,
+        ))
+        .map_err(|e| format!("init_transactions for {transactional_id}: {e}"))
 }
 
 /// Fails early, in one line, on an unreachable broker or a missing topic;
@@ -1514,6 +1585,17 @@ fn run_loop<P: Processor>(
             return Err(fatal(m));
         }
         engine.take_polled(polled, consumer).map_err(fatal)?;
+        if engine
+            .status
+            .inject_producer_failure
+            .swap(false, Ordering::SeqCst)
+        {
+            let injected = LoopError::ProducerFailed {
+                cause: "injected",
+                message: "producer failure injected by a test".into(),
+            };
+            engine.handle(injected, consumer);
+        }
         engine.poll_tables().map_err(fatal)?;
         if last_punctuate.elapsed() >= Duration::from_millis(PUNCTUATE_INTERVAL_MS) {
             last_punctuate = Instant::now();
