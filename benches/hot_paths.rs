@@ -41,6 +41,11 @@ use meterline::contracts::{
     ChargeSource, Clearing, ClosedWindow, CloudEvent, CustomerInfo, Encoding, EnrichedEvent,
     Measure, Origin, RatedEvent, ResolvedCharge, SegmentInfo, ValidatedEvent, Window, WindowKind,
 };
+use meterline::ingest::decode::{
+    self, AvroDecodeError, AvroDecoder, RawRecord, WriterSchema, CLOUDEVENT_AVRO_SCHEMA_EXAMPLE,
+    CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC_BYTE,
+};
+use meterline::ingest::rules::{self, MeterIndex, ValidateRules};
 use meterline::meter::Aggregation;
 use meterline::rating::{ChargeModel, Observation, SegmentState, Tier};
 use meterline::refdata::GlAccounts;
@@ -49,11 +54,6 @@ use meterline::stages::aggregate::AggregateProcessor;
 use meterline::stages::dedupe::DedupeProcessor;
 use meterline::stages::post::{post_window, PostProcessor};
 use meterline::stages::rate::RateProcessor;
-use meterline::stages::validate::decode::{
-    self, AvroDecodeError, AvroDecoder, RawRecord, WriterSchema, CLOUDEVENT_AVRO_SCHEMA_EXAMPLE,
-    CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC_BYTE,
-};
-use meterline::stages::validate::rules::{self, MeterIndex, ValidateRules};
 use meterline::stages::validate::ValidateProcessor;
 use meterline::store::keys::KeyBuilder;
 use meterline::store::rocks::RocksBackend;

@@ -26,11 +26,13 @@
     )
 )]
 
+pub mod api;
 pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod contracts;
 pub mod http;
+pub mod ingest;
 pub mod internal_events;
 pub mod jsonpath;
 pub mod kafka;

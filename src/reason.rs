@@ -138,7 +138,7 @@ pub fn is_snake_case(code: &str) -> bool {
 
 /// Every table: its owner, the codes it declares and every code it gives.
 /// A new table belongs here (the tests below read it).
-pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 10] {
+pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 11] {
     use crate::stages;
     [
         (
@@ -163,8 +163,8 @@ pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str
         ),
         (
             "validate",
-            stages::validate::reason::ALL,
-            stages::validate::reason::CODES,
+            crate::ingest::reason::ALL,
+            crate::ingest::reason::CODES,
         ),
         (
             "dedupe",
@@ -191,6 +191,7 @@ pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str
             stages::post::reason::ALL,
             stages::post::reason::CODES,
         ),
+        ("api", crate::api::reasons::ALL, crate::api::reasons::CODES),
     ]
 }
 

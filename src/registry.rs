@@ -17,7 +17,7 @@ use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
 use crate::config::{Config, RegistryConfig};
-use crate::stages::validate::decode::{AvroDecodeError, AvroDecoder, WriterSchema};
+use crate::ingest::decode::{AvroDecodeError, AvroDecoder, WriterSchema};
 
 /// How long one registry HTTP call may take.
 pub const REGISTRY_TIMEOUT_MS: u64 = 5_000;

@@ -245,7 +245,7 @@ fn every_event_lands_in_exactly_one_place() {
     let valid_records: Vec<Record> = (0..VALID_EVENTS).map(|i| valid(i, &now)).collect();
     let mut expected_reason: BTreeMap<Vec<u8>, String> = BTreeMap::new();
     let mut bad: Vec<Record> = Vec::new();
-    let codes: Vec<&str> = meterline::stages::validate::reason::ALL_REASON_CODES.to_vec();
+    let codes: Vec<&str> = meterline::ingest::reason::ALL_REASON_CODES.to_vec();
     let mut covered = BTreeSet::new();
     for code in &codes {
         for n in 0..PER_REASON {

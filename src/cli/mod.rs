@@ -73,6 +73,20 @@ pub enum Command {
     /// invented or counted twice between the stages. Exits 0 when every
     /// check holds, 1 when one fails (each named), 2 when Kafka cannot be read.
     Reconcile(crate::reconcile::ReconcileArgs),
+    /// Serve the HTTP API (api.listen_addr): OpenMeter-compatible usage
+    /// submission at POST /api/v1/events, the contract at /v1/openapi.json.
+    /// Needs at least one [[api.keys]]. Runs until SIGTERM/SIGINT.
+    Api,
+    /// Make a new API key: prints the token (shown once, never stored) and
+    /// the [[api.keys]] entry holding its SHA-256.
+    ApiKey {
+        /// Who holds the key (logged with refusals).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: ingest, read, admin.
+        #[arg(long, value_delimiter = ',', default_value = "ingest")]
+        scopes: Vec<String>,
+    },
     /// Reference data: customers, subscriptions, plans.
     Refdata {
         #[command(subcommand)]
@@ -186,6 +200,20 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Api => {
+            let state = crate::api::ApiState::new(Arc::new(config))?;
+            rt.block_on(async {
+                tokio::select! {
+                    r = crate::api::serve(state) => r.map_err(anyhow::Error::from),
+                    _ = shutdown_signal() => Ok(()),
+                }
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApiKey { name, scopes } => {
+            print!("{}", api_key(&name, &scopes)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stages => {
             println!("{}", crate::stages::runnable());
             Ok(ExitCode::SUCCESS)
@@ -203,6 +231,38 @@ pub fn main() -> anyhow::Result<ExitCode> {
             print!("{}", summary.render(opts.dry_run));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A new token and the config entry for it.
+fn api_key(name: &str, scopes: &[String]) -> anyhow::Result<String> {
+    for s in scopes {
+        if !matches!(s.as_str(), "ingest" | "read" | "admin") {
+            bail!("unknown scope {s:?} (scopes: ingest, read, admin)");
+        }
+    }
+    let token = crate::api::auth::new_token();
+    let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    Ok(format!(
+        "# token (give it to {name:?}; it is not stored anywhere):\n# {token}\n[[api.keys]]\nname = {name:?}\nsha256_hex = \"{}\"\nscopes = [{}]\n",
+        crate::api::auth::token_hash_hex(&token),
+        quoted.join(", ")
+    ))
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut t) => {
+                t.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

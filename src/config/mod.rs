@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod api;
+pub use api::{ApiConfig, ApiKeyConfig, ApiScope};
+
 use crate::meter::Meter;
 use crate::money::RoundingMode;
 
@@ -74,6 +77,8 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     #[serde(default)]
     pub post: PostConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
     /// Filled from `topology.meters_file` after loading; not a file key.
     #[serde(skip)]
     pub meters: Vec<Meter>,
@@ -540,6 +545,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        self.api.check().map_err(ConfigError::Invalid)?;
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "kafka.bootstrap_servers must not be empty".into(),

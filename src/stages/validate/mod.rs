@@ -19,12 +19,6 @@
 //! Validation runs before dedupe: a rejected copy is never claimed, so it
 //! never takes the id and a corrected resend is accepted.
 
-pub mod decode;
-pub mod reason;
-pub mod rules;
-
-use std::collections::BTreeMap;
-
 use crate::config::Config;
 use crate::contracts::{identity_key, GateKind, GateRecord, Origin, ValidatedEvent};
 use crate::lineage::{self, Count};
@@ -32,8 +26,9 @@ use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
 use crate::store::StoreId;
 use crate::topology::{self, StageSpec};
 
-use decode::{AvroDecoder, DecodeError, RawRecord};
-use rules::{MeterIndex, ValidateRules};
+use crate::ingest::decode::{AvroDecoder, DecodeError, RawRecord};
+use crate::ingest::rules::{MeterIndex, ValidateRules};
+use crate::ingest::{decode, reason, rules};
 
 /// The stores' indexes in the stage's store list.
 const SEQUENCE: StoreId = 0;
@@ -64,21 +59,7 @@ pub struct ValidateProcessor {
 
 impl ValidateProcessor {
     pub fn new(config: &Config) -> Result<Self, SetupError> {
-        let v = &config.validate;
-        let mut hmac_keys = BTreeMap::new();
-        for (source, key) in &v.hmac_keys_hex {
-            let k = hex::decode(key).map_err(|_| SetupError::HmacKey(source.clone()))?;
-            hmac_keys.insert(source.clone(), k);
-        }
-        let rules = ValidateRules {
-            max_event_age_days: v.max_event_age_days,
-            max_clock_skew_s: v.max_clock_skew_s,
-            allowed_sources: v.allowed_sources.clone(),
-            hmac_keys,
-            signature_header: v.signature_header.clone(),
-            require_signature: v.require_signature,
-            max_event_bytes: v.max_event_bytes,
-        };
+        let rules = ValidateRules::from_config(&config.validate).map_err(SetupError::HmacKey)?;
         let avro: Option<Box<dyn AvroDecoder>> = match &config.registry {
             Some(reg) => Some(Box::new(
                 crate::registry::RegistryAvroDecoder::new(reg)

@@ -132,6 +132,25 @@ impl fmt::Debug for ValidateRules {
 }
 
 impl ValidateRules {
+    /// The rules of `[validate]`; Err names the source whose HMAC key is
+    /// not hex.
+    pub fn from_config(v: &crate::config::ValidateConfig) -> Result<Self, String> {
+        let mut hmac_keys = BTreeMap::new();
+        for (source, key) in &v.hmac_keys_hex {
+            let k = hex::decode(key).map_err(|_| source.clone())?;
+            hmac_keys.insert(source.clone(), k);
+        }
+        Ok(ValidateRules {
+            max_event_age_days: v.max_event_age_days,
+            max_clock_skew_s: v.max_clock_skew_s,
+            allowed_sources: v.allowed_sources.clone(),
+            hmac_keys,
+            signature_header: v.signature_header.clone(),
+            require_signature: v.require_signature,
+            max_event_bytes: v.max_event_bytes,
+        })
+    }
+
     /// Whether `source` passes the allow-list.
     pub fn source_allowed(&self, source: &str) -> bool {
         self.allowed_sources.is_empty()
@@ -840,12 +859,12 @@ pub fn exact_mul(a: Decimal, b: Decimal) -> Result<Decimal, NumericError> {
 mod tests {
     use super::*;
     use crate::contracts::Encoding;
-    use crate::meter::UnitConversion;
-    use crate::stages::validate::decode::tests::{
+    use crate::ingest::decode::tests::{
         binary_headers, example_avro, wire, FakeRegistry, EXAMPLE_SCHEMA_ID,
     };
-    use crate::stages::validate::decode::{decode, AvroDecoder, DecodeError};
-    use crate::stages::validate::reason::ALL_REASON_CODES;
+    use crate::ingest::decode::{decode, AvroDecoder, DecodeError};
+    use crate::ingest::reason::ALL_REASON_CODES;
+    use crate::meter::UnitConversion;
     use chrono::TimeZone;
     use proptest::prelude::*;
     use serde_json::json;

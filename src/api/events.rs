@@ -1,0 +1,355 @@
+//! `POST /api/v1/events`: usage submission compatible with OpenMeter's
+//! ingest API. One CloudEvent (`application/cloudevents+json`, or
+//! `application/json` holding an object) or a batch
+//! (`application/cloudevents-batch+json`, or `application/json` holding an
+//! array), checked with validate's own decode and rules before anything is
+//! produced: a batch with any bad event is refused whole (400, each bad
+//! index with validate's reason code). Accepted events go to `usage.events`
+//! as structured-mode records keyed by subject, with the exact bytes the
+//! client sent; 204 once the broker acknowledged every one. A retry after
+//! a timeout is safe: the dedupe stage drops the second copy.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde_json::value::RawValue;
+use sha2::Sha256;
+
+use super::auth::Caller;
+use super::problem::{EventError, Problem};
+use super::reasons;
+use crate::config::ApiConfig;
+use crate::contracts::{Encoding, Origin};
+use crate::ingest::decode::{self, DecodeError, RawRecord, CONTENT_TYPE_HEADER};
+use crate::ingest::rules::{self, MeterIndex, ValidateRules};
+
+/// Media type of one structured-mode CloudEvent (also the header of every
+/// record the API produces).
+pub const SINGLE_MEDIA_TYPE: &str = "application/cloudevents+json";
+/// Media type of a CloudEvents JSON batch.
+pub const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";
+/// Plain JSON: an object is one event, an array a batch.
+pub const JSON_MEDIA_TYPE: &str = "application/json";
+/// Bad events listed in one problem body; the count says how many in all.
+pub const MAX_LISTED_ERRORS: usize = 100;
+
+/// One event ready to produce.
+#[derive(Debug)]
+pub struct Prepared {
+    pub subject: String,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// What the ingest route needs, built once.
+pub struct Ingest {
+    pub meters: MeterIndex,
+    pub rules: ValidateRules,
+    pub producer: FutureProducer,
+    pub topic: String,
+    pub limits: ApiConfig,
+}
+
+/// How the body is to be read, from its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Single,
+    Batch,
+    Either,
+}
+
+fn shape(headers: &HeaderMap) -> Result<Shape, Problem> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    match media.as_str() {
+        SINGLE_MEDIA_TYPE => Ok(Shape::Single),
+        BATCH_MEDIA_TYPE => Ok(Shape::Batch),
+        JSON_MEDIA_TYPE => Ok(Shape::Either),
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reasons::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            format!(
+                "Content-Type must be {SINGLE_MEDIA_TYPE}, {BATCH_MEDIA_TYPE} or {JSON_MEDIA_TYPE}"
+            ),
+        )),
+    }
+}
+
+fn not_json(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        reasons::BODY_NOT_JSON,
+        "Body is not a CloudEvent or a batch of them",
+        detail,
+    )
+}
+
+/// The events of the body, each as the exact JSON text the client sent.
+pub fn split_body<'b>(
+    headers: &HeaderMap,
+    body: &'b [u8],
+    max_batch_events: usize,
+) -> Result<Vec<&'b RawValue>, Problem> {
+    let shape = shape(headers)?;
+    let text = std::str::from_utf8(body).map_err(|_| not_json("the body is not UTF-8".into()))?;
+    let first = text.trim_start().chars().next();
+    let is_array = first == Some('[');
+    let events: Vec<&RawValue> = match (shape, is_array) {
+        (Shape::Single, true) => {
+            return Err(not_json(format!(
+                "{SINGLE_MEDIA_TYPE} holds one event object; send an array as {BATCH_MEDIA_TYPE}"
+            )))
+        }
+        (Shape::Batch, false) => {
+            return Err(not_json(format!(
+                "{BATCH_MEDIA_TYPE} holds a JSON array of events"
+            )))
+        }
+        (_, true) => serde_json::from_str(text).map_err(|e| not_json(e.to_string()))?,
+        (_, false) => vec![serde_json::from_str(text).map_err(|e| not_json(e.to_string()))?],
+    };
+    if events.is_empty() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            reasons::EMPTY_BATCH,
+            "Empty batch",
+            "the batch holds no event",
+        ));
+    }
+    if events.len() > max_batch_events {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            reasons::BATCH_TOO_LARGE,
+            "Batch too large",
+            format!(
+                "{} events; api.max_batch_events is {max_batch_events}",
+                events.len()
+            ),
+        ));
+    }
+    Ok(events)
+}
+
+/// Why one event cannot be accepted.
+enum Refusal {
+    Invalid(EventError),
+    SourceNotPermitted(usize, String),
+}
+
+impl Ingest {
+    /// Checks every event; Ok only when all of them pass.
+    pub fn prepare(
+        &self,
+        caller: &Caller<'_>,
+        events: &[&RawValue],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Prepared>, Problem> {
+        let mut ready = Vec::with_capacity(events.len());
+        let mut invalid = Vec::new();
+        let mut foreign = Vec::new();
+        for (index, raw) in events.iter().enumerate() {
+            match self.prepare_one(caller, index, raw.get().as_bytes(), now) {
+                Ok(p) => ready.push(p),
+                Err(Refusal::Invalid(e)) => invalid.push(e),
+                Err(Refusal::SourceNotPermitted(i, source)) => foreign.push((i, source)),
+            }
+        }
+        if !foreign.is_empty() {
+            let mut p = Problem::new(
+                StatusCode::FORBIDDEN,
+                reasons::SOURCE_NOT_PERMITTED,
+                "Source not permitted for this key",
+                format!(
+                    "the key {:?} may not ingest {} of the events (its sources: {:?})",
+                    caller.key.name,
+                    foreign.len(),
+                    caller.key.sources
+                ),
+            );
+            p.errors = foreign
+                .into_iter()
+                .take(MAX_LISTED_ERRORS)
+                .map(|(index, source)| EventError {
+                    index,
+                    code: reasons::SOURCE_NOT_PERMITTED,
+                    detail: format!("source {}", crate::ingest::reason::excerpt(&source)),
+                })
+                .collect();
+            return Err(p);
+        }
+        if !invalid.is_empty() {
+            let mut p = Problem::new(
+                StatusCode::BAD_REQUEST,
+                reasons::INVALID_EVENTS,
+                "Invalid events",
+                format!(
+                    "{} of {} events break the rules; nothing was accepted",
+                    invalid.len(),
+                    events.len()
+                ),
+            );
+            invalid.truncate(MAX_LISTED_ERRORS);
+            p.errors = invalid;
+            return Err(p);
+        }
+        Ok(ready)
+    }
+
+    fn prepare_one(
+        &self,
+        caller: &Caller<'_>,
+        index: usize,
+        value: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Prepared, Refusal> {
+        let invalid = |code: &'static str, detail: String| {
+            Refusal::Invalid(EventError {
+                index,
+                code,
+                detail,
+            })
+        };
+        let mut headers = vec![(
+            CONTENT_TYPE_HEADER.to_string(),
+            Some(SINGLE_MEDIA_TYPE.as_bytes().to_vec()),
+        )];
+        let plain = RawRecord {
+            key: None,
+            value: Some(value),
+            headers: &headers,
+        };
+        let (event, _) = decode::decode(&plain, None).map_err(|e| match e {
+            DecodeError::Reject(r) => invalid(r.code(), r.message),
+            // Without Avro no decode is retriable; say so rather than panic.
+            DecodeError::Retriable(m) => invalid(reasons::INVALID_EVENTS, m),
+        })?;
+        if !caller.may_ingest(&event.source) {
+            return Err(Refusal::SourceNotPermitted(index, event.source));
+        }
+        if let Some(signature) = self.signature(caller, &event.source, value) {
+            headers.push((self.rules.signature_header.clone(), Some(signature)));
+        }
+        let subject = event.subject.clone();
+        let record = RawRecord {
+            key: Some(subject.as_bytes()),
+            value: Some(value),
+            headers: &headers,
+        };
+        rules::check_size(&record, &self.rules).map_err(|r| invalid(r.code(), r.message))?;
+        let origin = Origin {
+            topic: self.topic.clone(),
+            partition: -1,
+            offset: -1,
+            encoding: Encoding::Structured,
+        };
+        rules::validate(event, &record, &self.meters, &self.rules, now, origin)
+            .map_err(|r| invalid(r.code(), r.message))?;
+        Ok(Prepared {
+            subject,
+            value: value.to_vec(),
+            headers,
+        })
+    }
+
+    /// The API signs with validate's key only for a source its key lists by
+    /// name or prefix: a key open to any source cannot speak for a signed one.
+    fn signature(&self, caller: &Caller<'_>, source: &str, value: &[u8]) -> Option<Vec<u8>> {
+        if !caller.lists_source(source) {
+            return None;
+        }
+        let key = self.rules.hmac_keys.get(source)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+        mac.update(value);
+        Some(hex::encode(mac.finalize().into_bytes()).into_bytes())
+    }
+
+    /// Enqueues every event, then waits (bounded) for the broker's
+    /// acknowledgements. A full queue is 429; a delivery failure or no
+    /// answer in time is 503 (what was enqueued may still arrive: a retry
+    /// is safe, dedupe drops copies).
+    pub async fn produce(&self, events: Vec<Prepared>) -> Result<usize, Problem> {
+        let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(events.len());
+        for e in &events {
+            let mut headers = OwnedHeaders::new_with_capacity(e.headers.len());
+            for (k, v) in &e.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+            let record = FutureRecord::to(&self.topic)
+                .key(e.subject.as_bytes())
+                .payload(&e.value)
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    let mut p = Problem::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        reasons::PRODUCER_QUEUE_FULL,
+                        "Too many events in flight",
+                        "the producer queue is full: retry the whole request after Retry-After seconds",
+                    );
+                    p.retry_after_s = Some(self.limits.retry_after_s);
+                    return Err(p);
+                }
+                Err((e, _)) => return Err(unavailable(e.to_string())),
+            }
+        }
+        let timeout = Duration::from_millis(self.limits.ack_timeout_ms);
+        let acks = tokio::time::timeout(timeout, futures_join(pending))
+            .await
+            .map_err(|_| unavailable(format!("no acknowledgement within {timeout:?}")))?;
+        for ack in acks {
+            match ack {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(unavailable(e.to_string())),
+                Err(_) => return Err(unavailable("the producer was dropped".into())),
+            }
+        }
+        Ok(events.len())
+    }
+}
+
+/// Awaits each future in turn (all were enqueued already, so this waits
+/// for the slowest, not their sum).
+async fn futures_join(
+    pending: Vec<DeliveryFuture>,
+) -> Vec<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures_canceled::Canceled>>
+{
+    let mut out = Vec::with_capacity(pending.len());
+    for f in pending {
+        out.push(f.await.map_err(|_| futures_canceled::Canceled));
+    }
+    out
+}
+
+mod futures_canceled {
+    /// The delivery future's sender was dropped.
+    #[derive(Debug)]
+    pub struct Canceled;
+}
+
+fn unavailable(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        reasons::BROKER_UNAVAILABLE,
+        "Broker unavailable",
+        format!("the events were not acknowledged ({detail}); retrying is safe, copies are dropped by dedupe"),
+    )
+}

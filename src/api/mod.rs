@@ -1,0 +1,262 @@
+//! `meterline api`: the governed HTTP API (see README, "HTTP API").
+//!
+//! Stateless: it produces accepted usage to `usage.events` with an
+//! idempotent producer (acks=all) and keeps nothing between requests, so it
+//! scales by adding replicas. Every route but `/healthz`, `/readyz`,
+//! `/metrics` and `/v1/openapi.json` needs an API key ([`auth`]); every
+//! refusal is an RFC 9457 problem ([`problem`]) with a code of
+//! [`reasons`]. The contract is `schemas/openapi.yaml`, served as JSON.
+
+pub mod auth;
+pub mod events;
+pub mod problem;
+
+use std::sync::{Arc, LazyLock};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use prometheus::IntCounterVec;
+use rdkafka::producer::FutureProducer;
+
+use crate::config::{ApiScope, Config};
+use crate::ingest::rules::{MeterIndex, ValidateRules};
+use crate::kafka;
+use crate::topology::names;
+use events::Ingest;
+use problem::Problem;
+
+pub mod reasons {
+    //! Why the API refuses a request (per-event errors of a batch carry
+    //! validate's codes instead, see [`crate::ingest::reason`]).
+    crate::reason_codes! {
+        UNAUTHORIZED => "unauthorized",
+            "HTTP 401: no `Authorization: Bearer <key>` header, or a key that no entry of api.keys hashes to.";
+        FORBIDDEN => "forbidden",
+            "HTTP 403: the key lacks the scope the route needs (ingest, read; admin has every scope).";
+        SOURCE_NOT_PERMITTED => "source_not_permitted",
+            "HTTP 403: the key may ingest only the sources it lists, and an event of the request names another (errors lists each index).";
+        UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            "HTTP 415: Content-Type is not application/cloudevents+json, application/cloudevents-batch+json or application/json.";
+        BODY_TOO_LARGE => "body_too_large",
+            "HTTP 413: the body is larger than api.max_body_bytes.";
+        BATCH_TOO_LARGE => "batch_too_large",
+            "HTTP 413: the batch holds more than api.max_batch_events events.";
+        BODY_NOT_JSON => "body_not_json",
+            "HTTP 400: the body is not UTF-8 JSON, or not one event object (a batch: an array of them) as its Content-Type says.";
+        EMPTY_BATCH => "empty_batch",
+            "HTTP 400: the batch is an empty array.";
+        INVALID_EVENTS => "invalid_events",
+            "HTTP 400: at least one event breaks validate's rules; nothing of the request was accepted and errors lists each bad index with validate's reason code.";
+        PRODUCER_QUEUE_FULL => "producer_queue_full",
+            "HTTP 429: the producer queue is full; retry the whole request after Retry-After seconds (copies are dropped by dedupe).";
+        BROKER_UNAVAILABLE => "broker_unavailable",
+            "HTTP 503: the broker did not acknowledge every event within api.ack_timeout_ms; retrying is safe.";
+        NOT_FOUND => "not_found",
+            "HTTP 404: no such route.";
+        METHOD_NOT_ALLOWED => "method_not_allowed",
+            "HTTP 405: the route exists but not with this method.";
+    }
+}
+
+/// The contract, as checked in.
+pub const OPENAPI_YAML: &str = include_str!("../../schemas/openapi.yaml");
+
+/// Requests answered, by route and status.
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::counter_vec(
+        "meterline_api_requests_total",
+        "HTTP API requests answered, by route and status code.",
+        &["route", "status"],
+    )
+});
+/// Events submitted, by outcome (accepted, refused).
+static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::counter_vec(
+        "meterline_api_events_total",
+        "Usage events submitted over HTTP, by outcome (accepted: acknowledged by the broker; refused: in a refused request).",
+        &["outcome"],
+    )
+});
+
+#[derive(Clone)]
+pub struct ApiState {
+    config: Arc<Config>,
+    ingest: Arc<Ingest>,
+    openapi_json: Arc<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("api.keys is empty: create a key with `meterline api-key --name <who> --scopes ingest` and add the [[api.keys]] it prints")]
+    NoKeys,
+    #[error("meters: {0}")]
+    Meters(String),
+    #[error("validate.hmac_keys_hex.{0}: not hex")]
+    HmacKey(String),
+    #[error("schemas/openapi.yaml: {0}")]
+    OpenApi(String),
+    #[error(transparent)]
+    Kafka(#[from] kafka::ClientError),
+    #[error("binding api.listen_addr {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+impl ApiState {
+    /// Checks the config and the broker (the topic must exist) and builds
+    /// the producer.
+    pub fn new(config: Arc<Config>) -> Result<Self, ApiError> {
+        if config.api.keys.is_empty() {
+            return Err(ApiError::NoKeys);
+        }
+        let meters =
+            MeterIndex::new(&config.meters).map_err(|e| ApiError::Meters(e.to_string()))?;
+        let rules = ValidateRules::from_config(&config.validate).map_err(ApiError::HmacKey)?;
+        let topic = config.topic(names::EVENTS);
+        let probe = kafka::reader(&config)?;
+        kafka::check_topics(&probe, &config, std::slice::from_ref(&topic))?;
+        drop(probe);
+        let mut producer_config = kafka::producer_config(&config);
+        producer_config
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", config.api.ack_timeout_ms.to_string());
+        let producer: FutureProducer = producer_config
+            .create()
+            .map_err(|e| ApiError::Kafka(kafka::ClientError::Config(e.to_string())))?;
+        let doc: serde_json::Value =
+            serde_yaml::from_str(OPENAPI_YAML).map_err(|e| ApiError::OpenApi(e.to_string()))?;
+        Ok(ApiState {
+            ingest: Arc::new(Ingest {
+                meters,
+                rules,
+                producer,
+                topic,
+                limits: config.api.clone(),
+            }),
+            openapi_json: Arc::new(doc.to_string()),
+            config,
+        })
+    }
+}
+
+/// The routes; anything else is a 404 or 405 problem.
+pub fn router(state: ApiState) -> Router {
+    let max_body_bytes = state.config.api.max_body_bytes;
+    Router::new()
+        .route("/api/v1/events", post(ingest_events))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .fallback(|| async {
+            count("fallback", StatusCode::NOT_FOUND);
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                reasons::NOT_FOUND,
+                "Not found",
+                "no such route",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            count("fallback", StatusCode::METHOD_NOT_ALLOWED);
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                reasons::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "see /v1/openapi.json for the methods of each route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+fn count(route: &str, status: StatusCode) {
+    REQUESTS.with_label_values(&[route, status.as_str()]).inc();
+}
+
+async fn openapi(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi_json.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+async fn ingest_events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (status, response) = match submit(&state, &headers, body).await {
+        Ok(n) => {
+            EVENTS.with_label_values(&["accepted"]).inc_by(n as u64);
+            (
+                StatusCode::NO_CONTENT,
+                StatusCode::NO_CONTENT.into_response(),
+            )
+        }
+        Err(p) => (p.status, p.into_response()),
+    };
+    count("/api/v1/events", status);
+    response
+}
+
+async fn submit(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<usize, Problem> {
+    let caller = auth::authorize(&state.config.api.keys, headers, ApiScope::Ingest)?;
+    let body = body.map_err(|r| body_problem(&r, state.config.api.max_body_bytes))?;
+    let events = events::split_body(headers, &body, state.config.api.max_batch_events)?;
+    let prepared = state
+        .ingest
+        .prepare(&caller, &events, chrono::Utc::now())
+        .inspect_err(|_| {
+            EVENTS
+                .with_label_values(&["refused"])
+                .inc_by(events.len() as u64)
+        })?;
+    state.ingest.produce(prepared).await
+}
+
+fn body_problem(r: &BytesRejection, max_body_bytes: usize) -> Problem {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            reasons::BODY_TOO_LARGE,
+            "Body too large",
+            format!("api.max_body_bytes is {max_body_bytes}"),
+        )
+    } else {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            reasons::BODY_NOT_JSON,
+            "Body unreadable",
+            r.body_text(),
+        )
+    }
+}
+
+/// Binds `config.api.listen_addr` and serves `state` until the process ends.
+pub async fn serve(state: ApiState) -> Result<(), ApiError> {
+    let addr = state.config.api.listen_addr.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(ApiError::Serve)?;
+    tracing::info!(addr = %local, "meterline api: serving /api/v1/events and /v1/openapi.json");
+    axum::serve(listener, router(state))
+        .await
+        .map_err(ApiError::Serve)
+}

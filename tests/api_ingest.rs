@@ -1,0 +1,320 @@
+//! `meterline api` against the real broker, driven as a client would:
+//! batches over HTTP, retries of whole batches, invalid events, wrong keys.
+//! What lands is read back from `usage.events` and, through the validate and
+//! dedupe stages, from `usage.validated` (each valid event exactly once).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use meterline::api::auth::token_hash_hex;
+
+const INGEST_TOKEN: &str = "mtl_ingest_old";
+const ROTATED_TOKEN: &str = "mtl_ingest_new";
+const READ_TOKEN: &str = "mtl_reader";
+const LIMITED_TOKEN: &str = "mtl_limited";
+const BATCHES: usize = 20;
+const EVENTS_PER_BATCH: usize = 50;
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (no client crate needed).
+fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn post_events(port: u16, token: Option<&str>, content_type: &str, body: &str) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", content_type)];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    request(port, "POST", "/api/v1/events", &headers, body.as_bytes())
+}
+
+fn event(source: &str, id: &str, subject: &str, tokens: &str) -> String {
+    cloudevent(
+        source,
+        id,
+        "llm.tokens",
+        subject,
+        &now_rfc3339(),
+        &format!(r#"{{"tokens": {tokens}, "model": "m1"}}"#),
+    )
+}
+
+fn batch(events: &[String]) -> String {
+    format!("[{}]", events.join(","))
+}
+
+fn config(port: u16) -> String {
+    format!(
+        r#"[api]
+listen_addr = "127.0.0.1:{port}"
+max_body_bytes = {MAX_BODY_BYTES}
+[[api.keys]]
+name = "old"
+sha256_hex = "{old}"
+scopes = ["ingest"]
+[[api.keys]]
+name = "new"
+sha256_hex = "{new}"
+scopes = ["ingest"]
+[[api.keys]]
+name = "reader"
+sha256_hex = "{read}"
+scopes = ["read"]
+[[api.keys]]
+name = "limited"
+sha256_hex = "{limited}"
+scopes = ["ingest"]
+sources = ["partner/*"]
+"#,
+        old = token_hash_hex(INGEST_TOKEN),
+        new = token_hash_hex(ROTATED_TOKEN),
+        read = token_hash_hex(READ_TOKEN),
+        limited = token_hash_hex(LIMITED_TOKEN),
+    )
+}
+
+fn start_api(w: &World, port: u16) -> Stage {
+    let api = w
+        .cmd()
+        .arg("api")
+        .current_dir(w.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map(Stage)
+        .unwrap();
+    wait_until("the API answers /healthz", || {
+        http_get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
+    api
+}
+
+#[test]
+fn batches_land_once_and_bad_requests_get_problems() {
+    let port = free_port();
+    let w = World::new("api", &config(port));
+    w.apply();
+    let mut api = start_api(&w, port);
+
+    // Valid batches, each sent twice (a client retrying after a timeout),
+    // alternating the two keys of a rotation.
+    let mut expected = Vec::new();
+    for b in 0..BATCHES {
+        let events: Vec<String> = (0..EVENTS_PER_BATCH)
+            .map(|i| {
+                let id = format!("b{b}-e{i}");
+                expected.push(id.clone());
+                event("app/web", &id, &format!("cust-{}", i % 7), "12.5")
+            })
+            .collect();
+        for token in [INGEST_TOKEN, ROTATED_TOKEN] {
+            let a = post_events(
+                port,
+                Some(token),
+                "application/cloudevents-batch+json",
+                &batch(&events),
+            );
+            assert_eq!(a.status, 204, "{}", a.body);
+        }
+    }
+    // One event alone, in both single-event media types.
+    let single = event("app/web", "single-1", "cust-1", "\"7\"");
+    for ct in ["application/cloudevents+json", "application/json"] {
+        assert_eq!(
+            post_events(port, Some(INGEST_TOKEN), ct, &single).status,
+            204
+        );
+    }
+    expected.push("single-1".into());
+
+    // A batch with two bad events is refused whole, each index named.
+    let bad = batch(&[
+        event("app/web", "bad-0", "cust-1", "1"),
+        event("app/web", "bad-1", "cust-1", "\"lots\""),
+        event("app/web", "bad-2", "cust-1", "1"),
+        r#"{"specversion":"1.0","id":"bad-3","source":"app/web","type":"llm.tokens","time":"2026-01-01T00:00:00Z","data":{}}"#.into(),
+    ]);
+    let a = post_events(
+        port,
+        Some(INGEST_TOKEN),
+        "application/cloudevents-batch+json",
+        &bad,
+    );
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        a.headers.get("content-type").map(String::as_str),
+        Some("application/problem+json")
+    );
+    let p = a.json();
+    assert_eq!(p["code"], "invalid_events");
+    let errors: Vec<(u64, String)> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (1, "value_not_numeric".to_string()),
+            (3, "missing_attribute".to_string())
+        ]
+    );
+
+    // Keys and scopes.
+    let ok_body = batch(&[event("app/web", "never", "cust-1", "1")]);
+    let ct = "application/cloudevents-batch+json";
+    let cases = [
+        (None, 401, "unauthorized"),
+        (Some("mtl_unknown"), 401, "unauthorized"),
+        (Some(READ_TOKEN), 403, "forbidden"),
+        (Some(LIMITED_TOKEN), 403, "source_not_permitted"),
+    ];
+    for (token, status, code) in cases {
+        let a = post_events(port, token, ct, &ok_body);
+        assert_eq!(
+            (a.status, a.json()["code"].as_str()),
+            (status, Some(code)),
+            "{token:?}"
+        );
+    }
+    let partner = batch(&[event("partner/x", "partner-1", "cust-2", "3")]);
+    assert_eq!(
+        post_events(port, Some(LIMITED_TOKEN), ct, &partner).status,
+        204
+    );
+    expected.push("partner-1".into());
+
+    // Malformed requests: each a 4xx problem with its code.
+    let huge = batch(&vec![
+        event("app/web", "big", "cust-1", "1");
+        MAX_BODY_BYTES / 100
+    ]);
+    let malformed = [
+        ("text/plain", ok_body.clone(), 415, "unsupported_media_type"),
+        (ct, "[{".to_string(), 400, "body_not_json"),
+        (ct, "[]".to_string(), 400, "empty_batch"),
+        (
+            "application/cloudevents+json",
+            ok_body.clone(),
+            400,
+            "body_not_json",
+        ),
+        (ct, huge, 413, "body_too_large"),
+    ];
+    for (content_type, body, status, code) in malformed {
+        let a = post_events(port, Some(INGEST_TOKEN), content_type, &body);
+        assert_eq!(
+            (a.status, a.json()["code"].as_str()),
+            (status, Some(code)),
+            "{code}"
+        );
+    }
+    let a = request(port, "GET", "/api/v1/events", &[], b"");
+    assert_eq!(
+        (a.status, a.json()["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let a = request(port, "GET", "/nowhere", &[], b"");
+    assert_eq!(
+        (a.status, a.json()["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let doc = request(port, "GET", "/v1/openapi.json", &[], b"");
+    assert_eq!(doc.status, 200);
+    assert!(doc.json()["paths"]["/api/v1/events"]["post"].is_object());
+
+    // usage.events: every accepted request's events, keyed by subject, the
+    // exact bytes the client sent; the refused ones never.
+    let accepted = BATCHES * EVENTS_PER_BATCH * 2 + 2 + 1;
+    let raw = read_all(&w.topic("usage.events"), true);
+    assert_eq!(raw.len(), accepted);
+    for r in &raw {
+        let v = r.json();
+        assert_eq!(
+            r.key.as_deref(),
+            Some(v["subject"].as_str().unwrap().as_bytes())
+        );
+        assert!(!v["id"].as_str().unwrap().starts_with("bad-") && v["id"] != "never");
+    }
+    let metrics = request(port, "GET", "/metrics", &[], b"").body;
+    assert_eq!(
+        metric(
+            &metrics,
+            "meterline_api_events_total",
+            &[("outcome", "accepted")]
+        ),
+        Some(accepted as f64)
+    );
+
+    // Through validate and dedupe: each valid event exactly once.
+    let mut stages = w.spawn_stage(&["validate", "dedupe"], "a");
+    let validated_topic = w.topic("usage.validated");
+    wait_until("every distinct event validated", || {
+        read_all(&validated_topic, true).len() >= expected.len()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ids: Vec<String> = read_all(&validated_topic, true)
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected, "each valid event exactly once");
+    assert_eq!(terminate(&mut stages).code(), Some(0));
+    assert_eq!(terminate(&mut api).code(), Some(0));
+}
