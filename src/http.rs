@@ -94,7 +94,7 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-fn query_params(q: Option<String>) -> BTreeMap<String, String> {
+pub fn query_params(q: Option<String>) -> BTreeMap<String, String> {
     q.unwrap_or_default()
         .split('&')
         .filter(|kv| !kv.is_empty())

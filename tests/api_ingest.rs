@@ -318,3 +318,189 @@ fn batches_land_once_and_bad_requests_get_problems() {
     assert_eq!(terminate(&mut stages).code(), Some(0));
     assert_eq!(terminate(&mut api).code(), Some(0));
 }
+
+fn get(port: u16, token: &str, path: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    request(port, "GET", path, &[("Authorization", auth.as_str())], b"")
+}
+
+fn quote(port: u16, token: &str, body: &str) -> Answer {
+    let auth = format!("Bearer {token}");
+    request(
+        port,
+        "POST",
+        "/v1/quotes",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+fn dec(v: &serde_json::Value) -> rust_decimal::Decimal {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn queries_answer_from_reference_data_and_keys_limit_customers() {
+    let port = free_port();
+    let limited_reader = format!(
+        "{}[[api.keys]]\nname = \"acme-portal\"\nsha256_hex = \"{}\"\nscopes = [\"read\"]\ncustomers = [\"cust-0000\"]\n",
+        config(port),
+        token_hash_hex("mtl_acme_portal")
+    );
+    let w = World::new("apiq", &limited_reader);
+    w.apply();
+    for kind in ["customers", "plans", "subscriptions"] {
+        let text =
+            std::fs::read_to_string(repo().join(format!("deploy/local/sample/{kind}.jsonl")))
+                .unwrap();
+        w.load_refdata(kind, &text);
+    }
+    let mut api = start_api(&w, port);
+    wait_until("the API read the reference data", || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+
+    // Customers: the limited key reads its own, not another's.
+    let a = get(port, "mtl_acme_portal", "/v1/customers/cust-0000");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let c = a.json();
+    assert_eq!(c["customer"]["name"], "Acme Corp");
+    let subs: Vec<&str> = c["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(subs, vec!["sub-0000"]);
+    assert_eq!(
+        get(port, "mtl_acme_portal", "/v1/customers/cust-0001").status,
+        403
+    );
+    assert_eq!(
+        get(port, "mtl_acme_portal", "/v1/subscriptions/sub-0001-b").status,
+        403
+    );
+    assert_eq!(get(port, READ_TOKEN, "/v1/customers/cust-0001").status, 200);
+    assert_eq!(
+        get(port, INGEST_TOKEN, "/v1/customers/cust-0000").json()["code"],
+        "forbidden"
+    );
+    assert_eq!(
+        get(port, READ_TOKEN, "/v1/customers/nobody").json()["code"],
+        "not_found"
+    );
+
+    // The plan version in force follows `at`.
+    let v = |at: &str| {
+        get(
+            port,
+            READ_TOKEN,
+            &format!("/v1/subscriptions/sub-0001-b?at={at}"),
+        )
+        .json()["plan"]["version"]
+            .as_u64()
+    };
+    assert_eq!(v("2026-04-01T00:00:00Z"), Some(1));
+    assert_eq!(v("2026-07-01T00:00:00Z"), Some(2));
+    let bad_at = get(
+        port,
+        READ_TOKEN,
+        "/v1/subscriptions/sub-0001-b?at=yesterday",
+    );
+    assert_eq!(
+        (bad_at.status, bad_at.json()["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let plan = get(port, READ_TOKEN, "/v1/plans/scale").json();
+    assert_eq!(plan["versions"].as_array().unwrap().len(), 2);
+
+    // Quotes equal the rating library's price of the plan's charge, and
+    // their lines add up to it.
+    let starter = get(port, READ_TOKEN, "/v1/plans/starter").json()["versions"][0].clone();
+    let cases = [
+        (
+            r#"{"plan_id":"starter","meter":"tokens","quantity":"150000"}"#,
+            "tokens",
+            "150000",
+            "0.10",
+        ),
+        (
+            r#"{"subscription_id":"sub-0000","meter":"peak_seats","quantity":"120"}"#,
+            "peak_seats",
+            "120",
+            "1060.00",
+        ),
+        (
+            r#"{"plan_id":"starter","meter":"api_calls","quantity":"2500"}"#,
+            "api_calls",
+            "2500",
+            "1.00",
+        ),
+    ];
+    for (body, meter, qty, rounded) in cases {
+        let a = quote(port, "mtl_acme_portal", body);
+        assert_eq!(a.status, 200, "{}", a.body);
+        let q = a.json();
+        let charge: meterline::refdata::PlanCharge =
+            serde_json::from_value(starter["charges"][meter].clone()).unwrap();
+        let model = charge.model;
+        assert_eq!(
+            dec(&q["amount"]),
+            model.price(qty.parse().unwrap()).unwrap(),
+            "{body}"
+        );
+        let lines: rust_decimal::Decimal = q["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| dec(&l["amount"]))
+            .sum();
+        assert_eq!(lines, dec(&q["amount"]));
+        assert_eq!(q["amount_rounded"].as_str(), Some(rounded), "{body}");
+    }
+    let refused = [
+        r#"{"plan_id":"starter","subscription_id":"sub-0000","meter":"tokens","quantity":"1"}"#,
+        r#"{"plan_id":"starter","meter":"tokens","quantity":1.5}"#,
+        r#"{"plan_id":"starter","meter":"tokens","quantity":"-1"}"#,
+        r#"{"plan_id":"starter","meter":"nope","quantity":"1"}"#,
+    ];
+    for body in refused {
+        let a = quote(port, READ_TOKEN, body);
+        assert_eq!(
+            (a.status, a.json()["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        quote(
+            port,
+            "mtl_acme_portal",
+            r#"{"subscription_id":"sub-0001-b","meter":"tokens","quantity":"1"}"#
+        )
+        .status,
+        403
+    );
+
+    let meters = get(port, READ_TOKEN, "/api/v1/meters").json();
+    let slugs: Vec<&str> = meters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        slugs,
+        vec![
+            "api_calls",
+            "tokens",
+            "storage_gb",
+            "peak_seats",
+            "active_users"
+        ]
+    );
+    assert_eq!(terminate(&mut api).code(), Some(0));
+}

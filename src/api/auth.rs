@@ -33,6 +33,11 @@ impl Caller<'_> {
         self.key.sources.is_empty() || self.key.sources.iter().any(|p| pattern_matches(p, source))
     }
 
+    /// Whether this key may read `customer_id`'s data.
+    pub fn may_read(&self, customer_id: &str) -> bool {
+        self.key.customers.is_empty() || self.key.customers.iter().any(|c| c == customer_id)
+    }
+
     /// Whether this key lists `source` by name or prefix (not merely "any").
     pub fn lists_source(&self, source: &str) -> bool {
         self.key.sources.iter().any(|p| pattern_matches(p, source))

@@ -10,12 +10,14 @@
 pub mod auth;
 pub mod events;
 pub mod problem;
+pub mod queries;
+pub mod refs;
 
 use std::sync::{Arc, LazyLock};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +28,7 @@ use rdkafka::producer::FutureProducer;
 use crate::config::{ApiScope, Config};
 use crate::ingest::rules::{MeterIndex, ValidateRules};
 use crate::kafka;
+use crate::refdata;
 use crate::topology::names;
 use events::Ingest;
 use problem::Problem;
@@ -57,7 +60,11 @@ pub mod reasons {
         BROKER_UNAVAILABLE => "broker_unavailable",
             "HTTP 503: the broker did not acknowledge every event within api.ack_timeout_ms; retrying is safe.";
         NOT_FOUND => "not_found",
-            "HTTP 404: no such route.";
+            "HTTP 404: no such route, or no customer, subscription or plan with that id.";
+        INVALID_REQUEST => "invalid_request",
+            "HTTP 400: a query parameter or request body is malformed (an `at` that is not RFC 3339, a quote naming both or neither of subscription_id and plan_id, a quantity that is not an exact decimal string, a meter the plan has no charge for).";
+        NOT_READY => "not_ready",
+            "HTTP 503: the API is still reading the reference topics; retry shortly (/readyz says when).";
         METHOD_NOT_ALLOWED => "method_not_allowed",
             "HTTP 405: the route exists but not with this method.";
     }
@@ -87,6 +94,7 @@ static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub struct ApiState {
     config: Arc<Config>,
     ingest: Arc<Ingest>,
+    refs: Arc<refs::RefView>,
     openapi_json: Arc<String>,
 }
 
@@ -135,7 +143,9 @@ impl ApiState {
             .map_err(|e| ApiError::Kafka(kafka::ClientError::Config(e.to_string())))?;
         let doc: serde_json::Value =
             serde_yaml::from_str(OPENAPI_YAML).map_err(|e| ApiError::OpenApi(e.to_string()))?;
+        let refs = refs::start(&config)?;
         Ok(ApiState {
+            refs,
             ingest: Arc::new(Ingest {
                 meters,
                 rules,
@@ -155,8 +165,13 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/events", post(ingest_events))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/customers/{id}", get(get_customer))
+        .route("/v1/subscriptions/{id}", get(get_subscription))
+        .route("/v1/plans/{id}", get(get_plan))
+        .route("/v1/quotes", post(post_quote))
+        .route("/api/v1/meters", get(get_meters))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .fallback(|| async {
             count("fallback", StatusCode::NOT_FOUND);
@@ -182,6 +197,100 @@ pub fn router(state: ApiState) -> Router {
 
 fn count(route: &str, status: StatusCode) {
     REQUESTS.with_label_values(&[route, status.as_str()]).inc();
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.refs.ready() {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "reference data loading\n").into_response()
+    }
+}
+
+/// Answers a read route: the key (scope read), the reference data caught
+/// up, then `answer`; counted under `route`.
+fn read_route(
+    state: &ApiState,
+    headers: &HeaderMap,
+    route: &str,
+    answer: impl FnOnce(&refdata::RefTables, &auth::Caller<'_>) -> Result<serde_json::Value, Problem>,
+) -> Response {
+    let result =
+        auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|caller| {
+            if !state.refs.ready() {
+                let mut p = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    reasons::NOT_READY,
+                    "Not ready",
+                    "the reference data is still loading",
+                );
+                p.retry_after_s = Some(state.config.api.retry_after_s);
+                return Err(p);
+            }
+            answer(&state.refs.read(), &caller)
+        });
+    let response = match result {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Err(p) => p.into_response(),
+    };
+    count(route, response.status());
+    response
+}
+
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    p.map(|Path(id)| id)
+        .map_err(|e| queries::invalid(format!("path: {}", e.body_text())))
+}
+
+async fn get_customer(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    read_route(&state, &headers, "/v1/customers/{id}", |t, c| {
+        queries::customer(t, c, &path_id(id)?)
+    })
+}
+
+async fn get_subscription(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    read_route(&state, &headers, "/v1/subscriptions/{id}", |t, c| {
+        let at = queries::at_param(crate::http::query_params(q).get("at"))?;
+        queries::subscription(t, c, &path_id(id)?, at)
+    })
+}
+
+async fn get_plan(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    read_route(&state, &headers, "/v1/plans/{id}", |t, _| {
+        queries::plan(t, &path_id(id)?)
+    })
+}
+
+async fn post_quote(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let config = state.config.clone();
+    read_route(&state, &headers, "/v1/quotes", |t, c| {
+        let body = body.map_err(|r| body_problem(&r, config.api.max_body_bytes))?;
+        queries::quote(t, &config, c, &body)
+    })
+}
+
+async fn get_meters(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let config = state.config.clone();
+    read_route(&state, &headers, "/api/v1/meters", |_, _| {
+        Ok(queries::meters(&config))
+    })
 }
 
 async fn openapi(State(state): State<ApiState>) -> Response {

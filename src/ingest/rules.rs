@@ -699,6 +699,16 @@ pub enum NumericError {
     OutOfRange,
 }
 
+impl fmt::Display for NumericError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NumericError::NotNumeric => "not a decimal number",
+            NumericError::NotFinite => "not finite",
+            NumericError::OutOfRange => "not exactly representable as a 96-bit decimal",
+        })
+    }
+}
+
 /// Parses `[+-]digits[.digits][(e|E)[+-]digits]` (digits may be omitted on
 /// one side of the point) exactly into a [`Decimal`], keeping the scale the
 /// text shows; see the module docs. `-0` becomes `0`.

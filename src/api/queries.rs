@@ -1,0 +1,198 @@
+//! The read routes (scope `read`), answered from the reference data this
+//! process follows ([`super::refs`]) and the meters of the config:
+//!
+//! * `GET /v1/customers/{id}`: the customer and its subscriptions;
+//! * `GET /v1/subscriptions/{id}[?at=T]`: the contract and the plan version
+//!   in force at `T` (default now);
+//! * `GET /v1/plans/{id}`: every version of a plan;
+//! * `POST /v1/quotes`: the price of a quantity of a meter under a
+//!   subscription (its overrides included) or a plan, by the rating library,
+//!   with the tier breakdown; `amount` exact, `amount_rounded` to the
+//!   currency's minor unit with `post.rounding_mode`;
+//! * `GET /api/v1/meters`: the meters, in OpenMeter's shape.
+//!
+//! A key limited to some customers reads only those (403 otherwise).
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::problem::Problem;
+use super::reasons;
+use crate::config::Config;
+use crate::money;
+use crate::rating::ChargeModel;
+use crate::refdata::RefTables;
+
+/// Parse errors and rating refusals of a request.
+pub fn invalid(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        reasons::INVALID_REQUEST,
+        "Invalid request",
+        detail,
+    )
+}
+
+pub fn not_found(what: &str, id: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        reasons::NOT_FOUND,
+        "Not found",
+        format!("no {what} {}", crate::ingest::reason::excerpt(id)),
+    )
+}
+
+fn customer_forbidden(caller: &Caller<'_>) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        reasons::FORBIDDEN,
+        "Forbidden",
+        format!("the key {:?} may not read this customer", caller.key.name),
+    )
+}
+
+fn check_customer(caller: &Caller<'_>, customer_id: &str) -> Result<(), Problem> {
+    if caller.may_read(customer_id) {
+        Ok(())
+    } else {
+        Err(customer_forbidden(caller))
+    }
+}
+
+/// `at=` of a query, RFC 3339; now when absent.
+pub fn at_param(raw: Option<&String>) -> Result<DateTime<Utc>, Problem> {
+    match raw {
+        None => Ok(Utc::now()),
+        Some(t) => DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| invalid(format!("at: not an RFC 3339 time ({e})"))),
+    }
+}
+
+pub fn customer(tables: &RefTables, caller: &Caller<'_>, id: &str) -> Result<Value, Problem> {
+    let c = tables
+        .customer(id)
+        .ok_or_else(|| not_found("customer", id))?;
+    check_customer(caller, id)?;
+    let subs: Vec<_> = tables.subscriptions_of(id).collect();
+    Ok(json!({"customer": c, "subscriptions": subs}))
+}
+
+pub fn subscription(
+    tables: &RefTables,
+    caller: &Caller<'_>,
+    id: &str,
+    at: DateTime<Utc>,
+) -> Result<Value, Problem> {
+    let s = tables
+        .subscription(id)
+        .ok_or_else(|| not_found("subscription", id))?;
+    check_customer(caller, &s.customer_id)?;
+    let plan = tables.plan_effective_at(&s.plan_id, at);
+    Ok(json!({
+        "subscription": s,
+        "active": s.is_active_at(at),
+        "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "plan": plan,
+    }))
+}
+
+pub fn plan(tables: &RefTables, id: &str) -> Result<Value, Problem> {
+    let versions: Vec<_> = tables.plan_versions(id).collect();
+    if versions.is_empty() {
+        return Err(not_found("plan", id));
+    }
+    Ok(json!({"id": id, "versions": versions}))
+}
+
+/// The body of `POST /v1/quotes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    #[serde(default)]
+    pub subscription_id: Option<String>,
+    #[serde(default)]
+    pub plan_id: Option<String>,
+    pub meter: String,
+    /// A decimal string (never a JSON number: no float touches a quantity).
+    pub quantity: String,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+pub fn quote(
+    tables: &RefTables,
+    config: &Config,
+    caller: &Caller<'_>,
+    body: &[u8],
+) -> Result<Value, Problem> {
+    let req: QuoteRequest =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("body: {e}")))?;
+    let quantity = crate::ingest::rules::parse_exact_decimal(&req.quantity)
+        .map_err(|e| invalid(format!("quantity: {e}")))?;
+    let at = at_param(req.at.as_ref())?;
+    let (plan_id, overrides) = match (&req.subscription_id, &req.plan_id) {
+        (Some(sid), None) => {
+            let s = tables
+                .subscription(sid)
+                .ok_or_else(|| not_found("subscription", sid))?;
+            check_customer(caller, &s.customer_id)?;
+            (s.plan_id.clone(), Some(&s.price_overrides))
+        }
+        (None, Some(pid)) => (pid.clone(), None),
+        _ => return Err(invalid("name exactly one of subscription_id and plan_id")),
+    };
+    let plan = tables
+        .plan_effective_at(&plan_id, at)
+        .ok_or_else(|| not_found("plan version in force at that time for plan", &plan_id))?;
+    let model: &ChargeModel = overrides
+        .and_then(|o| o.get(&req.meter))
+        .or_else(|| plan.charge(&req.meter).map(|c| &c.model))
+        .ok_or_else(|| {
+            invalid(format!(
+                "plan {} has no charge for meter {}",
+                plan.id, req.meter
+            ))
+        })?;
+    let lines = model
+        .breakdown(quantity)
+        .map_err(|e| invalid(format!("{}: {e}", e.code())))?;
+    let amount = model
+        .price(quantity)
+        .map_err(|e| invalid(format!("{}: {e}", e.code())))?;
+    let rounded = money::round_to_minor(amount, &plan.currency, config.post.rounding_mode)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(json!({
+        "plan_id": plan.id,
+        "plan_version": plan.version,
+        "currency": plan.currency,
+        "meter": req.meter,
+        "quantity": quantity.to_string(),
+        "amount": amount.to_string(),
+        "amount_rounded": rounded.to_string(),
+        "rounding_mode": config.post.rounding_mode,
+        "lines": lines,
+    }))
+}
+
+/// OpenMeter's meter listing.
+pub fn meters(config: &Config) -> Value {
+    let list: Vec<Value> = config
+        .meters
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.slug,
+                "slug": m.slug,
+                "eventType": m.event_type,
+                "aggregation": m.aggregation,
+                "valueProperty": m.value_property,
+                "groupBy": m.group_by,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
