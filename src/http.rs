@@ -21,10 +21,12 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
+use crate::config::{ApiKeyConfig, ApiScope};
 use crate::lineage;
 use crate::runtime::StageStatus;
 
@@ -166,6 +168,27 @@ fn lineage_answer(statuses: &Statuses, what: &str, key: &[u8]) -> serde_json::Va
     serde_json::Value::Object(out)
 }
 
+/// Lineage exposes customer data: when the process has API keys, a lineage
+/// query needs one with the read scope and no customer limit (an event's
+/// customer is only known once it is found).
+fn lineage_allowed(keys: &[ApiKeyConfig], headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let caller = crate::api::auth::authorize(keys, headers, ApiScope::Read)
+        .map_err(|p| (p.status, p.body_json()))?;
+    if !caller.key.customers.is_empty() {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "the key {:?} is limited to customers; lineage needs an unlimited read key\n",
+                caller.key.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn lineage_route(
     statuses: Statuses,
     what: String,
@@ -183,17 +206,25 @@ async fn lineage_route(
     }
 }
 
-pub fn router(statuses: Statuses) -> Router {
+/// The routes; `keys` (the config's `api.keys`) guard lineage when given.
+pub fn router(statuses: Statuses, keys: Arc<Vec<ApiKeyConfig>>) -> Router {
     let h = statuses.clone();
     let r = statuses.clone();
     let l = statuses;
     Router::new()
         .route(
             "/lineage/{what}",
-            get(move |Path(what): Path<String>, RawQuery(q): RawQuery| {
-                let l = l.clone();
-                async move { lineage_route(l, what, q).await }
-            }),
+            get(
+                move |Path(what): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap| {
+                    let (l, keys) = (l.clone(), keys.clone());
+                    async move {
+                        match lineage_allowed(&keys, &headers) {
+                            Ok(()) => lineage_route(l, what, q).await,
+                            Err(refused) => refused,
+                        }
+                    }
+                },
+            ),
         )
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .route(
@@ -227,18 +258,11 @@ pub async fn bind(addr: &str) -> Result<Option<tokio::net::TcpListener>, std::io
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     statuses: Statuses,
+    keys: Arc<Vec<ApiKeyConfig>>,
 ) -> Result<(), std::io::Error> {
     let addr = listener.local_addr()?.to_string();
     tracing::info!(addr, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, router(statuses)).await
-}
-
-/// Binds and serves until the process ends. An empty address disables the server.
-pub async fn serve(addr: &str, statuses: Statuses) -> Result<(), std::io::Error> {
-    match bind(addr).await? {
-        Some(listener) => serve_on(listener, statuses).await,
-        None => Ok(()),
-    }
+    axum::serve(listener, router(statuses, keys)).await
 }
 
 /// How long [`http_get`] waits to connect and for the answer.
@@ -260,6 +284,15 @@ pub enum ClientError {
 
 /// GET `base` + `path_and_query` (HTTP/1.0, no TLS): status and body.
 pub fn http_get(base: &str, path_and_query: &str) -> Result<(u16, String), ClientError> {
+    http_get_as(base, path_and_query, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer <token>` when a token is given.
+pub fn http_get_as(
+    base: &str,
+    path_and_query: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String), ClientError> {
     let url = format!("{}{}", base.trim_end_matches('/'), path_and_query);
     let rest = base
         .strip_prefix("http://")
@@ -276,9 +309,12 @@ pub fn http_get(base: &str, path_and_query: &str) -> Result<(u16, String), Clien
         .ok_or_else(|| ClientError::Url { url: url.clone() })?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(io)?;
     let mut buf = Vec::new();
@@ -299,6 +335,37 @@ pub fn http_get(base: &str, path_and_query: &str) -> Result<(u16, String), Clien
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lineage_needs_an_unlimited_read_key_once_keys_exist() {
+        use crate::api::auth::token_hash_hex;
+        let key = |name: &str, scopes: Vec<ApiScope>, customers: Vec<String>| ApiKeyConfig {
+            name: name.into(),
+            sha256_hex: token_hash_hex(name),
+            scopes,
+            sources: vec![],
+            customers,
+        };
+        let bearer = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+            h
+        };
+        assert!(
+            lineage_allowed(&[], &HeaderMap::new()).is_ok(),
+            "no keys: open"
+        );
+        let keys = [
+            key("ops", vec![ApiScope::Read], vec![]),
+            key("portal", vec![ApiScope::Read], vec!["cust-1".into()]),
+            key("pipe", vec![ApiScope::Ingest], vec![]),
+        ];
+        assert!(lineage_allowed(&keys, &bearer("ops")).is_ok());
+        let status = |h: HeaderMap| lineage_allowed(&keys, &h).unwrap_err().0;
+        assert_eq!(status(HeaderMap::new()), StatusCode::UNAUTHORIZED);
+        assert_eq!(status(bearer("portal")), StatusCode::FORBIDDEN);
+        assert_eq!(status(bearer("pipe")), StatusCode::FORBIDDEN);
+    }
 
     #[test]
     fn percent_coding_round_trips_any_string() {

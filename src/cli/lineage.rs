@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context};
 
 use crate::config::Config;
-use crate::http::{http_get, percent_encode};
+use crate::http::{http_get_as, percent_encode};
+
+/// Environment variable holding the API key lineage queries send (needed
+/// when the stages have `api.keys`).
+pub const API_KEY_ENV: &str = "METERLINE_API_KEY";
 use crate::lineage::{PostingSources, Step, Steps, WindowPostings, WindowRef};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +67,8 @@ fn ask(endpoints: &[String], path: &str) -> anyhow::Result<Answer> {
     let mut answered = 0;
     let mut errors = Vec::new();
     for e in endpoints {
-        match http_get(e, path) {
+        let token = std::env::var(API_KEY_ENV).ok();
+        match http_get_as(e, path, token.as_deref()) {
             Ok((200, body)) => {
                 answered += 1;
                 let a: Answer = serde_json::from_str(&body)

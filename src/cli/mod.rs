@@ -302,8 +302,9 @@ fn run(
     let http_failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     if let Some(listener) = listener {
         let (sd, failure) = (shutdown.clone(), http_failure.clone());
+        let keys = Arc::new(config.api.keys.clone());
         rt.spawn(async move {
-            if let Err(e) = crate::http::serve_on(listener, statuses).await {
+            if let Err(e) = crate::http::serve_on(listener, statuses, keys).await {
                 tracing::error!(addr, error = %e, "metrics server failed: stopping");
                 if let Ok(mut f) = failure.lock() {
                     f.get_or_insert(format!("HTTP server on {addr} failed: {e}"));
