@@ -64,7 +64,7 @@ def config_keys() -> dict[str, set[str]]:
     The sections are the fields of `Config` whose type is a struct declared
     there (`Option<...>` unwrapped); a field marked #[serde(skip)] is no key.
     """
-    text = (REPO / "src/config/mod.rs").read_text()
+    text = (REPO / "src/config/mod.rs").read_text() + (REPO / "src/config/api.rs").read_text()
     structs: dict[str, dict[str, str]] = {}
     for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):
         fields = {}
@@ -281,10 +281,36 @@ def check_kubernetes(keys: dict[str, set[str]]) -> None:
             ref = env.get("METERLINE__VALIDATE__HMAC_KEYS_HEX", {}).get("valueFrom", {}).get("secretKeyRef", {})
             check(g, ref.get("name") == "meterline-hmac-keys", f"{where}: HMAC keys from Secret meterline-hmac-keys")
 
+    check_api_manifest(g, docs, keys)
+
     secrets = [d for (k, _), (_, d) in docs.items() if k == "Secret"]
     check(g, any(s["metadata"]["name"] == "meterline-kafka-sasl"
                  and {"username", "password"} <= set(s.get("stringData", {})) for s in secrets),
           "secret-examples.yaml: Secret meterline-kafka-sasl with username and password")
+
+
+def check_api_manifest(g: str, docs: dict, keys: dict[str, set[str]]) -> None:
+    """api.yaml: a Deployment serving on 0.0.0.0:8090 with its keys from a Secret."""
+    dep = docs.get(("Deployment", "meterline-api"), (None, None))[1]
+    svc = docs.get(("Service", "meterline-api"), (None, None))[1]
+    check(g, dep is not None and svc is not None, "api.yaml: Deployment and Service meterline-api")
+    if dep is None or svc is None:
+        return
+    sel = dep["spec"]["selector"]["matchLabels"]
+    check(g, svc["spec"].get("selector") == sel, "api.yaml: Service selector differs from the Deployment's")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    check(g, c.get("args", [])[-1:] == ["api"], "api.yaml: args must end with api")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for e in env:
+        check(g, env_key_ok(e, keys), f"api.yaml: env {e} names no config key")
+    check(g, env.get("METERLINE__API__LISTEN_ADDR", {}).get("value") == "0.0.0.0:8090",
+          "api.yaml: METERLINE__API__LISTEN_ADDR must be 0.0.0.0:8090")
+    ref = env.get("METERLINE__API__KEYS", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    check(g, ref.get("name") == "meterline-api-keys" and not ref.get("optional", False),
+          "api.yaml: METERLINE__API__KEYS from Secret meterline-api-keys, not optional")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        h = c.get(probe, {}).get("httpGet", {})
+        check(g, h.get("path") == path, f"api.yaml: {probe} must GET {path}")
 
 
 # --- container ----------------------------------------------------------------

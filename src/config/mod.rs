@@ -892,6 +892,49 @@ mod tests {
     }
 
     #[test]
+    fn api_keys_come_from_the_file_or_an_inline_env_array_and_bad_hashes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let base = dir.path().to_path_buf();
+        let hash = "ab".repeat(32);
+        let env = vec![(
+            "METERLINE__API__KEYS".to_string(),
+            format!(
+                r#"[{{ name = "ops", sha256_hex = "{hash}", scopes = ["read", "ingest"], customers = ["c-1"] }}]"#
+            ),
+        )];
+        let c = Config::from_parts("", "x.toml", &env, base.clone()).unwrap();
+        assert_eq!(c.api.keys.len(), 1);
+        assert_eq!(c.api.keys[0].scopes, vec![ApiScope::Read, ApiScope::Ingest]);
+        assert_eq!(c.api.keys[0].customers, vec!["c-1".to_string()]);
+        assert_eq!(c.api.max_batch_events, api::DEFAULT_API_MAX_BATCH_EVENTS);
+        assert!(
+            !format!("{:?}", c.api.keys[0]).contains(&hash),
+            "Debug hides the hash"
+        );
+        for (text, named) in [
+            (
+                "[[api.keys]]\nname = \"k\"\nsha256_hex = \"zz\"\nscopes = [\"read\"]\n",
+                "not hex",
+            ),
+            (
+                "[[api.keys]]\nname = \"k\"\nsha256_hex = \"abcd\"\nscopes = [\"read\"]\n",
+                "64 hex",
+            ),
+            (
+                "[[api.keys]]\nname = \"k\"\nsha256_hex = \"abcd\"\nscopes = [\"root\"]\n",
+                "root",
+            ),
+            ("[api]\nmax_batch_events = 0\n", "max_batch_events"),
+        ] {
+            let err = Config::from_parts(text, "x.toml", &[], base.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn horizon_shorter_than_max_age_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         write_meters(dir.path());
