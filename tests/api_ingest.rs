@@ -504,3 +504,94 @@ fn queries_answer_from_reference_data_and_keys_limit_customers() {
     );
     assert_eq!(terminate(&mut api).code(), Some(0));
 }
+
+#[test]
+fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
+    let port = free_port();
+    let w = World::new("apiu", &config(port));
+    w.apply();
+    for kind in ["customers", "plans", "subscriptions"] {
+        let text =
+            std::fs::read_to_string(repo().join(format!("deploy/local/sample/{kind}.jsonl")))
+                .unwrap();
+        w.load_refdata(kind, &text);
+    }
+    let mut api = start_api(&w, port);
+    // cust-0000 (sub-0000, plan starter: the first 100,000 tokens free, then
+    // 0.000002 each) and cust-0001 (sub-0001-b, plan scale v2: the first
+    // 2,000,000 free), both over the free tier.
+    let events: Vec<String> = (0..40)
+        .map(|i| {
+            let (subject, tokens) = if i % 4 == 0 {
+                ("cust-0001", "300000")
+            } else {
+                ("cust-0000", "12345.678")
+            };
+            event("app/web", &format!("u-{i}"), subject, tokens)
+        })
+        .collect();
+    for chunk in events.chunks(10) {
+        let a = post_events(
+            port,
+            Some(INGEST_TOKEN),
+            "application/cloudevents-batch+json",
+            &batch(chunk),
+        );
+        assert_eq!(a.status, 204, "{}", a.body);
+    }
+    let mut stages = w.spawn_stage(&["validate", "dedupe", "enrich", "rate", "aggregate"], "a");
+    let usage = |sub: &str| get(port, READ_TOKEN, &format!("/v1/subscriptions/{sub}/usage")).json();
+    let events_in = |u: &serde_json::Value| -> u64 {
+        u["periods"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .flat_map(|p| p["meters"].as_array().cloned().unwrap_or_default())
+                    .map(|m| m["event_count"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    wait_until("every event in the open windows", || {
+        events_in(&usage("sub-0000")) == 30 && events_in(&usage("sub-0001-b")) == 10
+    });
+    let rated = read_all(&w.topic("usage.rated"), true);
+    for sub in ["sub-0000", "sub-0001-b"] {
+        let expected: rust_decimal::Decimal = rated
+            .iter()
+            .flat_map(|r| r.json()["measures"].as_array().cloned().unwrap_or_default())
+            .filter(|m| {
+                m["segment_key"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("[\"{sub}\""))
+            })
+            .map(|m| dec(&m["marginal_amount"]))
+            .sum();
+        let u = usage(sub);
+        let periods = u["periods"].as_array().unwrap();
+        assert_eq!(periods.len(), 1, "{u}");
+        let meters = periods[0]["meters"].as_array().unwrap();
+        let amount: rust_decimal::Decimal = meters.iter().map(|m| dec(&m["amount"])).sum();
+        assert_eq!(amount, expected, "{sub}: {u}");
+        for m in meters {
+            assert_eq!(
+                dec(&m["accrued"]) + dec(&m["not_yet_accrued"]),
+                dec(&m["amount"])
+            );
+        }
+        assert!(
+            expected > rust_decimal::Decimal::ZERO,
+            "{sub}: beyond the free tier"
+        );
+    }
+    // 30 x 12345.678 tokens = 370370.34; (370370.34 - 100000) x 0.000002.
+    assert_eq!(
+        usage("sub-0000")["periods"][0]["meters"][0]["amount"]
+            .as_str()
+            .map(|a| a.parse::<rust_decimal::Decimal>().unwrap()),
+        Some("0.54074068".parse().unwrap())
+    );
+    assert_eq!(terminate(&mut stages).code(), Some(0));
+    assert_eq!(terminate(&mut api).code(), Some(0));
+}

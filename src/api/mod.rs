@@ -9,9 +9,9 @@
 
 pub mod auth;
 pub mod events;
+pub mod follow;
 pub mod problem;
 pub mod queries;
-pub mod refs;
 
 use std::sync::{Arc, LazyLock};
 
@@ -94,7 +94,8 @@ static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub struct ApiState {
     config: Arc<Config>,
     ingest: Arc<Ingest>,
-    refs: Arc<refs::RefView>,
+    refs: Arc<follow::RefView>,
+    windows: Arc<follow::WindowView>,
     openapi_json: Arc<String>,
 }
 
@@ -143,9 +144,11 @@ impl ApiState {
             .map_err(|e| ApiError::Kafka(kafka::ClientError::Config(e.to_string())))?;
         let doc: serde_json::Value =
             serde_yaml::from_str(OPENAPI_YAML).map_err(|e| ApiError::OpenApi(e.to_string()))?;
-        let refs = refs::start(&config)?;
+        let refs = follow::start_refs(&config)?;
+        let windows = follow::start_windows(&config)?;
         Ok(ApiState {
             refs,
+            windows,
             ingest: Arc::new(Ingest {
                 meters,
                 rules,
@@ -167,6 +170,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/subscriptions/{id}", get(get_subscription))
+        .route("/v1/subscriptions/{id}/usage", get(get_usage))
         .route("/v1/plans/{id}", get(get_plan))
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
@@ -200,7 +204,7 @@ fn count(route: &str, status: StatusCode) {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.refs.ready() {
+    if state.refs.ready() && state.windows.ready() {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "reference data loading\n").into_response()
@@ -217,7 +221,7 @@ fn read_route(
 ) -> Response {
     let result =
         auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|caller| {
-            if !state.refs.ready() {
+            if !state.refs.ready() || !state.windows.ready() {
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     reasons::NOT_READY,
@@ -261,6 +265,17 @@ async fn get_subscription(
     read_route(&state, &headers, "/v1/subscriptions/{id}", |t, c| {
         let at = queries::at_param(crate::http::query_params(q).get("at"))?;
         queries::subscription(t, c, &path_id(id)?, at)
+    })
+}
+
+async fn get_usage(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let windows = state.windows.clone();
+    read_route(&state, &headers, "/v1/subscriptions/{id}/usage", |t, c| {
+        queries::usage(t, &windows.read(), c, &path_id(id)?)
     })
 }
 

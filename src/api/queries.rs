@@ -9,12 +9,15 @@
 //!   subscription (its overrides included) or a plan, by the rating library,
 //!   with the tier breakdown; `amount` exact, `amount_rounded` to the
 //!   currency's minor unit with `post.rounding_mode`;
+//! * `GET /v1/subscriptions/{id}/usage`: the open billing periods so far,
+//!   from aggregate's open windows ([`super::follow::WindowView`]);
 //! * `GET /api/v1/meters`: the meters, in OpenMeter's shape.
 //!
 //! A key limited to some customers reads only those (403 otherwise).
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,6 +27,10 @@ use super::reasons;
 use crate::config::Config;
 use crate::money;
 use crate::rating::ChargeModel;
+use std::collections::BTreeMap;
+
+use super::follow::WindowState;
+use crate::contracts::{ClosedWindow, WindowKind};
 use crate::refdata::RefTables;
 
 /// Parse errors and rating refusals of a request.
@@ -195,4 +202,133 @@ pub fn meters(config: &Config) -> Value {
         })
         .collect();
     Value::Array(list)
+}
+
+/// One segment (meter + group + plan version) of an open period.
+#[derive(Default)]
+struct SegmentUsage {
+    meter: String,
+    group: BTreeMap<String, String>,
+    plan_version: u32,
+    quantity: Decimal,
+    amount: Decimal,
+    event_count: u64,
+    not_yet_accrued: Decimal,
+}
+
+/// An open billing period of a subscription.
+#[derive(Default)]
+struct PeriodUsage {
+    window: Option<crate::contracts::Window>,
+    segments: BTreeMap<String, SegmentUsage>,
+    close: Option<Value>,
+    adjustments: Vec<Value>,
+}
+
+fn segment<'p>(p: &'p mut PeriodUsage, w: &ClosedWindow) -> Option<&'p mut SegmentUsage> {
+    let seg = w.segment.as_ref()?;
+    let e = p.segments.entry(seg.segment_id.clone()).or_default();
+    e.meter.clone_from(&seg.meter);
+    e.group.clone_from(&seg.group);
+    e.plan_version = seg.plan_version;
+    Some(e)
+}
+
+fn add_window(periods: &mut BTreeMap<String, PeriodUsage>, w: &ClosedWindow) {
+    match (w.kind, &w.adjusts) {
+        (WindowKind::BillingPeriod, None) => {
+            let p = periods.entry(w.window.id.clone()).or_default();
+            p.window = Some(w.window.clone());
+            if let Some(s) = segment(p, w) {
+                s.quantity = w.quantity;
+                s.amount += w.amount;
+                s.event_count += w.event_count;
+            }
+        }
+        (WindowKind::Day, None) => {
+            let p = periods.entry(w.clearing.period.id.clone()).or_default();
+            if let Some(s) = segment(p, w) {
+                s.not_yet_accrued += w.amount;
+            }
+        }
+        (WindowKind::PeriodClose, None) => {
+            let p = periods.entry(w.window.id.clone()).or_default();
+            p.window = Some(w.window.clone());
+            p.close = Some(json!({
+                "amount": w.amount.to_string(),
+                "event_count": w.event_count,
+                "plan_version": w.plan_version,
+                "base_fee": w.base_fee.map(|d| d.to_string()),
+                "minimum_commitment": w.minimum_commitment.map(|d| d.to_string()),
+            }));
+        }
+        (kind, Some(adjusted)) => {
+            let p = periods.entry(w.clearing.period.id.clone()).or_default();
+            p.adjustments.push(json!({
+                "kind": kind.as_str(),
+                "adjusts": adjusted.id,
+                "meter": w.segment.as_ref().map(|s| s.meter.clone()),
+                "amount": w.amount.to_string(),
+                "event_count": w.event_count,
+            }));
+        }
+    }
+}
+
+/// Usage so far of a subscription's open billing periods. Amounts are
+/// unrounded sums of the rated marginal amounts (rounding happens once, at
+/// posting): `amount` the period to date, `not_yet_accrued` what is in open
+/// day windows, `accrued` the rest (closed days, posted as accruals).
+pub fn usage(
+    tables: &RefTables,
+    windows: &WindowState,
+    caller: &Caller<'_>,
+    id: &str,
+) -> Result<Value, Problem> {
+    let s = tables
+        .subscription(id)
+        .ok_or_else(|| not_found("subscription", id))?;
+    check_customer(caller, &s.customer_id)?;
+    let mut periods: BTreeMap<String, PeriodUsage> = BTreeMap::new();
+    for w in windows
+        .by_subscription
+        .get(id)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        add_window(&mut periods, w);
+    }
+    let list: Vec<Value> = periods
+        .into_iter()
+        .map(|(period_id, p)| {
+            let meters: Vec<Value> = p
+                .segments
+                .into_values()
+                .map(|u| {
+                    json!({
+                        "meter": u.meter,
+                        "group": u.group,
+                        "plan_version": u.plan_version,
+                        "quantity": u.quantity.to_string(),
+                        "amount": u.amount.to_string(),
+                        "accrued": (u.amount - u.not_yet_accrued).to_string(),
+                        "not_yet_accrued": u.not_yet_accrued.to_string(),
+                        "event_count": u.event_count,
+                    })
+                })
+                .collect();
+            json!({
+                "period": p.window.map(|w| json!(w)).unwrap_or_else(|| json!({"id": period_id})),
+                "meters": meters,
+                "period_close": p.close,
+                "adjustments": p.adjustments,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "subscription_id": s.id,
+        "customer_id": s.customer_id,
+        "currency": s.currency,
+        "periods": list,
+    }))
 }

@@ -1,0 +1,214 @@
+//! What the API answers from, besides the config: compacted topics read from
+//! the beginning (read_committed) and then followed, on one thread per
+//! view, into memory: the `ref.*` topics ([`RefView`]) and aggregate's
+//! `windows` changelog, the open windows ([`WindowView`]). A view is ready
+//! once it has read up to where each partition ended when it started; until
+//! then the queries that need it answer 503.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::contracts::ClosedWindow;
+use crate::kafka::{self, ReaderContext};
+use crate::refdata::{RefKind, RefTables};
+use crate::topology::names;
+
+/// How long one poll of a followed topic waits.
+const FOLLOW_POLL_TIMEOUT_MS: u64 = 200;
+/// Key prefix of an open window in aggregate's `windows` store.
+const OPEN_WINDOW_KEY_PREFIX: u8 = b'W';
+
+/// What a view does with each record it follows.
+pub trait Apply: Send + Sync + 'static {
+    type State: Default + Send + Sync;
+    /// An upsert (`Some`) or a tombstone (`None`) of `key` on `topic`.
+    fn apply(
+        &self,
+        state: &mut Self::State,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    );
+}
+
+/// A followed state and whether it caught up.
+pub struct View<A: Apply> {
+    state: RwLock<A::State>,
+    ready: AtomicBool,
+}
+
+impl<A: Apply> View<A> {
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, A::State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Assigns every partition of `topics` from the beginning and starts
+/// following them on a thread; returns at once.
+pub fn start<A: Apply>(
+    config: &Config,
+    topics: Vec<String>,
+    apply: A,
+) -> Result<Arc<View<A>>, kafka::ClientError> {
+    let consumer = kafka::reader(config)?;
+    let md = kafka::check_topics(&consumer, config, &topics)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
+    for topic in &topics {
+        for p in 0..kafka::partition_count(&md, topic, config)? {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| kafka::ClientError::Config(e.to_string()))?;
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(|e| kafka::ClientError::Config(format!("{topic}/{p}: {e}")))?;
+            ends.insert((topic.clone(), p), high);
+        }
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| kafka::ClientError::Config(e.to_string()))?;
+    let view = Arc::new(View {
+        state: RwLock::new(A::State::default()),
+        ready: AtomicBool::new(false),
+    });
+    let v = view.clone();
+    std::thread::Builder::new()
+        .name("api-follow".into())
+        .spawn(move || follow(&consumer, &ends, &apply, &v))
+        .map_err(|e| kafka::ClientError::Config(format!("starting a follower thread: {e}")))?;
+    Ok(view)
+}
+
+fn follow<A: Apply>(
+    consumer: &BaseConsumer<ReaderContext>,
+    ends: &BTreeMap<(String, i32), i64>,
+    apply: &A,
+    view: &View<A>,
+) {
+    loop {
+        match consumer.poll(Duration::from_millis(FOLLOW_POLL_TIMEOUT_MS)) {
+            Some(Ok(m)) => {
+                let mut state = view.state.write().unwrap_or_else(|p| p.into_inner());
+                apply.apply(
+                    &mut state,
+                    m.topic(),
+                    m.partition(),
+                    m.key().unwrap_or_default(),
+                    m.payload(),
+                );
+            }
+            Some(Err(_)) => {}
+            None if !view.ready() && caught_up(consumer, ends) => {
+                view.ready.store(true, Ordering::SeqCst);
+            }
+            None => {}
+        }
+    }
+}
+
+/// Whether every partition's position reached where it ended at start.
+fn caught_up(consumer: &BaseConsumer<ReaderContext>, ends: &BTreeMap<(String, i32), i64>) -> bool {
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    ends.iter().all(|((topic, p), high)| {
+        *high == 0
+            || positions
+                .find_partition(topic, *p)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
+    })
+}
+
+/// The reference tables, as enrich keeps them.
+pub struct Refs {
+    kinds: BTreeMap<String, RefKind>,
+}
+
+pub type RefView = View<Refs>;
+
+impl Apply for Refs {
+    type State = RefTables;
+    fn apply(&self, tables: &mut RefTables, topic: &str, _: i32, key: &[u8], value: Option<&[u8]>) {
+        let Some(kind) = self.kinds.get(topic).copied() else {
+            return;
+        };
+        if let Err(e) = tables.apply(kind, &String::from_utf8_lossy(key), value) {
+            // As enrich does: the previous value stays in force.
+            tracing::warn!(topic, code = e.code(), error = %e, "reference record skipped");
+        }
+    }
+}
+
+pub fn start_refs(config: &Config) -> Result<Arc<RefView>, kafka::ClientError> {
+    let kinds: BTreeMap<String, RefKind> = RefKind::ALL
+        .into_iter()
+        .map(|k| (config.topic(k.topic()), k))
+        .collect();
+    start(config, kinds.keys().cloned().collect(), Refs { kinds })
+}
+
+/// Aggregate's open windows, by subscription.
+pub struct OpenWindows;
+
+/// Subscription id -> (partition, store key) -> open window.
+pub type WindowsBySubscription = BTreeMap<String, BTreeMap<(i32, Vec<u8>), ClosedWindow>>;
+
+#[derive(Default)]
+pub struct WindowState {
+    pub by_subscription: WindowsBySubscription,
+    /// (partition, store key) -> subscription, to apply tombstones.
+    owner: BTreeMap<(i32, Vec<u8>), String>,
+}
+
+pub type WindowView = View<OpenWindows>;
+
+impl Apply for OpenWindows {
+    type State = WindowState;
+    fn apply(
+        &self,
+        s: &mut WindowState,
+        _: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) {
+        if key.first() != Some(&OPEN_WINDOW_KEY_PREFIX) {
+            return;
+        }
+        let k = (partition, key.to_vec());
+        if let Some(sub) = s.owner.remove(&k) {
+            if let Some(m) = s.by_subscription.get_mut(&sub) {
+                m.remove(&k);
+                if m.is_empty() {
+                    s.by_subscription.remove(&sub);
+                }
+            }
+        }
+        let Some(w) = value.and_then(|v| ClosedWindow::from_json_slice(v).ok()) else {
+            return;
+        };
+        s.owner.insert(k.clone(), w.subscription_id.clone());
+        s.by_subscription
+            .entry(w.subscription_id.clone())
+            .or_default()
+            .insert(k, w);
+    }
+}
+
+pub fn start_windows(config: &Config) -> Result<Arc<WindowView>, kafka::ClientError> {
+    let topic = config.topic(&names::changelog("aggregate", "windows"));
+    start(config, vec![topic], OpenWindows)
+}
