@@ -472,3 +472,66 @@ mod tests {
         assert_eq!(identify_raw(Some(b"{"), &[]), (None, None, None));
     }
 }
+
+/// Asking the instances that keep lineage, over HTTP (the `meterline
+/// lineage` verb and the API's `/v1/lineage/event`).
+pub mod remote {
+    use std::collections::BTreeMap;
+
+    use crate::config::Config;
+    use crate::http::http_get_as;
+
+    /// Stage -> what its partitions answered, merged over instances.
+    pub type Merged = BTreeMap<String, Vec<serde_json::Value>>;
+
+    /// `lineage.endpoints`, else this config's own `http.listen_addr`.
+    pub fn endpoints(config: &Config) -> Vec<String> {
+        if !config.lineage.endpoints.is_empty() {
+            return config.lineage.endpoints.clone();
+        }
+        if config.http.listen_addr.is_empty() {
+            return Vec::new();
+        }
+        vec![format!("http://{}", config.http.listen_addr)]
+    }
+
+    /// Asks every endpoint for `path` and merges the answers (each instance
+    /// answers only for the partitions it owns). Returns the merged answer
+    /// and the failures of the endpoints that did not answer; Err (listing
+    /// them) when none did.
+    pub fn ask_all(
+        endpoints: &[String],
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<(Merged, Vec<String>), String> {
+        if endpoints.is_empty() {
+            return Err("no instance to ask: set lineage.endpoints (or http.listen_addr)".into());
+        }
+        let mut merged = Merged::new();
+        let mut answered = 0;
+        let mut errors = Vec::new();
+        for e in endpoints {
+            match http_get_as(e, path, bearer) {
+                Ok((200, body)) => match serde_json::from_str::<Merged>(&body) {
+                    Ok(a) => {
+                        answered += 1;
+                        for (stage, found) in a {
+                            merged.entry(stage).or_default().extend(found);
+                        }
+                    }
+                    Err(err) => errors.push(format!("{e}{path}: not a lineage answer ({err})")),
+                },
+                Ok((status, body)) => errors.push(format!("{e}: HTTP {status}: {}", body.trim())),
+                Err(err) => errors.push(err.to_string()),
+            }
+        }
+        if answered == 0 {
+            return Err(format!(
+                "no instance answered (asked {}): {}",
+                endpoints.join(", "),
+                errors.join("; ")
+            ));
+        }
+        Ok((merged, errors))
+    }
+}

@@ -93,10 +93,16 @@ fn batch(events: &[String]) -> String {
 }
 
 fn config(port: u16) -> String {
+    config_with(port, "")
+}
+
+/// The test keys, with `api_extra` lines in `[api]`.
+fn config_with(port: u16, api_extra: &str) -> String {
     format!(
         r#"[api]
 listen_addr = "127.0.0.1:{port}"
 max_body_bytes = {MAX_BODY_BYTES}
+{api_extra}
 [[api.keys]]
 name = "old"
 sha256_hex = "{old}"
@@ -508,7 +514,14 @@ fn queries_answer_from_reference_data_and_keys_limit_customers() {
 #[test]
 fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     let port = free_port();
-    let w = World::new("apiu", &config(port));
+    let stage_port = free_port();
+    let w = World::new(
+        "apiu",
+        &format!(
+            "{}[http]\nlisten_addr = \"127.0.0.1:{stage_port}\"\n[lineage]\nendpoints = [\"http://127.0.0.1:{stage_port}\"]\n",
+            config(port)
+        ),
+    );
     w.apply();
     for kind in ["customers", "plans", "subscriptions"] {
         let text =
@@ -592,6 +605,128 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             .map(|a| a.parse::<rust_decimal::Decimal>().unwrap()),
         Some("0.54074068".parse().unwrap())
     );
+    // Lineage through the API, with the caller's key; the stage's own route
+    // refuses a request without one.
+    let l = get(port, READ_TOKEN, "/v1/lineage/event?source=app/web&id=u-1");
+    assert_eq!(l.status, 200, "{}", l.body);
+    let stages_seen: Vec<String> = l.json()["stages"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    for s in ["validate", "dedupe", "enrich", "rate", "aggregate"] {
+        assert!(
+            stages_seen.iter().any(|x| x == s),
+            "{s} missing: {}",
+            l.body
+        );
+    }
+    assert_eq!(
+        get(
+            port,
+            INGEST_TOKEN,
+            "/v1/lineage/event?source=app/web&id=u-1"
+        )
+        .status,
+        403
+    );
+    let bad = get(port, READ_TOKEN, "/v1/lineage/event?source=app/web");
+    assert_eq!(
+        (bad.status, bad.json()["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let open = http_get(stage_port, "/lineage/event?source=app/web&id=u-1").unwrap();
+    assert_eq!(open.0, 401, "the stage's lineage needs a key: {}", open.1);
     assert_eq!(terminate(&mut stages).code(), Some(0));
+    assert_eq!(terminate(&mut api).code(), Some(0));
+}
+
+fn curl_https(dir: &std::path::Path, args: &[&str]) -> Option<(u16, String)> {
+    let out = std::process::Command::new("curl")
+        .current_dir(dir)
+        .args([
+            "-sS",
+            "--cacert",
+            "cert.pem",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.parse().ok()?, body.to_string()))
+}
+
+#[test]
+fn tls_serves_the_api_over_https_only() {
+    let port = free_port();
+    let w = World::new(
+        "apitls",
+        &config_with(
+            port,
+            "tls_cert_file = \"cert.pem\"\ntls_key_file = \"key.pem\"",
+        ),
+    );
+    let made = std::process::Command::new("openssl")
+        .current_dir(w.dir.path())
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
+            "cert.pem",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-days",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    w.apply();
+    let mut api = w
+        .cmd()
+        .arg("api")
+        .current_dir(w.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map(Stage)
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    wait_until("the API answers over HTTPS", || {
+        curl_https(w.dir.path(), &[&format!("{base}/healthz")]).is_some_and(|(s, _)| s == 200)
+    });
+    let body = batch(&[event("app/web", "tls-1", "cust-1", "5")]);
+    let auth = format!("Authorization: Bearer {INGEST_TOKEN}");
+    let (status, text) = curl_https(
+        w.dir.path(),
+        &[
+            "-X",
+            "POST",
+            &format!("{base}/api/v1/events"),
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/cloudevents-batch+json",
+            "--data-binary",
+            &body,
+        ],
+    )
+    .unwrap();
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(read_all(&w.topic("usage.events"), true).len(), 1);
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    assert!(http_get(port, "/healthz").is_none_or(|(s, _)| s != 200));
     assert_eq!(terminate(&mut api).code(), Some(0));
 }

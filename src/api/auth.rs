@@ -67,6 +67,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The bearer token of a request, when it has a plausible one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
+}
+
 /// The key of the request, if it has the scope.
 pub fn authorize<'k>(
     keys: &'k [ApiKeyConfig],
@@ -81,12 +91,7 @@ pub fn authorize<'k>(
             detail,
         )
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
+    let token = bearer(headers)
         .ok_or_else(|| unauthorized("send an API key as Authorization: Bearer <key>"))?;
     let hash = Sha256::digest(token.as_bytes());
     let mut found = None;

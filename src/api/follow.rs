@@ -22,6 +22,10 @@ use crate::topology::names;
 
 /// How long one poll of a followed topic waits.
 const FOLLOW_POLL_TIMEOUT_MS: u64 = 200;
+/// Pause between two asks for a partition's end offset.
+const WATERMARK_RETRY_MS: u64 = 500;
+/// A warning every this many failed asks (not one per attempt).
+const WATERMARK_WARN_EVERY_ATTEMPTS: u32 = 20;
 /// Key prefix of an open window in aggregate's `windows` store.
 const OPEN_WINDOW_KEY_PREFIX: u8 = b'W';
 
@@ -56,7 +60,8 @@ impl<A: Apply> View<A> {
 }
 
 /// Assigns every partition of `topics` from the beginning and starts
-/// following them on a thread; returns at once.
+/// following them on a thread; returns at once (the view is not ready until
+/// the thread has read to where the partitions ended).
 pub fn start<A: Apply>(
     config: &Config,
     topics: Vec<String>,
@@ -65,16 +70,12 @@ pub fn start<A: Apply>(
     let consumer = kafka::reader(config)?;
     let md = kafka::check_topics(&consumer, config, &topics)?;
     let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
+    let mut partitions = Vec::new();
     for topic in &topics {
         for p in 0..kafka::partition_count(&md, topic, config)? {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .map_err(|e| kafka::ClientError::Config(e.to_string()))?;
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, timeout)
-                .map_err(|e| kafka::ClientError::Config(format!("{topic}/{p}: {e}")))?;
-            ends.insert((topic.clone(), p), high);
+            partitions.push((topic.clone(), p));
         }
     }
     consumer
@@ -85,11 +86,42 @@ pub fn start<A: Apply>(
         ready: AtomicBool::new(false),
     });
     let v = view.clone();
+    let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
     std::thread::Builder::new()
         .name("api-follow".into())
-        .spawn(move || follow(&consumer, &ends, &apply, &v))
+        .spawn(move || {
+            let ends = ends(&consumer, &partitions, timeout);
+            follow(&consumer, &ends, &apply, &v)
+        })
         .map_err(|e| kafka::ClientError::Config(format!("starting a follower thread: {e}")))?;
     Ok(view)
+}
+
+/// Where each partition ends now. A partition just created may have no
+/// leader yet (NotLeaderForPartition): asked again until it answers.
+fn ends(
+    consumer: &BaseConsumer<ReaderContext>,
+    partitions: &[(String, i32)],
+    timeout: Duration,
+) -> BTreeMap<(String, i32), i64> {
+    let mut ends = BTreeMap::new();
+    for (topic, p) in partitions {
+        let mut attempt: u32 = 0;
+        let high = loop {
+            match consumer.fetch_watermarks(topic, *p, timeout) {
+                Ok((_, high)) => break high,
+                Err(e) => {
+                    attempt += 1;
+                    if attempt % WATERMARK_WARN_EVERY_ATTEMPTS == 1 {
+                        tracing::warn!(topic, partition = p, error = %e, attempt, "end offset not known yet; asking again");
+                    }
+                    std::thread::sleep(Duration::from_millis(WATERMARK_RETRY_MS));
+                }
+            }
+        };
+        ends.insert((topic.clone(), *p), high);
+    }
+    ends
 }
 
 fn follow<A: Apply>(

@@ -63,6 +63,8 @@ pub mod reasons {
             "HTTP 404: no such route, or no customer, subscription or plan with that id.";
         INVALID_REQUEST => "invalid_request",
             "HTTP 400: a query parameter or request body is malformed (an `at` that is not RFC 3339, a quote naming both or neither of subscription_id and plan_id, a quantity that is not an exact decimal string, a meter the plan has no charge for).";
+        LINEAGE_UNAVAILABLE => "lineage_unavailable",
+            "HTTP 503: no stage instance of lineage.endpoints answered the lineage query (each failure named in detail).";
         NOT_READY => "not_ready",
             "HTTP 503: the API is still reading the reference topics; retry shortly (/readyz says when).";
         METHOD_NOT_ALLOWED => "method_not_allowed",
@@ -119,6 +121,8 @@ pub enum ApiError {
     },
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ApiState {
@@ -174,6 +178,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/plans/{id}", get(get_plan))
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
+        .route("/v1/lineage/event", get(get_lineage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { crate::metrics::render() }))
@@ -308,6 +313,80 @@ async fn get_meters(State(state): State<ApiState>, headers: HeaderMap) -> Respon
     })
 }
 
+/// `GET /v1/lineage/event?source=S&id=I`: the event's steps, asked of the
+/// stage instances (`lineage.endpoints`) with the caller's own key.
+async fn get_lineage(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let response = match lineage_event(&state, &headers, q).await {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Err(p) => p.into_response(),
+    };
+    count("/v1/lineage/event", response.status());
+    response
+}
+
+async fn lineage_event(
+    state: &ApiState,
+    headers: &HeaderMap,
+    q: Option<String>,
+) -> Result<serde_json::Value, Problem> {
+    let caller = auth::authorize(&state.config.api.keys, headers, ApiScope::Read)?;
+    if !caller.key.customers.is_empty() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            reasons::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "the key {:?} is limited to customers; lineage needs an unlimited read key",
+                caller.key.name
+            ),
+        ));
+    }
+    let params = crate::http::query_params(q);
+    let need = |k: &str| {
+        params
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| queries::invalid(format!("query parameter {k} is required")))
+    };
+    let (source, id) = (need("source")?, need("id")?);
+    let path = format!(
+        "/lineage/event?source={}&id={}",
+        crate::http::percent_encode(&source),
+        crate::http::percent_encode(&id)
+    );
+    let endpoints = crate::lineage::remote::endpoints(&state.config);
+    let token = auth::bearer(headers).map(str::to_owned);
+    let asked = tokio::task::spawn_blocking(move || {
+        crate::lineage::remote::ask_all(&endpoints, &path, token.as_deref())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match asked {
+        Ok((stages, unanswered)) => Ok(serde_json::json!({
+            "source": source,
+            "id": id,
+            "stages": stages,
+            "unanswered": unanswered,
+        })),
+        Err(detail) => {
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                reasons::LINEAGE_UNAVAILABLE,
+                "Lineage unavailable",
+                detail,
+            );
+            p.retry_after_s = Some(state.config.api.retry_after_s);
+            Err(p)
+        }
+    }
+}
+
 async fn openapi(State(state): State<ApiState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -372,15 +451,40 @@ fn body_problem(r: &BytesRejection, max_body_bytes: usize) -> Problem {
     }
 }
 
-/// Binds `config.api.listen_addr` and serves `state` until the process ends.
+/// Binds `config.api.listen_addr` and serves `state` until the process
+/// ends: HTTPS when `api.tls_cert_file` and `api.tls_key_file` are set.
 pub async fn serve(state: ApiState) -> Result<(), ApiError> {
-    let addr = state.config.api.listen_addr.clone();
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let api = &state.config.api;
+    let addr = api.listen_addr.clone();
+    let tls = match (&api.tls_cert_file, &api.tls_key_file) {
+        (Some(c), Some(k)) => Some((state.config.resolve(c), state.config.resolve(k))),
+        _ => None,
+    };
+    let Some((cert, key)) = tls else {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ApiError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(ApiError::Serve)?;
+        tracing::info!(addr = %local, "meterline api: serving HTTP");
+        return axum::serve(listener, router(state))
+            .await
+            .map_err(ApiError::Serve);
+    };
+    // One process-wide crypto provider; a second install is a no-op. ring,
+    // not aws-lc-rs: a far lighter build, and rustls deprecates it only for
+    // lacking post-quantum key exchange, which no client of this API needs yet.
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let _ = provider.install_default();
+    let tls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
         .await
-        .map_err(|source| ApiError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(ApiError::Serve)?;
-    tracing::info!(addr = %local, "meterline api: serving /api/v1/events and /v1/openapi.json");
-    axum::serve(listener, router(state))
+        .map_err(|e| ApiError::Tls(format!("{} / {}: {e}", cert.display(), key.display())))?;
+    let socket: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| ApiError::Tls(format!("api.listen_addr {addr}: {e} (TLS needs ip:port)")))?;
+    tracing::info!(addr = %socket, "meterline api: serving HTTPS");
+    axum_server::bind_rustls(socket, tls_config)
+        .serve(router(state).into_make_service())
         .await
         .map_err(ApiError::Serve)
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context};
 
 use crate::config::Config;
-use crate::http::{http_get_as, percent_encode};
+use crate::http::percent_encode;
 
 /// Environment variable holding the API key lineage queries send (needed
 /// when the stages have `api.keys`).
@@ -55,39 +55,28 @@ fn endpoints(config: &Config, args: &LineageArgs) -> Vec<String> {
     if !args.endpoints.is_empty() {
         return args.endpoints.clone();
     }
-    if !config.lineage.endpoints.is_empty() {
-        return config.lineage.endpoints.clone();
-    }
-    vec![format!("http://{}", config.http.listen_addr)]
+    crate::lineage::remote::endpoints(config)
 }
 
 /// Asks every endpoint; merges the answers. Fails only if none answered.
 fn ask(endpoints: &[String], path: &str) -> anyhow::Result<Answer> {
-    let mut merged = Answer::new();
-    let mut answered = 0;
-    let mut errors = Vec::new();
-    for e in endpoints {
-        let token = std::env::var(API_KEY_ENV).ok();
-        match http_get_as(e, path, token.as_deref()) {
-            Ok((200, body)) => {
-                answered += 1;
-                let a: Answer = serde_json::from_str(&body)
-                    .with_context(|| format!("{e}{path}: not a lineage answer"))?;
-                for (stage, found) in a {
-                    merged.entry(stage).or_default().extend(found);
-                }
-            }
-            Ok((status, body)) => errors.push(format!("{e}: HTTP {status}: {}", body.trim())),
-            Err(err) => errors.push(err.to_string()),
-        }
-    }
+    let token = std::env::var(API_KEY_ENV).ok();
+    let (merged, errors) = crate::lineage::remote::ask_all(endpoints, path, token.as_deref())
+        .map_err(anyhow::Error::msg)?;
     for err in &errors {
         eprintln!("lineage: {err}");
     }
-    if answered == 0 {
-        bail!("no instance answered (asked {})", endpoints.join(", "));
-    }
-    Ok(merged)
+    merged
+        .into_iter()
+        .map(|(stage, found)| {
+            let found: Vec<Found> = found
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{path}: not a lineage answer"))?;
+            Ok((stage, found))
+        })
+        .collect()
 }
 
 fn window_path(w: &WindowRef) -> String {

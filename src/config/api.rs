@@ -37,6 +37,13 @@ pub struct ApiConfig {
     /// The accepted keys; `meterline api` refuses to start without one.
     #[serde(default)]
     pub keys: Vec<ApiKeyConfig>,
+    /// PEM certificate chain: with `tls_key_file`, the API serves HTTPS
+    /// only. Relative to the config file.
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +55,8 @@ impl Default for ApiConfig {
             ack_timeout_ms: ack_timeout_ms(),
             retry_after_s: retry_after_s(),
             keys: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -105,6 +114,11 @@ impl ApiConfig {
             return Err(
                 "api.max_body_bytes, api.max_batch_events and api.ack_timeout_ms must be > 0"
                     .into(),
+            );
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(
+                "api.tls_cert_file and api.tls_key_file go together (both or neither)".into(),
             );
         }
         for k in &self.keys {
