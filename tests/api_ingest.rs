@@ -78,12 +78,16 @@ fn post_events(port: u16, token: Option<&str>, content_type: &str, body: &str) -
 }
 
 fn event(source: &str, id: &str, subject: &str, tokens: &str) -> String {
+    event_at(source, id, subject, tokens, &now_rfc3339())
+}
+
+fn event_at(source: &str, id: &str, subject: &str, tokens: &str, time: &str) -> String {
     cloudevent(
         source,
         id,
         "llm.tokens",
         subject,
-        &now_rfc3339(),
+        time,
         &format!(r#"{{"tokens": {tokens}, "model": "m1"}}"#),
     )
 }
@@ -529,8 +533,24 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
                 .unwrap();
         w.load_refdata(kind, &text);
     }
+    // A subscription whose current period (UTC days) began three days ago,
+    // so that "two days ago" and "now" are in one open period on any date.
+    let anchor = (chrono::Utc::now() - chrono::Duration::days(3))
+        .format("%d")
+        .to_string();
+    w.load_refdata(
+        "customers",
+        r#"{"id":"cust-api","name":"API Test","legal_entity":"api-us","erp_customer_id":"C-API","status":"active"}"#,
+    );
+    w.load_refdata(
+        "subscriptions",
+        &format!(
+            r#"{{"id":"sub-api","customer_id":"cust-api","plan_id":"starter","start":"2026-01-01T00:00:00Z","end":null,"billing_anchor_day":{},"time_zone":"UTC","currency":"USD","legal_entity":"meterline-us"}}"#,
+            anchor.trim_start_matches('0')
+        ),
+    );
     let mut api = start_api(&w, port);
-    // cust-0000 (sub-0000, plan starter: the first 100,000 tokens free, then
+    // cust-api (sub-api, plan starter: the first 100,000 tokens free, then
     // 0.000002 each) and cust-0001 (sub-0001-b, plan scale v2: the first
     // 2,000,000 free), both over the free tier.
     let events: Vec<String> = (0..40)
@@ -538,11 +558,25 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             let (subject, tokens) = if i % 4 == 0 {
                 ("cust-0001", "300000")
             } else {
-                ("cust-0000", "12345.678")
+                ("cust-api", "12345.678")
             };
             event("app/web", &format!("u-{i}"), subject, tokens)
         })
         .collect();
+    // Two days ago, in the same open period, sent first: a day window that
+    // the later events' watermark closes (on to usage.windows).
+    let earlier = (chrono::Utc::now() - chrono::Duration::days(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let earlier_events: Vec<String> = (0..5)
+        .map(|i| event_at("app/web", &format!("e-{i}"), "cust-api", "1000", &earlier))
+        .collect();
+    let a = post_events(
+        port,
+        Some(INGEST_TOKEN),
+        "application/cloudevents-batch+json",
+        &batch(&earlier_events),
+    );
+    assert_eq!(a.status, 204, "{}", a.body);
     for chunk in events.chunks(10) {
         let a = post_events(
             port,
@@ -566,10 +600,10 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             .unwrap_or(0)
     };
     wait_until("every event in the open windows", || {
-        events_in(&usage("sub-0000")) == 30 && events_in(&usage("sub-0001-b")) == 10
+        events_in(&usage("sub-api")) == 35 && events_in(&usage("sub-0001-b")) == 10
     });
     let rated = read_all(&w.topic("usage.rated"), true);
-    for sub in ["sub-0000", "sub-0001-b"] {
+    for sub in ["sub-api", "sub-0001-b"] {
         let expected: rust_decimal::Decimal = rated
             .iter()
             .flat_map(|r| r.json()["measures"].as_array().cloned().unwrap_or_default())
@@ -598,13 +632,62 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             "{sub}: beyond the free tier"
         );
     }
-    // 30 x 12345.678 tokens = 370370.34; (370370.34 - 100000) x 0.000002.
+    // 30 x 12345.678 + 5 x 1000 tokens = 375370.34; (375370.34 - 100000) x 0.000002.
     assert_eq!(
-        usage("sub-0000")["periods"][0]["meters"][0]["amount"]
+        usage("sub-api")["periods"][0]["meters"][0]["amount"]
             .as_str()
             .map(|a| a.parse::<rust_decimal::Decimal>().unwrap()),
-        Some("0.54074068".parse().unwrap())
+        Some("0.55074068".parse().unwrap())
     );
+    // OpenMeter's meter query: tokens per day = what was sent, the day two
+    // days ago from its closed window on usage.windows, today from the open one.
+    wait_until("the earlier day window closed", || {
+        read_all(&w.topic("usage.windows"), true)
+            .iter()
+            .any(|r| r.json()["kind"] == "day" && r.json()["customer"]["id"] == "cust-api")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let q = get(
+        port,
+        READ_TOKEN,
+        "/api/v1/meters/tokens/query?subject=cust-api&windowSize=DAY",
+    )
+    .json();
+    let rows = q["data"].as_array().unwrap();
+    let total: rust_decimal::Decimal = rows
+        .iter()
+        .map(|r| {
+            r["value"]
+                .to_string()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        total,
+        "375370.34".parse().unwrap(),
+        "30 x 12345.678 + 5 x 1000: {q}"
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r["subject"] == "cust-api" && r["groupBy"]["model"] == "m1"));
+    assert!(
+        rows.iter().any(
+            |r| r["value"].to_string().parse::<rust_decimal::Decimal>().ok() == Some(5000.into())
+        ),
+        "the closed day two days ago: {q}"
+    );
+    assert_eq!(rows.len(), 2, "{q}");
+    let max = get(port, READ_TOKEN, "/api/v1/meters/peak_seats/query");
+    assert_eq!(
+        (max.status, max.json()["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(
+        get(port, READ_TOKEN, "/api/v1/meters/nope/query").status,
+        404
+    );
+
     // Lineage through the API, with the caller's key; the stage's own route
     // refuses a request without one.
     let l = get(port, READ_TOKEN, "/v1/lineage/event?source=app/web&id=u-1");

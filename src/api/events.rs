@@ -312,37 +312,24 @@ impl Ingest {
             }
         }
         let timeout = Duration::from_millis(self.limits.ack_timeout_ms);
-        let acks = tokio::time::timeout(timeout, futures_join(pending))
+        tokio::time::timeout(timeout, await_acks(pending))
             .await
-            .map_err(|_| unavailable(format!("no acknowledgement within {timeout:?}")))?;
-        for ack in acks {
-            match ack {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(unavailable(e.to_string())),
-                Err(_) => return Err(unavailable("the producer was dropped".into())),
-            }
-        }
+            .map_err(|_| unavailable(format!("no acknowledgement within {timeout:?}")))??;
         Ok(events.len())
     }
 }
 
-/// Awaits each future in turn (all were enqueued already, so this waits
-/// for the slowest, not their sum).
-async fn futures_join(
-    pending: Vec<DeliveryFuture>,
-) -> Vec<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures_canceled::Canceled>>
-{
-    let mut out = Vec::with_capacity(pending.len());
+/// Awaits every acknowledgement in turn (all were enqueued already, so this
+/// waits for the slowest, not their sum); the first failure answers.
+async fn await_acks(pending: Vec<DeliveryFuture>) -> Result<(), Problem> {
     for f in pending {
-        out.push(f.await.map_err(|_| futures_canceled::Canceled));
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(unavailable(e.to_string())),
+            Err(_) => return Err(unavailable("the producer was dropped".into())),
+        }
     }
-    out
-}
-
-mod futures_canceled {
-    /// The delivery future's sender was dropped.
-    #[derive(Debug)]
-    pub struct Canceled;
+    Ok(())
 }
 
 fn unavailable(detail: String) -> Problem {
@@ -352,4 +339,69 @@ fn unavailable(detail: String) -> Problem {
         "Broker unavailable",
         format!("the events were not acknowledged ({detail}); retrying is safe, copies are dropped by dedupe"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn typed(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        h
+    }
+
+    fn code(r: Result<Vec<&RawValue>, Problem>) -> &'static str {
+        r.map(|_| "ok").unwrap_or_else(|p| p.code)
+    }
+
+    #[test]
+    fn the_body_is_read_as_its_content_type_says_and_bounded() {
+        let one = br#" {"id":"a"} "#;
+        let two = br#"[{"id":"a"}, {"id":"b", "n": 1.50}]"#;
+        let batch = split_body(&typed("application/cloudevents-batch+json"), two, 10).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(
+            batch[1].get(),
+            r#"{"id":"b", "n": 1.50}"#,
+            "the exact text the client sent"
+        );
+        assert_eq!(
+            code(split_body(
+                &typed("application/json; charset=utf-8"),
+                one,
+                10
+            )),
+            "ok"
+        );
+        assert_eq!(code(split_body(&typed("application/json"), two, 10)), "ok");
+        assert_eq!(
+            code(split_body(&typed("Application/CloudEvents+JSON"), one, 10)),
+            "ok"
+        );
+        let refused = [
+            ("text/plain", &one[..], "unsupported_media_type"),
+            ("application/cloudevents+json", &two[..], "body_not_json"),
+            (
+                "application/cloudevents-batch+json",
+                &one[..],
+                "body_not_json",
+            ),
+            ("application/json", &b"[1,"[..], "body_not_json"),
+            ("application/json", &b"\xff\xfe"[..], "body_not_json"),
+            ("application/json", &b"[]"[..], "empty_batch"),
+        ];
+        for (ct, body, want) in refused {
+            assert_eq!(code(split_body(&typed(ct), body, 10)), want, "{ct}");
+        }
+        assert_eq!(
+            code(split_body(&typed("application/json"), two, 1)),
+            "batch_too_large"
+        );
+        assert_eq!(
+            code(split_body(&HeaderMap::new(), one, 10)),
+            "unsupported_media_type"
+        );
+    }
 }

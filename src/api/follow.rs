@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::contracts::ClosedWindow;
+use crate::contracts::{ClosedWindow, WindowKind};
 use crate::kafka::{self, ReaderContext};
 use crate::refdata::{RefKind, RefTables};
 use crate::topology::names;
@@ -67,20 +67,36 @@ pub fn start<A: Apply>(
     topics: Vec<String>,
     apply: A,
 ) -> Result<Arc<View<A>>, kafka::ClientError> {
+    start_at(config, topics, None, apply)
+}
+
+/// [`start`], from the first record appended at or after `since_ms` (ms
+/// since the epoch) instead of the beginning, when given.
+pub fn start_at<A: Apply>(
+    config: &Config,
+    topics: Vec<String>,
+    since_ms: Option<i64>,
+    apply: A,
+) -> Result<Arc<View<A>>, kafka::ClientError> {
     let consumer = kafka::reader(config)?;
     let md = kafka::check_topics(&consumer, config, &topics)?;
     let mut tpl = TopicPartitionList::new();
     let mut partitions = Vec::new();
+    let from = since_ms.map_or(Offset::Beginning, Offset::Offset);
+    let cfg_err = |e: rdkafka::error::KafkaError| kafka::ClientError::Config(e.to_string());
     for topic in &topics {
         for p in 0..kafka::partition_count(&md, topic, config)? {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(|e| kafka::ClientError::Config(e.to_string()))?;
+            tpl.add_partition_offset(topic, p, from).map_err(cfg_err)?;
             partitions.push((topic.clone(), p));
         }
     }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| kafka::ClientError::Config(e.to_string()))?;
+    if since_ms.is_some() {
+        // Timestamps in, offsets out (End where nothing is that recent).
+        tpl = consumer
+            .offsets_for_times(tpl, Duration::from_millis(config.kafka.request_timeout_ms))
+            .map_err(cfg_err)?;
+    }
+    consumer.assign(&tpl).map_err(cfg_err)?;
     let view = Arc::new(View {
         state: RwLock::new(A::State::default()),
         ready: AtomicBool::new(false),
@@ -243,4 +259,112 @@ impl Apply for OpenWindows {
 pub fn start_windows(config: &Config) -> Result<Arc<WindowView>, kafka::ClientError> {
     let topic = config.topic(&names::changelog("aggregate", "windows"));
     start(config, vec![topic], OpenWindows)
+}
+
+/// One local day of one segment, as OpenMeter's meter query shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DayKey {
+    pub meter: String,
+    pub subject: String,
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    pub group: BTreeMap<String, String>,
+    /// The segment (its id), so two plan versions' segments stay apart.
+    pub segment_id: String,
+}
+
+/// Closed day windows of `usage.windows` (appended in the last
+/// `api.meter_query_days`): quantity per [`DayKey`], late adjustments added
+/// to the day they adjust.
+pub struct ClosedDays {
+    keep_days: u32,
+}
+
+/// Days older than the horizon are dropped every this many windows counted.
+const PRUNE_EVERY_INSERTS: u64 = 10_000;
+
+#[derive(Default)]
+pub struct DayState {
+    pub days: BTreeMap<DayKey, rust_decimal::Decimal>,
+    /// (segment, window id, adjusted id) already counted: a window is
+    /// emitted once, but the follower may read a record twice after a
+    /// reconnect.
+    seen: std::collections::BTreeSet<(String, String, Option<String>)>,
+    inserted: u64,
+}
+
+pub type DayView = View<ClosedDays>;
+
+/// The day a day window (or its adjustment) counts for.
+pub fn day_key(w: &ClosedWindow) -> Option<DayKey> {
+    let seg = w.segment.as_ref()?;
+    if w.kind != WindowKind::Day {
+        return None;
+    }
+    let day = w.adjusts.as_ref().unwrap_or(&w.window);
+    Some(DayKey {
+        meter: seg.meter.clone(),
+        subject: w.customer.id.clone(),
+        start: day.start,
+        end: day.end,
+        group: seg.group.clone(),
+        segment_id: seg.segment_id.clone(),
+    })
+}
+
+/// Identity of a window emission.
+pub fn window_identity(w: &ClosedWindow) -> Option<(String, String, Option<String>)> {
+    Some((
+        w.segment.as_ref()?.segment_id.clone(),
+        w.window.id.clone(),
+        w.adjusts.as_ref().map(|a| a.id.clone()),
+    ))
+}
+
+impl Apply for ClosedDays {
+    type State = DayState;
+    fn apply(&self, s: &mut DayState, _: &str, _: i32, _: &[u8], value: Option<&[u8]>) {
+        let Some(w) = value.and_then(|v| ClosedWindow::from_json_slice(v).ok()) else {
+            return;
+        };
+        let (Some(key), Some(id)) = (day_key(&w), window_identity(&w)) else {
+            return;
+        };
+        if s.seen.insert(id) {
+            *s.days.entry(key).or_default() += w.quantity;
+            s.inserted += 1;
+            if s.inserted.is_multiple_of(PRUNE_EVERY_INSERTS) {
+                s.prune(self.keep_days);
+            }
+        }
+    }
+}
+
+impl DayState {
+    /// Whether this window emission is counted here already.
+    pub fn counted(&self, id: &(String, String, Option<String>)) -> bool {
+        self.seen.contains(id)
+    }
+
+    /// Forgets days that ended more than `keep_days` ago.
+    fn prune(&mut self, keep_days: u32) {
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(keep_days));
+        self.days.retain(|k, _| k.end >= cutoff);
+        let cutoff_day = cutoff.format("%Y-%m-%d").to_string();
+        // Window ids are local dates: a day's id sorts as its date.
+        self.seen
+            .retain(|(_, id, _)| id.as_str() >= cutoff_day.as_str());
+    }
+}
+
+pub fn start_days(config: &Config) -> Result<Arc<DayView>, kafka::ClientError> {
+    let topic = config.topic(names::WINDOWS);
+    let since = chrono::Utc::now() - chrono::Duration::days(i64::from(config.api.meter_query_days));
+    let keep_days = config.api.meter_query_days;
+    start_at(
+        config,
+        vec![topic],
+        Some(since.timestamp_millis()),
+        ClosedDays { keep_days },
+    )
 }

@@ -98,6 +98,7 @@ pub struct ApiState {
     ingest: Arc<Ingest>,
     refs: Arc<follow::RefView>,
     windows: Arc<follow::WindowView>,
+    days: Arc<follow::DayView>,
     openapi_json: Arc<String>,
 }
 
@@ -150,9 +151,11 @@ impl ApiState {
             serde_yaml::from_str(OPENAPI_YAML).map_err(|e| ApiError::OpenApi(e.to_string()))?;
         let refs = follow::start_refs(&config)?;
         let windows = follow::start_windows(&config)?;
+        let days = follow::start_days(&config)?;
         Ok(ApiState {
             refs,
             windows,
+            days,
             ingest: Arc::new(Ingest {
                 meters,
                 rules,
@@ -178,6 +181,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/plans/{id}", get(get_plan))
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
+        .route("/api/v1/meters/{slug}/query", get(get_meter_query))
         .route("/v1/lineage/event", get(get_lineage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -209,7 +213,7 @@ fn count(route: &str, status: StatusCode) {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.refs.ready() && state.windows.ready() {
+    if state.refs.ready() && state.windows.ready() && state.days.ready() {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "reference data loading\n").into_response()
@@ -226,7 +230,7 @@ fn read_route(
 ) -> Response {
     let result =
         auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|caller| {
-            if !state.refs.ready() || !state.windows.ready() {
+            if !state.refs.ready() || !state.windows.ready() || !state.days.ready() {
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     reasons::NOT_READY,
@@ -281,6 +285,28 @@ async fn get_usage(
     let windows = state.windows.clone();
     read_route(&state, &headers, "/v1/subscriptions/{id}/usage", |t, c| {
         queries::usage(t, &windows.read(), c, &path_id(id)?)
+    })
+}
+
+async fn get_meter_query(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    slug: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (config, days, windows) = (
+        state.config.clone(),
+        state.days.clone(),
+        state.windows.clone(),
+    );
+    read_route(&state, &headers, "/api/v1/meters/{slug}/query", |_, c| {
+        let slug = path_id(slug)?;
+        let params = crate::http::query_params(q);
+        let query = queries::MeterQuery {
+            slug: &slug,
+            params: &params,
+        };
+        queries::meter_query(&config, &days.read(), &windows.read(), c, &query)
     })
 }
 

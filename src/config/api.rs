@@ -13,6 +13,8 @@ pub const DEFAULT_API_MAX_BATCH_EVENTS: usize = 1_000;
 pub const DEFAULT_API_ACK_TIMEOUT_MS: u64 = 10_000;
 /// Default Retry-After of a 429 (the producer queue was full).
 pub const DEFAULT_API_RETRY_AFTER_S: u32 = 1;
+/// Default days of closed day windows the meter query answers from.
+pub const DEFAULT_API_METER_QUERY_DAYS: u32 = 35;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +36,10 @@ pub struct ApiConfig {
     /// Retry-After of a 429 answer.
     #[serde(default = "retry_after_s")]
     pub retry_after_s: u32,
+    /// Days of closed day windows (by when they closed) kept in memory for
+    /// OpenMeter's meter query.
+    #[serde(default = "meter_query_days")]
+    pub meter_query_days: u32,
     /// The accepted keys; `meterline api` refuses to start without one.
     #[serde(default)]
     pub keys: Vec<ApiKeyConfig>,
@@ -54,6 +60,7 @@ impl Default for ApiConfig {
             max_batch_events: max_batch_events(),
             ack_timeout_ms: ack_timeout_ms(),
             retry_after_s: retry_after_s(),
+            meter_query_days: meter_query_days(),
             keys: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
@@ -110,9 +117,13 @@ impl std::fmt::Debug for ApiKeyConfig {
 impl ApiConfig {
     /// What `Config::check` refuses in this section.
     pub fn check(&self) -> Result<(), String> {
-        if self.max_body_bytes == 0 || self.max_batch_events == 0 || self.ack_timeout_ms == 0 {
+        if self.max_body_bytes == 0
+            || self.max_batch_events == 0
+            || self.ack_timeout_ms == 0
+            || self.meter_query_days == 0
+        {
             return Err(
-                "api.max_body_bytes, api.max_batch_events and api.ack_timeout_ms must be > 0"
+                "api.max_body_bytes, api.max_batch_events, api.ack_timeout_ms and api.meter_query_days must be > 0"
                     .into(),
             );
         }
@@ -152,4 +163,7 @@ fn ack_timeout_ms() -> u64 {
 }
 fn retry_after_s() -> u32 {
     DEFAULT_API_RETRY_AFTER_S
+}
+fn meter_query_days() -> u32 {
+    DEFAULT_API_METER_QUERY_DAYS
 }
