@@ -721,6 +721,30 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     );
     let open = http_get(stage_port, "/lineage/event?source=app/web&id=u-1").unwrap();
     assert_eq!(open.0, 401, "the stage's lineage needs a key: {}", open.1);
+    // A second replica started now, on topics that hold data and
+    // transaction markers, gets ready and answers the same.
+    let port2 = free_port();
+    let mut api2 = w
+        .cmd()
+        .arg("api")
+        .env("METERLINE__API__LISTEN_ADDR", format!("127.0.0.1:{port2}"))
+        .current_dir(w.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map(Stage)
+        .unwrap();
+    wait_until("the second replica is ready", || {
+        http_get(port2, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let q2 = get(
+        port2,
+        READ_TOKEN,
+        "/api/v1/meters/tokens/query?subject=cust-api",
+    )
+    .json();
+    assert_eq!(q2["data"], q["data"], "replicas agree");
+    assert_eq!(terminate(&mut api2).code(), Some(0));
     assert_eq!(terminate(&mut stages).code(), Some(0));
     assert_eq!(terminate(&mut api).code(), Some(0));
 }

@@ -90,13 +90,6 @@ pub fn start_at<A: Apply>(
             partitions.push((topic.clone(), p));
         }
     }
-    if since_ms.is_some() {
-        // Timestamps in, offsets out (End where nothing is that recent).
-        tpl = consumer
-            .offsets_for_times(tpl, Duration::from_millis(config.kafka.request_timeout_ms))
-            .map_err(cfg_err)?;
-    }
-    consumer.assign(&tpl).map_err(cfg_err)?;
     let view = Arc::new(View {
         state: RwLock::new(A::State::default()),
         ready: AtomicBool::new(false),
@@ -106,36 +99,65 @@ pub fn start_at<A: Apply>(
     std::thread::Builder::new()
         .name("api-follow".into())
         .spawn(move || {
-            let ends = ends(&consumer, &partitions, timeout);
+            let tpl = if since_ms.is_some() {
+                // Timestamps in, offsets out (End where nothing is that recent).
+                retried("offsets for the start time", || {
+                    consumer.offsets_for_times(tpl.clone(), timeout)
+                })
+            } else {
+                tpl
+            };
+            if let Err(e) = consumer.assign(&tpl) {
+                tracing::error!(error = %e, "assigning the followed topics failed: this view never gets ready");
+                return;
+            }
+            let ends = ends(&consumer, &tpl, &partitions, timeout);
             follow(&consumer, &ends, &apply, &v)
         })
         .map_err(|e| kafka::ClientError::Config(format!("starting a follower thread: {e}")))?;
     Ok(view)
 }
 
-/// Where each partition ends now. A partition just created may have no
-/// leader yet (NotLeaderForPartition): asked again until it answers.
+/// Calls `f` until it succeeds: right after `topology apply` a partition may
+/// have no leader yet (NotLeaderForPartition). Warns now and then, not on
+/// every attempt.
+fn retried<T, E: std::fmt::Display>(what: &str, mut f: impl FnMut() -> Result<T, E>) -> T {
+    let mut attempt: u32 = 0;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => {
+                attempt += 1;
+                if attempt % WATERMARK_WARN_EVERY_ATTEMPTS == 1 {
+                    tracing::warn!(what, error = %e, attempt, "not known yet; asking again");
+                }
+                std::thread::sleep(Duration::from_millis(WATERMARK_RETRY_MS));
+            }
+        }
+    }
+}
+
+/// Where each partition ends now; 0 (nothing to wait for) when the
+/// follower starts at or past it (a start time later than every record).
 fn ends(
     consumer: &BaseConsumer<ReaderContext>,
+    starts: &TopicPartitionList,
     partitions: &[(String, i32)],
     timeout: Duration,
 ) -> BTreeMap<(String, i32), i64> {
     let mut ends = BTreeMap::new();
     for (topic, p) in partitions {
-        let mut attempt: u32 = 0;
-        let high = loop {
-            match consumer.fetch_watermarks(topic, *p, timeout) {
-                Ok((_, high)) => break high,
-                Err(e) => {
-                    attempt += 1;
-                    if attempt % WATERMARK_WARN_EVERY_ATTEMPTS == 1 {
-                        tracing::warn!(topic, partition = p, error = %e, attempt, "end offset not known yet; asking again");
-                    }
-                    std::thread::sleep(Duration::from_millis(WATERMARK_RETRY_MS));
-                }
-            }
+        let high = retried("end offset", || {
+            consumer.fetch_watermarks(topic, *p, timeout)
+        })
+        .1;
+        let start = starts.find_partition(topic, *p).map(|e| e.offset());
+        let at_end = match start {
+            Some(Offset::End) => true,
+            Some(Offset::Offset(o)) => o >= high,
+            _ => false,
         };
-        ends.insert((topic.clone(), *p), high);
+        ends.insert((topic.clone(), *p), if at_end { 0 } else { high });
     }
     ends
 }

@@ -60,13 +60,13 @@ pub mod reasons {
         BROKER_UNAVAILABLE => "broker_unavailable",
             "HTTP 503: the broker did not acknowledge every event within api.ack_timeout_ms; retrying is safe.";
         NOT_FOUND => "not_found",
-            "HTTP 404: no such route, or no customer, subscription or plan with that id.";
+            "HTTP 404: no such route, or no customer, subscription, plan or meter with that id.";
         INVALID_REQUEST => "invalid_request",
             "HTTP 400: a query parameter or request body is malformed (an `at` that is not RFC 3339, a quote naming both or neither of subscription_id and plan_id, a quantity that is not an exact decimal string, a meter the plan has no charge for).";
         LINEAGE_UNAVAILABLE => "lineage_unavailable",
             "HTTP 503: no stage instance of lineage.endpoints answered the lineage query (each failure named in detail).";
         NOT_READY => "not_ready",
-            "HTTP 503: the API is still reading the reference topics; retry shortly (/readyz says when).";
+            "HTTP 503: the API is still reading the reference topics or the aggregate windows it answers from; retry shortly (/readyz says when).";
         METHOD_NOT_ALLOWED => "method_not_allowed",
             "HTTP 405: the route exists but not with this method.";
     }
