@@ -515,6 +515,21 @@ fn queries_answer_from_reference_data_and_keys_limit_customers() {
     assert_eq!(terminate(&mut api).code(), Some(0));
 }
 
+/// Sum of the rated marginal amounts of `sub`'s segments in `period`
+/// (a segment key is ["sub", "meter", "period", version, {group}]).
+fn rated_sum(rated: &[Rec], sub: &str, period: &str) -> rust_decimal::Decimal {
+    rated
+        .iter()
+        .flat_map(|r| r.json()["measures"].as_array().cloned().unwrap_or_default())
+        .filter(|m| {
+            let key: serde_json::Value =
+                serde_json::from_str(m["segment_key"].as_str().unwrap()).unwrap();
+            key[0] == sub && key[2] == period
+        })
+        .map(|m| dec(&m["marginal_amount"]))
+        .sum()
+}
+
 #[test]
 fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     let port = free_port();
@@ -533,8 +548,10 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
                 .unwrap();
         w.load_refdata(kind, &text);
     }
-    // A subscription whose current period (UTC days) began three days ago,
-    // so that "two days ago" and "now" are in one open period on any date.
+    // A subscription that started ten days ago and whose current period
+    // (UTC days) began three days ago: "five days ago" is in the previous
+    // period (closed by the later events' watermark), "two days ago" and
+    // "now" in the open one, on any date.
     let anchor = (chrono::Utc::now() - chrono::Duration::days(3))
         .format("%d")
         .to_string();
@@ -545,7 +562,8 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     w.load_refdata(
         "subscriptions",
         &format!(
-            r#"{{"id":"sub-api","customer_id":"cust-api","plan_id":"starter","start":"2026-01-01T00:00:00Z","end":null,"billing_anchor_day":{},"time_zone":"UTC","currency":"USD","legal_entity":"meterline-us"}}"#,
+            r#"{{"id":"sub-api","customer_id":"cust-api","plan_id":"starter","start":"{}","end":null,"billing_anchor_day":{},"time_zone":"UTC","currency":"USD","legal_entity":"meterline-us"}}"#,
+            (chrono::Utc::now() - chrono::Duration::days(10)).format("%Y-%m-%dT00:00:00Z"),
             anchor.trim_start_matches('0')
         ),
     );
@@ -570,13 +588,20 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     let earlier_events: Vec<String> = (0..5)
         .map(|i| event_at("app/web", &format!("e-{i}"), "cust-api", "1000", &earlier))
         .collect();
-    let a = post_events(
-        port,
-        Some(INGEST_TOKEN),
-        "application/cloudevents-batch+json",
-        &batch(&earlier_events),
-    );
-    assert_eq!(a.status, 204, "{}", a.body);
+    let previous = (chrono::Utc::now() - chrono::Duration::days(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let previous_events: Vec<String> = (0..5)
+        .map(|i| event_at("app/web", &format!("p-{i}"), "cust-api", "30000", &previous))
+        .collect();
+    for b in [&previous_events, &earlier_events] {
+        let a = post_events(
+            port,
+            Some(INGEST_TOKEN),
+            "application/cloudevents-batch+json",
+            &batch(b),
+        );
+        assert_eq!(a.status, 204, "{}", a.body);
+    }
     for chunk in events.chunks(10) {
         let a = post_events(
             port,
@@ -604,20 +629,11 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     });
     let rated = read_all(&w.topic("usage.rated"), true);
     for sub in ["sub-api", "sub-0001-b"] {
-        let expected: rust_decimal::Decimal = rated
-            .iter()
-            .flat_map(|r| r.json()["measures"].as_array().cloned().unwrap_or_default())
-            .filter(|m| {
-                m["segment_key"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with(&format!("[\"{sub}\""))
-            })
-            .map(|m| dec(&m["marginal_amount"]))
-            .sum();
         let u = usage(sub);
         let periods = u["periods"].as_array().unwrap();
         assert_eq!(periods.len(), 1, "{u}");
+        let open_period = periods[0]["period"]["id"].as_str().unwrap().to_string();
+        let expected = rated_sum(&rated, sub, &open_period);
         let meters = periods[0]["meters"].as_array().unwrap();
         let amount: rust_decimal::Decimal = meters.iter().map(|m| dec(&m["amount"])).sum();
         assert_eq!(amount, expected, "{sub}: {u}");
@@ -639,6 +655,42 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             .map(|a| a.parse::<rust_decimal::Decimal>().unwrap()),
         Some("0.55074068".parse().unwrap())
     );
+    // Invoices, until invoice documents exist: the closed previous period
+    // (5 x 30000 tokens: 50000 over the free 100000 -> 0.1) and the open one.
+    wait_until("the previous period closed", || {
+        get(port, READ_TOKEN, "/v1/subscriptions/sub-api/invoices").json()["invoices"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|i| i["status"] == "closed"))
+    });
+    let inv = get(port, READ_TOKEN, "/v1/subscriptions/sub-api/invoices").json();
+    let list = inv["invoices"].as_array().unwrap();
+    let closed: Vec<&serde_json::Value> = list.iter().filter(|i| i["status"] == "closed").collect();
+    assert_eq!(closed.len(), 1, "{inv}");
+    let closed_id = closed[0]["period"]["id"].as_str().unwrap();
+    let lines: rust_decimal::Decimal = closed[0]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| dec(&l["amount"]))
+        .sum();
+    assert_eq!(lines, rated_sum(&rated, "sub-api", closed_id), "{inv}");
+    assert_eq!(lines, "0.1".parse().unwrap(), "{inv}");
+    assert_eq!(
+        dec(&closed[0]["amount"]),
+        lines,
+        "the period close holds its lines: {inv}"
+    );
+    assert_eq!(closed[0]["base_fee"], "49.00", "{inv}");
+    let open: Vec<&serde_json::Value> = list.iter().filter(|i| i["status"] == "open").collect();
+    assert_eq!(open.len(), 1, "{inv}");
+    let open_lines: rust_decimal::Decimal = open[0]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| dec(&l["amount"]))
+        .sum();
+    assert_eq!(open_lines, "0.55074068".parse().unwrap(), "{inv}");
+
     // OpenMeter's meter query: tokens per day = what was sent, the day two
     // days ago from its closed window on usage.windows, today from the open one.
     wait_until("the earlier day window closed", || {
@@ -665,8 +717,8 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         .sum();
     assert_eq!(
         total,
-        "375370.34".parse().unwrap(),
-        "30 x 12345.678 + 5 x 1000: {q}"
+        "525370.34".parse().unwrap(),
+        "5 x 30000 + 5 x 1000 + 30 x 12345.678: {q}"
     );
     assert!(rows
         .iter()
@@ -677,7 +729,7 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         ),
         "the closed day two days ago: {q}"
     );
-    assert_eq!(rows.len(), 2, "{q}");
+    assert_eq!(rows.len(), 3, "{q}");
     let max = get(port, READ_TOKEN, "/api/v1/meters/peak_seats/query");
     assert_eq!(
         (max.status, max.json()["code"].as_str()),

@@ -295,19 +295,32 @@ pub struct DayKey {
     pub segment_id: String,
 }
 
-/// Closed day windows of `usage.windows` (appended in the last
-/// `api.meter_query_days`): quantity per [`DayKey`], late adjustments added
-/// to the day they adjust.
-pub struct ClosedDays {
+/// Closed windows of `usage.windows` appended in the last
+/// `api.meter_query_days`: day windows as quantity per [`DayKey`] (late
+/// adjustments added to the day they adjust), and per subscription the
+/// closed billing periods (period close, lines, adjustments).
+pub struct ClosedWindows {
     keep_days: u32,
+}
+
+/// One closed billing period of a subscription, as aggregate handed it to
+/// post: the period close, one line per segment, and the adjustments of
+/// earlier periods invoiced with it.
+#[derive(Debug, Clone, Default)]
+pub struct ClosedPeriod {
+    pub close: Option<ClosedWindow>,
+    pub lines: Vec<ClosedWindow>,
+    pub adjustments: Vec<ClosedWindow>,
 }
 
 /// Days older than the horizon are dropped every this many windows counted.
 const PRUNE_EVERY_INSERTS: u64 = 10_000;
 
 #[derive(Default)]
-pub struct DayState {
+pub struct ClosedState {
     pub days: BTreeMap<DayKey, rust_decimal::Decimal>,
+    /// Subscription -> billing period id -> what closed.
+    pub periods: BTreeMap<String, BTreeMap<String, ClosedPeriod>>,
     /// (segment, window id, adjusted id) already counted: a window is
     /// emitted once, but the follower may read a record twice after a
     /// reconnect.
@@ -315,7 +328,7 @@ pub struct DayState {
     inserted: u64,
 }
 
-pub type DayView = View<ClosedDays>;
+pub type ClosedView = View<ClosedWindows>;
 
 /// The day a day window (or its adjustment) counts for.
 pub fn day_key(w: &ClosedWindow) -> Option<DayKey> {
@@ -334,35 +347,60 @@ pub fn day_key(w: &ClosedWindow) -> Option<DayKey> {
     })
 }
 
-/// Identity of a window emission.
+/// Identity of a window emission: its scope (segment, or the subscription
+/// of a period close), kind, window and adjusted window.
 pub fn window_identity(w: &ClosedWindow) -> Option<(String, String, Option<String>)> {
+    let scope = match &w.segment {
+        Some(seg) => seg.segment_id.clone(),
+        None => format!("{}:{}", w.kind.as_str(), w.subscription_id),
+    };
     Some((
-        w.segment.as_ref()?.segment_id.clone(),
+        format!("{scope}:{}", w.kind.as_str()),
         w.window.id.clone(),
         w.adjusts.as_ref().map(|a| a.id.clone()),
     ))
 }
 
-impl Apply for ClosedDays {
-    type State = DayState;
-    fn apply(&self, s: &mut DayState, _: &str, _: i32, _: &[u8], value: Option<&[u8]>) {
+impl Apply for ClosedWindows {
+    type State = ClosedState;
+    fn apply(&self, s: &mut ClosedState, _: &str, _: i32, _: &[u8], value: Option<&[u8]>) {
         let Some(w) = value.and_then(|v| ClosedWindow::from_json_slice(v).ok()) else {
             return;
         };
-        let (Some(key), Some(id)) = (day_key(&w), window_identity(&w)) else {
+        let Some(id) = window_identity(&w) else {
             return;
         };
-        if s.seen.insert(id) {
+        if !s.seen.insert(id) {
+            return;
+        }
+        if let Some(key) = day_key(&w) {
             *s.days.entry(key).or_default() += w.quantity;
-            s.inserted += 1;
-            if s.inserted.is_multiple_of(PRUNE_EVERY_INSERTS) {
-                s.prune(self.keep_days);
-            }
+        } else {
+            s.add_period_window(w);
+        }
+        s.inserted += 1;
+        if s.inserted.is_multiple_of(PRUNE_EVERY_INSERTS) {
+            s.prune(self.keep_days);
         }
     }
 }
 
-impl DayState {
+impl ClosedState {
+    fn add_period_window(&mut self, w: ClosedWindow) {
+        let periods = self.periods.entry(w.subscription_id.clone()).or_default();
+        // An adjustment of a closed period is invoiced with its clearing one.
+        let period_id = match w.adjusts {
+            None => w.window.id.clone(),
+            Some(_) => w.clearing.period.id.clone(),
+        };
+        let p = periods.entry(period_id).or_default();
+        match (w.kind, w.adjusts.is_some()) {
+            (WindowKind::PeriodClose, false) => p.close = Some(w),
+            (WindowKind::BillingPeriod, false) => p.lines.push(w),
+            _ => p.adjustments.push(w),
+        }
+    }
+
     /// Whether this window emission is counted here already.
     pub fn counted(&self, id: &(String, String, Option<String>)) -> bool {
         self.seen.contains(id)
@@ -372,6 +410,13 @@ impl DayState {
     fn prune(&mut self, keep_days: u32) {
         let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(keep_days));
         self.days.retain(|k, _| k.end >= cutoff);
+        for periods in self.periods.values_mut() {
+            periods.retain(|_, p| {
+                let end = p.close.as_ref().or(p.lines.first()).map(|w| w.window.end);
+                end.is_none_or(|e| e >= cutoff)
+            });
+        }
+        self.periods.retain(|_, p| !p.is_empty());
         let cutoff_day = cutoff.format("%Y-%m-%d").to_string();
         // Window ids are local dates: a day's id sorts as its date.
         self.seen
@@ -379,7 +424,7 @@ impl DayState {
     }
 }
 
-pub fn start_days(config: &Config) -> Result<Arc<DayView>, kafka::ClientError> {
+pub fn start_closed(config: &Config) -> Result<Arc<ClosedView>, kafka::ClientError> {
     let topic = config.topic(names::WINDOWS);
     let since = chrono::Utc::now() - chrono::Duration::days(i64::from(config.api.meter_query_days));
     let keep_days = config.api.meter_query_days;
@@ -387,6 +432,6 @@ pub fn start_days(config: &Config) -> Result<Arc<DayView>, kafka::ClientError> {
         config,
         vec![topic],
         Some(since.timestamp_millis()),
-        ClosedDays { keep_days },
+        ClosedWindows { keep_days },
     )
 }

@@ -10,8 +10,10 @@
 pub mod auth;
 pub mod events;
 pub mod follow;
+pub mod lineage;
 pub mod problem;
 pub mod queries;
+pub mod usage;
 
 use std::sync::{Arc, LazyLock};
 
@@ -98,7 +100,7 @@ pub struct ApiState {
     ingest: Arc<Ingest>,
     refs: Arc<follow::RefView>,
     windows: Arc<follow::WindowView>,
-    days: Arc<follow::DayView>,
+    closed: Arc<follow::ClosedView>,
     openapi_json: Arc<String>,
 }
 
@@ -151,11 +153,11 @@ impl ApiState {
             serde_yaml::from_str(OPENAPI_YAML).map_err(|e| ApiError::OpenApi(e.to_string()))?;
         let refs = follow::start_refs(&config)?;
         let windows = follow::start_windows(&config)?;
-        let days = follow::start_days(&config)?;
+        let closed = follow::start_closed(&config)?;
         Ok(ApiState {
             refs,
             windows,
-            days,
+            closed,
             ingest: Arc::new(Ingest {
                 meters,
                 rules,
@@ -178,11 +180,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/subscriptions/{id}", get(get_subscription))
         .route("/v1/subscriptions/{id}/usage", get(get_usage))
+        .route("/v1/subscriptions/{id}/invoices", get(get_invoices))
         .route("/v1/plans/{id}", get(get_plan))
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
         .route("/api/v1/meters/{slug}/query", get(get_meter_query))
-        .route("/v1/lineage/event", get(get_lineage))
+        .route("/v1/lineage/event", get(lineage::get_lineage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { crate::metrics::render() }))
@@ -208,12 +211,12 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-fn count(route: &str, status: StatusCode) {
+pub(crate) fn count(route: &str, status: StatusCode) {
     REQUESTS.with_label_values(&[route, status.as_str()]).inc();
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.refs.ready() && state.windows.ready() && state.days.ready() {
+    if state.refs.ready() && state.windows.ready() && state.closed.ready() {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "reference data loading\n").into_response()
@@ -230,7 +233,7 @@ fn read_route(
 ) -> Response {
     let result =
         auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|caller| {
-            if !state.refs.ready() || !state.windows.ready() || !state.days.ready() {
+            if !state.refs.ready() || !state.windows.ready() || !state.closed.ready() {
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     reasons::NOT_READY,
@@ -284,8 +287,22 @@ async fn get_usage(
 ) -> Response {
     let windows = state.windows.clone();
     read_route(&state, &headers, "/v1/subscriptions/{id}/usage", |t, c| {
-        queries::usage(t, &windows.read(), c, &path_id(id)?)
+        usage::usage(t, &windows.read(), c, &path_id(id)?)
     })
+}
+
+async fn get_invoices(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let (closed, windows) = (state.closed.clone(), state.windows.clone());
+    read_route(
+        &state,
+        &headers,
+        "/v1/subscriptions/{id}/invoices",
+        |t, c| usage::invoices(t, &closed.read(), &windows.read(), c, &path_id(id)?),
+    )
 }
 
 async fn get_meter_query(
@@ -294,19 +311,19 @@ async fn get_meter_query(
     slug: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (config, days, windows) = (
+    let (config, closed, windows) = (
         state.config.clone(),
-        state.days.clone(),
+        state.closed.clone(),
         state.windows.clone(),
     );
     read_route(&state, &headers, "/api/v1/meters/{slug}/query", |_, c| {
         let slug = path_id(slug)?;
         let params = crate::http::query_params(q);
-        let query = queries::MeterQuery {
+        let query = usage::MeterQuery {
             slug: &slug,
             params: &params,
         };
-        queries::meter_query(&config, &days.read(), &windows.read(), c, &query)
+        usage::meter_query(&config, &closed.read(), &windows.read(), c, &query)
     })
 }
 
@@ -337,80 +354,6 @@ async fn get_meters(State(state): State<ApiState>, headers: HeaderMap) -> Respon
     read_route(&state, &headers, "/api/v1/meters", |_, _| {
         Ok(queries::meters(&config))
     })
-}
-
-/// `GET /v1/lineage/event?source=S&id=I`: the event's steps, asked of the
-/// stage instances (`lineage.endpoints`) with the caller's own key.
-async fn get_lineage(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let response = match lineage_event(&state, &headers, q).await {
-        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
-        Err(p) => p.into_response(),
-    };
-    count("/v1/lineage/event", response.status());
-    response
-}
-
-async fn lineage_event(
-    state: &ApiState,
-    headers: &HeaderMap,
-    q: Option<String>,
-) -> Result<serde_json::Value, Problem> {
-    let caller = auth::authorize(&state.config.api.keys, headers, ApiScope::Read)?;
-    if !caller.key.customers.is_empty() {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            reasons::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "the key {:?} is limited to customers; lineage needs an unlimited read key",
-                caller.key.name
-            ),
-        ));
-    }
-    let params = crate::http::query_params(q);
-    let need = |k: &str| {
-        params
-            .get(k)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .ok_or_else(|| queries::invalid(format!("query parameter {k} is required")))
-    };
-    let (source, id) = (need("source")?, need("id")?);
-    let path = format!(
-        "/lineage/event?source={}&id={}",
-        crate::http::percent_encode(&source),
-        crate::http::percent_encode(&id)
-    );
-    let endpoints = crate::lineage::remote::endpoints(&state.config);
-    let token = auth::bearer(headers).map(str::to_owned);
-    let asked = tokio::task::spawn_blocking(move || {
-        crate::lineage::remote::ask_all(&endpoints, &path, token.as_deref())
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    match asked {
-        Ok((stages, unanswered)) => Ok(serde_json::json!({
-            "source": source,
-            "id": id,
-            "stages": stages,
-            "unanswered": unanswered,
-        })),
-        Err(detail) => {
-            let mut p = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                reasons::LINEAGE_UNAVAILABLE,
-                "Lineage unavailable",
-                detail,
-            );
-            p.retry_after_s = Some(state.config.api.retry_after_s);
-            Err(p)
-        }
-    }
 }
 
 async fn openapi(State(state): State<ApiState>) -> Response {

@@ -1,0 +1,335 @@
+//! The read routes answered from aggregate's windows (scope `read`), which
+//! the API follows ([`super::follow`]):
+//!
+//! * `GET /v1/subscriptions/{id}/usage`: the open billing periods so far;
+//! * `GET /v1/subscriptions/{id}/invoices`: the billing periods as invoices
+//!   will show them; until invoices exist (issue 13), the period-close
+//!   windows: closed ones (handed to post, which posts the invoice lines) and
+//!   the open one;
+//! * `GET /api/v1/meters/{slug}/query`: OpenMeter's meter query, per local
+//!   day, for SUM and COUNT meters.
+//!
+//! Quantities and amounts are exact, unrounded sums of the rated marginals
+//! (rounding happens once, when posted).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::follow::{day_key, window_identity, ClosedPeriod, ClosedState, DayKey, WindowState};
+use super::problem::Problem;
+use super::queries::{at_param, check_customer, customer_forbidden, invalid, not_found};
+use crate::config::Config;
+use crate::contracts::{ClosedWindow, WindowKind};
+use crate::meter::Aggregation;
+use crate::refdata::RefTables;
+
+/// One segment (meter + group + plan version) of an open period.
+#[derive(Default)]
+struct SegmentUsage {
+    meter: String,
+    group: BTreeMap<String, String>,
+    plan_version: u32,
+    quantity: Decimal,
+    amount: Decimal,
+    event_count: u64,
+    not_yet_accrued: Decimal,
+}
+
+/// An open billing period of a subscription.
+#[derive(Default)]
+struct PeriodUsage {
+    window: Option<crate::contracts::Window>,
+    segments: BTreeMap<String, SegmentUsage>,
+    close: Option<Value>,
+    adjustments: Vec<Value>,
+}
+
+fn segment<'p>(p: &'p mut PeriodUsage, w: &ClosedWindow) -> Option<&'p mut SegmentUsage> {
+    let seg = w.segment.as_ref()?;
+    let e = p.segments.entry(seg.segment_id.clone()).or_default();
+    e.meter.clone_from(&seg.meter);
+    e.group.clone_from(&seg.group);
+    e.plan_version = seg.plan_version;
+    Some(e)
+}
+
+fn add_window(periods: &mut BTreeMap<String, PeriodUsage>, w: &ClosedWindow) {
+    match (w.kind, &w.adjusts) {
+        (WindowKind::BillingPeriod, None) => {
+            let p = periods.entry(w.window.id.clone()).or_default();
+            p.window = Some(w.window.clone());
+            if let Some(s) = segment(p, w) {
+                s.quantity = w.quantity;
+                s.amount += w.amount;
+                s.event_count += w.event_count;
+            }
+        }
+        (WindowKind::Day, None) => {
+            let p = periods.entry(w.clearing.period.id.clone()).or_default();
+            if let Some(s) = segment(p, w) {
+                s.not_yet_accrued += w.amount;
+            }
+        }
+        (WindowKind::PeriodClose, None) => {
+            let p = periods.entry(w.window.id.clone()).or_default();
+            p.window = Some(w.window.clone());
+            p.close = Some(json!({
+                "amount": w.amount.to_string(),
+                "event_count": w.event_count,
+                "plan_version": w.plan_version,
+                "base_fee": w.base_fee.map(|d| d.to_string()),
+                "minimum_commitment": w.minimum_commitment.map(|d| d.to_string()),
+            }));
+        }
+        (kind, Some(adjusted)) => {
+            let p = periods.entry(w.clearing.period.id.clone()).or_default();
+            p.adjustments.push(json!({
+                "kind": kind.as_str(),
+                "adjusts": adjusted.id,
+                "meter": w.segment.as_ref().map(|s| s.meter.clone()),
+                "amount": w.amount.to_string(),
+                "event_count": w.event_count,
+            }));
+        }
+    }
+}
+
+/// Usage so far of a subscription's open billing periods. Amounts are
+/// unrounded sums of the rated marginal amounts (rounding happens once, at
+/// posting): `amount` the period to date, `not_yet_accrued` what is in open
+/// day windows, `accrued` the rest (closed days, posted as accruals).
+pub fn usage(
+    tables: &RefTables,
+    windows: &WindowState,
+    caller: &Caller<'_>,
+    id: &str,
+) -> Result<Value, Problem> {
+    let s = tables
+        .subscription(id)
+        .ok_or_else(|| not_found("subscription", id))?;
+    check_customer(caller, &s.customer_id)?;
+    let mut periods: BTreeMap<String, PeriodUsage> = BTreeMap::new();
+    for w in windows
+        .by_subscription
+        .get(id)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        add_window(&mut periods, w);
+    }
+    let list: Vec<Value> = periods
+        .into_iter()
+        .map(|(period_id, p)| {
+            let meters: Vec<Value> = p
+                .segments
+                .into_values()
+                .map(|u| {
+                    json!({
+                        "meter": u.meter,
+                        "group": u.group,
+                        "plan_version": u.plan_version,
+                        "quantity": u.quantity.to_string(),
+                        "amount": u.amount.to_string(),
+                        "accrued": (u.amount - u.not_yet_accrued).to_string(),
+                        "not_yet_accrued": u.not_yet_accrued.to_string(),
+                        "event_count": u.event_count,
+                    })
+                })
+                .collect();
+            json!({
+                "period": p.window.map(|w| json!(w)).unwrap_or_else(|| json!({"id": period_id})),
+                "meters": meters,
+                "period_close": p.close,
+                "adjustments": p.adjustments,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "subscription_id": s.id,
+        "customer_id": s.customer_id,
+        "currency": s.currency,
+        "periods": list,
+    }))
+}
+
+/// Parameters of OpenMeter's meter query.
+pub struct MeterQuery<'a> {
+    pub slug: &'a str,
+    pub params: &'a BTreeMap<String, String>,
+}
+
+/// `GET /api/v1/meters/{slug}/query`: per local day (the subscription's time
+/// zone, as the books) the meter's quantity, from the closed day windows
+/// ([`ClosedState`]) and the open ones ([`WindowState`]). Only SUM and COUNT
+/// meters: a day window holds the day's summed marginal quantities, which is
+/// a SUM or COUNT meter's value for the day but not a MAX, LATEST or
+/// UNIQUE_COUNT meter's.
+pub fn meter_query(
+    config: &Config,
+    days: &ClosedState,
+    open: &WindowState,
+    caller: &Caller<'_>,
+    q: &MeterQuery<'_>,
+) -> Result<Value, Problem> {
+    let meter = config
+        .meters
+        .iter()
+        .find(|m| m.slug == q.slug)
+        .ok_or_else(|| not_found("meter", q.slug))?;
+    if !matches!(meter.aggregation, Aggregation::Sum | Aggregation::Count) {
+        return Err(invalid(format!(
+            "meter {} aggregates {:?}: its per-day value is not kept (only SUM and COUNT meters are queryable)",
+            meter.slug, meter.aggregation
+        )));
+    }
+    if let Some(w) = q.params.get("windowSize").filter(|w| w.as_str() != "DAY") {
+        return Err(invalid(format!(
+            "windowSize {w:?}: only DAY (the books' local days)"
+        )));
+    }
+    let subject = q.params.get("subject").filter(|s| !s.is_empty());
+    match subject {
+        Some(s) => check_customer(caller, s)?,
+        None if !caller.key.customers.is_empty() => {
+            return Err(customer_forbidden(caller));
+        }
+        None => {}
+    }
+    let from = q
+        .params
+        .get("from")
+        .map(|t| at_param(Some(t)))
+        .transpose()?;
+    let to = q.params.get("to").map(|t| at_param(Some(t))).transpose()?;
+    let wanted = |k: &DayKey| {
+        k.meter == meter.slug
+            && subject.is_none_or(|s| &k.subject == s)
+            && from.is_none_or(|f| k.start >= f)
+            && to.is_none_or(|t| k.end <= t)
+    };
+    let mut sums: BTreeMap<(DateTime<Utc>, DateTime<Utc>, String, String), Decimal> =
+        BTreeMap::new();
+    let mut add = |k: &DayKey, v: Decimal| {
+        let group = serde_json::to_string(&k.group).unwrap_or_default();
+        *sums
+            .entry((k.start, k.end, k.subject.clone(), group))
+            .or_default() += v;
+    };
+    for (k, v) in days.days.iter().filter(|(k, _)| wanted(k)) {
+        add(k, *v);
+    }
+    // Open day windows not yet seen closed (closed wins when both are read).
+    for w in open.by_subscription.values().flat_map(|m| m.values()) {
+        let (Some(k), Some(id)) = (day_key(w), window_identity(w)) else {
+            continue;
+        };
+        if wanted(&k) && !days.counted(&id) {
+            add(&k, w.quantity);
+        }
+    }
+    let data: Vec<Value> = sums
+        .into_iter()
+        .map(|((start, end, subject, group), v)| {
+            json!({
+                "value": exact_number(v),
+                "windowStart": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "windowEnd": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "subject": subject,
+                "groupBy": serde_json::from_str::<Value>(&group).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "windowSize": "DAY",
+        "from": from.map(|f| f.to_rfc3339()),
+        "to": to.map(|t| t.to_rfc3339()),
+        "data": data,
+    }))
+}
+
+/// A decimal as a JSON number with exactly its digits (serde_json keeps a
+/// number's text with `arbitrary_precision`): no float in between.
+fn exact_number(d: Decimal) -> Value {
+    serde_json::from_str(&d.normalize().to_string())
+        .unwrap_or_else(|_| Value::String(d.to_string()))
+}
+
+fn line_json(w: &ClosedWindow) -> Value {
+    let seg = w.segment.as_ref();
+    json!({
+        "meter": seg.map(|s| s.meter.clone()),
+        "group": seg.map(|s| s.group.clone()),
+        "plan_version": seg.map(|s| s.plan_version),
+        "quantity": w.quantity.to_string(),
+        "amount": w.amount.to_string(),
+        "event_count": w.event_count,
+        "adjusts": w.adjusts.as_ref().map(|a| a.id.clone()),
+    })
+}
+
+fn period_json(id: &str, status: &str, p: &ClosedPeriod) -> Value {
+    let close = p.close.as_ref();
+    json!({
+        "period": close.map(|w| json!(w.window)).or_else(|| p.lines.first().map(|w| json!(w.window))).unwrap_or_else(|| json!({"id": id})),
+        "status": status,
+        "amount": close.map(|w| w.amount.to_string()),
+        "base_fee": close.and_then(|w| w.base_fee).map(|d| d.to_string()),
+        "minimum_commitment": close.and_then(|w| w.minimum_commitment).map(|d| d.to_string()),
+        "plan_version": close.map(|w| w.plan_version),
+        "event_count": close.map(|w| w.event_count),
+        "lines": p.lines.iter().map(line_json).collect::<Vec<_>>(),
+        "adjustments": p.adjustments.iter().map(line_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The subscription's billing periods as its invoices will show them: the
+/// closed ones aggregate handed to post in the last `api.meter_query_days`
+/// (status `closed`) and the open one (`open`, amounts so far). Exact
+/// amounts; post rounds them once into the invoice lines. Replaced by
+/// invoice documents once issue 13 builds them.
+pub fn invoices(
+    tables: &RefTables,
+    closed: &ClosedState,
+    open: &WindowState,
+    caller: &Caller<'_>,
+    id: &str,
+) -> Result<Value, Problem> {
+    let s = tables
+        .subscription(id)
+        .ok_or_else(|| not_found("subscription", id))?;
+    check_customer(caller, &s.customer_id)?;
+    let mut list: Vec<Value> = closed
+        .periods
+        .get(id)
+        .into_iter()
+        .flat_map(|m| m.iter())
+        .map(|(pid, p)| period_json(pid, "closed", p))
+        .collect();
+    let mut current: BTreeMap<String, ClosedPeriod> = BTreeMap::new();
+    for w in open
+        .by_subscription
+        .get(id)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        let p = current.entry(w.clearing.period.id.clone()).or_default();
+        match (w.kind, &w.adjusts) {
+            (WindowKind::PeriodClose, None) => p.close = Some(w.clone()),
+            (WindowKind::BillingPeriod, None) => p.lines.push(w.clone()),
+            (WindowKind::BillingPeriod, Some(_)) => p.adjustments.push(w.clone()),
+            _ => {}
+        }
+    }
+    list.extend(current.iter().map(|(pid, p)| period_json(pid, "open", p)));
+    Ok(json!({
+        "subscription_id": s.id,
+        "customer_id": s.customer_id,
+        "currency": s.currency,
+        "source": "period_close_windows",
+        "invoices": list,
+    }))
+}
