@@ -356,6 +356,62 @@ mod tests {
         r.map(|_| "ok").unwrap_or_else(|p| p.code)
     }
 
+    /// An ingest path whose producer points at a port nobody listens on.
+    fn unreachable(queue_max_messages: u32, ack_timeout_ms: u64) -> Ingest {
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", ack_timeout_ms.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                queue_max_messages.to_string(),
+            )
+            .set("log_level", "0")
+            .create()
+            .unwrap();
+        Ingest {
+            meters: MeterIndex::new(&[]).unwrap(),
+            rules: ValidateRules::default(),
+            producer,
+            topic: "t".into(),
+            limits: ApiConfig {
+                ack_timeout_ms,
+                ..ApiConfig::default()
+            },
+        }
+    }
+
+    fn prepared(n: usize) -> Vec<Prepared> {
+        (0..n)
+            .map(|i| Prepared {
+                subject: format!("c-{i}"),
+                value: b"{}".to_vec(),
+                headers: vec![],
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn no_broker_is_503_and_a_full_queue_is_429_with_retry_after() {
+        let down = unreachable(100, 300)
+            .produce(prepared(2))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (down.status, down.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
+        );
+        assert!(down.detail.contains("retrying is safe"), "{}", down.detail);
+        let full = unreachable(1, 5_000)
+            .produce(prepared(3))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (full.status, full.code),
+            (StatusCode::TOO_MANY_REQUESTS, "producer_queue_full")
+        );
+        assert_eq!(full.retry_after_s, Some(ApiConfig::default().retry_after_s));
+    }
+
     #[test]
     fn the_body_is_read_as_its_content_type_says_and_bounded() {
         let one = br#" {"id":"a"} "#;
