@@ -148,3 +148,73 @@ fn run_counting(name: &str, poison_failures: u32, producer_fault: bool) -> Strin
     }
     meterline::metrics::render()
 }
+
+/// Two instances with one transactional.id (a zombie and its replacement):
+/// the older one is fenced and must stop, never replace its producer and
+/// fence the newer one back; the newer one takes every partition and each
+/// record is output exactly once.
+#[test]
+fn a_fenced_instance_stops_instead_of_fencing_its_replacement() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_test_writer()
+        .try_init();
+    let w = World::new("fence", "");
+    w.apply();
+    let batch = |from: usize| -> Vec<Record> {
+        (from..from + RECORDS)
+            .map(|i| {
+                (
+                    Some(format!("k{i}").into_bytes()),
+                    Some(b"ok".to_vec()),
+                    vec![],
+                )
+            })
+            .collect()
+    };
+    produce(&w.topic("usage.events"), &batch(0));
+    let mut config = Config::load(&w.config_path).unwrap();
+    config.runtime.state_dir = w.state_dir();
+    let config = Arc::new(config);
+    let out_topic = w.topic("usage.identified");
+    let start = |dir: &str| {
+        let mut c = (*config).clone();
+        c.runtime.state_dir = w.state_dir().join(dir);
+        let (c, shutdown, status) = (
+            Arc::new(c),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(StageStatus::default()),
+        );
+        let processor = Counting {
+            out_topic: out_topic.clone(),
+            poison_failures_left: 0,
+            producer_fault: None,
+        };
+        let sd = shutdown.clone();
+        let handle = std::thread::spawn(move || run_stage(c, processor, sd, status));
+        (shutdown, handle)
+    };
+    let (_, older) = start("older");
+    wait_until("the first batch output", || {
+        read_all(&out_topic, true).len() >= RECORDS
+    });
+    // Same instance id, so the same transactional.id: its init fences the older.
+    let (newer_stop, newer) = start("newer");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    produce(&w.topic("usage.events"), &batch(RECORDS));
+    let stopped = older.join().unwrap();
+    let err = stopped.expect_err("the fenced instance stops").to_string();
+    assert!(err.contains("fenced"), "{err}");
+    wait_until("the second batch output", || {
+        read_all(&out_topic, true).len() >= 2 * RECORDS
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    newer_stop.store(true, Ordering::SeqCst);
+    newer.join().unwrap().expect("the newer instance runs on");
+    let out = read_all(&out_topic, true);
+    assert_eq!(out.len(), 2 * RECORDS, "each record output exactly once");
+    assert!(
+        out.iter().all(|r| r.value.as_deref() == Some(&b"1"[..])),
+        "state applied once"
+    );
+}

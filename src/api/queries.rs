@@ -64,6 +64,20 @@ pub fn check_customer(caller: &Caller<'_>, customer_id: &str) -> Result<(), Prob
     }
 }
 
+/// The subscription `id`, if it exists (404) and the key may read its
+/// customer (403).
+pub fn readable_subscription<'t>(
+    tables: &'t RefTables,
+    caller: &Caller<'_>,
+    id: &str,
+) -> Result<&'t crate::refdata::Subscription, Problem> {
+    let s = tables
+        .subscription(id)
+        .ok_or_else(|| not_found("subscription", id))?;
+    check_customer(caller, &s.customer_id)?;
+    Ok(s)
+}
+
 /// `at=` of a query, RFC 3339; now when absent.
 pub fn at_param(raw: Option<&String>) -> Result<DateTime<Utc>, Problem> {
     match raw {
@@ -89,10 +103,7 @@ pub fn subscription(
     id: &str,
     at: DateTime<Utc>,
 ) -> Result<Value, Problem> {
-    let s = tables
-        .subscription(id)
-        .ok_or_else(|| not_found("subscription", id))?;
-    check_customer(caller, &s.customer_id)?;
+    let s = readable_subscription(tables, caller, id)?;
     let plan = tables.plan_effective_at(&s.plan_id, at);
     Ok(json!({
         "subscription": s,
@@ -138,10 +149,7 @@ pub fn quote(
     let at = at_param(req.at.as_ref())?;
     let (plan_id, overrides) = match (&req.subscription_id, &req.plan_id) {
         (Some(sid), None) => {
-            let s = tables
-                .subscription(sid)
-                .ok_or_else(|| not_found("subscription", sid))?;
-            check_customer(caller, &s.customer_id)?;
+            let s = readable_subscription(tables, caller, sid)?;
             (s.plan_id.clone(), Some(&s.price_overrides))
         }
         (None, Some(pid)) => (pid.clone(), None),

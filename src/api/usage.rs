@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::follow::{day_key, window_identity, ClosedPeriod, ClosedState, DayKey, WindowState};
 use super::problem::Problem;
-use super::queries::{at_param, check_customer, customer_forbidden, invalid, not_found};
+use super::queries::{
+    at_param, check_customer, customer_forbidden, invalid, not_found, readable_subscription,
+};
 use crate::config::Config;
 use crate::contracts::{ClosedWindow, WindowKind};
 use crate::meter::Aggregation;
@@ -108,10 +110,7 @@ pub fn usage(
     caller: &Caller<'_>,
     id: &str,
 ) -> Result<Value, Problem> {
-    let s = tables
-        .subscription(id)
-        .ok_or_else(|| not_found("subscription", id))?;
-    check_customer(caller, &s.customer_id)?;
+    let s = readable_subscription(tables, caller, id)?;
     let mut periods: BTreeMap<String, PeriodUsage> = BTreeMap::new();
     for w in windows
         .by_subscription
@@ -298,10 +297,7 @@ pub fn invoices(
     caller: &Caller<'_>,
     id: &str,
 ) -> Result<Value, Problem> {
-    let s = tables
-        .subscription(id)
-        .ok_or_else(|| not_found("subscription", id))?;
-    check_customer(caller, &s.customer_id)?;
+    let s = readable_subscription(tables, caller, id)?;
     let mut list: Vec<Value> = closed
         .periods
         .get(id)

@@ -8,17 +8,23 @@
 //! transactional.id, whose `init_transactions` fences the old one and
 //! completes or aborts whatever it left open on the broker.
 //!
+//! Fencing is never recovered from: a fatal error whose cause (the
+//! producer's own fatal error, when the call reported only "fatal") is
+//! fencing stops the stage, or a zombie would fence the instance that
+//! replaced it.
+//!
 //! The failed call's outcome is unknown here (a commit may have gone
 //! through), Kafka's is not: every partition is reopened from what Kafka
 //! holds, as after a restart: stores restored from their changelogs, the
 //! consumer sought to the committed offset.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer;
 use rdkafka::Offset;
 use tracing::warn;
 
 use super::{
-    init_transactions, new_producer, Engine, Processor, StageContext,
+    init_transactions, is_fencing, new_producer, Engine, Processor, StageContext,
     PRODUCER_REPLACEMENTS_IN_A_ROW_MAX,
 };
 use crate::internal_events::TransactionAborted;
@@ -34,6 +40,17 @@ impl<P: Processor> Engine<P> {
         skip: Option<&[i32]>,
         consumer: &BaseConsumer<StageContext<P>>,
     ) {
+        // A produce call reports only "fatal" (__FATAL); the producer keeps
+        // the cause. Fenced by a newer instance (a zombie's case): never fence
+        // it back, stop.
+        if let Some((code, why)) = self.producer.client().fatal_error() {
+            if is_fencing(code) {
+                self.fatal = Some(format!(
+                    "{cause}: {why} (fenced: a newer instance with the same transactional.id runs)"
+                ));
+                return;
+            }
+        }
         TransactionAborted {
             stage: self.spec.name,
             cause: "producer_replaced",
