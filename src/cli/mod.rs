@@ -77,8 +77,8 @@ pub enum Command {
     /// submission at POST /api/v1/events, the contract at /v1/openapi.json.
     /// Needs at least one [[api.keys]]. Runs until SIGTERM/SIGINT.
     Api,
-    /// Make a new API key: prints the token (shown once, never stored) and
-    /// the [[api.keys]] entry holding its SHA-256.
+    /// Make a new API key: prints the token on stderr (shown once, never
+    /// stored) and the [[api.keys]] entry holding its SHA-256 on stdout.
     ApiKey {
         /// Who holds the key (logged with refusals).
         #[arg(long)]
@@ -234,7 +234,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A new token and the config entry for it.
+/// A new token (written to stderr, so `>> meterline.toml` keeps it out of
+/// the file) and the config entry holding its hash (stdout).
 fn api_key(name: &str, scopes: &[String]) -> anyhow::Result<String> {
     for s in scopes {
         if !matches!(s.as_str(), "ingest" | "read" | "admin") {
@@ -242,9 +243,10 @@ fn api_key(name: &str, scopes: &[String]) -> anyhow::Result<String> {
         }
     }
     let token = crate::api::auth::new_token();
+    eprintln!("API key for {name:?} (shown once, stored nowhere): {token}");
     let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
     Ok(format!(
-        "# token (give it to {name:?}; it is not stored anywhere):\n# {token}\n[[api.keys]]\nname = {name:?}\nsha256_hex = \"{}\"\nscopes = [{}]\n",
+        "[[api.keys]]\nname = {name:?}\nsha256_hex = \"{}\"\nscopes = [{}]\n",
         crate::api::auth::token_hash_hex(&token),
         quoted.join(", ")
     ))
