@@ -22,6 +22,9 @@ use crate::topology::names;
 
 /// How long one poll of a followed topic waits.
 const FOLLOW_POLL_TIMEOUT_MS: u64 = 200;
+/// How often a view that is not ready yet compares its position with the
+/// end offsets it must reach.
+const READY_CHECK_INTERVAL_MS: u64 = 200;
 /// Pause between two asks for a partition's end offset.
 const WATERMARK_RETRY_MS: u64 = 500;
 /// A warning every this many failed asks (not one per attempt).
@@ -168,23 +171,27 @@ fn follow<A: Apply>(
     apply: &A,
     view: &View<A>,
 ) {
+    // Checked on a clock, not only when a poll comes back empty: a topic
+    // written without pause would otherwise keep the view unready.
+    let mut last_check: Option<std::time::Instant> = None;
     loop {
-        match consumer.poll(Duration::from_millis(FOLLOW_POLL_TIMEOUT_MS)) {
-            Some(Ok(m)) => {
-                let mut state = view.state.write().unwrap_or_else(|p| p.into_inner());
-                apply.apply(
-                    &mut state,
-                    m.topic(),
-                    m.partition(),
-                    m.key().unwrap_or_default(),
-                    m.payload(),
-                );
-            }
-            Some(Err(_)) => {}
-            None if !view.ready() && caught_up(consumer, ends) => {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(FOLLOW_POLL_TIMEOUT_MS)) {
+            let mut state = view.state.write().unwrap_or_else(|p| p.into_inner());
+            apply.apply(
+                &mut state,
+                m.topic(),
+                m.partition(),
+                m.key().unwrap_or_default(),
+                m.payload(),
+            );
+        }
+        let due = last_check
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(READY_CHECK_INTERVAL_MS));
+        if !view.ready() && due {
+            last_check = Some(std::time::Instant::now());
+            if caught_up(consumer, ends) {
                 view.ready.store(true, Ordering::SeqCst);
             }
-            None => {}
         }
     }
 }
