@@ -41,13 +41,7 @@ pub fn restore_store(
         None => 0,
     };
     let reader = kafka::restore_reader(config).map_err(|e| e.to_string())?;
-    let (low, high) = reader
-        .fetch_watermarks(
-            topic,
-            partition,
-            Duration::from_millis(config.kafka.request_timeout_ms),
-        )
-        .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))?;
+    let (low, high) = watermarks(&reader, config, topic, partition)?;
     if start >= high {
         // Nothing newer than what the store already holds.
         return Ok(0);
@@ -103,4 +97,32 @@ pub fn restore_store(
     }
     .emit(metrics);
     Ok(count)
+}
+
+/// Pause between two asks for a changelog's watermarks.
+const WATERMARKS_RETRY_MS: u64 = 250;
+
+/// The changelog partition's watermarks. Right after `topology apply` a
+/// partition may have no leader yet (NotLeaderForPartition): asked again
+/// until `runtime.restore_timeout_ms`, then the last error.
+fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    reader: &rdkafka::consumer::BaseConsumer<C>,
+    config: &Config,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), String> {
+    let deadline = Instant::now() + Duration::from_millis(config.runtime.restore_timeout_ms);
+    let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
+    loop {
+        match reader.fetch_watermarks(topic, partition, timeout) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("watermarks of {topic}/{partition}: {e}"))
+            }
+            Err(e) => {
+                tracing::debug!(topic, partition, error = %e, "watermarks not known yet; asking again");
+                std::thread::sleep(Duration::from_millis(WATERMARKS_RETRY_MS));
+            }
+        }
+    }
 }
