@@ -25,10 +25,6 @@ const FOLLOW_POLL_TIMEOUT_MS: u64 = 200;
 /// How often a view that is not ready yet compares its position with the
 /// end offsets it must reach.
 const READY_CHECK_INTERVAL_MS: u64 = 200;
-/// Pause between two asks for a partition's end offset.
-const WATERMARK_RETRY_MS: u64 = 500;
-/// A warning every this many failed asks (not one per attempt).
-const WATERMARK_WARN_EVERY_ATTEMPTS: u32 = 20;
 /// Key prefix of an open window in aggregate's `windows` store.
 const OPEN_WINDOW_KEY_PREFIX: u8 = b'W';
 
@@ -102,42 +98,26 @@ pub fn start_at<A: Apply>(
     std::thread::Builder::new()
         .name("api-follow".into())
         .spawn(move || {
-            let tpl = if since_ms.is_some() {
-                // Timestamps in, offsets out (End where nothing is that recent).
-                retried("offsets for the start time", || {
-                    consumer.offsets_for_times(tpl.clone(), timeout)
-                })
-            } else {
-                tpl
+            // Asked until answered (no deadline): until then the view is
+            // simply not ready, which /readyz says.
+            let positioned = |tpl: TopicPartitionList| {
+                let tpl = match since_ms {
+                    // Timestamps in, offsets out (End where nothing is that recent).
+                    Some(_) => kafka::retry_until("offsets for the start time", None, || {
+                        consumer.offsets_for_times(tpl.clone(), timeout)
+                    })?,
+                    None => tpl,
+                };
+                consumer.assign(&tpl)?;
+                ends(&consumer, &tpl, &partitions, timeout)
             };
-            if let Err(e) = consumer.assign(&tpl) {
-                tracing::error!(error = %e, "assigning the followed topics failed: this view never gets ready");
-                return;
+            match positioned(tpl) {
+                Ok(ends) => follow(&consumer, &ends, &apply, &v),
+                Err(e) => tracing::error!(error = %e, "positioning a follower failed: this view never gets ready"),
             }
-            let ends = ends(&consumer, &tpl, &partitions, timeout);
-            follow(&consumer, &ends, &apply, &v)
         })
         .map_err(|e| kafka::ClientError::Config(format!("starting a follower thread: {e}")))?;
     Ok(view)
-}
-
-/// Calls `f` until it succeeds: right after `topology apply` a partition may
-/// have no leader yet (NotLeaderForPartition). Warns now and then, not on
-/// every attempt.
-fn retried<T, E: std::fmt::Display>(what: &str, mut f: impl FnMut() -> Result<T, E>) -> T {
-    let mut attempt: u32 = 0;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => {
-                attempt += 1;
-                if attempt % WATERMARK_WARN_EVERY_ATTEMPTS == 1 {
-                    tracing::warn!(what, error = %e, attempt, "not known yet; asking again");
-                }
-                std::thread::sleep(Duration::from_millis(WATERMARK_RETRY_MS));
-            }
-        }
-    }
 }
 
 /// Where each partition ends now; 0 (nothing to wait for) when the
@@ -147,13 +127,12 @@ fn ends(
     starts: &TopicPartitionList,
     partitions: &[(String, i32)],
     timeout: Duration,
-) -> BTreeMap<(String, i32), i64> {
+) -> Result<BTreeMap<(String, i32), i64>, rdkafka::error::KafkaError> {
     let mut ends = BTreeMap::new();
     for (topic, p) in partitions {
-        let high = retried("end offset", || {
+        let (_, high) = kafka::retry_until("end offset", None, || {
             consumer.fetch_watermarks(topic, *p, timeout)
-        })
-        .1;
+        })?;
         let start = starts.find_partition(topic, *p).map(|e| e.offset());
         let at_end = match start {
             Some(Offset::End) => true,
@@ -162,7 +141,7 @@ fn ends(
         };
         ends.insert((topic.clone(), *p), if at_end { 0 } else { high });
     }
-    ends
+    Ok(ends)
 }
 
 fn follow<A: Apply>(

@@ -5,7 +5,7 @@
 //! included), then the settings meterline needs for exactly-once, which the
 //! user cannot override: read_committed, no auto-commit, idempotence.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -348,6 +348,36 @@ pub fn check_topics<C: ConsumerContext>(
 pub const TOPIC_WAIT_MS: u64 = 10_000;
 /// How often it asks again meanwhile.
 const TOPIC_WAIT_POLL_MS: u64 = 250;
+
+/// Pause between two attempts of a call [`retry_until`] repeats.
+const RETRY_PAUSE_MS: u64 = 250;
+/// [`retry_until`] warns once every this many failed attempts.
+const RETRY_WARN_EVERY_ATTEMPTS: u32 = 20;
+
+/// Calls `f` until it succeeds or `deadline` passes (then its last error;
+/// `None`: until it succeeds). For metadata calls right after `topology
+/// apply`, when a partition may have no leader yet (NotLeaderForPartition).
+/// Warns now and then, not on every attempt.
+pub fn retry_until<T, E: std::fmt::Display>(
+    what: &str,
+    deadline: Option<Instant>,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut attempt: u32 = 0;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if deadline.is_some_and(|d| Instant::now() >= d) => return Err(e),
+            Err(e) => {
+                attempt += 1;
+                if attempt % RETRY_WARN_EVERY_ATTEMPTS == 1 {
+                    tracing::warn!(what, error = %e, attempt, "not answered yet; asking again");
+                }
+                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

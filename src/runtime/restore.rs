@@ -99,12 +99,9 @@ pub fn restore_store(
     Ok(count)
 }
 
-/// Pause between two asks for a changelog's watermarks.
-const WATERMARKS_RETRY_MS: u64 = 250;
-
-/// The changelog partition's watermarks. Right after `topology apply` a
-/// partition may have no leader yet (NotLeaderForPartition): asked again
-/// until `runtime.restore_timeout_ms`, then the last error.
+/// The changelog partition's watermarks, asked again (a partition created
+/// by `topology apply` a moment before may have no leader yet) until
+/// `runtime.restore_timeout_ms`, then the last error.
 fn watermarks<C: rdkafka::consumer::ConsumerContext>(
     reader: &rdkafka::consumer::BaseConsumer<C>,
     config: &Config,
@@ -113,16 +110,8 @@ fn watermarks<C: rdkafka::consumer::ConsumerContext>(
 ) -> Result<(i64, i64), String> {
     let deadline = Instant::now() + Duration::from_millis(config.runtime.restore_timeout_ms);
     let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
-    loop {
-        match reader.fetch_watermarks(topic, partition, timeout) {
-            Ok(w) => return Ok(w),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("watermarks of {topic}/{partition}: {e}"))
-            }
-            Err(e) => {
-                tracing::debug!(topic, partition, error = %e, "watermarks not known yet; asking again");
-                std::thread::sleep(Duration::from_millis(WATERMARKS_RETRY_MS));
-            }
-        }
-    }
+    kafka::retry_until("changelog watermarks", Some(deadline), || {
+        reader.fetch_watermarks(topic, partition, timeout)
+    })
+    .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))
 }
