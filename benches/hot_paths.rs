@@ -361,11 +361,7 @@ fn local_day() -> Window {
 }
 
 fn gl() -> GlAccounts {
-    GlAccounts {
-        usage_revenue: "4010".into(),
-        unbilled_receivable: "1210".into(),
-        receivable: "1200".into(),
-    }
+    GlAccounts::new("4010", "1210", "1200")
 }
 
 fn customer() -> CustomerInfo {

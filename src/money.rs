@@ -289,6 +289,8 @@ pub mod reasons {
             "A rounding mode name is not one of half_even, half_up, half_down, up, down, ceiling, floor.";
         AMOUNT_OVERFLOW => "amount_overflow",
             "An amount or a sum of amounts does not fit in a decimal.";
+        UNBALANCED_JOURNAL_ENTRY => "unbalanced_journal_entry",
+            "Fatal, never dead-lettered: a journal entry's debits and credits differ (a bug: the stage that made it stops).";
     }
 
     /// One error of each kind, for tests that check codes against tables.

@@ -138,7 +138,7 @@ pub fn is_snake_case(code: &str) -> bool {
 
 /// Every table: its owner, the codes it declares and every code it gives.
 /// A new table belongs here (the tests below read it).
-pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 11] {
+pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 12] {
     use crate::stages;
     [
         (
@@ -190,6 +190,11 @@ pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str
             "post",
             stages::post::reason::ALL,
             stages::post::reason::CODES,
+        ),
+        (
+            "invoice",
+            stages::invoice::reason::ALL,
+            stages::invoice::reason::CODES,
         ),
         ("api", crate::api::reasons::ALL, crate::api::reasons::CODES),
     ]

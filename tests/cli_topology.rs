@@ -19,7 +19,7 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
     assert!(first.status.success(), "{}", stderr(&first));
     let out = stdout(&first);
     let created = out.lines().filter(|l| l.starts_with("created")).count();
-    assert_eq!(created, 33, "{out}");
+    assert_eq!(created, 38, "{out}");
     assert!(
         out.contains(&format!("created  {}usage.events", w.ns)),
         "{out}"
@@ -30,7 +30,7 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
     let out = stdout(&second);
     assert_eq!(
         out.trim(),
-        "topology: no change (33 topics up to date)",
+        "topology: no change (38 topics up to date)",
         "{out}"
     );
 
@@ -59,7 +59,7 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
 }
 
 #[test]
-fn describe_names_all_six_stages_with_their_topics() {
+fn describe_names_all_seven_stages_with_their_topics() {
     let w = World::new("describe", "");
     let o = w.run(&["topology", "describe"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -71,6 +71,7 @@ fn describe_names_all_six_stages_with_their_topics() {
         ("rate", "usage.enriched", "usage.rated"),
         ("aggregate", "usage.rated", "usage.windows"),
         ("post", "usage.windows", "finance.postings"),
+        ("invoice", "billing.commands", "finance.invoices"),
     ] {
         let block: String = text
             .split("\n\n")
@@ -94,7 +95,15 @@ fn describe_names_all_six_stages_with_their_topics() {
     let m = w.run(&["topology", "describe", "--mermaid"]);
     let mermaid = stdout(&m);
     assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
-    for s in ["validate", "dedupe", "enrich", "rate", "aggregate", "post"] {
+    for s in [
+        "validate",
+        "dedupe",
+        "enrich",
+        "rate",
+        "aggregate",
+        "post",
+        "invoice",
+    ] {
         assert!(mermaid.contains(&format!("{s}[[{s}]]")), "{mermaid}");
     }
 }

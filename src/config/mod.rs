@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 
 mod api;
 pub use api::{ApiConfig, ApiKeyConfig, ApiScope};
+mod invoice;
+pub use invoice::{
+    ApprovalMode, InvoiceConfig, TaxMode, DEFAULT_INVOICE_WAIT_TIMEOUT_S, MAX_COMMAND_REASON_BYTES,
+};
 
 use crate::meter::Meter;
 use crate::money::RoundingMode;
@@ -79,6 +83,8 @@ pub struct Config {
     pub post: PostConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub invoice: InvoiceConfig,
     /// Filled from `topology.meters_file` after loading; not a file key.
     #[serde(skip)]
     pub meters: Vec<Meter>,
@@ -546,6 +552,7 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         self.api.check().map_err(ConfigError::Invalid)?;
+        self.invoice.check().map_err(ConfigError::Invalid)?;
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "kafka.bootstrap_servers must not be empty".into(),

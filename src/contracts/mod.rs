@@ -9,7 +9,9 @@
 //! | [`EnrichedEvent`] | `usage.enriched` | enrich | rate |
 //! | [`RatedEvent`] | `usage.rated` | rate | aggregate, reconcile |
 //! | [`ClosedWindow`] | `usage.windows` | aggregate | post, reconcile |
-//! | [`Posting`] | `finance.postings` | post | ERP connectors, reconcile |
+//! | [`Posting`] | `finance.postings` | post (accruals, control totals), invoice (what waits for approval) | ERP connectors, reconcile |
+//! | [`Command`] | `billing.commands` (keyed by customer) | operators (`meterline invoices`), post (drafts), enrich (parked-event notices) | invoice |
+//! | [`Invoice`] | `finance.invoices` (compacted, keyed by invoice id) | invoice | operators, the API, ERP connectors |
 //!
 //! A stage imports these, the runtime, the stores and libraries, never
 //! another stage (`tests/stage_imports.rs` enforces it). That keeps a stage
@@ -30,6 +32,7 @@
 
 mod enriched;
 mod gate;
+mod invoice;
 mod posting;
 mod rated;
 mod usage;
@@ -40,6 +43,11 @@ pub use enriched::{
     ResolvedCharge, Window, ENRICHED_EVENT_VERSION,
 };
 pub use gate::{GateKind, GateRecord, GATE_RECORD_VERSION};
+pub use invoice::{
+    invoice_id, optional_rfc3339, Command, CommandKind, CreditMemo, Dispute, DisputeOutcome,
+    DraftPart, Hold, Invoice, InvoiceDocLine, InvoiceStatus, InvoiceTotals, ParkedEvent,
+    StatusChange, COMMAND_VERSION, INVOICE_VERSION, SIGNATURE_HEADER,
+};
 pub use posting::{
     ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, POSTING_VERSION,
 };

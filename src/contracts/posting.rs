@@ -45,6 +45,34 @@ pub struct JournalLine {
     pub amount: Decimal,
 }
 
+impl JournalLine {
+    /// The lines of a two-line entry Dr `debit`, Cr `credit` of `amount`; a
+    /// negative amount swaps the sides; None for zero (not posted).
+    pub fn pair(debit: &str, credit: &str, amount: Decimal) -> Option<Vec<JournalLine>> {
+        if amount.is_zero() {
+            return None;
+        }
+        let (dr, cr) = if amount.is_sign_negative() {
+            (credit, debit)
+        } else {
+            (debit, credit)
+        };
+        let amount = amount.abs();
+        Some(vec![
+            JournalLine {
+                account: dr.to_string(),
+                side: Side::Debit,
+                amount,
+            },
+            JournalLine {
+                account: cr.to_string(),
+                side: Side::Credit,
+                amount,
+            },
+        ])
+    }
+}
+
 /// An invoice line; `amount` rounded, may be negative (an adjustment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceLine {
@@ -93,8 +121,10 @@ pub struct ControlTotal {
 pub struct Posting {
     pub posting_type: PostingType,
     /// journal_entry: `accrual` | `rounding` | `reclass` | `base_fee` |
-    /// `minimum_true_up`; invoice_line: `usage` | `base_fee` |
-    /// `minimum_true_up`; control_total: the window kind.
+    /// `minimum_true_up` | `tax` | `service_credit` | `credit_memo` |
+    /// `dispute_open` | `dispute_won` | `dispute_lost`; invoice_line:
+    /// `usage` | `base_fee` | `minimum_true_up` | `tax` | `service_credit`
+    /// | `credit_memo`; control_total: the window kind.
     pub kind: String,
     pub idempotency_key: String,
     pub business_key: Vec<String>,
@@ -122,6 +152,12 @@ pub struct Posting {
     pub lines: Vec<JournalLine>,
     pub invoice_line: Option<InvoiceLine>,
     pub control_total: Option<ControlTotal>,
+    /// The invoice the posting belongs to, on postings the invoice stage
+    /// makes (tax, service credits, credit memos, disputes); absent
+    /// (not written) on the postings of windows, whose invoice is
+    /// `<subscription>@<billing_period.id>` ([`super::invoice_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_id: Option<String>,
 }
 
 impl Posting {

@@ -46,11 +46,7 @@ fn customer() -> CustomerInfo {
 }
 
 fn gl() -> GlAccounts {
-    GlAccounts {
-        usage_revenue: "4010".into(),
-        unbilled_receivable: "1210".into(),
-        receivable: "1200".into(),
-    }
+    GlAccounts::new("4010", "1210", "1200")
 }
 
 fn group() -> BTreeMap<String, String> {
@@ -209,6 +205,7 @@ fn posting() -> Posting {
         ],
         invoice_line: None,
         control_total: None,
+        invoice_id: None,
     }
 }
 

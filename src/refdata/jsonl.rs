@@ -115,6 +115,16 @@ struct Tombstone {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TaxRateTombstone {
+    legal_entity: String,
+    tax_code: String,
+    #[serde(with = "crate::contracts::rfc3339_utc")]
+    effective_from: chrono::DateTime<chrono::Utc>,
+    deleted: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PlanTombstone {
     id: String,
     version: u32,
@@ -127,6 +137,9 @@ fn tombstone_key(kind: RefKind, line: &str) -> Result<String, RefError> {
         let expected = match kind {
             RefKind::Plans => r#"{"id": "...", "version": N, "deleted": true}"#,
             RefKind::Customers | RefKind::Subscriptions => r#"{"id": "...", "deleted": true}"#,
+            RefKind::TaxRates => {
+                r#"{"legal_entity": "...", "tax_code": "...", "effective_from": "...", "deleted": true}"#
+            }
         };
         RefError::InvalidTombstone(format!("{error}; a tombstone line is exactly {expected}"))
     };
@@ -143,6 +156,15 @@ fn tombstone_key(kind: RefKind, line: &str) -> Result<String, RefError> {
             let tombstone: Tombstone = serde_json::from_str(line).map_err(shape)?;
             check_text("id", &tombstone.id)?;
             (tombstone.id, tombstone.deleted)
+        }
+        RefKind::TaxRates => {
+            let t: TaxRateTombstone = serde_json::from_str(line).map_err(shape)?;
+            check_text("legal_entity", &t.legal_entity)?;
+            check_text("tax_code", &t.tax_code)?;
+            (
+                super::tax_rate_key(&t.legal_entity, &t.tax_code, &t.effective_from),
+                t.deleted,
+            )
         }
     };
     if !deleted {

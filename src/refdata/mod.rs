@@ -64,8 +64,9 @@ mod tables;
 
 pub use jsonl::{parse_jsonl, LineError, PublishRecord};
 pub use records::{
-    parse_plan_key, plan_key, Customer, CustomerStatus, GlAccounts, Plan, PlanCharge, Record,
-    RefRecord, Subscription, MAX_TEXT_LEN, PLAN_KEY_SEPARATOR,
+    parse_plan_key, plan_key, tax_rate_key, Customer, CustomerStatus, GlAccounts, Plan, PlanCharge,
+    Record, RefRecord, Subscription, TaxRate, MAX_TAX_RATE_PERCENT, MAX_TEXT_LEN,
+    PLAN_KEY_SEPARATOR,
 };
 pub use tables::RefTables;
 
@@ -79,17 +80,24 @@ use crate::money::MoneyError;
 use crate::rating::ChargeModelError;
 use crate::topology::names;
 
-/// One of the three reference tables.
+/// One of the four reference tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RefKind {
     Customers,
     Subscriptions,
     Plans,
+    /// Tax rates per legal entity and tax code (the invoice stage's).
+    TaxRates,
 }
 
 impl RefKind {
     /// Every kind, in the order the tables are loaded.
-    pub const ALL: [RefKind; 3] = [RefKind::Customers, RefKind::Subscriptions, RefKind::Plans];
+    pub const ALL: [RefKind; 4] = [
+        RefKind::Customers,
+        RefKind::Subscriptions,
+        RefKind::Plans,
+        RefKind::TaxRates,
+    ];
 
     /// The compacted topic of the table (before any namespace prefix).
     pub const fn topic(self) -> &'static str {
@@ -97,6 +105,7 @@ impl RefKind {
             RefKind::Customers => names::REF_CUSTOMERS,
             RefKind::Subscriptions => names::REF_SUBSCRIPTIONS,
             RefKind::Plans => names::REF_PLANS,
+            RefKind::TaxRates => names::REF_TAX_RATES,
         }
     }
 
@@ -112,6 +121,7 @@ impl RefKind {
             RefKind::Customers => "customers",
             RefKind::Subscriptions => "subscriptions",
             RefKind::Plans => "plans",
+            RefKind::TaxRates => "tax_rates",
         }
     }
 }

@@ -196,13 +196,39 @@ pub struct GlAccounts {
     pub unbilled_receivable: String,
     /// Debited when invoice lines are issued.
     pub receivable: String,
+    /// Debited by service credits and credit memos (credits and
+    /// allowances, a contra-revenue account). Needed by the invoice stage
+    /// only when a credit is drawn or issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<String>,
+    /// Debited when part of an invoice is disputed, until the dispute ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disputed_receivable: Option<String>,
 }
 
 impl GlAccounts {
+    /// The three accounts every plan has, and no credit or dispute account.
+    pub fn new(usage_revenue: &str, unbilled_receivable: &str, receivable: &str) -> GlAccounts {
+        GlAccounts {
+            usage_revenue: usage_revenue.to_string(),
+            unbilled_receivable: unbilled_receivable.to_string(),
+            receivable: receivable.to_string(),
+            credits: None,
+            disputed_receivable: None,
+        }
+    }
+
     fn validate(&self) -> Result<(), RefError> {
         check_text("gl_accounts.usage_revenue", &self.usage_revenue)?;
         check_text("gl_accounts.unbilled_receivable", &self.unbilled_receivable)?;
-        check_text("gl_accounts.receivable", &self.receivable)
+        check_text("gl_accounts.receivable", &self.receivable)?;
+        if let Some(account) = &self.credits {
+            check_text("gl_accounts.credits", account)?;
+        }
+        if let Some(account) = &self.disputed_receivable {
+            check_text("gl_accounts.disputed_receivable", account)?;
+        }
+        Ok(())
     }
 }
 
@@ -280,12 +306,63 @@ impl Record for Plan {
     }
 }
 
-/// A record of any of the three kinds.
+/// Largest tax rate, in percent.
+pub const MAX_TAX_RATE_PERCENT: Decimal = Decimal::ONE_HUNDRED;
+
+/// One tax rate of a legal entity and tax code, effective from an instant
+/// until the next row of the same pair, on `ref.tax_rates` keyed by
+/// [`tax_rate_key`]. `rate` is in percent (`"20"` = 20 %).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaxRate {
+    pub legal_entity: String,
+    pub tax_code: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate_percent: Decimal,
+    #[serde(with = "rfc3339_utc")]
+    pub effective_from: DateTime<Utc>,
+    /// Credited with the tax of every invoice approved at this rate.
+    pub tax_payable_account: String,
+}
+
+/// The Kafka key of a tax rate row: the JSON array
+/// `["<legal entity>","<tax code>","<effective from, RFC 3339 UTC>"]`.
+pub fn tax_rate_key(legal_entity: &str, tax_code: &str, effective_from: &DateTime<Utc>) -> String {
+    serde_json::json!([legal_entity, tax_code, rfc3339_utc::format(effective_from)]).to_string()
+}
+
+impl Record for TaxRate {
+    const KIND: RefKind = RefKind::TaxRates;
+
+    fn key(&self) -> String {
+        tax_rate_key(&self.legal_entity, &self.tax_code, &self.effective_from)
+    }
+
+    fn validate(&self) -> Result<(), RefError> {
+        check_text("legal_entity", &self.legal_entity)?;
+        check_text("tax_code", &self.tax_code)?;
+        check_text("tax_payable_account", &self.tax_payable_account)?;
+        check_not_negative("rate_percent", self.rate_percent)?;
+        if self.rate_percent > MAX_TAX_RATE_PERCENT {
+            return Err(RefError::InvalidText {
+                field: "rate_percent".into(),
+                reason: format!(
+                    "{} is above {MAX_TAX_RATE_PERCENT} percent",
+                    self.rate_percent
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A record of any of the four kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefRecord {
     Customer(Customer),
     Subscription(Subscription),
     Plan(Plan),
+    TaxRate(TaxRate),
 }
 
 impl RefRecord {
@@ -295,6 +372,7 @@ impl RefRecord {
             RefKind::Customers => RefRecord::Customer(decode_as(value)?),
             RefKind::Subscriptions => RefRecord::Subscription(decode_as(value)?),
             RefKind::Plans => RefRecord::Plan(decode_as(value)?),
+            RefKind::TaxRates => RefRecord::TaxRate(decode_as(value)?),
         };
         Ok(record)
     }
@@ -304,6 +382,7 @@ impl RefRecord {
             RefRecord::Customer(_) => Customer::KIND,
             RefRecord::Subscription(_) => Subscription::KIND,
             RefRecord::Plan(_) => Plan::KIND,
+            RefRecord::TaxRate(_) => TaxRate::KIND,
         }
     }
 
@@ -313,6 +392,7 @@ impl RefRecord {
             RefRecord::Customer(record) => record.key(),
             RefRecord::Subscription(record) => record.key(),
             RefRecord::Plan(record) => record.key(),
+            RefRecord::TaxRate(record) => record.key(),
         }
     }
 
@@ -321,6 +401,7 @@ impl RefRecord {
             RefRecord::Customer(record) => record.validate(),
             RefRecord::Subscription(record) => record.validate(),
             RefRecord::Plan(record) => record.validate(),
+            RefRecord::TaxRate(record) => record.validate(),
         }
     }
 
@@ -330,6 +411,7 @@ impl RefRecord {
             RefRecord::Customer(record) => serde_json::to_vec(record),
             RefRecord::Subscription(record) => serde_json::to_vec(record),
             RefRecord::Plan(record) => serde_json::to_vec(record),
+            RefRecord::TaxRate(record) => serde_json::to_vec(record),
         };
         encoded.map_err(|error| RefError::Encode(error.to_string()))
     }
@@ -477,6 +559,21 @@ mod tests {
             Some("SW052000")
         );
         assert_eq!(plan.charge("requests").unwrap().tax_code, None);
+    }
+
+    #[test]
+    fn tax_rates_are_keyed_by_entity_code_and_instant_and_bounded() {
+        let line = r#"{"legal_entity":"ml-eu","tax_code":"VAT","rate_percent":"19.0","effective_from":"2026-01-01T01:00:00+01:00","tax_payable_account":"2300"}"#;
+        let rate = decode(RefKind::TaxRates, line).unwrap();
+        assert_eq!(rate.key(), r#"["ml-eu","VAT","2026-01-01T00:00:00Z"]"#);
+        let written = String::from_utf8(rate.to_json_bytes().unwrap()).unwrap();
+        assert!(written.contains(r#""rate_percent":"19.0""#), "{written}");
+        let too_high = line.replace("19.0", "100.01");
+        assert_eq!(code_of(RefKind::TaxRates, &too_high), "invalid_text");
+        let negative = line.replace("19.0", "-1");
+        assert_eq!(code_of(RefKind::TaxRates, &negative), "negative_amount");
+        let number = line.replace(r#""19.0""#, "19.0");
+        assert_eq!(code_of(RefKind::TaxRates, &number), "schema_mismatch");
     }
 
     #[test]
@@ -739,6 +836,10 @@ mod tests {
             (
                 RefKind::Plans,
                 include_str!("../../schemas/ref.plans-value.json"),
+            ),
+            (
+                RefKind::TaxRates,
+                include_str!("../../schemas/ref.tax_rates-value.json"),
             ),
         ];
         for (kind, text) in schemas {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
-use super::records::{parse_plan_key, Customer, Plan, RefRecord, Subscription};
+use super::records::{parse_plan_key, Customer, Plan, RefRecord, Subscription, TaxRate};
 use super::{RefError, RefKind, RefTrigger};
 
 /// Customers, subscriptions and plan versions currently in force.
@@ -30,6 +30,8 @@ pub struct RefTables {
     subscriptions_by_customer: BTreeMap<String, BTreeSet<String>>,
     /// Plan id -> version -> plan. An entry never holds an empty map.
     plans: BTreeMap<String, BTreeMap<u32, Plan>>,
+    /// (legal entity, tax code) -> effective from -> rate.
+    tax_rates: BTreeMap<(String, String), BTreeMap<DateTime<Utc>, TaxRate>>,
 }
 
 impl RefTables {
@@ -114,6 +116,16 @@ impl RefTables {
                 }
                 vec![RefTrigger::new(RefKind::Plans, plan_id)]
             }
+            RefKind::TaxRates => {
+                let (pair, from) = parse_tax_rate_key(key)?;
+                if let Some(rows) = self.tax_rates.get_mut(&pair) {
+                    rows.remove(&from);
+                    if rows.is_empty() {
+                        self.tax_rates.remove(&pair);
+                    }
+                }
+                Vec::new()
+            }
         };
         Ok(triggers)
     }
@@ -150,7 +162,29 @@ impl RefTables {
                     .insert(plan.version, plan);
                 vec![trigger]
             }
+            RefRecord::TaxRate(rate) => {
+                self.tax_rates
+                    .entry((rate.legal_entity.clone(), rate.tax_code.clone()))
+                    .or_default()
+                    .insert(rate.effective_from, rate);
+                Vec::new()
+            }
         }
+    }
+
+    /// The tax rate of `legal_entity` and `tax_code` in force at `t`: the
+    /// row with the greatest `effective_from` at or before `t`.
+    pub fn tax_rate_at(
+        &self,
+        legal_entity: &str,
+        tax_code: &str,
+        t: DateTime<Utc>,
+    ) -> Option<&TaxRate> {
+        self.tax_rates
+            .get(&(legal_entity.to_string(), tax_code.to_string()))?
+            .range(..=t)
+            .next_back()
+            .map(|(_, rate)| rate)
     }
 
     fn unindex_subscription(&mut self, customer_id: &str, subscription_id: &str) {
@@ -242,13 +276,32 @@ impl RefTables {
             RefKind::Customers => self.customers.len(),
             RefKind::Subscriptions => self.subscriptions.len(),
             RefKind::Plans => self.plans.values().map(BTreeMap::len).sum(),
+            RefKind::TaxRates => self.tax_rates.values().map(BTreeMap::len).sum(),
         }
     }
 
-    /// Whether all three tables are empty.
+    /// Whether the customer, subscription and plan tables are all empty
+    /// (tax rates are optional).
     pub fn is_empty(&self) -> bool {
         self.customers.is_empty() && self.subscriptions.is_empty() && self.plans.is_empty()
     }
+}
+
+/// The (legal entity, tax code) pair and effective instant of a tax rate
+/// key ([`super::tax_rate_key`]).
+fn parse_tax_rate_key(key: &str) -> Result<((String, String), DateTime<Utc>), RefError> {
+    let invalid = |reason: &'static str| RefError::InvalidKey {
+        key: key.to_owned(),
+        reason,
+    };
+    let (entity, code, from): (String, String, String) =
+        serde_json::from_str(key).map_err(|_| {
+            invalid("a tax rate key is [\"<legal entity>\",\"<tax code>\",\"<effective from>\"]")
+        })?;
+    let from = DateTime::parse_from_rfc3339(&from)
+        .map_err(|_| invalid("effective from is not RFC 3339"))?
+        .with_timezone(&Utc);
+    Ok(((entity, code), from))
 }
 
 #[cfg(test)]
@@ -288,6 +341,45 @@ mod tests {
 
     fn ids<'a>(subscriptions: impl Iterator<Item = &'a Subscription>) -> Vec<&'a str> {
         subscriptions.map(|s| s.id.as_str()).collect()
+    }
+
+    #[test]
+    fn the_tax_rate_in_force_is_the_latest_row_at_or_before_the_instant() {
+        let row = |from: &str, pct: &str| {
+            format!(
+                r#"{{"legal_entity":"le","tax_code":"VAT","rate_percent":"{pct}","effective_from":"{from}","tax_payable_account":"2300"}}"#
+            )
+        };
+        let mut tables = RefTables::new();
+        for (from, pct) in [
+            ("2026-01-01T00:00:00Z", "19"),
+            ("2026-07-01T00:00:00Z", "16"),
+        ] {
+            let text = row(from, pct);
+            let key = super::super::tax_rate_key("le", "VAT", &at(from));
+            tables
+                .apply(RefKind::TaxRates, &key, Some(text.as_bytes()))
+                .unwrap();
+        }
+        let pct = |tables: &RefTables, t: &str| {
+            tables
+                .tax_rate_at("le", "VAT", at(t))
+                .map(|r| r.rate_percent.to_string())
+        };
+        assert_eq!(pct(&tables, "2025-12-31T23:59:59Z"), None);
+        assert_eq!(pct(&tables, "2026-06-30T23:59:59Z").as_deref(), Some("19"));
+        assert_eq!(pct(&tables, "2026-07-01T00:00:00Z").as_deref(), Some("16"));
+        assert_eq!(tables.len(RefKind::TaxRates), 2);
+        let key = super::super::tax_rate_key("le", "VAT", &at("2026-07-01T00:00:00Z"));
+        tables.apply(RefKind::TaxRates, &key, None).unwrap();
+        assert_eq!(pct(&tables, "2026-08-01T00:00:00Z").as_deref(), Some("19"));
+        assert!(tables
+            .tax_rate_at("le", "OTHER", at("2026-08-01T00:00:00Z"))
+            .is_none());
+        assert!(
+            tables.is_empty(),
+            "tax rates alone do not count as loaded reference data"
+        );
     }
 
     #[test]

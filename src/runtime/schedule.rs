@@ -57,6 +57,8 @@ impl<Q, C> Schedule<Q, C> {
                 }
             }
             RefKind::Plans => self.sweep_requested = true,
+            // No parked event or period waits for a tax rate.
+            RefKind::TaxRates => {}
         }
         debug_assert!(self.customers.len() <= self.max_customers);
     }

@@ -1,6 +1,6 @@
 //! Records and runs shared by the unit tests of the stages after aggregate
-//! and of reconcile: rated events of a test subscription, and the aggregate
-//! and post stages chained in memory through [`Harness`]. A stage's own
+//! and of reconcile: rated events of a test subscription, and the aggregate,
+//! post and invoice stages chained in memory through [`Harness`]. A stage's own
 //! tests import these, never another stage's test module: the one place
 //! where tests chain stages is here, outside every stage's folder.
 
@@ -21,7 +21,9 @@ use crate::meter::Aggregation;
 use crate::rating::ChargeModel;
 use crate::refdata::GlAccounts;
 use crate::runtime::testing::Harness;
+use crate::runtime::Output;
 use crate::stages::aggregate::AggregateProcessor;
+use crate::stages::invoice::InvoiceProcessor;
 use crate::stages::post::PostProcessor;
 use crate::store::PartitionStores;
 
@@ -127,11 +129,7 @@ pub(crate) fn rated(
             start: day.start(),
             end: day.end(),
         },
-        gl_accounts: GlAccounts {
-            usage_revenue: "4010".into(),
-            unbilled_receivable: "1210".into(),
-            receivable: "1200".into(),
-        },
+        gl_accounts: GlAccounts::new("4010", "1210", "1200"),
         tax_code: Some("TX-PLAN".into()),
         minimum_commitment: Some(dec!(100)),
         base_fee: Some(dec!(10)),
@@ -186,16 +184,48 @@ pub(crate) fn post_windows(
     cfg: &Config,
     windows: &[ClosedWindow],
 ) -> (Vec<Posting>, PartitionStores) {
+    let (postings, post, _) = post_and_invoice(cfg, windows);
+    (postings, post)
+}
+
+/// The post stage and the invoice stage chained in memory: post's drafts go
+/// to the invoice stage (the config's `[invoice]` policy), and the postings
+/// of both are returned in the order they reach `finance.postings`, with
+/// each stage's stores and the invoice versions published.
+pub(crate) fn post_and_invoice(
+    cfg: &Config,
+    windows: &[ClosedWindow],
+) -> (Vec<Posting>, PartitionStores, Harness<InvoiceProcessor>) {
     let mut h = Harness::new(cfg.clone(), PostProcessor::new(cfg), 0);
+    let mut inv = Harness::new(cfg.clone(), InvoiceProcessor::new(cfg), 0);
     let mut postings = Vec::new();
     for w in windows {
         let value = w.to_json_bytes().unwrap();
         for o in h.process(Some(b"cust-1"), Some(&value)).unwrap() {
+            if o.topic == "x.billing.commands" {
+                postings.extend(invoice_outputs(&mut inv, &o));
+                continue;
+            }
             assert_eq!(o.topic, "x.finance.postings");
             assert_eq!(o.key.as_deref(), Some(&br#"["ml-us","sub-1"]"#[..]));
             postings.push(Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap());
         }
         h.commit().unwrap();
     }
-    (postings, h.stores)
+    (postings, h.stores, inv)
+}
+
+/// Runs one command output through the invoice stage; its postings.
+fn invoice_outputs(inv: &mut Harness<InvoiceProcessor>, command: &Output) -> Vec<Posting> {
+    let out = inv
+        .process(command.key.as_deref(), command.value.as_deref())
+        .unwrap();
+    inv.commit().unwrap();
+    out.iter()
+        .filter(|o| o.topic == "x.finance.postings")
+        .map(|o| {
+            assert_eq!(o.key.as_deref(), Some(&br#"["ml-us","sub-1"]"#[..]));
+            Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap()
+        })
+        .collect()
 }

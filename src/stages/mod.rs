@@ -1,10 +1,11 @@
-//! The six stages, one folder each. A stage is a [`crate::runtime::Processor`]:
+//! The seven stages, one folder each. A stage is a [`crate::runtime::Processor`]:
 //! its logic and unit tests live in its folder, the exactly-once loop it runs
 //! in lives in [`crate::runtime`].
 
 pub mod aggregate;
 pub mod dedupe;
 pub mod enrich;
+pub mod invoice;
 pub mod post;
 pub mod rate;
 pub mod validate;
@@ -49,7 +50,7 @@ fn runner<P: Processor>(processor: P) -> (&'static str, Runner) {
 /// The stage registry: one builder per stage of [`topology::STAGES`] (which
 /// names them and their topics and stores), in the same order; a test
 /// holds the two together.
-const BUILDERS: [Builder; 6] = [
+const BUILDERS: [Builder; 7] = [
     |c| {
         validate::ValidateProcessor::new(c)
             .map(runner)
@@ -64,6 +65,7 @@ const BUILDERS: [Builder; 6] = [
     |c| Ok(runner(rate::RateProcessor::new(c))),
     |c| Ok(runner(aggregate::AggregateProcessor::new(c))),
     |c| Ok(runner(post::PostProcessor::new(c))),
+    |c| Ok(runner(invoice::InvoiceProcessor::new(c))),
 ];
 
 /// Stages this build can run, in pipeline order, separated by spaces
@@ -117,10 +119,13 @@ mod tests {
             let (name, _) = build(&config).unwrap();
             assert_eq!(name, spec.name);
         }
-        assert_eq!(runnable(), "validate dedupe enrich rate aggregate post");
+        assert_eq!(
+            runnable(),
+            "validate dedupe enrich rate aggregate post invoice"
+        );
         let err = spawn("nope", Arc::new(config), Arc::default(), Arc::default()).unwrap_err();
         assert!(err
             .to_string()
-            .contains("validate dedupe enrich rate aggregate post"));
+            .contains("validate dedupe enrich rate aggregate post invoice"));
     }
 }

@@ -32,6 +32,12 @@ pub mod names {
     pub const REF_CUSTOMERS: &str = "ref.customers";
     pub const REF_SUBSCRIPTIONS: &str = "ref.subscriptions";
     pub const REF_PLANS: &str = "ref.plans";
+    pub const REF_TAX_RATES: &str = "ref.tax_rates";
+    /// Operator commands, post's drafts and enrich's parked-event notices,
+    /// keyed by customer id: the invoice stage's input.
+    pub const COMMANDS: &str = "billing.commands";
+    /// Invoice documents, compacted, keyed by invoice id.
+    pub const INVOICES: &str = "finance.invoices";
 
     /// The dead-letter topic of a stage.
     pub fn dlq(stage: &str) -> String {
@@ -77,7 +83,7 @@ impl StageSpec {
     }
 }
 
-/// The six stages, in pipeline order.
+/// The seven stages, in pipeline order.
 pub const STAGES: &[StageSpec] = &[
     StageSpec {
         name: "validate",
@@ -133,10 +139,21 @@ pub const STAGES: &[StageSpec] = &[
     StageSpec {
         name: "post",
         input: names::WINDOWS,
-        outputs: &[names::POSTINGS],
+        // Accruals and control totals are posted at once; what an invoice's
+        // approval posts goes to the invoice stage as drafts.
+        outputs: &[names::POSTINGS, names::COMMANDS],
         tables: &[],
         stores: &["ledger", "lineage"],
-        summary: "balanced, rounded, idempotent accruals, invoice lines and control totals",
+        summary: "balanced, rounded, idempotent accruals and control totals; invoice drafts",
+    },
+    StageSpec {
+        name: "invoice",
+        input: names::COMMANDS,
+        outputs: &[names::POSTINGS, names::INVOICES],
+        tables: &[names::REF_TAX_RATES],
+        stores: &["invoices"],
+        summary:
+            "invoices from drafts, held or approved by policy and commands; tax, credits, disputes",
     },
 ];
 
@@ -489,7 +506,7 @@ mod tests {
             ),
         ] {
             let t = Topology::parse(text, Path::new(file), "ns.").unwrap();
-            assert_eq!(t.topics.len(), 33, "{file}");
+            assert_eq!(t.topics.len(), 38, "{file}");
             for topic in &t.topics {
                 assert_eq!(
                     topic.message_timestamp_type,

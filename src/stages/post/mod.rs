@@ -25,6 +25,18 @@
 //! Every window also gets a control total: its event count, unrounded and
 //! rounded amount and lineage digest, as aggregate computed them.
 //!
+//! **What is posted when.** Accruals and control totals go to
+//! `finance.postings` at once. Everything else of a billing-period window or
+//! a period close (invoice lines, rounding, reclass, base fee, true-up)
+//! waits for the approval of its invoice: it goes, in the same transaction,
+//! to `billing.commands` as a `draft` command ([`draft_command`], keyed by
+//! the customer, actor [`DRAFT_ACTOR`], id derived from the window) for the
+//! invoice stage, which posts it when the invoice `<subscription>@<period>`
+//! is approved. The period close's draft closes the invoice (so does a
+//! window of a period after the subscription's end, which has no period
+//! close). The postings are computed here exactly as before, so with
+//! automatic approval `finance.postings` receives the same records.
+//!
 //! Rules that hold for every journal entry: a negative amount swaps the debit
 //! and credit accounts; an entry whose amount rounds to zero is not posted;
 //! the debits equal the credits to the minor unit (checked before emitting:
@@ -65,8 +77,8 @@ use rust_decimal::Decimal;
 use crate::calendar;
 use crate::config::Config;
 use crate::contracts::{
-    ClosedWindow, ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, Window,
-    WindowKind,
+    invoice_id, ClosedWindow, Command, CommandKind, ControlTotal, DraftPart, InvoiceLine,
+    JournalLine, Posting, PostingType, Window, WindowKind,
 };
 use crate::money::{self, MoneyError, RoundingMode};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
@@ -116,7 +128,7 @@ impl PostError {
             PostError::Money(e) => e.code(),
             PostError::Calendar(e) => e.code(),
             PostError::Overflow => money::reasons::AMOUNT_OVERFLOW,
-            PostError::Unbalanced { .. } => reason::UNBALANCED_JOURNAL_ENTRY,
+            PostError::Unbalanced { .. } => money::reasons::UNBALANCED_JOURNAL_ENTRY,
         }
     }
 }
@@ -151,27 +163,7 @@ pub fn check_balanced(p: &Posting) -> Result<(), PostError> {
 /// Lines of a two-line entry Dr `debit`, Cr `credit` of `amount`; a negative
 /// amount swaps the sides; None for zero (not posted).
 pub fn two_lines(debit: &str, credit: &str, amount: Decimal) -> Option<Vec<JournalLine>> {
-    if amount.is_zero() {
-        return None;
-    }
-    let (dr, cr) = if amount.is_sign_negative() {
-        (credit, debit)
-    } else {
-        (debit, credit)
-    };
-    let amount = amount.abs();
-    Some(vec![
-        JournalLine {
-            account: dr.to_string(),
-            side: Side::Debit,
-            amount,
-        },
-        JournalLine {
-            account: cr.to_string(),
-            side: Side::Credit,
-            amount,
-        },
-    ])
+    JournalLine::pair(debit, credit, amount)
 }
 
 fn accrued_key(w: &ClosedWindow, segment_id: &str) -> Vec<u8> {
@@ -320,6 +312,7 @@ impl PostingBuilder<'_> {
             lines: Vec::new(),
             invoice_line: None,
             control_total: None,
+            invoice_id: None,
         }
     }
 
@@ -453,6 +446,7 @@ fn post_period_close(
 
 pub struct PostProcessor {
     postings_topic: String,
+    commands_topic: String,
     rounding_mode: RoundingMode,
     /// `meterline_post_postings_total{type, kind}`.
     postings_emitted: prometheus::IntCounterVec,
@@ -465,6 +459,7 @@ impl PostProcessor {
     pub fn new(config: &Config) -> Self {
         PostProcessor {
             postings_topic: config.topic(topology::names::POSTINGS),
+            commands_topic: config.topic(topology::names::COMMANDS),
             rounding_mode: config.post.rounding_mode,
             postings_emitted: crate::metrics::counter_vec(
                 "meterline_post_postings_total",
@@ -474,6 +469,76 @@ impl PostProcessor {
             event_time_lag: crate::metrics::event_time_lag(SPEC.name),
         }
     }
+}
+
+/// Actor of the drafts post sends to the invoice stage.
+pub const DRAFT_ACTOR: &str = "meterline:post";
+/// Version of a draft command id's business key.
+const DRAFT_ID_VERSION: u32 = 1;
+
+/// Splits a window's postings into what is posted now (accruals and
+/// control totals) and what waits for the approval of its invoice (the
+/// invoice lines and the entries of a billing period or a period close).
+pub fn split_deferred(w: &ClosedWindow, postings: Vec<Posting>) -> (Vec<Posting>, Vec<Posting>) {
+    if w.kind == WindowKind::Day {
+        return (postings, Vec::new());
+    }
+    postings
+        .into_iter()
+        .partition(|p| p.posting_type == PostingType::ControlTotal)
+}
+
+/// Whether no period close will ever complete the invoice `w` belongs to:
+/// its clearing period starts at or after the subscription's end (a late
+/// event adjusted into a period the subscription does not overlap).
+fn clears_after_end(w: &ClosedWindow) -> bool {
+    w.subscription_end
+        .is_some_and(|end| end <= w.clearing.period.start)
+}
+
+/// The draft command handing `deferred` to the invoice stage, keyed by the
+/// customer; None when there is nothing to hand (a billing-period window
+/// with no posting that does not close its invoice).
+pub fn draft_command(w: &ClosedWindow, deferred: Vec<Posting>) -> Option<Command> {
+    let closes = w.kind == WindowKind::PeriodClose
+        || (w.kind == WindowKind::BillingPeriod && clears_after_end(w));
+    if w.kind == WindowKind::Day || (deferred.is_empty() && !closes) {
+        return None;
+    }
+    let r = w.lineage_ref();
+    let adjusts = r.adjusts.clone().unwrap_or_default();
+    let id_parts = [
+        "draft",
+        r.kind.as_str(),
+        r.scope.as_str(),
+        r.window.as_str(),
+        adjusts.as_str(),
+    ];
+    let mut command = Command::new(
+        money::idempotency_key(&id_parts, DRAFT_ID_VERSION),
+        CommandKind::Draft,
+        w.customer.id.clone(),
+        DRAFT_ACTOR,
+        w.window.end,
+    );
+    command.invoice_id = Some(invoice_id(&w.subscription_id, &w.clearing.period.id));
+    command.draft = Some(DraftPart {
+        invoice_id: invoice_id(&w.subscription_id, &w.clearing.period.id),
+        customer: w.customer.clone(),
+        subscription_id: w.subscription_id.clone(),
+        plan_id: w.plan_id.clone(),
+        plan_version: w.plan_version,
+        legal_entity: w.legal_entity.clone(),
+        currency: w.currency.clone(),
+        time_zone: w.time_zone.clone(),
+        service_interval: w.clearing.period.clone(),
+        gl_accounts: w.gl_accounts.clone(),
+        tax_code: w.tax_code.clone(),
+        adjusts: w.adjusts.clone(),
+        closes,
+        postings: deferred,
+    });
+    Some(command)
 }
 
 /// The lineage entry of one posting: its amount as lineage shows it.
@@ -580,7 +645,8 @@ impl Processor for PostProcessor {
             lag_s: (now_ms - w.window.end.timestamp_millis()) / 1_000,
         }
         .emit(&self.event_time_lag);
-        for p in posted.postings {
+        let (now, deferred) = split_deferred(&w, posted.postings);
+        for p in now {
             crate::internal_events::PostingEmitted {
                 posting_type: p.posting_type.as_str(),
                 kind: p.kind.as_str(),
@@ -593,6 +659,18 @@ impl Processor for PostProcessor {
             ctx.emit(Output {
                 topic: self.postings_topic.clone(),
                 key: Some(key.clone()),
+                value: Some(value),
+                headers: Vec::new(),
+                partition: None,
+            });
+        }
+        if let Some(draft) = draft_command(&w, deferred) {
+            let value = draft
+                .to_json_bytes()
+                .map_err(|e| StageError::Fatal(format!("serializing a draft: {e}")))?;
+            ctx.emit(Output {
+                topic: self.commands_topic.clone(),
+                key: Some(w.customer.id.clone().into_bytes()),
                 value: Some(value),
                 headers: Vec::new(),
                 partition: None,

@@ -4,13 +4,12 @@
 crate::reason_codes! {
     MALFORMED_CLOSED_WINDOW => "malformed_closed_window",
         "The input record has no value or is not a closed window.";
-    UNBALANCED_JOURNAL_ENTRY => "unbalanced_journal_entry",
-        "Fatal, never dead-lettered: a journal entry's debits and credits differ (a bug, the stage stops).";
     @also [
         crate::money::reasons::UNKNOWN_CURRENCY,
         crate::money::reasons::NO_MINOR_UNIT,
         crate::money::reasons::UNKNOWN_ROUNDING_MODE,
         crate::money::reasons::AMOUNT_OVERFLOW,
+        crate::money::reasons::UNBALANCED_JOURNAL_ENTRY,
         crate::calendar::reasons::INVALID_ANCHOR_DAY,
         crate::calendar::reasons::UNKNOWN_TIME_ZONE,
         crate::calendar::reasons::OUT_OF_RANGE,

@@ -2,7 +2,7 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal_macros::dec;
 
 use super::*;
-use crate::contracts::RatedEvent;
+use crate::contracts::{RatedEvent, Side};
 use crate::runtime::testing::Harness;
 use crate::stages::fixtures::{aggregate_all, config, post_windows, rated, GRACE_PERIOD_S, UTC1};
 

@@ -594,11 +594,7 @@ mod tests {
             subscription_end: None,
             billing_period: window("2026-01-01"),
             local_day: window("2026-01-10"),
-            gl_accounts: GlAccounts {
-                usage_revenue: "4010".into(),
-                unbilled_receivable: "1210".into(),
-                receivable: "1200".into(),
-            },
+            gl_accounts: GlAccounts::new("4010", "1210", "1200"),
             tax_code: None,
             minimum_commitment: None,
             base_fee: None,
