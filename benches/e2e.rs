@@ -47,7 +47,15 @@ const PARTITIONS: i32 = 6;
 const COMMIT_INTERVAL_MS: u64 = 100;
 /// meterline's `runtime.max_batch_records` default, used by the hops too.
 const MAX_BATCH_RECORDS: usize = 5_000;
-const STAGES: &[&str] = &["validate", "dedupe", "enrich", "rate", "aggregate", "post"];
+const STAGES: &[&str] = &[
+    "validate",
+    "dedupe",
+    "enrich",
+    "rate",
+    "aggregate",
+    "post",
+    "invoice",
+];
 const HOPS: usize = 5;
 
 fn main() {

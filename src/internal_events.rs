@@ -271,24 +271,26 @@ impl EventTimeLagMeasured<'_> {
     }
 }
 
-/// post: one posting emitted to finance.postings (committed or not).
+/// post or invoice: one posting emitted to finance.postings (committed or not).
 pub struct PostingEmitted<'a> {
+    pub stage: &'a str,
     pub posting_type: &'a str,
     pub kind: &'a str,
     pub idempotency_key: &'a str,
 }
 
 impl PostingEmitted<'_> {
-    /// `counter`: `meterline_post_postings_total{type, kind}`.
+    /// `counter`: `meterline_postings_total{stage, type, kind}`.
     pub fn emit(&self, counter: &prometheus::IntCounterVec) {
         trace!(
+            stage = self.stage,
             posting_type = self.posting_type,
             kind = self.kind,
             idempotency_key = self.idempotency_key,
             "posting emitted"
         );
         counter
-            .with_label_values(&[self.posting_type, self.kind])
+            .with_label_values(&[self.stage, self.posting_type, self.kind])
             .inc();
     }
 }

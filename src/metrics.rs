@@ -6,7 +6,9 @@
 //! process with a `stage` label (`meterline_records_in_total{stage="validate"}`):
 //! the runtime binds it to its stage in [`StageMetrics`]. A stage registers
 //! its own business metrics beside them, named after the stage
-//! (`meterline_enrich_parked_events`, `meterline_post_postings_total`).
+//! (`meterline_enrich_parked_events`, `meterline_invoice_commands_total`); the
+//! postings both post and invoice emit are one `meterline_postings_total`
+//! with a `stage` label.
 //! Metrics are only ever bumped through the internal events in
 //! [`crate::internal_events`], so each log line and its counter stay together.
 
@@ -162,6 +164,20 @@ static EVENT_TIME_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 /// event time of the record in hand.
 pub fn event_time_lag(stage: &str) -> IntGauge {
     EVENT_TIME_LAG.with_label_values(&[stage])
+}
+
+static POSTINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_postings_total",
+        "Postings emitted to finance.postings (committed or not), by the stage that made them (post: accruals and control totals; invoice: what an approval, credit or dispute posts), posting type and kind.",
+        &["stage", "type", "kind"],
+    )
+});
+
+/// `meterline_postings_total{stage, type, kind}`, bumped through
+/// [`crate::internal_events::PostingEmitted`].
+pub fn postings() -> IntCounterVec {
+    POSTINGS.clone()
 }
 
 /// The metrics every stage has, bound to one stage's `stage` label. Two

@@ -126,7 +126,15 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
         ],
     );
     let mut stage = w.spawn_stage(
-        &["validate", "dedupe", "enrich", "rate", "aggregate", "post"],
+        &[
+            "validate",
+            "dedupe",
+            "enrich",
+            "rate",
+            "aggregate",
+            "post",
+            "invoice",
+        ],
         "a",
     );
     wait_until("late1's adjustment posted", || {

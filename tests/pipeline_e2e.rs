@@ -212,13 +212,22 @@ fn settled(w: &World) -> bool {
         && ps.iter().any(|(_, p)| {
             p.posting_type == PostingType::JournalEntry && p.accounting_date == "2026-11-02"
         })
+        && invoices_caught_up(w)
 }
 
 /// Runs the scenario in a fresh namespace; every posting once it settled.
 fn run_scenario(name: &str) -> (World, Vec<(Rec, Posting)>) {
     let w = setup(name);
     let mut stage = w.spawn_stage(
-        &["validate", "dedupe", "enrich", "rate", "aggregate", "post"],
+        &[
+            "validate",
+            "dedupe",
+            "enrich",
+            "rate",
+            "aggregate",
+            "post",
+            "invoice",
+        ],
         "a",
     );
     wait_until("October's period close and the idle-closed Nov 2", || {
@@ -266,7 +275,7 @@ fn two_periods_post_exactly_the_hand_worked_books_and_replay_identically() {
     );
     let unique: std::collections::BTreeSet<&str> = EVENTS.iter().map(|e| e.0).collect();
     assert_eq!(read_all(&w.topic("usage.rated"), true).len(), unique.len());
-    for stage in ["enrich", "rate", "aggregate", "post"] {
+    for stage in ["enrich", "rate", "aggregate", "post", "invoice"] {
         assert!(
             read_all(&w.topic(&format!("meterline.dlq.{stage}")), true).is_empty(),
             "dlq {stage}"
@@ -453,12 +462,12 @@ fn sigkill_of_aggregate_and_post_changes_no_posting() {
 
     let w = setup("e2ecrash");
     let mut upstream = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "up");
-    let mut downstream = w.spawn_stage(&["aggregate", "post"], "down");
+    let mut downstream = w.spawn_stage(&["aggregate", "post", "invoice"], "down");
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for _ in 0..KILLS_MIN {
         std::thread::sleep(Duration::from_millis(rng.random_range(500..3_000)));
         kill9(&mut downstream);
-        downstream = w.spawn_stage(&["aggregate", "post"], "down");
+        downstream = w.spawn_stage(&["aggregate", "post", "invoice"], "down");
     }
     wait_until("the books to settle after the crashes", || settled(&w));
     std::thread::sleep(Duration::from_secs(3));

@@ -131,6 +131,7 @@ fn settled(w: &World) -> bool {
     has_control(&ps, "s-1", "period_close", "2026-10-01")
         && has_control(&ps, "s-1", "day", "2026-11-02")
         && has_control(&ps, "s-2", "period_close", "2026-10-01")
+        && invoices_caught_up(w)
 }
 
 /// A world with the topics, reference data (customer c-2 missing) and
@@ -167,7 +168,15 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
         &format!("[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"),
     );
     let mut stage = w.spawn_stage(
-        &["validate", "dedupe", "enrich", "rate", "aggregate", "post"],
+        &[
+            "validate",
+            "dedupe",
+            "enrich",
+            "rate",
+            "aggregate",
+            "post",
+            "invoice",
+        ],
         "a",
     );
 
@@ -333,15 +342,20 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
             vec![("stage", "aggregate".into())],
             unique.len() as f64,
         ),
-        (
-            "meterline_records_out_total",
-            vec![
-                ("stage", "post".into()),
-                ("topic", topic("finance.postings")),
-            ],
-            all.len() as f64,
-        ),
     ];
+    let out_of = |stage: &str| {
+        metric(
+            &m,
+            "meterline_records_out_total",
+            &[("stage", stage), ("topic", &topic("finance.postings"))],
+        )
+        .unwrap_or_default()
+    };
+    assert_eq!(
+        out_of("post") + out_of("invoice"),
+        all.len() as f64,
+        "post's and invoice's records out to finance.postings"
+    );
     for (name, labels, want) in &checks {
         let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert_eq!(metric(&m, name, &l), Some(*want), "{name} {labels:?}");
@@ -353,15 +367,15 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
             .or_default() += 1.0;
     }
     for ((ty, kind), n) in &by_kind {
-        assert_eq!(
+        let of = |stage: &str| {
             metric(
                 &m,
-                "meterline_post_postings_total",
-                &[("type", ty), ("kind", kind)]
-            ),
-            Some(*n),
-            "postings {ty} {kind}"
-        );
+                "meterline_postings_total",
+                &[("stage", stage), ("type", ty), ("kind", kind)],
+            )
+            .unwrap_or_default()
+        };
+        assert_eq!(of("post") + of("invoice"), *n, "postings {ty} {kind}");
     }
     for stage in ["validate", "enrich", "rate", "aggregate", "post"] {
         let lag = metric(&m, "meterline_event_time_lag_seconds", &[("stage", stage)]);
@@ -473,9 +487,9 @@ fn windows_deleted_before_post_reads_them_fail_naming_the_windows() {
     assert!(lost.iter().any(|cw| cw.window.id == "2026-09-10"));
 
     // Now post reads what is left.
-    let mut post = w.spawn_stage(&["post"], "b");
+    let mut post = w.spawn_stage(&["post", "invoice"], "b");
     wait_until("October posted", || {
-        has_control(&postings(&w), "s-1", "period_close", "2026-10-01")
+        has_control(&postings(&w), "s-1", "period_close", "2026-10-01") && invoices_caught_up(&w)
     });
     std::thread::sleep(Duration::from_secs(3));
     let (code, out) = reconcile(&w, &[]);

@@ -125,11 +125,19 @@ fn every_period_of_every_subscription_posts_once_with_or_without_usage() {
         &[(Some(b"c-late".to_vec()), Some(event.into_bytes()), vec![])],
     );
 
-    let stages = ["validate", "dedupe", "enrich", "rate", "aggregate", "post"];
+    let stages = [
+        "validate",
+        "dedupe",
+        "enrich",
+        "rate",
+        "aggregate",
+        "post",
+        "invoice",
+    ];
     let mut run = w.spawn_stage(&stages, "a");
     wait_until(
         "four period closes (two subscriptions x two periods)",
-        || period_closes(&postings(&w)) >= 4,
+        || period_closes(&postings(&w)) >= 4 && invoices_caught_up(&w),
     );
     // A double, if there were one, would arrive now.
     std::thread::sleep(Duration::from_secs(3));

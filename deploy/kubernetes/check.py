@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - the shell wrapper installs it
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
-STAGES = ["validate", "dedupe", "enrich", "rate", "aggregate", "post"]
+STAGES = ["validate", "dedupe", "enrich", "rate", "aggregate", "post", "invoice"]
 METRICS_PORT = 9464
 
 failures: list[str] = []
@@ -64,7 +64,7 @@ def config_keys() -> dict[str, set[str]]:
     The sections are the fields of `Config` whose type is a struct declared
     there (`Option<...>` unwrapped); a field marked #[serde(skip)] is no key.
     """
-    text = (REPO / "src/config/mod.rs").read_text() + (REPO / "src/config/api.rs").read_text()
+    text = "".join((REPO / "src/config" / f).read_text() for f in ("mod.rs", "api.rs", "invoice.rs"))
     structs: dict[str, dict[str, str]] = {}
     for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):
         fields = {}
@@ -280,6 +280,9 @@ def check_kubernetes(keys: dict[str, set[str]]) -> None:
         if stage == "validate":
             ref = env.get("METERLINE__VALIDATE__HMAC_KEYS_HEX", {}).get("valueFrom", {}).get("secretKeyRef", {})
             check(g, ref.get("name") == "meterline-hmac-keys", f"{where}: HMAC keys from Secret meterline-hmac-keys")
+        if stage == "invoice":
+            ref = env.get("METERLINE__INVOICE__ACTOR_KEYS_HEX", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check(g, ref.get("name") == "meterline-actor-keys", f"{where}: actor keys from Secret meterline-actor-keys")
 
     check_api_manifest(g, docs, keys)
 
@@ -287,6 +290,9 @@ def check_kubernetes(keys: dict[str, set[str]]) -> None:
     check(g, any(s["metadata"]["name"] == "meterline-kafka-sasl"
                  and {"username", "password"} <= set(s.get("stringData", {})) for s in secrets),
           "secret-examples.yaml: Secret meterline-kafka-sasl with username and password")
+    check(g, any(s["metadata"]["name"] == "meterline-actor-keys" and "keys" in s.get("stringData", {})
+                 for s in secrets),
+          "secret-examples.yaml: Secret meterline-actor-keys with keys")
 
 
 def check_api_manifest(g: str, docs: dict, keys: dict[str, set[str]]) -> None:

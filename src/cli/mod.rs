@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 
+mod invoices;
 mod lineage;
 
 use crate::config::Config;
@@ -51,9 +52,9 @@ pub enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
-    /// Run stages (all six when no --stage is given), until SIGTERM/SIGINT.
+    /// Run stages (all of them when no --stage is given), until SIGTERM/SIGINT.
     Run {
-        /// A stage to run: validate, enrich, rate, aggregate, post. Repeatable.
+        /// A stage to run (`meterline stages` lists them). Repeatable.
         #[arg(long = "stage")]
         stages: Vec<String>,
     },
@@ -87,7 +88,12 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_value = "ingest")]
         scopes: Vec<String>,
     },
-    /// Reference data: customers, subscriptions, plans.
+    /// Invoices: list, show, and finance operators' commands (approve,
+    /// hold, release, void, credit, dispute), signed with
+    /// $METERLINE_ACTOR_KEY; each waits for its outcome and prints it
+    /// (exit 1: refused, with the reason; 2: not applied in time).
+    Invoices(invoices::InvoicesArgs),
+    /// Reference data: customers, subscriptions, plans, tax rates.
     Refdata {
         #[command(subcommand)]
         action: RefdataAction,
@@ -99,7 +105,7 @@ pub enum RefdataAction {
     /// Check a JSON-lines file and publish it to its ref.* topic in one
     /// transaction; nothing is published if any line is bad.
     Load {
-        /// customers, subscriptions or plans.
+        /// customers, subscriptions, plans or tax_rates.
         #[arg(long)]
         kind: RefKind,
         /// JSON-lines file: one record per line; `{"id": ..., "deleted": true}`
@@ -214,6 +220,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             print!("{}", api_key(&name, &scopes)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Invoices(args) => invoices::run(&config, args),
         Command::Stages => {
             println!("{}", crate::stages::runnable());
             Ok(ExitCode::SUCCESS)
@@ -280,7 +287,10 @@ fn run(
             .iter()
             .map(|s| {
                 topology::stage(s).map(|s| s.name).ok_or_else(|| {
-                    anyhow!("unknown stage {s:?} (stages: validate, enrich, rate, aggregate, post)")
+                    anyhow!(
+                        "unknown stage {s:?} (stages: {})",
+                        crate::stages::runnable()
+                    )
                 })
             })
             .collect::<Result<_, _>>()?

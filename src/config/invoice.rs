@@ -117,9 +117,11 @@ impl InvoiceConfig {
         for (currency, text) in &self.hold_total_above {
             match text.parse::<Decimal>() {
                 Ok(amount) if !amount.is_sign_negative() => {}
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "invoice.hold_total_above.{currency} ({text:?}) must be a decimal string >= 0"
-                )),
+                ))
+                }
             }
         }
         if let Some(text) = &self.hold_change_above_ratio {

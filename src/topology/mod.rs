@@ -106,7 +106,8 @@ pub const STAGES: &[StageSpec] = &[
     StageSpec {
         name: "enrich",
         input: names::VALIDATED,
-        outputs: &[names::ENRICHED, names::EXCEPTIONS],
+        // billing.commands: parked-event notices for the invoice stage.
+        outputs: &[names::ENRICHED, names::EXCEPTIONS, names::COMMANDS],
         tables: &[
             names::REF_CUSTOMERS,
             names::REF_SUBSCRIPTIONS,

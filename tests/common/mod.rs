@@ -421,3 +421,35 @@ pub fn now_rfc3339() -> String {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// The invoice stage caught up with post: every period close on
+/// `finance.postings` has its invoice `<subscription>@<period>` out of
+/// `draft` on `finance.invoices` (so the postings its approval made are
+/// there too: they commit in the same transaction).
+pub fn invoices_caught_up(w: &World) -> bool {
+    let closes: std::collections::BTreeSet<String> = read_all(&w.topic("finance.postings"), true)
+        .iter()
+        .map(Rec::json)
+        .filter(|p| p["posting_type"] == "control_total" && p["kind"] == "period_close")
+        .map(|p| {
+            format!(
+                "{}@{}",
+                p["subscription_id"].as_str().unwrap_or_default(),
+                p["window"]["id"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    let mut latest: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for r in read_all(&w.topic("finance.invoices"), true) {
+        let v = r.json();
+        let id = v["invoice_id"].as_str().unwrap_or_default().to_string();
+        let version = v["version"].as_u64().unwrap_or_default();
+        let status = v["status"].as_str().unwrap_or_default().to_string();
+        if latest.get(&id).is_none_or(|(seen, _)| *seen < version) {
+            latest.insert(id, (version, status));
+        }
+    }
+    closes
+        .iter()
+        .all(|id| latest.get(id).is_some_and(|(_, status)| status != "draft"))
+}

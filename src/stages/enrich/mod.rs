@@ -17,7 +17,11 @@
 //!   `meterline.message`, `meterline.original.topic` = the namespaced
 //!   `usage.validated`, `meterline.stage` = `enrich`, plus the other
 //!   diagnostic headers of [`crate::runtime::dlq`]), so operators see it and
-//!   `meterline replay --from usage.exceptions` can send it back.
+//!   `meterline replay --from usage.exceptions` can send it back. A
+//!   first parking also sends the invoice stage an `event_parked` notice on
+//!   `billing.commands` (keyed by the customer), and the event flowing on
+//!   later an `event_unparked` one, in the same transactions: the invoice
+//!   stage's `parked_events` hold rule reads them.
 //!
 //! The reference tables ([`RefTables`]) are held in memory, fed by
 //! [`Processor::on_table_record`]; the runtime rebuilds them from the three

@@ -27,7 +27,12 @@ use super::recheck::{Recheck, Snapshot, PARKED_RECHECK_BATCH_MAX, PARKED_RESWEEP
 use super::resolve::{meter_catalog, resolve, MeterCatalog, ParkReason};
 use super::stats::revenue_at_risk;
 use super::{SetupError, COUNTERS, LINEAGE, MALFORMED_VALIDATED_EVENT, MS_PER_SECOND, PARKED};
-use crate::contracts::EnrichedEvent;
+use crate::contracts::{Command, CommandKind, EnrichedEvent, ParkedEvent};
+
+/// Actor of the parked-event notices enrich sends the invoice stage.
+pub const PARKED_NOTICE_ACTOR: &str = "meterline:enrich";
+/// Version of a parked-event notice id's business key.
+const PARKED_NOTICE_ID_VERSION: u32 = 1;
 
 /// The parts of the processor that resolving and parking need, apart from
 /// the re-check bookkeeping (so both can be borrowed at once).
@@ -37,6 +42,7 @@ pub(super) struct Enricher {
     pub(super) validated_topic: String,
     pub(super) enriched_topic: String,
     pub(super) exceptions_topic: String,
+    pub(super) commands_topic: String,
     pub(super) metrics: EnrichMetrics,
 }
 
@@ -66,6 +72,7 @@ impl EnrichProcessor {
                 validated_topic: config.topic(topology::names::VALIDATED),
                 enriched_topic: config.topic(topology::names::ENRICHED),
                 exceptions_topic: config.topic(topology::names::EXCEPTIONS),
+                commands_topic: config.topic(topology::names::COMMANDS),
                 metrics: EnrichMetrics::new(),
             },
             parts: BTreeMap::new(),
@@ -175,6 +182,48 @@ impl Enricher {
         out
     }
 
+    /// The invoice stage's notice that `event` is parked (or no longer
+    /// is), on `billing.commands` keyed by the customer, in the same
+    /// transaction as the parked entry's write or delete: what the
+    /// `parked_events` hold rule reads.
+    pub(super) fn parked_notice(
+        &self,
+        event: &ValidatedEvent,
+        parked: Option<&str>,
+    ) -> Result<Output, StageError> {
+        let kind = match parked {
+            Some(_) => CommandKind::EventParked,
+            None => CommandKind::EventUnparked,
+        };
+        let id = crate::money::idempotency_key(
+            &[kind.as_str(), &event.subject, &event.source, &event.id],
+            PARKED_NOTICE_ID_VERSION,
+        );
+        let mut cmd = Command::new(
+            id,
+            kind,
+            event.subject.clone(),
+            PARKED_NOTICE_ACTOR,
+            event.time,
+        );
+        cmd.parked = Some(ParkedEvent {
+            source: event.source.clone(),
+            id: event.id.clone(),
+            event_time: event.time,
+            code: parked.map(str::to_string),
+        });
+        let value = cmd
+            .to_json_bytes()
+            .map_err(|e| StageError::Fatal(format!("serializing a parked notice: {e}")))?;
+        Ok(Output {
+            topic: self.commands_topic.clone(),
+            key: Some(event.subject.as_bytes().to_vec()),
+            value: Some(value),
+            headers: Vec::new(),
+            partition: None,
+        })
+    }
+
     pub(super) fn enriched_output(&self, enriched: &EnrichedEvent) -> Result<Output, StageError> {
         let value = enriched
             .to_json_bytes()
@@ -236,6 +285,7 @@ impl Enricher {
             Ok(enriched) => {
                 if let Some(old) = &existing {
                     remove_parked(ctx.stores, &ids, &old.meta)?;
+                    ctx.emit(self.parked_notice(&event, None)?);
                     ParkedEventReemitted {
                         ids: &ids,
                         reason: &old.meta.reason,
@@ -312,6 +362,9 @@ impl Enricher {
         };
         store_parked(ctx.stores, ids, existing.map(|e| &e.meta), &entry)?;
         ctx.emit(self.exception(rec, &event.subject, reason));
+        if existing.is_none() {
+            ctx.emit(self.parked_notice(event, Some(reason.code()))?);
+        }
         EventParked {
             ids,
             reason: reason.code(),

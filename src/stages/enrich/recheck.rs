@@ -102,6 +102,7 @@ impl Enricher {
         match resolve(&event, &self.tables, &self.meters) {
             Ok(enriched) => {
                 remove_parked(ctx.stores, &ids, &entry.meta)?;
+                ctx.emit(self.parked_notice(&event, None)?);
                 let day = lineage::day_of(event.time);
                 lineage::count(ctx, COUNTERS, &day, [Count::Released])?;
                 // Not from an input record (offset -1): healed by reference data.

@@ -114,9 +114,17 @@ fn run_with_headers(
         timestamp_ms: Some(1_768_046_400_000),
     });
     match r {
-        Ok(out) => (Ok(()), out),
+        Ok(out) => (Ok(()), without_notices(out)),
         Err(e) => (Err(e), Vec::new()),
     }
+}
+
+/// The outputs other than the invoice stage's parked-event notices (their
+/// own test: `parking_and_flowing_on_send_the_invoice_stage_one_notice_each`).
+fn without_notices(out: Vec<Output>) -> Vec<Output> {
+    out.into_iter()
+        .filter(|o| o.topic != format!("{NS}billing.commands"))
+        .collect()
 }
 
 fn run(
@@ -129,7 +137,7 @@ fn run(
 /// A punctuation with the clock at `now_ms`.
 fn punctuate(h: &mut Harness<EnrichProcessor>, now_ms: i64) -> Vec<Output> {
     h.now_ms = now_ms;
-    h.punctuate().unwrap()
+    without_notices(h.punctuate().unwrap())
 }
 
 fn header(o: &Output, name: &str) -> Option<String> {
@@ -478,4 +486,52 @@ fn malformed_table_records_are_skipped() {
     // And a good tombstone still applies afterwards.
     p.on_table_record("ref.customers", Some(b"cust-1"), None);
     assert!(p.tables().customer("cust-1").is_none());
+}
+
+#[test]
+fn parking_and_flowing_on_send_the_invoice_stage_one_notice_each() {
+    use crate::contracts::{Command, CommandKind};
+    let mut h = processor();
+    load(&mut h, RefKind::Plans, &[plan_line("pro")]);
+    load(
+        &mut h,
+        RefKind::Subscriptions,
+        &[subscription_line("sub-9", "cust-9", "pro")],
+    );
+    let e = event("cust-9", "e1", dec!(1500));
+    let notices = |out: &[Output]| -> Vec<Command> {
+        out.iter()
+            .filter(|o| o.topic == format!("{NS}billing.commands"))
+            .map(|o| {
+                assert_eq!(o.key.as_deref(), Some(&b"cust-9"[..]));
+                Command::from_json_slice(o.value.as_deref().unwrap()).unwrap()
+            })
+            .collect()
+    };
+    let value = e.to_json_bytes().unwrap();
+    let out = h.process(Some(b"k"), Some(&value)).unwrap();
+    let parked = notices(&out);
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].kind, CommandKind::EventParked);
+    assert_eq!(parked[0].actor, "meterline:enrich");
+    let p = parked[0].parked.as_ref().unwrap();
+    assert_eq!(
+        (p.source.as_str(), p.id.as_str(), p.event_time),
+        ("svc", "e1", e.time)
+    );
+    assert_eq!(p.code.as_deref(), Some("unknown_customer"));
+    h.commit().unwrap();
+    // Parked again (still unknown): no second notice.
+    let again = h.process(Some(b"k"), Some(&value)).unwrap();
+    assert!(notices(&again).is_empty(), "{again:?}");
+    h.commit().unwrap();
+    h.punctuate().unwrap();
+    load(&mut h, RefKind::Customers, &[customer_line("cust-9")]);
+    h.now_ms = now_ms();
+    let out = h.punctuate().unwrap();
+    let flowed = notices(&out);
+    assert_eq!(flowed.len(), 1);
+    assert_eq!(flowed[0].kind, CommandKind::EventUnparked);
+    assert_eq!(flowed[0].parked.as_ref().unwrap().id, "e1");
+    assert_eq!(flowed[0].parked.as_ref().unwrap().code, None);
 }

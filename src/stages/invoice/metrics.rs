@@ -5,7 +5,7 @@ use prometheus::IntCounterVec;
 use crate::contracts::{CommandKind, Invoice};
 
 pub struct InvoiceMetrics {
-    /// `meterline_invoice_postings_total{type, kind}`.
+    /// `meterline_postings_total{stage="invoice", type, kind}`.
     pub postings: IntCounterVec,
     /// `meterline_invoice_commands_total{kind, outcome}` (applied | duplicate).
     commands: IntCounterVec,
@@ -16,11 +16,7 @@ pub struct InvoiceMetrics {
 impl InvoiceMetrics {
     pub fn new() -> Self {
         InvoiceMetrics {
-            postings: crate::metrics::counter_vec(
-                "meterline_invoice_postings_total",
-                "Postings the invoice stage emitted to finance.postings (committed or not), by posting type and kind.",
-                &["type", "kind"],
-            ),
+            postings: crate::metrics::postings(),
             commands: crate::metrics::counter_vec(
                 "meterline_invoice_commands_total",
                 "Commands read from billing.commands, by kind and outcome (applied, duplicate).",

@@ -290,6 +290,7 @@ impl InvoiceProcessor {
             let key = serde_json::to_vec(&[&p.legal_entity, &p.subscription_id])
                 .map_err(|e| StageError::Fatal(format!("serializing a key: {e}")))?;
             crate::internal_events::PostingEmitted {
+                stage: SPEC.name,
                 posting_type: p.posting_type.as_str(),
                 kind: p.kind.as_str(),
                 idempotency_key: &p.idempotency_key,

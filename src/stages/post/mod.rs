@@ -448,7 +448,7 @@ pub struct PostProcessor {
     postings_topic: String,
     commands_topic: String,
     rounding_mode: RoundingMode,
-    /// `meterline_post_postings_total{type, kind}`.
+    /// `meterline_postings_total{stage="post", type, kind}`.
     postings_emitted: prometheus::IntCounterVec,
     /// `meterline_event_time_lag_seconds{stage="post"}`: wall clock minus
     /// the end of the last window posted.
@@ -461,11 +461,7 @@ impl PostProcessor {
             postings_topic: config.topic(topology::names::POSTINGS),
             commands_topic: config.topic(topology::names::COMMANDS),
             rounding_mode: config.post.rounding_mode,
-            postings_emitted: crate::metrics::counter_vec(
-                "meterline_post_postings_total",
-                "Postings emitted to finance.postings (committed or not), by posting type and kind.",
-                &["type", "kind"],
-            ),
+            postings_emitted: crate::metrics::postings(),
             event_time_lag: crate::metrics::event_time_lag(SPEC.name),
         }
     }
@@ -648,6 +644,7 @@ impl Processor for PostProcessor {
         let (now, deferred) = split_deferred(&w, posted.postings);
         for p in now {
             crate::internal_events::PostingEmitted {
+                stage: SPEC.name,
                 posting_type: p.posting_type.as_str(),
                 kind: p.kind.as_str(),
                 idempotency_key: &p.idempotency_key,
