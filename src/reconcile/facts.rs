@@ -165,11 +165,32 @@ pub struct Facts {
     /// Config `aggregate.periods_from`: periods ending at or before it are not checked.
     pub periods_from: Option<DateTime<Utc>>,
     /// Topic name without namespace -> its records that do not parse (only
-    /// topics whose records reconcile parses: rated, windows, postings).
+    /// topics whose records reconcile parses: rated, windows, postings,
+    /// invoices).
     pub unreadable: BTreeMap<String, Unreadable>,
+    /// `finance.invoices`: the latest version of each invoice, by id.
+    pub invoices: BTreeMap<String, crate::contracts::Invoice>,
+    /// Service credits granted (`credit` commands without an invoice that
+    /// were not refused), once per (customer, command id).
+    pub grants: Vec<crate::contracts::Command>,
 }
 
 impl Facts {
+    /// Whether the invoice of `subscription`'s period `period` waits for
+    /// approval (or for its period close): its invoice lines, rounding and
+    /// reclass are not posted yet, by design.
+    pub fn awaiting_approval(&self, subscription: &str, period: &str) -> bool {
+        use crate::contracts::InvoiceStatus;
+        self.invoices
+            .get(&crate::contracts::invoice_id(subscription, period))
+            .is_some_and(|i| {
+                matches!(
+                    i.status,
+                    InvoiceStatus::Draft | InvoiceStatus::PendingApproval
+                )
+            })
+    }
+
     /// Adds one `usage.rated` record: each measure's marginal amount to its
     /// segment's original day and billing-period windows.
     pub fn add_rated(&mut self, r: &crate::contracts::RatedEvent) {

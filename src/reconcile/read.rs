@@ -9,8 +9,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::contracts::ClosedWindow;
 use crate::contracts::Posting;
+use crate::contracts::{ClosedWindow, Command, CommandKind, Invoice};
 use crate::kafka::{self, ClientError};
 use crate::lineage::{self, DayCounters};
 use crate::topology::counts::for_each_record;
@@ -140,6 +140,7 @@ impl InFlight {
             ("rate", names::ENRICHED),
             ("aggregate", names::RATED),
             ("post", names::WINDOWS),
+            ("invoice", names::COMMANDS),
         ];
         let mut offsets = BTreeMap::new();
         for (stage, topic) in inputs {
@@ -201,8 +202,9 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
         }
     })?;
     f.postings = postings;
+    read_invoices(config, &mut f, &mut flight, &mut unreadable)?;
     f.unreadable = unreadable;
-    for stage in ["dedupe", "enrich", "aggregate", "post"] {
+    for stage in ["dedupe", "enrich", "aggregate", "post", "invoice"] {
         let n = crate::topology::counts::count_topic(config, &config.topic(&dlq(stage)))?;
         f.dead_letters.insert(stage.to_string(), n);
     }
@@ -220,6 +222,50 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
         }
     }
     Ok(f)
+}
+
+/// `finance.invoices` (the latest version of each), and from
+/// `billing.commands` the service credits granted (those not refused on
+/// the invoice stage's dead-letter topic).
+fn read_invoices(
+    config: &Config,
+    f: &mut Facts,
+    flight: &mut InFlight,
+    unreadable: &mut BTreeMap<String, Unreadable>,
+) -> Result<(), ClientError> {
+    let u = unreadable.entry(names::INVOICES.to_string()).or_default();
+    for_each_record(config, &config.topic(names::INVOICES), |m| {
+        if let Some(inv) = parse_or_count(m, u, Invoice::from_json_slice) {
+            if f.invoices
+                .get(&inv.invoice_id)
+                .is_none_or(|seen| seen.version < inv.version)
+            {
+                f.invoices.insert(inv.invoice_id.clone(), inv);
+            }
+        }
+    })?;
+    let mut refused = BTreeSet::new();
+    for_each_record(config, &config.topic(&dlq("invoice")), |m| {
+        if let Some(c) = m.payload().and_then(|v| Command::from_json_slice(v).ok()) {
+            refused.insert((c.customer_id, c.id));
+        }
+    })?;
+    let mut grants = BTreeMap::new();
+    for_each_record(config, &config.topic(names::COMMANDS), |m| {
+        flight.saw("invoice", m);
+        let Some(c) = m.payload().and_then(|v| Command::from_json_slice(v).ok()) else {
+            return;
+        };
+        if c.kind == CommandKind::Credit
+            && c.invoice_id.is_none()
+            && !refused.contains(&(c.customer_id.clone(), c.id.clone()))
+        {
+            // A re-sent id was applied once.
+            grants.insert((c.customer_id.clone(), c.id.clone()), c);
+        }
+    })?;
+    f.grants = grants.into_values().collect();
+    Ok(())
 }
 
 /// The day counters of validate, dedupe and enrich (their `counters`

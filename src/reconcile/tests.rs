@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::facts::short;
 use super::*;
+use crate::config::Config;
 use crate::contracts::RatedEvent;
 use crate::contracts::{ClosedWindow, WindowKind};
 use crate::contracts::{Posting, PostingType};
@@ -385,4 +386,84 @@ fn metrics_carry_the_results() {
         );
         value.parse::<f64>().unwrap();
     }
+}
+
+/// January through post and the invoice stage under `invoice_config`; the
+/// facts and the invoice harness (to send commands).
+fn january_invoiced(
+    invoice_config: &str,
+) -> (
+    Facts,
+    crate::runtime::testing::Harness<crate::stages::invoice::InvoiceProcessor>,
+) {
+    let mut f = january();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = format!("[topology]\nnamespace = \"x.\"\n[invoice]\n{invoice_config}\n");
+    let cfg = Config::from_parts(&text, "test", &[], dir).unwrap();
+    let (postings, _, h) = crate::stages::fixtures::post_and_invoice(&cfg, &f.closed);
+    f.postings = postings;
+    f.invoices = invoices_of(&h);
+    (f, h)
+}
+
+fn invoices_of(
+    h: &crate::runtime::testing::Harness<crate::stages::invoice::InvoiceProcessor>,
+) -> std::collections::BTreeMap<String, crate::contracts::Invoice> {
+    use crate::stages::invoice::state::{invoice_key, InvoiceState, INVOICES};
+    let v = h
+        .stores
+        .get(INVOICES, &invoice_key("sub-1@2026-01-01"))
+        .unwrap()
+        .unwrap();
+    let st: InvoiceState = serde_json::from_slice(&v).unwrap();
+    [(st.doc.invoice_id.clone(), st.doc)].into()
+}
+
+#[test]
+fn a_held_invoice_is_not_a_failure_and_once_approved_its_postings_are_checked() {
+    use crate::contracts::{Command, CommandKind};
+    let (mut f, mut h) = january_invoiced("approval = \"manual\"");
+    let r = check(&f, None);
+    assert!(r.ok(), "{}", render(&r, true));
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("1 invoice(s) wait for approval")),
+        "{:?}",
+        r.notes
+    );
+    let mut approve = Command::new(
+        "a1",
+        CommandKind::Approve,
+        "cust-1",
+        "alice",
+        at("2026-02-02T00:00:00Z"),
+    );
+    approve.invoice_id = Some("sub-1@2026-01-01".into());
+    let out = h
+        .process(Some(b"cust-1"), Some(&approve.to_json_bytes().unwrap()))
+        .unwrap();
+    h.commit().unwrap();
+    f.postings.extend(
+        out.iter()
+            .filter(|o| o.topic == "x.finance.postings")
+            .map(|o| Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap()),
+    );
+    f.invoices = invoices_of(&h);
+    let r = check(&f, None);
+    assert!(r.ok(), "{}", render(&r, true));
+    assert!(r
+        .checks
+        .iter()
+        .any(|c| c.check == "invoice_posted_once" && c.ok));
+    // A posting of the invoice delivered twice fails, naming the invoice.
+    let twice = f
+        .postings
+        .iter()
+        .find(|p| p.kind == "base_fee" && p.posting_type == PostingType::InvoiceLine)
+        .unwrap()
+        .clone();
+    f.postings.push(twice);
+    let r = check(&f, None);
+    assert!(failing(&r).contains(&("invoice sub-1@2026-01-01".into(), "invoice_posted_once")));
 }

@@ -1,7 +1,9 @@
 //! The checks: [`check`] runs them all over the [`Facts`]; one function per
-//! check in `days.rs`, `windows.rs`, `periods.rs` and `topics.rs`.
+//! check in `days.rs`, `windows.rs`, `periods.rs`, `invoices.rs` and
+//! `topics.rs`.
 
 mod days;
+mod invoices;
 mod periods;
 mod topics;
 mod windows;
@@ -68,8 +70,23 @@ pub fn check(facts: &Facts, period: Option<&str>) -> Report {
     let days = days::check_days(facts, period, &mut checks);
     let (windows, rounding) = windows::check_windows(facts, period, &mut checks);
     periods::check_subscription_periods(facts, period, &mut checks);
+    invoices::check_invoices(facts, period, &mut checks);
     topics::check_unreadable(facts, &mut checks);
     let mut notes = Vec::new();
+    let held: Vec<&str> = facts
+        .invoices
+        .values()
+        .filter(|i| i.status == crate::contracts::InvoiceStatus::PendingApproval)
+        .filter(|i| in_period(period, &i.service_interval.id))
+        .map(|i| i.invoice_id.as_str())
+        .collect();
+    if !held.is_empty() {
+        notes.push(format!(
+            "{} invoice(s) wait for approval (their lines, rounding and reclass are posted when approved): {}",
+            held.len(),
+            held.join(", ")
+        ));
+    }
     for (stage, n) in &facts.in_flight {
         if *n > 0 {
             notes.push(format!(

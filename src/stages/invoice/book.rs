@@ -48,6 +48,7 @@ pub fn open(part: &DraftPart, invoice_id: &str) -> InvoiceState {
         tax_code: part.tax_code.clone(),
         has_adjustments: false,
         taxes: Vec::new(),
+        tax_applied: false,
         supplements: 0,
     }
 }
@@ -104,7 +105,14 @@ pub fn recompute(doc: &mut Invoice) -> Result<(), InvoiceError> {
     };
     let subtotal = of(&CHARGE_LINE_KINDS)?;
     let tax = of(&["tax"])?;
-    let service_credits = -of(&["service_credit"])?;
+    // Drawn credits are negative lines; shown as a positive amount (and
+    // never as a negative zero).
+    let drawn = of(&["service_credit"])?;
+    let service_credits = if drawn.is_zero() {
+        Decimal::ZERO
+    } else {
+        -drawn
+    };
     let total = subtotal
         .checked_add(tax)
         .and_then(|t| t.checked_sub(service_credits))
@@ -181,17 +189,14 @@ pub fn plan_tax(
     })
 }
 
-/// Approves and posts: the pending postings, then one tax line and entry
-/// per tax code, then the service credit drawn from `balance` (never more
-/// than the gross). Returns the postings in emission order.
-pub fn approve(
-    st: &mut InvoiceState,
-    taxes: Vec<TaxApplied>,
-    balance: Option<&mut Balance>,
-    at: DateTime<Utc>,
-) -> Result<Vec<Posting>, InvoiceError> {
+/// Adds one tax line and entry per tax code to the invoice (pending: they
+/// post with its approval), once: at its close when every rate is known,
+/// else at its approval.
+pub fn apply_tax(st: &mut InvoiceState, taxes: Vec<TaxApplied>) -> Result<(), InvoiceError> {
+    if st.tax_applied {
+        return Ok(());
+    }
     let date = period_date(st)?;
-    let mut out = std::mem::take(&mut st.pending);
     let receivable = st.gl_accounts.receivable.clone();
     for t in taxes {
         if t.amount.is_zero() {
@@ -208,8 +213,8 @@ pub fn approve(
         st.doc
             .lines
             .push(doc_line("tax", &line, &p.idempotency_key));
-        out.push(p);
-        out.extend(postings::pair(
+        st.pending.push(p);
+        st.pending.extend(postings::pair(
             st,
             "tax",
             &t.tax_code,
@@ -220,7 +225,22 @@ pub fn approve(
         ));
         st.taxes.push(t);
     }
-    recompute(&mut st.doc)?;
+    st.tax_applied = true;
+    recompute(&mut st.doc)
+}
+
+/// Approves and posts: the pending postings (with the tax, which
+/// [`apply_tax`] must have added), then the service credit drawn from
+/// `balance` (never more than the gross). Returns the postings in emission
+/// order.
+pub fn approve(
+    st: &mut InvoiceState,
+    balance: Option<&mut Balance>,
+    at: DateTime<Utc>,
+) -> Result<Vec<Posting>, InvoiceError> {
+    debug_assert!(st.tax_applied);
+    let date = period_date(st)?;
+    let mut out = std::mem::take(&mut st.pending);
     if let Some(balance) = balance {
         out.extend(draw_service_credit(st, balance, at, &date)?);
     }

@@ -78,10 +78,15 @@ fn require(st: &InvoiceState, cmd: &Command, status: InvoiceStatus) -> Result<()
     ))
 }
 
-/// Tax of the invoice now, or the codes missing a rate as a refusal.
-fn taxes(p: &InvoiceProcessor, st: &InvoiceState) -> Result<Vec<state::TaxApplied>, InvoiceError> {
-    book::plan_tax(st, &p.tables, &p.invoice, p.rounding_mode)?
-        .map_err(|missing| InvoiceError::TaxRateMissing(missing.join(", ")))
+/// Adds the invoice's tax now if its close could not (a rate was
+/// missing), or refuses naming the codes still without a rate.
+fn tax(p: &InvoiceProcessor, st: &mut InvoiceState) -> Result<(), InvoiceError> {
+    if st.tax_applied {
+        return Ok(());
+    }
+    let taxes = book::plan_tax(st, &p.tables, &p.invoice, p.rounding_mode)?
+        .map_err(|missing| InvoiceError::TaxRateMissing(missing.join(", ")))?;
+    book::apply_tax(st, taxes)
 }
 
 fn approve(
@@ -92,9 +97,9 @@ fn approve(
     ch: &mut Changes,
 ) -> Result<(), StageError> {
     require(st, cmd, InvoiceStatus::PendingApproval)?;
-    let taxes = taxes(p, st)?;
+    tax(p, st)?;
     let actor = cmd.actor.clone();
-    p.approve_now(ctx, st, cmd, taxes, "approve", &actor, ch)
+    p.approve_now(ctx, st, cmd, "approve", &actor, ch)
 }
 
 fn hold(st: &mut InvoiceState, cmd: &Command) -> Result<(), InvoiceError> {
@@ -131,9 +136,9 @@ fn release(
         );
         return Ok(());
     }
-    let taxes = taxes(p, st)?;
+    tax(p, st)?;
     let actor = cmd.actor.clone();
-    p.approve_now(ctx, st, cmd, taxes, "release", &actor, ch)
+    p.approve_now(ctx, st, cmd, "release", &actor, ch)
 }
 
 /// A full credit memo of what is still open; a held invoice is posted
@@ -147,9 +152,9 @@ fn void(
 ) -> Result<(), StageError> {
     match st.doc.status {
         InvoiceStatus::PendingApproval => {
-            let taxes = taxes(p, st)?;
+            tax(p, st)?;
             let actor = cmd.actor.clone();
-            p.approve_now(ctx, st, cmd, taxes, "void", &actor, ch)?;
+            p.approve_now(ctx, st, cmd, "void", &actor, ch)?;
         }
         InvoiceStatus::Posted if st.doc.totals.disputed > Decimal::ZERO => {
             return Err(refuse(st, cmd, "a dispute is open: resolve it first").into());

@@ -198,6 +198,9 @@ impl InvoiceProcessor {
         );
         let parked = !ctx.stores.scan(INVOICES, &from, &to, 1)?.is_empty();
         let tax = book::plan_tax(st, &self.tables, &self.invoice, self.rounding_mode)?;
+        if let Ok(taxes) = &tax {
+            book::apply_tax(st, taxes.clone())?;
+        }
         let mut balance = self.balance(ctx, st)?;
         balance.expire(cmd.time);
         let facts = policy::Facts {
@@ -218,9 +221,9 @@ impl InvoiceProcessor {
             };
             write(ctx, last_key, &last)?;
         }
-        match (holds.is_empty(), tax) {
-            (true, Ok(taxes)) => self.approve_now(ctx, st, cmd, taxes, "policy", POLICY_ACTOR, ch),
-            _ => {
+        match holds.is_empty() && st.tax_applied {
+            true => self.approve_now(ctx, st, cmd, "policy", POLICY_ACTOR, ch),
+            false => {
                 st.doc.holds = holds;
                 book::record(
                     st,
@@ -239,22 +242,21 @@ impl InvoiceProcessor {
         Ok(read::<Balance>(ctx, &key)?.unwrap_or_default())
     }
 
-    /// Approves and posts `st` now: history `approved` then `posted`, the
-    /// postings of [`book::approve`] queued, the balance drawn stored.
-    #[allow(clippy::too_many_arguments)]
+    /// Approves and posts `st` now (its tax applied): history `approved`
+    /// then `posted`, the postings of [`book::approve`] queued, the balance
+    /// drawn stored.
     fn approve_now(
         &mut self,
         ctx: &mut Ctx<'_>,
         st: &mut InvoiceState,
         cmd: &Command,
-        taxes: Vec<state::TaxApplied>,
         action: &str,
         actor: &str,
         ch: &mut Changes,
     ) -> Result<(), StageError> {
         let mut balance = self.balance(ctx, st)?;
         book::record(st, InvoiceStatus::Approved, action, actor, cmd);
-        let postings = book::approve(st, taxes, Some(&mut balance), cmd.time)?;
+        let postings = book::approve(st, Some(&mut balance), cmd.time)?;
         let key = state::balance_key(&st.doc.customer.id, &st.doc.currency);
         match balance.grants.is_empty() {
             true => ctx.stores.delete(INVOICES, key),

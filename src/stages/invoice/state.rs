@@ -52,8 +52,13 @@ pub struct InvoiceState {
     pub tax_code: Option<String>,
     /// Some part adjusts an earlier, closed window (late events).
     pub has_adjustments: bool,
-    /// Tax lines posted at approval.
+    /// Its tax lines (added at the close, or at approval when a rate was
+    /// missing at the close; posted with the approval).
     pub taxes: Vec<TaxApplied>,
+    /// The tax lines are on the invoice (perhaps none: no taxable line, or
+    /// `invoice.tax = "none"`).
+    #[serde(default)]
+    pub tax_applied: bool,
     /// Supplementary invoices opened for drafts that arrived after this one
     /// closed (`<id>~1`, `<id>~2`, ...).
     pub supplements: u32,
