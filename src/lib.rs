@@ -1,8 +1,9 @@
 //! meterline: Kafka-native, exactly-once usage metering.
 //!
 //! CloudEvents usage events in, balanced and idempotent ERP postings out,
-//! through six stages joined by Kafka topics: validate -> dedupe -> enrich ->
-//! rate -> aggregate -> post. Start with ARCHITECTURE.md; the modules map onto it:
+//! through seven stages joined by Kafka topics: validate -> dedupe -> enrich ->
+//! rate -> aggregate -> post -> invoice. Start with ARCHITECTURE.md; the modules
+//! map onto it:
 //!
 //! * [`config`], [`kafka`], [`topology`]: what to connect to and which topics exist;
 //! * [`runtime`] and [`store`]: the exactly-once loop and its RocksDB state;

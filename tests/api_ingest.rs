@@ -611,7 +611,18 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         );
         assert_eq!(a.status, 204, "{}", a.body);
     }
-    let mut stages = w.spawn_stage(&["validate", "dedupe", "enrich", "rate", "aggregate"], "a");
+    let mut stages = w.spawn_stage(
+        &[
+            "validate",
+            "dedupe",
+            "enrich",
+            "rate",
+            "aggregate",
+            "post",
+            "invoice",
+        ],
+        "a",
+    );
     let usage = |sub: &str| get(port, READ_TOKEN, &format!("/v1/subscriptions/{sub}/usage")).json();
     let events_in = |u: &serde_json::Value| -> u64 {
         u["periods"]
@@ -655,33 +666,63 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             .map(|a| a.parse::<rust_decimal::Decimal>().unwrap()),
         Some("0.55074068".parse().unwrap())
     );
-    // Invoices, until invoice documents exist: the closed previous period
-    // (5 x 30000 tokens: 50000 over the free 100000 -> 0.1) and the open one.
-    wait_until("the previous period closed", || {
+    // Invoices: the previous period's document (5 x 30000 tokens: 50000
+    // over the free 100000 -> 0.1, posted as 0.10) and the open period.
+    wait_until("the previous period invoiced", || {
         get(port, READ_TOKEN, "/v1/subscriptions/sub-api/invoices").json()["invoices"]
             .as_array()
-            .is_some_and(|l| l.iter().any(|i| i["status"] == "closed"))
+            .is_some_and(|l| {
+                l.iter().any(|i| {
+                    i["status"] == "posted"
+                        && i["lines"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|l| l["kind"] == "usage")
+                })
+            })
     });
     let inv = get(port, READ_TOKEN, "/v1/subscriptions/sub-api/invoices").json();
     let list = inv["invoices"].as_array().unwrap();
-    let closed: Vec<&serde_json::Value> = list.iter().filter(|i| i["status"] == "closed").collect();
-    assert_eq!(closed.len(), 1, "{inv}");
-    let closed_id = closed[0]["period"]["id"].as_str().unwrap();
-    let lines: rust_decimal::Decimal = closed[0]["lines"]
-        .as_array()
-        .unwrap()
+    // Periods before the first event (if the subscription started earlier)
+    // are invoiced too, with their base fee only.
+    let with_usage: Vec<&serde_json::Value> = list
         .iter()
-        .map(|l| dec(&l["amount"]))
-        .sum();
-    assert_eq!(lines, rated_sum(&rated, "sub-api", closed_id), "{inv}");
-    assert_eq!(lines, "0.1".parse().unwrap(), "{inv}");
+        .filter(|i| {
+            i["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["kind"] == "usage")
+        })
+        .collect();
+    assert_eq!(with_usage.len(), 1, "{inv}");
+    let doc = with_usage[0];
+    let closed_id = doc["service_interval"]["id"].as_str().unwrap();
+    let of = |kind: &str| -> rust_decimal::Decimal {
+        doc["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["kind"] == kind)
+            .map(|l| dec(&l["amount"]))
+            .sum()
+    };
     assert_eq!(
-        dec(&closed[0]["amount"]),
-        lines,
-        "the period close holds its lines: {inv}"
+        of("usage"),
+        rated_sum(&rated, "sub-api", closed_id),
+        "{inv}"
     );
-    assert_eq!(closed[0]["base_fee"], "49.00", "{inv}");
-    let open: Vec<&serde_json::Value> = list.iter().filter(|i| i["status"] == "open").collect();
+    assert_eq!(of("usage").to_string(), "0.10", "{inv}");
+    assert_eq!(of("base_fee").to_string(), "49.00", "{inv}");
+    assert_eq!(doc["totals"]["total"], "49.10", "{inv}");
+    let one = get(
+        port,
+        READ_TOKEN,
+        &format!("/v1/invoices/{}", doc["invoice_id"].as_str().unwrap()),
+    );
+    assert_eq!(one.json(), *doc);
+    let open = inv["open_periods"].as_array().unwrap();
     assert_eq!(open.len(), 1, "{inv}");
     let open_lines: rust_decimal::Decimal = open[0]["lines"]
         .as_array()

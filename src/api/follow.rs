@@ -1,7 +1,8 @@
 //! What the API answers from, besides the config: compacted topics read from
 //! the beginning (read_committed) and then followed, on one thread per
-//! view, into memory: the `ref.*` topics ([`RefView`]) and aggregate's
-//! `windows` changelog, the open windows ([`WindowView`]). A view is ready
+//! view, into memory: the `ref.*` topics ([`RefView`]), aggregate's
+//! `windows` changelog, the open windows ([`WindowView`]), and the invoice
+//! documents of `finance.invoices` ([`InvoiceView`]). A view is ready
 //! once it has read up to where each partition ended when it started; until
 //! then the queries that need it answer 503.
 
@@ -15,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::contracts::{ClosedWindow, WindowKind};
+use crate::contracts::{ClosedWindow, Invoice, WindowKind};
 use crate::kafka::{self, ReaderContext};
 use crate::refdata::{RefKind, RefTables};
 use crate::topology::names;
@@ -420,4 +421,52 @@ pub fn start_closed(config: &Config) -> Result<Arc<ClosedView>, kafka::ClientErr
         Some(since.timestamp_millis()),
         ClosedWindows { keep_days },
     )
+}
+
+/// `finance.invoices` (compacted, read from the beginning): the latest
+/// version of every invoice, by subscription.
+pub struct Invoices;
+
+/// Subscription id -> invoice id -> its latest version.
+#[derive(Default)]
+pub struct InvoiceState {
+    pub by_subscription: BTreeMap<String, BTreeMap<String, Invoice>>,
+    /// Invoice id -> subscription, for lookups by id.
+    pub subscription_of: BTreeMap<String, String>,
+}
+
+impl InvoiceState {
+    /// The latest version of invoice `id`.
+    pub fn get(&self, id: &str) -> Option<&Invoice> {
+        let sub = self.subscription_of.get(id)?;
+        self.by_subscription.get(sub)?.get(id)
+    }
+}
+
+pub type InvoiceView = View<Invoices>;
+
+impl Apply for Invoices {
+    type State = InvoiceState;
+    fn apply(&self, s: &mut InvoiceState, _: &str, _: i32, _: &[u8], value: Option<&[u8]>) {
+        // Compaction keeps the latest version; a tombstone is never written.
+        let Some(inv) = value.and_then(|v| Invoice::from_json_slice(v).ok()) else {
+            return;
+        };
+        let by_id = s
+            .by_subscription
+            .entry(inv.subscription_id.clone())
+            .or_default();
+        if by_id
+            .get(&inv.invoice_id)
+            .is_none_or(|seen| seen.version < inv.version)
+        {
+            s.subscription_of
+                .insert(inv.invoice_id.clone(), inv.subscription_id.clone());
+            by_id.insert(inv.invoice_id.clone(), inv);
+        }
+    }
+}
+
+pub fn start_invoices(config: &Config) -> Result<Arc<InvoiceView>, kafka::ClientError> {
+    start(config, vec![config.topic(names::INVOICES)], Invoices)
 }

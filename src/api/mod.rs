@@ -101,7 +101,15 @@ pub struct ApiState {
     refs: Arc<follow::RefView>,
     windows: Arc<follow::WindowView>,
     closed: Arc<follow::ClosedView>,
+    invoices: Arc<follow::InvoiceView>,
     openapi_json: Arc<String>,
+}
+
+impl ApiState {
+    /// Every followed view caught up with where its topics ended at start.
+    fn views_ready(&self) -> bool {
+        self.refs.ready() && self.windows.ready() && self.closed.ready() && self.invoices.ready()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +162,12 @@ impl ApiState {
         let refs = follow::start_refs(&config)?;
         let windows = follow::start_windows(&config)?;
         let closed = follow::start_closed(&config)?;
+        let invoices = follow::start_invoices(&config)?;
         Ok(ApiState {
             refs,
             windows,
             closed,
+            invoices,
             ingest: Arc::new(Ingest {
                 meters,
                 rules,
@@ -181,6 +191,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}", get(get_subscription))
         .route("/v1/subscriptions/{id}/usage", get(get_usage))
         .route("/v1/subscriptions/{id}/invoices", get(get_invoices))
+        .route("/v1/invoices/{id}", get(get_invoice))
         .route("/v1/plans/{id}", get(get_plan))
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
@@ -216,7 +227,7 @@ pub(crate) fn count(route: &str, status: StatusCode) {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.refs.ready() && state.windows.ready() && state.closed.ready() {
+    if state.views_ready() {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "reference data loading\n").into_response()
@@ -233,7 +244,7 @@ fn read_route(
 ) -> Response {
     let result =
         auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|caller| {
-            if !state.refs.ready() || !state.windows.ready() || !state.closed.ready() {
+            if !state.views_ready() {
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     reasons::NOT_READY,
@@ -296,13 +307,24 @@ async fn get_invoices(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let (closed, windows) = (state.closed.clone(), state.windows.clone());
+    let (invoices, windows) = (state.invoices.clone(), state.windows.clone());
     read_route(
         &state,
         &headers,
         "/v1/subscriptions/{id}/invoices",
-        |t, c| usage::invoices(t, &closed.read(), &windows.read(), c, &path_id(id)?),
+        |t, c| usage::invoices(t, &invoices.read(), &windows.read(), c, &path_id(id)?),
     )
+}
+
+async fn get_invoice(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let invoices = state.invoices.clone();
+    read_route(&state, &headers, "/v1/invoices/{id}", |_, c| {
+        queries::invoice(&invoices.read(), c, &path_id(id)?)
+    })
 }
 
 async fn get_meter_query(

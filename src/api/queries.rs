@@ -206,3 +206,14 @@ pub fn meters(config: &Config) -> Value {
         .collect();
     Value::Array(list)
 }
+
+/// `GET /v1/invoices/{id}`: the latest version of an invoice document.
+pub fn invoice(
+    invoices: &super::follow::InvoiceState,
+    caller: &Caller<'_>,
+    id: &str,
+) -> Result<Value, Problem> {
+    let inv = invoices.get(id).ok_or_else(|| not_found("invoice", id))?;
+    check_customer(caller, &inv.customer.id)?;
+    serde_json::to_value(inv).map_err(|e| invalid(format!("invoice {id}: {e}")))
+}

@@ -2,10 +2,9 @@
 //! the API follows ([`super::follow`]):
 //!
 //! * `GET /v1/subscriptions/{id}/usage`: the open billing periods so far;
-//! * `GET /v1/subscriptions/{id}/invoices`: the billing periods as invoices
-//!   will show them; until invoices exist (issue 13), the period-close
-//!   windows: closed ones (handed to post, which posts the invoice lines) and
-//!   the open one;
+//! * `GET /v1/subscriptions/{id}/invoices`: the invoice documents of
+//!   `finance.invoices` (followed too) and the open period(s) so far from
+//!   the open windows;
 //! * `GET /api/v1/meters/{slug}/query`: OpenMeter's meter query, per local
 //!   day, for SUM and COUNT meters.
 //!
@@ -285,26 +284,27 @@ fn period_json(id: &str, status: &str, p: &ClosedPeriod) -> Value {
     })
 }
 
-/// The subscription's billing periods as its invoices will show them: the
-/// closed ones aggregate handed to post in the last `api.meter_query_days`
-/// (status `closed`) and the open one (`open`, amounts so far). Exact
-/// amounts; post rounds them once into the invoice lines. Replaced by
-/// invoice documents once issue 13 builds them.
+/// The subscription's invoices: every document of `finance.invoices`
+/// (latest versions, by service interval), and the open billing period(s)
+/// so far from aggregate's open windows (`open_periods`, exact amounts:
+/// they become an invoice at their close).
 pub fn invoices(
     tables: &RefTables,
-    closed: &ClosedState,
+    invoices: &super::follow::InvoiceState,
     open: &WindowState,
     caller: &Caller<'_>,
     id: &str,
 ) -> Result<Value, Problem> {
     let s = readable_subscription(tables, caller, id)?;
-    let mut list: Vec<Value> = closed
-        .periods
+    let mut docs: Vec<&crate::contracts::Invoice> = invoices
+        .by_subscription
         .get(id)
         .into_iter()
-        .flat_map(|m| m.iter())
-        .map(|(pid, p)| period_json(pid, "closed", p))
+        .flat_map(|m| m.values())
         .collect();
+    docs.sort_by(|a, b| {
+        (a.service_interval.start, &a.invoice_id).cmp(&(b.service_interval.start, &b.invoice_id))
+    });
     let mut current: BTreeMap<String, ClosedPeriod> = BTreeMap::new();
     for w in open
         .by_subscription
@@ -320,12 +320,15 @@ pub fn invoices(
             _ => {}
         }
     }
-    list.extend(current.iter().map(|(pid, p)| period_json(pid, "open", p)));
+    let open_periods: Vec<Value> = current
+        .iter()
+        .map(|(pid, p)| period_json(pid, "open", p))
+        .collect();
     Ok(json!({
         "subscription_id": s.id,
         "customer_id": s.customer_id,
         "currency": s.currency,
-        "source": "period_close_windows",
-        "invoices": list,
+        "invoices": docs,
+        "open_periods": open_periods,
     }))
 }

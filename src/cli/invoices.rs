@@ -26,6 +26,9 @@ use crate::topology::{counts, names};
 pub const ACTOR_KEY_ENV: &str = "METERLINE_ACTOR_KEY";
 /// How often a waiting command looks for its outcome.
 const OUTCOME_POLL_MS: u64 = 500;
+/// Dead letters are stamped by the broker (append time): how far its clock
+/// may lag this machine's before a refusal would be missed.
+const CLOCK_SKEW_ALLOWANCE_MS: i64 = 5_000;
 /// A service credit changes no invoice: how long the CLI looks for a
 /// refusal before saying it saw none.
 const SERVICE_CREDIT_REFUSAL_WAIT_S: u64 = 5;
@@ -408,12 +411,13 @@ fn credit(config: &Config, c: CreditArgs) -> anyhow::Result<ExitCode> {
             cmd.currency = Some(currency.clone());
             cmd.amount = Some(amount);
             cmd.expires = c.expires;
+            let sent_ms = Utc::now().timestamp_millis() - CLOCK_SKEW_ALLOWANCE_MS;
             send(config, &cmd)?;
             println!(
                 "service credit {} of {amount} {currency} sent for customer {customer}: drawn by the approval of its next invoices",
                 cmd.id
             );
-            wait_refusal(config, &cmd, c.common.timeout_s)
+            wait_refusal(config, &cmd, c.common.timeout_s, sent_ms)
         }
     }
 }
@@ -508,8 +512,10 @@ enum Outcome {
     Refused { code: String, message: String },
 }
 
-/// The invoice version that records `cmd`, or its dead letter.
-fn outcome(config: &Config, cmd: &Command) -> anyhow::Result<Option<Outcome>> {
+/// The invoice version that records `cmd`, or its dead letter written at
+/// or after `sent_ms` (an earlier refusal of the same id is not this one's:
+/// a command id is recorded only when it applies, so a re-send may apply).
+fn outcome(config: &Config, cmd: &Command, sent_ms: i64) -> anyhow::Result<Option<Outcome>> {
     if let Some(id) = &cmd.invoice_id {
         if let Some(inv) = read_invoices(config)?.remove(id) {
             if inv.change_by(&cmd.id).is_some() {
@@ -519,10 +525,11 @@ fn outcome(config: &Config, cmd: &Command) -> anyhow::Result<Option<Outcome>> {
     }
     let mut refused = None;
     counts::for_each_record(config, &config.topic(&names::dlq("invoice")), |m| {
-        let same = m
-            .payload()
-            .and_then(|v| Command::from_json_slice(v).ok())
-            .is_some_and(|c| c.id == cmd.id && c.customer_id == cmd.customer_id);
+        let now = m.timestamp().to_millis().is_some_and(|t| t >= sent_ms);
+        let same = now
+            && m.payload()
+                .and_then(|v| Command::from_json_slice(v).ok())
+                .is_some_and(|c| c.id == cmd.id && c.customer_id == cmd.customer_id);
         if same {
             let header = |name: &str| {
                 m.headers()
@@ -545,11 +552,12 @@ fn send_and_wait(
     cmd: &Command,
     timeout_s: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
+    let sent_ms = Utc::now().timestamp_millis() - CLOCK_SKEW_ALLOWANCE_MS;
     send(config, cmd)?;
     let timeout = Duration::from_secs(timeout_s.unwrap_or(config.invoice.wait_timeout_s));
     let started = Instant::now();
     loop {
-        match outcome(config, cmd)? {
+        match outcome(config, cmd, sent_ms)? {
             Some(Outcome::Applied(inv)) => {
                 println!(
                     "{} {}: {} (version {}), total {} open {} {}{}",
@@ -598,12 +606,13 @@ fn wait_refusal(
     config: &Config,
     cmd: &Command,
     timeout_s: Option<u64>,
+    sent_ms: i64,
 ) -> anyhow::Result<ExitCode> {
     let wait_s = timeout_s.unwrap_or(SERVICE_CREDIT_REFUSAL_WAIT_S);
     let timeout = Duration::from_secs(wait_s);
     let started = Instant::now();
     while started.elapsed() < timeout {
-        if let Some(Outcome::Refused { code, message }) = outcome(config, cmd)? {
+        if let Some(Outcome::Refused { code, message }) = outcome(config, cmd, sent_ms)? {
             eprintln!(
                 "{} {}: refused [{code}] {message}",
                 cmd.kind.as_str(),

@@ -65,6 +65,8 @@ pub struct InvoiceProcessor {
     /// `ref.tax_rates`, the only table this stage reads.
     tables: RefTables,
     metrics: metrics::InvoiceMetrics,
+    /// Per partition: when its gauges were last summed, and the sums.
+    gauges: std::collections::BTreeMap<i32, (i64, metrics::PartitionGauges)>,
 }
 
 /// What one command changed: the invoices to store and publish, and the
@@ -84,6 +86,7 @@ impl InvoiceProcessor {
             rounding_mode: config.post.rounding_mode,
             tables: RefTables::new(),
             metrics: metrics::InvoiceMetrics::new(),
+            gauges: std::collections::BTreeMap::new(),
         }
     }
 
@@ -279,6 +282,7 @@ impl InvoiceProcessor {
                 .to_json_bytes()
                 .map_err(|e| StageError::Fatal(format!("serializing an invoice: {e}")))?;
             self.metrics.invoice_changed(&st.doc);
+            self.watch(ctx, &st.doc)?;
             ctx.emit(Output {
                 topic: self.invoices_topic.clone(),
                 key: Some(st.doc.invoice_id.clone().into_bytes()),
@@ -310,6 +314,77 @@ impl InvoiceProcessor {
             });
         }
         Ok(())
+    }
+
+    /// Keeps the `Q` entry of an invoice that waits for approval or has an
+    /// open dispute (what the gauges read), drops it otherwise.
+    fn watch(&self, ctx: &mut Ctx<'_>, doc: &crate::contracts::Invoice) -> Result<(), StageError> {
+        let key = state::watch_key(&doc.invoice_id);
+        let waiting = doc.status == InvoiceStatus::PendingApproval;
+        if !waiting && doc.totals.disputed.is_zero() {
+            ctx.stores.delete(INVOICES, key);
+            return Ok(());
+        }
+        let before = read::<state::Watch>(ctx, &key)?;
+        let since = before
+            .and_then(|w| w.pending_since_ms)
+            .unwrap_or(ctx.now_ms);
+        let watch = state::Watch {
+            currency: doc.currency.clone(),
+            legal_entity: doc.legal_entity.clone(),
+            pending_since_ms: waiting.then_some(since),
+            pending_amount: if waiting {
+                book::gross(doc)
+            } else {
+                rust_decimal::Decimal::ZERO
+            },
+            disputed: doc.totals.disputed,
+        };
+        write(ctx, key, &watch)
+    }
+
+    /// Sums the partition's waiting invoices and service-credit balances.
+    fn measure(ctx: &Ctx<'_>) -> Result<metrics::PartitionGauges, StageError> {
+        let mut g = metrics::PartitionGauges::default();
+        let (from, to) = state::watch_range();
+        for (_, v) in ctx
+            .stores
+            .scan(INVOICES, &from, &to, metrics::GAUGES_SCAN_MAX)?
+        {
+            let w: state::Watch = serde_json::from_slice(&v)
+                .map_err(|e| StageError::Fatal(format!("invoices store: corrupt watch: {e}")))?;
+            let pair = (w.currency.clone(), w.legal_entity.clone());
+            if let Some(since) = w.pending_since_ms {
+                let e = g.pending.entry(pair.clone()).or_default();
+                e.0 += 1;
+                e.1 += w.pending_amount;
+                g.oldest_pending_since_ms =
+                    Some(g.oldest_pending_since_ms.map_or(since, |o| o.min(since)));
+            }
+            if !w.disputed.is_zero() {
+                *g.disputed.entry(pair).or_default() += w.disputed;
+            }
+        }
+        let (from, to) = state::all_balances_range();
+        for (k, v) in ctx
+            .stores
+            .scan(INVOICES, &from, &to, metrics::GAUGES_SCAN_MAX)?
+        {
+            let mut r =
+                crate::store::keys::KeyReader::new(&k, from.first().copied().unwrap_or_default())
+                    .map_err(|e| {
+                    StageError::Fatal(format!("invoices store: corrupt balance key: {e}"))
+                })?;
+            let _customer = r.str().map_err(|e| StageError::Fatal(e.to_string()))?;
+            let currency = r
+                .str()
+                .map_err(|e| StageError::Fatal(e.to_string()))?
+                .to_string();
+            let b: Balance = serde_json::from_slice(&v)
+                .map_err(|e| StageError::Fatal(format!("invoices store: corrupt balance: {e}")))?;
+            *g.credit_balance.entry(currency).or_default() += b.available();
+        }
+        Ok(g)
     }
 
     /// enrich's notice of a parked (or no longer parked) event.
@@ -387,6 +462,24 @@ impl Processor for InvoiceProcessor {
         ctx.stores.put(INVOICES, applied, Vec::new());
         self.metrics.applied(cmd.kind);
         self.emit(ctx, ch)
+    }
+
+    /// Every [`metrics::GAUGES_INTERVAL_MS`]: the partition's gauges.
+    fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
+        let due = self
+            .gauges
+            .get(&ctx.partition)
+            .is_none_or(|(at, _)| now_ms - at >= metrics::GAUGES_INTERVAL_MS);
+        if due {
+            let g = Self::measure(ctx)?;
+            self.gauges.insert(ctx.partition, (now_ms, g));
+            self.metrics.measured(&self.gauges, now_ms);
+        }
+        Ok(())
+    }
+
+    fn on_revoked(&mut self, partition: i32) {
+        self.gauges.remove(&partition);
     }
 
     fn on_table_record(&mut self, table: &str, key: Option<&[u8]>, value: Option<&[u8]>) {

@@ -7,6 +7,7 @@
 //! | `B` customer id, currency | [`Balance`] JSON: service-credit grants not yet drawn |
 //! | `C` customer id, command id | empty: the command was applied (a re-sent one changes nothing) |
 //! | `P` customer id, event time ms, source, id | park code: an event of the customer is parked |
+//! | `Q` invoice id | [`Watch`] JSON: an invoice waiting for approval or with an open dispute (what the gauges read) |
 //!
 //! Keys are built with [`crate::store::keys`]; every value is JSON with
 //! decimals as strings.
@@ -29,6 +30,7 @@ const LAST_PREFIX: u8 = b'L';
 const BALANCE_PREFIX: u8 = b'B';
 const COMMAND_PREFIX: u8 = b'C';
 const PARKED_PREFIX: u8 = b'P';
+const WATCH_PREFIX: u8 = b'Q';
 
 /// A tax line of an approved invoice, kept to split later credit memos.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +137,34 @@ impl Balance {
         debug_assert!(drawn <= max);
         drawn
     }
+}
+
+/// What the gauges need of an invoice that waits or is disputed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    pub currency: String,
+    pub legal_entity: String,
+    /// Wall clock when it started waiting for approval (None: not waiting).
+    pub pending_since_ms: Option<i64>,
+    /// Its gross while it waits.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub pending_amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub disputed: Decimal,
+}
+
+pub fn watch_key(invoice_id: &str) -> Vec<u8> {
+    KeyBuilder::new(WATCH_PREFIX).str(invoice_id).build()
+}
+
+/// Every watch key.
+pub fn watch_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![WATCH_PREFIX], vec![WATCH_PREFIX + 1])
+}
+
+/// Every balance key.
+pub fn all_balances_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![BALANCE_PREFIX], vec![BALANCE_PREFIX + 1])
 }
 
 pub fn invoice_key(invoice_id: &str) -> Vec<u8> {
