@@ -114,6 +114,11 @@ pub struct PostingRef {
 pub struct WindowPostings {
     pub postings: Vec<PostingRef>,
     pub event_count: u64,
+    /// The invoice whose lines clear the window (`<subscription>@<period>`):
+    /// its day accruals, or its invoice line, rounding and reclass, which
+    /// the invoice stage posts when that invoice is approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice: Option<String>,
 }
 
 /// The windows behind one posting.

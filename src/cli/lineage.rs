@@ -360,10 +360,14 @@ fn print_postings(postings: &BTreeMap<WindowRef, Vec<WindowPostings>>) {
         }
         for m in made {
             println!(
-                "  {:<10} window {}: {} event(s)",
+                "  {:<10} window {}: {} event(s){}",
                 "post",
                 describe_window(w),
-                m.event_count
+                m.event_count,
+                m.invoice
+                    .as_ref()
+                    .map(|i| format!(", invoiced on {i} (meterline invoices show {i})"))
+                    .unwrap_or_default()
             );
             for p in &m.postings {
                 println!(

@@ -614,6 +614,7 @@ impl Processor for PostProcessor {
         let made = crate::lineage::WindowPostings {
             postings: posted.postings.iter().map(posting_ref).collect(),
             event_count: w.event_count,
+            invoice: Some(invoice_id(&w.subscription_id, &w.clearing.period.id)),
         };
         crate::lineage::put_json(
             ctx,

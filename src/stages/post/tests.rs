@@ -398,3 +398,82 @@ fn a_period_without_usage_posts_its_base_fee_and_true_up() {
     assert_eq!(control[0].control_total.as_ref().unwrap().event_count, 0);
     assert_books(&postings);
 }
+
+#[test]
+fn drafts_carry_what_waits_for_the_invoice_and_lineage_names_it() {
+    // 1.005 + 1.005 accrue 1.00 + 1.00; invoiced 2.01: a rounding of 0.01.
+    let windows = aggregate_all(&[
+        rated(
+            "e1",
+            at("2026-01-10T12:00:00Z"),
+            UTC1,
+            &[("tokens", dec!(1.005))],
+        ),
+        rated(
+            "e2",
+            at("2026-01-11T12:00:00Z"),
+            UTC1,
+            &[("tokens", dec!(1.005))],
+        ),
+        rated(
+            "closer",
+            at("2026-02-01T00:00:00Z") + Duration::seconds(GRACE_PERIOD_S),
+            UTC1,
+            &[("tokens", dec!(1))],
+        ),
+    ]);
+    let cfg = config();
+    let mut h = Harness::new(cfg.clone(), PostProcessor::new(&cfg), 0);
+    let mut drafts = Vec::new();
+    for w in &windows {
+        for o in h
+            .process(Some(b"cust-1"), Some(&w.to_json_bytes().unwrap()))
+            .unwrap()
+        {
+            if o.topic == "x.billing.commands" {
+                assert_eq!(o.key.as_deref(), Some(&b"cust-1"[..]));
+                drafts.push(Command::from_json_slice(o.value.as_deref().unwrap()).unwrap());
+            } else {
+                let p = Posting::from_json_slice(o.value.as_deref().unwrap()).unwrap();
+                assert!(
+                    p.kind == "accrual" || p.posting_type == PostingType::ControlTotal,
+                    "posted at once: only accruals and control totals, not {p:?}"
+                );
+            }
+        }
+        let r = w.lineage_ref();
+        let entry = h
+            .stores
+            .get(LINEAGE, &crate::lineage::window_key(&r))
+            .unwrap()
+            .unwrap();
+        let made: crate::lineage::WindowPostings = serde_json::from_slice(&entry).unwrap();
+        assert_eq!(made.invoice.as_deref(), Some("sub-1@2026-01-01"), "{r:?}");
+        h.commit().unwrap();
+    }
+    // January: one billing-period window (line, rounding, reclass) and the
+    // period close (base fee, true-up), which closes the invoice.
+    let kinds: Vec<(bool, Vec<&str>)> = drafts
+        .iter()
+        .map(|c| {
+            let d = c.draft.as_ref().unwrap();
+            assert_eq!(d.invoice_id, "sub-1@2026-01-01");
+            assert_eq!(c.actor, DRAFT_ACTOR);
+            (
+                d.closes,
+                d.postings.iter().map(|p| p.kind.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (false, vec!["usage", "rounding", "reclass"]),
+            (
+                true,
+                vec!["base_fee", "base_fee", "minimum_true_up", "minimum_true_up"]
+            ),
+        ]
+    );
+    assert_ne!(drafts[0].id, drafts[1].id);
+}
