@@ -231,18 +231,7 @@ fn s(a: &str, b: &str, c: &str, d: &str) -> (String, String, String, String) {
 #[test]
 fn finance_acts_on_invoices_and_every_command_lands_once() {
     let w = setup("inv");
-    let mut run = w.spawn_stage(
-        &[
-            "validate",
-            "dedupe",
-            "enrich",
-            "rate",
-            "aggregate",
-            "post",
-            "invoice",
-        ],
-        "a",
-    );
+    let mut run = w.spawn_stage(&ALL_STAGES, "a");
     wait_until("15 invoices out of draft", || every_invoice_closed(&w));
     let all = invoices(&w);
     let st = |c: &str, p: &str| all[&id(c, p)].status;

@@ -161,6 +161,28 @@ pub(crate) fn rated(
     }
 }
 
+/// January of the test subscription: one "tokens" event per amount of
+/// `daily`, a day apart from Jan 10 noon, then one that closes January.
+pub(crate) fn january_events(daily: &[Decimal]) -> Vec<RatedEvent> {
+    let start = DateTime::parse_from_rfc3339("2026-01-10T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let close = DateTime::parse_from_rfc3339("2026-02-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut events: Vec<RatedEvent> = daily
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let time = start + chrono::Duration::days(i as i64);
+            rated(&format!("e{i}"), time, UTC1, &[("tokens", *a)])
+        })
+        .collect();
+    let closer = close + chrono::Duration::seconds(GRACE_PERIOD_S);
+    events.push(rated("closer", closer, UTC1, &[("tokens", dec!(1))]));
+    events
+}
+
 /// The aggregate stage over `events` in order (one transaction each, the
 /// wall clock at 0): every window it emitted, in order.
 pub(crate) fn aggregate_all(events: &[RatedEvent]) -> Vec<ClosedWindow> {
@@ -213,6 +235,20 @@ pub(crate) fn post_and_invoice(
         h.commit().unwrap();
     }
     (postings, h.stores, inv)
+}
+
+/// The drafts post sends the invoice stage for `windows`: its
+/// `billing.commands` outputs, in order.
+pub(crate) fn drafts_of(cfg: &Config, windows: &[ClosedWindow]) -> Vec<Output> {
+    let mut h = Harness::new(cfg.clone(), PostProcessor::new(cfg), 0);
+    let mut drafts = Vec::new();
+    for w in windows {
+        let value = w.to_json_bytes().unwrap();
+        let out = h.process(Some(b"cust-1"), Some(&value)).unwrap();
+        drafts.extend(out.into_iter().filter(|o| o.topic == "x.billing.commands"));
+        h.commit().unwrap();
+    }
+    drafts
 }
 
 /// Runs one command output through the invoice stage; its postings.

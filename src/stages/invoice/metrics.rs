@@ -37,6 +37,12 @@ fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> Option<GaugeVec> 
     Some(g)
 }
 
+fn float_counter_vec(name: &str, help: &str, labels: &[&str]) -> Option<prometheus::CounterVec> {
+    let c = prometheus::CounterVec::new(Opts::new(name, help), labels).ok()?;
+    let _ = crate::metrics::REGISTRY.register(Box::new(c.clone()));
+    Some(c)
+}
+
 pub struct InvoiceMetrics {
     /// `meterline_postings_total{stage="invoice", type, kind}`.
     pub postings: IntCounterVec,
@@ -44,6 +50,12 @@ pub struct InvoiceMetrics {
     commands: IntCounterVec,
     /// `meterline_invoice_changes_total{status}`: versions published.
     changes: IntCounterVec,
+    /// `meterline_invoices_total{status, currency, legal_entity}`: invoices
+    /// reaching each status.
+    reached: IntCounterVec,
+    /// `meterline_invoice_amount_total{status, currency, legal_entity}`:
+    /// their totals when they reached it.
+    reached_amount: Option<prometheus::CounterVec>,
     pending: IntGaugeVec,
     pending_amount: Option<GaugeVec>,
     oldest_pending_age: IntGauge,
@@ -68,6 +80,16 @@ impl InvoiceMetrics {
                 "meterline_invoice_changes_total",
                 "Invoice versions published to finance.invoices, by the status they carry.",
                 &["status"],
+            ),
+            reached: crate::metrics::counter_vec(
+                "meterline_invoices_total",
+                "Invoices that reached a status (draft, pending_approval, approved, posted, voided), by currency and legal entity.",
+                &["status", "currency", "legal_entity"],
+            ),
+            reached_amount: float_counter_vec(
+                "meterline_invoice_amount_total",
+                "Totals of the invoices that reached a status, at that moment, by currency and legal entity.",
+                &["status", "currency", "legal_entity"],
             ),
             pending: crate::metrics::gauge_vec(
                 "meterline_invoices_pending_approval",
@@ -114,14 +136,37 @@ impl InvoiceMetrics {
             .inc();
     }
 
-    pub fn invoice_changed(&self, doc: &Invoice) {
+    /// A new version of `doc`, whose history had `before` entries: each
+    /// status it reached since (approved, then posted, in one change) is
+    /// counted with the invoice's total.
+    pub fn invoice_changed(&self, doc: &Invoice, before: usize) {
         tracing::debug!(
             invoice = doc.invoice_id.as_str(),
-            version = doc.version + 1,
+            version = doc.version,
             status = doc.status.as_str(),
             "invoice changed"
         );
         self.changes.with_label_values(&[doc.status.as_str()]).inc();
+        let mut previous = before
+            .checked_sub(1)
+            .and_then(|i| doc.history.get(i))
+            .map(|c| c.status);
+        for c in doc.history.iter().skip(before) {
+            if Some(c.status) == previous {
+                continue;
+            }
+            previous = Some(c.status);
+            let labels = [
+                c.status.as_str(),
+                doc.currency.as_str(),
+                doc.legal_entity.as_str(),
+            ];
+            self.reached.with_label_values(&labels).inc();
+            if let Some(a) = &self.reached_amount {
+                a.with_label_values(&labels)
+                    .inc_by(doc.totals.total.to_f64().unwrap_or(0.0).max(0.0));
+            }
+        }
     }
 
     /// Sets the gauges to the sum over this instance's partitions.

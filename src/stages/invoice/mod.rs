@@ -276,12 +276,14 @@ impl InvoiceProcessor {
     fn emit(&mut self, ctx: &mut Ctx<'_>, ch: Changes) -> Result<(), StageError> {
         book::check_balanced(&ch.postings)?;
         for mut st in ch.invoices {
+            let key = state::invoice_key(&st.doc.invoice_id);
+            let before = read::<InvoiceState>(ctx, &key)?.map_or(0, |b| b.doc.history.len());
             st.doc.version += 1;
             let value = st
                 .doc
                 .to_json_bytes()
                 .map_err(|e| StageError::Fatal(format!("serializing an invoice: {e}")))?;
-            self.metrics.invoice_changed(&st.doc);
+            self.metrics.invoice_changed(&st.doc, before);
             self.watch(ctx, &st.doc)?;
             ctx.emit(Output {
                 topic: self.invoices_topic.clone(),

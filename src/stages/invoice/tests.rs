@@ -2,7 +2,7 @@
 //! and posted by the stages before it (in memory), then policies, commands
 //! and their postings, to the cent.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
@@ -11,7 +11,7 @@ use sha2::Sha256;
 use super::*;
 use crate::contracts::{ClosedWindow, DisputeOutcome, Invoice, Posting, PostingType, Side};
 use crate::runtime::testing::{Harness, Record};
-use crate::stages::fixtures::{aggregate_all, post_and_invoice, rated, GRACE_PERIOD_S, UTC1};
+use crate::stages::fixtures::{aggregate_all, drafts_of, january_events, post_and_invoice};
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -26,25 +26,7 @@ fn config(invoice: &str) -> Config {
 /// January: `daily` marginal amounts of "tokens" from Jan 10, then an event
 /// that closes January; the windows aggregate emits.
 fn january(daily: &[Decimal]) -> Vec<ClosedWindow> {
-    let mut events: Vec<_> = daily
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            rated(
-                &format!("e{i}"),
-                at("2026-01-10T12:00:00Z") + Duration::days(i as i64),
-                UTC1,
-                &[("tokens", *a)],
-            )
-        })
-        .collect();
-    events.push(rated(
-        "closer",
-        at("2026-02-01T00:00:00Z") + Duration::seconds(GRACE_PERIOD_S),
-        UTC1,
-        &[("tokens", dec!(1))],
-    ));
-    aggregate_all(&events)
+    aggregate_all(&january_events(daily))
 }
 
 const JAN: &str = "sub-1@2026-01-01";
@@ -589,20 +571,8 @@ fn parked_events_in_the_service_interval_hold_the_invoice() {
         &notice(CommandKind::EventParked, "2026-01-31T23:59:59Z"),
     )
     .unwrap();
-    let mut p = Harness::new(
-        cfg.clone(),
-        crate::stages::post::PostProcessor::new(&cfg),
-        0,
-    );
-    for w in &windows {
-        for o in p
-            .process(Some(b"cust-1"), Some(&w.to_json_bytes().unwrap()))
-            .unwrap()
-        {
-            if o.topic == "x.billing.commands" {
-                h.process(o.key.as_deref(), o.value.as_deref()).unwrap();
-            }
-        }
+    for d in drafts_of(&cfg, &windows) {
+        h.process(d.key.as_deref(), d.value.as_deref()).unwrap();
     }
     let doc = latest(&h, JAN);
     assert_eq!(doc.status, InvoiceStatus::PendingApproval);

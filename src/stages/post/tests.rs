@@ -2,9 +2,11 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal_macros::dec;
 
 use super::*;
-use crate::contracts::{RatedEvent, Side};
+use crate::contracts::Side;
 use crate::runtime::testing::Harness;
-use crate::stages::fixtures::{aggregate_all, config, post_windows, rated, GRACE_PERIOD_S, UTC1};
+use crate::stages::fixtures::{
+    aggregate_all, config, january_events, post_windows, rated, GRACE_PERIOD_S, UTC1,
+};
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -13,24 +15,7 @@ fn at(s: &str) -> DateTime<Utc> {
 /// January usage (one "tokens" amount per day from Jan 10 on) in `currency`,
 /// plus an event that closes January; aggregated, then posted.
 fn january(currency: &str, daily: &[Decimal]) -> Vec<Posting> {
-    let mut events: Vec<RatedEvent> = daily
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            rated(
-                &format!("e{i}"),
-                at("2026-01-10T12:00:00Z") + Duration::days(i as i64),
-                UTC1,
-                &[("tokens", *a)],
-            )
-        })
-        .collect();
-    events.push(rated(
-        "closer",
-        at("2026-02-01T00:00:00Z") + Duration::seconds(GRACE_PERIOD_S),
-        UTC1,
-        &[("tokens", dec!(1))],
-    ));
+    let mut events = january_events(daily);
     for e in &mut events {
         e.enriched.currency = currency.to_string();
     }
