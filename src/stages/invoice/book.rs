@@ -50,6 +50,7 @@ pub fn open(part: &DraftPart, invoice_id: &str) -> InvoiceState {
         taxes: Vec::new(),
         tax_applied: false,
         supplements: 0,
+        is_supplement: false,
     }
 }
 

@@ -163,16 +163,21 @@ impl InvoiceProcessor {
             .into());
         }
         let id = self.target(ctx, part)?;
+        let supplement = id != part.invoice_id;
         let mut st = match read::<InvoiceState>(ctx, &state::invoice_key(&id))? {
             Some(st) => st,
             None => {
                 let mut st = book::open(part, &id);
+                st.is_supplement = supplement;
                 book::record(&mut st, InvoiceStatus::Draft, "draft", &cmd.actor, cmd);
                 st
             }
         };
         book::add_part(&mut st, part)?;
-        if part.closes {
+        // A part for an invoice that already closed has no period close to
+        // wait for: its supplementary invoice closes with it (no draft is
+        // ever left open for good).
+        if part.closes || supplement {
             self.close(ctx, &mut st, cmd, ch)?;
         }
         ch.invoices.push(st);
@@ -188,7 +193,7 @@ impl InvoiceProcessor {
         ch: &mut Changes,
     ) -> Result<(), StageError> {
         let doc = &st.doc;
-        let supplement = doc.invoice_id.contains('~');
+        let supplement = st.is_supplement;
         let last_key = state::last_key(&doc.subscription_id);
         let previous = match supplement {
             true => None,

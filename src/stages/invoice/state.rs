@@ -64,6 +64,10 @@ pub struct InvoiceState {
     /// Supplementary invoices opened for drafts that arrived after this one
     /// closed (`<id>~1`, `<id>~2`, ...).
     pub supplements: u32,
+    /// This is such a supplementary invoice (no `total_change` rule, not the
+    /// subscription's last invoice).
+    #[serde(default)]
+    pub is_supplement: bool,
 }
 
 /// The latest closed invoice of a subscription.

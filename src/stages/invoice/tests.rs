@@ -584,3 +584,28 @@ fn parked_events_in_the_service_interval_hold_the_invoice() {
         ["parked_events"]
     );
 }
+
+#[test]
+fn a_part_for_an_invoice_already_closed_is_a_supplementary_invoice_closed_at_once() {
+    let cfg = config("");
+    let windows = january(&[dec!(3)]);
+    let mut h = Harness::new(cfg.clone(), InvoiceProcessor::new(&cfg), 0);
+    let drafts = drafts_of(&cfg, &windows);
+    for d in &drafts {
+        h.process(d.key.as_deref(), d.value.as_deref()).unwrap();
+    }
+    assert_eq!(latest(&h, JAN).status, InvoiceStatus::Posted);
+    // A window nobody drafted before (new id, new posting keys) for January.
+    let mut late = Command::from_json_slice(drafts[0].value.as_deref().unwrap()).unwrap();
+    assert!(!late.draft.as_ref().unwrap().closes);
+    late.id = "late-window".into();
+    for p in &mut late.draft.as_mut().unwrap().postings {
+        p.idempotency_key = format!("{}-late", p.idempotency_key);
+    }
+    let posted = send(&mut h, &late).unwrap();
+    assert_eq!(kinds(&posted, PostingType::InvoiceLine), ["usage"]);
+    let sup = latest(&h, "sub-1@2026-01-01~1");
+    assert_eq!(sup.status, InvoiceStatus::Posted, "never left open");
+    assert_eq!(sup.lines.len(), 1);
+    assert_eq!(latest(&h, JAN).status, InvoiceStatus::Posted);
+}
