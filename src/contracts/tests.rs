@@ -424,3 +424,113 @@ fn partition_clock_wire_form() {
         r#"{"max_event_ms":1768194000000,"watermark_ms":null}"#,
     );
 }
+
+#[test]
+fn command_v1_wire_form_refuses_unknown_fields() {
+    assert_eq!(COMMAND_VERSION, 1);
+    let mut c = Command::new(
+        "cmd-7",
+        CommandKind::Credit,
+        "cust-42",
+        "alice",
+        at("2026-02-03T10:00:00Z"),
+    );
+    c.invoice_id = Some("sub-1@2026-01-01".into());
+    c.reason = "SLA breach".into();
+    c.percent = Some(dec!(10));
+    let golden = concat!(
+        r#"{"id":"cmd-7","kind":"credit","customer_id":"cust-42","invoice_id":"sub-1@2026-01-01","#,
+        r#""actor":"alice","reason":"SLA breach","time":"2026-02-03T10:00:00Z","percent":"10"}"#
+    );
+    assert_wire_form(&c, golden);
+    // A misspelt field is an error, never a silently absent amount.
+    let typo = golden.replace(r#""percent""#, r#""pecrent""#);
+    assert!(Command::from_json_slice(typo.as_bytes()).is_err());
+    let number = golden.replace(r#""10""#, "10");
+    assert!(
+        Command::from_json_slice(number.as_bytes()).is_err(),
+        "amounts are strings"
+    );
+    assert_eq!(
+        crate::contracts::invoice_id("sub-1", "2026-01-01"),
+        "sub-1@2026-01-01"
+    );
+}
+
+#[test]
+fn invoice_v1_wire_form_and_the_posting_invoice_id() {
+    assert_eq!(INVOICE_VERSION, 1);
+    let inv = Invoice {
+        invoice_id: "sub-1@2026-01-01".into(),
+        version: 2,
+        customer: customer(),
+        subscription_id: "sub-1".into(),
+        plan_id: "pro".into(),
+        plan_version: 2,
+        legal_entity: "ml-us".into(),
+        currency: "USD".into(),
+        time_zone: "America/New_York".into(),
+        service_interval: period(),
+        status: InvoiceStatus::PendingApproval,
+        holds: vec![Hold {
+            rule: "total_above".into(),
+            detail: "total 600.00 USD is above 500.00 USD".into(),
+        }],
+        lines: vec![InvoiceDocLine {
+            kind: "usage".into(),
+            description: "tokens (plan pro v2)".into(),
+            quantity: dec!(1500),
+            unit: None,
+            amount: dec!(600.00),
+            tax_code: None,
+            posting_key: "5d41".into(),
+        }],
+        totals: InvoiceTotals {
+            subtotal: dec!(600.00),
+            total: dec!(600.00),
+            open: dec!(600.00),
+            ..InvoiceTotals::default()
+        },
+        credit_memos: vec![],
+        disputes: vec![],
+        postings: vec![],
+        history: vec![StatusChange {
+            status: InvoiceStatus::PendingApproval,
+            action: "policy".into(),
+            actor: "meterline:policy".into(),
+            command_id: "c1".into(),
+            reason: String::new(),
+            at: at("2026-02-01T05:00:00Z"),
+        }],
+    };
+    let golden = concat!(
+        r#"{"invoice_id":"sub-1@2026-01-01","version":2,"#,
+        r#""customer":{"id":"cust-42","name":"Acme","legal_entity":"acme","erp_customer_id":"C-42"},"#,
+        r#""subscription_id":"sub-1","plan_id":"pro","plan_version":2,"legal_entity":"ml-us","#,
+        r#""currency":"USD","time_zone":"America/New_York","#,
+        r#""service_interval":{"id":"2026-01-01","start":"2026-01-01T05:00:00Z","end":"2026-02-01T05:00:00Z"},"#,
+        r#""status":"pending_approval","#,
+        r#""holds":[{"rule":"total_above","detail":"total 600.00 USD is above 500.00 USD"}],"#,
+        r#""lines":[{"kind":"usage","description":"tokens (plan pro v2)","quantity":"1500","unit":null,"#,
+        r#""amount":"600.00","tax_code":null,"posting_key":"5d41"}],"#,
+        r#""totals":{"subtotal":"600.00","tax":"0","service_credits":"0","total":"600.00","#,
+        r#""credited":"0","disputed":"0","open":"600.00"},"#,
+        r#""credit_memos":[],"disputes":[],"postings":[],"#,
+        r#""history":[{"status":"pending_approval","action":"policy","actor":"meterline:policy","#,
+        r#""command_id":"c1","reason":"","at":"2026-02-01T05:00:00Z"}]}"#
+    );
+    assert_wire_form(&inv, golden);
+    assert_tolerates_added_field(&inv);
+    // The postings of windows are written as before; the invoice stage's
+    // carry the invoice.
+    let mut p = posting();
+    assert!(!String::from_utf8(p.to_json_bytes().unwrap())
+        .unwrap()
+        .contains("invoice_id"));
+    p.invoice_id = Some("sub-1@2026-01-01".into());
+    let text = String::from_utf8(p.to_json_bytes().unwrap()).unwrap();
+    assert!(
+        text.ends_with(r#""control_total":null,"invoice_id":"sub-1@2026-01-01"}"#),
+        "{text}"
+    );
+}
