@@ -252,7 +252,8 @@ impl InvoiceProcessor {
 
     /// Approves and posts `st` now (its tax applied): history `approved`
     /// then `posted`, the postings of [`book::approve`] queued, the balance
-    /// drawn stored.
+    /// drawn stored. A void posts without drawing: the customer's service
+    /// credits must not be spent on an invoice that is cancelled.
     fn approve_now(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -262,13 +263,15 @@ impl InvoiceProcessor {
         actor: &str,
         ch: &mut Changes,
     ) -> Result<(), StageError> {
+        let draw = cmd.kind != CommandKind::Void;
         let mut balance = self.balance(ctx, st)?;
         book::record(st, InvoiceStatus::Approved, action, actor, cmd);
-        let postings = book::approve(st, Some(&mut balance), cmd.time)?;
+        let postings = book::approve(st, draw.then_some(&mut balance), cmd.time)?;
         let key = state::balance_key(&st.doc.customer.id, &st.doc.currency);
-        match balance.grants.is_empty() {
-            true => ctx.stores.delete(INVOICES, key),
-            false => write(ctx, key, &balance)?,
+        match (draw, balance.grants.is_empty()) {
+            (false, _) => {}
+            (true, true) => ctx.stores.delete(INVOICES, key),
+            (true, false) => write(ctx, key, &balance)?,
         }
         st.doc.holds.clear();
         book::record(st, InvoiceStatus::Posted, action, actor, cmd);

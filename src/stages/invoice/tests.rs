@@ -609,3 +609,46 @@ fn a_part_for_an_invoice_already_closed_is_a_supplementary_invoice_closed_at_onc
     assert_eq!(sup.lines.len(), 1);
     assert_eq!(latest(&h, JAN).status, InvoiceStatus::Posted);
 }
+
+#[test]
+fn voiding_a_held_invoice_spends_no_service_credit() {
+    let cfg = config("approval = \"manual\"");
+    let mut windows = january(&[dec!(12.345)]);
+    for w in &mut windows {
+        w.gl_accounts.credits = Some("4900".into());
+    }
+    let (_, _, mut h) = post_and_invoice(&cfg, &windows);
+    let mut grant = command(CommandKind::Credit, "g1", None);
+    grant.amount = Some(dec!(150));
+    grant.currency = Some("USD".into());
+    send(&mut h, &grant).unwrap();
+    let posted = send(&mut h, &command(CommandKind::Void, "v", Some(JAN))).unwrap();
+    let memo: Vec<_> = entries(&posted)
+        .into_iter()
+        .filter(|(k, _)| k == "credit_memo")
+        .collect();
+    assert_eq!(
+        memo,
+        [(
+            "credit_memo".to_string(),
+            vec!["Dr 4900 100.00".to_string(), "Cr 1200 100.00".to_string()]
+        )]
+    );
+    assert!(entries(&posted).iter().all(|(k, _)| k != "service_credit"));
+    let doc = latest(&h, JAN);
+    assert_eq!(
+        (doc.status, doc.totals.open),
+        (InvoiceStatus::Voided, dec!(0))
+    );
+    let bytes = h
+        .stores
+        .get(INVOICES, &state::balance_key("cust-1", "USD"))
+        .unwrap()
+        .unwrap();
+    let left: Balance = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        left.available(),
+        dec!(150),
+        "the credit is still the customer's"
+    );
+}
