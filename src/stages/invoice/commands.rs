@@ -9,7 +9,7 @@ use super::book::{self, credit_memo};
 use super::error::InvoiceError;
 use super::postings::{self, local_date};
 use super::state::{self, read, write, Balance, Grant, InvoiceState};
-use super::{Changes, InvoiceProcessor};
+use super::{Approval, Changes, InvoiceProcessor};
 use crate::config::ApprovalMode;
 use crate::contracts::{Command, CommandKind, Dispute, DisputeOutcome, Hold, InvoiceStatus};
 use crate::money;
@@ -89,6 +89,24 @@ fn tax(p: &InvoiceProcessor, st: &mut InvoiceState) -> Result<(), InvoiceError> 
     book::apply_tax(st, taxes)
 }
 
+/// Approves and posts a held invoice on `cmd`, its actor's (tax first).
+fn approve_by(
+    p: &mut InvoiceProcessor,
+    ctx: &mut Ctx<'_>,
+    st: &mut InvoiceState,
+    cmd: &Command,
+    draw_credits: bool,
+    ch: &mut Changes,
+) -> Result<(), StageError> {
+    tax(p, st)?;
+    let how = Approval {
+        action: cmd.kind.as_str(),
+        actor: &cmd.actor,
+        draw_credits,
+    };
+    p.approve_now(ctx, st, cmd, how, ch)
+}
+
 fn approve(
     p: &mut InvoiceProcessor,
     ctx: &mut Ctx<'_>,
@@ -97,9 +115,7 @@ fn approve(
     ch: &mut Changes,
 ) -> Result<(), StageError> {
     require(st, cmd, InvoiceStatus::PendingApproval)?;
-    tax(p, st)?;
-    let actor = cmd.actor.clone();
-    p.approve_now(ctx, st, cmd, "approve", &actor, ch)
+    approve_by(p, ctx, st, cmd, true, ch)
 }
 
 fn hold(st: &mut InvoiceState, cmd: &Command) -> Result<(), InvoiceError> {
@@ -136,9 +152,7 @@ fn release(
         );
         return Ok(());
     }
-    tax(p, st)?;
-    let actor = cmd.actor.clone();
-    p.approve_now(ctx, st, cmd, "release", &actor, ch)
+    approve_by(p, ctx, st, cmd, true, ch)
 }
 
 /// A full credit memo of what is still open; a held invoice is posted
@@ -151,11 +165,8 @@ fn void(
     ch: &mut Changes,
 ) -> Result<(), StageError> {
     match st.doc.status {
-        InvoiceStatus::PendingApproval => {
-            tax(p, st)?;
-            let actor = cmd.actor.clone();
-            p.approve_now(ctx, st, cmd, "void", &actor, ch)?;
-        }
+        // Posted without drawing service credits: they stay the customer's.
+        InvoiceStatus::PendingApproval => approve_by(p, ctx, st, cmd, false, ch)?,
         InvoiceStatus::Posted if st.doc.totals.disputed > Decimal::ZERO => {
             return Err(refuse(st, cmd, "a dispute is open: resolve it first").into());
         }

@@ -69,6 +69,15 @@ pub struct InvoiceProcessor {
     gauges: std::collections::BTreeMap<i32, (i64, metrics::PartitionGauges)>,
 }
 
+/// How an invoice is approved: the history's action and actor, and
+/// whether the approval draws the customer's service credits (not for a
+/// void: they must not be spent on a cancelled invoice).
+pub struct Approval<'a> {
+    pub action: &'a str,
+    pub actor: &'a str,
+    pub draw_credits: bool,
+}
+
 /// What one command changed: the invoices to store and publish, and the
 /// postings to emit, in order.
 #[derive(Default)]
@@ -230,7 +239,14 @@ impl InvoiceProcessor {
             write(ctx, last_key, &last)?;
         }
         match holds.is_empty() && st.tax_applied {
-            true => self.approve_now(ctx, st, cmd, "policy", POLICY_ACTOR, ch),
+            true => {
+                let how = Approval {
+                    action: "policy",
+                    actor: POLICY_ACTOR,
+                    draw_credits: true,
+                };
+                self.approve_now(ctx, st, cmd, how, ch)
+            }
             false => {
                 st.doc.holds = holds;
                 book::record(
@@ -252,26 +268,29 @@ impl InvoiceProcessor {
 
     /// Approves and posts `st` now (its tax applied): history `approved`
     /// then `posted`, the postings of [`book::approve`] queued, the balance
-    /// drawn stored. A void posts without drawing: the customer's service
-    /// credits must not be spent on an invoice that is cancelled.
+    /// drawn stored.
     fn approve_now(
         &mut self,
         ctx: &mut Ctx<'_>,
         st: &mut InvoiceState,
         cmd: &Command,
-        action: &str,
-        actor: &str,
+        how: Approval<'_>,
         ch: &mut Changes,
     ) -> Result<(), StageError> {
-        let draw = cmd.kind != CommandKind::Void;
+        let Approval {
+            action,
+            actor,
+            draw_credits,
+        } = how;
         let mut balance = self.balance(ctx, st)?;
         book::record(st, InvoiceStatus::Approved, action, actor, cmd);
-        let postings = book::approve(st, draw.then_some(&mut balance), cmd.time)?;
-        let key = state::balance_key(&st.doc.customer.id, &st.doc.currency);
-        match (draw, balance.grants.is_empty()) {
-            (false, _) => {}
-            (true, true) => ctx.stores.delete(INVOICES, key),
-            (true, false) => write(ctx, key, &balance)?,
+        let postings = book::approve(st, draw_credits.then_some(&mut balance), cmd.time)?;
+        if draw_credits {
+            let key = state::balance_key(&st.doc.customer.id, &st.doc.currency);
+            match balance.grants.is_empty() {
+                true => ctx.stores.delete(INVOICES, key),
+                false => write(ctx, key, &balance)?,
+            }
         }
         st.doc.holds.clear();
         book::record(st, InvoiceStatus::Posted, action, actor, cmd);

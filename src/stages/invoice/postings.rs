@@ -96,18 +96,7 @@ pub fn journal(
             amount,
         })
         .collect();
-    if lines.is_empty() {
-        return None;
-    }
-    let mut p = base(
-        st,
-        PostingType::JournalEntry,
-        kind,
-        discriminator,
-        date.to_string(),
-    );
-    p.lines = lines;
-    Some(p)
+    entry(st, kind, discriminator, date, lines)
 }
 
 /// A two-line entry Dr `debit`, Cr `credit` (sides swapped when negative).
@@ -121,6 +110,19 @@ pub fn pair(
     amount: Decimal,
 ) -> Option<Posting> {
     let lines = JournalLine::pair(debit, credit, amount)?;
+    entry(st, kind, discriminator, date, lines)
+}
+
+fn entry(
+    st: &InvoiceState,
+    kind: &str,
+    discriminator: &str,
+    date: &str,
+    lines: Vec<JournalLine>,
+) -> Option<Posting> {
+    if lines.is_empty() {
+        return None;
+    }
     let mut p = base(
         st,
         PostingType::JournalEntry,

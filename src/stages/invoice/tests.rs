@@ -412,8 +412,9 @@ fn a_lost_dispute_is_a_credit_memo_and_a_won_one_goes_back_to_receivable() {
     );
 }
 
-#[test]
-fn a_service_credit_is_drawn_by_the_next_approval_and_never_makes_it_negative() {
+/// Held January of a plan with a credits account, and a 150.00 USD
+/// service credit granted to the customer.
+fn held_with_a_credit() -> Harness<InvoiceProcessor> {
     let cfg = config("approval = \"manual\"");
     let mut windows = january(&[dec!(12.345)]);
     for w in &mut windows {
@@ -424,6 +425,12 @@ fn a_service_credit_is_drawn_by_the_next_approval_and_never_makes_it_negative() 
     grant.amount = Some(dec!(150));
     grant.currency = Some("USD".into());
     assert_eq!(send(&mut h, &grant), Ok(vec![]));
+    h
+}
+
+#[test]
+fn a_service_credit_is_drawn_by_the_next_approval_and_never_makes_it_negative() {
+    let mut h = held_with_a_credit();
     let mut expired = command(CommandKind::Credit, "g0", None);
     expired.amount = Some(dec!(7));
     expired.currency = Some("USD".into());
@@ -612,16 +619,7 @@ fn a_part_for_an_invoice_already_closed_is_a_supplementary_invoice_closed_at_onc
 
 #[test]
 fn voiding_a_held_invoice_spends_no_service_credit() {
-    let cfg = config("approval = \"manual\"");
-    let mut windows = january(&[dec!(12.345)]);
-    for w in &mut windows {
-        w.gl_accounts.credits = Some("4900".into());
-    }
-    let (_, _, mut h) = post_and_invoice(&cfg, &windows);
-    let mut grant = command(CommandKind::Credit, "g1", None);
-    grant.amount = Some(dec!(150));
-    grant.currency = Some("USD".into());
-    send(&mut h, &grant).unwrap();
+    let mut h = held_with_a_credit();
     let posted = send(&mut h, &command(CommandKind::Void, "v", Some(JAN))).unwrap();
     let memo: Vec<_> = entries(&posted)
         .into_iter()
