@@ -452,6 +452,49 @@ fn finance_acts_on_invoices_and_every_command_lands_once() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
+    // Each of them re-sent with its id: the same answer, nothing changes.
+    let versions = |w: &World| -> Vec<u32> {
+        [&credit_id, &dispute_id]
+            .iter()
+            .map(|i| invoices(w)[*i].version)
+            .collect()
+    };
+    let (before, n) = (versions(&w), postings(&w).len());
+    for args in [
+        vec![
+            "credit",
+            credit_id.as_str(),
+            "--percent",
+            "10",
+            "--command-id",
+            "cm-1",
+        ],
+        vec![
+            "dispute",
+            "open",
+            dispute_id.as_str(),
+            "--amount",
+            "14.00",
+            "--command-id",
+            "dsp-1",
+        ],
+        vec![
+            "dispute",
+            "resolve",
+            dispute_id.as_str(),
+            "--dispute-id",
+            "dsp-1",
+            "--outcome",
+            "lost",
+            "--command-id",
+            "dsp-1-end",
+        ],
+    ] {
+        let o = cli(&w, ALICE_KEY, &args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!((versions(&w), postings(&w).len()), (before, n));
     let ps = postings(&w);
     assert_eq!(
         own_entries(&ps, &credit_id),
