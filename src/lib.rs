@@ -37,6 +37,7 @@ pub mod ingest;
 pub mod internal_events;
 pub mod jsonpath;
 pub mod kafka;
+pub mod ledger;
 pub mod lineage;
 pub mod loadgen;
 pub mod meter;

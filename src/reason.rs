@@ -138,7 +138,7 @@ pub fn is_snake_case(code: &str) -> bool {
 
 /// Every table: its owner, the codes it declares and every code it gives.
 /// A new table belongs here (the tests below read it).
-pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 12] {
+pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str]); 13] {
     use crate::stages;
     [
         (
@@ -197,6 +197,11 @@ pub fn tables() -> [(&'static str, &'static [ReasonCode], &'static [&'static str
             stages::invoice::reason::CODES,
         ),
         ("api", crate::api::reasons::ALL, crate::api::reasons::CODES),
+        (
+            "ledger",
+            crate::ledger::reason::ALL,
+            crate::ledger::reason::CODES,
+        ),
     ]
 }
 

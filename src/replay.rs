@@ -121,6 +121,9 @@ pub struct ReplayOptions {
     /// The one topic records may go back to (namespace applied): the input
     /// of the stage whose dead letters (or exceptions) `from` holds.
     pub target: String,
+    /// The topics (namespace applied) a record's `meterline.original.topic`
+    /// may name: the target, or for the ledger every topic ledger-sync reads.
+    pub origins: Vec<String>,
     pub dry_run: bool,
     pub group: String,
     /// Give up when the end of the topic is not reached within this time.
@@ -148,13 +151,30 @@ pub fn replay_target(from: &str) -> Option<&'static str> {
         // Parked by enrich: back to enrich's input.
         return Some(names::VALIDATED);
     }
+    if from == names::dlq(names::LEDGER) {
+        // Refused by the general ledger: back to ledger-sync through its
+        // retry topic (finance.postings itself is written only by the
+        // stages that make postings).
+        return Some(names::LEDGER_RETRY);
+    }
     STAGES.iter().find(|s| s.dlq() == from).map(|s| s.input)
+}
+
+/// The topics (before the namespace) the records of `from` may have come
+/// from: the target itself, or for the ledger's dead letters, each topic
+/// ledger-sync reads.
+fn replay_origins(from: &str, target: &'static str) -> Vec<&'static str> {
+    if from == names::dlq(names::LEDGER) {
+        return vec![names::POSTINGS, names::INVOICES, names::LEDGER_RETRY];
+    }
+    vec![target]
 }
 
 impl ReplayOptions {
     pub fn from_args(config: &Config, a: &ReplayArgs) -> Result<Self, ReplayError> {
         let Some(target) = replay_target(&a.from) else {
-            let dlqs: Vec<String> = STAGES.iter().map(|s| s.dlq()).collect();
+            let mut dlqs: Vec<String> = STAGES.iter().map(|s| s.dlq()).collect();
+            dlqs.push(names::dlq(names::LEDGER));
             return Err(ReplayError::Refused {
                 code: NOT_REPLAYABLE_SOURCE,
                 message: format!(
@@ -197,6 +217,10 @@ impl ReplayOptions {
                 .transpose()?,
             limit: a.limit,
             target: config.topic(target),
+            origins: replay_origins(&a.from, target)
+                .into_iter()
+                .map(|t| config.topic(t))
+                .collect(),
             dry_run: a.dry_run,
             group,
             timeout_ms: 600_000,
@@ -452,7 +476,7 @@ fn origin_error(
             offset,
             header: headers::ORIGINAL_TOPIC,
         }),
-        Some(o) if o != opts.target.as_bytes() => Some(ReplayError::ForeignRecord {
+        Some(o) if !opts.origins.iter().any(|t| t.as_bytes() == o) => Some(ReplayError::ForeignRecord {
             topic: opts.from.clone(),
             partition,
             offset,

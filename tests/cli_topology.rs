@@ -19,7 +19,7 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
     assert!(first.status.success(), "{}", stderr(&first));
     let out = stdout(&first);
     let created = out.lines().filter(|l| l.starts_with("created")).count();
-    assert_eq!(created, 38, "{out}");
+    assert_eq!(created, 41, "{out}");
     assert!(
         out.contains(&format!("created  {}usage.events", w.ns)),
         "{out}"
@@ -30,7 +30,7 @@ fn apply_twice_changes_nothing_the_second_time_and_reports_drift() {
     let out = stdout(&second);
     assert_eq!(
         out.trim(),
-        "topology: no change (38 topics up to date)",
+        "topology: no change (41 topics up to date)",
         "{out}"
     );
 

@@ -93,6 +93,11 @@ pub enum Command {
     /// $METERLINE_ACTOR_KEY; each waits for its outcome and prints it
     /// (exit 1: refused, with the reason; 2: not applied in time).
     Invoices(invoices::InvoicesArgs),
+    /// Deliver the books into the general ledger (PostgreSQL, [ledger] url
+    /// or $METERLINE_LEDGER_URL): postings and invoices exactly once, an
+    /// ack per posting on finance.postings.acks, refusals dead-lettered to
+    /// meterline.dlq.ledger. Runs until SIGTERM/SIGINT.
+    LedgerSync,
     /// Reference data: customers, subscriptions, plans, tax rates.
     Refdata {
         #[command(subcommand)]
@@ -221,6 +226,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Invoices(args) => invoices::run(&config, args),
+        Command::LedgerSync => {
+            crate::ledger::run(&rt, Arc::new(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stages => {
             println!("{}", crate::stages::runnable());
             Ok(ExitCode::SUCCESS)
@@ -260,7 +269,7 @@ fn api_key(name: &str, scopes: &[String]) -> anyhow::Result<String> {
 }
 
 /// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut t) => {

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 mod api;
 pub use api::{ApiConfig, ApiKeyConfig, ApiScope};
+mod ledger;
+pub use ledger::{check_schema_name, LedgerConfig};
 mod invoice;
 pub use invoice::{
     ApprovalMode, InvoiceConfig, TaxMode, DEFAULT_INVOICE_WAIT_TIMEOUT_S, MAX_COMMAND_REASON_BYTES,
@@ -85,6 +87,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub invoice: InvoiceConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
     /// Filled from `topology.meters_file` after loading; not a file key.
     #[serde(skip)]
     pub meters: Vec<Meter>,
@@ -553,6 +557,7 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         self.api.check().map_err(ConfigError::Invalid)?;
         self.invoice.check().map_err(ConfigError::Invalid)?;
+        self.ledger.check().map_err(ConfigError::Invalid)?;
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "kafka.bootstrap_servers must not be empty".into(),

@@ -11,7 +11,8 @@
 //! | [`ClosedWindow`] | `usage.windows` | aggregate | post, reconcile |
 //! | [`Posting`] | `finance.postings` | post (accruals, control totals), invoice (what waits for approval) | ERP connectors, reconcile |
 //! | [`Command`] | `billing.commands` (keyed by customer) | operators (`meterline invoices`), post (drafts), enrich (parked-event notices) | invoice |
-//! | [`Invoice`] | `finance.invoices` (compacted, keyed by invoice id) | invoice | operators, the API, ERP connectors |
+//! | [`Invoice`] | `finance.invoices` (compacted, keyed by invoice id) | invoice | operators, the API, ERP connectors, ledger-sync |
+//! | [`LedgerAck`] | `finance.postings.acks` (compacted, keyed by idempotency key) | ledger-sync | operators, reconcile |
 //!
 //! A stage imports these, the runtime, the stores and libraries, never
 //! another stage (`tests/stage_imports.rs` enforces it). That keeps a stage
@@ -33,6 +34,7 @@
 mod enriched;
 mod gate;
 mod invoice;
+mod ledger;
 mod posting;
 mod rated;
 mod usage;
@@ -48,6 +50,7 @@ pub use invoice::{
     DraftPart, Hold, Invoice, InvoiceDocLine, InvoiceStatus, InvoiceTotals, ParkedEvent,
     StatusChange, COMMAND_VERSION, INVOICE_VERSION, SIGNATURE_HEADER,
 };
+pub use ledger::{AckSource, AckStatus, LedgerAck, LEDGER_ACK_VERSION};
 pub use posting::{
     ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, POSTING_VERSION,
 };

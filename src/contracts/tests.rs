@@ -534,3 +534,27 @@ fn invoice_v1_wire_form_and_the_posting_invoice_id() {
         "{text}"
     );
 }
+
+#[test]
+fn ledger_ack_v1_wire_form() {
+    use crate::contracts::{AckSource, AckStatus, LedgerAck};
+    let ack = LedgerAck {
+        idempotency_key: "5d41".into(),
+        status: AckStatus::Rejected,
+        ledger_row_id: None,
+        reason: Some("closed_period".into()),
+        message: Some("closed".into()),
+        source: AckSource {
+            topic: "finance.postings".into(),
+            partition: 2,
+            offset: 118,
+        },
+    };
+    let golden = concat!(
+        r#"{"idempotency_key":"5d41","status":"rejected","ledger_row_id":null,"#,
+        r#""reason":"closed_period","message":"closed","#,
+        r#""source":{"topic":"finance.postings","partition":2,"offset":118}}"#
+    );
+    assert_wire_form(&ack, golden);
+    assert_tolerates_added_field(&ack);
+}

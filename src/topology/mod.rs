@@ -38,6 +38,14 @@ pub mod names {
     pub const COMMANDS: &str = "billing.commands";
     /// Invoice documents, compacted, keyed by invoice id.
     pub const INVOICES: &str = "finance.invoices";
+    /// ledger-sync's acknowledgements, compacted, keyed by idempotency key.
+    pub const POSTING_ACKS: &str = "finance.postings.acks";
+    /// The ledger's dead letters replayed (`meterline replay --from
+    /// meterline.dlq.ledger`): ledger-sync's third input.
+    pub const LEDGER_RETRY: &str = "finance.postings.ledger_retry";
+    /// The name ledger-sync goes by in dead letters, metrics and its DLQ
+    /// (`meterline.dlq.ledger`). Not a stage: its state is the ledger database.
+    pub const LEDGER: &str = "ledger";
 
     /// The dead-letter topic of a stage.
     pub fn dlq(stage: &str) -> String {
@@ -507,7 +515,7 @@ mod tests {
             ),
         ] {
             let t = Topology::parse(text, Path::new(file), "ns.").unwrap();
-            assert_eq!(t.topics.len(), 38, "{file}");
+            assert_eq!(t.topics.len(), 41, "{file}");
             for topic in &t.topics {
                 assert_eq!(
                     topic.message_timestamp_type,
