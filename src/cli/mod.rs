@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod invoices;
 mod lineage;
+mod postings;
 
 use crate::config::Config;
 use crate::kafka;
@@ -64,8 +65,12 @@ pub enum Command {
     Loadgen(crate::loadgen::LoadgenArgs),
     /// List the stages this build can run, in pipeline order.
     Stages,
-    /// Print the committed postings of finance.postings as a table.
-    Postings,
+    /// Print the committed postings of finance.postings: a table (default),
+    /// JSON lines, or a NetSuite / Dynamics 365 journal-import CSV of the
+    /// journal entries, selected by accounting date and legal entity.
+    /// Exits 2 on a bad selection, 1 when an export leaves out records
+    /// that are not postings (named on stderr).
+    Postings(postings::PostingsArgs),
     /// Where one usage event went at each stage (or, with --posting, what
     /// is behind a posting), from the stages' lineage stores over HTTP.
     /// Exits 1 when no instance knows it.
@@ -191,13 +196,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { stages } => run(&rt, Arc::new(config), stages),
-        Command::Postings => {
-            print!(
-                "{}",
-                topology::postings::render(&topology::postings::read(&config)?)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Postings(args) => postings::run(&config, &args),
         Command::Lineage(args) => Ok(if lineage::run(&config, &args)? {
             ExitCode::SUCCESS
         } else {

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod counts;
 pub mod postings;
+pub mod postings_export;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -114,33 +114,53 @@ pub struct PostingsTopic {
     pub unreadable: Unreadable,
 }
 
-/// Reads every committed posting, counting records that are not postings.
-pub fn read(config: &Config) -> Result<PostingsTopic, ClientError> {
+/// One posting as read, with the record's value exactly as on the topic.
+#[derive(Debug, Clone)]
+pub struct PostingRecord {
+    pub posting: Posting,
+    pub value: Vec<u8>,
+}
+
+/// Every committed posting with its record value (in the table's order),
+/// and the records that are not postings.
+pub fn read_records(config: &Config) -> Result<(Vec<PostingRecord>, Unreadable), ClientError> {
     let mut out = Vec::new();
     let mut unreadable = Unreadable::default();
     super::counts::for_each_record(config, &config.topic(names::POSTINGS), |m| {
         if let Some(p) = parse_or_count(m, &mut unreadable, Posting::from_json_slice) {
-            out.push(p);
+            out.push(PostingRecord {
+                posting: p,
+                value: m.payload().unwrap_or_default().to_vec(),
+            });
         }
     })?;
-    out.sort_by(|a, b| {
-        (
-            &a.accounting_date,
-            &a.subscription_id,
-            a.posting_type.as_str(),
-            &a.kind,
-            &a.meter,
-        )
-            .cmp(&(
-                &b.accounting_date,
-                &b.subscription_id,
-                b.posting_type.as_str(),
-                &b.kind,
-                &b.meter,
-            ))
-    });
+    out.sort_by(|a, b| table_order(&a.posting, &b.posting));
+    Ok((out, unreadable))
+}
+
+/// The table's order: date, subscription, type, kind, meter.
+fn table_order(a: &Posting, b: &Posting) -> std::cmp::Ordering {
+    (
+        &a.accounting_date,
+        &a.subscription_id,
+        a.posting_type.as_str(),
+        &a.kind,
+        &a.meter,
+    )
+        .cmp(&(
+            &b.accounting_date,
+            &b.subscription_id,
+            b.posting_type.as_str(),
+            &b.kind,
+            &b.meter,
+        ))
+}
+
+/// Reads every committed posting, counting records that are not postings.
+pub fn read(config: &Config) -> Result<PostingsTopic, ClientError> {
+    let (records, unreadable) = read_records(config)?;
     Ok(PostingsTopic {
-        postings: out,
+        postings: records.into_iter().map(|r| r.posting).collect(),
         unreadable,
     })
 }
