@@ -157,6 +157,10 @@ pub struct Facts {
     pub closed: Vec<ClosedWindow>,
     pub open: Vec<ClosedWindow>,
     pub postings: Vec<Posting>,
+    /// (partition, offset) of each of `postings`, in the same order.
+    pub posting_offsets: Vec<(i32, i64)>,
+    /// The general ledger, when reconcile was given one (`--ledger-url`).
+    pub ledger: Option<super::ledger::LedgerFacts>,
     /// `ref.subscriptions` as of now.
     pub subscriptions: Vec<crate::refdata::Subscription>,
     /// Aggregate's watermark per partition of `usage.rated`, and their count.

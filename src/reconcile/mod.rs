@@ -68,6 +68,7 @@
 
 mod checks;
 mod facts;
+pub mod ledger;
 mod read;
 mod render;
 mod report;
@@ -106,6 +107,12 @@ pub struct ReconcileArgs {
     /// node_exporter's textfile collector: a `.prom` file in its directory).
     #[arg(long)]
     pub textfile: Option<PathBuf>,
+    /// Also check the general ledger ledger-sync writes (PostgreSQL URL;
+    /// default: [ledger] url or $METERLINE_LEDGER_URL when set): every
+    /// posting it has read is in the ledger once or refused, and debits,
+    /// credits and lines per legal entity, currency and account agree.
+    #[arg(long)]
+    pub ledger_url: Option<String>,
 }
 
 /// Why reconcile could not run (exit code 2).
@@ -120,11 +127,16 @@ pub enum ReconcileError {
     },
     #[error("encoding the report: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerReadError),
 }
 
 /// `meterline reconcile`: reads, checks, prints; Ok(true) when every check held.
 pub fn run(config: &Config, args: &ReconcileArgs) -> Result<bool, ReconcileError> {
-    let facts = read(config)?;
+    let mut facts = read(config)?;
+    if let Some(url) = args.ledger_url.clone().or_else(|| config.ledger.resolved_url()) {
+        facts.ledger = Some(ledger::read_ledger(config, &url)?);
+    }
     let report = check(&facts, args.period.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

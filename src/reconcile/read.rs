@@ -195,13 +195,16 @@ pub fn read(config: &Config) -> Result<Facts, ClientError> {
     f.open = open;
     f.closed = closed;
     let mut postings = Vec::new();
+    let mut offsets = Vec::new();
     let u = unreadable.entry(names::POSTINGS.to_string()).or_default();
     for_each_record(config, &config.topic(names::POSTINGS), |m| {
         if let Some(p) = parse_or_count(m, u, Posting::from_json_slice) {
             postings.push(p);
+            offsets.push((m.partition(), m.offset()));
         }
     })?;
     f.postings = postings;
+    f.posting_offsets = offsets;
     read_invoices(config, &mut f, &mut flight, &mut unreadable)?;
     f.unreadable = unreadable;
     for stage in ["dedupe", "enrich", "aggregate", "post", "invoice"] {

@@ -463,3 +463,36 @@ pub fn invoices_caught_up(w: &World) -> bool {
         .iter()
         .all(|id| latest.get(id).is_some_and(|(_, status)| status != "draft"))
 }
+
+/// The PostgreSQL of the tests (`deploy/local/test` starts one and sets it).
+pub fn postgres_url() -> String {
+    std::env::var("METERLINE_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!("METERLINE_TEST_POSTGRES is not set: run deploy/local/postgres start and export METERLINE_TEST_POSTGRES=$(deploy/local/postgres url)")
+    })
+}
+
+/// A client of the tests' PostgreSQL.
+pub fn postgres_client() -> postgres::Client {
+    postgres::Client::connect(&postgres_url(), postgres::NoTls).unwrap()
+}
+
+impl World {
+    /// The ledger schema of this world's namespace.
+    pub fn ledger_schema(&self) -> String {
+        meterline::config::LedgerConfig::default().schema_for(&self.ns)
+    }
+
+    /// Starts `meterline ledger-sync` (the config must name the ledger).
+    pub fn spawn_ledger_sync(&self, instance: &str) -> Stage {
+        let mut c = self.cmd();
+        c.arg("ledger-sync")
+            .env("METERLINE__RUNTIME__INSTANCE_ID", instance)
+            .env("METERLINE_LEDGER_URL", postgres_url())
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map(Stage)
+            .unwrap()
+    }
+}

@@ -4,6 +4,7 @@
 
 mod days;
 mod invoices;
+mod ledger;
 mod periods;
 mod topics;
 mod windows;
@@ -72,7 +73,7 @@ pub fn check(facts: &Facts, period: Option<&str>) -> Report {
     periods::check_subscription_periods(facts, period, &mut checks);
     invoices::check_invoices(facts, period, &mut checks);
     topics::check_unreadable(facts, &mut checks);
-    let mut notes = Vec::new();
+    let mut notes = ledger::check_ledger(facts, period, &mut checks);
     let held: Vec<&str> = facts
         .invoices
         .values()
@@ -133,4 +134,8 @@ pub const CHECKS: &[&str] = &[
     "invoice_amount",
     "unbilled_cleared",
     "unreadable_records",
+    "ledger_once",
+    "ledger_debits",
+    "ledger_credits",
+    "ledger_lines",
 ];
