@@ -476,13 +476,15 @@ fn origin_error(
             offset,
             header: headers::ORIGINAL_TOPIC,
         }),
-        Some(o) if !opts.origins.iter().any(|t| t.as_bytes() == o) => Some(ReplayError::ForeignRecord {
-            topic: opts.from.clone(),
-            partition,
-            offset,
-            origin: String::from_utf8_lossy(o).into_owned(),
-            target: opts.target.clone(),
-        }),
+        Some(o) if !opts.origins.iter().any(|t| t.as_bytes() == o) => {
+            Some(ReplayError::ForeignRecord {
+                topic: opts.from.clone(),
+                partition,
+                offset,
+                origin: String::from_utf8_lossy(o).into_owned(),
+                target: opts.target.clone(),
+            })
+        }
         Some(_) => None,
     }
 }

@@ -59,13 +59,23 @@ fn record(key: &str, value: Vec<u8>) -> Record {
 fn scenario() -> Vec<(String, &'static str, &'static str, String, String)> {
     (0..200)
         .map(|i| {
-            let (entity, currency) = if i % 2 == 0 { ("ml-us", "USD") } else { ("ml-eu", "EUR") };
+            let (entity, currency) = if i % 2 == 0 {
+                ("ml-us", "USD")
+            } else {
+                ("ml-eu", "EUR")
+            };
             let date = if i == 7 {
                 "2026-01-15".to_string()
             } else {
                 format!("2026-02-{:02}", 1 + i % 28)
             };
-            (format!("k{i:04}"), entity, currency, date, format!("{}.{:02}", i, i % 100))
+            (
+                format!("k{i:04}"),
+                entity,
+                currency,
+                date,
+                format!("{}.{:02}", i + 1, i % 100),
+            )
         })
         .collect()
 }
@@ -88,7 +98,10 @@ fn acks(w: &World) -> BTreeMap<String, serde_json::Value> {
 fn wait_long(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(LEDGER_WAIT_S), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(LEDGER_WAIT_S),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -96,7 +109,10 @@ fn wait_long(what: &str, mut f: impl FnMut() -> bool) {
 fn wait_for_schema(schema: &str) {
     wait_long("the ledger schema", || {
         postgres_client()
-            .query_one("SELECT to_regclass($1)::text", &[&format!("{schema}.closed_periods")])
+            .query_one(
+                "SELECT to_regclass($1)::text",
+                &[&format!("{schema}.closed_periods")],
+            )
             .map(|r| r.get::<_, Option<String>>(0).is_some())
             .unwrap_or(false)
     });
@@ -136,53 +152,98 @@ fn every_posting_reaches_the_ledger_once_and_a_closed_period_is_refused_then_rep
     // Sent again (same bytes): stored once.
     records.push(records[3].clone());
     // Unbalanced: refused.
-    let mut bad: serde_json::Value = serde_json::from_slice(&posting("kbad", "ml-us", "USD", "2026-02-02", "1.00")).unwrap();
+    let mut bad: serde_json::Value =
+        serde_json::from_slice(&posting("kbad", "ml-us", "USD", "2026-02-02", "1.00")).unwrap();
     bad["lines"][1]["amount"] = "0.99".into();
     records.push(record("kbad", bad.to_string().into_bytes()));
     // Not a posting at all.
     records.push(record("junk", b"{not json".to_vec()));
     produce(&w.topic("finance.postings"), &records);
 
-    wait_long("an ack per posting", || acks(&w).len() == postings.len() + 1);
+    wait_long("an ack per posting", || {
+        acks(&w).len() == postings.len() + 1
+    });
     let a = acks(&w);
     assert_eq!(a["k0007"]["status"], "rejected");
     assert_eq!(a["k0007"]["reason"], "closed_period");
     assert_eq!(a["kbad"]["reason"], "unbalanced_posting");
     let accepted = a.values().filter(|v| v["status"] == "accepted").count();
     assert_eq!(accepted, postings.len() - 1);
-    assert_eq!(count(&schema, "SELECT count(*) FROM {s}.postings"), postings.len() as i64 - 1);
+    assert_eq!(
+        count(&schema, "SELECT count(*) FROM {s}.postings"),
+        postings.len() as i64 - 1
+    );
     // Each accepted ack names the row that holds its posting.
     let mut db = postgres_client();
-    for row in db.query(&format!("SELECT idempotency_key, posting_id FROM {schema}.postings"), &[]).unwrap() {
+    for row in db
+        .query(
+            &format!("SELECT idempotency_key, posting_id FROM {schema}.postings"),
+            &[],
+        )
+        .unwrap()
+    {
         let (key, id): (String, i64) = (row.get(0), row.get(1));
         assert_eq!(a[&key]["ledger_row_id"], id, "{key}");
     }
     let dlq = read_all(&w.topic("meterline.dlq.ledger"), true);
-    let reasons: BTreeSet<String> = dlq.iter().map(|r| r.header("meterline.reason").unwrap()).collect();
+    let reasons: BTreeSet<String> = dlq
+        .iter()
+        .map(|r| r.header("meterline.reason").unwrap())
+        .collect();
     assert_eq!(dlq.len(), 3, "{reasons:?}");
     assert_eq!(
         reasons,
-        ["closed_period", "invalid_posting", "unbalanced_posting"].map(String::from).into()
+        ["closed_period", "invalid_posting", "unbalanced_posting"]
+            .map(String::from)
+            .into()
     );
     assert_trial_balance(&schema, &postings, Some("k0007"));
 
     // Reopen the period; replay brings k0007 in once.
-    db.execute(&format!("DELETE FROM {schema}.closed_periods"), &[]).unwrap();
-    let out = w.run(&["replay", "--from", "meterline.dlq.ledger", "--reason", "closed_period"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_long("k0007 accepted", || acks(&w)["k0007"]["status"] == "accepted");
-    assert_eq!(count(&schema, "SELECT count(*) FROM {s}.postings"), postings.len() as i64);
+    db.execute(&format!("DELETE FROM {schema}.closed_periods"), &[])
+        .unwrap();
+    let out = w.run(&[
+        "replay",
+        "--from",
+        "meterline.dlq.ledger",
+        "--reason",
+        "closed_period",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_long("k0007 accepted", || {
+        acks(&w)["k0007"]["status"] == "accepted"
+    });
     assert_eq!(
-        count(&schema, "SELECT count(*) FROM {s}.posting_status WHERE status = 'rejected'"),
+        count(&schema, "SELECT count(*) FROM {s}.postings"),
+        postings.len() as i64
+    );
+    assert_eq!(
+        count(
+            &schema,
+            "SELECT count(*) FROM {s}.posting_status WHERE status = 'rejected'"
+        ),
         1,
         "only kbad stays refused"
     );
     assert_trial_balance(&schema, &postings, None);
     // A second replay finds nothing new to send.
-    let out = w.run(&["replay", "--from", "meterline.dlq.ledger", "--reason", "closed_period"]);
+    let out = w.run(&[
+        "replay",
+        "--from",
+        "meterline.dlq.ledger",
+        "--reason",
+        "closed_period",
+    ]);
     assert!(out.status.success());
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count(&schema, "SELECT count(*) FROM {s}.postings"), postings.len() as i64);
+    assert_eq!(
+        count(&schema, "SELECT count(*) FROM {s}.postings"),
+        postings.len() as i64
+    );
     assert!(terminate(&mut sync).success());
 }
 
@@ -196,7 +257,8 @@ fn assert_trial_balance(
     let mut want: BTreeMap<(String, String), Decimal> = BTreeMap::new();
     for (k, e, c, _, a) in postings {
         if Some(k.as_str()) != except {
-            *want.entry((e.to_string(), c.to_string())).or_default() += a.parse::<Decimal>().unwrap();
+            *want.entry((e.to_string(), c.to_string())).or_default() +=
+                a.parse::<Decimal>().unwrap();
         }
     }
     let got = trial_balance(schema);
@@ -209,7 +271,11 @@ fn assert_trial_balance(
 fn restart_postgres() {
     let script = repo().join("deploy/local/postgres");
     let out = Command::new(script).arg("restart").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn ledger_rows(schema: &str) -> i64 {
@@ -225,13 +291,17 @@ fn sigkill_five_times_and_a_database_restart_lose_and_double_no_posting() {
     w.apply();
     let schema = w.ledger_schema();
     let topic = w.topic("finance.postings");
-    let amount = |i: usize| format!("{}.{:02}", i % 1000, i % 97);
+    let amount = |i: usize| format!("{}.{:02}", 1 + i % 1000, i % 97);
     let producer = std::thread::spawn(move || {
         for chunk in 0..FLOW_POSTINGS / FLOW_CHUNK_POSTINGS {
-            let records: Vec<Record> = (chunk * FLOW_CHUNK_POSTINGS..(chunk + 1) * FLOW_CHUNK_POSTINGS)
+            let records: Vec<Record> = (chunk * FLOW_CHUNK_POSTINGS
+                ..(chunk + 1) * FLOW_CHUNK_POSTINGS)
                 .map(|i| {
                     let key = format!("f{i:06}");
-                    record(&key, posting(&key, "ml-us", "USD", "2026-02-10", &amount(i)))
+                    record(
+                        &key,
+                        posting(&key, "ml-us", "USD", "2026-02-10", &amount(i)),
+                    )
                 })
                 .collect();
             produce(&topic, &records);
@@ -242,20 +312,35 @@ fn sigkill_five_times_and_a_database_restart_lose_and_double_no_posting() {
     wait_for_schema(&schema);
     let mut last = 0;
     for kill in 0..KILLS {
-        wait_long("progress before a kill", || ledger_rows(&schema) >= last + 2_000);
-        kill9(&mut sync);
+        wait_long("progress before a kill", || {
+            ledger_rows(&schema) >= last + 2_000
+        });
         if kill == 2 {
+            // The database goes away under a running ledger-sync, which
+            // must reconnect and go on by itself.
             restart_postgres();
+            last = ledger_rows(&schema);
+            wait_long("progress after the restart", || {
+                ledger_rows(&schema) >= last + 2_000
+            });
         }
+        kill9(&mut sync);
         last = ledger_rows(&schema);
         sync = w.spawn_ledger_sync("a");
     }
     producer.join().unwrap();
-    wait_long("every posting in the ledger", || ledger_rows(&schema) == FLOW_POSTINGS as i64);
+    wait_long("every posting in the ledger", || {
+        ledger_rows(&schema) == FLOW_POSTINGS as i64
+    });
     assert!(terminate(&mut sync).success());
-    let want: Decimal = (0..FLOW_POSTINGS).map(|i| amount(i).parse::<Decimal>().unwrap()).sum();
+    let want: Decimal = (0..FLOW_POSTINGS)
+        .map(|i| amount(i).parse::<Decimal>().unwrap())
+        .sum();
     assert_eq!(
-        count(&schema, "SELECT count(DISTINCT idempotency_key) FROM {s}.postings"),
+        count(
+            &schema,
+            "SELECT count(DISTINCT idempotency_key) FROM {s}.postings"
+        ),
         FLOW_POSTINGS as i64
     );
     assert_eq!(
@@ -265,7 +350,14 @@ fn sigkill_five_times_and_a_database_restart_lose_and_double_no_posting() {
     let a = acks(&w);
     assert_eq!(a.len(), FLOW_POSTINGS, "an ack per posting");
     assert!(a.values().all(|v| v["status"] == "accepted"));
-    let rows: BTreeSet<i64> = a.values().map(|v| v["ledger_row_id"].as_i64().unwrap()).collect();
+    let rows: BTreeSet<i64> = a
+        .values()
+        .map(|v| v["ledger_row_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(rows.len(), FLOW_POSTINGS, "each ack names its own row");
-    assert_eq!(count(&schema, "SELECT count(*) FROM {s}.outbox"), 0, "the outbox is sent");
+    assert_eq!(
+        count(&schema, "SELECT count(*) FROM {s}.outbox"),
+        0,
+        "the outbox is sent"
+    );
 }

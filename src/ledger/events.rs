@@ -33,6 +33,19 @@ static DB_UP: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// An error with its sources (`postgres::Error` says only "db error"
+/// itself; the server's message is its source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The stage-wide metrics of ledger-sync.
 pub fn stage_metrics() -> StageMetrics {
     StageMetrics::new(names::LEDGER)
@@ -65,7 +78,8 @@ impl BatchCommitted<'_> {
                 m.dead_letters(reason).inc();
             }
             if let Outcome::Conflict(_) = o {
-                m.dead_letters(crate::ledger::reason::IDEMPOTENCY_CONFLICT).inc();
+                m.dead_letters(crate::ledger::reason::IDEMPOTENCY_CONFLICT)
+                    .inc();
             }
         }
         m.records_in.inc_by(self.outcomes.len() as u64);

@@ -39,7 +39,7 @@ impl ProducerContext for OutboxContext {
 /// Why the outbox could not be emptied (it is tried again).
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] postgres::Error),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -141,7 +141,10 @@ mod tests {
         let h = vec![
             ("a".to_string(), Some(vec![0u8, 255, 10])),
             ("b".to_string(), None),
-            ("meterline.reason".to_string(), Some(b"closed_period".to_vec())),
+            (
+                "meterline.reason".to_string(),
+                Some(b"closed_period".to_vec()),
+            ),
         ];
         assert_eq!(headers_from_json(&headers_to_json(&h)), h);
     }

@@ -79,7 +79,11 @@ pub fn decode(input: Input, value: Option<&[u8]>) -> Decoded {
     let Some(value) = value else {
         return match input {
             Input::Invoices => Decoded::Tombstone,
-            _ => refused(reason::INVALID_POSTING, "the record has no value".into(), None),
+            _ => refused(
+                reason::INVALID_POSTING,
+                "the record has no value".into(),
+                None,
+            ),
         };
     };
     match input {
@@ -110,7 +114,11 @@ fn refused(reason: &'static str, message: String, key: Option<String>) -> Decode
 fn decode_invoice(value: &[u8]) -> Decoded {
     match Invoice::from_json_slice(value) {
         Ok(inv) => Decoded::Invoice(Box::new(inv)),
-        Err(e) => refused(reason::INVALID_INVOICE, format!("not an invoice: {e}"), None),
+        Err(e) => refused(
+            reason::INVALID_INVOICE,
+            format!("not an invoice: {e}"),
+            None,
+        ),
     }
 }
 
@@ -151,7 +159,10 @@ pub fn check_balanced(p: &Posting) -> Result<(), String> {
         return Err("a journal entry without lines".into());
     }
     if let Some(l) = p.lines.iter().find(|l| l.amount <= Decimal::ZERO) {
-        return Err(format!("line on {} has amount {} (must be > 0)", l.account, l.amount));
+        return Err(format!(
+            "line on {} has amount {} (must be > 0)",
+            l.account, l.amount
+        ));
     }
     let (debits, credits) = p.totals();
     if debits != credits {

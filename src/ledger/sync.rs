@@ -23,7 +23,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::kafka::{self, record_headers, ClientError};
 use crate::ledger::events::{
-    stage_metrics, BatchCommitted, DatabaseFailed, DatabaseReady, PartitionsPositioned,
+    error_chain, stage_metrics, BatchCommitted, DatabaseFailed, DatabaseReady, PartitionsPositioned,
 };
 use crate::ledger::outbox::{self, OutboxContext};
 use crate::ledger::record::{InRecord, Input};
@@ -171,10 +171,11 @@ impl LedgerSync {
                 continue;
             }
             self.handle_rebalances();
-            if !self.position_partitions() {
-                continue;
-            }
-            self.status.ready.store(true, Ordering::SeqCst);
+            // Partitions not positioned yet (a seek librdkafka cannot do
+            // before the fetcher starts) are tried again after the poll
+            // below, which lets the consumer make progress.
+            let positioned = self.position_partitions();
+            self.status.ready.store(positioned, Ordering::SeqCst);
             let batch = self.collect_batch();
             if !batch.is_empty() {
                 self.write_batch(&batch, shutdown);
@@ -202,7 +203,7 @@ impl LedgerSync {
                 true
             }
             Err(e) => {
-                self.fail("connect", &e.to_string(), shutdown);
+                self.fail("connect", &error_chain(&e), shutdown);
                 false
             }
         }
@@ -287,7 +288,7 @@ impl LedgerSync {
         let stored = match read_positions(&mut db.client, &self.schema, &self.group, &wanted) {
             Ok(s) => s,
             Err(e) => {
-                self.fail("connect", &e.to_string(), &AtomicBool::new(false));
+                self.fail("connect", &error_chain(&e), &AtomicBool::new(false));
                 return false;
             }
         };
@@ -297,7 +298,7 @@ impl LedgerSync {
             let offset = at.map_or(Offset::Beginning, Offset::Offset);
             let timeout = Duration::from_millis(KAFKA_CALL_TIMEOUT_MS);
             if let Err(e) = self.consumer.seek(&topic, p, offset, timeout) {
-                tracing::debug!(topic, partition = p, error = %e, "seek not possible yet");
+                tracing::warn!(topic, partition = p, error = %e, "seek not possible yet");
                 continue;
             }
             let mut tpl = TopicPartitionList::new();
@@ -383,12 +384,12 @@ impl LedgerSync {
                     refused_rows.insert(index, message);
                 }
                 Err(e @ ApplyError::Fenced { .. }) => {
-                    self.fail("fenced", &e.to_string(), shutdown);
+                    self.fail("fenced", &error_chain(&e), shutdown);
                     self.unpositioned.append(&mut self.positioned);
                     return;
                 }
                 Err(e) => {
-                    self.fail("batch", &e.to_string(), shutdown);
+                    self.fail("batch", &error_chain(&e), shutdown);
                     self.unpositioned.append(&mut self.positioned);
                     if shutdown.load(Ordering::SeqCst) {
                         return;
@@ -403,7 +404,9 @@ impl LedgerSync {
         batch: &[InRecord],
         refused_rows: &BTreeMap<usize, String>,
     ) -> Result<Vec<Outcome>, ApplyError> {
-        let db = self.db.as_mut().expect("ensure_db connected");
+        let Some(db) = self.db.as_mut() else {
+            return Err(ApplyError::NotConnected);
+        };
         let cx = BatchContext {
             statements: &db.statements,
             group: &self.group,
@@ -446,7 +449,7 @@ impl LedgerSync {
         };
         let timeout = Duration::from_millis(KAFKA_CALL_TIMEOUT_MS);
         if let Err(e) = outbox::drain(&mut db.client, &self.producer, &self.schema, timeout) {
-            let error = e.to_string();
+            let error = error_chain(&e);
             self.fail("outbox", &error, &AtomicBool::new(false));
         }
     }
@@ -460,7 +463,9 @@ fn logical<'a>(topic: &'a str, config: &Config) -> &'a str {
 }
 
 fn take(list: &Mutex<Vec<(String, i32)>>) -> Vec<(String, i32)> {
-    list.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    list.lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default()
 }
 
 /// The ledger's next offsets of `wanted` (absent: none stored yet).

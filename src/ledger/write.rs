@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use postgres::error::SqlState;
 use postgres::{Statement, Transaction};
 
 use crate::contracts::{AckSource, AckStatus, Invoice, LedgerAck, PostingType};
@@ -61,8 +60,10 @@ pub enum ApplyError {
     #[error("record {index} of the batch: {message}")]
     RowRefused { index: usize, message: String },
     /// Anything else (connection, timeout, serialization): retry the batch.
-    #[error("database: {0}")]
+    #[error("database")]
     Db(#[from] postgres::Error),
+    #[error("not connected to the ledger database")]
+    NotConnected,
 }
 
 /// The prepared statements of one connection (schema written in).
@@ -163,13 +164,23 @@ pub fn apply(
     let mut outcomes = Vec::with_capacity(batch.len());
     for (index, rec) in batch.iter().enumerate() {
         let outcome = match cx.refused_rows.get(&index) {
-            Some(message) => refuse(&mut tx, cx, rec, None, reason::CONSTRAINT_VIOLATION, message)?,
+            Some(message) => refuse(
+                &mut tx,
+                cx,
+                rec,
+                None,
+                reason::CONSTRAINT_VIOLATION,
+                message,
+            )?,
             None => apply_one(&mut tx, cx, rec).map_err(|e| row_error(index, e))?,
         };
         outcomes.push(outcome);
     }
     for ((topic, partition), offset) in &next {
-        tx.execute(&cx.statements.upsert_offset, &[&cx.group, topic, partition, offset])?;
+        tx.execute(
+            &cx.statements.upsert_offset,
+            &[&cx.group, topic, partition, offset],
+        )?;
     }
     tx.commit()?;
     Ok(outcomes)
@@ -178,19 +189,20 @@ pub fn apply(
 /// A data exception (22) or integrity violation (23) is the row's fault;
 /// anything else is the database's.
 fn row_error(index: usize, e: postgres::Error) -> ApplyError {
-    let refused = e.as_db_error().is_some_and(|d| {
+    let refused = e.as_db_error().filter(|d| {
         let code = d.code().code();
-        (code.starts_with("22") || code.starts_with("23")) && d.code() != &SqlState::T_R_SERIALIZATION_FAILURE
+        code.starts_with("22") || code.starts_with("23")
     });
-    if refused {
-        let d = e.as_db_error().expect("checked above");
-        let constraint = d.constraint().map(|c| format!(" ({c})")).unwrap_or_default();
-        ApplyError::RowRefused {
-            index,
-            message: format!("{}{constraint}: {}", d.code().code(), d.message()),
+    match refused {
+        Some(d) => {
+            let constraint = d
+                .constraint()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            let message = format!("{}{constraint}: {}", d.code().code(), d.message());
+            ApplyError::RowRefused { index, message }
         }
-    } else {
-        ApplyError::Db(e)
+        None => ApplyError::Db(e),
     }
 }
 
@@ -290,7 +302,10 @@ fn ledger_refusal(
     if cx.require_known_accounts && !posting.lines.is_empty() {
         let accounts: Vec<&str> = posting.lines.iter().map(|l| l.account.as_str()).collect();
         let known: Vec<String> = tx
-            .query(&cx.statements.known_accounts, &[&posting.legal_entity, &accounts])?
+            .query(
+                &cx.statements.known_accounts,
+                &[&posting.legal_entity, &accounts],
+            )?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -342,17 +357,32 @@ fn insert_posting(
     for (n, line) in q.lines.iter().enumerate() {
         let (debit, credit) = debit_credit(line.side, line.amount);
         let line_no = n as i32 + 1;
-        tx.execute(&st.insert_line, &[&id, &line_no, &line.account, &debit, &credit])?;
+        tx.execute(
+            &st.insert_line,
+            &[&id, &line_no, &line.account, &debit, &credit],
+        )?;
     }
     if let Some(l) = &q.invoice_line {
-        let args: [&(dyn postgres::types::ToSql + Sync); 6] =
-            [&id, &l.description, &l.quantity, &l.unit, &l.amount, &l.tax_code];
+        let args: [&(dyn postgres::types::ToSql + Sync); 6] = [
+            &id,
+            &l.description,
+            &l.quantity,
+            &l.unit,
+            &l.amount,
+            &l.tax_code,
+        ];
         tx.execute(&st.insert_invoice_line_posting, &args)?;
     }
     if let Some(c) = &q.control_total {
         let events = i64::try_from(c.event_count).unwrap_or(i64::MAX);
-        let args: [&(dyn postgres::types::ToSql + Sync); 6] =
-            [&id, &events, &c.quantity, &c.amount, &c.amount_rounded, &c.lineage_digest];
+        let args: [&(dyn postgres::types::ToSql + Sync); 6] = [
+            &id,
+            &events,
+            &c.quantity,
+            &c.amount,
+            &c.amount_rounded,
+            &c.lineage_digest,
+        ];
         tx.execute(&st.insert_control_total, &args)?;
     }
     Ok(id)
@@ -427,7 +457,15 @@ fn refuse(
     dead_letter_row(tx, cx, rec, reason, message)?;
     if let Some(key) = key {
         tx.execute(&cx.statements.status_rejected, &[&key, &reason, &message])?;
-        send_ack(tx, cx, rec, key, AckStatus::Rejected, None, Some((reason, message)))?;
+        send_ack(
+            tx,
+            cx,
+            rec,
+            key,
+            AckStatus::Rejected,
+            None,
+            Some((reason, message)),
+        )?;
     }
     Ok(Outcome::Rejected { reason })
 }
@@ -474,7 +512,7 @@ fn send_ack(
     let out = Output {
         topic: cx.acks_topic.to_string(),
         key: Some(key.as_bytes().to_vec()),
-        value: Some(ack.to_json_bytes().expect("an ack always serializes")),
+        value: Some(ack.to_json_bytes().unwrap_or_default()),
         headers: Vec::new(),
         partition: None,
     };
@@ -482,7 +520,11 @@ fn send_ack(
 }
 
 /// Puts a record in the outbox, sent after the commit.
-fn enqueue(tx: &mut Transaction<'_>, cx: &BatchContext<'_>, out: &Output) -> Result<(), postgres::Error> {
+fn enqueue(
+    tx: &mut Transaction<'_>,
+    cx: &BatchContext<'_>,
+    out: &Output,
+) -> Result<(), postgres::Error> {
     let headers = crate::ledger::outbox::headers_to_json(&out.headers);
     let args: [&(dyn postgres::types::ToSql + Sync); 5] =
         [&out.topic, &out.partition, &out.key, &out.value, &headers];

@@ -48,7 +48,8 @@ pub enum LedgerReadError {
 /// Reads the ledger at `url` in one repeatable-read transaction (one
 /// consistent snapshot).
 pub fn read_ledger(config: &Config, url: &str) -> Result<LedgerFacts, LedgerReadError> {
-    let mut pc = postgres::Config::from_str(url).map_err(|e| LedgerReadError::Url(e.to_string()))?;
+    let mut pc =
+        postgres::Config::from_str(url).map_err(|e| LedgerReadError::Url(e.to_string()))?;
     pc.connect_timeout(Duration::from_millis(LEDGER_CONNECT_TIMEOUT_MS))
         .application_name("meterline-reconcile");
     let mut client = pc.connect(postgres::NoTls)?;

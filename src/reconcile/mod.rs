@@ -134,7 +134,11 @@ pub enum ReconcileError {
 /// `meterline reconcile`: reads, checks, prints; Ok(true) when every check held.
 pub fn run(config: &Config, args: &ReconcileArgs) -> Result<bool, ReconcileError> {
     let mut facts = read(config)?;
-    if let Some(url) = args.ledger_url.clone().or_else(|| config.ledger.resolved_url()) {
+    if let Some(url) = args
+        .ledger_url
+        .clone()
+        .or_else(|| config.ledger.resolved_url())
+    {
         facts.ledger = Some(ledger::read_ledger(config, &url)?);
     }
     let report = check(&facts, args.period.as_deref());

@@ -17,7 +17,11 @@ use crate::reconcile::report::Check;
 const NAMED_KEYS_MAX: usize = 5;
 
 /// Runs the ledger checks when the ledger was read; returns notes.
-pub(super) fn check_ledger(facts: &Facts, period: Option<&str>, out: &mut Vec<Check>) -> Vec<String> {
+pub(super) fn check_ledger(
+    facts: &Facts,
+    period: Option<&str>,
+    out: &mut Vec<Check>,
+) -> Vec<String> {
     let Some(ledger) = &facts.ledger else {
         return Vec::new();
     };
@@ -31,12 +35,14 @@ pub(super) fn check_ledger(facts: &Facts, period: Option<&str>, out: &mut Vec<Ch
     let mut missing = Vec::new();
     let mut refused = BTreeMap::<String, u64>::new();
     let mut once = 0u64;
-    for (key, _) in &due {
+    for key in due.keys() {
         match ledger.postings.get(*key) {
             Some(l) if l.rows == 1 => once += 1,
             Some(l) if l.rows == 0 && l.rejected.is_some() => {
                 once += 1;
-                *refused.entry(l.rejected.clone().unwrap_or_default()).or_default() += 1;
+                *refused
+                    .entry(l.rejected.clone().unwrap_or_default())
+                    .or_default() += 1;
             }
             _ => missing.push(*key),
         }
@@ -110,7 +116,11 @@ fn check_balances(
         }
         for l in &p.lines {
             let e = expected
-                .entry((p.legal_entity.clone(), p.currency.clone(), l.account.clone()))
+                .entry((
+                    p.legal_entity.clone(),
+                    p.currency.clone(),
+                    l.account.clone(),
+                ))
                 .or_default();
             match l.side {
                 Side::Debit => e.0 += l.amount,
@@ -137,8 +147,28 @@ fn check_balances(
         let a = actual.get(k).copied().unwrap_or_default();
         let subject = format!("ledger {} account {}", k.0, k.2);
         let what = "the ledger's journal lines = the postings it holds";
-        out.push(amount_check(&subject, "ledger_debits", &k.1, e.0, a.0, format!("debits: {what}")));
-        out.push(amount_check(&subject, "ledger_credits", &k.1, e.1, a.1, format!("credits: {what}")));
-        out.push(count_check(&subject, "ledger_lines", e.2, a.2, format!("lines: {what}")));
+        out.push(amount_check(
+            &subject,
+            "ledger_debits",
+            &k.1,
+            e.0,
+            a.0,
+            format!("debits: {what}"),
+        ));
+        out.push(amount_check(
+            &subject,
+            "ledger_credits",
+            &k.1,
+            e.1,
+            a.1,
+            format!("credits: {what}"),
+        ));
+        out.push(count_check(
+            &subject,
+            "ledger_lines",
+            e.2,
+            a.2,
+            format!("lines: {what}"),
+        ));
     }
 }
