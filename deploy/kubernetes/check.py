@@ -64,7 +64,7 @@ def config_keys() -> dict[str, set[str]]:
     The sections are the fields of `Config` whose type is a struct declared
     there (`Option<...>` unwrapped); a field marked #[serde(skip)] is no key.
     """
-    text = "".join((REPO / "src/config" / f).read_text() for f in ("mod.rs", "api.rs", "invoice.rs"))
+    text = "".join((REPO / "src/config" / f).read_text() for f in ("mod.rs", "api.rs", "invoice.rs", "ledger.rs"))
     structs: dict[str, dict[str, str]] = {}
     for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):
         fields = {}
@@ -115,7 +115,7 @@ def env_key_ok(name: str, keys: dict[str, set[str]]) -> bool:
             return parts[0] in keys and parts[1] in {"client", "consumer", "producer", "hmac_keys_hex"} \
                 and parts[1] in keys[parts[0]]
         return False
-    return name in {"METERLINE_CONFIG", "METERLINE_LOG"}
+    return name in {"METERLINE_CONFIG", "METERLINE_LOG", "METERLINE_LEDGER_URL"}
 
 
 def check_toml_keys(group: str, path: Path, keys: dict[str, set[str]]) -> dict:
@@ -285,6 +285,7 @@ def check_kubernetes(keys: dict[str, set[str]]) -> None:
             check(g, ref.get("name") == "meterline-actor-keys", f"{where}: actor keys from Secret meterline-actor-keys")
 
     check_api_manifest(g, docs, keys)
+    check_ledger_manifest(g, docs, keys)
 
     secrets = [d for (k, _), (_, d) in docs.items() if k == "Secret"]
     check(g, any(s["metadata"]["name"] == "meterline-kafka-sasl"
@@ -317,6 +318,29 @@ def check_api_manifest(g: str, docs: dict, keys: dict[str, set[str]]) -> None:
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
         h = c.get(probe, {}).get("httpGet", {})
         check(g, h.get("path") == path, f"api.yaml: {probe} must GET {path}")
+
+
+def check_ledger_manifest(g: str, docs: dict, keys: dict[str, set[str]]) -> None:
+    """ledger-sync.yaml: a Deployment running ledger-sync, its URL from a Secret."""
+    dep = docs.get(("Deployment", "meterline-ledger-sync"), (None, None))[1]
+    check(g, dep is not None, "Deployment meterline-ledger-sync missing")
+    check(g, docs.get(("PodDisruptionBudget", "meterline-ledger-sync")) is not None,
+          "PodDisruptionBudget meterline-ledger-sync missing")
+    if dep is None:
+        return
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    check(g, c.get("args", [])[-1:] == ["ledger-sync"], "ledger-sync.yaml: args must end with ledger-sync")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for e in env:
+        check(g, env_key_ok(e, keys), f"ledger-sync.yaml: env {e} names no config key")
+    ref = env.get("METERLINE_LEDGER_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    check(g, ref.get("name") == "meterline-ledger" and ref.get("key") == "url",
+          "ledger-sync.yaml: METERLINE_LEDGER_URL from Secret meterline-ledger key url")
+    check(g, env.get("METERLINE__HTTP__LISTEN_ADDR", {}).get("value") == f"0.0.0.0:{METRICS_PORT}",
+          f"ledger-sync.yaml: METERLINE__HTTP__LISTEN_ADDR must be 0.0.0.0:{METRICS_PORT}")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        h = c.get(probe, {}).get("httpGet", {})
+        check(g, h.get("path") == path, f"ledger-sync.yaml: {probe} must GET {path}")
 
 
 # --- container ----------------------------------------------------------------
