@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
@@ -24,6 +24,7 @@ use meterline::contracts::{ClosedWindow, Posting, PostingType};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
 
 const SOURCE: &str = "rec";
 const C1: &str = "c-1";
@@ -156,6 +157,49 @@ fn reconcile(w: &World, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), stdout)
 }
 
+/// The books synced into the general ledger: its trial balance per legal
+/// entity and currency equals the postings' debits and credits to the
+/// minor unit, and reconcile's ledger checks hold.
+fn assert_ledger_equals_the_books(w: &World) {
+    let mut ledger = w.spawn_ledger_sync("a");
+    let books = postings(w);
+    let keys: BTreeSet<&str> = books.iter().map(|p| p.idempotency_key.as_str()).collect();
+    wait_until("an ack per posting", || {
+        let acked: BTreeSet<Vec<u8>> = read_all(&w.topic("finance.postings.acks"), true)
+            .into_iter()
+            .filter_map(|r| r.key)
+            .collect();
+        acked.len() == keys.len()
+    });
+    let mut want: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for p in books.iter().filter(|p| seen.insert(p.idempotency_key.as_str())) {
+        let (d, c) = p.totals();
+        let e = want.entry((p.legal_entity.clone(), p.currency.clone())).or_default();
+        e.0 += d;
+        e.1 += c;
+    }
+    want.retain(|_, (d, _)| !d.is_zero());
+    let sql = format!(
+        "SELECT legal_entity, currency, sum(debit), sum(credit) FROM {}.trial_balance GROUP BY 1, 2",
+        w.ledger_schema()
+    );
+    let got: BTreeMap<(String, String), (Decimal, Decimal)> = postgres_client()
+        .query(&sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+        .collect();
+    assert_eq!(got, want, "the ledger's trial balance is the books'");
+    let url = postgres_url();
+    let (code, out) = reconcile(w, &["--verbose", "--ledger-url", &url]);
+    assert_eq!(code, 0, "{out}");
+    for check in ["ledger_once", "ledger_debits", "ledger_credits", "ledger_lines"] {
+        assert!(out.contains(check), "{check} missing from\n{out}");
+    }
+    assert!(terminate(&mut ledger).success());
+}
+
 fn metrics(port: u16) -> String {
     http_get(port, "/metrics").expect("GET /metrics").1
 }
@@ -220,6 +264,8 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
     assert_eq!(&cols[6..10], &["1", "0", "1", "1"], "{p1_day}");
     // The malformed record's day is that of its readable time: none here.
     assert!(out.lines().any(|l| l.starts_with("unknown ")), "{out}");
+
+    assert_ledger_equals_the_books(&w);
 
     // --period and the metrics file.
     let prom = w.dir.path().join("reconcile.prom");

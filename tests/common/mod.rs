@@ -488,6 +488,8 @@ impl World {
         c.arg("ledger-sync")
             .env("METERLINE__RUNTIME__INSTANCE_ID", instance)
             .env("METERLINE_LEDGER_URL", postgres_url())
+            // Beside stages of the same world: no second listener on their port.
+            .env("METERLINE__HTTP__LISTEN_ADDR", "")
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
