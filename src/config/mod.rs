@@ -20,6 +20,11 @@ use serde::{Deserialize, Serialize};
 
 mod api;
 pub use api::{ApiConfig, ApiKeyConfig, ApiScope};
+mod export;
+pub use export::{
+    ExportConfig, DEFAULT_EXPORT_AMOUNT_SCALE, DEFAULT_EXPORT_BATCH_EVENTS,
+    DEFAULT_EXPORT_BATCH_MAX_MS, DEFAULT_EXPORT_QUANTITY_SCALE, EXPORT_DECIMAL_PRECISION,
+};
 mod invoice;
 pub use invoice::{
     ApprovalMode, InvoiceConfig, TaxMode, DEFAULT_INVOICE_WAIT_TIMEOUT_S, MAX_COMMAND_REASON_BYTES,
@@ -85,6 +90,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub invoice: InvoiceConfig,
+    #[serde(default)]
+    pub export: ExportConfig,
     /// Filled from `topology.meters_file` after loading; not a file key.
     #[serde(skip)]
     pub meters: Vec<Meter>,
@@ -553,6 +560,7 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         self.api.check().map_err(ConfigError::Invalid)?;
         self.invoice.check().map_err(ConfigError::Invalid)?;
+        self.export.check().map_err(ConfigError::Invalid)?;
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "kafka.bootstrap_servers must not be empty".into(),
