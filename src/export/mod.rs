@@ -271,7 +271,8 @@ pub fn run(
     let mut cc = kafka::reader_config(config);
     cc.set("group.id", config.group_id("export"));
     let consumer: BaseConsumer<ReaderContext> = kafka::create(&cc, ReaderContext)?;
-    let ends = assign(config, &consumer, &topic, &markers)?;
+    let mut caught = BTreeSet::new();
+    let ends = assign(config, &consumer, &topic, &markers, &mut caught)?;
     let mut ex = Exporter {
         out: out.as_ref(),
         topic,
@@ -291,19 +292,21 @@ pub fn run(
             ..Summary::default()
         },
     };
-    ex.poll_loop(&ends, args.until_caught_up, shutdown)?;
+    ex.poll_loop(&ends, caught, args.until_caught_up, shutdown)?;
     ex.flush_all()?;
     eprintln!("{}", ex.progress_line(ends.len(), ends.len()));
     Ok(ex.summary)
 }
 
 /// Assigns every partition at its marker + 1 (the beginning without one);
-/// returns each partition's end offset now.
+/// returns each partition's end offset now, and adds to `caught` those
+/// with nothing to read.
 fn assign(
     config: &Config,
     consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     markers: &BTreeMap<i32, i64>,
+    caught: &mut BTreeSet<i32>,
 ) -> Result<BTreeMap<i32, i64>, ExportError> {
     let md = kafka::metadata(consumer.client(), config, Some(topic))?;
     let partitions = kafka::partition_count(&md, topic, config)?;
@@ -324,6 +327,9 @@ fn assign(
         let offset = next.map_or(Offset::Beginning, Offset::Offset);
         tpl.add_partition_offset(topic, p, offset)?;
         ends.insert(p, high);
+        if next.unwrap_or(low).max(low) >= high {
+            caught.insert(p);
+        }
     }
     consumer.assign(&tpl)?;
     Ok(ends)
@@ -333,10 +339,10 @@ impl Exporter<'_> {
     fn poll_loop(
         &mut self,
         ends: &BTreeMap<i32, i64>,
+        mut caught: BTreeSet<i32>,
         until_caught_up: bool,
         shutdown: &AtomicBool,
     ) -> Result<(), ExportError> {
-        let mut caught: BTreeSet<i32> = BTreeSet::new();
         let mut last_progress = Instant::now();
         self.update_caught(ends, &mut caught)?;
         loop {
@@ -372,11 +378,6 @@ impl Exporter<'_> {
         ends: &BTreeMap<i32, i64>,
         caught: &mut BTreeSet<i32>,
     ) -> Result<(), ExportError> {
-        for (p, end) in ends {
-            if *end == 0 {
-                caught.insert(*p);
-            }
-        }
         let position = self.consumer.position()?;
         for e in position.elements() {
             if let (Offset::Offset(at), Some(end)) = (e.offset(), ends.get(&e.partition())) {
