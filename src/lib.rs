@@ -32,6 +32,7 @@ pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod contracts;
+pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod internal_events;

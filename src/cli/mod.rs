@@ -79,6 +79,11 @@ pub enum Command {
     /// invented or counted twice between the stages. Exits 0 when every
     /// check holds, 1 when one fails (each named), 2 when Kafka cannot be read.
     Reconcile(crate::reconcile::ReconcileArgs),
+    /// Write the rated events of usage.rated as Parquet files, one row
+    /// per (event, measure), partitioned by event date, exactly once
+    /// (progress markers in the output). Runs until SIGTERM/SIGINT, or with
+    /// --until-caught-up until every partition reached its end at start.
+    Export(crate::export::ExportArgs),
     /// Serve the HTTP API (api.listen_addr): OpenMeter-compatible usage
     /// submission at POST /api/v1/events, the contract at /v1/openapi.json.
     /// Needs at least one [[api.keys]]. Runs until SIGTERM/SIGINT.
@@ -210,6 +215,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Export(args) => export(&rt, &config, &args),
         Command::Api => {
             let state = crate::api::ApiState::new(Arc::new(config))?;
             rt.block_on(async {
@@ -370,6 +376,25 @@ fn run(
         Some(m) => bail!(m),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `meterline export`: stops writing batches on SIGTERM/SIGINT after the
+/// one in hand (pending batches are written, with their markers).
+fn export(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    args: &crate::export::ExportArgs,
+) -> anyhow::Result<ExitCode> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let sd = shutdown.clone();
+    rt.spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received: writing pending batches and stopping");
+        sd.store(true, Ordering::SeqCst);
+    });
+    let summary = crate::export::run(config, args, &shutdown)?;
+    print!("{}", summary.render());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `meterline refdata load`: all or nothing. Every bad line is reported (to

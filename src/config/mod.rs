@@ -22,6 +22,11 @@ mod api;
 pub use api::{ApiConfig, ApiKeyConfig, ApiScope};
 mod ledger;
 pub use ledger::{check_schema_name, LedgerConfig};
+mod export;
+pub use export::{
+    ExportConfig, DEFAULT_EXPORT_AMOUNT_SCALE, DEFAULT_EXPORT_BATCH_EVENTS,
+    DEFAULT_EXPORT_BATCH_MAX_MS, DEFAULT_EXPORT_QUANTITY_SCALE, EXPORT_DECIMAL_PRECISION,
+};
 mod invoice;
 pub use invoice::{
     ApprovalMode, InvoiceConfig, TaxMode, DEFAULT_INVOICE_WAIT_TIMEOUT_S, MAX_COMMAND_REASON_BYTES,
@@ -89,6 +94,7 @@ pub struct Config {
     pub invoice: InvoiceConfig,
     #[serde(default)]
     pub ledger: LedgerConfig,
+    pub export: ExportConfig,
     /// Filled from `topology.meters_file` after loading; not a file key.
     #[serde(skip)]
     pub meters: Vec<Meter>,
@@ -558,6 +564,7 @@ impl Config {
         self.api.check().map_err(ConfigError::Invalid)?;
         self.invoice.check().map_err(ConfigError::Invalid)?;
         self.ledger.check().map_err(ConfigError::Invalid)?;
+        self.export.check().map_err(ConfigError::Invalid)?;
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "kafka.bootstrap_servers must not be empty".into(),

@@ -48,8 +48,14 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `meterline` binary: $METERLINE_TEST_BIN when set (a copy of this
+/// build's binary: the shared target directory's `debug/meterline` can be
+/// replaced by another checkout's build while a test runs), else cargo's.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_meterline"))
+    std::env::var_os("METERLINE_TEST_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_meterline")))
 }
 
 /// A test's own world: namespace, config file, state dir.
