@@ -94,6 +94,7 @@ pub struct Config {
     pub invoice: InvoiceConfig,
     #[serde(default)]
     pub ledger: LedgerConfig,
+    #[serde(default)]
     pub export: ExportConfig,
     /// Filled from `topology.meters_file` after loading; not a file key.
     #[serde(skip)]
