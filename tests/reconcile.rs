@@ -173,9 +173,14 @@ fn assert_ledger_equals_the_books(w: &World) {
     });
     let mut want: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for p in books.iter().filter(|p| seen.insert(p.idempotency_key.as_str())) {
+    for p in books
+        .iter()
+        .filter(|p| seen.insert(p.idempotency_key.as_str()))
+    {
         let (d, c) = p.totals();
-        let e = want.entry((p.legal_entity.clone(), p.currency.clone())).or_default();
+        let e = want
+            .entry((p.legal_entity.clone(), p.currency.clone()))
+            .or_default();
         e.0 += d;
         e.1 += c;
     }
@@ -194,7 +199,12 @@ fn assert_ledger_equals_the_books(w: &World) {
     let url = postgres_url();
     let (code, out) = reconcile(w, &["--verbose", "--ledger-url", &url]);
     assert_eq!(code, 0, "{out}");
-    for check in ["ledger_once", "ledger_debits", "ledger_credits", "ledger_lines"] {
+    for check in [
+        "ledger_once",
+        "ledger_debits",
+        "ledger_credits",
+        "ledger_lines",
+    ] {
         assert!(out.contains(check), "{check} missing from\n{out}");
     }
     assert!(terminate(&mut ledger).success());

@@ -76,7 +76,8 @@ pub fn headers_from_json(v: &serde_json::Value) -> Vec<(String, Option<Vec<u8>>)
 }
 
 /// Sends the outbox in rounds of [`OUTBOX_BATCH_ROWS`] until it is empty;
-/// returns how many records were sent.
+/// returns how many records were sent. Each round locks its rows (`FOR
+/// UPDATE SKIP LOCKED`), so two instances never send the same row at once.
 pub fn drain(
     client: &mut postgres::Client,
     producer: &BaseProducer<OutboxContext>,
@@ -84,15 +85,17 @@ pub fn drain(
     flush_timeout: Duration,
 ) -> Result<u64, OutboxError> {
     let select = format!(
-        "SELECT seq, topic, partition, key, value, headers FROM {schema}.outbox ORDER BY seq LIMIT $1"
+        "SELECT seq, topic, partition, key, value, headers FROM {schema}.outbox \
+         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
     );
-    let delete = format!("DELETE FROM {schema}.outbox WHERE seq <= $1");
+    let delete = format!("DELETE FROM {schema}.outbox WHERE seq = ANY($1)");
     let mut sent = 0;
     loop {
-        let rows = client.query(&select, &[&OUTBOX_BATCH_ROWS])?;
-        let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+        let mut tx = client.transaction()?;
+        let rows = tx.query(&select, &[&OUTBOX_BATCH_ROWS])?;
+        if rows.is_empty() {
             return Ok(sent);
-        };
+        }
         let before = producer.context().failed.load(Ordering::SeqCst);
         for row in &rows {
             send_row(producer, row)?;
@@ -102,7 +105,9 @@ pub fn drain(
         if failed > 0 {
             return Err(OutboxError::Undelivered(failed));
         }
-        client.execute(&delete, &[&last])?;
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        tx.execute(&delete, &[&seqs])?;
+        tx.commit()?;
         sent += rows.len() as u64;
     }
 }
