@@ -337,3 +337,132 @@ fn a_killed_export_leaves_no_duplicate_no_partial_file_and_catches_up() {
         "temp files left: {names:?}"
     );
 }
+
+/// An S3-compatible server (moto's standalone server, installed by
+/// deploy/local/deps) on a free port, stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3_server() -> S3Server {
+    let bin = std::env::var("METERLINE_TEST_MOTO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/meterline/venv-moto/bin/moto_server")
+        });
+    let port = free_port();
+    let child = std::process::Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} (deploy/local/deps installs it): {e}", bin.display()));
+    let server = S3Server { child, port };
+    wait_until("the S3 server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    server
+}
+
+/// Creates the bucket, or reads the export back from it, with pyarrow's S3
+/// file system.
+const S3_READER: &str = r#"
+import decimal, json, sys
+import pyarrow.dataset as ds, pyarrow.fs as pafs
+port, what = sys.argv[1], sys.argv[2]
+fs = pafs.S3FileSystem(access_key="test", secret_key="test", region="us-east-1",
+                       endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
+if what == "create":
+    fs.create_dir("meterline-history")
+    print("{}")
+    sys.exit(0)
+names = [f.path for f in fs.get_file_info(pafs.FileSelector("meterline-history/hist", recursive=True))]
+t = ds.dataset("meterline-history/hist", filesystem=fs, format="parquet", partitioning="hive",
+               exclude_invalid_files=True, ignore_prefixes=["_", "."]).to_table()
+amount = [v for v in t.column("marginal_amount").to_pylist() if v is not None]
+keys = list(zip(t.column("source").to_pylist(), t.column("id").to_pylist(), t.column("meter").to_pylist()))
+print(json.dumps({
+  "rows": t.num_rows,
+  "distinct_keys": len(set(keys)),
+  "amount_type": str(t.schema.field("marginal_amount").type),
+  "amount_sum": str(sum(amount, decimal.Decimal(0))),
+  "temp_files": [n for n in names if n.rsplit("/", 1)[-1].startswith(".")],
+  "markers": len([n for n in names if "/_progress/" in n]),
+}))
+"#;
+
+fn s3_python(port: u16, what: &str) -> Value {
+    let out = std::process::Command::new(python())
+        .args(["-c", S3_READER, &port.to_string(), what])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn export_to_s3(w: &World, port: u16) -> std::process::Output {
+    let out = w
+        .cmd()
+        .args([
+            "export",
+            "--until-caught-up",
+            "--batch-events",
+            "40",
+            "--url",
+            "s3://meterline-history/hist",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "export to S3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn export_to_an_s3_compatible_store_writes_every_measure_once() {
+    let s3 = s3_server();
+    s3_python(s3.port, "create");
+    let w = World::new("exports3", "");
+    w.apply();
+    let events: Vec<RatedEvent> = (0..150).map(|i| rated(i, None)).collect();
+    produce_rated(&w, &events);
+    export_to_s3(&w, s3.port);
+    // A second run finds everything exported and writes nothing.
+    export_to_s3(&w, s3.port);
+    let r = s3_python(s3.port, "read");
+    assert_eq!(
+        r["rows"].as_u64().unwrap() as usize,
+        measures(&events),
+        "{r}"
+    );
+    assert_eq!(r["distinct_keys"], r["rows"], "{r}");
+    assert_eq!(r["amount_type"], "decimal128(38, 20)");
+    assert_eq!(
+        Decimal::from_str(r["amount_sum"].as_str().unwrap()).unwrap(),
+        total(&events),
+        "{r}"
+    );
+    assert_eq!(r["temp_files"], json!([]), "{r}");
+    assert!(r["markers"].as_u64().unwrap() >= 1, "{r}");
+}

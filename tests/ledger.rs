@@ -202,13 +202,7 @@ fn every_posting_reaches_the_ledger_once_and_a_closed_period_is_refused_then_rep
     // Reopen the period; replay brings k0007 in once.
     db.execute(&format!("DELETE FROM {schema}.closed_periods"), &[])
         .unwrap();
-    let out = w.run(&[
-        "replay",
-        "--from",
-        "meterline.dlq.ledger",
-        "--reason",
-        "closed_period",
-    ]);
+    let out = replay_closed_period(&w);
     assert!(
         out.status.success(),
         "{}",
@@ -231,13 +225,7 @@ fn every_posting_reaches_the_ledger_once_and_a_closed_period_is_refused_then_rep
     );
     assert_trial_balance(&schema, &postings, None);
     // A second replay finds nothing new to send.
-    let out = w.run(&[
-        "replay",
-        "--from",
-        "meterline.dlq.ledger",
-        "--reason",
-        "closed_period",
-    ]);
+    let out = replay_closed_period(&w);
     assert!(out.status.success());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -266,6 +254,16 @@ fn assert_trial_balance(
     for (k, amount) in want {
         assert_eq!(got[&k], (amount, amount), "{k:?}");
     }
+}
+
+fn replay_closed_period(w: &World) -> std::process::Output {
+    w.run(&[
+        "replay",
+        "--from",
+        "meterline.dlq.ledger",
+        "--reason",
+        "closed_period",
+    ])
 }
 
 fn restart_postgres() {

@@ -52,7 +52,8 @@ pub use invoice::{
 };
 pub use ledger::{AckSource, AckStatus, LedgerAck, LEDGER_ACK_VERSION};
 pub use posting::{
-    ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, POSTING_VERSION,
+    ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, EXAMPLE_JOURNAL_ENTRY,
+    POSTING_VERSION,
 };
 pub use rated::{RatedEvent, RatedMeasure, RatedOut, RATED_EVENT_VERSION};
 pub use usage::{

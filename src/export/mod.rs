@@ -99,8 +99,8 @@ pub struct ExportArgs {
     /// Local directory to write to (default: config export.dir).
     #[arg(long, conflicts_with = "url")]
     pub dir: Option<PathBuf>,
-    /// Object store location, s3://bucket/prefix. Not built in yet: refused
-    /// with an error. Default: config export.url.
+    /// S3-compatible object store location, s3://bucket/prefix (credentials,
+    /// region, endpoint from AWS_* variables). Default: config export.url.
     #[arg(long)]
     pub url: Option<String>,
     /// Events per partition in one batch (default: export.batch_events).

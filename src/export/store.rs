@@ -138,12 +138,133 @@ impl Output for LocalDir {
     }
 }
 
-/// The output at an object store URL (`s3://bucket/prefix`).
+/// Bound of one object store call (list, get, put, delete).
+const OBJECT_STORE_CALL_TIMEOUT_S: u64 = 120;
+
+/// An S3-compatible object store under a prefix (`s3://bucket/prefix`).
+/// Credentials, region and endpoint come from the usual environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+/// `AWS_REGION`, `AWS_ENDPOINT` for a store other than AWS, `AWS_ALLOW_HTTP=true`
+/// for one without TLS). A PUT is all or nothing, which is what
+/// [`Output::write`] needs; nothing is ever half visible.
+pub struct ObjectStoreOutput {
+    url: String,
+    store: Box<dyn object_store::ObjectStore>,
+    prefix: object_store::path::Path,
+    rt: tokio::runtime::Runtime,
+}
+
+impl ObjectStoreOutput {
+    fn location(&self, path: &str) -> object_store::path::Path {
+        let mut full = self.prefix.clone();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            full = full.child(part);
+        }
+        full
+    }
+
+    fn err(&self, path: &str, e: impl ToString) -> OutputError {
+        OutputError::new(format!("{}/{path}", self.url.trim_end_matches('/')), e)
+    }
+
+    /// Runs one call on the output's own runtime, bounded.
+    fn call<T>(
+        &self,
+        path: &str,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, OutputError> {
+        let bound = std::time::Duration::from_secs(OBJECT_STORE_CALL_TIMEOUT_S);
+        // The timer must be made inside the runtime.
+        match self.rt.block_on(async { tokio::time::timeout(bound, f).await }) {
+            Ok(r) => r.map_err(|e| self.err(path, e)),
+            Err(_) => Err(self.err(
+                path,
+                format!("no answer in {OBJECT_STORE_CALL_TIMEOUT_S} s"),
+            )),
+        }
+    }
+}
+
+impl Output for ObjectStoreOutput {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn list(&self) -> Result<Vec<String>, OutputError> {
+        use futures::TryStreamExt;
+        let metas: Vec<object_store::ObjectMeta> =
+            self.call("", self.store.list(Some(&self.prefix)).try_collect())?;
+        let root = format!("{}/", self.prefix.as_ref());
+        let mut out: Vec<String> = metas
+            .into_iter()
+            .map(|m| {
+                let p = m.location.as_ref();
+                p.strip_prefix(root.as_str()).unwrap_or(p).to_string()
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, OutputError> {
+        let location = self.location(path);
+        let got = self.rt.block_on(async {
+            match self.store.get(&location).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        got.map(|b| b.map(|b| b.to_vec()))
+            .map_err(|e| self.err(path, e))
+    }
+
+    fn write(&self, path: &str, bytes: &[u8]) -> Result<(), OutputError> {
+        let location = self.location(path);
+        let payload = object_store::PutPayload::from(bytes.to_vec());
+        self.call(path, self.store.put(&location, payload))
+            .map(|_| ())
+    }
+
+    fn delete(&self, path: &str) -> Result<(), OutputError> {
+        let location = self.location(path);
+        let deleted = self.rt.block_on(self.store.delete(&location));
+        match deleted {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(path, e)),
+        }
+    }
+}
+
+/// The output at an object store URL: `s3://bucket[/prefix]` (any
+/// S3-compatible store; see [`ObjectStoreOutput`]).
 pub fn open_url(url: &str) -> Result<Box<dyn Output>, OutputError> {
-    Err(OutputError::new(
-        url,
-        "object store outputs are not built in yet",
-    ))
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(OutputError::new(
+            url,
+            "only s3:// URLs (S3 and S3-compatible stores) are supported; use --dir for a local directory",
+        ));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(OutputError::new(url, "no bucket in the URL"));
+    }
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| OutputError::new(url, e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OutputError::new(url, e))?;
+    let prefix = object_store::path::Path::parse(prefix.trim_matches('/'))
+        .map_err(|e| OutputError::new(url, e))?;
+    Ok(Box::new(ObjectStoreOutput {
+        url: url.to_string(),
+        store: Box::new(store),
+        prefix,
+        rt,
+    }))
 }
 
 #[cfg(test)]

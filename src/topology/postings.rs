@@ -266,20 +266,20 @@ mod tests {
     }
 
     fn journal(credit: &str) -> Posting {
-        let json = concat!(
-            r#"{"posting_type":"journal_entry","kind":"accrual","idempotency_key":"5d41","#,
-            r#""business_key":["journal_entry","accrual"],"key_version":1,"legal_entity":"ml-us","#,
-            r#""customer_id":"cust-42","erp_customer_id":"C-42","subscription_id":"sub-1","#,
-            r#""plan_id":"pro","plan_version":2,"currency":"USD","accounting_date":"2026-01-10","#,
-            r#""billing_period":{"id":"2026-01-01","start":"2026-01-01T05:00:00Z","end":"2026-02-01T05:00:00Z"},"#,
-            r#""window_kind":"day","#,
-            r#""window":{"id":"2026-01-10","start":"2026-01-10T05:00:00Z","end":"2026-01-11T05:00:00Z"},"#,
-            r#""adjusts":null,"segment_id":"3f1c","segment_key":null,"meter":"tokens","#,
-            r#""lines":[{"account":"1210","side":"debit","amount":"4.50"},"#,
-            r#"{"account":"4010","side":"credit","amount":"CREDIT"}],"#,
-            r#""invoice_line":null,"control_total":null}"#
-        );
-        Posting::from_json_slice(json.replace("CREDIT", credit).as_bytes()).unwrap()
+        let example = crate::contracts::EXAMPLE_JOURNAL_ENTRY;
+        let mut p = Posting::from_json_slice(example.as_bytes()).unwrap();
+        p.idempotency_key = "5d41".into();
+        let line = |account: &str, side: &str, amount: &str| -> crate::contracts::JournalLine {
+            serde_json::from_value(
+                serde_json::json!({"account": account, "side": side, "amount": amount}),
+            )
+            .unwrap()
+        };
+        p.lines = vec![
+            line("1210", "debit", "4.50"),
+            line("4010", "credit", credit),
+        ];
+        p
     }
 
     #[test]

@@ -478,18 +478,8 @@ mod tests {
         currency: &str,
         lines: Vec<JournalLine>,
     ) -> Posting {
-        let json = concat!(
-            r#"{"posting_type":"journal_entry","kind":"accrual","idempotency_key":"k","#,
-            r#""business_key":["journal_entry","accrual"],"key_version":1,"legal_entity":"ml-us","#,
-            r#""customer_id":"cust-42","erp_customer_id":"C-42","subscription_id":"sub-1","#,
-            r#""plan_id":"pro","plan_version":2,"currency":"USD","accounting_date":"2026-01-10","#,
-            r#""billing_period":{"id":"2026-01-01","start":"2026-01-01T05:00:00Z","end":"2026-02-01T05:00:00Z"},"#,
-            r#""window_kind":"day","#,
-            r#""window":{"id":"2026-01-10","start":"2026-01-10T05:00:00Z","end":"2026-01-11T05:00:00Z"},"#,
-            r#""adjusts":null,"segment_id":"3f1c","segment_key":null,"meter":"tokens","#,
-            r#""lines":[],"invoice_line":null,"control_total":null}"#
-        );
-        let mut p = Posting::from_json_slice(json.as_bytes()).unwrap();
+        let mut p =
+            Posting::from_json_slice(crate::contracts::EXAMPLE_JOURNAL_ENTRY.as_bytes()).unwrap();
         p.idempotency_key = key.to_string();
         p.accounting_date = date.to_string();
         p.legal_entity = le.to_string();

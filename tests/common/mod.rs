@@ -152,6 +152,11 @@ transaction_timeout_ms = 10000
         for s in stages {
             c.arg("--stage").arg(s);
         }
+        self.spawn(c, instance)
+    }
+
+    /// Starts a long-running verb in the world's directory.
+    fn spawn(&self, mut c: Command, instance: &str) -> Stage {
         c.env("METERLINE__RUNTIME__INSTANCE_ID", instance)
             .env("METERLINE_LOG", "warn")
             .current_dir(self.dir.path())
@@ -492,15 +497,9 @@ impl World {
     pub fn spawn_ledger_sync(&self, instance: &str) -> Stage {
         let mut c = self.cmd();
         c.arg("ledger-sync")
-            .env("METERLINE__RUNTIME__INSTANCE_ID", instance)
             .env("METERLINE_LEDGER_URL", postgres_url())
             // Beside stages of the same world: no second listener on their port.
-            .env("METERLINE__HTTP__LISTEN_ADDR", "")
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map(Stage)
-            .unwrap()
+            .env("METERLINE__HTTP__LISTEN_ADDR", "");
+        self.spawn(c, instance)
     }
 }
