@@ -175,7 +175,10 @@ impl ObjectStoreOutput {
     ) -> Result<T, OutputError> {
         let bound = std::time::Duration::from_secs(OBJECT_STORE_CALL_TIMEOUT_S);
         // The timer must be made inside the runtime.
-        match self.rt.block_on(async { tokio::time::timeout(bound, f).await }) {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(bound, f).await })
+        {
             Ok(r) => r.map_err(|e| self.err(path, e)),
             Err(_) => Err(self.err(
                 path,

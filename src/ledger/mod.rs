@@ -39,6 +39,31 @@ use crate::config::Config;
 use crate::runtime::StageStatus;
 use crate::topology::names;
 
+/// A connection to the ledger database: TLS when the server offers it
+/// (`sslmode` of the URL: `require` refuses a plain one), bounded connect,
+/// `statement_timeout` set when given.
+pub fn connect(
+    url: &str,
+    application: &str,
+    connect_timeout: std::time::Duration,
+    statement_timeout_ms: Option<u64>,
+) -> Result<postgres::Client, postgres::Error> {
+    use std::str::FromStr;
+    let mut pc = postgres::Config::from_str(url)?;
+    pc.connect_timeout(connect_timeout)
+        .application_name(application);
+    if let Some(ms) = statement_timeout_ms {
+        pc.options(&format!("-c statement_timeout={ms}"));
+    }
+    match native_tls::TlsConnector::new() {
+        Ok(tls) => pc.connect(postgres_native_tls::MakeTlsConnector::new(tls)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS for the ledger connection");
+            pc.connect(postgres::NoTls)
+        }
+    }
+}
+
 /// Runs ledger-sync until SIGTERM/SIGINT, serving /metrics, /healthz and
 /// /readyz on `http.listen_addr` (ready: connected to the ledger and every
 /// assigned partition positioned).

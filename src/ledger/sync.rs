@@ -211,19 +211,12 @@ impl LedgerSync {
 
     fn connect(&mut self) -> Result<Db, postgres::Error> {
         let lc = &self.config.ledger;
-        let mut pc = postgres::Config::from_str(&self.url)?;
-        pc.connect_timeout(Duration::from_millis(lc.connect_timeout_ms))
-            .application_name("meterline-ledger-sync")
-            .options(&format!("-c statement_timeout={}", lc.statement_timeout_ms));
-        let tls = native_tls::TlsConnector::new()
-            .map(postgres_native_tls::MakeTlsConnector::new)
-            .map_err(|e| {
-                tracing::warn!(error = %e, "no TLS for the ledger connection");
-            });
-        let mut client = match tls {
-            Ok(tls) => pc.connect(tls)?,
-            Err(()) => pc.connect(postgres::NoTls)?,
-        };
+        let mut client = super::connect(
+            &self.url,
+            "meterline-ledger-sync",
+            Duration::from_millis(lc.connect_timeout_ms),
+            Some(lc.statement_timeout_ms),
+        )?;
         let version = schema::migrate(&mut client, &self.schema)?;
         let statements = Statements::prepare(&mut client, &self.schema)?;
         DatabaseReady {

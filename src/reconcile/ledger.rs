@@ -48,11 +48,9 @@ pub enum LedgerReadError {
 /// Reads the ledger at `url` in one repeatable-read transaction (one
 /// consistent snapshot).
 pub fn read_ledger(config: &Config, url: &str) -> Result<LedgerFacts, LedgerReadError> {
-    let mut pc =
-        postgres::Config::from_str(url).map_err(|e| LedgerReadError::Url(e.to_string()))?;
-    pc.connect_timeout(Duration::from_millis(LEDGER_CONNECT_TIMEOUT_MS))
-        .application_name("meterline-reconcile");
-    let mut client = pc.connect(postgres::NoTls)?;
+    postgres::Config::from_str(url).map_err(|e| LedgerReadError::Url(e.to_string()))?;
+    let timeout = Duration::from_millis(LEDGER_CONNECT_TIMEOUT_MS);
+    let mut client = crate::ledger::connect(url, "meterline-reconcile", timeout, None)?;
     let s = config.ledger.schema_for(&config.topology.namespace);
     let group = format!("{}meterline.{}", config.topology.namespace, names::LEDGER);
     let mut tx = client

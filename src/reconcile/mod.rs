@@ -52,6 +52,14 @@
 //! |---|---|
 //! | `unreadable_records` | no record fails to parse as the topic's contract (a foreign record in the books, e.g. written by hand or by a misdirected tool, is named by partition and offset instead of being skipped) |
 //!
+//! **The general ledger** (only with `--ledger-url` or `[ledger] url`; read
+//! from the PostgreSQL ledger-sync writes, in one snapshot, `ledger.rs`):
+//!
+//! | check | equality |
+//! |---|---|
+//! | `ledger_once` | every posting ledger-sync has read (by the offsets the ledger keeps) is in the ledger exactly once or refused there |
+//! | `ledger_debits`, `ledger_credits`, `ledger_lines` | per legal entity, currency and account: the ledger's journal lines = those of the postings it holds |
+//!
 //! The rounding difference (rounded minus unrounded posted amounts) is shown
 //! per window and per currency; it is not a failure.
 //!
