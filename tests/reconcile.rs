@@ -196,6 +196,40 @@ fn assert_ledger_equals_the_books(w: &World) {
         .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
         .collect();
     assert_eq!(got, want, "the ledger's trial balance is the books'");
+    // Each invoice in the ledger at its latest version, with its lines.
+    let mut latest: BTreeMap<String, (u64, String, usize)> = BTreeMap::new();
+    for r in read_all(&w.topic("finance.invoices"), true) {
+        let v = r.json();
+        let id = v["invoice_id"].as_str().unwrap().to_string();
+        let version = v["version"].as_u64().unwrap();
+        if latest.get(&id).is_none_or(|(old, ..)| *old < version) {
+            let status = v["status"].as_str().unwrap().to_string();
+            latest.insert(id, (version, status, v["lines"].as_array().unwrap().len()));
+        }
+    }
+    assert!(!latest.is_empty(), "the scenario has invoices");
+    let schema = w.ledger_schema();
+    let sql = format!(
+        "SELECT i.invoice_id, i.version, i.status, (SELECT count(*) FROM {schema}.invoice_lines l \
+         WHERE l.invoice_id = i.invoice_id) FROM {schema}.invoices i"
+    );
+    let in_ledger = || -> BTreeMap<String, (u64, String, usize)> {
+        postgres_client()
+            .query(&sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let (v, n): (i32, i64) = (r.get(1), r.get(3));
+                (r.get(0), (v as u64, r.get(2), n as usize))
+            })
+            .collect()
+    };
+    wait_until("the invoices in the ledger", || in_ledger() == latest);
+    assert_eq!(
+        in_ledger(),
+        latest,
+        "the ledger's invoices are finance.invoices' latest"
+    );
     let url = postgres_url();
     let (code, out) = reconcile(w, &["--verbose", "--ledger-url", &url]);
     assert_eq!(code, 0, "{out}");

@@ -211,15 +211,14 @@ impl Output for ObjectStoreOutput {
 
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, OutputError> {
         let location = self.location(path);
-        let got = self.rt.block_on(async {
+        let got = self.call(path, async {
             match self.store.get(&location).await {
                 Ok(r) => r.bytes().await.map(Some),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
-        });
-        got.map(|b| b.map(|b| b.to_vec()))
-            .map_err(|e| self.err(path, e))
+        })?;
+        Ok(got.map(|b| b.to_vec()))
     }
 
     fn write(&self, path: &str, bytes: &[u8]) -> Result<(), OutputError> {
@@ -231,11 +230,12 @@ impl Output for ObjectStoreOutput {
 
     fn delete(&self, path: &str) -> Result<(), OutputError> {
         let location = self.location(path);
-        let deleted = self.rt.block_on(self.store.delete(&location));
-        match deleted {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err(path, e)),
-        }
+        self.call(path, async {
+            match self.store.delete(&location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
 }
 

@@ -114,7 +114,9 @@ impl DatabaseFailed<'_> {
         );
         DB_ERRORS.with_label_values(&[self.kind]).inc();
         m.aborts(self.kind).inc();
-        if self.kind != "fenced" {
+        // An outbox failure may be Kafka's; a fenced batch is no failure of
+        // the database.
+        if matches!(self.kind, "connect" | "batch") {
             DB_UP.set(0);
         }
     }
