@@ -156,17 +156,24 @@ fn every_posting_reaches_the_ledger_once_and_a_closed_period_is_refused_then_rep
         serde_json::from_slice(&posting("kbad", "ml-us", "USD", "2026-02-02", "1.00")).unwrap();
     bad["lines"][1]["amount"] = "0.99".into();
     records.push(record("kbad", bad.to_string().into_bytes()));
+    // Valid JSON the database refuses (PostgreSQL text holds no NUL).
+    let mut nul: serde_json::Value =
+        serde_json::from_slice(&posting("knul", "ml-us", "USD", "2026-02-03", "2.00")).unwrap();
+    nul["customer_id"] = "c\u{0}x".into();
+    records.push(record("knul", nul.to_string().into_bytes()));
     // Not a posting at all.
     records.push(record("junk", b"{not json".to_vec()));
     produce(&w.topic("finance.postings"), &records);
 
     wait_long("an ack per posting", || {
-        acks(&w).len() == postings.len() + 1
+        acks(&w).len() == postings.len() + 2
     });
     let a = acks(&w);
     assert_eq!(a["k0007"]["status"], "rejected");
     assert_eq!(a["k0007"]["reason"], "closed_period");
     assert_eq!(a["kbad"]["reason"], "unbalanced_posting");
+    assert_eq!(a["knul"]["status"], "rejected");
+    assert_eq!(a["knul"]["reason"], "constraint_violation", "{}", a["knul"]);
     let accepted = a.values().filter(|v| v["status"] == "accepted").count();
     assert_eq!(accepted, postings.len() - 1);
     assert_eq!(
@@ -190,12 +197,17 @@ fn every_posting_reaches_the_ledger_once_and_a_closed_period_is_refused_then_rep
         .iter()
         .map(|r| r.header("meterline.reason").unwrap())
         .collect();
-    assert_eq!(dlq.len(), 3, "{reasons:?}");
+    assert_eq!(dlq.len(), 4, "{reasons:?}");
     assert_eq!(
         reasons,
-        ["closed_period", "invalid_posting", "unbalanced_posting"]
-            .map(String::from)
-            .into()
+        [
+            "closed_period",
+            "constraint_violation",
+            "invalid_posting",
+            "unbalanced_posting"
+        ]
+        .map(String::from)
+        .into()
     );
     assert_trial_balance(&schema, &postings, Some("k0007"));
 
@@ -220,8 +232,8 @@ fn every_posting_reaches_the_ledger_once_and_a_closed_period_is_refused_then_rep
             &schema,
             "SELECT count(*) FROM {s}.posting_status WHERE status = 'rejected'"
         ),
-        1,
-        "only kbad stays refused"
+        2,
+        "only kbad and knul stay refused"
     );
     assert_trial_balance(&schema, &postings, None);
     // A second replay finds nothing new to send.

@@ -150,6 +150,18 @@ fn decode_posting(value: &[u8]) -> Decoded {
     }))
 }
 
+/// The idempotency key of a record that parses as a posting (a row the
+/// database refused is still acked under its key).
+pub fn idempotency_key_of(rec: &InRecord) -> Option<String> {
+    match decode(rec.input, rec.value.as_deref()) {
+        Decoded::Posting(p) => Some(p.posting.idempotency_key),
+        Decoded::Refused {
+            idempotency_key, ..
+        } => idempotency_key,
+        Decoded::Invoice(_) | Decoded::Tombstone => None,
+    }
+}
+
 /// A journal entry has lines, each > 0, and debits equal credits exactly.
 pub fn check_balanced(p: &Posting) -> Result<(), String> {
     if p.posting_type != PostingType::JournalEntry {

@@ -164,14 +164,11 @@ pub fn apply(
     let mut outcomes = Vec::with_capacity(batch.len());
     for (index, rec) in batch.iter().enumerate() {
         let outcome = match cx.refused_rows.get(&index) {
-            Some(message) => refuse(
-                &mut tx,
-                cx,
-                rec,
-                None,
-                reason::CONSTRAINT_VIOLATION,
-                message,
-            )?,
+            Some(message) => {
+                let key = crate::ledger::record::idempotency_key_of(rec);
+                let why = reason::CONSTRAINT_VIOLATION;
+                refuse(&mut tx, cx, rec, key.as_deref(), why, message)?
+            }
             None => apply_one(&mut tx, cx, rec).map_err(|e| row_error(index, e))?,
         };
         outcomes.push(outcome);
