@@ -141,14 +141,16 @@ pub enum ReconcileError {
 
 /// `meterline reconcile`: reads, checks, prints; Ok(true) when every check held.
 pub fn run(config: &Config, args: &ReconcileArgs) -> Result<bool, ReconcileError> {
-    let mut facts = read(config)?;
-    if let Some(url) = args
+    // The ledger before Kafka: every posting its snapshot holds was on the
+    // topic before reconcile reads it, so a running ledger-sync can only
+    // make postings in flight, never ledger rows reconcile has not seen.
+    let url = args
         .ledger_url
         .clone()
-        .or_else(|| config.ledger.resolved_url())
-    {
-        facts.ledger = Some(ledger::read_ledger(config, &url)?);
-    }
+        .or_else(|| config.ledger.resolved_url());
+    let ledger = url.map(|u| ledger::read_ledger(config, &u)).transpose()?;
+    let mut facts = read(config)?;
+    facts.ledger = ledger;
     let report = check(&facts, args.period.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -172,3 +172,110 @@ fn check_balances(
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contracts::{JournalLine, EXAMPLE_JOURNAL_ENTRY};
+    use crate::reconcile::ledger::LedgerPosting;
+    use rust_decimal_macros::dec;
+
+    fn posting(key: &str, amount: Decimal) -> Posting {
+        let mut p = Posting::from_json_slice(EXAMPLE_JOURNAL_ENTRY.as_bytes()).unwrap();
+        p.idempotency_key = key.into();
+        p.lines = JournalLine::pair("1210", "4010", amount).unwrap();
+        p
+    }
+
+    /// Facts of three postings at offsets 0..3 of partition 0, and a ledger
+    /// that has read the first two and holds what `rows` says.
+    fn facts(rows: &[(&str, u64, Option<&str>)], ledger_debit: Decimal) -> Facts {
+        let mut ledger = LedgerFacts::default();
+        for (key, n, rejected) in rows {
+            let standing = LedgerPosting {
+                rows: *n,
+                rejected: rejected.map(String::from),
+            };
+            ledger.postings.insert(key.to_string(), standing);
+        }
+        let k = ("ml-us".to_string(), "USD".to_string());
+        let date = "2026-01-10".to_string();
+        let line = |account: &str, d: Decimal, c: Decimal| {
+            let key = (k.0.clone(), k.1.clone(), account.to_string(), date.clone());
+            (key, (d, c, 1))
+        };
+        ledger.balances = [
+            line("1210", ledger_debit, Decimal::ZERO),
+            line("4010", Decimal::ZERO, ledger_debit),
+        ]
+        .into();
+        ledger
+            .next_offsets
+            .insert(("finance.postings".into(), 0), 2);
+        Facts {
+            postings: vec![
+                posting("a", dec!(1.50)),
+                posting("b", dec!(2.00)),
+                posting("c", dec!(9)),
+            ],
+            posting_offsets: vec![(0, 0), (0, 1), (0, 2)],
+            ledger: Some(ledger),
+            ..Facts::default()
+        }
+    }
+
+    fn run(f: &Facts) -> (Vec<Check>, Vec<String>) {
+        let mut out = Vec::new();
+        let notes = check_ledger(f, None, &mut out);
+        (out, notes)
+    }
+
+    #[test]
+    fn postings_read_are_in_the_ledger_once_or_refused_and_amounts_agree() {
+        let f = facts(
+            &[("a", 1, None), ("b", 0, Some("closed_period"))],
+            dec!(1.50),
+        );
+        let (checks, notes) = run(&f);
+        assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+        assert_eq!(
+            checks.iter().filter(|c| c.check == "ledger_debits").count(),
+            2
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("1 posting(s) not yet read")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("closed_period")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_doubled_posting_and_a_wrong_amount_fail_by_name() {
+        let f = facts(&[("a", 2, None)], dec!(1.49));
+        let (checks, _) = run(&f);
+        let once = checks.iter().find(|c| c.check == "ledger_once").unwrap();
+        assert!(!once.ok);
+        assert!(
+            once.detail.contains('a') && once.detail.contains('b'),
+            "{}",
+            once.detail
+        );
+        let debit = checks
+            .iter()
+            .find(|c| c.check == "ledger_debits" && c.subject.ends_with("1210"))
+            .unwrap();
+        assert!(!debit.ok, "{debit:?}");
+        assert_eq!(debit.difference, "-2.01");
+    }
+
+    #[test]
+    fn without_a_ledger_there_is_no_ledger_check() {
+        let (checks, notes) = run(&Facts::default());
+        assert!(checks.is_empty() && notes.is_empty());
+    }
+}
