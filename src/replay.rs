@@ -144,37 +144,62 @@ pub const NOT_REPLAYABLE_SOURCE: &str = "not_replayable_source";
 /// Refusal code: `--to` is not the input the records came from.
 pub const NOT_ORIGIN_TARGET: &str = "not_origin_target";
 
+/// One replayable topic (before the namespace): where its records go back
+/// to, and the topics their `meterline.original.topic` may name.
+struct Route {
+    from: String,
+    target: &'static str,
+    origins: Vec<&'static str>,
+}
+
+/// Every replayable topic: each stage's dead letters back to its input;
+/// enrich's parked events back to enrich's input; the general ledger's
+/// refusals back to ledger-sync through its retry topic (finance.postings
+/// itself is written only by the stages that make postings), from any
+/// topic ledger-sync reads.
+fn routes() -> Vec<Route> {
+    let mut r: Vec<Route> = STAGES
+        .iter()
+        .map(|s| Route {
+            from: s.dlq(),
+            target: s.input,
+            origins: vec![s.input],
+        })
+        .collect();
+    r.push(Route {
+        from: names::EXCEPTIONS.to_string(),
+        target: names::VALIDATED,
+        origins: vec![names::VALIDATED],
+    });
+    r.push(Route {
+        from: names::dlq(names::LEDGER),
+        target: names::LEDGER_RETRY,
+        origins: vec![names::POSTINGS, names::INVOICES, names::LEDGER_RETRY],
+    });
+    r
+}
+
+fn route(from: &str) -> Option<Route> {
+    routes().into_iter().find(|r| r.from == from)
+}
+
 /// The input topic (before the namespace) that the records of `from` (before
 /// the namespace) go back to, or None when `from` may not be replayed.
 pub fn replay_target(from: &str) -> Option<&'static str> {
-    if from == names::EXCEPTIONS {
-        // Parked by enrich: back to enrich's input.
-        return Some(names::VALIDATED);
-    }
-    if from == names::dlq(names::LEDGER) {
-        // Refused by the general ledger: back to ledger-sync through its
-        // retry topic (finance.postings itself is written only by the
-        // stages that make postings).
-        return Some(names::LEDGER_RETRY);
-    }
-    STAGES.iter().find(|s| s.dlq() == from).map(|s| s.input)
-}
-
-/// The topics (before the namespace) the records of `from` may have come
-/// from: the target itself, or for the ledger's dead letters, each topic
-/// ledger-sync reads.
-fn replay_origins(from: &str, target: &'static str) -> Vec<&'static str> {
-    if from == names::dlq(names::LEDGER) {
-        return vec![names::POSTINGS, names::INVOICES, names::LEDGER_RETRY];
-    }
-    vec![target]
+    route(from).map(|r| r.target)
 }
 
 impl ReplayOptions {
     pub fn from_args(config: &Config, a: &ReplayArgs) -> Result<Self, ReplayError> {
-        let Some(target) = replay_target(&a.from) else {
-            let mut dlqs: Vec<String> = STAGES.iter().map(|s| s.dlq()).collect();
-            dlqs.push(names::dlq(names::LEDGER));
+        let Some(Route {
+            target, origins, ..
+        }) = route(&a.from)
+        else {
+            let dlqs: Vec<String> = routes()
+                .into_iter()
+                .map(|r| r.from)
+                .filter(|f| f.as_str() != names::EXCEPTIONS)
+                .collect();
             return Err(ReplayError::Refused {
                 code: NOT_REPLAYABLE_SOURCE,
                 message: format!(
@@ -217,10 +242,7 @@ impl ReplayOptions {
                 .transpose()?,
             limit: a.limit,
             target: config.topic(target),
-            origins: replay_origins(&a.from, target)
-                .into_iter()
-                .map(|t| config.topic(t))
-                .collect(),
+            origins: origins.into_iter().map(|t| config.topic(t)).collect(),
             dry_run: a.dry_run,
             group,
             timeout_ms: 600_000,

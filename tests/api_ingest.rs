@@ -611,7 +611,7 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         );
         assert_eq!(a.status, 204, "{}", a.body);
     }
-    let mut stages = w.spawn_stage(&ALL_STAGES, "a");
+    let mut stages = w.spawn_stage(&all_stages(), "a");
     let usage = |sub: &str| get(port, READ_TOKEN, &format!("/v1/subscriptions/{sub}/usage")).json();
     let events_in = |u: &serde_json::Value| -> u64 {
         u["periods"]

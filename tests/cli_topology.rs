@@ -95,15 +95,7 @@ fn describe_names_all_seven_stages_with_their_topics() {
     let m = w.run(&["topology", "describe", "--mermaid"]);
     let mermaid = stdout(&m);
     assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
-    for s in [
-        "validate",
-        "dedupe",
-        "enrich",
-        "rate",
-        "aggregate",
-        "post",
-        "invoice",
-    ] {
+    for s in all_stages() {
         assert!(mermaid.contains(&format!("{s}[[{s}]]")), "{mermaid}");
     }
 }

@@ -231,7 +231,7 @@ fn s(a: &str, b: &str, c: &str, d: &str) -> (String, String, String, String) {
 #[test]
 fn finance_acts_on_invoices_and_every_command_lands_once() {
     let w = setup("inv");
-    let mut run = w.spawn_stage(&ALL_STAGES, "a");
+    let mut run = w.spawn_stage(&all_stages(), "a");
     wait_until("15 invoices out of draft", || every_invoice_closed(&w));
     let all = invoices(&w);
     let st = |c: &str, p: &str| all[&id(c, p)].status;
@@ -403,54 +403,45 @@ fn finance_acts_on_invoices_and_every_command_lands_once() {
 
     // A 10 % credit memo: 3.30, of which tax 3.30 x 3.00 / 33.00 = 0.30.
     let credit_id = id("c-credit", PERIODS[0]);
-    let o = cli(
-        &w,
-        ALICE_KEY,
-        &[
-            "credit",
-            &credit_id,
-            "--percent",
-            "10",
-            "--command-id",
-            "cm-1",
-        ],
-    );
+    let credit = [
+        "credit",
+        &credit_id,
+        "--percent",
+        "10",
+        "--command-id",
+        "cm-1",
+    ];
+    let o = cli(&w, ALICE_KEY, &credit);
     assert!(o.status.success(), "{}", text(&o));
     // A dispute of 14.00, lost: a credit memo, tax 14 x 4.00 / 44.00 = 1.27.
     let dispute_id = id("c-dispute", PERIODS[0]);
-    let o = cli(
-        &w,
-        ALICE_KEY,
-        &[
-            "dispute",
-            "open",
-            &dispute_id,
-            "--amount",
-            "14.00",
-            "--command-id",
-            "dsp-1",
-        ],
-    );
+    let open = [
+        "dispute",
+        "open",
+        &dispute_id,
+        "--amount",
+        "14.00",
+        "--command-id",
+        "dsp-1",
+    ];
+    let o = cli(&w, ALICE_KEY, &open);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         invoices(&w)[&dispute_id].totals.disputed.to_string(),
         "14.00"
     );
-    let o = cli(
-        &w,
-        ALICE_KEY,
-        &[
-            "dispute",
-            "resolve",
-            &dispute_id,
-            "--dispute-id",
-            "dsp-1",
-            "--outcome",
-            "lost",
-            "--command-id",
-            "dsp-1-end",
-        ],
-    );
+    let lost = [
+        "dispute",
+        "resolve",
+        &dispute_id,
+        "--dispute-id",
+        "dsp-1",
+        "--outcome",
+        "lost",
+        "--command-id",
+        "dsp-1-end",
+    ];
+    let o = cli(&w, ALICE_KEY, &lost);
     assert!(o.status.success(), "{}", text(&o));
     // Each of them re-sent with its id: the same answer, nothing changes.
     let versions = |w: &World| -> Vec<u32> {
@@ -460,37 +451,8 @@ fn finance_acts_on_invoices_and_every_command_lands_once() {
             .collect()
     };
     let (before, n) = (versions(&w), postings(&w).len());
-    for args in [
-        vec![
-            "credit",
-            credit_id.as_str(),
-            "--percent",
-            "10",
-            "--command-id",
-            "cm-1",
-        ],
-        vec![
-            "dispute",
-            "open",
-            dispute_id.as_str(),
-            "--amount",
-            "14.00",
-            "--command-id",
-            "dsp-1",
-        ],
-        vec![
-            "dispute",
-            "resolve",
-            dispute_id.as_str(),
-            "--dispute-id",
-            "dsp-1",
-            "--outcome",
-            "lost",
-            "--command-id",
-            "dsp-1-end",
-        ],
-    ] {
-        let o = cli(&w, ALICE_KEY, &args);
+    for args in [&credit[..], &open[..], &lost[..]] {
+        let o = cli(&w, ALICE_KEY, args);
         assert!(o.status.success(), "{}", text(&o));
     }
     std::thread::sleep(Duration::from_secs(3));

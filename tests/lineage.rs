@@ -125,7 +125,7 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
             event("a3", "c-1", "2026-09-14T10:00:00Z", 5000),
         ],
     );
-    let mut stage = w.spawn_stage(&ALL_STAGES, "a");
+    let mut stage = w.spawn_stage(&all_stages(), "a");
     wait_until("late1's adjustment posted", || {
         accrual_adjusting(&w, "2026-09-12", "2026-09-10").is_some()
     });

@@ -218,7 +218,7 @@ fn settled(w: &World) -> bool {
 /// Runs the scenario in a fresh namespace; every posting once it settled.
 fn run_scenario(name: &str) -> (World, Vec<(Rec, Posting)>) {
     let w = setup(name);
-    let mut stage = w.spawn_stage(&ALL_STAGES, "a");
+    let mut stage = w.spawn_stage(&all_stages(), "a");
     wait_until("October's period close and the idle-closed Nov 2", || {
         settled(&w)
     });

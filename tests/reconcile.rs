@@ -255,7 +255,7 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
         "rec",
         &format!("[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"),
     );
-    let mut stage = w.spawn_stage(&ALL_STAGES, "a");
+    let mut stage = w.spawn_stage(&all_stages(), "a");
 
     // p1 is parked: revenue at risk for s-2's legal entity.
     wait_until("p1 parked with its revenue at risk", || {

@@ -125,7 +125,7 @@ fn every_period_of_every_subscription_posts_once_with_or_without_usage() {
         &[(Some(b"c-late".to_vec()), Some(event.into_bytes()), vec![])],
     );
 
-    let mut run = w.spawn_stage(&ALL_STAGES, "a");
+    let mut run = w.spawn_stage(&all_stages(), "a");
     wait_until(
         "four period closes (two subscriptions x two periods)",
         || period_closes(&postings(&w)) >= 4 && invoices_caught_up(&w),
@@ -208,7 +208,7 @@ fn every_period_of_every_subscription_posts_once_with_or_without_usage() {
 
     // Restart every stage and republish both subscriptions: nothing new.
     w.load_refdata("subscriptions", &subscriptions());
-    let mut run = w.spawn_stage(&ALL_STAGES, "a");
+    let mut run = w.spawn_stage(&all_stages(), "a");
     // Long enough for every partition's walk (a punctuation a second) and
     // an idle advance of the watermark.
     std::thread::sleep(Duration::from_secs(20));

@@ -21,15 +21,9 @@ pub const TEST_PARTITIONS: i32 = 3;
 /// How long a reader waits for a new topic to appear in the metadata.
 pub const METADATA_WAIT_S: u64 = 15;
 /// Every stage, in pipeline order (what `meterline run` runs by default).
-pub const ALL_STAGES: [&str; 7] = [
-    "validate",
-    "dedupe",
-    "enrich",
-    "rate",
-    "aggregate",
-    "post",
-    "invoice",
-];
+pub fn all_stages() -> Vec<&'static str> {
+    meterline::topology::STAGES.iter().map(|s| s.name).collect()
+}
 /// How long a test waits for the pipeline to deliver before failing.
 pub const WAIT_TIMEOUT_MS: u64 = 120_000;
 // (kept long: a loaded 2-core machine)

@@ -106,6 +106,14 @@ fn entries(postings: &[Posting]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The lines of the journal entries of one kind.
+fn entries_of(postings: &[Posting], kind: &str) -> Vec<(String, Vec<String>)> {
+    entries(postings)
+        .into_iter()
+        .filter(|(k, _)| k == kind)
+        .collect()
+}
+
 fn kinds(postings: &[Posting], t: PostingType) -> Vec<&str> {
     postings
         .iter()
@@ -274,10 +282,7 @@ fn a_held_invoice_is_approved_with_one_tax_line_per_code() {
         (doc.totals.subtotal, doc.totals.tax, doc.totals.total),
         (dec!(100.00), dec!(8.91), dec!(108.91))
     );
-    let taxes: Vec<_> = entries(&posted)
-        .into_iter()
-        .filter(|(k, _)| k == "tax")
-        .collect();
+    let taxes = entries_of(&posted, "tax");
     assert_eq!(
         taxes,
         [
@@ -438,10 +443,7 @@ fn a_service_credit_is_drawn_by_the_next_approval_and_never_makes_it_negative() 
     expired.expires = Some(at("2026-02-01T00:00:00Z"));
     send(&mut h, &expired).unwrap();
     let posted = send(&mut h, &command(CommandKind::Approve, "a", Some(JAN))).unwrap();
-    let credit: Vec<_> = entries(&posted)
-        .into_iter()
-        .filter(|(k, _)| k == "service_credit")
-        .collect();
+    let credit = entries_of(&posted, "service_credit");
     assert_eq!(
         credit,
         [(
@@ -621,10 +623,7 @@ fn a_part_for_an_invoice_already_closed_is_a_supplementary_invoice_closed_at_onc
 fn voiding_a_held_invoice_spends_no_service_credit() {
     let mut h = held_with_a_credit();
     let posted = send(&mut h, &command(CommandKind::Void, "v", Some(JAN))).unwrap();
-    let memo: Vec<_> = entries(&posted)
-        .into_iter()
-        .filter(|(k, _)| k == "credit_memo")
-        .collect();
+    let memo = entries_of(&posted, "credit_memo");
     assert_eq!(
         memo,
         [(
