@@ -433,6 +433,7 @@ fn enriched_event(seq: u64) -> EnrichedEvent {
             source: ChargeSource::Plan,
             tax_code: Some("TX1".into()),
             unit: Some("tokens".into()),
+            prorate: false,
         }],
     }
 }
@@ -498,6 +499,7 @@ fn closed_window(kind: WindowKind, i: usize) -> ClosedWindow {
         event_count: 40 + i as u64,
         lineage_digest: format!("{:064x}", i as u128 * 0x517c_c1b7_2722_0a95),
         closed_at_watermark_ms: utc("2026-02-01T05:10:00Z").timestamp_millis(),
+        parts: Default::default(),
     }
 }
 

@@ -27,6 +27,17 @@ pub enum Aggregation {
 }
 
 impl Aggregation {
+    /// The name as configured (`"SUM"`, `"UNIQUE_COUNT"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Sum => "SUM",
+            Aggregation::Count => "COUNT",
+            Aggregation::Max => "MAX",
+            Aggregation::UniqueCount => "UNIQUE_COUNT",
+            Aggregation::Latest => "LATEST",
+        }
+    }
+
     /// Whether events of this meter must carry a numeric value at `value_property`.
     /// UNIQUE_COUNT needs a value too, but any JSON scalar counts as one.
     pub fn needs_numeric_value(self) -> bool {

@@ -134,6 +134,94 @@ pub struct QuoteRequest {
     pub quantity: String,
     #[serde(default)]
     pub at: Option<String>,
+    /// A percentage charge only: the period's transaction amounts in event
+    /// order (decimal strings), priced from an empty period with its free
+    /// allowances; `quantity` must be their sum. Without it a percentage
+    /// quote is the fee of one paid transaction of `quantity`.
+    #[serde(default)]
+    pub transactions: Option<Vec<String>>,
+}
+
+/// Most transactions one quote may price.
+pub const MAX_QUOTE_TRANSACTIONS: usize = 10_000;
+
+/// The amount, tier lines and parts of a quote of `quantity` under `model`.
+fn price_quote(
+    model: &ChargeModel,
+    quantity: rust_decimal::Decimal,
+    transactions: Option<&[String]>,
+) -> Result<(rust_decimal::Decimal, Value, crate::rating::Parts), Problem> {
+    let refused = |e: crate::rating::RatingError| invalid(format!("{}: {e}", e.code()));
+    match model {
+        ChargeModel::Percentage(p) => {
+            let charges = match transactions {
+                None => vec![p.paid(quantity, rust_decimal::Decimal::ZERO).map_err(refused)?],
+                Some(list) => percentage_transactions(p, quantity, list)?,
+            };
+            let mut amount = rust_decimal::Decimal::ZERO;
+            let mut parts = crate::rating::Parts::new();
+            for c in &charges {
+                amount = amount
+                    .checked_add(c.amount)
+                    .ok_or_else(|| invalid("amount overflow"))?;
+                crate::rating::add_parts(&mut parts, &c.parts).map_err(refused)?;
+            }
+            Ok((amount, json!([]), parts))
+        }
+        ChargeModel::Dynamic { amount_property, .. } => Err(invalid(format!(
+            "a dynamic charge is priced by each event's own amount (at {amount_property}); there is no price to quote"
+        ))),
+        _ if transactions.is_some() => Err(invalid("transactions applies to a percentage charge only")),
+        _ => {
+            let lines = model.breakdown(quantity).map_err(refused)?;
+            let amount = model.price(quantity).map_err(refused)?;
+            let parts = match model {
+                ChargeModel::GraduatedPercentage { .. } => model.parts(quantity).map_err(refused)?,
+                _ => crate::rating::Parts::new(),
+            };
+            Ok((amount, json!(lines), parts))
+        }
+    }
+}
+
+/// The charges of a period's transactions in order (see [`QuoteRequest`]).
+fn percentage_transactions(
+    model: &crate::rating::PercentageModel,
+    quantity: rust_decimal::Decimal,
+    list: &[String],
+) -> Result<Vec<crate::rating::Charge>, Problem> {
+    if list.len() > MAX_QUOTE_TRANSACTIONS {
+        return Err(invalid(format!(
+            "at most {MAX_QUOTE_TRANSACTIONS} transactions per quote"
+        )));
+    }
+    let mut window = crate::rating::AllowanceWindow::default();
+    let mut sum = rust_decimal::Decimal::ZERO;
+    let mut charges = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        let value = crate::ingest::rules::parse_exact_decimal(text)
+            .map_err(|e| invalid(format!("transactions[{i}]: {e}")))?;
+        sum = sum
+            .checked_add(value)
+            .ok_or_else(|| invalid("transactions overflow"))?;
+        let position = i64::try_from(i).unwrap_or(i64::MAX);
+        let key = crate::rating::EventKey {
+            event_time: position,
+            sub_micro_ns: 0,
+            event_id: String::new(),
+        };
+        charges.push(
+            window
+                .rate(model, key, value)
+                .map_err(|e| invalid(format!("transactions[{i}]: {}: {e}", e.code())))?,
+        );
+    }
+    if sum != quantity {
+        return Err(invalid(format!(
+            "quantity {quantity} is not the sum of the transactions ({sum})"
+        )));
+    }
+    Ok(charges)
 }
 
 pub fn quote(
@@ -167,12 +255,7 @@ pub fn quote(
                 plan.id, req.meter
             ))
         })?;
-    let lines = model
-        .breakdown(quantity)
-        .map_err(|e| invalid(format!("{}: {e}", e.code())))?;
-    let amount = model
-        .price(quantity)
-        .map_err(|e| invalid(format!("{}: {e}", e.code())))?;
+    let (amount, lines, parts) = price_quote(model, quantity, req.transactions.as_deref())?;
     let rounded = money::round_to_minor(amount, &plan.currency, config.post.rounding_mode)
         .map_err(|e| invalid(e.to_string()))?;
     Ok(json!({
@@ -185,6 +268,7 @@ pub fn quote(
         "amount_rounded": rounded.to_string(),
         "rounding_mode": config.post.rounding_mode,
         "lines": lines,
+        "parts": parts,
     }))
 }
 

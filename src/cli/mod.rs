@@ -15,7 +15,7 @@ mod postings;
 
 use crate::config::Config;
 use crate::kafka;
-use crate::refdata::{parse_jsonl, PublishRecord, RefKind};
+use crate::refdata::{parse_jsonl_for_meters, PublishRecord, RefKind};
 use crate::replay::{ReplayArgs, ReplayOptions, ReplaySummary};
 use crate::runtime::StageStatus;
 use crate::topology::{self, Topology};
@@ -404,7 +404,12 @@ fn export(
 fn refdata_load(config: &Config, kind: RefKind, file: &Path) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let records = match parse_jsonl(kind, &text) {
+    let meters = config
+        .meters
+        .iter()
+        .map(|m| (m.slug.clone(), m.aggregation))
+        .collect();
+    let records = match parse_jsonl_for_meters(kind, &text, &meters) {
         Ok(records) => records,
         Err(errors) => {
             for e in &errors {

@@ -62,6 +62,9 @@ pub struct ResolvedCharge {
     pub tax_code: Option<String>,
     /// The meter's unit after conversion ("GB", "1K tokens"), for invoices.
     pub unit: Option<String>,
+    /// The plan charge's `prorate` (see [`crate::rating::Timeline`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prorate: bool,
 }
 
 /// The enrich stage's output: one record on `usage.enriched`.

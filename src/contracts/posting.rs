@@ -83,6 +83,13 @@ pub struct InvoiceLine {
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub tax_code: Option<String>,
+    /// What the amount is made of, unrounded, for the models that explain
+    /// it (percentage: free and paid events, billable amount, percentage
+    /// and fixed fees, min/max adjustment; graduated_percentage: amount and
+    /// fee per tier; prorated charges: full-period amount and proration
+    /// adjustment). Absent otherwise.
+    #[serde(default, skip_serializing_if = "crate::rating::Parts::is_empty")]
+    pub breakdown: crate::rating::Parts,
 }
 
 /// A window's control total, for reconciliation with the inputs.

@@ -79,6 +79,11 @@ pub struct RatedMeasure {
     /// event's currency, unrounded; may be negative.
     #[serde(with = "rust_decimal::serde::str")]
     pub marginal_amount: Decimal,
+    /// The change this event made to the parts that explain the segment's
+    /// amount (percentage fees, graduated_percentage tiers, proration; see
+    /// [`crate::rating::Parts`]); absent for the other models.
+    #[serde(default, skip_serializing_if = "crate::rating::Parts::is_empty")]
+    pub parts: crate::rating::Parts,
 }
 
 impl RatedEvent {

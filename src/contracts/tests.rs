@@ -103,6 +103,7 @@ fn enriched() -> EnrichedEvent {
             source: ChargeSource::Plan,
             tax_code: Some("TX1".into()),
             unit: Some("1K tokens".into()),
+            prorate: false,
         }],
     }
 }
@@ -124,6 +125,7 @@ fn rated() -> RatedEvent {
             quantity_after: dec!(2400.0),
             marginal_quantity: dec!(1500.0),
             marginal_amount: dec!(4.5000),
+            parts: Default::default(),
         }],
         enriched,
     }
@@ -166,6 +168,7 @@ fn closed_window() -> ClosedWindow {
         event_count: 3,
         lineage_digest: "9d0e".into(),
         closed_at_watermark_ms: 1_768_194_000_000,
+        parts: Default::default(),
     }
 }
 

@@ -135,6 +135,9 @@ pub struct ClosedWindow {
     pub quantity: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    /// The sum of the rated events' parts (see [`crate::rating::Parts`]).
+    #[serde(default, skip_serializing_if = "crate::rating::Parts::is_empty")]
+    pub parts: crate::rating::Parts,
     pub event_count: u64,
     pub lineage_digest: String,
     /// 0 while the window is open (in the store).

@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::{add, ceil_div, mul, sub, QuantityChange, RatingError};
+use crate::meter::Aggregation;
 
 /// Upper bound on the number of tiers of one table. Real price lists have a
 /// handful; the bound keeps a malformed config from making every event walk
@@ -29,7 +30,20 @@ pub const MAX_TIERS: usize = 64;
 ///     {"up_to": null, "unit_price": "0.001"}]}
 /// {"model": "per_unit", "unit_price": "0.0004"}
 /// {"model": "package", "size": "1000", "price": "2.50", "free_units": "500"}
+/// {"model": "graduated_percentage", "tiers": [
+///     {"up_to": "10000", "rate": "2.9", "flat_fee": "0"},
+///     {"up_to": null, "rate": "1.5"}]}
+/// {"model": "percentage", "rate": "1.3", "fixed_fee_per_event": "0.30",
+///  "min_per_event": "0.50", "max_per_event": "5.00", "free_events": 1000}
+/// {"model": "dynamic", "amount_property": "$.price", "currency_property": "$.currency"}
 /// ```
+///
+/// The tiered models, per_unit, package and graduated_percentage are
+/// *cumulative*: a pure function of the period's quantity, priced by
+/// [`price`](ChargeModel::price). percentage and dynamic are *per event*: the
+/// charge is a sum of per-event fees ([`super::PercentageModel`],
+/// [`ChargeModel::Dynamic`]), so `price` refuses them
+/// ([`RatingError::NotCumulative`]).
 ///
 /// Decimals must be JSON strings: a JSON number would have passed through a
 /// binary float in most producers and is rejected.
@@ -56,6 +70,65 @@ pub enum ChargeModel {
         #[serde(default, with = "rust_decimal::serde::str")]
         free_units: Decimal,
     },
+    /// Graduated tiers of the running amount, each priced at its own
+    /// percentage (`rate`, in percent) plus an optional flat fee charged when
+    /// the amount enters the tier: graduated with `unit_price = rate / 100`.
+    GraduatedPercentage { tiers: Vec<PercentageTier> },
+    /// A take rate with per-transaction fee, bounds and free allowances;
+    /// priced per event (see [`super::PercentageModel`]).
+    Percentage(super::PercentageModel),
+    /// The event carries its own price: the decimal at `amount_property`
+    /// (a JSONPath into the event's data) is the event's amount, as given.
+    /// With `currency_property`, the event must name the plan's currency.
+    Dynamic {
+        amount_property: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        currency_property: Option<String>,
+    },
+}
+
+/// One row of a graduated percentage table: like [`Tier`], with a
+/// percentage `rate` of the amount in the tier instead of a unit price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PercentageTier {
+    /// Inclusive upper bound of the running amount; `None` for the open last tier.
+    #[serde(default, with = "crate::money::optional_decimal_str")]
+    pub up_to: Option<Decimal>,
+    /// Percent of the amount in this tier, in `[0, 100]`.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+    /// Charged once per period when the amount enters the tier.
+    #[serde(
+        default,
+        with = "crate::money::optional_decimal_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub flat_fee: Option<Decimal>,
+}
+
+impl PercentageTier {
+    /// The same row as a [`Tier`] with `unit_price = rate / 100` (exact:
+    /// two more decimals).
+    fn as_tier(&self) -> Result<Tier, RatingError> {
+        Ok(Tier {
+            up_to: self.up_to,
+            unit_price: percent_of_one(self.rate)?,
+            flat_fee: self.flat_fee,
+        })
+    }
+}
+
+/// `rate / 100`, exactly.
+pub(crate) fn percent_of_one(rate: Decimal) -> Result<Decimal, RatingError> {
+    mul(rate, Decimal::new(1, 2))
+}
+
+/// How a model prices: a function of the period quantity, or per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pricing {
+    Cumulative,
+    PerEvent,
 }
 
 /// One row of a tier table.
@@ -130,6 +203,20 @@ pub enum ChargeModelError {
     PackageSizeNotPositive,
     #[error("free_units must not be negative")]
     NegativeFreeUnits,
+    /// `field` names the rate, e.g. `tiers[1].rate`.
+    #[error("{field} must be a percentage in [0, 100]")]
+    PercentageOutOfRange { field: String },
+    #[error("min_per_event {min} is greater than max_per_event {max}")]
+    MinAboveMax { min: Decimal, max: Decimal },
+    #[error("free_events {count} exceeds the maximum of {max}")]
+    TooManyFreeEvents { count: u32, max: u32 },
+    #[error("{field}: {problem}")]
+    InvalidProperty { field: String, problem: String },
+    /// The model does not fit the meter's aggregation (e.g. a percentage of
+    /// a COUNT meter), or proration was asked of a model or aggregation
+    /// that cannot be prorated.
+    #[error("{detail}")]
+    AggregationMismatch { detail: String },
 }
 
 impl ChargeModelError {
@@ -149,6 +236,15 @@ impl ChargeModelError {
             ChargeModelError::NegativePrice { .. } => super::reasons::NEGATIVE_PRICE,
             ChargeModelError::PackageSizeNotPositive => super::reasons::PACKAGE_SIZE_NOT_POSITIVE,
             ChargeModelError::NegativeFreeUnits => super::reasons::NEGATIVE_FREE_UNITS,
+            ChargeModelError::PercentageOutOfRange { .. } => {
+                super::reasons::PERCENTAGE_OUT_OF_RANGE
+            }
+            ChargeModelError::MinAboveMax { .. } => super::reasons::MIN_ABOVE_MAX,
+            ChargeModelError::TooManyFreeEvents { .. } => super::reasons::TOO_MANY_FREE_EVENTS,
+            ChargeModelError::InvalidProperty { .. } => super::reasons::INVALID_AMOUNT_PROPERTY,
+            ChargeModelError::AggregationMismatch { .. } => {
+                super::reasons::MODEL_AGGREGATION_MISMATCH
+            }
         }
     }
 }
@@ -216,7 +312,81 @@ impl ChargeModel {
                 }
                 non_negative(*price, || "price".into())
             }
+            ChargeModel::GraduatedPercentage { tiers } => validate_percentage_tiers(tiers),
+            ChargeModel::Percentage(model) => model.validate(),
+            ChargeModel::Dynamic {
+                amount_property,
+                currency_property,
+            } => {
+                json_path("amount_property", amount_property)?;
+                match currency_property {
+                    Some(path) => json_path("currency_property", path),
+                    None => Ok(()),
+                }
+            }
         }
+    }
+
+    /// Cumulative or per event (see the type's docs).
+    pub fn pricing(&self) -> Pricing {
+        match self {
+            ChargeModel::Percentage(_) | ChargeModel::Dynamic { .. } => Pricing::PerEvent,
+            _ => Pricing::Cumulative,
+        }
+    }
+
+    /// The model's name as configured (`"graduated"`, `"percentage"`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChargeModel::PerUnit { .. } => "per_unit",
+            ChargeModel::Graduated { .. } => "graduated",
+            ChargeModel::Volume { .. } => "volume",
+            ChargeModel::Package { .. } => "package",
+            ChargeModel::GraduatedPercentage { .. } => "graduated_percentage",
+            ChargeModel::Percentage(_) => "percentage",
+            ChargeModel::Dynamic { .. } => "dynamic",
+        }
+    }
+
+    /// Whether the model can price a meter of `aggregation`, prorated or not.
+    /// The percentage models price amounts, so they need a SUM meter; a
+    /// dynamic price adds per event (SUM or COUNT); proration applies to the
+    /// cumulative models of a LATEST or MAX meter (seat-like quantities).
+    pub fn check_aggregation(
+        &self,
+        aggregation: Aggregation,
+        prorate: bool,
+    ) -> Result<(), ChargeModelError> {
+        let fits = match self {
+            ChargeModel::Percentage(_) | ChargeModel::GraduatedPercentage { .. } => {
+                aggregation == Aggregation::Sum
+            }
+            ChargeModel::Dynamic { .. } => {
+                matches!(aggregation, Aggregation::Sum | Aggregation::Count)
+            }
+            _ => true,
+        };
+        if !fits {
+            return Err(ChargeModelError::AggregationMismatch {
+                detail: format!(
+                    "a {} charge cannot price a {} meter",
+                    self.name(),
+                    aggregation.as_str()
+                ),
+            });
+        }
+        let prorates = self.pricing() == Pricing::Cumulative
+            && matches!(aggregation, Aggregation::Latest | Aggregation::Max);
+        if prorate && !prorates {
+            return Err(ChargeModelError::AggregationMismatch {
+                detail: format!(
+                    "prorate applies to a cumulative model of a latest or max meter, not a {} charge of a {} meter",
+                    self.name(),
+                    aggregation.as_str()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The price of a cumulative period quantity (`quantity >= 0`), unrounded.
@@ -247,6 +417,20 @@ impl ChargeModel {
         sub(self.price(change.after)?, self.price(change.before)?)
     }
 
+    /// The breakdown as additive parts (`tier_<i>_quantity`,
+    /// `tier_<i>_amount`), so the parts of a segment's events add up to the
+    /// parts of its total; a marginal's parts are `parts(after) -
+    /// parts(before)` ([`super::parts_delta`]).
+    pub fn parts(&self, quantity: Decimal) -> Result<super::Parts, RatingError> {
+        let mut parts = super::Parts::new();
+        self.for_each_line(quantity, |line| {
+            parts.insert(format!("tier_{}_quantity", line.tier_index), line.quantity);
+            parts.insert(format!("tier_{}_amount", line.tier_index), line.amount);
+            Ok(())
+        })?;
+        Ok(parts)
+    }
+
     /// The lines explaining `price(quantity)` on an invoice, one per tier the
     /// usage entered (none for quantity 0). Their amounts add up to exactly
     /// `price(quantity)`.
@@ -269,6 +453,9 @@ impl ChargeModel {
         if quantity < Decimal::ZERO {
             return Err(RatingError::NegativeQuantity { quantity });
         }
+        if self.pricing() == Pricing::PerEvent {
+            return Err(RatingError::NotCumulative { model: self.name() });
+        }
         if quantity.is_zero() {
             // No tier is entered at 0 (every tier's lower bound is >= 0).
             return Ok(());
@@ -277,28 +464,13 @@ impl ChargeModel {
             ChargeModel::PerUnit { unit_price } => {
                 emit(TierLine::priced(0, quantity, *unit_price, Decimal::ZERO)?)
             }
-            ChargeModel::Graduated { tiers } => {
-                let mut lower = Decimal::ZERO;
-                for (index, tier) in tiers.iter().enumerate() {
-                    if quantity <= lower {
-                        break;
-                    }
-                    let top = match tier.up_to {
-                        Some(up_to) if up_to < quantity => up_to,
-                        _ => quantity,
-                    };
-                    emit(TierLine::priced(
-                        index,
-                        sub(top, lower)?,
-                        tier.unit_price,
-                        tier.flat_fee_or_zero(),
-                    )?)?;
-                    match tier.up_to {
-                        Some(up_to) => lower = up_to,
-                        None => break,
-                    }
-                }
-                Ok(())
+            ChargeModel::Graduated { tiers } => graduated_lines(tiers, quantity, emit),
+            ChargeModel::GraduatedPercentage { tiers } => {
+                let tiers = tiers
+                    .iter()
+                    .map(PercentageTier::as_tier)
+                    .collect::<Result<Vec<_>, _>>()?;
+                graduated_lines(&tiers, quantity, emit)
             }
             ChargeModel::Volume { tiers } => {
                 // Tier bounds are inclusive, so a quantity equal to `up_to`
@@ -343,11 +515,83 @@ impl ChargeModel {
                 }
                 Ok(())
             }
+            ChargeModel::Percentage(_) | ChargeModel::Dynamic { .. } => {
+                Err(RatingError::NotCumulative { model: self.name() })
+            }
         }
     }
 }
 
-fn non_negative(value: Decimal, field: impl FnOnce() -> String) -> Result<(), ChargeModelError> {
+/// The lines of a graduated table: each tier the quantity entered, priced
+/// for the part of the quantity in it, with its flat fee.
+fn graduated_lines<F>(tiers: &[Tier], quantity: Decimal, mut emit: F) -> Result<(), RatingError>
+where
+    F: FnMut(TierLine) -> Result<(), RatingError>,
+{
+    let mut lower = Decimal::ZERO;
+    for (index, tier) in tiers.iter().enumerate() {
+        if quantity <= lower {
+            break;
+        }
+        let top = match tier.up_to {
+            Some(up_to) if up_to < quantity => up_to,
+            _ => quantity,
+        };
+        emit(TierLine::priced(
+            index,
+            sub(top, lower)?,
+            tier.unit_price,
+            tier.flat_fee_or_zero(),
+        )?)?;
+        match tier.up_to {
+            Some(up_to) => lower = up_to,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+fn json_path(field: &str, path: &str) -> Result<(), ChargeModelError> {
+    crate::jsonpath::JsonPath::parse(path)
+        .map(|_| ())
+        .map_err(|e| ChargeModelError::InvalidProperty {
+            field: field.to_owned(),
+            problem: e.to_string(),
+        })
+}
+
+/// A percentage in `[0, 100]`.
+pub(crate) fn percentage(
+    value: Decimal,
+    field: impl FnOnce() -> String,
+) -> Result<(), ChargeModelError> {
+    if value < Decimal::ZERO || value > Decimal::ONE_HUNDRED {
+        Err(ChargeModelError::PercentageOutOfRange { field: field() })
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_percentage_tiers(tiers: &[PercentageTier]) -> Result<(), ChargeModelError> {
+    for (index, tier) in tiers.iter().enumerate() {
+        percentage(tier.rate, || format!("tiers[{index}].rate"))?;
+    }
+    // The bounds and fees follow the rules of any tier table.
+    let as_tiers: Vec<Tier> = tiers
+        .iter()
+        .map(|t| Tier {
+            up_to: t.up_to,
+            unit_price: Decimal::ZERO,
+            flat_fee: t.flat_fee,
+        })
+        .collect();
+    validate_tiers(&as_tiers)
+}
+
+pub(crate) fn non_negative(
+    value: Decimal,
+    field: impl FnOnce() -> String,
+) -> Result<(), ChargeModelError> {
     if value < Decimal::ZERO {
         Err(ChargeModelError::NegativePrice { field: field() })
     } else {

@@ -35,6 +35,8 @@
 //! [`SegmentState::observe`] and [`ChargeModel::marginal`] per event.
 //!
 //! Files: `charge.rs` (charge models, validation, pricing, breakdown),
+//! `percentage.rs` (the per-transaction take rate and its allowance window),
+//! `proration.rs` (prorated seat-like quantities),
 //! `state.rs` (cumulative segment state per aggregation), this file (errors,
 //! exact arithmetic, the standalone API); `tests.rs` (hand-computed cases) and
 //! `proptests.rs` (properties) are test-only.
@@ -47,14 +49,60 @@
 )]
 
 mod charge;
+mod percentage;
+mod proration;
 mod state;
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use charge::{ChargeModel, ChargeModelError, Tier, TierLine, MAX_TIERS};
+pub use charge::{
+    ChargeModel, ChargeModelError, PercentageTier, Pricing, Tier, TierLine, MAX_TIERS,
+};
+pub use percentage::{
+    AllowanceMark, AllowanceWindow, Charge, PercentageModel, MAX_ALLOWANCE_WINDOW_EVENTS,
+    MAX_FREE_EVENTS,
+};
+pub use proration::{
+    divide_rounded, ServiceInterval, Timeline, MAX_PRORATED_CHANGES, PRORATION_SCALE,
+};
+
+/// Names of the parts a charge is explained by on an invoice line.
+pub mod parts {
+    pub use super::percentage::part as percentage;
+    pub use super::proration::part as proration;
+}
+
+/// An additive explanation of an amount: named quantities and amounts
+/// (`tier_0_amount`, `free_events`, `percentage_fee`, ...) that add up
+/// across events like the amounts do, so a window's parts are the sum of
+/// its events' parts and an invoice line can show them.
+pub type Parts = std::collections::BTreeMap<String, Decimal>;
+
+/// Adds `other` into `into`, part by part.
+pub fn add_parts(into: &mut Parts, other: &Parts) -> Result<(), RatingError> {
+    for (name, value) in other {
+        let slot = into.entry(name.clone()).or_insert(Decimal::ZERO);
+        *slot = add(*slot, *value)?;
+    }
+    into.retain(|_, v| !v.is_zero());
+    Ok(())
+}
+
+/// `after - before`, part by part; parts that did not change are left out.
+pub fn parts_delta(after: &Parts, before: &Parts) -> Result<Parts, RatingError> {
+    let mut delta = after.clone();
+    for (name, value) in before {
+        let slot = delta.entry(name.clone()).or_insert(Decimal::ZERO);
+        *slot = sub(*slot, *value)?;
+    }
+    delta.retain(|_, v| !v.is_zero());
+    Ok(delta)
+}
 pub use state::{EventKey, InMemorySegment, Observation, QuantityChange, SegmentState};
 
 use rust_decimal::Decimal;
@@ -93,6 +141,12 @@ pub enum RatingError {
     /// would have been rounded.
     #[error("result needs more than 28 significant digits and would be rounded")]
     PrecisionExceeded,
+    /// A per-event model (percentage, dynamic) has no price of a quantity.
+    #[error("a {model} charge is priced per event, not from a period quantity")]
+    NotCumulative { model: &'static str },
+    /// A prorated segment already holds the most observations it may.
+    #[error("the prorated segment already holds {max} changes this period")]
+    ProrationHistoryFull { max: usize },
 }
 
 impl RatingError {
@@ -107,6 +161,8 @@ impl RatingError {
             RatingError::DistinctValueNeedsSet => reasons::DISTINCT_VALUE_NEEDS_SET,
             RatingError::Overflow => reasons::ARITHMETIC_OVERFLOW,
             RatingError::PrecisionExceeded => reasons::PRECISION_EXCEEDED,
+            RatingError::NotCumulative { .. } => reasons::NOT_CUMULATIVE,
+            RatingError::ProrationHistoryFull { .. } => reasons::PRORATION_HISTORY_FULL,
         }
     }
 }
@@ -144,7 +200,21 @@ pub mod reasons {
         PACKAGE_SIZE_NOT_POSITIVE => "package_size_not_positive",
             "A package model's package size is not greater than 0.";
         NEGATIVE_FREE_UNITS => "negative_free_units",
-            "A package model's free_units is negative.";
+            "A package or percentage model's free_units is negative.";
+        PERCENTAGE_OUT_OF_RANGE => "percentage_out_of_range",
+            "A percentage rate is outside [0, 100].";
+        MIN_ABOVE_MAX => "min_above_max",
+            "A percentage model's min_per_event is greater than its max_per_event.";
+        TOO_MANY_FREE_EVENTS => "too_many_free_events",
+            "A percentage model grants more free events than the maximum (10,000).";
+        INVALID_AMOUNT_PROPERTY => "invalid_amount_property",
+            "A dynamic model's amount_property or currency_property is not a valid JSONPath.";
+        MODEL_AGGREGATION_MISMATCH => "model_aggregation_mismatch",
+            "The charge model (or prorate) does not fit the meter's aggregation.";
+        NOT_CUMULATIVE => "not_cumulative",
+            "A per-event model (percentage, dynamic) was asked for the price of a quantity.";
+        PRORATION_HISTORY_FULL => "proration_history_full",
+            "A prorated segment already holds the most quantity changes a period may have (1,000).";
     }
 
     /// One error of each kind (an invalid charge model once per
@@ -163,6 +233,19 @@ pub mod reasons {
             C::NegativePrice { field: "x".into() },
             C::PackageSizeNotPositive,
             C::NegativeFreeUnits,
+            C::PercentageOutOfRange {
+                field: "rate".into(),
+            },
+            C::MinAboveMax {
+                min: rust_decimal::Decimal::TWO,
+                max: rust_decimal::Decimal::ONE,
+            },
+            C::TooManyFreeEvents { count: 2, max: 1 },
+            C::InvalidProperty {
+                field: "amount_property".into(),
+                problem: "x".into(),
+            },
+            C::AggregationMismatch { detail: "x".into() },
         ];
         let mut all = vec![
             E::NegativeQuantity {
@@ -178,6 +261,8 @@ pub mod reasons {
             E::DistinctValueNeedsSet,
             E::Overflow,
             E::PrecisionExceeded,
+            E::NotCumulative { model: "dynamic" },
+            E::ProrationHistoryFull { max: 1 },
         ];
         // A new kind fails to compile here: add it to the lists above.
         for m in &models {
@@ -190,7 +275,12 @@ pub mod reasons {
                 | C::LastTierNotOpen
                 | C::NegativePrice { .. }
                 | C::PackageSizeNotPositive
-                | C::NegativeFreeUnits => {}
+                | C::NegativeFreeUnits
+                | C::PercentageOutOfRange { .. }
+                | C::MinAboveMax { .. }
+                | C::TooManyFreeEvents { .. }
+                | C::InvalidProperty { .. }
+                | C::AggregationMismatch { .. } => {}
             }
         }
         for e in &all {
@@ -201,7 +291,9 @@ pub mod reasons {
                 | E::ObservationMismatch { .. }
                 | E::DistinctValueNeedsSet
                 | E::Overflow
-                | E::PrecisionExceeded => {}
+                | E::PrecisionExceeded
+                | E::NotCumulative { .. }
+                | E::ProrationHistoryFull { .. } => {}
             }
         }
         all.extend(models.into_iter().map(E::InvalidChargeModel));

@@ -91,6 +91,17 @@ fn charge_model() -> impl Strategy<Value = ChargeModel> {
                 price,
                 free_units,
             }),
+        // Rates of at most 100% with up to 6 decimals, on the same bounds.
+        tier_table().prop_map(|tiers| ChargeModel::GraduatedPercentage {
+            tiers: tiers
+                .into_iter()
+                .map(|t| PercentageTier {
+                    up_to: t.up_to,
+                    rate: t.unit_price,
+                    flat_fee: t.flat_fee,
+                })
+                .collect(),
+        }),
     ]
 }
 
@@ -102,6 +113,10 @@ fn boundaries(model: &ChargeModel) -> Vec<Decimal> {
         ChargeModel::Graduated { tiers } | ChargeModel::Volume { tiers } => {
             tiers.iter().filter_map(|tier| tier.up_to).collect()
         }
+        ChargeModel::GraduatedPercentage { tiers } => {
+            tiers.iter().filter_map(|tier| tier.up_to).collect()
+        }
+        ChargeModel::Percentage(_) | ChargeModel::Dynamic { .. } => vec![],
         ChargeModel::Package {
             size, free_units, ..
         } => vec![
@@ -199,6 +214,22 @@ fn reference_price(model: &ChargeModel, q: Decimal) -> Decimal {
         } => {
             let billable = (q - free_units).max(Decimal::ZERO);
             (billable / size).ceil() * price
+        }
+        ChargeModel::GraduatedPercentage { tiers } => {
+            let mut lower = Decimal::ZERO;
+            let mut total = Decimal::ZERO;
+            for tier in tiers {
+                if q > lower {
+                    let upper = tier.up_to.unwrap_or(q).min(q);
+                    total += (upper - lower) * tier.rate / Decimal::ONE_HUNDRED
+                        + tier.flat_fee.unwrap_or_default();
+                }
+                lower = tier.up_to.unwrap_or(lower);
+            }
+            total
+        }
+        ChargeModel::Percentage(_) | ChargeModel::Dynamic { .. } => {
+            unreachable!("per-event models are not generated here")
         }
     }
 }

@@ -170,6 +170,13 @@ pub struct SegmentState {
     /// LATEST only: the key of the event whose value is the quantity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     latest: Option<EventKey>,
+    /// A percentage charge's allowance, summarized (the window itself is
+    /// kept apart, read only when an event falls within it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<super::AllowanceMark>,
+    /// A prorated charge's timeline of observations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<super::Timeline>,
 }
 
 impl SegmentState {
@@ -179,6 +186,8 @@ impl SegmentState {
             aggregation,
             quantity: Decimal::ZERO,
             latest: None,
+            allowance: None,
+            timeline: None,
         }
     }
 

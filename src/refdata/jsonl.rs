@@ -20,6 +20,8 @@ use serde_json::Value;
 
 use super::records::{check_plan_id, check_text, plan_key, RefRecord};
 use super::{RefError, RefKind};
+use crate::meter::Aggregation;
+use crate::rating::ChargeModel;
 
 /// A record ready to publish: the Kafka key and the value, `None` for a
 /// tombstone (a null value).
@@ -53,6 +55,19 @@ impl LineError {
 /// records to publish, in file order, with canonical values (see
 /// [`RefRecord::to_json_bytes`]), or every bad line if there is any.
 pub fn parse_jsonl(kind: RefKind, text: &str) -> Result<Vec<PublishRecord>, Vec<LineError>> {
+    parse_jsonl_for_meters(kind, text, &BTreeMap::new())
+}
+
+/// [`parse_jsonl`], also checking each charge of a plan or a price override
+/// against the aggregation of its meter (meter slug -> aggregation, from the
+/// config): a percentage of a COUNT meter, or `prorate` on a SUM meter, is
+/// a bad line ([`crate::rating::ChargeModel::check_aggregation`]). Meters
+/// not in `meters` are not checked (enrich parks their events).
+pub fn parse_jsonl_for_meters(
+    kind: RefKind,
+    text: &str,
+    meters: &BTreeMap<String, Aggregation>,
+) -> Result<Vec<PublishRecord>, Vec<LineError>> {
     let mut records = Vec::new();
     let mut errors = Vec::new();
     let mut first_line_of_key: BTreeMap<String, usize> = BTreeMap::new();
@@ -67,7 +82,7 @@ pub fn parse_jsonl(kind: RefKind, text: &str) -> Result<Vec<PublishRecord>, Vec<
         if content.is_empty() || content.starts_with(COMMENT_PREFIX) {
             continue;
         }
-        match parse_line(kind, content) {
+        match parse_line(kind, content, meters) {
             Ok((key, value)) => match first_line_of_key.entry(key) {
                 Entry::Occupied(first) => errors.push(LineError {
                     line,
@@ -91,7 +106,11 @@ pub fn parse_jsonl(kind: RefKind, text: &str) -> Result<Vec<PublishRecord>, Vec<
     }
 }
 
-fn parse_line(kind: RefKind, line: &str) -> Result<PublishRecord, RefError> {
+fn parse_line(
+    kind: RefKind,
+    line: &str,
+    meters: &BTreeMap<String, Aggregation>,
+) -> Result<PublishRecord, RefError> {
     // Parse once as a generic value to tell tombstones from records; the
     // record itself is then decoded from the text exactly as the enrich stage
     // decodes a topic value, so a file that passes here also passes there.
@@ -103,7 +122,38 @@ fn parse_line(kind: RefKind, line: &str) -> Result<PublishRecord, RefError> {
         return Ok((tombstone_key(kind, line)?, None));
     }
     let record = RefRecord::decode(kind, line.as_bytes())?;
+    check_meters(&record, meters)?;
     Ok((record.key(), Some(record.to_json_bytes()?)))
+}
+
+/// Every charge of the record fits its meter's aggregation.
+fn check_meters(
+    record: &RefRecord,
+    meters: &BTreeMap<String, Aggregation>,
+) -> Result<(), RefError> {
+    let check =
+        |field: String, model: &ChargeModel, meter: &str, prorate: bool| match meters.get(meter) {
+            Some(aggregation) => model
+                .check_aggregation(*aggregation, prorate)
+                .map_err(|source| RefError::InvalidChargeModel { field, source }),
+            None => Ok(()),
+        };
+    match record {
+        RefRecord::Plan(plan) => plan.charges.iter().try_for_each(|(meter, charge)| {
+            check(
+                format!("charges.{meter}"),
+                &charge.model,
+                meter,
+                charge.prorate,
+            )
+        }),
+        RefRecord::Subscription(sub) => {
+            sub.price_overrides.iter().try_for_each(|(meter, model)| {
+                check(format!("price_overrides.{meter}"), model, meter, false)
+            })
+        }
+        RefRecord::Customer(_) | RefRecord::TaxRate(_) => Ok(()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -200,6 +250,52 @@ mod tests {
             [("cust-1", true), ("cust-9", false), ("cust-2", true)]
         );
         assert_eq!(records[0].1.as_deref(), Some(CUSTOMER_A.as_bytes()));
+    }
+
+    #[test]
+    fn charges_that_do_not_fit_their_meter_are_refused_with_the_line() {
+        let meters = BTreeMap::from([
+            ("requests".to_string(), Aggregation::Count),
+            ("seats".to_string(), Aggregation::Latest),
+        ]);
+        let gl = r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
+        let plan = |version: u32, charges: &str| {
+            format!(
+                r#"{{"id":"p","version":{version},"effective_from":"2026-01-01T00:00:00Z","currency":"USD","charges":{charges},{gl}}}"#
+            )
+        };
+        let text = [
+            plan(1, r#"{"requests":{"model":"percentage","rate":"1"}}"#),
+            plan(
+                2,
+                r#"{"seats":{"model":"per_unit","unit_price":"5","prorate":true}}"#,
+            ),
+            plan(
+                3,
+                r#"{"requests":{"model":"per_unit","unit_price":"5","prorate":true}}"#,
+            ),
+            plan(4, r#"{"other":{"model":"percentage","rate":"1"}}"#),
+        ]
+        .join("\n");
+        let errors = parse_jsonl_for_meters(RefKind::Plans, &text, &meters).unwrap_err();
+        let got: Vec<(usize, String)> = errors.iter().map(|e| (e.line, e.to_string())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    "line 1: charges.requests: a percentage charge cannot price a COUNT meter"
+                        .to_string()
+                ),
+                (
+                    3,
+                    "line 3: charges.requests: prorate applies to a cumulative model of a latest or max meter, not a per_unit charge of a COUNT meter".to_string()
+                ),
+            ]
+        );
+        assert!(errors.iter().all(|e| e.code() == "invalid_charge_model"));
+        // Without the meters (a unit test's plain parse) nothing is checked.
+        assert!(parse_jsonl(RefKind::Plans, &text).is_ok());
     }
 
     #[test]

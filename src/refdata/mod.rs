@@ -62,7 +62,7 @@ mod jsonl;
 mod records;
 mod tables;
 
-pub use jsonl::{parse_jsonl, LineError, PublishRecord};
+pub use jsonl::{parse_jsonl, parse_jsonl_for_meters, LineError, PublishRecord};
 pub use records::{
     parse_plan_key, plan_key, tax_rate_key, Customer, CustomerStatus, GlAccounts, Plan, PlanCharge,
     Record, RefRecord, Subscription, TaxRate, MAX_TAX_RATE_PERCENT, MAX_TEXT_LEN,

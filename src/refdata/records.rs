@@ -245,6 +245,12 @@ pub struct PlanCharge {
     /// Overrides the plan's `tax_code` for this meter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tax_code: Option<String>,
+    /// Prorate a LATEST or MAX quantity over the billing period (see
+    /// [`crate::rating::Timeline`]); applies to a subscription's price
+    /// override of the meter too (an override changes the price, not how
+    /// it is billed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prorate: bool,
 }
 
 /// One version of a plan, keyed by `"<id>:<version>"` on `ref.plans`.

@@ -79,6 +79,7 @@ pub(crate) fn rated(
             source: ChargeSource::Plan,
             tax_code: Some("TX-USAGE".into()),
             unit: Some("unit".into()),
+            prorate: false,
         })
         .collect();
     let enriched = EnrichedEvent {
@@ -150,6 +151,7 @@ pub(crate) fn rated(
             quantity_after: dec!(1),
             marginal_quantity: dec!(1),
             marginal_amount: *amount,
+            parts: Default::default(),
         })
         .collect();
     RatedEvent {

@@ -741,6 +741,7 @@ fn new_window(
         minimum_commitment: e.minimum_commitment,
         quantity: Decimal::ZERO,
         amount: Decimal::ZERO,
+        parts: crate::rating::Parts::new(),
         event_count: 0,
         lineage_digest: empty_digest(),
         closed_at_watermark_ms: 0,
@@ -806,8 +807,8 @@ struct WindowTarget<'a> {
 }
 
 impl Touched {
-    /// Adds `quantity` and `amount` to the window `target` (touched, stored
-    /// or new) and returns it.
+    /// Adds `quantity`, `amount` and `parts` to the window `target`
+    /// (touched, stored or new) and returns it.
     fn add_to(
         &mut self,
         ctx: &Ctx<'_>,
@@ -815,6 +816,7 @@ impl Touched {
         target: WindowTarget<'_>,
         quantity: Decimal,
         amount: Decimal,
+        parts: &crate::rating::Parts,
     ) -> Result<&mut ClosedWindow, StageError> {
         let key = window_key(
             target.window.end,
@@ -839,15 +841,21 @@ impl Touched {
             },
             ev.digest,
         )?;
-        add(w, quantity, amount)?;
+        add(w, quantity, amount, parts)?;
         Ok(w)
     }
 }
 
-fn add(w: &mut ClosedWindow, quantity: Decimal, amount: Decimal) -> Result<(), AggregateError> {
+fn add(
+    w: &mut ClosedWindow,
+    quantity: Decimal,
+    amount: Decimal,
+    parts: &crate::rating::Parts,
+) -> Result<(), AggregateError> {
     let overflow = || AggregateError::Overflow(w.window.id.clone());
     w.quantity = w.quantity.checked_add(quantity).ok_or_else(overflow)?;
     w.amount = w.amount.checked_add(amount).ok_or_else(overflow)?;
+    crate::rating::add_parts(&mut w.parts, parts).map_err(|_| overflow())?;
     Ok(())
 }
 
@@ -1068,7 +1076,15 @@ fn window_measures(
             adjusts: t.day_adjusts.as_ref(),
             segment: Some(segment.clone()),
         };
-        touched.add_to(ctx, ev, day, rm.marginal_quantity, rm.marginal_amount)?;
+        let parts = &rm.parts;
+        touched.add_to(
+            ctx,
+            ev,
+            day,
+            rm.marginal_quantity,
+            rm.marginal_amount,
+            parts,
+        )?;
         let period = WindowTarget {
             kind: WindowKind::BillingPeriod,
             scope: &rm.segment_id,
@@ -1076,7 +1092,14 @@ fn window_measures(
             adjusts: t.period_adjusts.as_ref(),
             segment: Some(segment),
         };
-        touched.add_to(ctx, ev, period, rm.marginal_quantity, rm.marginal_amount)?;
+        touched.add_to(
+            ctx,
+            ev,
+            period,
+            rm.marginal_quantity,
+            rm.marginal_amount,
+            parts,
+        )?;
         if t.period_adjusts.is_none() {
             let close = WindowTarget {
                 kind: WindowKind::PeriodClose,
@@ -1085,7 +1108,8 @@ fn window_measures(
                 adjusts: None,
                 segment: None,
             };
-            let close = touched.add_to(ctx, ev, close, Decimal::ZERO, rm.marginal_amount)?;
+            let none = crate::rating::Parts::new();
+            let close = touched.add_to(ctx, ev, close, Decimal::ZERO, rm.marginal_amount, &none)?;
             take_provisional_terms(close, e);
         }
     }

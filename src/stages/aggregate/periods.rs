@@ -247,6 +247,7 @@ pub(super) fn empty_period_close(
         minimum_commitment: sub.minimum_commitment,
         quantity: rust_decimal::Decimal::ZERO,
         amount: rust_decimal::Decimal::ZERO,
+        parts: crate::rating::Parts::new(),
         event_count: 0,
         lineage_digest: empty_digest(),
         closed_at_watermark_ms: 0,

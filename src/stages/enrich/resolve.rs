@@ -494,6 +494,9 @@ fn resolve_charges(
                 .unit_conversion
                 .as_ref()
                 .map(|conversion| conversion.unit.clone()),
+            prorate: plan
+                .charge(&measure.meter)
+                .is_some_and(|plan_charge| plan_charge.prorate),
         });
     }
     Ok(charges)

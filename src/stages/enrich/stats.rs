@@ -130,7 +130,7 @@ pub(super) fn revenue_at_risk(
         };
         // COUNT and UNIQUE_COUNT measures carry no value: the event counts once.
         let quantity = measure.value.unwrap_or(Decimal::ONE);
-        let price = model.price(quantity).ok()?;
+        let price = at_risk_price(model, quantity, &event.data)?;
         total = total.checked_add(price)?;
         priced = true;
     }
@@ -139,4 +139,32 @@ pub(super) fn revenue_at_risk(
         amount: DecimalStr(total),
         legal_entity: subscription.legal_entity.clone(),
     })
+}
+
+/// What one parked event would cost on its own: the price of its quantity,
+/// a percentage charge's fee for one paid transaction, or a dynamic
+/// charge's amount as the event carries it (None when it carries none).
+fn at_risk_price(
+    model: &crate::rating::ChargeModel,
+    quantity: Decimal,
+    data: &serde_json::Value,
+) -> Option<Decimal> {
+    use crate::rating::ChargeModel;
+    match model {
+        ChargeModel::Percentage(p) => p.paid(quantity, Decimal::ZERO).ok().map(|c| c.amount),
+        ChargeModel::Dynamic {
+            amount_property, ..
+        } => {
+            let path = crate::jsonpath::JsonPath::parse(amount_property).ok()?;
+            let text = match path.get(data)? {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                _ => return None,
+            };
+            crate::ingest::rules::parse_exact_decimal(&text)
+                .ok()
+                .filter(|d| !d.is_sign_negative())
+        }
+        _ => model.price(quantity).ok(),
+    }
 }

@@ -209,6 +209,7 @@ pub fn apply_tax(st: &mut InvoiceState, taxes: Vec<TaxApplied>) -> Result<(), In
             unit: None,
             amount: t.amount,
             tax_code: Some(t.tax_code.clone()),
+            breakdown: crate::rating::Parts::new(),
         };
         let p = postings::line(st, "tax", &t.tax_code, &date, line.clone());
         st.doc
@@ -278,6 +279,7 @@ fn draw_service_credit(
         unit: None,
         amount: -drawn,
         tax_code: None,
+        breakdown: crate::rating::Parts::new(),
     };
     let p = postings::line(st, "service_credit", "", date, line.clone());
     st.doc
@@ -336,6 +338,7 @@ pub fn credit_memo(
         unit: None,
         amount: -amount,
         tax_code: None,
+        breakdown: crate::rating::Parts::new(),
     };
     let mut out = vec![postings::line(st, "credit_memo", &cmd.id, &date, line)];
     out.extend(postings::journal(st, "credit_memo", &cmd.id, &date, lines));

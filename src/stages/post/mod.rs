@@ -374,6 +374,7 @@ fn post_billing_period(
                 unit: segment.and_then(|s| s.unit.clone()),
                 amount,
                 tax_code: segment.and_then(|s| s.tax_code.clone()),
+                breakdown: w.parts.clone(),
             },
         ));
     }
@@ -414,6 +415,7 @@ fn post_period_close(
                 unit: None,
                 amount: base_fee,
                 tax_code: w.tax_code.clone(),
+                breakdown: crate::rating::Parts::new(),
             },
         ));
         postings.push(b.journal("base_fee", lines));
@@ -435,6 +437,7 @@ fn post_period_close(
                         unit: None,
                         amount: shortfall,
                         tax_code: w.tax_code.clone(),
+                        breakdown: crate::rating::Parts::new(),
                     },
                 ));
                 postings.push(b.journal("minimum_true_up", lines));

@@ -18,7 +18,9 @@
 //!    member, see below);
 //! 3. the marginal amount is `price(after) - price(before)` under the
 //!    measure's resolved charge ([`crate::rating::ChargeModel::marginal`]),
-//!    unrounded.
+//!    unrounded; per-event models (percentage, dynamic) and prorated
+//!    charges are priced as `price.rs` says, with the parts that explain
+//!    the amount on the rated measure.
 //!
 //! One [`RatedEvent`] per input event goes to `usage.rated`, keyed by the
 //! customer id, stamped when written (append time). The marginal amounts of a
@@ -41,6 +43,7 @@
 //! |---|---|
 //! | `G` segment id | the segment's [`SegmentState`], JSON |
 //! | `U` segment id, unique value | empty: a UNIQUE_COUNT member |
+//! | `W` segment id | a percentage charge's [`crate::rating::AllowanceWindow`], JSON |
 //!
 //! | `E` period end (i64 ms), segment id | empty: the expiry index |
 //!
@@ -57,6 +60,7 @@
 //! [`SEGMENT_EXPIRED`]: pricing it from zero would bill tiers and free units
 //! a second time.
 
+mod price;
 pub mod reason;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,6 +81,7 @@ const LINEAGE: StoreId = 1;
 /// Key prefixes of the segments store (see the module docs).
 const SEGMENT_PREFIX: u8 = b'G';
 const MEMBER_PREFIX: u8 = b'U';
+const WINDOW_PREFIX: u8 = b'W';
 const EXPIRY_PREFIX: u8 = b'E';
 /// Segments released per punctuation (each with its UNIQUE_COUNT members).
 pub const EXPIRE_BATCH_SEGMENTS: usize = 100;
@@ -86,9 +91,6 @@ const MS_PER_DAY: i64 = 86_400_000;
 
 /// Reject code of an event whose billing period's segments were released.
 pub use reason::SEGMENT_EXPIRED;
-/// Separates `id` and `source` in a LATEST event key; below every printable
-/// character, so the order is by id first, then by source.
-const LATEST_KEY_SEPARATOR: char = '\u{0}';
 
 /// Reject code of an input record that is not an enriched event.
 pub use reason::MALFORMED_ENRICHED_EVENT;
@@ -107,6 +109,10 @@ pub enum RateError {
     MissingUniqueValue { meter: String },
     #[error("billing period {period} ended more than rate.segment_retention_days ({days}) ago; its rating state is released")]
     SegmentExpired { period: String, days: u32 },
+    #[error("measure {meter}: dynamic amount: {detail}")]
+    DynamicAmount { meter: String, detail: String },
+    #[error("measure {meter}: dynamic currency: {detail}")]
+    DynamicCurrency { meter: String, detail: String },
     #[error("measure {meter}: {source}")]
     Rating {
         meter: String,
@@ -123,6 +129,8 @@ impl RateError {
             RateError::MissingValue { .. } => reason::MEASURE_VALUE_MISSING,
             RateError::MissingUniqueValue { .. } => reason::MEASURE_UNIQUE_VALUE_MISSING,
             RateError::SegmentExpired { .. } => SEGMENT_EXPIRED,
+            RateError::DynamicAmount { .. } => reason::DYNAMIC_AMOUNT_INVALID,
+            RateError::DynamicCurrency { .. } => reason::DYNAMIC_CURRENCY_MISMATCH,
             RateError::Rating { source, .. } => source.code(),
         }
     }
@@ -146,6 +154,10 @@ fn member_key(segment_id: &str, value: &str) -> Vec<u8> {
         .str(segment_id)
         .str(value)
         .build()
+}
+
+fn window_key(segment_id: &str) -> Vec<u8> {
+    KeyBuilder::new(WINDOW_PREFIX).str(segment_id).build()
 }
 
 fn expiry_key(period_end_ms: i64, segment_id: &str) -> Vec<u8> {
@@ -248,6 +260,7 @@ impl Processor for RateProcessor {
                     ctx.stores.delete(SEGMENTS, k);
                 }
             }
+            ctx.stores.delete(SEGMENTS, window_key(&id));
             ctx.stores.delete(SEGMENTS, segment_key(&id));
             ctx.stores.delete(SEGMENTS, index_key);
         }
@@ -348,6 +361,8 @@ struct EventRating {
     members: BTreeSet<(String, String)>,
     /// Segments this event starts: they get an expiry index entry.
     created: BTreeSet<String>,
+    /// Percentage allowance windows the event read or changed.
+    windows: price::Windows,
     /// One per measure, in the event's order.
     measures: Vec<RatedMeasure>,
 }
@@ -381,7 +396,13 @@ impl EventRating {
             source,
         };
         let change = state.observe(observation).map_err(rating)?;
-        let amount = charge.charge.marginal(&change).map_err(rating)?;
+        let priced = price::Pricer {
+            enriched,
+            measure,
+            charge,
+            segment_id: &id,
+        }
+        .price(&mut state, &change, &mut self.windows, ctx)?;
         let delta = change.delta().map_err(rating)?;
         self.measures.push(RatedMeasure {
             meter: meter(),
@@ -392,7 +413,8 @@ impl EventRating {
             quantity_before: change.before,
             quantity_after: change.after,
             marginal_quantity: delta,
-            marginal_amount: amount,
+            marginal_amount: priced.amount,
+            parts: priced.parts,
         });
         self.members.extend(new_member);
         self.states.insert(id, state);
@@ -432,7 +454,6 @@ impl EventRating {
         id: &str,
         ctx: &mut Ctx<'_>,
     ) -> Result<(Observation, Option<(String, String)>), StageError> {
-        let event = &enriched.event;
         let meter = || measure.meter.clone();
         let value = || {
             measure.value.ok_or_else(|| RateError::MissingValue {
@@ -444,11 +465,10 @@ impl EventRating {
         let observation = match charge.aggregation {
             Aggregation::Sum | Aggregation::Max => Observation::value(value()?),
             Aggregation::Count => Observation::Occurrence,
-            Aggregation::Latest => Observation::latest_at(
-                value()?,
-                event.time,
-                format!("{}{LATEST_KEY_SEPARATOR}{}", event.id, event.source),
-            ),
+            Aggregation::Latest => Observation::Latest {
+                value: value()?,
+                key: price::event_key(enriched),
+            },
             Aggregation::UniqueCount => {
                 let v = measure
                     .unique_value
@@ -479,6 +499,11 @@ impl EventRating {
         }
         for (id, value) in &self.members {
             ctx.stores.put(SEGMENTS, member_key(id, value), Vec::new());
+        }
+        for (id, window) in &self.windows {
+            let bytes = serde_json::to_vec(window)
+                .map_err(|e| StageError::Fatal(format!("encoding an allowance window: {e}")))?;
+            ctx.stores.put(SEGMENTS, window_key(id), bytes);
         }
         for id in &self.created {
             ctx.stores
@@ -560,6 +585,7 @@ mod tests {
                 source: ChargeSource::Plan,
                 tax_code: None,
                 unit: None,
+                prorate: false,
             })
             .collect();
         EnrichedEvent {
@@ -1090,5 +1116,151 @@ mod tests {
         let r = run_bytes(&mut h, &late.to_json_bytes().unwrap());
         assert_eq!(reject_code(r), SEGMENT_EXPIRED);
         assert_eq!(h.stores.approximate_keys(SEGMENTS), 0);
+    }
+
+    fn take_rate() -> ChargeModel {
+        ChargeModel::Percentage(crate::rating::PercentageModel {
+            rate: dec!(1.3),
+            fixed_fee_per_event: dec!(0.30),
+            free_units: Decimal::ZERO,
+            free_events: 2,
+            min_per_event: Some(dec!(0.50)),
+            max_per_event: Some(dec!(5.00)),
+        })
+    }
+
+    fn payment(
+        id: &str,
+        time: DateTime<Utc>,
+        amount: Decimal,
+        model: ChargeModel,
+    ) -> EnrichedEvent {
+        enriched(
+            id,
+            time,
+            vec![(
+                measure("volume", Some(amount), None),
+                Aggregation::Sum,
+                model,
+            )],
+        )
+    }
+
+    #[test]
+    fn percentage_fees_across_commits_and_a_late_event_that_displaces_a_free_one() {
+        let mut h = harness();
+        let mut amounts = Vec::new();
+        for (i, v) in [dec!(10), dec!(20), dec!(30), dec!(1000)]
+            .iter()
+            .enumerate()
+        {
+            let e = payment(
+                &format!("p{i}"),
+                t0() + Duration::hours(i as i64 + 1),
+                *v,
+                take_rate(),
+            );
+            amounts.push(rate(&mut h, &e).measures[0].marginal_amount);
+            h.commit().unwrap();
+            h.processor = RateProcessor::new(&config());
+        }
+        assert_eq!(amounts, [dec!(0), dec!(0), dec!(0.69), dec!(5.00)]);
+        // Earlier than every event: free; p1 (20) is charged 0.56 instead.
+        let late = rate(&mut h, &payment("late", t0(), dec!(50), take_rate()));
+        let m = &late.measures[0];
+        assert_eq!(m.marginal_amount, dec!(0.56));
+        assert_eq!(m.marginal_quantity, dec!(50));
+        assert_eq!(m.parts.get("paid_events"), Some(&dec!(1)));
+        h.commit().unwrap();
+        // A period total of 0.56 + 0.69 + 5.00 = 6.25, the fees in event order.
+        assert_eq!(
+            amounts.iter().sum::<Decimal>() + m.marginal_amount,
+            dec!(6.25)
+        );
+    }
+
+    #[test]
+    fn a_percentage_of_a_count_meter_is_refused_with_its_code() {
+        let mut h = harness();
+        let e = enriched(
+            "c",
+            t0(),
+            vec![(
+                measure("calls", None, None),
+                Aggregation::Count,
+                take_rate(),
+            )],
+        );
+        let r = run_bytes(&mut h, &e.to_json_bytes().unwrap());
+        assert_eq!(reject_code(r), "model_aggregation_mismatch");
+    }
+
+    #[test]
+    fn prorated_seats_charge_the_remaining_fraction_of_the_period() {
+        let mut h = harness();
+        let seats = ChargeModel::PerUnit {
+            unit_price: dec!(31),
+        };
+        let mut prorated = |id: &str, day: u32, n: Decimal| {
+            let mut e = enriched(
+                id,
+                Utc.with_ymd_and_hms(2026, 1, day, 0, 0, 0).unwrap(),
+                vec![(
+                    measure("seats", Some(n), None),
+                    Aggregation::Latest,
+                    seats.clone(),
+                )],
+            );
+            e.charges[0].prorate = true;
+            let out = rate(&mut h, &e);
+            h.commit().unwrap();
+            out.measures[0].clone()
+        };
+        // January (31 days): 10 seats from the 1st, 16 from the 11th (21 days left).
+        assert_eq!(prorated("s1", 1, dec!(10)).marginal_amount, dec!(310));
+        let second = prorated("s2", 11, dec!(16));
+        assert_eq!(second.marginal_amount, dec!(126));
+        assert_eq!(second.quantity_after, dec!(16));
+        assert_eq!(second.parts.get("full_period_amount"), Some(&dec!(186)));
+    }
+
+    #[test]
+    fn dynamic_amounts_are_taken_as_given_and_bad_ones_refused() {
+        let dynamic = ChargeModel::Dynamic {
+            amount_property: "$.price".into(),
+            currency_property: Some("$.currency".into()),
+        };
+        let mut h = harness();
+        let with_data = |id: &str, data: serde_json::Value| {
+            let mut e = payment(id, t0(), dec!(1), dynamic.clone());
+            e.event.data = data;
+            e
+        };
+        let ok = rate(
+            &mut h,
+            &with_data("d1", json!({"price": "12.345", "currency": "USD"})),
+        );
+        assert_eq!(ok.measures[0].marginal_amount, dec!(12.345));
+        for (id, data, code) in [
+            ("d2", json!({"currency": "USD"}), "dynamic_amount_invalid"),
+            (
+                "d3",
+                json!({"price": "-1", "currency": "USD"}),
+                "dynamic_amount_invalid",
+            ),
+            (
+                "d4",
+                json!({"price": "NaN", "currency": "USD"}),
+                "dynamic_amount_invalid",
+            ),
+            (
+                "d5",
+                json!({"price": "1", "currency": "EUR"}),
+                "dynamic_currency_mismatch",
+            ),
+        ] {
+            let r = run_bytes(&mut h, &with_data(id, data).to_json_bytes().unwrap());
+            assert_eq!(reject_code(r), code, "{id}");
+        }
     }
 }

@@ -11,6 +11,10 @@ crate::reason_codes! {
         "A measure of a UNIQUE_COUNT meter carries no unique_value.";
     SEGMENT_EXPIRED => "segment_expired",
         "The event's billing period ended more than rate.segment_retention_days ago; its rating state is released.";
+    DYNAMIC_AMOUNT_INVALID => "dynamic_amount_invalid",
+        "A dynamic charge's amount_property is missing, not a finite non-negative decimal, or not exact.";
+    DYNAMIC_CURRENCY_MISMATCH => "dynamic_currency_mismatch",
+        "A dynamic charge's currency_property is missing or names another currency than the plan's.";
     @also [
         crate::rating::reasons::NEGATIVE_QUANTITY,
         crate::rating::reasons::NEGATIVE_VALUE,
@@ -27,6 +31,13 @@ crate::reason_codes! {
         crate::rating::reasons::NEGATIVE_PRICE,
         crate::rating::reasons::PACKAGE_SIZE_NOT_POSITIVE,
         crate::rating::reasons::NEGATIVE_FREE_UNITS,
+        crate::rating::reasons::PERCENTAGE_OUT_OF_RANGE,
+        crate::rating::reasons::MIN_ABOVE_MAX,
+        crate::rating::reasons::TOO_MANY_FREE_EVENTS,
+        crate::rating::reasons::INVALID_AMOUNT_PROPERTY,
+        crate::rating::reasons::MODEL_AGGREGATION_MISMATCH,
+        crate::rating::reasons::NOT_CUMULATIVE,
+        crate::rating::reasons::PRORATION_HISTORY_FULL,
     ]
 }
 
@@ -49,6 +60,14 @@ mod tests {
                 period: "p".into(),
                 days: 1,
             },
+            E::DynamicAmount {
+                meter: "m".into(),
+                detail: "x".into(),
+            },
+            E::DynamicCurrency {
+                meter: "m".into(),
+                detail: "x".into(),
+            },
         ];
         all.extend(
             crate::rating::reasons::one_of_each()
@@ -65,6 +84,8 @@ mod tests {
                 | E::MissingValue { .. }
                 | E::MissingUniqueValue { .. }
                 | E::SegmentExpired { .. }
+                | E::DynamicAmount { .. }
+                | E::DynamicCurrency { .. }
                 | E::Rating { .. } => {}
             }
         }

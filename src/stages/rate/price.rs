@@ -1,0 +1,234 @@
+//! How one measure's marginal amount is computed, by the kind of its
+//! charge (see [`crate::rating`]):
+//!
+//! * cumulative models: `price(after) - price(before)` of the segment's
+//!   quantity; graduated_percentage also gives its tier parts;
+//! * a cumulative model with `prorate`: the change the event makes to the
+//!   segment's prorated timeline ([`crate::rating::Timeline`]);
+//! * percentage: the change the event makes to the period's per-event fees
+//!   ([`crate::rating::AllowanceWindow`]); the window is read from the store
+//!   only when the event falls within the allowance;
+//! * dynamic: the amount the event carries at `amount_property`.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+use super::{window_key, RateError, SEGMENTS};
+use crate::contracts::{EnrichedEvent, Measure, ResolvedCharge};
+use crate::ingest::rules::parse_exact_decimal;
+use crate::jsonpath::JsonPath;
+use crate::rating::{
+    self, AllowanceMark, AllowanceWindow, Charge, ChargeModel, EventKey, Parts, PercentageModel,
+    Pricing, QuantityChange, RatingError, SegmentState, ServiceInterval,
+};
+use crate::runtime::{Ctx, StageError};
+
+/// Separates `id` and `source` in an event key; below every printable
+/// character, so the order is by id first, then by source.
+const EVENT_KEY_SEPARATOR: char = '\u{0}';
+
+/// The event's position in event order: time to the nanosecond, then id,
+/// then source (DESIGN's LATEST rule, also the percentage allowance's and
+/// the proration timeline's order).
+pub fn event_key(enriched: &EnrichedEvent) -> EventKey {
+    let event = &enriched.event;
+    EventKey::at(
+        event.time,
+        format!("{}{EVENT_KEY_SEPARATOR}{}", event.id, event.source),
+    )
+}
+
+/// Allowance windows read or changed while rating one event, by segment id.
+pub type Windows = BTreeMap<String, AllowanceWindow>;
+
+/// One measure's pricing inputs.
+pub struct Pricer<'a> {
+    pub enriched: &'a EnrichedEvent,
+    pub measure: &'a Measure,
+    pub charge: &'a ResolvedCharge,
+    pub segment_id: &'a str,
+}
+
+impl Pricer<'_> {
+    fn rating(&self, source: RatingError) -> StageError {
+        RateError::Rating {
+            meter: self.measure.meter.clone(),
+            source,
+        }
+        .into()
+    }
+
+    fn value(&self) -> Result<Decimal, StageError> {
+        self.measure.value.ok_or_else(|| {
+            RateError::MissingValue {
+                meter: self.measure.meter.clone(),
+                aggregation: self.charge.aggregation,
+            }
+            .into()
+        })
+    }
+
+    /// The marginal amount and parts of the measure whose quantity moved by
+    /// `change` in `state`.
+    pub fn price(
+        &self,
+        state: &mut SegmentState,
+        change: &QuantityChange,
+        windows: &mut Windows,
+        ctx: &Ctx<'_>,
+    ) -> Result<Charge, StageError> {
+        let model = &self.charge.charge;
+        model
+            .check_aggregation(self.charge.aggregation, self.charge.prorate)
+            .map_err(|e| self.rating(e.into()))?;
+        match (model.pricing(), model) {
+            (Pricing::Cumulative, _) if self.charge.prorate => self.prorated(state),
+            (Pricing::Cumulative, _) => self.cumulative(change),
+            (Pricing::PerEvent, ChargeModel::Percentage(p)) => {
+                self.percentage(p, state, windows, ctx)
+            }
+            (
+                Pricing::PerEvent,
+                ChargeModel::Dynamic {
+                    amount_property,
+                    currency_property,
+                },
+            ) => self.dynamic(amount_property, currency_property.as_deref()),
+            (Pricing::PerEvent, other) => Err(self.rating(RatingError::NotCumulative {
+                model: other.name(),
+            })),
+        }
+    }
+
+    fn cumulative(&self, change: &QuantityChange) -> Result<Charge, StageError> {
+        let model = &self.charge.charge;
+        let amount = model.marginal(change).map_err(|e| self.rating(e))?;
+        let parts = match model {
+            ChargeModel::GraduatedPercentage { .. } if change.before != change.after => {
+                let after = model.parts(change.after).map_err(|e| self.rating(e))?;
+                let before = model.parts(change.before).map_err(|e| self.rating(e))?;
+                rating::parts_delta(&after, &before).map_err(|e| self.rating(e))?
+            }
+            _ => Parts::new(),
+        };
+        Ok(Charge { amount, parts })
+    }
+
+    fn prorated(&self, state: &mut SegmentState) -> Result<Charge, StageError> {
+        let e = self.enriched;
+        let interval = ServiceInterval {
+            period_start: e.billing_period.start,
+            period_end: e.billing_period.end,
+            subscription_end: e.subscription_end,
+        };
+        let mut timeline = state.timeline.clone().unwrap_or_default();
+        let charge = timeline
+            .rate(
+                &self.charge.charge,
+                self.charge.aggregation,
+                &interval,
+                event_key(e),
+                self.value()?,
+            )
+            .map_err(|err| self.rating(err))?;
+        state.timeline = Some(timeline);
+        Ok(charge)
+    }
+
+    fn percentage(
+        &self,
+        model: &PercentageModel,
+        state: &mut SegmentState,
+        windows: &mut Windows,
+        ctx: &Ctx<'_>,
+    ) -> Result<Charge, StageError> {
+        let key = event_key(self.enriched);
+        let value = self.value()?;
+        let mark = state.allowance.clone().unwrap_or(AllowanceMark {
+            closed: false,
+            last: None,
+        });
+        if mark.is_beyond(&key) {
+            model.validate().map_err(|e| self.rating(e.into()))?;
+            return model.paid(value, Decimal::ZERO).map_err(|e| self.rating(e));
+        }
+        let mut window = match windows.remove(self.segment_id) {
+            Some(w) => w,
+            None => match ctx.stores.get(SEGMENTS, &window_key(self.segment_id))? {
+                Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                    StageError::Fatal(format!(
+                        "segment {}: stored allowance window is corrupt: {e}",
+                        self.segment_id
+                    ))
+                })?,
+                None => AllowanceWindow::default(),
+            },
+        };
+        let charge = window.rate(model, key, value).map_err(|e| self.rating(e))?;
+        state.allowance = Some(window.mark());
+        windows.insert(self.segment_id.to_owned(), window);
+        Ok(charge)
+    }
+
+    fn dynamic(
+        &self,
+        amount_property: &str,
+        currency_property: Option<&str>,
+    ) -> Result<Charge, StageError> {
+        let data = &self.enriched.event.data;
+        let meter = || self.measure.meter.clone();
+        let amount_error = |detail: String| -> StageError {
+            RateError::DynamicAmount {
+                meter: meter(),
+                detail,
+            }
+            .into()
+        };
+        let node = select(data, amount_property).map_err(&amount_error)?;
+        let text = match node {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            other => {
+                return Err(amount_error(format!(
+                    "{amount_property} is not a number: {other}"
+                )))
+            }
+        };
+        let amount = parse_exact_decimal(&text)
+            .map_err(|e| amount_error(format!("{amount_property}: {e}")))?;
+        if amount.is_sign_negative() {
+            return Err(amount_error(format!(
+                "{amount_property}: {amount} is negative"
+            )));
+        }
+        if let Some(path) = currency_property {
+            let currency = &self.enriched.currency;
+            let given = select(data, path)
+                .ok()
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if given != currency {
+                return Err(RateError::DynamicCurrency {
+                    meter: meter(),
+                    detail: format!("{path} is {given:?}, the plan's currency is {currency}"),
+                }
+                .into());
+            }
+        }
+        Ok(Charge {
+            amount,
+            parts: Parts::new(),
+        })
+    }
+}
+
+/// The node at `path` in `data`, or why there is none.
+fn select<'d>(data: &'d Value, path: &str) -> Result<&'d Value, String> {
+    let compiled = JsonPath::parse(path).map_err(|e| e.to_string())?;
+    match compiled.get(data) {
+        None | Some(Value::Null) => Err(format!("{path} is missing")),
+        Some(node) => Ok(node),
+    }
+}
