@@ -301,3 +301,51 @@ pub fn invoice(
     check_customer(caller, &inv.customer.id)?;
     serde_json::to_value(inv).map_err(|e| invalid(format!("invoice {id}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    fn take_rate() -> ChargeModel {
+        serde_json::from_str(
+            r#"{"model":"percentage","rate":"1.3","fixed_fee_per_event":"0.30","min_per_event":"0.50","max_per_event":"5.00","free_events":2}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn percentage_quotes_one_transaction_or_a_period_in_order() {
+        let (amount, lines, parts) = price_quote(&take_rate(), dec!(1000), None).unwrap();
+        assert_eq!(amount, dec!(5.00), "13.30 capped at the maximum");
+        assert_eq!(lines, json!([]));
+        assert_eq!(parts.get("min_max_adjustment"), Some(&dec!(-8.30)));
+        let list: Vec<String> = ["10", "20", "30", "5", "1000", "100"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (amount, _, parts) = price_quote(&take_rate(), dec!(1165), Some(&list)).unwrap();
+        assert_eq!(amount, dec!(7.79));
+        assert_eq!(parts.get("free_events"), Some(&dec!(2)));
+        let refused = price_quote(&take_rate(), dec!(1), Some(&list)).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn dynamic_has_no_quote_and_graduated_percentage_has_tiers() {
+        let dynamic = ChargeModel::Dynamic {
+            amount_property: "$.price".into(),
+            currency_property: None,
+        };
+        let refused = price_quote(&dynamic, dec!(1), None).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        let tiers: ChargeModel = serde_json::from_str(
+            r#"{"model":"graduated_percentage","tiers":[{"up_to":"1000","rate":"3"},{"up_to":null,"rate":"1.5","flat_fee":"1"}]}"#,
+        )
+        .unwrap();
+        let (amount, lines, parts) = price_quote(&tiers, dec!(2000), None).unwrap();
+        assert_eq!(amount, dec!(46), "30 + 1 + 15");
+        assert_eq!(lines.as_array().map(Vec::len), Some(2));
+        assert_eq!(parts.get("tier_1_amount"), Some(&dec!(16)));
+    }
+}
