@@ -198,19 +198,16 @@ const DELTA_AT_RISK_USD: f64 = 28.05336;
 /// Event times are fixed in October 2026; validation must accept them.
 const VALIDATE_CONFIG: &str = "[validate]\nmax_event_age_days = 3650\ndedupe_horizon_days = 3651\n";
 
-const GL: &str =
-    r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
-
 fn plans_jsonl() -> String {
     [
         format!(
-            r#"{{"id":"std","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"49.00","charges":{{"tokens":{{"model":"graduated","tiers":[{{"up_to":"10000","unit_price":"0"}},{{"up_to":"100000","unit_price":"0.0002","flat_fee":"1.50"}},{{"up_to":null,"unit_price":"0.0001"}}]}},"api_calls":{{"model":"volume","tiers":[{{"up_to":"100","unit_price":"0.01"}},{{"up_to":null,"unit_price":"0.008"}}]}}}},{GL}}}"#
+            r#"{{"id":"std","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"49.00","charges":{{"tokens":{{"model":"graduated","tiers":[{{"up_to":"10000","unit_price":"0"}},{{"up_to":"100000","unit_price":"0.0002","flat_fee":"1.50"}},{{"up_to":null,"unit_price":"0.0001"}}]}},"api_calls":{{"model":"volume","tiers":[{{"up_to":"100","unit_price":"0.01"}},{{"up_to":null,"unit_price":"0.008"}}]}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
         format!(
-            r#"{{"id":"std","version":2,"effective_from":"2026-10-16T00:00:00Z","currency":"USD","base_fee":"49.00","charges":{{"tokens":{{"model":"graduated","tiers":[{{"up_to":"5000","unit_price":"0"}},{{"up_to":null,"unit_price":"0.00015"}}]}},"api_calls":{{"model":"package","size":"50","price":"0.40","free_units":"20"}}}},{GL}}}"#
+            r#"{{"id":"std","version":2,"effective_from":"2026-10-16T00:00:00Z","currency":"USD","base_fee":"49.00","charges":{{"tokens":{{"model":"graduated","tiers":[{{"up_to":"5000","unit_price":"0"}},{{"up_to":null,"unit_price":"0.00015"}}]}},"api_calls":{{"model":"package","size":"50","price":"0.40","free_units":"20"}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
         format!(
-            r#"{{"id":"pro","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.00012"}},"api_calls":{{"model":"volume","tiers":[{{"up_to":"100","unit_price":"0.006"}},{{"up_to":null,"unit_price":"0.005","flat_fee":"2.00"}}]}}}},{GL}}}"#
+            r#"{{"id":"pro","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.00012"}},"api_calls":{{"model":"volume","tiers":[{{"up_to":"100","unit_price":"0.006"}},{{"up_to":null,"unit_price":"0.005","flat_fee":"2.00"}}]}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
     ]
     .join("\n")
@@ -710,7 +707,7 @@ fn latest_one_nanosecond_apart_the_later_value_wins_in_either_order() {
     let w = World::new("latestns", VALIDATE_CONFIG);
     w.apply();
     let plan = format!(
-        r#"{{"id":"store","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"storage_gb":{{"model":"per_unit","unit_price":"0.10"}}}},{GL}}}"#
+        r#"{{"id":"store","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"storage_gb":{{"model":"per_unit","unit_price":"0.10"}}}},{GL_ACCOUNTS_JSON}}}"#
     );
     load_ok(&w, "plans", "plans.jsonl", &plan, 1);
     let customers = format!("{}\n{}\n", customer_line("c-up"), customer_line("c-down"));

@@ -154,13 +154,6 @@ fn invoices(w: &World) -> BTreeMap<String, Invoice> {
     out
 }
 
-fn postings(w: &World) -> Vec<Posting> {
-    read_all(&w.topic("finance.postings"), true)
-        .iter()
-        .map(|r| Posting::from_json_slice(r.value.as_deref().unwrap()).unwrap())
-        .collect()
-}
-
 fn every_invoice_closed(w: &World) -> bool {
     let all = invoices(w);
     CUSTOMERS.iter().all(|c| {

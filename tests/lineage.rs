@@ -18,9 +18,6 @@ const SOURCE: &str = "lin";
 const CONFIG: &str = "[validate]\nmax_event_age_days = 400\ndedupe_horizon_days = 401\n\
 [aggregate]\ngrace_period_s = 60\nidle_advance_s = 86400\n";
 
-const GL: &str =
-    r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
-
 fn event(id: &str, customer: &str, time: &str, tokens: i64) -> Record {
     let value = cloudevent(
         SOURCE,
@@ -35,13 +32,6 @@ fn event(id: &str, customer: &str, time: &str, tokens: i64) -> Record {
         Some(value.into_bytes()),
         vec![],
     )
-}
-
-fn postings(w: &World) -> Vec<Posting> {
-    read_all(&w.topic("finance.postings"), true)
-        .into_iter()
-        .map(|r| Posting::from_json_slice(r.value.as_deref().unwrap()).unwrap())
-        .collect()
 }
 
 fn accrual_adjusting(w: &World, window: &str, adjusts: &str) -> Option<Posting> {
@@ -88,7 +78,7 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
     w.load_refdata(
         "plans",
         &format!(
-            r#"{{"id":"p","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL}}}"#
+            r#"{{"id":"p","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
     );
     w.load_refdata(

@@ -44,16 +44,13 @@ const OCT: &str = "2026-10-01";
 const CONFIG: &str = "[validate]\nmax_event_age_days = 400\ndedupe_horizon_days = 401\n\
 [aggregate]\ngrace_period_s = 60\nidle_advance_s = 10\n";
 
-const GL: &str =
-    r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
-
 fn plans_jsonl() -> String {
     [
         format!(
-            r#"{{"id":"p","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"5.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL}}}"#
+            r#"{{"id":"p","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"5.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
         format!(
-            r#"{{"id":"p","version":2,"effective_from":"2026-10-16T00:00:00Z","currency":"USD","base_fee":"8.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.002"}}}},{GL}}}"#
+            r#"{{"id":"p","version":2,"effective_from":"2026-10-16T00:00:00Z","currency":"USD","base_fee":"8.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.002"}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
     ]
     .join("\n")
@@ -238,17 +235,6 @@ fn closed_bytes(ps: &[(Rec, Posting)]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect();
     v.sort();
     v
-}
-
-fn signed(p: &Posting, account: &str) -> Decimal {
-    p.lines
-        .iter()
-        .filter(|l| l.account == account)
-        .map(|l| match l.side {
-            Side::Debit => l.amount,
-            Side::Credit => -l.amount,
-        })
-        .sum()
 }
 
 #[test]

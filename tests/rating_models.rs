@@ -23,7 +23,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use meterline::contracts::{Posting, PostingType, Side};
+use meterline::contracts::PostingType;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
@@ -34,16 +34,13 @@ use rust_decimal_macros::dec;
 const CONFIG: &str = "[validate]\nmax_event_age_days = 400\ndedupe_horizon_days = 401\n\
 [aggregate]\ngrace_period_s = 2592000\nidle_advance_s = 10\n";
 
-const GL: &str =
-    r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
-
 fn plans() -> String {
     [
         format!(
-            r#"{{"id":"pay","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"tokens":{{"model":"percentage","rate":"1.3","fixed_fee_per_event":"0.30","min_per_event":"0.50","max_per_event":"5.00","free_events":2}}}},{GL}}}"#
+            r#"{{"id":"pay","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"tokens":{{"model":"percentage","rate":"1.3","fixed_fee_per_event":"0.30","min_per_event":"0.50","max_per_event":"5.00","free_events":2}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
         format!(
-            r#"{{"id":"seats","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"peak_seats":{{"model":"per_unit","unit_price":"30.00","prorate":true}}}},{GL}}}"#
+            r#"{{"id":"seats","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","charges":{{"peak_seats":{{"model":"per_unit","unit_price":"30.00","prorate":true}}}},{GL_ACCOUNTS_JSON}}}"#
         ),
     ]
     .join("\n")
@@ -114,31 +111,6 @@ fn events() -> Vec<(&'static str, String, &'static str, String, String)> {
     out
 }
 
-fn postings(w: &World) -> Vec<Posting> {
-    read_all(&w.topic("finance.postings"), true)
-        .into_iter()
-        .map(|r| Posting::from_json_slice(r.value.as_deref().unwrap()).unwrap())
-        .collect()
-}
-
-fn period_closes(ps: &[Posting]) -> usize {
-    ps.iter()
-        .filter(|p| p.posting_type == PostingType::ControlTotal && p.kind == "period_close")
-        .count()
-}
-
-/// The signed change a journal entry makes to `account` (debit positive).
-fn effect(p: &Posting, account: &str) -> Decimal {
-    p.lines
-        .iter()
-        .filter(|l| l.account == account)
-        .map(|l| match l.side {
-            Side::Debit => l.amount,
-            Side::Credit => -l.amount,
-        })
-        .sum()
-}
-
 #[test]
 fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
     let w = World::new("ratingmodels", CONFIG);
@@ -181,7 +153,7 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
                 let (debits, credits) = p.totals();
                 assert_eq!(debits, credits, "balanced: {:?}", p.business_key);
                 if p.kind == "accrual" || p.kind == "rounding" {
-                    *unbilled.entry(at).or_default() += effect(p, "1210");
+                    *unbilled.entry(at).or_default() += signed(p, "1210");
                 }
             }
             _ => {}
@@ -212,6 +184,23 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
     assert_eq!(part("percentage_fee"), dec!(14.755));
     assert_eq!(part("fixed_fees"), dec!(1.20));
     assert_eq!(part("min_max_adjustment"), dec!(-8.165));
+    // The invoice document (finance.invoices, latest version) shows it too.
+    let mut document = serde_json::Value::Null;
+    for r in read_all(&w.topic("finance.invoices"), true) {
+        let v = r.json();
+        if v["invoice_id"] == "s-pay@2026-09-01"
+            && v["version"].as_u64() >= document["version"].as_u64()
+        {
+            document = v;
+        }
+    }
+    let usage = document["lines"]
+        .as_array()
+        .and_then(|lines| lines.iter().find(|l| l["kind"] == "usage"))
+        .unwrap_or_else(|| panic!("no usage line on {document}"));
+    assert_eq!(usage["amount"], "7.79");
+    assert_eq!(usage["breakdown"]["paid_events"], "4");
+    assert_eq!(usage["breakdown"]["percentage_fee"], "14.755");
     // The October seat line: 270.00 for the full period, less the 58.06...
     // of the 9 seats' first 20 days.
     let october = ps

@@ -33,12 +33,9 @@ const C2: &str = "c-2";
 const CONFIG: &str = "[validate]\nmax_event_age_days = 400\ndedupe_horizon_days = 401\n\
 [aggregate]\ngrace_period_s = 60\nidle_advance_s = 10\n";
 
-const GL: &str =
-    r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
-
 fn plans_jsonl() -> String {
     format!(
-        r#"{{"id":"p","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"5.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL}}}"#
+        r#"{{"id":"p","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"5.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL_ACCOUNTS_JSON}}}"#
     )
 }
 
@@ -107,13 +104,6 @@ fn records() -> Vec<Record> {
         }
     }
     out
-}
-
-fn postings(w: &World) -> Vec<Posting> {
-    read_all(&w.topic("finance.postings"), true)
-        .into_iter()
-        .map(|r| Posting::from_json_slice(r.value.as_deref().unwrap()).unwrap())
-        .collect()
 }
 
 fn has_control(ps: &[Posting], sub: &str, kind: &str, window: &str) -> bool {

@@ -25,12 +25,9 @@ use rust_decimal::Decimal;
 const CONFIG: &str = "[validate]\nmax_event_age_days = 400\ndedupe_horizon_days = 401\n\
 [aggregate]\ngrace_period_s = 60\nidle_advance_s = 10\n";
 
-const GL: &str =
-    r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
-
 fn plans() -> String {
     format!(
-        r#"{{"id":"q","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"7.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL}}}"#
+        r#"{{"id":"q","version":1,"effective_from":"2025-01-01T00:00:00Z","currency":"USD","base_fee":"7.00","charges":{{"tokens":{{"model":"per_unit","unit_price":"0.001"}}}},{GL_ACCOUNTS_JSON}}}"#
     )
 }
 
@@ -56,19 +53,6 @@ fn subscriptions() -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn postings(w: &World) -> Vec<Posting> {
-    read_all(&w.topic("finance.postings"), true)
-        .into_iter()
-        .map(|r| Posting::from_json_slice(r.value.as_deref().unwrap()).unwrap())
-        .collect()
-}
-
-fn period_closes(ps: &[Posting]) -> usize {
-    ps.iter()
-        .filter(|p| p.posting_type == PostingType::ControlTotal && p.kind == "period_close")
-        .count()
 }
 
 /// (subscription, period, posting type, kind) -> amounts (invoice line

@@ -290,6 +290,10 @@ pub struct InvoiceDocLine {
     pub tax_code: Option<String>,
     /// The invoice-line posting's idempotency key.
     pub posting_key: String,
+    /// The invoice-line posting's breakdown (see
+    /// [`crate::contracts::InvoiceLine::breakdown`]).
+    #[serde(default, skip_serializing_if = "crate::rating::Parts::is_empty")]
+    pub breakdown: crate::rating::Parts,
 }
 
 /// Why an invoice waits for approval: the rule and what it saw.

@@ -487,6 +487,7 @@ fn invoice_v1_wire_form_and_the_posting_invoice_id() {
             amount: dec!(600.00),
             tax_code: None,
             posting_key: "5d41".into(),
+            breakdown: Default::default(),
         }],
         totals: InvoiceTotals {
             subtotal: dec!(600.00),

@@ -20,15 +20,7 @@ fn t(second: i64) -> DateTime<Utc> {
 }
 
 fn take_rate() -> PercentageModel {
-    // 1.3% + 0.30 per transaction, at least 0.50, at most 5.00, first 2 free.
-    PercentageModel {
-        rate: dec!(1.3),
-        fixed_fee_per_event: dec!(0.30),
-        free_units: Decimal::ZERO,
-        free_events: 2,
-        min_per_event: Some(dec!(0.50)),
-        max_per_event: Some(dec!(5.00)),
-    }
+    PercentageModel::example()
 }
 
 /// Rates `(second, id, value)` in the given order; returns the charges.

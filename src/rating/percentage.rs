@@ -133,6 +133,20 @@ impl Charge {
 }
 
 impl PercentageModel {
+    /// The take rate, for tests: 1.3% + 0.30 per transaction, at
+    /// least 0.50, at most 5.00, the first 2 transactions free.
+    #[cfg(test)]
+    pub(crate) fn example() -> Self {
+        PercentageModel {
+            rate: Decimal::new(13, 1),
+            fixed_fee_per_event: Decimal::new(30, 2),
+            free_units: Decimal::ZERO,
+            free_events: 2,
+            min_per_event: Some(Decimal::new(50, 2)),
+            max_per_event: Some(Decimal::new(500, 2)),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ChargeModelError> {
         percentage(self.rate, || "rate".into())?;
         non_negative(self.fixed_fee_per_event, || "fixed_fee_per_event".into())?;

@@ -497,3 +497,40 @@ impl World {
         self.spawn(c, instance)
     }
 }
+
+/// The GL accounts every test plan uses, as the JSON member of a plan line.
+pub const GL_ACCOUNTS_JSON: &str =
+    r#""gl_accounts":{"usage_revenue":"4010","unbilled_receivable":"1210","receivable":"1200"}"#;
+
+/// Every committed posting on the world's `finance.postings`, in order.
+pub fn postings(w: &World) -> Vec<meterline::contracts::Posting> {
+    read_all(&w.topic("finance.postings"), true)
+        .into_iter()
+        .map(|r| {
+            meterline::contracts::Posting::from_json_slice(r.value.as_deref().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// How many period closes (control totals of kind `period_close`) there are.
+pub fn period_closes(ps: &[meterline::contracts::Posting]) -> usize {
+    ps.iter()
+        .filter(|p| {
+            p.posting_type == meterline::contracts::PostingType::ControlTotal
+                && p.kind == "period_close"
+        })
+        .count()
+}
+
+/// The signed change a journal entry makes to `account` (debit positive).
+pub fn signed(p: &meterline::contracts::Posting, account: &str) -> rust_decimal::Decimal {
+    use meterline::contracts::Side;
+    p.lines
+        .iter()
+        .filter(|l| l.account == account)
+        .map(|l| match l.side {
+            Side::Debit => l.amount,
+            Side::Credit => -l.amount,
+        })
+        .sum()
+}

@@ -86,6 +86,7 @@ fn doc_line(kind: &str, l: &InvoiceLine, posting_key: &str) -> InvoiceDocLine {
         amount: l.amount,
         tax_code: l.tax_code.clone(),
         posting_key: posting_key.to_string(),
+        breakdown: l.breakdown.clone(),
     }
 }
 

@@ -1119,14 +1119,7 @@ mod tests {
     }
 
     fn take_rate() -> ChargeModel {
-        ChargeModel::Percentage(crate::rating::PercentageModel {
-            rate: dec!(1.3),
-            fixed_fee_per_event: dec!(0.30),
-            free_units: Decimal::ZERO,
-            free_events: 2,
-            min_per_event: Some(dec!(0.50)),
-            max_per_event: Some(dec!(5.00)),
-        })
+        ChargeModel::Percentage(crate::rating::PercentageModel::example())
     }
 
     fn payment(
