@@ -47,15 +47,7 @@ fn plans() -> String {
 }
 
 fn customers() -> String {
-    ["c-pay", "c-seat"]
-        .iter()
-        .map(|c| {
-            format!(
-                r#"{{"id":"{c}","name":"{c}","legal_entity":"le-us","erp_customer_id":"ERP-{c}","status":"active"}}"#
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    customer_lines(&["c-pay", "c-seat"])
 }
 
 fn subscriptions() -> String {

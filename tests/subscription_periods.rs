@@ -32,15 +32,7 @@ fn plans() -> String {
 }
 
 fn customers() -> String {
-    ["c-quiet", "c-late"]
-        .iter()
-        .map(|c| {
-            format!(
-                r#"{{"id":"{c}","name":"{c}","legal_entity":"le-us","erp_customer_id":"ERP-{c}","status":"active"}}"#
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    customer_lines(&["c-quiet", "c-late"])
 }
 
 fn subscriptions() -> String {

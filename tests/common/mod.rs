@@ -534,3 +534,16 @@ pub fn signed(p: &meterline::contracts::Posting, account: &str) -> rust_decimal:
         })
         .sum()
 }
+
+/// `ref.customers` lines: one active customer per id, named after it, in
+/// legal entity `le-us`, ERP id `ERP-<id>`.
+pub fn customer_lines(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|c| {
+            format!(
+                r#"{{"id":"{c}","name":"{c}","legal_entity":"le-us","erp_customer_id":"ERP-{c}","status":"active"}}"#
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
