@@ -551,6 +551,27 @@ where
     Ok(())
 }
 
+/// A dynamic charge's amount: the decimal at `amount_property` in the
+/// event's data, by the rules of meter values (a number or numeric string,
+/// finite, non-negative, exact), or why there is none.
+pub fn dynamic_amount(data: &serde_json::Value, amount_property: &str) -> Result<Decimal, String> {
+    let path = crate::jsonpath::JsonPath::parse(amount_property).map_err(|e| e.to_string())?;
+    let text = match path.get(data) {
+        None | Some(serde_json::Value::Null) => {
+            return Err(format!("{amount_property} is missing"))
+        }
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => return Err(format!("{amount_property} is not a number: {other}")),
+    };
+    let amount = crate::ingest::rules::parse_exact_decimal(&text)
+        .map_err(|e| format!("{amount_property}: {e}"))?;
+    if amount.is_sign_negative() {
+        return Err(format!("{amount_property}: {amount} is negative"));
+    }
+    Ok(amount)
+}
+
 fn json_path(field: &str, path: &str) -> Result<(), ChargeModelError> {
     crate::jsonpath::JsonPath::parse(path)
         .map(|_| ())

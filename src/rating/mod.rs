@@ -61,7 +61,8 @@ mod proptests;
 mod tests;
 
 pub use charge::{
-    ChargeModel, ChargeModelError, PercentageTier, Pricing, Tier, TierLine, MAX_TIERS,
+    dynamic_amount, ChargeModel, ChargeModelError, PercentageTier, Pricing, Tier, TierLine,
+    MAX_TIERS,
 };
 pub use percentage::{
     AllowanceMark, AllowanceWindow, Charge, PercentageModel, MAX_ALLOWANCE_WINDOW_EVENTS,

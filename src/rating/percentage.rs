@@ -299,19 +299,27 @@ impl AllowanceWindow {
             return model.paid(value, Decimal::ZERO);
         }
         let before = self.walk(model, &self.events)?;
-        let mut events = self.events.clone();
         let position = match &self.settled.through {
             Some(through) if key < *through => 0,
-            _ => events.partition_point(|e| e.key <= key),
+            _ => self.events.partition_point(|e| e.key <= key),
         };
-        events.insert(position, WindowEvent { key, value });
-        let after = self.walk(model, &events)?;
-        let charge = after.total.minus(&before.total)?;
-        if let Some(kept) = after.used_up_after {
-            events.truncate(kept);
+        // In place (no copy of the window per event); taken out again if
+        // pricing fails, so an error leaves the window as it was.
+        self.events.insert(position, WindowEvent { key, value });
+        let priced = self
+            .walk(model, &self.events)
+            .and_then(|after| Ok((after.total.minus(&before.total)?, after.used_up_after)));
+        let (charge, used_up_after) = match priced {
+            Ok(priced) => priced,
+            Err(e) => {
+                self.events.remove(position);
+                return Err(e);
+            }
+        };
+        if let Some(kept) = used_up_after {
+            self.events.truncate(kept);
         }
-        self.events = events;
-        self.closed = after.used_up_after.is_some();
+        self.closed = used_up_after.is_some();
         self.settle(model)?;
         Ok(charge)
     }

@@ -120,11 +120,14 @@ impl Timeline {
             });
         }
         let before = total(model, aggregation, interval, &self.points)?;
-        let mut points = self.points.clone();
-        points.insert(position, Point { key, value });
-        let after = total(model, aggregation, interval, &points)?;
-        self.points = points;
-        after.minus(&before)
+        // In place; taken out again if pricing fails (state unchanged).
+        self.points.insert(position, Point { key, value });
+        let charge = total(model, aggregation, interval, &self.points)
+            .and_then(|after| after.minus(&before));
+        if charge.is_err() {
+            self.points.remove(position);
+        }
+        charge
     }
 }
 

@@ -154,17 +154,7 @@ fn at_risk_price(
         ChargeModel::Percentage(p) => p.paid(quantity, Decimal::ZERO).ok().map(|c| c.amount),
         ChargeModel::Dynamic {
             amount_property, ..
-        } => {
-            let path = crate::jsonpath::JsonPath::parse(amount_property).ok()?;
-            let text = match path.get(data)? {
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::String(s) => s.clone(),
-                _ => return None,
-            };
-            crate::ingest::rules::parse_exact_decimal(&text)
-                .ok()
-                .filter(|d| !d.is_sign_negative())
-        }
+        } => crate::rating::dynamic_amount(data, amount_property).ok(),
         _ => model.price(quantity).ok(),
     }
 }

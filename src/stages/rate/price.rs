@@ -17,7 +17,6 @@ use serde_json::Value;
 
 use super::{window_key, RateError, SEGMENTS};
 use crate::contracts::{EnrichedEvent, Measure, ResolvedCharge};
-use crate::ingest::rules::parse_exact_decimal;
 use crate::jsonpath::JsonPath;
 use crate::rating::{
     self, AllowanceMark, AllowanceWindow, Charge, ChargeModel, EventKey, Parts, PercentageModel,
@@ -186,30 +185,14 @@ impl Pricer<'_> {
             }
             .into()
         };
-        let node = select(data, amount_property).map_err(&amount_error)?;
-        let text = match node {
-            Value::Number(n) => n.to_string(),
-            Value::String(s) => s.clone(),
-            other => {
-                return Err(amount_error(format!(
-                    "{amount_property} is not a number: {other}"
-                )))
-            }
-        };
-        let amount = parse_exact_decimal(&text)
-            .map_err(|e| amount_error(format!("{amount_property}: {e}")))?;
-        if amount.is_sign_negative() {
-            return Err(amount_error(format!(
-                "{amount_property}: {amount} is negative"
-            )));
-        }
+        let amount = rating::dynamic_amount(data, amount_property).map_err(amount_error)?;
         if let Some(path) = currency_property {
             let currency = &self.enriched.currency;
-            let given = select(data, path)
+            let given = JsonPath::parse(path)
                 .ok()
-                .and_then(Value::as_str)
+                .and_then(|p| p.get(data).and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_default();
-            if given != currency {
+            if given != *currency {
                 return Err(RateError::DynamicCurrency {
                     meter: meter(),
                     detail: format!("{path} is {given:?}, the plan's currency is {currency}"),
@@ -221,14 +204,5 @@ impl Pricer<'_> {
             amount,
             parts: Parts::new(),
         })
-    }
-}
-
-/// The node at `path` in `data`, or why there is none.
-fn select<'d>(data: &'d Value, path: &str) -> Result<&'d Value, String> {
-    let compiled = JsonPath::parse(path).map_err(|e| e.to_string())?;
-    match compiled.get(data) {
-        None | Some(Value::Null) => Err(format!("{path} is missing")),
-        Some(node) => Ok(node),
     }
 }
