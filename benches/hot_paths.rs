@@ -392,6 +392,7 @@ fn enriched_event(seq: u64) -> EnrichedEvent {
     let time = utc("2026-01-10T12:00:00Z") + chrono::Duration::milliseconds(seq as i64);
     EnrichedEvent {
         event: ValidatedEvent {
+            correction: None,
             source: SOURCE.into(),
             id: s.id,
             event_type: "llm.tokens".into(),

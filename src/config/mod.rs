@@ -297,6 +297,15 @@ pub struct ValidateConfig {
     /// for an accepted event always fits in one Kafka record.
     #[serde(default = "defaults::max_event_bytes")]
     pub max_event_bytes: usize,
+    /// CloudEvents `type` of a retraction: `data` names an accepted event,
+    /// `{"source": ..., "id": ..., "time"?: ...}`, whose contribution is
+    /// removed (README, "Corrections"). No meter may consume this type.
+    #[serde(default = "defaults::retract_type")]
+    pub retract_type: String,
+    /// CloudEvents `type` of an amendment: `data` is a retraction's plus
+    /// `"event"`, the replacement CloudEvent; both are applied or neither.
+    #[serde(default = "defaults::amend_type")]
+    pub amend_type: String,
 }
 
 impl Default for ValidateConfig {
@@ -310,6 +319,8 @@ impl Default for ValidateConfig {
             signature_header: defaults::signature_header(),
             require_signature: false,
             max_event_bytes: defaults::max_event_bytes(),
+            retract_type: defaults::retract_type(),
+            amend_type: defaults::amend_type(),
         }
     }
 }
@@ -406,7 +417,7 @@ impl Default for PostConfig {
     }
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use std::path::PathBuf;
 
     use crate::money::RoundingMode;
@@ -465,6 +476,12 @@ mod defaults {
     }
     pub fn dedupe_horizon_days() -> u32 {
         40
+    }
+    pub fn retract_type() -> String {
+        "meterline.usage.retract".to_string()
+    }
+    pub fn amend_type() -> String {
+        "meterline.usage.amend".to_string()
     }
     pub fn signature_header() -> String {
         "meterline-signature".to_string()
@@ -620,12 +637,35 @@ impl Config {
                 "the producer's message.max.bytes ({message_max_bytes}) must be at least {dead_letter_bytes}: dead letters take up to that much"
             )));
         }
+        self.check_correction_types()?;
         for (source, key) in &self.validate.hmac_keys_hex {
             if hex::decode(key).is_err() || key.is_empty() {
                 return Err(ConfigError::Invalid(format!(
                     "validate.hmac_keys_hex.{source}: not a hex string"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// The correction types are distinct, not empty, and no meter's.
+    fn check_correction_types(&self) -> Result<(), ConfigError> {
+        let v = &self.validate;
+        if v.retract_type.is_empty() || v.amend_type.is_empty() || v.retract_type == v.amend_type {
+            return Err(ConfigError::Invalid(format!(
+                "validate.retract_type ({:?}) and validate.amend_type ({:?}) must be two different non-empty types",
+                v.retract_type, v.amend_type
+            )));
+        }
+        if let Some(m) = self
+            .meters
+            .iter()
+            .find(|m| m.event_type == v.retract_type || m.event_type == v.amend_type)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "meter {:?} consumes {:?}, the type of a correction (validate.retract_type / amend_type)",
+                m.slug, m.event_type
+            )));
         }
         Ok(())
     }

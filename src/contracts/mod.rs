@@ -6,7 +6,7 @@
 //! | [`GateRecord`] (a claim carrying a [`ValidatedEvent`]) | `usage.identified` (keyed by [`identity_key`]) | validate | dedupe |
 //! | [`GateRecord`] (a verdict) | `usage.identified` (partition of origin) | dedupe | dedupe |
 //! | [`ValidatedEvent`] | `usage.validated` (keyed by subject) | dedupe | enrich |
-//! | [`EnrichedEvent`] | `usage.enriched` | enrich | rate |
+//! | [`EnrichedEvent`], or a [`RetractionRecord`] | `usage.enriched` | enrich | rate |
 //! | [`RatedEvent`] | `usage.rated` | rate | aggregate, reconcile |
 //! | [`ClosedWindow`] | `usage.windows` | aggregate | post, reconcile |
 //! | [`Posting`] | `finance.postings` | post (accruals, control totals), invoice (what waits for approval) | ERP connectors, reconcile |
@@ -31,6 +31,7 @@
 //! strings and instants as RFC 3339 UTC ([`rfc3339_utc`]), so equal records
 //! serialize to equal bytes.
 
+mod correction;
 mod enriched;
 mod gate;
 mod invoice;
@@ -40,6 +41,7 @@ mod rated;
 mod usage;
 mod window;
 
+pub use correction::{Correction, CorrectionKind, RetractionRecord, RETRACTION_RECORD_VERSION};
 pub use enriched::{
     rating_segment_id, rating_segment_key, ChargeSource, CustomerInfo, EnrichedEvent,
     ResolvedCharge, Window, ENRICHED_EVENT_VERSION,

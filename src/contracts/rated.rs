@@ -39,6 +39,13 @@ pub struct RatedEvent {
     pub customer_id: String,
     pub measures: Vec<RatedMeasure>,
     pub enriched: EnrichedEvent,
+    /// On the record of a retraction (or of an amendment's retraction
+    /// half): the event it removes. Its measures are the removed event's,
+    /// negated as `price(without) - price(with)`, and `enriched` is the
+    /// context that event was rated in, with the correcting event's
+    /// identity and time. Absent on every other record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<super::Correction>,
 }
 
 /// [`RatedEvent`] as written: the same fields in the same order, with the
@@ -50,6 +57,8 @@ pub struct RatedOut<'a> {
     pub customer_id: &'a str,
     pub measures: &'a [RatedMeasure],
     pub enriched: &'a serde_json::value::RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correction: Option<&'a super::Correction>,
 }
 
 /// What one measure of an event did to its rating segment.

@@ -55,6 +55,7 @@ fn group() -> BTreeMap<String, String> {
 
 fn validated() -> ValidatedEvent {
     ValidatedEvent {
+        correction: None,
         source: "svc/gateway".into(),
         id: "evt-1".into(),
         event_type: "llm.call".into(),
@@ -128,6 +129,7 @@ fn rated() -> RatedEvent {
             parts: Default::default(),
         }],
         enriched,
+        correction: None,
     }
 }
 
@@ -365,6 +367,7 @@ fn rated_event_v1_wire_form_and_the_writer_view_agree() {
         customer_id: &rated.customer_id,
         measures: &rated.measures,
         enriched: &raw,
+        correction: None,
     };
     assert_eq!(serde_json::to_string(&out).unwrap(), golden);
 }

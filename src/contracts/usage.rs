@@ -138,6 +138,11 @@ pub struct ValidatedEvent {
     /// The event's original `data` object.
     pub data: Value,
     pub origin: Origin,
+    /// A retraction (no measures) or an amendment (the replacement's
+    /// measures): the event it corrects ([`super::correction`]). Absent on
+    /// a usage event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<super::Correction>,
 }
 
 impl ValidatedEvent {
@@ -194,6 +199,7 @@ mod tests {
         group.insert("model".to_owned(), "gpt".to_owned());
         group.insert("region".to_owned(), String::new());
         ValidatedEvent {
+            correction: None,
             source: "svc/api".to_owned(),
             id: "evt-1".to_owned(),
             event_type: "tokens".to_owned(),

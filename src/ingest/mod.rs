@@ -7,8 +7,11 @@
 //!   the Confluent wire format) to a [`crate::contracts::CloudEvent`];
 //! * [`rules`]: from a `CloudEvent` to a [`crate::contracts::ValidatedEvent`]
 //!   with one exact measure per meter, or a reject;
+//! * [`correction`]: retractions and amendments (their `data` names the
+//!   event they correct);
 //! * [`reason`]: the reject reasons, one stable code each.
 
+pub mod correction;
 pub mod decode;
 pub mod reason;
 pub mod rules;

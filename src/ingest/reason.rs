@@ -79,6 +79,10 @@ crate::reason_codes! {
             "A UNIQUE_COUNT value is an object or array instead of a string, number or boolean.";
         InvalidGroupValue => "invalid_group_value",
             "A group_by value is an object or array instead of a string, number or boolean (an absent or null value is its own group).";
+        RetractionInvalid => "retraction_invalid",
+            "A retraction's data is not {\"source\", \"id\", \"time\"?} with non-empty strings and an RFC 3339 time, or it names its own identity.";
+        AmendmentInvalid => "amendment_invalid",
+            "An amendment's data is not {\"source\", \"id\", \"time\"?, \"event\"} with a CloudEvent of the same subject, an id of its own and a usage type (the replacement's own faults keep their codes).";
     }
 }
 

@@ -19,7 +19,9 @@
 //!    ([`binary_signing_input`]); a source without a key is refused when
 //!    `require_signature` is on (`signature_required`);
 //! 5. `data` is a JSON object (`data_not_object`);
-//! 6. at least one meter consumes `type` (`unknown_event_type`);
+//! 6. a retraction or an amendment (`type` is `validate.retract_type` or
+//!    `amend_type`) is checked by [`super::correction`] instead; otherwise
+//!    at least one meter consumes `type` (`unknown_event_type`);
 //! 7. per meter, in slug order: the value checks below.
 //!
 //! Values never go through a float. A JSON number is parsed from its original
@@ -93,6 +95,9 @@ pub struct ValidateRules {
     pub require_signature: bool,
     /// Largest record accepted, key + value + headers (`event_too_large`).
     pub max_event_bytes: usize,
+    /// CloudEvents types of a retraction and an amendment ([`super::correction`]).
+    pub retract_type: String,
+    pub amend_type: String,
 }
 
 impl Default for ValidateRules {
@@ -105,6 +110,8 @@ impl Default for ValidateRules {
             signature_header: DEFAULT_SIGNATURE_HEADER.to_owned(),
             require_signature: false,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            retract_type: crate::config::defaults::retract_type(),
+            amend_type: crate::config::defaults::amend_type(),
         }
     }
 }
@@ -127,6 +134,8 @@ impl fmt::Debug for ValidateRules {
             .field("signature_header", &self.signature_header)
             .field("require_signature", &self.require_signature)
             .field("max_event_bytes", &self.max_event_bytes)
+            .field("retract_type", &self.retract_type)
+            .field("amend_type", &self.amend_type)
             .finish()
     }
 }
@@ -148,6 +157,8 @@ impl ValidateRules {
             signature_header: v.signature_header.clone(),
             require_signature: v.require_signature,
             max_event_bytes: v.max_event_bytes,
+            retract_type: v.retract_type.clone(),
+            amend_type: v.amend_type.clone(),
         })
     }
 
@@ -320,22 +331,25 @@ pub fn validate(
 ) -> Result<ValidatedEvent, Reject> {
     check_attributes(&event)?;
     check_time(event.time, now, rules)?;
-    if !rules.source_allowed(&event.source) {
-        return Err(Reject::new(
-            RejectReason::SourceNotAllowed,
-            format!(
-                "source {} is not in allowed_sources",
-                excerpt(&event.source)
-            ),
-        ));
-    }
+    check_source(&event, rules)?;
     check_signature(&event, raw, rules)?;
-    if !event.data.is_object() {
-        return Err(Reject::new(
-            RejectReason::DataNotObject,
-            format!("data is {}, not a JSON object", describe(&event.data)),
-        ));
+    check_data(&event)?;
+    if event.event_type == rules.retract_type {
+        return super::correction::retraction(event, origin);
     }
+    if event.event_type == rules.amend_type {
+        return super::correction::amendment(event, meters, rules, now, origin);
+    }
+    usage_event(event, meters, origin)
+}
+
+/// Rules 6 and 7 of a checked event: the meters of its type and their
+/// measures.
+pub(super) fn usage_event(
+    event: CloudEvent,
+    meters: &MeterIndex,
+    origin: Origin,
+) -> Result<ValidatedEvent, Reject> {
     let compiled = meters.meters_for(&event.event_type);
     if compiled.is_empty() {
         return Err(Reject::new(
@@ -356,10 +370,36 @@ pub fn validate(
         measures,
         data: event.data,
         origin,
+        correction: None,
     })
 }
 
-fn check_attributes(event: &CloudEvent) -> Result<(), Reject> {
+/// Rule 3.
+pub(super) fn check_source(event: &CloudEvent, rules: &ValidateRules) -> Result<(), Reject> {
+    if rules.source_allowed(&event.source) {
+        return Ok(());
+    }
+    Err(Reject::new(
+        RejectReason::SourceNotAllowed,
+        format!(
+            "source {} is not in allowed_sources",
+            excerpt(&event.source)
+        ),
+    ))
+}
+
+/// Rule 5.
+pub(super) fn check_data(event: &CloudEvent) -> Result<(), Reject> {
+    if event.data.is_object() {
+        return Ok(());
+    }
+    Err(Reject::new(
+        RejectReason::DataNotObject,
+        format!("data is {}, not a JSON object", describe(&event.data)),
+    ))
+}
+
+pub(super) fn check_attributes(event: &CloudEvent) -> Result<(), Reject> {
     for (name, value) in [
         ("specversion", &event.specversion),
         ("id", &event.id),
@@ -387,7 +427,7 @@ fn check_attributes(event: &CloudEvent) -> Result<(), Reject> {
     Ok(())
 }
 
-fn check_time(
+pub(super) fn check_time(
     time: DateTime<Utc>,
     now: DateTime<Utc>,
     rules: &ValidateRules,

@@ -248,6 +248,40 @@ impl SegmentState {
     }
 }
 
+impl SegmentState {
+    /// Removes one event's observation (a retraction): SUM its value,
+    /// COUNT one occurrence, UNIQUE_COUNT one event of a member, where
+    /// `Distinct { is_new: true }` says it was the member's last (the
+    /// member leaves). MAX and LATEST keep no history to fall back to and
+    /// are refused. The quantity never goes below 0; on error the state is
+    /// unchanged.
+    pub fn retract(&mut self, observation: Observation) -> Result<QuantityChange, RatingError> {
+        let before = self.quantity;
+        let after = match (self.aggregation, observation) {
+            (Aggregation::Sum, Observation::Value { value }) => sub(before, non_negative(value)?)?,
+            (Aggregation::Count, Observation::Occurrence) => sub(before, Decimal::ONE)?,
+            (Aggregation::UniqueCount, Observation::Distinct { is_new }) => {
+                if is_new {
+                    sub(before, Decimal::ONE)?
+                } else {
+                    before
+                }
+            }
+            (aggregation, observation) => {
+                return Err(RatingError::ObservationMismatch {
+                    aggregation,
+                    observation: observation.kind(),
+                })
+            }
+        };
+        if after < Decimal::ZERO {
+            return Err(RatingError::NegativeQuantity { quantity: after });
+        }
+        self.quantity = after;
+        Ok(QuantityChange { before, after })
+    }
+}
+
 fn non_negative(value: Decimal) -> Result<Decimal, RatingError> {
     if value < Decimal::ZERO {
         Err(RatingError::NegativeValue { value })

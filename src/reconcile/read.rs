@@ -24,9 +24,12 @@ struct TimeOnly {
     time: DateTime<Utc>,
 }
 
+/// A record of `usage.enriched`: an enriched event or a retraction.
 #[derive(Deserialize)]
-struct EnrichedTime {
-    event: TimeOnly,
+#[serde(untagged)]
+enum EnrichedTime {
+    Event { event: TimeOnly },
+    Retraction { retraction: TimeOnly },
 }
 
 fn validated_day(v: &[u8]) -> Option<String> {
@@ -38,7 +41,11 @@ fn validated_day(v: &[u8]) -> Option<String> {
 fn enriched_day(v: &[u8]) -> Option<String> {
     serde_json::from_slice::<EnrichedTime>(v)
         .ok()
-        .map(|t| lineage::day_of(t.event.time))
+        .map(|t| match t {
+            EnrichedTime::Event { event: t } | EnrichedTime::Retraction { retraction: t } => {
+                lineage::day_of(t.time)
+            }
+        })
 }
 
 fn unknown() -> String {
@@ -337,10 +344,15 @@ fn read_usage_topics(
     for_each_record(config, &config.topic(names::RATED), |m| {
         flight.saw("aggregate", m);
         if let Some(r) = parse_or_count(m, u, crate::contracts::RatedEvent::from_json_slice) {
-            days.push((
-                names::RATED.to_string(),
-                lineage::day_of(r.enriched.event.time),
-            ));
+            // An amendment's retraction half is the second rated record of
+            // one enriched record: rate_in counts records, one per input.
+            let amend = crate::contracts::CorrectionKind::Amend;
+            if r.correction.as_ref().is_none_or(|c| c.kind != amend) {
+                days.push((
+                    names::RATED.to_string(),
+                    lineage::day_of(r.enriched.event.time),
+                ));
+            }
             rated.push(r);
         }
     })?;

@@ -84,6 +84,7 @@ pub(crate) fn rated(
         .collect();
     let enriched = EnrichedEvent {
         event: ValidatedEvent {
+            correction: None,
             source: "svc".into(),
             id: id.into(),
             event_type: "t".into(),
@@ -160,6 +161,7 @@ pub(crate) fn rated(
         customer_id: "cust-1".into(),
         measures: rated_measures,
         enriched,
+        correction: None,
     }
 }
 

@@ -27,7 +27,18 @@ use super::recheck::{Recheck, Snapshot, PARKED_RECHECK_BATCH_MAX, PARKED_RESWEEP
 use super::resolve::{meter_catalog, resolve, MeterCatalog, ParkReason};
 use super::stats::revenue_at_risk;
 use super::{SetupError, COUNTERS, LINEAGE, MALFORMED_VALIDATED_EVENT, MS_PER_SECOND, PARKED};
-use crate::contracts::{Command, CommandKind, EnrichedEvent, ParkedEvent};
+use crate::contracts::{
+    Command, CommandKind, CorrectionKind, EnrichedEvent, ParkedEvent, RetractionRecord,
+};
+
+/// A retraction (an amendment is resolved like any event: it carries its
+/// replacement).
+fn is_retraction(event: &ValidatedEvent) -> bool {
+    event
+        .correction
+        .as_ref()
+        .is_some_and(|c| c.kind == CorrectionKind::Retract)
+}
 
 /// Actor of the parked-event notices enrich sends the invoice stage.
 pub const PARKED_NOTICE_ACTOR: &str = "meterline:enrich";
@@ -254,6 +265,9 @@ impl Enricher {
             code: MALFORMED_VALIDATED_EVENT,
             message: format!("not a validated event: {e}"),
         })?;
+        if is_retraction(&event) {
+            return self.pass_retraction(rec, ctx, event);
+        }
         let ids = EventIds::of(&event);
         let key = ids.entry_key();
         let existing = match ctx.stores.get(PARKED, &key)? {
@@ -383,6 +397,40 @@ impl Enricher {
         step: lineage::Step,
     ) -> Result<(), StageError> {
         lineage::record_step(ctx, LINEAGE, &event.source, &event.id, step, ctx.now_ms)
+    }
+
+    /// A retraction goes on to rate unresolved ([`RetractionRecord`]): the
+    /// event it names is priced in the context it was rated in, which rate
+    /// keeps; resolving the retraction's own time could find another
+    /// subscription or none. Counted like an event enriched on arrival.
+    fn pass_retraction(
+        &self,
+        rec: &InputRecord<'_>,
+        ctx: &mut Ctx<'_>,
+        event: ValidatedEvent,
+    ) -> Result<(), StageError> {
+        let day = lineage::day_of(event.time);
+        lineage::count(ctx, COUNTERS, &day, [Count::In, Count::Passed])?;
+        let step = lineage::Step {
+            outcome: "enriched".into(),
+            partition: rec.partition,
+            offset: rec.offset,
+            reason: None,
+            detail: serde_json::json!({ "retracts": event.correction }),
+        };
+        self.note(ctx, &event, step)?;
+        let key = event.subject.as_bytes().to_vec();
+        let value = RetractionRecord { retraction: event }
+            .to_json_bytes()
+            .map_err(|e| StageError::Fatal(format!("serializing a retraction: {e}")))?;
+        ctx.emit(Output {
+            topic: self.enriched_topic.clone(),
+            key: Some(key),
+            value: Some(value),
+            headers: Vec::new(),
+            partition: None,
+        });
+        Ok(())
     }
 
     /// The lineage step of an enriched event (`healed`: it was parked).

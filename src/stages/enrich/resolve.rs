@@ -789,6 +789,7 @@ mod tests {
 
     fn event(time: &str, meters: &[&str]) -> ValidatedEvent {
         ValidatedEvent {
+            correction: None,
             source: "svc/gateway".into(),
             id: "evt-1".into(),
             event_type: "llm.call".into(),

@@ -61,6 +61,7 @@ fn load(h: &mut Harness<EnrichProcessor>, kind: RefKind, lines: &[String]) {
 
 fn event(customer: &str, id: &str, tokens: Decimal) -> ValidatedEvent {
     ValidatedEvent {
+        correction: None,
         source: "svc".into(),
         id: id.into(),
         event_type: "llm.tokens".into(),

@@ -62,11 +62,15 @@
 
 mod price;
 pub mod reason;
+mod retract;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
-use crate::contracts::{EnrichedEvent, Measure, RatedMeasure, RatedOut, ResolvedCharge};
+use crate::contracts::{
+    Correction, CorrectionKind, EnrichedEvent, Measure, RatedMeasure, RatedOut, ResolvedCharge,
+    RetractionRecord, ValidatedEvent,
+};
 use crate::meter::Aggregation;
 use crate::rating::{Observation, RatingError, SegmentState};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
@@ -113,6 +117,20 @@ pub enum RateError {
     DynamicAmount { meter: String, detail: String },
     #[error("measure {meter}: dynamic currency: {detail}")]
     DynamicCurrency { meter: String, detail: String },
+    #[error("event ({event_source:?}, {id:?}) is not among the events this partition rated and keeps (never accepted, rejected, still parked, or sent for another subject)")]
+    RetractionUnknown { event_source: String, id: String },
+    #[error("event ({event_source:?}, {id:?}): its billing period's rating state is released (rate.segment_retention_days)")]
+    RetractionExpired { event_source: String, id: String },
+    #[error("event ({event_source:?}, {id:?}) was already corrected, by {by}")]
+    AlreadyCorrected {
+        event_source: String,
+        id: String,
+        by: String,
+    },
+    #[error("event ({event_source:?}, {id:?}) belongs to another subject")]
+    RetractionSubjectMismatch { event_source: String, id: String },
+    #[error("measure {meter}: cannot be retracted: {detail}")]
+    RetractionUnsupported { meter: String, detail: String },
     #[error("measure {meter}: {source}")]
     Rating {
         meter: String,
@@ -131,6 +149,11 @@ impl RateError {
             RateError::SegmentExpired { .. } => SEGMENT_EXPIRED,
             RateError::DynamicAmount { .. } => reason::DYNAMIC_AMOUNT_INVALID,
             RateError::DynamicCurrency { .. } => reason::DYNAMIC_CURRENCY_MISMATCH,
+            RateError::RetractionUnknown { .. } => reason::RETRACTION_TARGET_UNKNOWN,
+            RateError::RetractionExpired { .. } => reason::RETRACTION_TARGET_EXPIRED,
+            RateError::AlreadyCorrected { .. } => reason::ALREADY_CORRECTED,
+            RateError::RetractionSubjectMismatch { .. } => reason::RETRACTION_SUBJECT_MISMATCH,
+            RateError::RetractionUnsupported { .. } => reason::RETRACTION_UNSUPPORTED,
             RateError::Rating { source, .. } => source.code(),
         }
     }
@@ -193,11 +216,26 @@ impl RateProcessor {
     }
 }
 
+/// What rate reads: an enriched event, or a retraction.
+enum RateInput {
+    Event(Box<EnrichedEvent>),
+    Retraction(Box<ValidatedEvent>),
+}
+
 /// Parses and checks the shape rate relies on.
-fn parse(bytes: Option<&[u8]>) -> Result<EnrichedEvent, RateError> {
+fn parse(bytes: Option<&[u8]>) -> Result<RateInput, RateError> {
     let bytes = bytes.ok_or_else(|| RateError::Malformed("the record has no value".into()))?;
-    let enriched =
-        EnrichedEvent::from_json_slice(bytes).map_err(|e| RateError::Malformed(e.to_string()))?;
+    let enriched = match EnrichedEvent::from_json_slice(bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            return match RetractionRecord::from_json_slice(bytes) {
+                Ok(r) if retraction_of(&r.retraction).is_some() => {
+                    Ok(RateInput::Retraction(Box::new(r.retraction)))
+                }
+                _ => Err(RateError::Malformed(e.to_string())),
+            }
+        }
+    };
     if enriched.charges.len() != enriched.event.measures.len() {
         return Err(RateError::Malformed(format!(
             "{} charges for {} measures",
@@ -213,7 +251,19 @@ fn parse(bytes: Option<&[u8]>) -> Result<EnrichedEvent, RateError> {
             )));
         }
     }
-    Ok(enriched)
+    Ok(RateInput::Event(Box::new(enriched)))
+}
+
+/// The correction of a retraction.
+fn retraction_of(event: &ValidatedEvent) -> Option<&Correction> {
+    let c = event.correction.as_ref()?;
+    (c.kind == CorrectionKind::Retract && event.measures.is_empty()).then_some(c)
+}
+
+/// The correction of an amendment's replacement.
+fn amendment_of(event: &ValidatedEvent) -> Option<&Correction> {
+    let c = event.correction.as_ref()?;
+    (c.kind == CorrectionKind::Amend).then_some(c)
 }
 
 /// This stage's entry in the stage table (a constant index: out of range
@@ -264,11 +314,26 @@ impl Processor for RateProcessor {
             ctx.stores.delete(SEGMENTS, segment_key(&id));
             ctx.stores.delete(SEGMENTS, index_key);
         }
-        Ok(())
+        retract::expire(ctx, self.expiry_cutoff_ms(now_ms))
     }
 
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
-        let enriched = parse(rec.value)?;
+        match parse(rec.value)? {
+            RateInput::Event(enriched) => self.rate_event(rec, &enriched, ctx),
+            RateInput::Retraction(by) => self.retract_only(rec, &by, ctx),
+        }
+    }
+}
+
+impl RateProcessor {
+    /// An event (an amendment's replacement too: its correction is applied
+    /// first, in the same transaction, or neither is).
+    fn rate_event(
+        &mut self,
+        rec: &InputRecord<'_>,
+        enriched: &EnrichedEvent,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), StageError> {
         let period_end_ms = enriched.billing_period.end.timestamp_millis();
         let now_ms = ctx.now_ms;
         crate::internal_events::EventTimeLagMeasured {
@@ -283,15 +348,51 @@ impl Processor for RateProcessor {
             }
             .into());
         }
-        let rating = EventRating::compute(&enriched, ctx)?;
+        let mut rating = EventRating::default();
+        let amended = match amendment_of(&enriched.event) {
+            Some(c) => {
+                Some(rating.retract(&enriched.event, c, self.expiry_cutoff_ms(now_ms), ctx)?)
+            }
+            None => None,
+        };
+        rating.compute(enriched, ctx)?;
         rating.store(ctx, period_end_ms)?;
-        record_rated_step(rec, &enriched, &rating.measures, ctx)?;
-        ctx.emit(self.rated_output(rec, &enriched, &rating.measures)?);
+        retract::remember(
+            ctx,
+            &enriched.event,
+            rec.value.unwrap_or_default(),
+            period_end_ms,
+        );
+        if let Some(r) = &amended {
+            retract::record_corrected_step(ctx, &enriched.event, r, rec.partition, rec.offset)?;
+            ctx.emit(self.retraction_output(&enriched.event, r)?);
+        }
+        let retracted = amended.as_ref().map(|r| r.measures.as_slice());
+        record_rated_step(rec, &enriched.event, &rating.measures, retracted, ctx)?;
+        ctx.emit(self.rated_output(rec, enriched, &rating.measures)?);
         Ok(())
     }
-}
 
-impl RateProcessor {
+    /// A retraction: the event it names leaves its segments.
+    fn retract_only(
+        &mut self,
+        rec: &InputRecord<'_>,
+        by: &ValidatedEvent,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), StageError> {
+        let Some(c) = retraction_of(by) else {
+            return Err(RateError::Malformed("a retraction without its correction".into()).into());
+        };
+        let mut rating = EventRating::default();
+        let r = rating.retract(by, c, self.expiry_cutoff_ms(ctx.now_ms), ctx)?;
+        // A retraction starts no segment: no expiry entry is written.
+        rating.store(ctx, i64::MAX)?;
+        retract::record_corrected_step(ctx, by, &r, rec.partition, rec.offset)?;
+        record_rated_step(rec, by, &[], Some(&r.measures), ctx)?;
+        ctx.emit(self.retraction_output(by, &r)?);
+        Ok(())
+    }
+
     /// The rated event: the enriched input as received, byte for byte (no
     /// second serialization of the largest part of the record), with the
     /// rated measures, keyed by customer.
@@ -311,6 +412,7 @@ impl RateProcessor {
             customer_id: &enriched.customer.id,
             measures,
             enriched: raw,
+            correction: None,
         })
         .map_err(|e| StageError::Fatal(format!("serializing a rated event: {e}")))?;
         Ok(Output {
@@ -323,16 +425,23 @@ impl RateProcessor {
     }
 }
 
-/// The event's lineage step: rated, with its measures.
+/// The event's lineage step: rated, with its measures, and those of the
+/// event it retracts, if any.
 fn record_rated_step(
     rec: &InputRecord<'_>,
-    enriched: &EnrichedEvent,
+    event: &ValidatedEvent,
     measures: &[RatedMeasure],
+    retracted: Option<&[RatedMeasure]>,
     ctx: &mut Ctx<'_>,
 ) -> Result<(), StageError> {
-    let event = &enriched.event;
-    let detail = serde_json::to_value(measures)
-        .map_err(|e| StageError::Fatal(format!("serializing lineage: {e}")))?;
+    let fatal = |e: serde_json::Error| StageError::Fatal(format!("serializing lineage: {e}"));
+    let mut detail = serde_json::json!({
+        "measures": serde_json::to_value(measures).map_err(fatal)?
+    });
+    if let (Some(r), Some(c)) = (retracted, &event.correction) {
+        detail["corrects"] = serde_json::to_value(c).map_err(fatal)?;
+        detail["retracted_measures"] = serde_json::to_value(r).map_err(fatal)?;
+    }
     crate::lineage::record_step(
         ctx,
         LINEAGE,
@@ -343,7 +452,7 @@ fn record_rated_step(
             partition: rec.partition,
             offset: rec.offset,
             reason: None,
-            detail: serde_json::json!({ "measures": detail }),
+            detail,
         },
         ctx.now_ms,
     )?;
@@ -357,8 +466,12 @@ fn record_rated_step(
 struct EventRating {
     /// Segment states after the event, by segment id.
     states: BTreeMap<String, SegmentState>,
-    /// Unique-count members (segment id, value) the event adds.
-    members: BTreeSet<(String, String)>,
+    /// Unique-count members (segment id, value) whose event count the
+    /// event changes, with the new count (0: the member leaves).
+    members: BTreeMap<(String, String), MemberCount>,
+    /// The event this one corrects, and the correcting identity (source,
+    /// id): its kept record gives way to a marker.
+    corrected: Option<(Correction, String, String)>,
     /// Segments this event starts: they get an expiry index entry.
     created: BTreeSet<String>,
     /// Percentage allowance windows the event read or changed.
@@ -367,16 +480,60 @@ struct EventRating {
     measures: Vec<RatedMeasure>,
 }
 
-impl EventRating {
-    fn compute(enriched: &EnrichedEvent, ctx: &mut Ctx<'_>) -> Result<Self, StageError> {
-        let mut rating = EventRating {
-            measures: Vec::with_capacity(enriched.event.measures.len()),
-            ..EventRating::default()
-        };
-        for (measure, charge) in enriched.event.measures.iter().zip(&enriched.charges) {
-            rating.rate_measure(enriched, measure, charge, ctx)?;
+/// How many kept events of a segment have a unique-count member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberCount {
+    /// Stored before members were counted (empty value): at least one.
+    Legacy,
+    Known(u64),
+}
+
+impl MemberCount {
+    fn decode(bytes: &[u8]) -> Result<Self, StageError> {
+        if bytes.is_empty() {
+            return Ok(MemberCount::Legacy);
         }
-        Ok(rating)
+        let b: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| StageError::Fatal("unique-count member: corrupt count".into()))?;
+        Ok(MemberCount::Known(u64::from_be_bytes(b)))
+    }
+
+    /// One more event of the member; `true` if it is new to the segment.
+    fn add_one(self) -> (Self, bool) {
+        match self {
+            MemberCount::Legacy => (MemberCount::Legacy, false),
+            MemberCount::Known(n) => (MemberCount::Known(n.saturating_add(1)), n == 0),
+        }
+    }
+}
+
+impl EventRating {
+    /// Rates every measure of `enriched`, in order.
+    fn compute(&mut self, enriched: &EnrichedEvent, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+        self.measures = Vec::with_capacity(enriched.event.measures.len());
+        for (measure, charge) in enriched.event.measures.iter().zip(&enriched.charges) {
+            self.rate_measure(enriched, measure, charge, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// A member's event count, as this event left it, else as stored.
+    fn member_count(
+        &self,
+        member: &(String, String),
+        ctx: &Ctx<'_>,
+    ) -> Result<MemberCount, StageError> {
+        if let Some(c) = self.members.get(member) {
+            return Ok(*c);
+        }
+        match ctx
+            .stores
+            .get(SEGMENTS, &member_key(&member.0, &member.1))?
+        {
+            Some(b) => MemberCount::decode(&b),
+            None => Ok(MemberCount::Known(0)),
+        }
     }
 
     fn rate_measure(
@@ -390,7 +547,7 @@ impl EventRating {
         let key = enriched.rating_segment_key(measure);
         let id = enriched.rating_segment_id(measure);
         let mut state = self.segment_state(&id, &key, charge, ctx)?;
-        let (observation, new_member) = self.observation(enriched, measure, charge, &id, ctx)?;
+        let observation = self.observation(enriched, measure, charge, &id, ctx)?;
         let rating = |source| RateError::Rating {
             meter: meter(),
             source,
@@ -416,7 +573,6 @@ impl EventRating {
             marginal_amount: priced.amount,
             parts: priced.parts,
         });
-        self.members.extend(new_member);
         self.states.insert(id, state);
         Ok(())
     }
@@ -444,16 +600,16 @@ impl EventRating {
         }
     }
 
-    /// What the measure observes in its segment, by aggregation, and the
-    /// unique-count member it adds, if any.
+    /// What the measure observes in its segment, by aggregation (a
+    /// unique-count member's new event count is noted).
     fn observation(
-        &self,
+        &mut self,
         enriched: &EnrichedEvent,
         measure: &Measure,
         charge: &ResolvedCharge,
         id: &str,
         ctx: &mut Ctx<'_>,
-    ) -> Result<(Observation, Option<(String, String)>), StageError> {
+    ) -> Result<Observation, StageError> {
         let meter = || measure.meter.clone();
         let value = || {
             measure.value.ok_or_else(|| RateError::MissingValue {
@@ -461,7 +617,6 @@ impl EventRating {
                 aggregation: charge.aggregation,
             })
         };
-        let mut new_member = None;
         let observation = match charge.aggregation {
             Aggregation::Sum | Aggregation::Max => Observation::value(value()?),
             Aggregation::Count => Observation::Occurrence,
@@ -475,18 +630,12 @@ impl EventRating {
                     .clone()
                     .ok_or_else(|| RateError::MissingUniqueValue { meter: meter() })?;
                 let member = (id.to_string(), v);
-                let is_new = !self.members.contains(&member)
-                    && ctx
-                        .stores
-                        .get(SEGMENTS, &member_key(&member.0, &member.1))?
-                        .is_none();
-                if is_new {
-                    new_member = Some(member);
-                }
+                let (count, is_new) = self.member_count(&member, ctx)?.add_one();
+                self.members.insert(member, count);
                 Observation::distinct(is_new)
             }
         };
-        Ok((observation, new_member))
+        Ok(observation)
     }
 
     /// Writes the segment states, the new members and the expiry index
@@ -497,8 +646,17 @@ impl EventRating {
                 .map_err(|e| StageError::Fatal(format!("encoding segment state: {e}")))?;
             ctx.stores.put(SEGMENTS, segment_key(id), bytes);
         }
-        for (id, value) in &self.members {
-            ctx.stores.put(SEGMENTS, member_key(id, value), Vec::new());
+        for ((id, value), count) in &self.members {
+            let key = member_key(id, value);
+            match count {
+                MemberCount::Known(0) => ctx.stores.delete(SEGMENTS, key),
+                MemberCount::Known(n) => ctx.stores.put(SEGMENTS, key, n.to_be_bytes().to_vec()),
+                // Unchanged: seen again, its count still unknown.
+                MemberCount::Legacy => {}
+            }
+        }
+        if let Some(corrected) = &self.corrected {
+            retract::corrected_marker(ctx, corrected)?;
         }
         for (id, window) in &self.windows {
             let bytes = serde_json::to_vec(window)
@@ -514,6 +672,8 @@ impl EventRating {
 }
 
 #[cfg(test)]
+mod correction_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::contracts::{
@@ -528,13 +688,13 @@ mod tests {
     use rust_decimal_macros::dec;
     use serde_json::json;
 
-    fn config() -> Config {
+    pub(super) fn config() -> Config {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         Config::from_parts("[topology]\nnamespace = \"x.\"\n", "test", &[], dir).unwrap()
     }
 
     /// A processor over empty stores, the clock at [`t0`].
-    fn harness() -> Harness<RateProcessor> {
+    pub(super) fn harness() -> Harness<RateProcessor> {
         Harness::new(
             config(),
             RateProcessor::new(&config()),
@@ -542,11 +702,11 @@ mod tests {
         )
     }
 
-    fn t0() -> DateTime<Utc> {
+    pub(super) fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap()
     }
 
-    fn graduated() -> ChargeModel {
+    pub(super) fn graduated() -> ChargeModel {
         // 100 free, then 0.50 up to 1000 with a 5.00 entry fee, then 0.40.
         ChargeModel::Graduated {
             tiers: vec![
@@ -557,7 +717,7 @@ mod tests {
         }
     }
 
-    fn measure(meter: &str, value: Option<Decimal>, unique: Option<&str>) -> Measure {
+    pub(super) fn measure(meter: &str, value: Option<Decimal>, unique: Option<&str>) -> Measure {
         Measure {
             meter: meter.into(),
             value,
@@ -566,7 +726,7 @@ mod tests {
         }
     }
 
-    fn enriched(
+    pub(super) fn enriched(
         id: &str,
         time: DateTime<Utc>,
         measures: Vec<(Measure, Aggregation, ChargeModel)>,
@@ -590,6 +750,7 @@ mod tests {
             .collect();
         EnrichedEvent {
             event: ValidatedEvent {
+                correction: None,
                 source: "svc".into(),
                 id: id.into(),
                 event_type: "t".into(),
@@ -628,7 +789,10 @@ mod tests {
         }
     }
 
-    fn run_bytes(h: &mut Harness<RateProcessor>, value: &[u8]) -> Result<Vec<Output>, StageError> {
+    pub(super) fn run_bytes(
+        h: &mut Harness<RateProcessor>,
+        value: &[u8],
+    ) -> Result<Vec<Output>, StageError> {
         assert_eq!(h.input_topic(), "x.usage.enriched");
         h.process_record(Record {
             key: Some(b"cust-1"),
@@ -638,7 +802,7 @@ mod tests {
         })
     }
 
-    fn rate(h: &mut Harness<RateProcessor>, e: &EnrichedEvent) -> RatedEvent {
+    pub(super) fn rate(h: &mut Harness<RateProcessor>, e: &EnrichedEvent) -> RatedEvent {
         let out = run_bytes(h, &e.to_json_bytes().unwrap()).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "x.usage.rated");
@@ -646,7 +810,7 @@ mod tests {
         RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap()
     }
 
-    fn reject_code(r: Result<Vec<Output>, StageError>) -> &'static str {
+    pub(super) fn reject_code(r: Result<Vec<Output>, StageError>) -> &'static str {
         match r {
             Err(StageError::Reject { code, .. }) => code,
             other => panic!("expected a reject, got {other:?}"),
@@ -1085,8 +1249,9 @@ mod tests {
             rate(&mut h, &e);
             h.commit().unwrap();
         }
-        // Two segments, two members, two index entries.
-        assert_eq!(h.stores.approximate_keys(SEGMENTS), 6);
+        // Two segments, two members, two index entries; three kept events
+        // with their index entries (for corrections).
+        assert_eq!(h.stores.approximate_keys(SEGMENTS), 12);
         let punctuate = |h: &mut Harness<RateProcessor>, at: DateTime<Utc>| {
             h.now_ms = at.timestamp_millis();
             let out = h.punctuate().unwrap();
@@ -1097,7 +1262,7 @@ mod tests {
         punctuate(&mut h, feb1 + Duration::days(59));
         assert_eq!(
             h.stores.approximate_keys(SEGMENTS),
-            6,
+            12,
             "inside the retention"
         );
         punctuate(&mut h, feb1 + Duration::days(61));

@@ -15,6 +15,16 @@ crate::reason_codes! {
         "A dynamic charge's amount_property is missing, not a finite non-negative decimal, or not exact.";
     DYNAMIC_CURRENCY_MISMATCH => "dynamic_currency_mismatch",
         "A dynamic charge's currency_property is missing or names another currency than the plan's.";
+    RETRACTION_TARGET_UNKNOWN => "retraction_target_unknown",
+        "A retraction or amendment names an event this partition never rated (never accepted, dead-lettered, still parked, or another subject's); nothing changed.";
+    RETRACTION_TARGET_EXPIRED => "retraction_target_expired",
+        "A retraction or amendment names an event whose billing period's rating state is released (rate.segment_retention_days); nothing changed.";
+    ALREADY_CORRECTED => "already_corrected",
+        "A retraction or amendment names an event already retracted or amended; nothing changed.";
+    RETRACTION_SUBJECT_MISMATCH => "retraction_subject_mismatch",
+        "A retraction or amendment names an event of another subject; nothing changed.";
+    RETRACTION_UNSUPPORTED => "retraction_unsupported",
+        "A retraction or amendment names an event with a measure that cannot be taken back (MAX, LATEST, percentage, prorated); nothing changed.";
     @also [
         crate::rating::reasons::NEGATIVE_QUANTITY,
         crate::rating::reasons::NEGATIVE_VALUE,
@@ -68,6 +78,27 @@ mod tests {
                 meter: "m".into(),
                 detail: "x".into(),
             },
+            E::RetractionUnknown {
+                event_source: "s".into(),
+                id: "i".into(),
+            },
+            E::RetractionExpired {
+                event_source: "s".into(),
+                id: "i".into(),
+            },
+            E::AlreadyCorrected {
+                event_source: "s".into(),
+                id: "i".into(),
+                by: "b".into(),
+            },
+            E::RetractionSubjectMismatch {
+                event_source: "s".into(),
+                id: "i".into(),
+            },
+            E::RetractionUnsupported {
+                meter: "m".into(),
+                detail: "x".into(),
+            },
         ];
         all.extend(
             crate::rating::reasons::one_of_each()
@@ -86,6 +117,11 @@ mod tests {
                 | E::SegmentExpired { .. }
                 | E::DynamicAmount { .. }
                 | E::DynamicCurrency { .. }
+                | E::RetractionUnknown { .. }
+                | E::RetractionExpired { .. }
+                | E::AlreadyCorrected { .. }
+                | E::RetractionSubjectMismatch { .. }
+                | E::RetractionUnsupported { .. }
                 | E::Rating { .. } => {}
             }
         }

@@ -1,0 +1,174 @@
+//! Retractions and amendments at the gate ([`crate::contracts::Correction`]).
+//!
+//! A retraction is a CloudEvent of type `validate.retract_type` whose
+//! `data` is `{"source": S, "id": I, "time"?: T}`: the identity of the
+//! accepted event it removes, and optionally that event's time (which lets
+//! rate tell an event whose rating state was released from one it never
+//! saw). It passes as a [`ValidatedEvent`] with no measures, under its own
+//! identity (so a resent retraction is a duplicate like any event).
+//!
+//! An amendment (type `validate.amend_type`) has the same fields plus
+//! `"event"`, the replacement CloudEvent, which passes every rule a usage
+//! event does (time window, allowed source, meters, values; the signature
+//! is the amendment's own, over the record that carries both) and must
+//! have the amendment's subject (the customer's partition is where both
+//! halves are applied at once) and an identity other than the one it
+//! replaces. It passes as the replacement's [`ValidatedEvent`] carrying
+//! the correction, under the replacement's identity.
+//!
+//! Both are checked strictly: an unknown field in `data` is refused rather
+//! than ignored, since a mistyped field of a financial correction must not
+//! silently do something else.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::reason::{excerpt, Reject, RejectReason};
+use super::rules::{self, MeterIndex, ValidateRules};
+use crate::contracts::{CloudEvent, Correction, CorrectionKind, Origin, ValidatedEvent};
+
+/// Fields of a retraction's `data`.
+const RETRACTION_FIELDS: &[&str] = &["source", "id", "time"];
+/// Fields of an amendment's `data`.
+const AMENDMENT_FIELDS: &[&str] = &["source", "id", "time", "event"];
+
+/// A retraction's [`ValidatedEvent`]: no measures, the correction named.
+pub fn retraction(event: CloudEvent, origin: Origin) -> Result<ValidatedEvent, Reject> {
+    let invalid = |m: String| Reject::new(RejectReason::RetractionInvalid, m);
+    let data = object(&event.data).map_err(invalid)?;
+    only(data, RETRACTION_FIELDS).map_err(invalid)?;
+    let correction = target(data, CorrectionKind::Retract).map_err(invalid)?;
+    if (correction.source.as_str(), correction.id.as_str())
+        == (event.source.as_str(), event.id.as_str())
+    {
+        return Err(invalid(
+            "a retraction needs an identity of its own: (source, id) names the event it retracts"
+                .into(),
+        ));
+    }
+    Ok(ValidatedEvent {
+        source: event.source,
+        id: event.id,
+        event_type: event.event_type,
+        subject: event.subject,
+        time: event.time,
+        measures: Vec::new(),
+        data: event.data,
+        origin,
+        correction: Some(correction),
+    })
+}
+
+/// An amendment's replacement as a [`ValidatedEvent`] carrying the
+/// correction.
+pub fn amendment(
+    event: CloudEvent,
+    meters: &MeterIndex,
+    rules: &ValidateRules,
+    now: DateTime<Utc>,
+    origin: Origin,
+) -> Result<ValidatedEvent, Reject> {
+    let invalid = |m: String| Reject::new(RejectReason::AmendmentInvalid, m);
+    let data = object(&event.data).map_err(invalid)?;
+    only(data, AMENDMENT_FIELDS).map_err(invalid)?;
+    let correction = target(data, CorrectionKind::Amend).map_err(invalid)?;
+    let inner = data
+        .get("event")
+        .ok_or_else(|| invalid("data.event (the replacement CloudEvent) is missing".into()))?;
+    let replacement: CloudEvent = serde_json::from_value(inner.clone())
+        .map_err(|e| invalid(format!("data.event is not a CloudEvent: {e}")))?;
+    if replacement.subject != event.subject {
+        return Err(invalid(format!(
+            "the replacement's subject {} is not the amendment's {}",
+            excerpt(&replacement.subject),
+            excerpt(&event.subject)
+        )));
+    }
+    if (replacement.source.as_str(), replacement.id.as_str())
+        == (correction.source.as_str(), correction.id.as_str())
+    {
+        return Err(invalid(
+            "the replacement needs an identity of its own, not the one it replaces".into(),
+        ));
+    }
+    if [&rules.retract_type, &rules.amend_type].contains(&&replacement.event_type) {
+        return Err(invalid(format!(
+            "the replacement's type {} is a correction's",
+            excerpt(&replacement.event_type)
+        )));
+    }
+    let mut validated = check_replacement(replacement, meters, rules, now, origin)?;
+    validated.correction = Some(correction);
+    Ok(validated)
+}
+
+/// The replacement passes the usage rules (not the signature: the
+/// amendment's covers it); a failure keeps its own code.
+fn check_replacement(
+    replacement: CloudEvent,
+    meters: &MeterIndex,
+    rules: &ValidateRules,
+    now: DateTime<Utc>,
+    origin: Origin,
+) -> Result<ValidatedEvent, Reject> {
+    let checked = rules::check_attributes(&replacement)
+        .and_then(|()| rules::check_time(replacement.time, now, rules))
+        .and_then(|()| rules::check_source(&replacement, rules))
+        .and_then(|()| rules::check_data(&replacement));
+    checked
+        .and_then(|()| rules::usage_event(replacement, meters, origin))
+        .map_err(|r| Reject::new(r.reason, format!("the amendment's event: {}", r.message)))
+}
+
+fn object(data: &Value) -> Result<&Map<String, Value>, String> {
+    data.as_object()
+        .ok_or_else(|| "data is not a JSON object".to_string())
+}
+
+/// Refuses a field outside `allowed`.
+fn only(data: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
+    match data.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "data.{} is not a field of a correction (allowed: {})",
+            excerpt(k),
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The corrected event's identity and optional time.
+fn target(data: &Map<String, Value>, kind: CorrectionKind) -> Result<Correction, String> {
+    let text = |name: &str| -> Result<String, String> {
+        match data.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(other) => Err(format!(
+                "data.{name} must be a non-empty string, not {}",
+                excerpt(&other.to_string())
+            )),
+            None => Err(format!(
+                "data.{name} (the corrected event's {name}) is missing"
+            )),
+        }
+    };
+    let time = match data.get("time") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|e| format!("data.time {}: {e}", excerpt(t)))?
+                .with_timezone(&Utc),
+        ),
+        Some(other) => {
+            return Err(format!(
+                "data.time must be an RFC 3339 string, not {}",
+                excerpt(&other.to_string())
+            ))
+        }
+    };
+    Ok(Correction {
+        kind,
+        source: text("source")?,
+        id: text("id")?,
+        time,
+    })
+}

@@ -1,0 +1,325 @@
+//! Retractions and amendments through the rate stage (see `retract.rs`).
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+use serde_json::json;
+
+use super::reason::{
+    ALREADY_CORRECTED, RETRACTION_TARGET_EXPIRED, RETRACTION_TARGET_UNKNOWN, RETRACTION_UNSUPPORTED,
+};
+use super::tests::{
+    config, enriched, graduated, harness, measure, rate, reject_code, run_bytes, t0,
+};
+use super::*;
+use crate::contracts::{Encoding, Origin, RatedEvent};
+use crate::rating::ChargeModel;
+use crate::runtime::testing::Harness;
+
+/// A retraction `id` of event ("svc", `target`) as enrich passes it on.
+fn retraction(id: &str, target: &str, time: Option<DateTime<Utc>>) -> Vec<u8> {
+    let correction = Correction {
+        kind: CorrectionKind::Retract,
+        source: "svc".into(),
+        id: target.into(),
+        time,
+    };
+    RetractionRecord {
+        retraction: ValidatedEvent {
+            source: "ops".into(),
+            id: id.into(),
+            event_type: "meterline.usage.retract".into(),
+            subject: "cust-1".into(),
+            time: t0() + Duration::hours(1),
+            measures: Vec::new(),
+            data: json!({"source": "svc", "id": target}),
+            origin: Origin {
+                topic: "x.usage.events".into(),
+                partition: 0,
+                offset: 7,
+                encoding: Encoding::Structured,
+            },
+            correction: Some(correction),
+        },
+    }
+    .to_json_bytes()
+    .unwrap()
+}
+
+fn retract(h: &mut Harness<RateProcessor>, id: &str, target: &str) -> Result<RatedEvent, String> {
+    match run_bytes(h, &retraction(id, target, None)) {
+        Ok(out) => {
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].topic, "x.usage.rated");
+            assert_eq!(out[0].key.as_deref(), Some(&b"cust-1"[..]));
+            Ok(RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap())
+        }
+        Err(StageError::Reject { code, .. }) => Err(code.to_string()),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+fn sum_event(id: &str, value: Decimal, model: &ChargeModel) -> EnrichedEvent {
+    enriched(
+        id,
+        t0(),
+        vec![(
+            measure("tokens", Some(value), None),
+            Aggregation::Sum,
+            model.clone(),
+        )],
+    )
+}
+
+#[test]
+fn a_retraction_takes_the_event_out_at_the_price_of_what_remains() {
+    let mut h = harness();
+    let model = graduated();
+    let values = [
+        dec!(60),
+        dec!(40),
+        dec!(0.5),
+        dec!(899.5),
+        dec!(1),
+        dec!(250.25),
+    ];
+    let mut amount = Decimal::ZERO;
+    for (i, v) in values.iter().enumerate() {
+        amount +=
+            rate(&mut h, &sum_event(&format!("e{i}"), *v, &model)).measures[0].marginal_amount;
+        h.commit().unwrap();
+    }
+    let total: Decimal = values.iter().sum();
+    assert_eq!(amount, model.price(total).unwrap());
+    // Kept across a restart: the processor holds nothing in memory.
+    h.processor = RateProcessor::new(&config());
+    let r = retract(&mut h, "r1", "e3").unwrap();
+    h.commit().unwrap();
+    let c = r.correction.as_ref().unwrap();
+    assert_eq!((c.kind, c.id.as_str()), (CorrectionKind::Retract, "e3"));
+    // Under the retraction's identity and time, in the original's context.
+    assert_eq!((r.source.as_str(), r.id.as_str()), ("ops", "r1"));
+    assert_eq!(r.enriched.event.time, t0() + Duration::hours(1));
+    assert_eq!(r.enriched.billing_period.id, "2026-01-01");
+    assert_eq!(r.enriched.event.measures[0].value, Some(dec!(899.5)));
+    let m = &r.measures[0];
+    assert_eq!(
+        (m.quantity_before, m.quantity_after, m.marginal_quantity),
+        (total, total - dec!(899.5), dec!(-899.5))
+    );
+    amount += m.marginal_amount;
+    // The books: the model applied to what remains, to the last digit.
+    assert_eq!(amount, model.price(total - dec!(899.5)).unwrap());
+    // Twice, or an event never rated: refused, nothing changed.
+    assert_eq!(retract(&mut h, "r2", "e3").unwrap_err(), ALREADY_CORRECTED);
+    assert_eq!(
+        retract(&mut h, "r3", "nope").unwrap_err(),
+        RETRACTION_TARGET_UNKNOWN
+    );
+    let next = rate(&mut h, &sum_event("e9", dec!(10), &model));
+    assert_eq!(next.measures[0].quantity_before, total - dec!(899.5));
+}
+
+#[test]
+fn unique_count_members_leave_with_their_last_event() {
+    let mut h = harness();
+    let per_user = ChargeModel::PerUnit {
+        unit_price: dec!(3),
+    };
+    let user = |id: &str, u: &str| {
+        enriched(
+            id,
+            t0(),
+            vec![(
+                measure("users", None, Some(u)),
+                Aggregation::UniqueCount,
+                per_user.clone(),
+            )],
+        )
+    };
+    for (id, u) in [("e0", "u1"), ("e1", "u2"), ("e2", "u1")] {
+        rate(&mut h, &user(id, u));
+        h.commit().unwrap();
+    }
+    // u1 still has e2: the count stays 2, nothing is charged back.
+    let m = retract(&mut h, "r0", "e0").unwrap().measures.remove(0);
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(2), dec!(0)));
+    h.commit().unwrap();
+    // Its last event goes: u1 leaves.
+    let m = retract(&mut h, "r2", "e2").unwrap().measures.remove(0);
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(1), dec!(-3)));
+    h.commit().unwrap();
+    // And comes back as a new member.
+    let m = rate(&mut h, &user("e3", "u1")).measures.remove(0);
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(2), dec!(3)));
+}
+
+#[test]
+fn every_measure_of_an_event_is_taken_back_count_and_volume_tiers_too() {
+    let mut h = harness();
+    let volume = ChargeModel::Volume {
+        tiers: vec![
+            crate::rating::Tier::bounded(dec!(2), dec!(1.00)),
+            crate::rating::Tier::open(dec!(0.50)),
+        ],
+    };
+    let per_unit = ChargeModel::PerUnit {
+        unit_price: dec!(0.01),
+    };
+    let event = |id: &str, tokens: Decimal| {
+        enriched(
+            id,
+            t0(),
+            vec![
+                (
+                    measure("calls", None, None),
+                    Aggregation::Count,
+                    volume.clone(),
+                ),
+                (
+                    measure("tokens", Some(tokens), None),
+                    Aggregation::Sum,
+                    per_unit.clone(),
+                ),
+            ],
+        )
+    };
+    let mut amount = Decimal::ZERO;
+    for (i, t) in [dec!(100), dec!(7), dec!(30)].iter().enumerate() {
+        let r = rate(&mut h, &event(&format!("e{i}"), *t));
+        amount += r
+            .measures
+            .iter()
+            .map(|m| m.marginal_amount)
+            .sum::<Decimal>();
+    }
+    // 3 calls at 0.50 (volume: all units at the reached tier) + 137 tokens.
+    assert_eq!(amount, dec!(1.50) + dec!(1.37));
+    let r = retract(&mut h, "r", "e1").unwrap();
+    assert_eq!(r.measures.len(), 2);
+    amount += r
+        .measures
+        .iter()
+        .map(|m| m.marginal_amount)
+        .sum::<Decimal>();
+    // 2 calls back in the first tier at 1.00 each, 130 tokens.
+    assert_eq!(amount, dec!(2.00) + dec!(1.30));
+}
+
+#[test]
+fn max_latest_and_percentage_measures_are_refused_and_nothing_changes() {
+    let mut h = harness();
+    let per_unit = ChargeModel::PerUnit {
+        unit_price: dec!(1),
+    };
+    let e = enriched(
+        "e0",
+        t0(),
+        vec![
+            (
+                measure("tokens", Some(dec!(5)), None),
+                Aggregation::Sum,
+                per_unit.clone(),
+            ),
+            (
+                measure("peak", Some(dec!(9)), None),
+                Aggregation::Max,
+                per_unit.clone(),
+            ),
+        ],
+    );
+    rate(&mut h, &e);
+    h.commit().unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            retract(&mut h, "r", "e0").unwrap_err(),
+            RETRACTION_UNSUPPORTED
+        );
+    }
+    let next = rate(&mut h, &sum_event("e1", dec!(1), &per_unit));
+    assert_eq!(next.measures[0].quantity_before, dec!(5), "e0 still counts");
+}
+
+#[test]
+fn an_amendment_replaces_the_event_or_changes_nothing() {
+    let mut h = harness();
+    let model = graduated();
+    for (id, v) in [("e0", dec!(100)), ("e1", dec!(500))] {
+        rate(&mut h, &sum_event(id, v, &model));
+        h.commit().unwrap();
+    }
+    let amend = |id: &str, target: &str, v: Decimal| {
+        let mut e = sum_event(id, v, &model);
+        e.event.correction = Some(Correction {
+            kind: CorrectionKind::Amend,
+            source: "svc".into(),
+            id: target.into(),
+            time: None,
+        });
+        e
+    };
+    // e1's 500 becomes 20: its retraction first, then the replacement.
+    let out = run_bytes(
+        &mut h,
+        &amend("e1b", "e1", dec!(20)).to_json_bytes().unwrap(),
+    )
+    .unwrap();
+    h.commit().unwrap();
+    assert_eq!(out.len(), 2);
+    let back = RatedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap();
+    let new = RatedEvent::from_json_slice(out[1].value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        back.correction.as_ref().unwrap().kind,
+        CorrectionKind::Amend
+    );
+    assert_eq!(back.measures[0].marginal_quantity, dec!(-500));
+    assert_eq!(new.correction, None);
+    assert_eq!(
+        (
+            new.measures[0].quantity_before,
+            new.measures[0].quantity_after
+        ),
+        (dec!(100), dec!(120))
+    );
+    let amount = model.price(dec!(600)).unwrap()
+        + back.measures[0].marginal_amount
+        + new.measures[0].marginal_amount;
+    assert_eq!(amount, model.price(dec!(120)).unwrap());
+    // An amendment of an unknown event: neither half is applied.
+    let r = run_bytes(&mut h, &amend("e9", "zz", dec!(1)).to_json_bytes().unwrap());
+    assert_eq!(reject_code(r), RETRACTION_TARGET_UNKNOWN);
+    h.commit().unwrap();
+    let next = rate(&mut h, &sum_event("e10", dec!(1), &model));
+    assert_eq!(next.measures[0].quantity_before, dec!(120), "e9 not rated");
+    // The replacement is an event like any other: it can be retracted.
+    let m = retract(&mut h, "r", "e1b").unwrap().measures.remove(0);
+    assert_eq!(m.quantity_after, dec!(101));
+    assert_eq!(retract(&mut h, "r2", "e1").unwrap_err(), ALREADY_CORRECTED);
+}
+
+#[test]
+fn an_event_whose_period_was_released_is_expired_when_its_time_is_given() {
+    let mut h = harness();
+    let model = graduated();
+    rate(&mut h, &sum_event("e0", dec!(5), &model));
+    h.commit().unwrap();
+    // Retention: 60 days after January's end.
+    let feb1 = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+    h.now_ms = (feb1 + Duration::days(61)).timestamp_millis();
+    h.punctuate().unwrap();
+    h.commit().unwrap();
+    assert_eq!(
+        h.stores.approximate_keys(SEGMENTS),
+        0,
+        "kept events released too"
+    );
+    // An event time is expired once even the longest period starting at it
+    // (32 days) ended before the retention cutoff; before that, unknown.
+    let r = run_bytes(&mut h, &retraction("r", "e0", Some(t0())));
+    assert_eq!(reject_code(r), RETRACTION_TARGET_UNKNOWN);
+    h.now_ms = (feb1 + Duration::days(61 + 32)).timestamp_millis();
+    let with_time = run_bytes(&mut h, &retraction("r", "e0", Some(t0())));
+    assert_eq!(reject_code(with_time), RETRACTION_TARGET_EXPIRED);
+    let without = run_bytes(&mut h, &retraction("r", "e0", None));
+    assert_eq!(reject_code(without), RETRACTION_TARGET_UNKNOWN);
+}

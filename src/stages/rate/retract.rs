@@ -1,0 +1,415 @@
+//! Corrections: removing what an event rate priced, alone (a retraction)
+//! or as the first half of an amendment (see [`crate::contracts::Correction`]).
+//!
+//! Every rated event is kept, as the enriched record rate received, until
+//! its billing period's segments are released (`R` key, with a `Y` expiry
+//! index entry); a corrected one leaves a marker instead (`X`), so a second
+//! correction of it is refused. A retraction then re-enters each measure's
+//! segment in reverse: SUM subtracts the value, COUNT one occurrence,
+//! UNIQUE_COUNT one event of the member (the member leaves with its last
+//! event, which is why members are counted), and the measure's amount is
+//! `price(without) - price(with)` under the charge the event was rated
+//! with; a dynamic charge gives back the event's own amount. MAX and
+//! LATEST keep no history to fall back to, a percentage charge's fees and
+//! a prorated charge's timeline depend on every other event's place, so
+//! those are refused (`retraction_unsupported`) and nothing changes.
+//!
+//! The rated record of a retraction carries the removed event's measures
+//! negated and the context it was rated in (billing period, day, charges),
+//! under the correcting event's identity and time: aggregate adds it to the
+//! original windows, or, when they have closed, to the open ones as an
+//! adjustment naming them, as it does for any late event.
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    price, EventRating, RateError, RateProcessor, EXPIRE_BATCH_SEGMENTS, LINEAGE, SEGMENTS,
+};
+use crate::contracts::{
+    Correction, CorrectionKind, EnrichedEvent, Measure, RatedMeasure, RatedOut, ResolvedCharge,
+    ValidatedEvent,
+};
+use crate::meter::Aggregation;
+use crate::rating::{ChargeModel, Observation, Pricing};
+use crate::runtime::{Ctx, Output, StageError};
+use crate::store::keys::{KeyBuilder, KeyReader};
+
+/// Key prefixes of the segments store (see the module docs of `rate`).
+const EVENT_PREFIX: u8 = b'R';
+const CORRECTED_PREFIX: u8 = b'X';
+const EVENT_EXPIRY_PREFIX: u8 = b'Y';
+/// Rated events released per punctuation (their `R`, `X` and `Y` keys).
+pub const EXPIRE_BATCH_EVENTS: usize = 10 * EXPIRE_BATCH_SEGMENTS;
+/// The longest billing period, in days, rounded up (31 days and a DST
+/// hour): an event older than this before the retention cutoff had its
+/// period's state released.
+const MAX_BILLING_PERIOD_DAYS: i64 = 32;
+const MS_PER_DAY: i64 = 86_400_000;
+
+fn event_key(source: &str, id: &str) -> Vec<u8> {
+    KeyBuilder::new(EVENT_PREFIX).str(source).str(id).build()
+}
+
+fn corrected_key(source: &str, id: &str) -> Vec<u8> {
+    KeyBuilder::new(CORRECTED_PREFIX)
+        .str(source)
+        .str(id)
+        .build()
+}
+
+fn event_expiry_key(period_end_ms: i64, source: &str, id: &str) -> Vec<u8> {
+    KeyBuilder::new(EVENT_EXPIRY_PREFIX)
+        .i64(period_end_ms)
+        .str(source)
+        .str(id)
+        .build()
+}
+
+/// (period end, source, id) of an expiry index key.
+fn parse_event_expiry_key(key: &[u8]) -> Result<(i64, String, String), StageError> {
+    let corrupt = |e: crate::store::keys::KeyError| StageError::Fatal(format!("event index: {e}"));
+    let mut r = KeyReader::new(key, EVENT_EXPIRY_PREFIX).map_err(corrupt)?;
+    let end = r.i64().map_err(corrupt)?;
+    let source = r.str().map_err(corrupt)?.to_string();
+    let id = r.str().map_err(corrupt)?.to_string();
+    r.finish().map_err(corrupt)?;
+    Ok((end, source, id))
+}
+
+/// Keeps a rated event (its enriched record as received) for corrections
+/// until its period's state is released.
+pub fn remember(ctx: &mut Ctx<'_>, event: &ValidatedEvent, bytes: &[u8], period_end_ms: i64) {
+    ctx.stores.put(
+        SEGMENTS,
+        event_key(&event.source, &event.id),
+        bytes.to_vec(),
+    );
+    ctx.stores.put(
+        SEGMENTS,
+        event_expiry_key(period_end_ms, &event.source, &event.id),
+        Vec::new(),
+    );
+}
+
+/// Releases the kept events of periods that ended before `cutoff_ms`, a
+/// bounded batch.
+pub fn expire(ctx: &mut Ctx<'_>, cutoff_ms: i64) -> Result<(), StageError> {
+    let to = KeyBuilder::new(EVENT_EXPIRY_PREFIX).i64(cutoff_ms).build();
+    let due = ctx
+        .stores
+        .scan(SEGMENTS, &[EVENT_EXPIRY_PREFIX], &to, EXPIRE_BATCH_EVENTS)?;
+    for (index_key, _) in due {
+        let (_, source, id) = parse_event_expiry_key(&index_key)?;
+        ctx.stores.delete(SEGMENTS, event_key(&source, &id));
+        ctx.stores.delete(SEGMENTS, corrected_key(&source, &id));
+        ctx.stores.delete(SEGMENTS, index_key);
+    }
+    Ok(())
+}
+
+/// What removing one event computed: its context and negated measures.
+pub struct Retracted {
+    pub original: EnrichedEvent,
+    pub measures: Vec<RatedMeasure>,
+    pub correction: Correction,
+}
+
+impl EventRating {
+    /// Removes the event `by` corrects from its segments (in memory, like
+    /// every measure of an event: stored by [`EventRating::store`]).
+    pub(super) fn retract(
+        &mut self,
+        by: &ValidatedEvent,
+        correction: &Correction,
+        cutoff_ms: i64,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Retracted, StageError> {
+        let original = find(by, correction, cutoff_ms, ctx)?;
+        for (measure, charge) in original.event.measures.iter().zip(&original.charges) {
+            supported(measure, charge)?;
+        }
+        let mut measures = Vec::with_capacity(original.event.measures.len());
+        for (measure, charge) in original.event.measures.iter().zip(&original.charges) {
+            measures.push(self.retract_measure(&original, measure, charge, ctx)?);
+        }
+        self.corrected = Some((correction.clone(), by.source.clone(), by.id.clone()));
+        Ok(Retracted {
+            original,
+            measures,
+            correction: correction.clone(),
+        })
+    }
+
+    fn retract_measure(
+        &mut self,
+        original: &EnrichedEvent,
+        measure: &Measure,
+        charge: &ResolvedCharge,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<RatedMeasure, StageError> {
+        let meter = || measure.meter.clone();
+        let key = original.rating_segment_key(measure);
+        let id = original.rating_segment_id(measure);
+        let mut state = self.segment_state(&id, &key, charge, ctx)?;
+        if self.created.remove(&id) {
+            // Released while the kept event waits for its own batch.
+            return Err(RateError::RetractionExpired {
+                event_source: original.event.source.clone(),
+                id: original.event.id.clone(),
+            }
+            .into());
+        }
+        let observation = self.leaving(measure, charge, &id, ctx)?;
+        let rating = |source| RateError::Rating {
+            meter: meter(),
+            source,
+        };
+        let change = state.retract(observation).map_err(rating)?;
+        let priced = price::Pricer {
+            enriched: original,
+            measure,
+            charge,
+            segment_id: &id,
+        }
+        .price(&mut state, &change, &mut self.windows, ctx)?;
+        // A dynamic charge prices the event itself, not the segment.
+        let amount = match charge.charge.pricing() {
+            Pricing::PerEvent => -priced.amount,
+            Pricing::Cumulative => priced.amount,
+        };
+        let delta = change.delta().map_err(rating)?;
+        self.states.insert(id.clone(), state);
+        Ok(RatedMeasure {
+            meter: meter(),
+            segment_key: key,
+            segment_id: id,
+            plan_version: original.plan_version,
+            aggregation: charge.aggregation,
+            quantity_before: change.before,
+            quantity_after: change.after,
+            marginal_quantity: delta,
+            marginal_amount: amount,
+            parts: priced.parts,
+        })
+    }
+
+    /// What leaves the segment: the value, one occurrence, or one event of
+    /// a unique-count member (`is_new`: its last one).
+    fn leaving(
+        &mut self,
+        measure: &Measure,
+        charge: &ResolvedCharge,
+        id: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Observation, StageError> {
+        let value = || {
+            measure.value.ok_or_else(|| RateError::MissingValue {
+                meter: measure.meter.clone(),
+                aggregation: charge.aggregation,
+            })
+        };
+        Ok(match charge.aggregation {
+            Aggregation::Sum | Aggregation::Max | Aggregation::Latest => {
+                Observation::value(value()?)
+            }
+            Aggregation::Count => Observation::Occurrence,
+            Aggregation::UniqueCount => {
+                let v =
+                    measure
+                        .unique_value
+                        .clone()
+                        .ok_or_else(|| RateError::MissingUniqueValue {
+                            meter: measure.meter.clone(),
+                        })?;
+                let member = (id.to_string(), v);
+                let count = match self.member_count(&member, ctx)? {
+                    super::MemberCount::Known(n) if n > 0 => n,
+                    super::MemberCount::Known(_) => {
+                        return Err(StageError::Fatal(format!(
+                            "segment {id}: a kept event's member is not in the segment"
+                        )))
+                    }
+                    super::MemberCount::Legacy => {
+                        return Err(unsupported(
+                            &measure.meter,
+                            "its member was counted before members kept their event count \
+                             (state written by an older version)",
+                        ))
+                    }
+                };
+                self.members
+                    .insert(member, super::MemberCount::Known(count - 1));
+                Observation::distinct(count == 1)
+            }
+        })
+    }
+}
+
+/// The kept event `correction` names, if it can be corrected.
+fn find(
+    by: &ValidatedEvent,
+    c: &Correction,
+    cutoff_ms: i64,
+    ctx: &mut Ctx<'_>,
+) -> Result<EnrichedEvent, StageError> {
+    if let Some(b) = ctx.stores.get(SEGMENTS, &corrected_key(&c.source, &c.id))? {
+        let earlier: (Correction, String, String) = serde_json::from_slice(&b)
+            .map_err(|e| StageError::Fatal(format!("correction marker is corrupt: {e}")))?;
+        return Err(RateError::AlreadyCorrected {
+            event_source: c.source.clone(),
+            id: c.id.clone(),
+            by: format!("{:?}", (earlier.1, earlier.2)),
+        }
+        .into());
+    }
+    let Some(bytes) = ctx.stores.get(SEGMENTS, &event_key(&c.source, &c.id))? else {
+        return Err(not_found(c, cutoff_ms).into());
+    };
+    let original = EnrichedEvent::from_json_slice(&bytes)
+        .map_err(|e| StageError::Fatal(format!("kept event {:?}: corrupt: {e}", c.id)))?;
+    if original.billing_period.end.timestamp_millis() < cutoff_ms {
+        return Err(RateError::RetractionExpired {
+            event_source: c.source.clone(),
+            id: c.id.clone(),
+        }
+        .into());
+    }
+    if original.event.subject != by.subject {
+        return Err(RateError::RetractionSubjectMismatch {
+            event_source: c.source.clone(),
+            id: c.id.clone(),
+        }
+        .into());
+    }
+    Ok(original)
+}
+
+/// Unknown, or expired when the correction names a time whose period had
+/// certainly been released.
+fn not_found(c: &Correction, cutoff_ms: i64) -> RateError {
+    let released_before = cutoff_ms.saturating_sub(MAX_BILLING_PERIOD_DAYS * MS_PER_DAY);
+    let expired = c
+        .time
+        .is_some_and(|t: DateTime<Utc>| t.timestamp_millis() < released_before);
+    if expired {
+        RateError::RetractionExpired {
+            event_source: c.source.clone(),
+            id: c.id.clone(),
+        }
+    } else {
+        RateError::RetractionUnknown {
+            event_source: c.source.clone(),
+            id: c.id.clone(),
+        }
+    }
+}
+
+fn unsupported(meter: &str, detail: &str) -> StageError {
+    RateError::RetractionUnsupported {
+        meter: meter.to_string(),
+        detail: detail.to_string(),
+    }
+    .into()
+}
+
+/// Whether a measure can be taken back (see the module docs).
+fn supported(measure: &Measure, charge: &ResolvedCharge) -> Result<(), StageError> {
+    let meter = &measure.meter;
+    match charge.aggregation {
+        Aggregation::Max | Aggregation::Latest => {
+            return Err(unsupported(
+                meter,
+                "a MAX or LATEST meter keeps no history to fall back to",
+            ))
+        }
+        Aggregation::Sum | Aggregation::Count | Aggregation::UniqueCount => {}
+    }
+    if charge.prorate {
+        return Err(unsupported(meter, "a prorated charge"));
+    }
+    if matches!(charge.charge, ChargeModel::Percentage(_)) {
+        return Err(unsupported(
+            meter,
+            "a percentage charge's fees depend on every other event's place",
+        ));
+    }
+    Ok(())
+}
+
+impl RateProcessor {
+    /// The rated record of a retraction: the removed event's context and
+    /// negated measures under the correcting event's identity and time.
+    pub(super) fn retraction_output(
+        &self,
+        by: &ValidatedEvent,
+        r: &Retracted,
+    ) -> Result<Output, StageError> {
+        let fatal = |e: serde_json::Error| StageError::Fatal(format!("a retraction: {e}"));
+        let mut context = r.original.clone();
+        context.event = ValidatedEvent {
+            measures: std::mem::take(&mut context.event.measures),
+            ..by.clone()
+        };
+        let raw = serde_json::value::to_raw_value(&context).map_err(fatal)?;
+        let value = serde_json::to_vec(&RatedOut {
+            source: &by.source,
+            id: &by.id,
+            customer_id: &r.original.customer.id,
+            measures: &r.measures,
+            enriched: &raw,
+            correction: Some(&r.correction),
+        })
+        .map_err(fatal)?;
+        Ok(Output {
+            topic: self.rated_topic.clone(),
+            key: Some(r.original.customer.id.clone().into_bytes()),
+            value: Some(value),
+            headers: Vec::new(),
+            partition: None,
+        })
+    }
+}
+
+/// The removed event's lineage step: which event corrected it, and how.
+pub fn record_corrected_step(
+    ctx: &mut Ctx<'_>,
+    by: &ValidatedEvent,
+    r: &Retracted,
+    partition: i32,
+    offset: i64,
+) -> Result<(), StageError> {
+    let outcome = match r.correction.kind {
+        CorrectionKind::Retract => "retracted",
+        CorrectionKind::Amend => "amended",
+    };
+    let detail = serde_json::to_value(&r.measures)
+        .map_err(|e| StageError::Fatal(format!("serializing lineage: {e}")))?;
+    crate::lineage::record_step(
+        ctx,
+        LINEAGE,
+        &r.correction.source,
+        &r.correction.id,
+        crate::lineage::Step {
+            outcome: outcome.into(),
+            partition,
+            offset,
+            reason: None,
+            detail: serde_json::json!({"by": [by.source, by.id], "measures": detail}),
+        },
+        ctx.now_ms,
+    )
+}
+
+/// The marker's value: the correction and the correcting identity.
+pub fn corrected_marker(
+    ctx: &mut Ctx<'_>,
+    corrected: &(Correction, String, String),
+) -> Result<(), StageError> {
+    let (c, _, _) = corrected;
+    let bytes = serde_json::to_vec(corrected)
+        .map_err(|e| StageError::Fatal(format!("encoding a correction marker: {e}")))?;
+    ctx.stores.delete(SEGMENTS, event_key(&c.source, &c.id));
+    ctx.stores
+        .put(SEGMENTS, corrected_key(&c.source, &c.id), bytes);
+    Ok(())
+}
