@@ -172,3 +172,158 @@ fn target(data: &Map<String, Value>, kind: CorrectionKind) -> Result<Correction,
         time,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::TimeZone;
+    use rust_decimal_macros::dec;
+    use serde_json::json;
+
+    use super::*;
+    use crate::contracts::Encoding;
+    use crate::ingest::decode::{decode, DecodeError, RawRecord};
+    use crate::meter::{Aggregation, Meter};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    fn meters() -> MeterIndex {
+        MeterIndex::new(&[Meter {
+            slug: "tokens".into(),
+            event_type: "llm.tokens".into(),
+            aggregation: Aggregation::Sum,
+            value_property: Some("$.tokens".into()),
+            group_by: BTreeMap::new(),
+            unit_conversion: None,
+        }])
+        .unwrap()
+    }
+
+    fn envelope(id: &str, event_type: &str, data: Value) -> Value {
+        json!({"specversion": "1.0", "id": id, "source": "ops", "type": event_type,
+               "subject": "cust-1", "time": "2026-03-01T11:00:00Z", "data": data})
+    }
+
+    /// decode + validate as the stage runs them: the event, or the code.
+    fn run(value: &Value) -> Result<ValidatedEvent, &'static str> {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let raw = RawRecord {
+            key: None,
+            value: Some(&bytes),
+            headers: &[],
+        };
+        let (event, encoding) = match decode(&raw, None) {
+            Ok(x) => x,
+            Err(DecodeError::Reject(r)) => return Err(r.code()),
+            Err(e) => panic!("{e:?}"),
+        };
+        let origin = Origin {
+            topic: "usage.events".into(),
+            partition: 0,
+            offset: 0,
+            encoding,
+        };
+        assert_eq!(encoding, Encoding::Structured);
+        rules::validate(
+            event,
+            &raw,
+            &meters(),
+            &ValidateRules::default(),
+            now(),
+            origin,
+        )
+        .map_err(|r| r.code())
+    }
+
+    fn usage(id: &str, subject: &str, tokens: Value) -> Value {
+        json!({"specversion": "1.0", "id": id, "source": "svc", "type": "llm.tokens",
+               "subject": subject, "time": "2026-02-27T10:00:00Z", "data": {"tokens": tokens}})
+    }
+
+    #[test]
+    fn a_retraction_passes_with_no_measures_and_names_its_event() {
+        let data = json!({"source": "svc", "id": "e1", "time": "2026-02-27T10:00:00+01:00"});
+        let v = run(&envelope("r1", "meterline.usage.retract", data)).unwrap();
+        assert_eq!((v.source.as_str(), v.id.as_str()), ("ops", "r1"));
+        assert!(v.measures.is_empty());
+        let c = v.correction.unwrap();
+        assert_eq!(
+            (c.kind, c.source.as_str(), c.id.as_str()),
+            (CorrectionKind::Retract, "svc", "e1")
+        );
+        assert_eq!(
+            c.time,
+            Some(Utc.with_ymd_and_hms(2026, 2, 27, 9, 0, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_malformed_retraction_is_refused_with_its_code() {
+        let t = "meterline.usage.retract";
+        for data in [
+            json!({"id": "e1"}),
+            json!({"source": "svc", "id": ""}),
+            json!({"source": "svc", "id": 7}),
+            json!({"source": "svc", "id": "e1", "time": "yesterday"}),
+            json!({"source": "svc", "id": "e1", "event": {}}),
+            // Its own identity: dedupe would take it for the event itself.
+            json!({"source": "ops", "id": "r1"}),
+        ] {
+            assert_eq!(
+                run(&envelope("r1", t, data.clone())).unwrap_err(),
+                "retraction_invalid",
+                "{data}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_amendment_passes_as_its_replacement_carrying_the_correction() {
+        let data =
+            json!({"source": "svc", "id": "e1", "event": usage("e1-v2", "cust-1", json!("12.5"))});
+        let v = run(&envelope("a1", "meterline.usage.amend", data)).unwrap();
+        assert_eq!((v.source.as_str(), v.id.as_str()), ("svc", "e1-v2"));
+        assert_eq!(v.measures[0].value, Some(dec!(12.5)));
+        let c = v.correction.unwrap();
+        assert_eq!((c.kind, c.id.as_str()), (CorrectionKind::Amend, "e1"));
+    }
+
+    #[test]
+    fn an_amendment_is_refused_whole_when_either_half_is_wrong() {
+        let t = "meterline.usage.amend";
+        let amend = |event: Value| {
+            envelope(
+                "a1",
+                t,
+                json!({"source": "svc", "id": "e1", "event": event}),
+            )
+        };
+        let cases = [
+            (
+                amend(usage("e1-v2", "cust-2", json!(1))),
+                "amendment_invalid",
+            ),
+            (amend(usage("e1", "cust-1", json!(1))), "amendment_invalid"),
+            (amend(json!({"id": "x"})), "amendment_invalid"),
+            (
+                envelope("a1", t, json!({"source": "svc", "id": "e1"})),
+                "amendment_invalid",
+            ),
+            // The replacement's own faults keep their codes.
+            (amend(usage("e1-v2", "cust-1", json!(-1))), "value_negative"),
+            (
+                amend(usage("e1-v2", "cust-1", json!("many"))),
+                "value_not_numeric",
+            ),
+        ];
+        for (event, code) in cases {
+            assert_eq!(run(&event).unwrap_err(), code, "{event}");
+        }
+        let mut nested = usage("e1-v2", "cust-1", json!(1));
+        nested["type"] = json!("meterline.usage.retract");
+        assert_eq!(run(&amend(nested)).unwrap_err(), "amendment_invalid");
+    }
+}

@@ -1279,6 +1279,20 @@ mod tests {
                 "invalid_group_value",
                 env(&|v| v["data"] = json!({"tokens": 1, "user": "u", "model": {"x": 1}})),
             ),
+            (
+                "retraction_invalid",
+                env(&|v| {
+                    v["type"] = json!("meterline.usage.retract");
+                    v["data"] = json!({"source": "svc"});
+                }),
+            ),
+            (
+                "amendment_invalid",
+                env(&|v| {
+                    v["type"] = json!("meterline.usage.amend");
+                    v["data"] = json!({"source": "svc", "id": "e0"});
+                }),
+            ),
         ];
         let mut reached = HashSet::new();
         for (expected, result) in cases {

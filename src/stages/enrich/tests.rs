@@ -190,6 +190,41 @@ fn a_resolved_event_goes_to_usage_enriched_keyed_by_customer() {
 }
 
 #[test]
+fn a_retraction_goes_on_unresolved_and_an_amendment_is_resolved() {
+    use crate::contracts::{Correction, CorrectionKind, RetractionRecord};
+    // No reference data at all: a retraction needs none (rate prices the
+    // event it names in the context it was rated in).
+    let mut h = processor();
+    let correction = |kind| Correction {
+        kind,
+        source: "svc".into(),
+        id: "e1".into(),
+        time: None,
+    };
+    let mut retraction = event("cust-9", "r1", dec!(0));
+    retraction.measures.clear();
+    retraction.correction = Some(correction(CorrectionKind::Retract));
+    let (r, out) = run(&mut h, &retraction);
+    r.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
+    assert_eq!(out[0].key.as_deref(), Some(&b"cust-9"[..]));
+    let passed = RetractionRecord::from_json_slice(out[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(passed.retraction, retraction);
+    assert!(h.stores.pending(PARKED).is_empty(), "never parked");
+    // An amendment carries its replacement: resolved (or parked) like any
+    // event, the correction travelling with it.
+    let mut h = loaded();
+    let mut amendment = event("cust-1", "e1-v2", dec!(5));
+    amendment.correction = Some(correction(CorrectionKind::Amend));
+    let (r, out) = run(&mut h, &amendment);
+    r.unwrap();
+    let enriched = EnrichedEvent::from_json_slice(out[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(enriched.event.correction, amendment.correction);
+    assert_eq!(enriched.subscription_id, "sub-1");
+}
+
+#[test]
 fn malformed_input_is_rejected_without_writes_or_outputs() {
     let mut h = loaded();
     for bad in [&b"{not json"[..], br#"{"source":"s"}"#] {
