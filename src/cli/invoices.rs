@@ -12,13 +12,12 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use hmac::{Hmac, Mac};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rust_decimal::Decimal;
 use sha2::Sha256;
 
 use crate::config::Config;
 use crate::contracts::{Command, CommandKind, DisputeOutcome, Invoice, Posting, SIGNATURE_HEADER};
-use crate::kafka;
+
 use crate::runtime::dlq::headers as dlq_headers;
 use crate::topology::{counts, names};
 
@@ -474,36 +473,15 @@ pub fn send(config: &Config, cmd: &Command) -> anyhow::Result<()> {
         });
     }
     let topic = config.topic(names::COMMANDS);
-    let transactional_id = format!(
-        "{}meterline.invoices-cli.{:016x}",
-        config.topology.namespace,
-        rand::random::<u64>()
-    );
-    let producer: BaseProducer = kafka::create(
-        &kafka::transactional_producer_config(config, &transactional_id),
-        rdkafka::producer::DefaultProducerContext,
-    )?;
-    let timeout = Duration::from_millis(config.runtime.transaction_call_timeout_ms);
-    producer
-        .init_transactions(timeout)
-        .context("init_transactions")?;
-    producer.begin_transaction()?;
-    let record = BaseRecord::to(&topic)
-        .key(cmd.customer_id.as_bytes())
-        .payload(value.as_slice())
-        .headers(headers);
-    let sent = kafka::send_waiting(&producer, record)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            producer
-                .commit_transaction(timeout)
-                .map_err(anyhow::Error::from)
-        });
-    if let Err(e) = sent {
-        let _ = producer.abort_transaction(timeout);
-        return Err(e.context(format!("publishing command {} to {topic}", cmd.id)));
-    }
-    Ok(())
+    super::publish_in_transaction(
+        config,
+        "invoices-cli",
+        &topic,
+        cmd.customer_id.as_bytes(),
+        &value,
+        headers,
+    )
+    .with_context(|| format!("publishing command {} to {topic}", cmd.id))
 }
 
 /// How a sent command ended, as far as the topics show.

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod invoices;
 mod lineage;
 mod postings;
+mod rerate;
 
 use crate::config::Config;
 use crate::kafka;
@@ -108,6 +109,12 @@ pub enum Command {
     /// ack per posting on finance.postings.acks, refusals dead-lettered to
     /// meterline.dlq.ledger. Runs until SIGTERM/SIGINT.
     LedgerSync,
+    /// Price a subscription's segments again after a plan record was
+    /// corrected (same id and version, republished): previews each
+    /// segment's difference from rate's changelog, sends the command to
+    /// rate (unless --dry-run) and waits for its adjustments. Exits 2 when
+    /// they are not seen in time.
+    Rerate(rerate::RerateArgs),
     /// Reference data: customers, subscriptions, plans, tax rates.
     Refdata {
         #[command(subcommand)]
@@ -231,6 +238,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Invoices(args) => invoices::run(&config, args),
+        Command::Rerate(args) => rerate::run(&config, &args),
         Command::LedgerSync => {
             crate::ledger::run(&rt, Arc::new(config))?;
             Ok(ExitCode::SUCCESS)
@@ -274,6 +282,49 @@ fn api_key(name: &str, scopes: &[String]) -> anyhow::Result<String> {
 }
 
 /// SIGTERM or SIGINT.
+/// Publishes one record in its own Kafka transaction (a producer named
+/// after `who`, fenced by nobody: a random transactional id).
+pub(crate) fn publish_in_transaction(
+    config: &Config,
+    who: &str,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: rdkafka::message::OwnedHeaders,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let transactional_id = format!(
+        "{}meterline.{who}.{:016x}",
+        config.topology.namespace,
+        rand::random::<u64>()
+    );
+    let producer: BaseProducer = crate::kafka::create(
+        &crate::kafka::transactional_producer_config(config, &transactional_id),
+        rdkafka::producer::DefaultProducerContext,
+    )?;
+    let timeout = std::time::Duration::from_millis(config.runtime.transaction_call_timeout_ms);
+    producer
+        .init_transactions(timeout)
+        .context("init_transactions")?;
+    producer.begin_transaction()?;
+    let record = BaseRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
+    let sent = crate::kafka::send_waiting(&producer, record)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            producer
+                .commit_transaction(timeout)
+                .map_err(anyhow::Error::from)
+        });
+    if let Err(e) = sent {
+        let _ = producer.abort_transaction(timeout);
+        return Err(e);
+    }
+    Ok(())
+}
+
 pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -71,3 +71,58 @@ impl RetractionRecord {
         serde_json::from_slice(bytes)
     }
 }
+
+/// Version of [`RerateRecord`]; see [`super`] for what a change may do.
+pub const RERATE_RECORD_VERSION: u32 = 1;
+
+/// `meterline rerate` on `usage.enriched` (keyed by the customer), e.g.
+/// `{"rerate":{"id":"…","subscription_id":"sub-1","customer_id":"c-1",
+/// "meter":null,"period":"2026-09-01","charges":[…],"actor":"ana",
+/// "time":"2026-10-03T09:00:00Z"}}`: rate prices the subscription's
+/// segments (those of `meter` and `period` when given) at their current
+/// quantity under `charges` and emits the difference from what they have
+/// been billed so far, one rated record per segment that changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerateRecord {
+    pub rerate: Rerate,
+}
+
+/// The command of a [`RerateRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rerate {
+    /// Names the command (lineage, the rated records' `rerate`).
+    pub id: String,
+    pub subscription_id: String,
+    pub customer_id: String,
+    #[serde(default)]
+    pub meter: Option<String>,
+    /// A billing period id (`YYYY-MM-DD`, its local start date).
+    #[serde(default)]
+    pub period: Option<String>,
+    /// The charges as the reference data has them now, per plan version
+    /// of the subscription's plan.
+    pub charges: Vec<RerateCharge>,
+    pub actor: String,
+    #[serde(with = "super::rfc3339_utc")]
+    pub time: DateTime<Utc>,
+}
+
+/// The corrected charge of one meter in one plan version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerateCharge {
+    pub plan_version: u32,
+    pub charge: super::ResolvedCharge,
+}
+
+impl RerateRecord {
+    pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}

@@ -7,6 +7,7 @@
 //! | [`GateRecord`] (a verdict) | `usage.identified` (partition of origin) | dedupe | dedupe |
 //! | [`ValidatedEvent`] | `usage.validated` (keyed by subject) | dedupe | enrich |
 //! | [`EnrichedEvent`], or a [`RetractionRecord`] | `usage.enriched` | enrich | rate |
+//! | [`RerateRecord`] | `usage.enriched` (keyed by customer) | `meterline rerate` | rate |
 //! | [`RatedEvent`] | `usage.rated` | rate | aggregate, reconcile |
 //! | [`ClosedWindow`] | `usage.windows` | aggregate | post, reconcile |
 //! | [`Posting`] | `finance.postings` | post (accruals, control totals), invoice (what waits for approval) | ERP connectors, reconcile |
@@ -41,7 +42,10 @@ mod rated;
 mod usage;
 mod window;
 
-pub use correction::{Correction, CorrectionKind, RetractionRecord, RETRACTION_RECORD_VERSION};
+pub use correction::{
+    Correction, CorrectionKind, Rerate, RerateCharge, RerateRecord, RetractionRecord,
+    RERATE_RECORD_VERSION, RETRACTION_RECORD_VERSION,
+};
 pub use enriched::{
     rating_segment_id, rating_segment_key, ChargeSource, CustomerInfo, EnrichedEvent,
     ResolvedCharge, Window, ENRICHED_EVENT_VERSION,

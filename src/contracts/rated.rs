@@ -46,6 +46,13 @@ pub struct RatedEvent {
     /// identity and time. Absent on every other record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correction: Option<super::Correction>,
+    /// On the record of a re-rating (`meterline rerate`): the command id.
+    /// One measure, quantity unchanged, the amount the difference between
+    /// the segment's price under the corrected charge and what it was
+    /// billed so far; `enriched` the context of the segment's first event
+    /// under the command's identity and time. Absent on every other record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerate: Option<String>,
 }
 
 /// [`RatedEvent`] as written: the same fields in the same order, with the
@@ -59,6 +66,8 @@ pub struct RatedOut<'a> {
     pub enriched: &'a serde_json::value::RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correction: Option<&'a super::Correction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerate: Option<&'a str>,
 }
 
 /// What one measure of an event did to its rating segment.

@@ -130,6 +130,7 @@ fn rated() -> RatedEvent {
         }],
         enriched,
         correction: None,
+        rerate: None,
     }
 }
 
@@ -368,6 +369,7 @@ fn rated_event_v1_wire_form_and_the_writer_view_agree() {
         measures: &rated.measures,
         enriched: &raw,
         correction: None,
+        rerate: None,
     };
     assert_eq!(serde_json::to_string(&out).unwrap(), golden);
 }

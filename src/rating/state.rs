@@ -177,6 +177,16 @@ pub struct SegmentState {
     /// A prorated charge's timeline of observations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<super::Timeline>,
+    /// What the segment has been billed so far: the sum of the marginal
+    /// amounts the caller recorded ([`SegmentState::record_amount`]), so a
+    /// corrected charge can be billed as `price(quantity) - amount`. None
+    /// for state written before it was kept.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    amount: Option<Decimal>,
 }
 
 impl SegmentState {
@@ -188,7 +198,21 @@ impl SegmentState {
             latest: None,
             allowance: None,
             timeline: None,
+            amount: Some(Decimal::ZERO),
         }
+    }
+
+    /// What the segment has been billed so far (see the field).
+    pub fn amount(&self) -> Option<Decimal> {
+        self.amount
+    }
+
+    /// Adds a marginal amount billed (nothing when the amount is unknown).
+    pub fn record_amount(&mut self, marginal: Decimal) -> Result<(), RatingError> {
+        if let Some(a) = self.amount {
+            self.amount = Some(add(a, marginal)?);
+        }
+        Ok(())
     }
 
     pub fn aggregation(&self) -> Aggregation {

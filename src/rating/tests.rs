@@ -481,14 +481,14 @@ fn segment_state_round_trips_through_json() {
     let json = serde_json::to_string(&state).unwrap();
     assert_eq!(
         json,
-        r#"{"aggregation":"LATEST","quantity":"7.5","latest":{"event_time":1700000000000000,"event_id":"evt-1"}}"#
+        r#"{"aggregation":"LATEST","quantity":"7.5","latest":{"event_time":1700000000000000,"event_id":"evt-1"},"amount":"0"}"#
     );
     assert_eq!(serde_json::from_str::<SegmentState>(&json).unwrap(), state);
 
     let sum = SegmentState::new(Aggregation::Sum);
     assert_eq!(
         serde_json::to_string(&sum).unwrap(),
-        r#"{"aggregation":"SUM","quantity":"0"}"#
+        r#"{"aggregation":"SUM","quantity":"0","amount":"0"}"#
     );
 }
 

@@ -282,6 +282,34 @@ impl Plan {
     pub fn charge(&self, meter: &str) -> Option<&PlanCharge> {
         self.charges.get(meter)
     }
+
+    /// How `meter` is priced for `subscription` under this plan version:
+    /// the subscription's price override, else the plan's charge; the tax
+    /// code, unit and proration always come from the plan (an override
+    /// changes the price, not what is sold). None: neither prices it.
+    pub fn resolve_charge(
+        &self,
+        subscription: &Subscription,
+        meter: &crate::meter::Meter,
+    ) -> Option<crate::contracts::ResolvedCharge> {
+        use crate::contracts::ChargeSource;
+        let plan_charge = self.charge(&meter.slug);
+        let (charge, source) = match subscription.price_overrides.get(&meter.slug) {
+            Some(model) => (model.clone(), ChargeSource::Override),
+            None => (plan_charge?.model.clone(), ChargeSource::Plan),
+        };
+        Some(crate::contracts::ResolvedCharge {
+            meter: meter.slug.clone(),
+            aggregation: meter.aggregation,
+            charge,
+            source,
+            tax_code: plan_charge
+                .and_then(|c| c.tax_code.clone())
+                .or_else(|| self.tax_code.clone()),
+            unit: meter.unit_conversion.as_ref().map(|c| c.unit.clone()),
+            prorate: plan_charge.is_some_and(|c| c.prorate),
+        })
+    }
 }
 
 impl Record for Plan {

@@ -162,6 +162,7 @@ pub(crate) fn rated(
         measures: rated_measures,
         enriched,
         correction: None,
+        rerate: None,
     }
 }
 

@@ -71,7 +71,7 @@ use chrono::{DateTime, Utc};
 
 use crate::calendar;
 use crate::contracts::{
-    rfc3339_utc, ChargeSource, CustomerInfo, EnrichedEvent, ResolvedCharge, ValidatedEvent, Window,
+    rfc3339_utc, CustomerInfo, EnrichedEvent, ResolvedCharge, ValidatedEvent, Window,
 };
 use crate::meter::Meter;
 use crate::refdata::{Customer, Plan, RefKind, RefTables, RefTrigger, Subscription};
@@ -457,23 +457,6 @@ fn resolve_charges(
     let subscription = park.subscription;
     let mut charges = Vec::with_capacity(event.measures.len());
     for measure in &event.measures {
-        let (charge, source) = match subscription.price_overrides.get(&measure.meter) {
-            Some(model) => (model.clone(), ChargeSource::Override),
-            None => match plan.charge(&measure.meter) {
-                Some(plan_charge) => (plan_charge.model.clone(), ChargeSource::Plan),
-                None => {
-                    let (customer, subscription_id, candidate_plans) = park.owned();
-                    return Err(ParkReason::NoChargeForMeter {
-                        customer,
-                        subscription: subscription_id,
-                        plan: plan.id.clone(),
-                        version: plan.version,
-                        meter: measure.meter.clone(),
-                        candidate_plans,
-                    });
-                }
-            },
-        };
         // Checked at the top; the park keeps this path panic-free.
         let meter = meters
             .get(&measure.meter)
@@ -481,23 +464,18 @@ fn resolve_charges(
                 customer: park.customer.to_owned(),
                 meter: measure.meter.clone(),
             })?;
-        charges.push(ResolvedCharge {
-            meter: measure.meter.clone(),
-            aggregation: meter.aggregation,
-            charge,
-            source,
-            tax_code: plan
-                .charge(&measure.meter)
-                .and_then(|plan_charge| plan_charge.tax_code.clone())
-                .or_else(|| plan.tax_code.clone()),
-            unit: meter
-                .unit_conversion
-                .as_ref()
-                .map(|conversion| conversion.unit.clone()),
-            prorate: plan
-                .charge(&measure.meter)
-                .is_some_and(|plan_charge| plan_charge.prorate),
-        });
+        let Some(charge) = plan.resolve_charge(subscription, meter) else {
+            let (customer, subscription_id, candidate_plans) = park.owned();
+            return Err(ParkReason::NoChargeForMeter {
+                customer,
+                subscription: subscription_id,
+                plan: plan.id.clone(),
+                version: plan.version,
+                meter: measure.meter.clone(),
+                candidate_plans,
+            });
+        };
+        charges.push(charge);
     }
     Ok(charges)
 }
@@ -655,7 +633,9 @@ fn windows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contracts::{rating_segment_id, rating_segment_key, Encoding, Measure, Origin};
+    use crate::contracts::{
+        rating_segment_id, rating_segment_key, ChargeSource, Encoding, Measure, Origin,
+    };
     use crate::meter::Aggregation;
     use crate::meter::UnitConversion;
     use crate::rating::ChargeModel;

@@ -323,3 +323,100 @@ fn an_event_whose_period_was_released_is_expired_when_its_time_is_given() {
     let without = run_bytes(&mut h, &retraction("r", "e0", None));
     assert_eq!(reject_code(without), RETRACTION_TARGET_UNKNOWN);
 }
+
+fn rerate_command(id: &str, model: &ChargeModel) -> crate::contracts::Rerate {
+    crate::contracts::Rerate {
+        id: id.into(),
+        subscription_id: "sub-1".into(),
+        customer_id: "cust-1".into(),
+        meter: None,
+        period: None,
+        charges: vec![crate::contracts::RerateCharge {
+            plan_version: 2,
+            charge: crate::contracts::ResolvedCharge {
+                meter: "tokens".into(),
+                aggregation: Aggregation::Sum,
+                charge: model.clone(),
+                source: crate::contracts::ChargeSource::Plan,
+                tax_code: None,
+                unit: None,
+                prorate: false,
+            },
+        }],
+        actor: "ana".into(),
+        time: t0() + Duration::days(1),
+    }
+}
+
+fn send_rerate(h: &mut Harness<RateProcessor>, cmd: &crate::contracts::Rerate) -> Vec<RatedEvent> {
+    let bytes = crate::contracts::RerateRecord {
+        rerate: cmd.clone(),
+    }
+    .to_json_bytes()
+    .unwrap();
+    let out = run_bytes(h, &bytes).unwrap();
+    h.commit().unwrap();
+    out.iter()
+        .map(|o| RatedEvent::from_json_slice(o.value.as_deref().unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_rerate_bills_each_segment_its_corrected_price_once() {
+    let mut h = harness();
+    let old = graduated();
+    let mut amount = Decimal::ZERO;
+    for (i, v) in [dec!(600), dec!(700)].iter().enumerate() {
+        amount += rate(&mut h, &sum_event(&format!("e{i}"), *v, &old)).measures[0].marginal_amount;
+        h.commit().unwrap();
+    }
+    // The plan is corrected: the second tier costs 0.45, not 0.50.
+    let new = ChargeModel::Graduated {
+        tiers: vec![
+            crate::rating::Tier::bounded(dec!(100), dec!(0)),
+            crate::rating::Tier::bounded(dec!(1000), dec!(0.45)).with_flat_fee(dec!(5.00)),
+            crate::rating::Tier::open(dec!(0.40)),
+        ],
+    };
+    // The preview from the store's contents (as the CLI reads the changelog).
+    let cmd = rerate_command("rr-1", &new);
+    let records = h
+        .stores
+        .scan(SEGMENTS, &[0u8], &[0xFFu8], 1_000)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)));
+    let preview = rerate::assess_changelog(records, &cmd);
+    let difference = new.price(dec!(1300)).unwrap() - old.price(dec!(1300)).unwrap();
+    assert_eq!(difference, dec!(-45));
+    assert_eq!(preview.len(), 1);
+    assert_eq!(
+        preview[0].outcome,
+        rerate::Outcome::Adjusted {
+            price: new.price(dec!(1300)).unwrap(),
+            difference
+        }
+    );
+    let out = send_rerate(&mut h, &cmd);
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!(r.rerate.as_deref(), Some("rr-1"));
+    assert_eq!(r.enriched.billing_period.id, "2026-01-01");
+    assert_eq!(r.enriched.event.time, t0() + Duration::days(1));
+    let m = &r.measures[0];
+    assert_eq!(
+        (m.marginal_quantity, m.marginal_amount),
+        (dec!(0), difference)
+    );
+    amount += m.marginal_amount;
+    assert_eq!(amount, new.price(dec!(1300)).unwrap());
+    // Nothing changed since: a second command emits nothing.
+    assert!(send_rerate(&mut h, &rerate_command("rr-2", &new)).is_empty());
+    // Later events are priced under the corrected plan and still telescope.
+    amount += rate(&mut h, &sum_event("e9", dec!(10), &new)).measures[0].marginal_amount;
+    assert_eq!(amount, new.price(dec!(1310)).unwrap());
+    // Another period or meter is out of scope: nothing.
+    let mut other = rerate_command("rr-3", &old);
+    other.period = Some("2026-02-01".into());
+    assert!(send_rerate(&mut h, &other).is_empty());
+}

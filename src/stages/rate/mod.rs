@@ -44,8 +44,11 @@
 //! | `G` segment id | the segment's [`SegmentState`], JSON |
 //! | `U` segment id, unique value | empty: a UNIQUE_COUNT member |
 //! | `W` segment id | a percentage charge's [`crate::rating::AllowanceWindow`], JSON |
-//!
-//! | `E` period end (i64 ms), segment id | empty: the expiry index |
+//! | `S` subscription id, segment id | the enriched record that started the segment: the subscription index of `meterline rerate` ([`rerate`]) |
+//! | `R` source, id | a rated event's enriched record as received, kept for corrections ([`retract`]) |
+//! | `X` source, id | the correction of a corrected event (a second one is refused) |
+//! | `Y` period end (i64 ms), source, id | empty: the expiry index of `R` and `X` |
+//! | `E` period end (i64 ms), segment id | the subscription id (empty before the index existed): the expiry index |
 //!
 //! # Expiry
 //!
@@ -62,14 +65,15 @@
 
 mod price;
 pub mod reason;
+pub mod rerate;
 mod retract;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
 use crate::contracts::{
-    Correction, CorrectionKind, EnrichedEvent, Measure, RatedMeasure, RatedOut, ResolvedCharge,
-    RetractionRecord, ValidatedEvent,
+    Correction, CorrectionKind, EnrichedEvent, Measure, RatedMeasure, RatedOut, Rerate,
+    RerateRecord, ResolvedCharge, RetractionRecord, ValidatedEvent,
 };
 use crate::meter::Aggregation;
 use crate::rating::{Observation, RatingError, SegmentState};
@@ -131,6 +135,8 @@ pub enum RateError {
     RetractionSubjectMismatch { event_source: String, id: String },
     #[error("measure {meter}: cannot be retracted: {detail}")]
     RetractionUnsupported { meter: String, detail: String },
+    #[error("subscription {subscription} has more than {max} segments kept: name a --meter or a --period")]
+    RerateTooLarge { subscription: String, max: usize },
     #[error("measure {meter}: {source}")]
     Rating {
         meter: String,
@@ -154,6 +160,7 @@ impl RateError {
             RateError::AlreadyCorrected { .. } => reason::ALREADY_CORRECTED,
             RateError::RetractionSubjectMismatch { .. } => reason::RETRACTION_SUBJECT_MISMATCH,
             RateError::RetractionUnsupported { .. } => reason::RETRACTION_UNSUPPORTED,
+            RateError::RerateTooLarge { .. } => reason::RERATE_TOO_LARGE,
             RateError::Rating { source, .. } => source.code(),
         }
     }
@@ -216,10 +223,11 @@ impl RateProcessor {
     }
 }
 
-/// What rate reads: an enriched event, or a retraction.
+/// What rate reads: an enriched event, a retraction or a rerate command.
 enum RateInput {
     Event(Box<EnrichedEvent>),
     Retraction(Box<ValidatedEvent>),
+    Rerate(Box<Rerate>),
 }
 
 /// Parses and checks the shape rate relies on.
@@ -228,12 +236,15 @@ fn parse(bytes: Option<&[u8]>) -> Result<RateInput, RateError> {
     let enriched = match EnrichedEvent::from_json_slice(bytes) {
         Ok(e) => e,
         Err(e) => {
-            return match RetractionRecord::from_json_slice(bytes) {
-                Ok(r) if retraction_of(&r.retraction).is_some() => {
-                    Ok(RateInput::Retraction(Box::new(r.retraction)))
+            if let Ok(r) = RetractionRecord::from_json_slice(bytes) {
+                if retraction_of(&r.retraction).is_some() {
+                    return Ok(RateInput::Retraction(Box::new(r.retraction)));
                 }
-                _ => Err(RateError::Malformed(e.to_string())),
             }
+            return match RerateRecord::from_json_slice(bytes) {
+                Ok(r) => Ok(RateInput::Rerate(Box::new(r.rerate))),
+                Err(_) => Err(RateError::Malformed(e.to_string())),
+            };
         }
     };
     if enriched.charges.len() != enriched.event.measures.len() {
@@ -285,7 +296,7 @@ impl Processor for RateProcessor {
         let due = ctx
             .stores
             .scan(SEGMENTS, &[EXPIRY_PREFIX], &to, EXPIRE_BATCH_SEGMENTS)?;
-        for (index_key, _) in due {
+        for (index_key, subscription) in due {
             let mut r = crate::store::keys::KeyReader::new(&index_key, EXPIRY_PREFIX)
                 .map_err(|e| StageError::Fatal(format!("expiry index key: {e}")))?;
             let _period_end = r
@@ -311,6 +322,13 @@ impl Processor for RateProcessor {
                 }
             }
             ctx.stores.delete(SEGMENTS, window_key(&id));
+            if let Ok(sub) = std::str::from_utf8(&subscription) {
+                // Empty for a segment started before the index existed.
+                if !sub.is_empty() {
+                    ctx.stores
+                        .delete(SEGMENTS, rerate::subscription_key(sub, &id));
+                }
+            }
             ctx.stores.delete(SEGMENTS, segment_key(&id));
             ctx.stores.delete(SEGMENTS, index_key);
         }
@@ -321,6 +339,7 @@ impl Processor for RateProcessor {
         match parse(rec.value)? {
             RateInput::Event(enriched) => self.rate_event(rec, &enriched, ctx),
             RateInput::Retraction(by) => self.retract_only(rec, &by, ctx),
+            RateInput::Rerate(cmd) => self.rerate(rec, &cmd, ctx),
         }
     }
 }
@@ -356,7 +375,12 @@ impl RateProcessor {
             None => None,
         };
         rating.compute(enriched, ctx)?;
-        rating.store(ctx, period_end_ms)?;
+        let started = Started {
+            period_end_ms,
+            subscription_id: &enriched.subscription_id,
+            context: rec.value.unwrap_or_default(),
+        };
+        rating.store(ctx, Some(&started))?;
         retract::remember(
             ctx,
             &enriched.event,
@@ -385,8 +409,8 @@ impl RateProcessor {
         };
         let mut rating = EventRating::default();
         let r = rating.retract(by, c, self.expiry_cutoff_ms(ctx.now_ms), ctx)?;
-        // A retraction starts no segment: no expiry entry is written.
-        rating.store(ctx, i64::MAX)?;
+        // A retraction starts no segment.
+        rating.store(ctx, None)?;
         retract::record_corrected_step(ctx, by, &r, rec.partition, rec.offset)?;
         record_rated_step(rec, by, &[], Some(&r.measures), ctx)?;
         ctx.emit(self.retraction_output(by, &r)?);
@@ -413,6 +437,7 @@ impl RateProcessor {
             measures,
             enriched: raw,
             correction: None,
+            rerate: None,
         })
         .map_err(|e| StageError::Fatal(format!("serializing a rated event: {e}")))?;
         Ok(Output {
@@ -478,6 +503,14 @@ struct EventRating {
     windows: price::Windows,
     /// One per measure, in the event's order.
     measures: Vec<RatedMeasure>,
+}
+
+/// The event that started segments: their expiry and subscription index
+/// entries (the latter with the enriched record as received).
+struct Started<'a> {
+    period_end_ms: i64,
+    subscription_id: &'a str,
+    context: &'a [u8],
 }
 
 /// How many kept events of a segment have a unique-count member.
@@ -561,6 +594,7 @@ impl EventRating {
         }
         .price(&mut state, &change, &mut self.windows, ctx)?;
         let delta = change.delta().map_err(rating)?;
+        state.record_amount(priced.amount).map_err(rating)?;
         self.measures.push(RatedMeasure {
             meter: meter(),
             segment_key: key,
@@ -640,7 +674,7 @@ impl EventRating {
 
     /// Writes the segment states, the new members and the expiry index
     /// entries of the segments the event started.
-    fn store(&self, ctx: &mut Ctx<'_>, period_end_ms: i64) -> Result<(), StageError> {
+    fn store(&self, ctx: &mut Ctx<'_>, started: Option<&Started<'_>>) -> Result<(), StageError> {
         for (id, state) in &self.states {
             let bytes = serde_json::to_vec(state)
                 .map_err(|e| StageError::Fatal(format!("encoding segment state: {e}")))?;
@@ -663,9 +697,20 @@ impl EventRating {
                 .map_err(|e| StageError::Fatal(format!("encoding an allowance window: {e}")))?;
             ctx.stores.put(SEGMENTS, window_key(id), bytes);
         }
+        if self.created.is_empty() {
+            return Ok(());
+        }
+        let s = started
+            .ok_or_else(|| StageError::Fatal("a segment started without its event".into()))?;
         for id in &self.created {
+            let sub = s.subscription_id.as_bytes().to_vec();
             ctx.stores
-                .put(SEGMENTS, expiry_key(period_end_ms, id), Vec::new());
+                .put(SEGMENTS, expiry_key(s.period_end_ms, id), sub);
+            ctx.stores.put(
+                SEGMENTS,
+                rerate::subscription_key(s.subscription_id, id),
+                s.context.to_vec(),
+            );
         }
         Ok(())
     }
@@ -1249,9 +1294,9 @@ mod tests {
             rate(&mut h, &e);
             h.commit().unwrap();
         }
-        // Two segments, two members, two index entries; three kept events
-        // with their index entries (for corrections).
-        assert_eq!(h.stores.approximate_keys(SEGMENTS), 12);
+        // Two segments, two members, two expiry and two subscription index
+        // entries; three kept events with their index entries (corrections).
+        assert_eq!(h.stores.approximate_keys(SEGMENTS), 14);
         let punctuate = |h: &mut Harness<RateProcessor>, at: DateTime<Utc>| {
             h.now_ms = at.timestamp_millis();
             let out = h.punctuate().unwrap();
@@ -1262,7 +1307,7 @@ mod tests {
         punctuate(&mut h, feb1 + Duration::days(59));
         assert_eq!(
             h.stores.approximate_keys(SEGMENTS),
-            12,
+            14,
             "inside the retention"
         );
         punctuate(&mut h, feb1 + Duration::days(61));

@@ -25,6 +25,8 @@ crate::reason_codes! {
         "A retraction or amendment names an event of another subject; nothing changed.";
     RETRACTION_UNSUPPORTED => "retraction_unsupported",
         "A retraction or amendment names an event with a measure that cannot be taken back (MAX, LATEST, percentage, prorated); nothing changed.";
+    RERATE_TOO_LARGE => "rerate_too_large",
+        "A rerate command's subscription has more segments kept than one command re-rates (MAX_RERATE_SEGMENTS); name a meter or a period.";
     @also [
         crate::rating::reasons::NEGATIVE_QUANTITY,
         crate::rating::reasons::NEGATIVE_VALUE,
@@ -99,6 +101,10 @@ mod tests {
                 meter: "m".into(),
                 detail: "x".into(),
             },
+            E::RerateTooLarge {
+                subscription: "s".into(),
+                max: 1,
+            },
         ];
         all.extend(
             crate::rating::reasons::one_of_each()
@@ -122,6 +128,7 @@ mod tests {
                 | E::AlreadyCorrected { .. }
                 | E::RetractionSubjectMismatch { .. }
                 | E::RetractionUnsupported { .. }
+                | E::RerateTooLarge { .. }
                 | E::Rating { .. } => {}
             }
         }

@@ -178,6 +178,7 @@ impl EventRating {
             Pricing::Cumulative => priced.amount,
         };
         let delta = change.delta().map_err(rating)?;
+        state.record_amount(amount).map_err(rating)?;
         self.states.insert(id.clone(), state);
         Ok(RatedMeasure {
             meter: meter(),
@@ -358,6 +359,7 @@ impl RateProcessor {
             measures: &r.measures,
             enriched: &raw,
             correction: Some(&r.correction),
+            rerate: None,
         })
         .map_err(fatal)?;
         Ok(Output {
