@@ -279,6 +279,14 @@ fn corrected_usage(events: &[Usage]) -> Vec<Usage> {
 
 /// (subscription, period id, meter) -> the models' price of `events`.
 fn expected_books(events: &[Usage]) -> BTreeMap<(String, String, String), Decimal> {
+    expected_books_with(events, TOKENS)
+}
+
+/// [`expected_books`] with `tokens` as the tokens charge.
+fn expected_books_with(
+    events: &[Usage],
+    tokens: &str,
+) -> BTreeMap<(String, String, String), Decimal> {
     // Segment (subscription, period, meter, group) -> its events.
     let mut segments: BTreeMap<(String, String, &str, String), Vec<&Usage>> = BTreeMap::new();
     for e in events {
@@ -325,7 +333,7 @@ fn expected_books(events: &[Usage]) -> BTreeMap<(String, String, String), Decima
                 .unwrap(),
         };
         let json = match meter {
-            "tokens" => TOKENS,
+            "tokens" => tokens,
             "api_calls" => API_CALLS,
             "active_users" => USERS,
             _ => SEATS,
@@ -570,4 +578,104 @@ fn sigkill_of_rate_three_times_applies_each_retraction_once() {
     want.retain(|_, v| !v.is_zero());
     got.retain(|_, v| !v.is_zero());
     assert_eq!(got, want);
+}
+
+/// The tokens charge corrected: the second tier at 0.0012 instead of 0.0015.
+const TOKENS_CORRECTED: &str = r#"{"model":"graduated","tiers":[{"up_to":"1000","unit_price":"0.002"},{"up_to":"5000","unit_price":"0.0012","flat_fee":"1.00"},{"up_to":null,"unit_price":"0.001"}]}"#;
+
+fn rated_records(w: &World) -> Vec<RatedEvent> {
+    read_all(&w.topic("usage.rated"), true)
+        .iter()
+        .map(|r| RatedEvent::from_json_slice(r.value.as_deref().unwrap()).unwrap())
+        .collect()
+}
+
+/// (period, meter) -> the sum of the subscription's rated amounts.
+fn rated_books(rated: &[RatedEvent], subscription: &str) -> BTreeMap<(String, String), Decimal> {
+    let mut out = BTreeMap::new();
+    for r in rated
+        .iter()
+        .filter(|r| r.enriched.subscription_id == subscription)
+    {
+        for m in &r.measures {
+            *out.entry((r.enriched.billing_period.id.clone(), m.meter.clone()))
+                .or_insert(Decimal::ZERO) += m.marginal_amount;
+        }
+    }
+    out
+}
+
+fn stdout_of(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn rerate_after_a_corrected_plan_bills_the_corrected_price_once() {
+    let (w, events) = setup("rerate");
+    let mut run = w.spawn_stage(&all_stages(), "a");
+    wait_until("every event rated", || {
+        rated_records(&w).len() >= events.len()
+    });
+    let sub = "s-c-0";
+    // Nothing corrected yet: every segment unchanged, nothing sent.
+    let o = w.run(&["rerate", "--subscription", sub]);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains("nothing to re-rate"),
+        "{}",
+        stdout_of(&o)
+    );
+
+    let corrected = plan().replace(TOKENS, TOKENS_CORRECTED);
+    w.load_refdata("plans", &corrected);
+    let dry = w.run(&["rerate", "--subscription", sub, "--dry-run"]);
+    let text = stdout_of(&dry);
+    assert!(dry.status.success(), "{text}");
+    assert_eq!(
+        text.matches("price now").count(),
+        2,
+        "two tokens segments: {text}"
+    );
+    assert!(text.contains("dry run: nothing sent"), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = rated_records(&w);
+    assert_eq!(before.len(), events.len(), "a dry run sends nothing");
+
+    let o = w.run(&["rerate", "--subscription", sub, "--actor", "ana"]);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains("applied: 2 adjustment(s)"),
+        "{}",
+        stdout_of(&o)
+    );
+    let after = rated_records(&w);
+    let mine: Vec<&Usage> = events.iter().filter(|e| e.customer == "c-0").collect();
+    let mine: Vec<Usage> = mine.into_iter().cloned().collect();
+    // The tokens segments at the corrected price of their quantity.
+    let want: BTreeMap<(String, String), Decimal> = expected_books_with(&mine, TOKENS_CORRECTED)
+        .into_iter()
+        .map(|((_, p, m), v)| ((p, m), v))
+        .collect();
+    assert_eq!(rated_books(&after, sub), want);
+    assert_ne!(
+        rated_books(&before, sub),
+        want,
+        "the correction changed the books"
+    );
+    // Other subscriptions untouched.
+    assert_eq!(rated_books(&after, "s-c-1"), rated_books(&before, "s-c-1"));
+    // A second run with nothing changed emits nothing.
+    let o = w.run(&["rerate", "--subscription", sub]);
+    assert!(
+        stdout_of(&o).contains("nothing to re-rate"),
+        "{}",
+        stdout_of(&o)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rated_records(&w).len(), after.len());
+    assert!(terminate(&mut run).success());
 }
