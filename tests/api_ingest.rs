@@ -249,6 +249,47 @@ fn batches_land_once_and_bad_requests_get_problems() {
     );
     expected.push("partner-1".into());
 
+    // Corrections are events like any other: a retraction and an amendment
+    // are accepted (the amendment passes as its replacement), a malformed
+    // one is a problem with validate's code.
+    let now = now_rfc3339();
+    let retraction = cloudevent(
+        "app/web",
+        "retract-1",
+        "meterline.usage.retract",
+        "cust-1",
+        &now,
+        r#"{"source":"app/web","id":"b0-e1"}"#,
+    );
+    let replacement = event("app/web", "b0-e2-v2", "cust-2", "3");
+    let amendment = cloudevent(
+        "app/web",
+        "amend-1",
+        "meterline.usage.amend",
+        "cust-2",
+        &now,
+        &format!(r#"{{"source":"app/web","id":"b0-e2","event":{replacement}}}"#),
+    );
+    let a = post_events(
+        port,
+        Some(INGEST_TOKEN),
+        ct,
+        &batch(&[retraction, amendment]),
+    );
+    assert_eq!(a.status, 204, "{}", a.body);
+    expected.extend(["retract-1".into(), "b0-e2-v2".into()]);
+    let no_id = cloudevent(
+        "app/web",
+        "retract-2",
+        "meterline.usage.retract",
+        "cust-1",
+        &now,
+        r#"{"source":"app/web"}"#,
+    );
+    let a = post_events(port, Some(INGEST_TOKEN), ct, &batch(&[no_id]));
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["errors"][0]["code"], "retraction_invalid");
+
     // Malformed requests: each a 4xx problem with its code.
     let huge = batch(&vec![
         event("app/web", "big", "cust-1", "1");
@@ -290,7 +331,7 @@ fn batches_land_once_and_bad_requests_get_problems() {
 
     // usage.events: every accepted request's events, keyed by subject, the
     // exact bytes the client sent; the refused ones never.
-    let accepted = BATCHES * EVENTS_PER_BATCH * 2 + 2 + 1;
+    let accepted = BATCHES * EVENTS_PER_BATCH * 2 + 2 + 1 + 2;
     let raw = read_all(&w.topic("usage.events"), true);
     assert_eq!(raw.len(), accepted);
     for r in &raw {

@@ -678,4 +678,10 @@ fn rerate_after_a_corrected_plan_bills_the_corrected_price_once() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(rated_records(&w).len(), after.len());
     assert!(terminate(&mut run).success());
+    let o = w.run(&["reconcile"]);
+    let report = stdout_of(&o);
+    assert!(
+        o.status.success() && report.contains("reconcile: OK"),
+        "{report}"
+    );
 }

@@ -344,10 +344,12 @@ fn read_usage_topics(
     for_each_record(config, &config.topic(names::RATED), |m| {
         flight.saw("aggregate", m);
         if let Some(r) = parse_or_count(m, u, crate::contracts::RatedEvent::from_json_slice) {
-            // An amendment's retraction half is the second rated record of
-            // one enriched record: rate_in counts records, one per input.
+            // rate_in counts one rated record per input: an amendment's
+            // retraction half comes with its replacement, and a rerate's
+            // adjustments with a command that has no event day.
             let amend = crate::contracts::CorrectionKind::Amend;
-            if r.correction.as_ref().is_none_or(|c| c.kind != amend) {
+            let companion = r.correction.as_ref().is_some_and(|c| c.kind == amend);
+            if !companion && r.rerate.is_none() {
                 days.push((
                     names::RATED.to_string(),
                     lineage::day_of(r.enriched.event.time),

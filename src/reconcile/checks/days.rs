@@ -155,7 +155,8 @@ fn enriched_topic(subject: &str, e: &DayCounters, enriched: u64) -> Check {
 }
 
 /// `rate_in`: records of `usage.enriched` = records of `usage.rated` (an
-/// amendment's retraction half not counted: it comes with its replacement) +
+/// amendment's retraction half not counted: it comes with its replacement;
+/// nor a rerate's adjustments: its command has no event day) +
 /// `meterline.dlq.rate`.
 fn rate_in(subject: &str, enriched: u64, rated: u64, dlq_r: u64) -> Check {
     count_check(

@@ -460,13 +460,19 @@ fn record_rated_step(
     ctx: &mut Ctx<'_>,
 ) -> Result<(), StageError> {
     let fatal = |e: serde_json::Error| StageError::Fatal(format!("serializing lineage: {e}"));
-    let mut detail = serde_json::json!({
-        "measures": serde_json::to_value(measures).map_err(fatal)?
-    });
+    let mut detail = serde_json::Map::new();
+    detail.insert(
+        "measures".into(),
+        serde_json::to_value(measures).map_err(fatal)?,
+    );
     if let (Some(r), Some(c)) = (retracted, &event.correction) {
-        detail["corrects"] = serde_json::to_value(c).map_err(fatal)?;
-        detail["retracted_measures"] = serde_json::to_value(r).map_err(fatal)?;
+        detail.insert("corrects".into(), serde_json::to_value(c).map_err(fatal)?);
+        detail.insert(
+            "retracted_measures".into(),
+            serde_json::to_value(r).map_err(fatal)?,
+        );
     }
+    let detail = serde_json::Value::Object(detail);
     crate::lineage::record_step(
         ctx,
         LINEAGE,
