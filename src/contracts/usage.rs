@@ -146,6 +146,21 @@ pub struct ValidatedEvent {
 }
 
 impl ValidatedEvent {
+    /// A usage event that passed validation, with its measures.
+    pub fn accepted(event: CloudEvent, measures: Vec<Measure>, origin: Origin) -> Self {
+        ValidatedEvent {
+            source: event.source,
+            id: event.id,
+            event_type: event.event_type,
+            subject: event.subject,
+            time: event.time,
+            measures,
+            data: event.data,
+            origin,
+            correction: None,
+        }
+    }
+
     /// The record value for `usage.validated` (and the claim's `event`).
     pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)

@@ -46,17 +46,9 @@ pub fn retraction(event: CloudEvent, origin: Origin) -> Result<ValidatedEvent, R
                 .into(),
         ));
     }
-    Ok(ValidatedEvent {
-        source: event.source,
-        id: event.id,
-        event_type: event.event_type,
-        subject: event.subject,
-        time: event.time,
-        measures: Vec::new(),
-        data: event.data,
-        origin,
-        correction: Some(correction),
-    })
+    let mut validated = ValidatedEvent::accepted(event, Vec::new(), origin);
+    validated.correction = Some(correction);
+    Ok(validated)
 }
 
 /// An amendment's replacement as a [`ValidatedEvent`] carrying the

@@ -361,17 +361,7 @@ pub(super) fn usage_event(
         .iter()
         .map(|meter| measure(meter, &event.data))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ValidatedEvent {
-        source: event.source,
-        id: event.id,
-        event_type: event.event_type,
-        subject: event.subject,
-        time: event.time,
-        measures,
-        data: event.data,
-        origin,
-        correction: None,
-    })
+    Ok(ValidatedEvent::accepted(event, measures, origin))
 }
 
 /// Rule 3.

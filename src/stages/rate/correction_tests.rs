@@ -212,32 +212,39 @@ fn max_latest_and_percentage_measures_are_refused_and_nothing_changes() {
     let per_unit = ChargeModel::PerUnit {
         unit_price: dec!(1),
     };
-    let e = enriched(
-        "e0",
-        t0(),
-        vec![
-            (
-                measure("tokens", Some(dec!(5)), None),
-                Aggregation::Sum,
-                per_unit.clone(),
-            ),
-            (
-                measure("peak", Some(dec!(9)), None),
-                Aggregation::Max,
-                per_unit.clone(),
-            ),
-        ],
-    );
-    rate(&mut h, &e);
-    h.commit().unwrap();
-    for _ in 0..2 {
-        assert_eq!(
-            retract(&mut h, "r", "e0").unwrap_err(),
-            RETRACTION_UNSUPPORTED
+    let take_rate = ChargeModel::Percentage(crate::rating::PercentageModel::example());
+    let refused = [
+        ("peak", Aggregation::Max, per_unit.clone()),
+        ("storage", Aggregation::Latest, per_unit.clone()),
+        ("payments", Aggregation::Sum, take_rate),
+    ];
+    for (i, (meter, aggregation, model)) in refused.into_iter().enumerate() {
+        // A SUM measure that could go, with one that cannot: neither goes.
+        let e = enriched(
+            &format!("e{i}"),
+            t0(),
+            vec![
+                (
+                    measure("tokens", Some(dec!(5)), None),
+                    Aggregation::Sum,
+                    per_unit.clone(),
+                ),
+                (measure(meter, Some(dec!(9)), None), aggregation, model),
+            ],
         );
+        rate(&mut h, &e);
+        h.commit().unwrap();
+        for _ in 0..2 {
+            let r = retract(&mut h, "r", &format!("e{i}"));
+            assert_eq!(r.unwrap_err(), RETRACTION_UNSUPPORTED, "{meter}");
+        }
     }
-    let next = rate(&mut h, &sum_event("e1", dec!(1), &per_unit));
-    assert_eq!(next.measures[0].quantity_before, dec!(5), "e0 still counts");
+    let next = rate(&mut h, &sum_event("e9", dec!(1), &per_unit));
+    assert_eq!(
+        next.measures[0].quantity_before,
+        dec!(15),
+        "all three still count"
+    );
 }
 
 #[test]
