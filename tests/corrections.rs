@@ -6,13 +6,15 @@
 //! (months four and three before the current one, so the test holds
 //! whatever day it runs). Then, timed at the end of P1 (P0 already closed):
 //!
-//! * 9 retractions (5%), 6 of events of the closed P0 and 3 of P1;
+//! * 10 retractions (5%), 7 of events of the closed P0 (one a MAX meter's,
+//!   which falls back on the other observation of its segment) and 3 of P1;
 //! * 2 amendments (1%), one of each period;
 //! * five corrections that must be dead-lettered by rate with their code
 //!   and change nothing: a retraction of an event already retracted, of an
-//!   unknown event, of an event older than any state kept, of a MAX meter's
-//!   event, and an amendment of an unknown event (its replacement must not
-//!   be billed either);
+//!   unknown event, of an event older than any state kept, of an event of a
+//!   MAX segment with more observations than `rate.correction_history_max`
+//!   (2 here), and an amendment of an unknown event (its replacement must
+//!   not be billed either);
 //!
 //! then one event per customer two months later, which closes P1 and P2.
 //!
@@ -41,7 +43,8 @@ use rust_decimal::Decimal;
 /// Events up to 5 months old are accepted; one day of grace; the idle
 /// advance is off for the test's length (a clock event closes periods).
 const CONFIG: &str = "[validate]\nmax_event_age_days = 200\ndedupe_horizon_days = 201\n\
-[aggregate]\ngrace_period_s = 86400\nidle_advance_s = 86400\n";
+[aggregate]\ngrace_period_s = 86400\nidle_advance_s = 86400\n\
+[rate]\ncorrection_history_max = 2\n";
 const SOURCE: &str = "svc";
 const OPS: &str = "ops";
 const CUSTOMERS: [&str; 3] = ["c-0", "c-1", "c-2"];
@@ -163,20 +166,26 @@ fn usage() -> Vec<Usage> {
                 kind,
             });
         }
-        out.push(Usage {
-            customer,
-            id: format!("{customer}-seats"),
-            time: p0 + chrono::TimeDelta::hours(1),
-            kind: Kind::Seats(3 + k as u32),
-        });
+        // Seats: c-0 three observations (beyond the bound of 2), c-1 two,
+        // c-2 one.
+        let seats: [&[u32]; 3] = [&[3, 5, 4], &[6, 2], &[7]];
+        for (j, n) in seats[k].iter().enumerate() {
+            out.push(Usage {
+                customer,
+                id: format!("{customer}-seats{j}"),
+                time: p0 + chrono::TimeDelta::hours(1 + j as i64),
+                kind: Kind::Seats(*n),
+            });
+        }
     }
     out
 }
 
 /// The retracted events: per customer k, events 5 + 4k (tokens), 26 + 4k
-/// (api call) and 39 + 4k (user); those below 30 are in P0.
+/// (api call) and 39 + 4k (user), those below 30 in P0; and c-1's peak of 6
+/// seats (its segment falls back on 2).
 fn retracted() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+    let mut out = BTreeSet::from(["c-1-seats0".to_string()]);
     for (k, c) in CUSTOMERS.iter().enumerate() {
         for i in [5 + 4 * k, 26 + 4 * k, 39 + 4 * k] {
             out.insert(format!("{c}-e{i}"));
@@ -236,12 +245,12 @@ fn corrections(events: &[Usage]) -> Vec<(String, String)> {
         out.push((e.customer.to_string(), amend));
     }
     // Refused by rate, each with its code.
-    let first = retracted().into_iter().next().unwrap();
+    let first = "c-0-e5".to_string();
     let ancient = rfc3339(Utc::now() - chrono::TimeDelta::days(400));
     out.push(retract("bad-twice", "c-0", &first, None));
     out.push(retract("bad-unknown", "c-0", "no-such-event", None));
     out.push(retract("bad-expired", "c-0", "ancient", Some(ancient)));
-    out.push(retract("bad-max", "c-0", "c-0-seats", None));
+    out.push(retract("bad-max", "c-0", "c-0-seats1", None));
     let ghost = Usage {
         customer: "c-0",
         id: "ghost-v2".into(),

@@ -168,6 +168,28 @@ fn malformed(code: &str, n: usize, registry: bool) -> Option<Record> {
             )),
             &sub,
         ),
+        "retraction_invalid" => structured(
+            cloudevent(
+                "src-a",
+                &id,
+                "meterline.usage.retract",
+                &sub,
+                &now,
+                r#"{"source":"src-a"}"#,
+            ),
+            &sub,
+        ),
+        "amendment_invalid" => structured(
+            cloudevent(
+                "src-a",
+                &id,
+                "meterline.usage.amend",
+                &sub,
+                &now,
+                r#"{"source":"src-a","id":"evt-0","event":{"id":"x"}}"#,
+            ),
+            &sub,
+        ),
         // Own tests: need a raw header key / require_signature on.
         "invalid_header" | "signature_required" => return None,
         // An object group value must not open a new billing segment.

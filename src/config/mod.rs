@@ -359,7 +359,19 @@ pub struct RateConfig {
     /// [`SEGMENT_RETENTION_MARGIN_DAYS`].
     #[serde(default)]
     pub segment_retention_days: Option<u32>,
+    /// MAX and LATEST segments keep up to this many observations so that a
+    /// retraction can fall back on the others; a segment with more refuses
+    /// retractions (`retraction_unsupported`). Unset:
+    /// [`DEFAULT_CORRECTION_HISTORY_MAX`]; at most
+    /// [`CORRECTION_HISTORY_MAX_LIMIT`] (a retraction reads them all).
+    #[serde(default)]
+    pub correction_history_max: Option<u32>,
 }
+
+/// Default of `rate.correction_history_max`, in observations per segment.
+pub const DEFAULT_CORRECTION_HISTORY_MAX: u32 = 1_000;
+/// The largest `rate.correction_history_max` accepted.
+pub const CORRECTION_HISTORY_MAX_LIMIT: u32 = 10_000;
 
 /// Days a rating segment outlives the oldest acceptable event by default:
 /// room for events parked on `usage.exceptions` and healed later.
@@ -638,6 +650,12 @@ impl Config {
             )));
         }
         self.check_correction_types()?;
+        if self.correction_history_max() > CORRECTION_HISTORY_MAX_LIMIT {
+            return Err(ConfigError::Invalid(format!(
+                "rate.correction_history_max ({}) must be at most {CORRECTION_HISTORY_MAX_LIMIT}",
+                self.correction_history_max()
+            )));
+        }
         for (source, key) in &self.validate.hmac_keys_hex {
             if hex::decode(key).is_err() || key.is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -668,6 +686,13 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// `rate.correction_history_max`, or its default.
+    pub fn correction_history_max(&self) -> u32 {
+        self.rate
+            .correction_history_max
+            .unwrap_or(DEFAULT_CORRECTION_HISTORY_MAX)
     }
 
     /// `rate.segment_retention_days`, or its default.

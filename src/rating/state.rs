@@ -187,6 +187,15 @@ pub struct SegmentState {
         with = "rust_decimal::serde::str_option"
     )]
     amount: Option<Decimal>,
+    /// MAX and LATEST: how many observations the caller keeps for
+    /// corrections; None when it keeps none (another aggregation, or state
+    /// written by an older version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<u32>,
+    /// More observations arrived than the caller's bound: the kept ones are
+    /// incomplete, a retraction cannot fall back on them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    history_overflow: bool,
 }
 
 impl SegmentState {
@@ -199,7 +208,57 @@ impl SegmentState {
             allowance: None,
             timeline: None,
             amount: Some(Decimal::ZERO),
+            history: matches!(aggregation, Aggregation::Max | Aggregation::Latest).then_some(0),
+            history_overflow: false,
         }
+    }
+
+    /// MAX and LATEST: whether the caller keeps one more observation for
+    /// corrections (at most `max`; one more marks the history incomplete).
+    pub fn keep_history(&mut self, max: u32) -> bool {
+        match self.history {
+            Some(n) if !self.history_overflow && n < max => {
+                self.history = Some(n.saturating_add(1));
+                true
+            }
+            Some(_) => {
+                self.history_overflow = true;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Whether every observation is kept (a retraction can fall back on
+    /// the others).
+    pub fn history_complete(&self) -> bool {
+        self.history.is_some() && !self.history_overflow
+    }
+
+    /// A retraction of a MAX or LATEST observation: the quantity (and
+    /// LATEST's key) the caller recomputed from the kept observations
+    /// without it. On error the state is unchanged.
+    pub fn fall_back(
+        &mut self,
+        quantity: Decimal,
+        latest: Option<EventKey>,
+    ) -> Result<QuantityChange, RatingError> {
+        if !matches!(self.aggregation, Aggregation::Max | Aggregation::Latest) {
+            return Err(RatingError::ObservationMismatch {
+                aggregation: self.aggregation,
+                observation: "fall_back",
+            });
+        }
+        let before = self.quantity;
+        self.quantity = non_negative(quantity)?;
+        if self.aggregation == Aggregation::Latest {
+            self.latest = latest;
+        }
+        self.history = self.history.map(|n| n.saturating_sub(1));
+        Ok(QuantityChange {
+            before,
+            after: self.quantity,
+        })
     }
 
     /// What the segment has been billed so far (see the field).

@@ -481,7 +481,7 @@ fn segment_state_round_trips_through_json() {
     let json = serde_json::to_string(&state).unwrap();
     assert_eq!(
         json,
-        r#"{"aggregation":"LATEST","quantity":"7.5","latest":{"event_time":1700000000000000,"event_id":"evt-1"},"amount":"0"}"#
+        r#"{"aggregation":"LATEST","quantity":"7.5","latest":{"event_time":1700000000000000,"event_id":"evt-1"},"amount":"0","history":0}"#
     );
     assert_eq!(serde_json::from_str::<SegmentState>(&json).unwrap(), state);
 

@@ -207,20 +207,19 @@ fn every_measure_of_an_event_is_taken_back_count_and_volume_tiers_too() {
 }
 
 #[test]
-fn max_latest_and_percentage_measures_are_refused_and_nothing_changes() {
+fn percentage_and_prorated_measures_are_refused_and_nothing_changes() {
     let mut h = harness();
     let per_unit = ChargeModel::PerUnit {
         unit_price: dec!(1),
     };
     let take_rate = ChargeModel::Percentage(crate::rating::PercentageModel::example());
     let refused = [
-        ("peak", Aggregation::Max, per_unit.clone()),
-        ("storage", Aggregation::Latest, per_unit.clone()),
-        ("payments", Aggregation::Sum, take_rate),
+        ("payments", Aggregation::Sum, take_rate, false),
+        ("seats", Aggregation::Max, per_unit.clone(), true),
     ];
-    for (i, (meter, aggregation, model)) in refused.into_iter().enumerate() {
+    for (i, (meter, aggregation, model, prorate)) in refused.into_iter().enumerate() {
         // A SUM measure that could go, with one that cannot: neither goes.
-        let e = enriched(
+        let mut e = enriched(
             &format!("e{i}"),
             t0(),
             vec![
@@ -232,6 +231,7 @@ fn max_latest_and_percentage_measures_are_refused_and_nothing_changes() {
                 (measure(meter, Some(dec!(9)), None), aggregation, model),
             ],
         );
+        e.charges[1].prorate = prorate;
         rate(&mut h, &e);
         h.commit().unwrap();
         for _ in 0..2 {
@@ -242,9 +242,91 @@ fn max_latest_and_percentage_measures_are_refused_and_nothing_changes() {
     let next = rate(&mut h, &sum_event("e9", dec!(1), &per_unit));
     assert_eq!(
         next.measures[0].quantity_before,
-        dec!(15),
-        "all three still count"
+        dec!(10),
+        "both still count"
     );
+}
+
+/// One MAX or LATEST measure worth `value` at `t0 + minutes`.
+fn gauge(id: &str, aggregation: Aggregation, value: Decimal, minutes: i64) -> EnrichedEvent {
+    let per_unit = ChargeModel::PerUnit {
+        unit_price: dec!(2),
+    };
+    enriched(
+        id,
+        t0() + Duration::minutes(minutes),
+        vec![(
+            measure(&format!("{aggregation:?}"), Some(value), None),
+            aggregation,
+            per_unit,
+        )],
+    )
+}
+
+#[test]
+fn max_and_latest_fall_back_on_the_observations_kept() {
+    let mut h = harness();
+    // MAX: 5, 9, 7, 9; the quantity is 9 until both nines go.
+    for (i, v) in [dec!(5), dec!(9), dec!(7), dec!(9)].iter().enumerate() {
+        rate(&mut h, &gauge(&format!("m{i}"), Aggregation::Max, *v, 0));
+        h.commit().unwrap();
+    }
+    let m = retract(&mut h, "r1", "m1").unwrap().measures.remove(0);
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(9), dec!(0)));
+    let m = retract(&mut h, "r3", "m3").unwrap().measures.remove(0);
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(7), dec!(-4)));
+    h.commit().unwrap();
+    // LATEST: 3 at 0:10, 8 at 0:20, 6 at 0:30 (arriving out of order).
+    for (id, v, at) in [
+        ("l0", dec!(3), 10),
+        ("l2", dec!(6), 30),
+        ("l1", dec!(8), 20),
+    ] {
+        rate(&mut h, &gauge(id, Aggregation::Latest, v, at));
+        h.commit().unwrap();
+    }
+    let latest = |h: &mut Harness<RateProcessor>, id: &str| {
+        retract(h, &format!("r-{id}"), id)
+            .unwrap()
+            .measures
+            .remove(0)
+    };
+    let m = latest(&mut h, "l2");
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(8), dec!(4)));
+    let m = latest(&mut h, "l0");
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(8), dec!(0)));
+    let m = latest(&mut h, "l1");
+    assert_eq!((m.quantity_after, m.marginal_amount), (dec!(0), dec!(-16)));
+    // A new observation after all are gone is the latest again.
+    let r = rate(&mut h, &gauge("l3", Aggregation::Latest, dec!(1), 5));
+    assert_eq!(r.measures[0].quantity_after, dec!(1));
+}
+
+#[test]
+fn a_segment_beyond_its_history_bound_refuses_retractions() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cfg = Config::from_parts(
+        "[topology]\nnamespace = \"x.\"\n[rate]\ncorrection_history_max = 2\n",
+        "test",
+        &[],
+        dir,
+    )
+    .unwrap();
+    let mut h = Harness::new(
+        cfg.clone(),
+        RateProcessor::new(&cfg),
+        t0().timestamp_millis(),
+    );
+    for (i, v) in [dec!(5), dec!(9), dec!(7)].iter().enumerate() {
+        rate(&mut h, &gauge(&format!("m{i}"), Aggregation::Max, *v, 0));
+        h.commit().unwrap();
+    }
+    assert_eq!(
+        retract(&mut h, "r", "m1").unwrap_err(),
+        RETRACTION_UNSUPPORTED
+    );
+    let r = rate(&mut h, &gauge("m9", Aggregation::Max, dec!(1), 0));
+    assert_eq!(r.measures[0].quantity_before, dec!(9), "nothing changed");
 }
 
 #[test]

@@ -28,6 +28,12 @@
 //! the tiers and however the usage was split into events (see
 //! [`crate::rating`]), so everything downstream is additive.
 //!
+//! Two other records share the input: a retraction ([`retract`]: one rated
+//! record taking the event it names out of its segments) and a rerate
+//! command ([`rerate`]: one rated record per segment whose corrected price
+//! differs from what it was billed). An amendment is an enriched event whose
+//! rated record follows its retraction half's, in the same transaction.
+//!
 //! A measure that cannot be rated (no value where the aggregation needs one,
 //! a result beyond a Decimal's range or precision, an aggregation that
 //! changed under a segment mid-period) rejects the whole event to the DLQ
@@ -44,6 +50,7 @@
 //! | `G` segment id | the segment's [`SegmentState`], JSON |
 //! | `U` segment id, unique value | empty: a UNIQUE_COUNT member |
 //! | `W` segment id | a percentage charge's [`crate::rating::AllowanceWindow`], JSON |
+//! | `H` segment id, source, id | a MAX or LATEST observation kept for corrections (value and event key, JSON), at most `rate.correction_history_max` per segment |
 //! | `S` subscription id, segment id | the enriched record that started the segment: the subscription index of `meterline rerate` ([`rerate`]) |
 //! | `R` source, id | a rated event's enriched record as received, kept for corrections ([`retract`]) |
 //! | `X` source, id | the correction of a corrected event (a second one is refused) |
@@ -90,6 +97,7 @@ const LINEAGE: StoreId = 1;
 const SEGMENT_PREFIX: u8 = b'G';
 const MEMBER_PREFIX: u8 = b'U';
 const WINDOW_PREFIX: u8 = b'W';
+const HISTORY_PREFIX: u8 = b'H';
 const EXPIRY_PREFIX: u8 = b'E';
 /// Segments released per punctuation (each with its UNIQUE_COUNT members).
 pub const EXPIRE_BATCH_SEGMENTS: usize = 100;
@@ -186,6 +194,40 @@ fn member_key(segment_id: &str, value: &str) -> Vec<u8> {
         .build()
 }
 
+/// A MAX or LATEST observation kept for corrections.
+fn history_key(segment_id: &str, source: &str, id: &str) -> Vec<u8> {
+    KeyBuilder::new(HISTORY_PREFIX)
+        .str(segment_id)
+        .str(source)
+        .str(id)
+        .build()
+}
+
+/// The range of a segment's keys under `prefix` (members, history).
+fn segment_range(prefix: u8, segment_id: &str) -> (Vec<u8>, Vec<u8>) {
+    let from = KeyBuilder::new(prefix).str(segment_id).build();
+    let mut until = from.clone();
+    // Every such key of the segment starts with `from`.
+    until.push(0xFF);
+    (from, until)
+}
+
+/// Deletes a released segment's keys under `prefix`, in batches.
+fn delete_segment_keys(ctx: &mut Ctx<'_>, prefix: u8, segment_id: &str) -> Result<(), StageError> {
+    let (from, until) = segment_range(prefix, segment_id);
+    loop {
+        let keys = ctx
+            .stores
+            .scan(SEGMENTS, &from, &until, MEMBER_SCAN_BATCH)?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for (k, _) in keys {
+            ctx.stores.delete(SEGMENTS, k);
+        }
+    }
+}
+
 fn window_key(segment_id: &str) -> Vec<u8> {
     KeyBuilder::new(WINDOW_PREFIX).str(segment_id).build()
 }
@@ -202,6 +244,8 @@ pub struct RateProcessor {
     /// `rate.segment_retention_days`, in days and ms.
     retention_days: u32,
     retention_ms: i64,
+    /// `rate.correction_history_max`.
+    history_max: u32,
     /// Wall clock minus the event time of the last event rated.
     event_time_lag: prometheus::IntGauge,
 }
@@ -213,6 +257,7 @@ impl RateProcessor {
             rated_topic: config.topic(topology::names::RATED),
             retention_days,
             retention_ms: i64::from(retention_days).saturating_mul(MS_PER_DAY),
+            history_max: config.correction_history_max(),
             event_time_lag: crate::metrics::event_time_lag(SPEC.name),
         }
     }
@@ -306,21 +351,8 @@ impl Processor for RateProcessor {
                 .str()
                 .map_err(|e| StageError::Fatal(format!("expiry index key: {e}")))?
                 .to_string();
-            let from = KeyBuilder::new(MEMBER_PREFIX).str(&id).build();
-            let mut until = from.clone();
-            // Every member key of the segment starts with `from`.
-            until.push(0xFF);
-            loop {
-                let members = ctx
-                    .stores
-                    .scan(SEGMENTS, &from, &until, MEMBER_SCAN_BATCH)?;
-                if members.is_empty() {
-                    break;
-                }
-                for (k, _) in members {
-                    ctx.stores.delete(SEGMENTS, k);
-                }
-            }
+            delete_segment_keys(ctx, MEMBER_PREFIX, &id)?;
+            delete_segment_keys(ctx, HISTORY_PREFIX, &id)?;
             ctx.stores.delete(SEGMENTS, window_key(&id));
             if let Ok(sub) = std::str::from_utf8(&subscription) {
                 // Empty for a segment started before the index existed.
@@ -367,7 +399,7 @@ impl RateProcessor {
             }
             .into());
         }
-        let mut rating = EventRating::default();
+        let mut rating = EventRating::new(self.history_max);
         let amended = match amendment_of(&enriched.event) {
             Some(c) => {
                 Some(rating.retract(&enriched.event, c, self.expiry_cutoff_ms(now_ms), ctx)?)
@@ -407,7 +439,7 @@ impl RateProcessor {
         let Some(c) = retraction_of(by) else {
             return Err(RateError::Malformed("a retraction without its correction".into()).into());
         };
-        let mut rating = EventRating::default();
+        let mut rating = EventRating::new(self.history_max);
         let r = rating.retract(by, c, self.expiry_cutoff_ms(ctx.now_ms), ctx)?;
         // A retraction starts no segment.
         rating.store(ctx, None)?;
@@ -505,6 +537,10 @@ struct EventRating {
     corrected: Option<(Correction, String, String)>,
     /// Segments this event starts: they get an expiry index entry.
     created: BTreeSet<String>,
+    /// `rate.correction_history_max`.
+    history_max: u32,
+    /// MAX and LATEST observations kept (Some) or let go (None).
+    history: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Percentage allowance windows the event read or changed.
     windows: price::Windows,
     /// One per measure, in the event's order.
@@ -547,7 +583,44 @@ impl MemberCount {
     }
 }
 
+/// A MAX or LATEST observation kept for corrections.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Kept {
+    #[serde(with = "rust_decimal::serde::str")]
+    value: rust_decimal::Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<crate::rating::EventKey>,
+}
+
 impl EventRating {
+    fn new(history_max: u32) -> Self {
+        EventRating {
+            history_max,
+            ..EventRating::default()
+        }
+    }
+
+    /// Keeps a MAX or LATEST observation for corrections, while the
+    /// segment's history is within its bound.
+    fn keep(
+        &mut self,
+        state: &mut SegmentState,
+        enriched: &EnrichedEvent,
+        measure: &Measure,
+        segment_id: &str,
+    ) -> Result<(), StageError> {
+        let (Some(value), true) = (measure.value, state.keep_history(self.history_max)) else {
+            return Ok(());
+        };
+        let key = (state.aggregation() == Aggregation::Latest).then(|| price::event_key(enriched));
+        let bytes = serde_json::to_vec(&Kept { value, key })
+            .map_err(|e| StageError::Fatal(format!("encoding a kept observation: {e}")))?;
+        let e = &enriched.event;
+        let k = history_key(segment_id, &e.source, &e.id);
+        self.history.push((k, Some(bytes)));
+        Ok(())
+    }
+
     /// Rates every measure of `enriched`, in order.
     fn compute(&mut self, enriched: &EnrichedEvent, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
         self.measures = Vec::with_capacity(enriched.event.measures.len());
@@ -601,6 +674,9 @@ impl EventRating {
         .price(&mut state, &change, &mut self.windows, ctx)?;
         let delta = change.delta().map_err(rating)?;
         state.record_amount(priced.amount).map_err(rating)?;
+        if matches!(charge.aggregation, Aggregation::Max | Aggregation::Latest) && !charge.prorate {
+            self.keep(&mut state, enriched, measure, &id)?;
+        }
         self.measures.push(RatedMeasure {
             meter: meter(),
             segment_key: key,
@@ -697,6 +773,12 @@ impl EventRating {
         }
         if let Some(corrected) = &self.corrected {
             retract::corrected_marker(ctx, corrected)?;
+        }
+        for (key, value) in &self.history {
+            match value {
+                Some(v) => ctx.stores.put(SEGMENTS, key.clone(), v.clone()),
+                None => ctx.stores.delete(SEGMENTS, key.clone()),
+            }
         }
         for (id, window) in &self.windows {
             let bytes = serde_json::to_vec(window)

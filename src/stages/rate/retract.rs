@@ -7,12 +7,15 @@
 //! correction of it is refused. A retraction then re-enters each measure's
 //! segment in reverse: SUM subtracts the value, COUNT one occurrence,
 //! UNIQUE_COUNT one event of the member (the member leaves with its last
-//! event, which is why members are counted), and the measure's amount is
+//! event, which is why members are counted), MAX and LATEST fall back on
+//! the greatest or latest of the observations the segment kept (at most
+//! `rate.correction_history_max` each), and the measure's amount is
 //! `price(without) - price(with)` under the charge the event was rated
-//! with; a dynamic charge gives back the event's own amount. MAX and
-//! LATEST keep no history to fall back to, a percentage charge's fees and
-//! a prorated charge's timeline depend on every other event's place, so
-//! those are refused (`retraction_unsupported`) and nothing changes.
+//! with; a dynamic charge gives back the event's own amount. A percentage
+//! charge's fees and a prorated charge's timeline depend on every other
+//! event's place, and a segment with more MAX/LATEST observations than
+//! the bound has nothing complete to fall back on, so those are refused
+//! (`retraction_unsupported`) and nothing changes.
 //!
 //! The rated record of a retraction carries the removed event's measures
 //! negated and the context it was rated in (billing period, day, charges),
@@ -21,6 +24,7 @@
 //! adjustment naming them, as it does for any late event.
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 
 use super::{
     price, EventRating, RateError, RateProcessor, EXPIRE_BATCH_SEGMENTS, LINEAGE, SEGMENTS,
@@ -30,7 +34,7 @@ use crate::contracts::{
     ValidatedEvent,
 };
 use crate::meter::Aggregation;
-use crate::rating::{ChargeModel, Observation, Pricing};
+use crate::rating::{ChargeModel, EventKey, Observation, Pricing, SegmentState};
 use crate::runtime::{Ctx, Output, StageError};
 use crate::store::keys::{KeyBuilder, KeyReader};
 
@@ -159,12 +163,20 @@ impl EventRating {
             }
             .into());
         }
-        let observation = self.leaving(measure, charge, &id, ctx)?;
         let rating = |source| RateError::Rating {
             meter: meter(),
             source,
         };
-        let change = state.retract(observation).map_err(rating)?;
+        let change = match charge.aggregation {
+            Aggregation::Max | Aggregation::Latest => {
+                let (quantity, latest) = self.fall_back(original, measure, &state, &id, ctx)?;
+                state.fall_back(quantity, latest).map_err(rating)?
+            }
+            _ => {
+                let observation = self.leaving(measure, charge, &id, ctx)?;
+                state.retract(observation).map_err(rating)?
+            }
+        };
         let priced = price::Pricer {
             enriched: original,
             measure,
@@ -192,6 +204,54 @@ impl EventRating {
             marginal_amount: amount,
             parts: priced.parts,
         })
+    }
+
+    /// MAX and LATEST without the event: the greatest (or latest) of the
+    /// observations the segment kept, 0 when none is left. The event's own
+    /// observation is let go.
+    fn fall_back(
+        &mut self,
+        original: &EnrichedEvent,
+        measure: &Measure,
+        state: &SegmentState,
+        id: &str,
+        ctx: &Ctx<'_>,
+    ) -> Result<(Decimal, Option<EventKey>), StageError> {
+        if !state.history_complete() {
+            return Err(unsupported(
+                &measure.meter,
+                "the segment kept more MAX/LATEST observations than rate.correction_history_max \
+                 (or was started by an older version): nothing to fall back on",
+            ));
+        }
+        let own = super::history_key(id, &original.event.source, &original.event.id);
+        let (from, to) = super::segment_range(super::HISTORY_PREFIX, id);
+        let limit = usize::try_from(self.history_max)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let mut found = false;
+        let mut best: Option<super::Kept> = None;
+        for (k, v) in ctx.stores.scan(SEGMENTS, &from, &to, limit)? {
+            if k == own {
+                found = true;
+                continue;
+            }
+            let kept: super::Kept = serde_json::from_slice(&v)
+                .map_err(|e| StageError::Fatal(format!("segment {id}: kept observation: {e}")))?;
+            let better = match &best {
+                None => true,
+                Some(b) if state.aggregation() == Aggregation::Latest => kept.key > b.key,
+                Some(b) => kept.value > b.value,
+            };
+            if better {
+                best = Some(kept);
+            }
+        }
+        if !found {
+            return Err(unsupported(&measure.meter, "its observation is not kept"));
+        }
+        self.history.push((own, None));
+        Ok(best.map_or((Decimal::ZERO, None), |b| (b.value, b.key)))
     }
 
     /// What leaves the segment: the value, one occurrence, or one event of
@@ -316,15 +376,6 @@ fn unsupported(meter: &str, detail: &str) -> StageError {
 /// Whether a measure can be taken back (see the module docs).
 fn supported(measure: &Measure, charge: &ResolvedCharge) -> Result<(), StageError> {
     let meter = &measure.meter;
-    match charge.aggregation {
-        Aggregation::Max | Aggregation::Latest => {
-            return Err(unsupported(
-                meter,
-                "a MAX or LATEST meter keeps no history to fall back to",
-            ))
-        }
-        Aggregation::Sum | Aggregation::Count | Aggregation::UniqueCount => {}
-    }
     if charge.prorate {
         return Err(unsupported(meter, "a prorated charge"));
     }
