@@ -354,8 +354,8 @@ fn expected_books_with(
     books
 }
 
-fn setup(name: &str) -> (World, Vec<Usage>) {
-    let w = World::new(name, CONFIG);
+fn setup(name: &str, extra: &str) -> (World, Vec<Usage>) {
+    let w = World::new(name, &format!("{CONFIG}{extra}"));
     w.apply();
     w.load_refdata("plans", &plan());
     w.load_refdata("customers", &customer_lines(&CUSTOMERS));
@@ -410,7 +410,9 @@ fn clock_events() -> Vec<(String, String)> {
 
 #[test]
 fn retractions_and_amendments_leave_the_books_of_the_corrected_usage() {
-    let (w, events) = setup("corrections");
+    let port = free_port();
+    let http = format!("[http]\nlisten_addr = \"127.0.0.1:{port}\"\n");
+    let (w, events) = setup("corrections", &http);
     produce_keyed(&w, &corrections(&events));
     produce_keyed(&w, &clock_events());
     let mut run = w.spawn_stage(&all_stages(), "a");
@@ -420,6 +422,32 @@ fn retractions_and_amendments_leave_the_books_of_the_corrected_usage() {
     });
     std::thread::sleep(Duration::from_secs(3));
     let ps = postings(&w);
+    // Lineage: the retracted event names its retraction, which went to the
+    // windows of the open period.
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let lineage = |source: &str, id: &str| {
+        stdout_of(&w.run(&["lineage", "--endpoint", &endpoint, source, id]))
+    };
+    let original = lineage(SOURCE, "c-0-e5");
+    assert!(
+        original.lines().any(|l| l.trim_start().starts_with("rate")
+            && l.contains("retracted")
+            && l.contains("by ops/r-c-0-e5")),
+        "{original}"
+    );
+    let retraction = lineage(OPS, "r-c-0-e5");
+    assert!(
+        retraction
+            .lines()
+            .any(|l| l.trim_start().starts_with("rate") && l.contains("corrects svc/c-0-e5")),
+        "{retraction}"
+    );
+    assert!(
+        retraction
+            .lines()
+            .any(|l| l.trim_start().starts_with("aggregate") && l.contains("windowed")),
+        "{retraction}"
+    );
     assert!(terminate(&mut run).success(), "SIGTERM exits 0");
 
     let (p0, p1) = (
@@ -500,7 +528,7 @@ fn retractions_and_amendments_leave_the_books_of_the_corrected_usage() {
 
 #[test]
 fn sigkill_of_rate_three_times_applies_each_retraction_once() {
-    let (w, events) = setup("correctioncrash");
+    let (w, events) = setup("correctioncrash", "");
     let mut front = w.spawn_stage(&["validate", "dedupe", "enrich"], "a");
     let mut rate = w.spawn_stage(&["rate"], "a");
     let rated_topic = w.topic("usage.rated");
@@ -624,7 +652,7 @@ fn stdout_of(o: &std::process::Output) -> String {
 
 #[test]
 fn rerate_after_a_corrected_plan_bills_the_corrected_price_once() {
-    let (w, events) = setup("rerate");
+    let (w, events) = setup("rerate", "");
     let mut run = w.spawn_stage(&all_stages(), "a");
     wait_until("every event rated", || {
         rated_records(&w).len() >= events.len()

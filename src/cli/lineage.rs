@@ -133,6 +133,10 @@ fn describe_step(stage: &str, s: &Step) -> String {
             "duplicate of an accepted copy, dropped (this copy's subject {})",
             text("subject").unwrap_or_default()
         ),
+        ("enrich", "enriched") if d.get("retracts").is_some() => format!(
+            "retraction of {}, on to rate unresolved",
+            d.get("retracts").map(identity).unwrap_or_default()
+        ),
         ("enrich", "enriched") => format!(
             "subscription {}, plan {} v{}, {} {}, period {}{}",
             text("subscription").unwrap_or_default(),
@@ -147,31 +151,37 @@ fn describe_step(stage: &str, s: &Step) -> String {
                 ""
             }
         ),
-        ("rate", "rated") => d
-            .get("measures")
-            .and_then(|m| m.as_array())
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| {
-                        let f = |k: &str| {
-                            m.get(k)
-                                .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
-                                .unwrap_or_default()
-                        };
-                        let delta = f("marginal_quantity");
-                        let sign = if delta.starts_with('-') { "" } else { "+" };
-                        format!(
-                            "{} v{} quantity {sign}{delta} (segment total {}), amount {}",
-                            f("meter"),
-                            f("plan_version"),
-                            f("quantity_after"),
-                            f("marginal_amount")
-                        )
-                    })
+        ("rate", "rated") => {
+            let mut t = describe_measures(d.get("measures"));
+            if let Some(c) = d.get("corrects") {
+                t.push_str(&format!(
+                    "{}corrects {}: {}",
+                    if t.is_empty() { "" } else { "; " },
+                    identity(c),
+                    describe_measures(d.get("retracted_measures"))
+                ));
+            }
+            t
+        }
+        ("rate", "retracted") | ("rate", "amended") => format!(
+            "by {}: {}",
+            d.get("by")
+                .and_then(|b| b.as_array())
+                .map(|b| b
+                    .iter()
+                    .filter_map(|x| x.as_str())
                     .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default(),
+                    .join("/"))
+                .unwrap_or_default(),
+            describe_measures(d.get("measures"))
+        ),
+        ("rate", "rerated") => format!(
+            "subscription {}, {} segment(s) looked at",
+            text("subscription").unwrap_or_default(),
+            d.get("segments")
+                .and_then(|x| x.as_array())
+                .map_or(0, Vec::len)
+        ),
         ("aggregate", "windowed") => windows_of(s)
             .iter()
             .map(describe_window)
@@ -180,6 +190,38 @@ fn describe_step(stage: &str, s: &Step) -> String {
         _ => String::new(),
     };
     format!("{:<10} {:<13} {:<16} {detail}", stage, s.outcome, at)
+}
+
+/// `source/id` of a correction's JSON.
+fn identity(c: &serde_json::Value) -> String {
+    let f = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    format!("{}/{}", f("source"), f("id"))
+}
+
+/// A rated step's measures: per meter the quantity and amount it moved.
+fn describe_measures(measures: Option<&serde_json::Value>) -> String {
+    let Some(ms) = measures.and_then(|m| m.as_array()) else {
+        return String::new();
+    };
+    ms.iter()
+        .map(|m| {
+            let f = |k: &str| {
+                m.get(k)
+                    .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+                    .unwrap_or_default()
+            };
+            let delta = f("marginal_quantity");
+            let sign = if delta.starts_with('-') { "" } else { "+" };
+            format!(
+                "{} v{} quantity {sign}{delta} (segment total {}), amount {}",
+                f("meter"),
+                f("plan_version"),
+                f("quantity_after"),
+                f("marginal_amount")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn windows_of(s: &Step) -> Vec<WindowRef> {
