@@ -345,6 +345,7 @@ mod tests {
             scopes,
             sources: vec![],
             customers,
+            actor: None,
         };
         let bearer = |t: &str| {
             let mut h = HeaderMap::new();

@@ -30,6 +30,7 @@
 pub mod api;
 pub mod calendar;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod contracts;
 pub mod export;

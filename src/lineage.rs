@@ -68,6 +68,16 @@ pub struct Step {
     pub detail: serde_json::Value,
 }
 
+impl Step {
+    /// The windows an aggregate step put the event into.
+    pub fn windows(&self) -> Vec<WindowRef> {
+        self.detail
+            .get("windows")
+            .and_then(|w| serde_json::from_value(w.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// The steps of one event in one stage, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Steps {
@@ -88,6 +98,18 @@ pub struct WindowRef {
 }
 
 impl WindowRef {
+    /// The stage HTTP path answering what post made of this window.
+    pub fn lineage_path(&self) -> String {
+        use crate::http::percent_encode;
+        format!(
+            "/lineage/window?kind={}&scope={}&window={}&adjusts={}",
+            percent_encode(&self.kind),
+            percent_encode(&self.scope),
+            percent_encode(&self.window),
+            percent_encode(self.adjusts.as_deref().unwrap_or(""))
+        )
+    }
+
     fn key(&self) -> Vec<u8> {
         KeyBuilder::new(WINDOW_PREFIX)
             .str(&self.kind)

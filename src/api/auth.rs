@@ -24,7 +24,8 @@ pub struct Caller<'k> {
 }
 
 impl Caller<'_> {
-    fn has(&self, scope: ApiScope) -> bool {
+    /// Whether the key has `scope` (admin has every scope).
+    pub fn has(&self, scope: ApiScope) -> bool {
         self.key.scopes.contains(&scope) || self.key.scopes.contains(&ApiScope::Admin)
     }
 
@@ -83,6 +84,24 @@ pub fn authorize<'k>(
     headers: &HeaderMap,
     scope: ApiScope,
 ) -> Result<Caller<'k>, Problem> {
+    let caller = authenticate(keys, headers)?;
+    if !caller.has(scope) {
+        tracing::info!(key = %caller.key.name, ?scope, "API key refused: scope missing");
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            reasons::FORBIDDEN,
+            "Forbidden",
+            format!("the key {:?} lacks the {scope:?} scope", caller.key.name),
+        ));
+    }
+    Ok(caller)
+}
+
+/// The key of the request, whatever its scopes (401 when none matches).
+pub fn authenticate<'k>(
+    keys: &'k [ApiKeyConfig],
+    headers: &HeaderMap,
+) -> Result<Caller<'k>, Problem> {
     let unauthorized = |detail: &str| {
         Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -102,17 +121,7 @@ pub fn authorize<'k>(
         }
     }
     let key = found.ok_or_else(|| unauthorized("the API key is not one of api.keys"))?;
-    let caller = Caller { key };
-    if !caller.has(scope) {
-        tracing::info!(key = %key.name, ?scope, "API key refused: scope missing");
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            reasons::FORBIDDEN,
-            "Forbidden",
-            format!("the key {:?} lacks the {scope:?} scope", key.name),
-        ));
-    }
-    Ok(caller)
+    Ok(Caller { key })
 }
 
 #[cfg(test)]
@@ -127,6 +136,7 @@ mod tests {
             scopes: scopes.to_vec(),
             sources: vec!["app/*".into()],
             customers: vec![],
+            actor: None,
         }
     }
 

@@ -12,11 +12,11 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::contracts::{ClosedWindow, Invoice, WindowKind};
+use crate::contracts::{ClosedWindow, Command, Invoice, LedgerAck, WindowKind};
 use crate::kafka::{self, ReaderContext};
 use crate::refdata::{RefKind, RefTables};
 use crate::topology::names;
@@ -41,6 +41,18 @@ pub trait Apply: Send + Sync + 'static {
         key: &[u8],
         value: Option<&[u8]>,
     );
+
+    /// The whole record, for views that need its headers or timestamp;
+    /// by default [`Apply::apply`] of its key and value.
+    fn apply_message(&self, state: &mut Self::State, m: &BorrowedMessage<'_>) {
+        self.apply(
+            state,
+            m.topic(),
+            m.partition(),
+            m.key().unwrap_or_default(),
+            m.payload(),
+        );
+    }
 }
 
 /// A followed state and whether it caught up.
@@ -157,13 +169,7 @@ fn follow<A: Apply>(
     loop {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(FOLLOW_POLL_TIMEOUT_MS)) {
             let mut state = view.state.write().unwrap_or_else(|p| p.into_inner());
-            apply.apply(
-                &mut state,
-                m.topic(),
-                m.partition(),
-                m.key().unwrap_or_default(),
-                m.payload(),
-            );
+            apply.apply_message(&mut state, &m);
         }
         let due = last_check
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(READY_CHECK_INTERVAL_MS));
@@ -431,8 +437,10 @@ pub struct Invoices;
 #[derive(Default)]
 pub struct InvoiceState {
     pub by_subscription: BTreeMap<String, BTreeMap<String, Invoice>>,
-    /// Invoice id -> subscription, for lookups by id.
+    /// Invoice id -> subscription, for lookups by id (and paging in id order).
     pub subscription_of: BTreeMap<String, String>,
+    /// Posting idempotency key -> the invoice listing it.
+    pub invoice_of_posting: BTreeMap<String, String>,
 }
 
 impl InvoiceState {
@@ -462,6 +470,10 @@ impl Apply for Invoices {
         {
             s.subscription_of
                 .insert(inv.invoice_id.clone(), inv.subscription_id.clone());
+            for key in &inv.postings {
+                s.invoice_of_posting
+                    .insert(key.clone(), inv.invoice_id.clone());
+            }
             by_id.insert(inv.invoice_id.clone(), inv);
         }
     }
@@ -469,4 +481,103 @@ impl Apply for Invoices {
 
 pub fn start_invoices(config: &Config) -> Result<Arc<InvoiceView>, kafka::ClientError> {
     start(config, vec![config.topic(names::INVOICES)], Invoices)
+}
+
+/// Most command refusals kept in memory (the oldest are forgotten first).
+pub const MAX_REFUSALS_KEPT: usize = 100_000;
+
+/// The invoice stage's dead letters (`meterline.dlq.invoice`): why a
+/// command was refused, for `GET /v1/commands/{id}`.
+pub struct Refusals;
+
+/// A refused command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+    /// When the broker appended the dead letter (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// Command id -> its latest refusal, at most [`MAX_REFUSALS_KEPT`].
+#[derive(Default)]
+pub struct RefusalState {
+    pub by_command: BTreeMap<String, Refusal>,
+    order: std::collections::VecDeque<String>,
+}
+
+pub type RefusalView = View<Refusals>;
+
+impl RefusalState {
+    pub fn insert(&mut self, command_id: String, refusal: Refusal) {
+        if self
+            .by_command
+            .insert(command_id.clone(), refusal)
+            .is_none()
+        {
+            self.order.push_back(command_id);
+        }
+        while self.order.len() > MAX_REFUSALS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.by_command.remove(&old);
+            }
+        }
+    }
+}
+
+impl Apply for Refusals {
+    type State = RefusalState;
+    fn apply(&self, _: &mut RefusalState, _: &str, _: i32, _: &[u8], _: Option<&[u8]>) {}
+
+    fn apply_message(&self, s: &mut RefusalState, m: &BorrowedMessage<'_>) {
+        use crate::runtime::dlq::headers;
+        let Some(cmd) = m.payload().and_then(|v| Command::from_json_slice(v).ok()) else {
+            return;
+        };
+        let text = |name: &str| {
+            m.headers()
+                .and_then(|h| h.iter().filter(|x| x.key == name).last())
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        s.insert(
+            cmd.id,
+            Refusal {
+                code: text(headers::REASON),
+                message: text(headers::MESSAGE),
+                at_ms: m.timestamp().to_millis().unwrap_or_default(),
+            },
+        );
+    }
+}
+
+pub fn start_refusals(config: &Config) -> Result<Arc<RefusalView>, kafka::ClientError> {
+    start(config, vec![config.topic(&names::dlq("invoice"))], Refusals)
+}
+
+/// `finance.postings.acks` (compacted): the ledger's answer per posting.
+pub struct Acks;
+
+/// Posting idempotency key -> its latest acknowledgement.
+pub type AckState = BTreeMap<String, LedgerAck>;
+pub type AckView = View<Acks>;
+
+impl Apply for Acks {
+    type State = AckState;
+    fn apply(&self, s: &mut AckState, _: &str, _: i32, key: &[u8], value: Option<&[u8]>) {
+        match value.and_then(|v| LedgerAck::from_json_slice(v).ok()) {
+            Some(ack) => {
+                s.insert(ack.idempotency_key.clone(), ack);
+            }
+            None if value.is_none() => {
+                s.remove(String::from_utf8_lossy(key).as_ref());
+            }
+            None => {}
+        }
+    }
+}
+
+pub fn start_acks(config: &Config) -> Result<Arc<AckView>, kafka::ClientError> {
+    start(config, vec![config.topic(names::POSTING_ACKS)], Acks)
 }

@@ -8,11 +8,15 @@
 //! [`reasons`]. The contract is `schemas/openapi.yaml`, served as JSON.
 
 pub mod auth;
+pub mod console;
 pub mod events;
+pub mod exceptions;
 pub mod follow;
+pub mod invoices;
 pub mod lineage;
 pub mod problem;
 pub mod queries;
+pub mod trace;
 pub mod usage;
 
 use std::sync::{Arc, LazyLock};
@@ -71,6 +75,12 @@ pub mod reasons {
             "HTTP 503: the API is still reading the reference topics or the aggregate windows it answers from; retry shortly (/readyz says when).";
         METHOD_NOT_ALLOWED => "method_not_allowed",
             "HTTP 405: the route exists but not with this method.";
+        REPLAY_FAILED => "replay_failed",
+            "HTTP 503: the replay asked for (POST /v1/replay) did not finish: the broker did not answer, or a record named another origin (detail says which); progress up to the failure is committed, running it again is safe.";
+        RECONCILE_REPORT_MISSING => "reconcile_report_missing",
+            "HTTP 404: no reconcile report to show: set api.reconcile_report_file and run `meterline reconcile --report-file` with the same path.";
+        ACTOR_KEY_MISSING => "actor_key_missing",
+            "HTTP 403: invoice.actor_keys_hex is set and holds no key for the actor the API key acts as (api.keys actor, default its name): the API cannot sign its commands.";
     }
 }
 
@@ -102,13 +112,24 @@ pub struct ApiState {
     windows: Arc<follow::WindowView>,
     closed: Arc<follow::ClosedView>,
     invoices: Arc<follow::InvoiceView>,
+    refusals: Arc<follow::RefusalView>,
+    acks: Arc<follow::AckView>,
+    parked: Arc<exceptions::ParkedView>,
+    dead_letters: Arc<exceptions::DeadLetterView>,
     openapi_json: Arc<String>,
 }
 
 impl ApiState {
     /// Every followed view caught up with where its topics ended at start.
     fn views_ready(&self) -> bool {
-        self.refs.ready() && self.windows.ready() && self.closed.ready() && self.invoices.ready()
+        self.refs.ready()
+            && self.windows.ready()
+            && self.closed.ready()
+            && self.invoices.ready()
+            && self.refusals.ready()
+            && self.acks.ready()
+            && self.parked.ready()
+            && self.dead_letters.ready()
     }
 }
 
@@ -163,11 +184,19 @@ impl ApiState {
         let windows = follow::start_windows(&config)?;
         let closed = follow::start_closed(&config)?;
         let invoices = follow::start_invoices(&config)?;
+        let refusals = follow::start_refusals(&config)?;
+        let acks = follow::start_acks(&config)?;
+        let parked = exceptions::start_parked(&config)?;
+        let dead_letters = exceptions::start_dead_letters(&config)?;
         Ok(ApiState {
+            parked,
+            dead_letters,
             refs,
             windows,
             closed,
             invoices,
+            refusals,
+            acks,
             ingest: Arc::new(Ingest {
                 meters,
                 rules,
@@ -191,7 +220,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/subscriptions/{id}", get(get_subscription))
         .route("/v1/subscriptions/{id}/usage", get(get_usage))
         .route("/v1/subscriptions/{id}/invoices", get(get_invoices))
+        .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{id}", get(get_invoice))
+        .route("/v1/invoices/{id}/commands", post(post_command))
+        .route("/v1/commands/{id}", get(get_command))
+        .route("/v1/whoami", get(console::whoami))
+        .route("/v1/exceptions", get(exceptions::get))
+        .route("/v1/replay", post(exceptions::post_replay))
+        .route("/v1/trace/event", get(trace::get_event))
+        .route("/v1/trace/posting", get(trace::get_posting))
+        .route("/v1/reconcile", get(get_reconcile))
+        .route("/console", get(console::redirect))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/v1/plans/{id}", get(get_plan))
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
@@ -242,26 +283,51 @@ fn read_route(
     route: &str,
     answer: impl FnOnce(&refdata::RefTables, &auth::Caller<'_>) -> Result<serde_json::Value, Problem>,
 ) -> Response {
-    let result =
-        auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|caller| {
-            if !state.views_ready() {
-                let mut p = Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    reasons::NOT_READY,
-                    "Not ready",
-                    "the reference data is still loading",
-                );
-                p.retry_after_s = Some(state.config.api.retry_after_s);
-                return Err(p);
-            }
-            answer(&state.refs.read(), &caller)
-        });
+    scoped_route(state, headers, route, ApiScope::Read, answer)
+}
+
+/// [`read_route`] for a route needing `scope`.
+fn scoped_route(
+    state: &ApiState,
+    headers: &HeaderMap,
+    route: &str,
+    scope: ApiScope,
+    answer: impl FnOnce(&refdata::RefTables, &auth::Caller<'_>) -> Result<serde_json::Value, Problem>,
+) -> Response {
+    let result = auth::authorize(&state.config.api.keys, headers, scope).and_then(|caller| {
+        ready(state)?;
+        answer(&state.refs.read(), &caller)
+    });
     let response = match result {
-        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Ok(v) => json_response(StatusCode::OK, &v),
         Err(p) => p.into_response(),
     };
     count(route, response.status());
     response
+}
+
+/// 503 until every followed view caught up.
+fn ready(state: &ApiState) -> Result<(), Problem> {
+    if state.views_ready() {
+        return Ok(());
+    }
+    let mut p = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        reasons::NOT_READY,
+        "Not ready",
+        "the reference data is still loading",
+    );
+    p.retry_after_s = Some(state.config.api.retry_after_s);
+    Err(p)
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
@@ -324,6 +390,134 @@ async fn get_invoice(
     let invoices = state.invoices.clone();
     read_route(&state, &headers, "/v1/invoices/{id}", |_, c| {
         queries::invoice(&invoices.read(), c, &path_id(id)?)
+    })
+}
+
+async fn list_invoices(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let invoices = state.invoices.clone();
+    read_route(&state, &headers, "/v1/invoices", |_, c| {
+        invoices::list(&invoices.read(), c, &crate::http::query_params(q))
+    })
+}
+
+async fn get_command(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (invoices, refusals) = (state.invoices.clone(), state.refusals.clone());
+    scoped_route(
+        &state,
+        &headers,
+        "/v1/commands/{id}",
+        ApiScope::Approve,
+        |_, c| {
+            let params = crate::http::query_params(q);
+            invoices::status(
+                &invoices.read(),
+                &refusals.read(),
+                c,
+                &path_id(id)?,
+                &params,
+            )
+        },
+    )
+}
+
+/// `POST /v1/invoices/{id}/commands`: checked, signed as the key's actor,
+/// published in a transaction off the executor; 202 once the broker has it.
+async fn post_command(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let response = match send_command(&state, &headers, id, body).await {
+        Ok(v) => json_response(StatusCode::ACCEPTED, &v),
+        Err(p) => p.into_response(),
+    };
+    count("/v1/invoices/{id}/commands", response.status());
+    response
+}
+
+async fn send_command(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Value, Problem> {
+    let caller = auth::authorize(&state.config.api.keys, headers, ApiScope::Approve)?;
+    ready(state)?;
+    let body = body.map_err(|r| body_problem(&r, state.config.api.max_body_bytes))?;
+    let req: invoices::CommandRequest =
+        serde_json::from_slice(&body).map_err(|e| queries::invalid(format!("body: {e}")))?;
+    let cmd = invoices::build_command(&state.invoices.read(), &caller, &path_id(id)?, req)?;
+    let key_hex = invoices::actor_key(&state.config, &caller)?.map(str::to_owned);
+    tracing::info!(key = %caller.key.name, actor = %cmd.actor, kind = cmd.kind.as_str(), command = %cmd.id, "sending an invoice command");
+    let config = state.config.clone();
+    let to_send = cmd.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        crate::commands::send_command(&config, "api", &to_send, key_hex.as_deref())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    if let Err(detail) = sent {
+        tracing::warn!(command = %cmd.id, error = %detail, "command not published");
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            reasons::BROKER_UNAVAILABLE,
+            "Broker unavailable",
+            format!(
+                "command {} was not published ({detail}); re-sending it with command_id {} is safe",
+                cmd.id, cmd.id
+            ),
+        );
+        p.retry_after_s = Some(state.config.api.retry_after_s);
+        return Err(p);
+    }
+    Ok(invoices::accepted(&cmd))
+}
+
+/// Largest reconcile report served.
+const MAX_RECONCILE_REPORT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `GET /v1/reconcile`: the last `meterline reconcile --report-file` run.
+async fn get_reconcile(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let config = state.config.clone();
+    read_route(&state, &headers, "/v1/reconcile", |_, _| {
+        let missing = |detail: String| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                reasons::RECONCILE_REPORT_MISSING,
+                "No reconcile report",
+                detail,
+            )
+        };
+        let path = config
+            .api
+            .reconcile_report_file
+            .as_ref()
+            .map(|p| config.resolve(p))
+            .ok_or_else(|| missing("api.reconcile_report_file is not set".into()))?;
+        let size = std::fs::metadata(&path)
+            .map_err(|e| missing(format!("{}: {e}", path.display())))?
+            .len();
+        if size > MAX_RECONCILE_REPORT_BYTES {
+            return Err(missing(format!(
+                "{} is {size} bytes, over {MAX_RECONCILE_REPORT_BYTES}",
+                path.display()
+            )));
+        }
+        let text = std::fs::read(&path).map_err(|e| missing(format!("{}: {e}", path.display())))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| missing(format!("{}: not a reconcile report ({e})", path.display())))
     })
 }
 

@@ -7,16 +7,14 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use hmac::{Hmac, Mac};
 use rdkafka::message::{Headers, Message};
 use rust_decimal::Decimal;
-use sha2::Sha256;
 
 use crate::config::Config;
-use crate::contracts::{Command, CommandKind, DisputeOutcome, Invoice, Posting, SIGNATURE_HEADER};
+use crate::contracts::{Command, CommandKind, DisputeOutcome, Invoice, InvoiceFilter, Posting};
 
 use crate::runtime::dlq::headers as dlq_headers;
 use crate::topology::{counts, names};
@@ -162,13 +160,13 @@ pub fn run(config: &Config, args: InvoicesArgs) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let all = read_invoices(config)?;
-            let keep = |i: &&Invoice| {
-                status.as_deref().is_none_or(|s| i.status.as_str() == s)
-                    && customer.as_deref().is_none_or(|c| i.customer.id == c)
-                    && period.as_deref().is_none_or(|p| i.service_interval.id == p)
-                    && legal_entity.as_deref().is_none_or(|l| i.legal_entity == l)
+            let filter = InvoiceFilter {
+                status,
+                customer,
+                period,
+                legal_entity,
             };
-            let shown: Vec<&Invoice> = all.values().filter(keep).collect();
+            let shown: Vec<&Invoice> = all.values().filter(|i| filter.matches(i)).collect();
             print!("{}", render_list(&shown, json)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -458,30 +456,15 @@ fn dispute(config: &Config, action: DisputeAction) -> anyhow::Result<ExitCode> {
 /// Publishes `cmd` keyed by its customer in one transaction, signed with
 /// `$METERLINE_ACTOR_KEY` when it is set.
 pub fn send(config: &Config, cmd: &Command) -> anyhow::Result<()> {
-    let value = cmd.to_json_bytes()?;
-    let mut headers = rdkafka::message::OwnedHeaders::new();
-    if let Ok(key_hex) = std::env::var(ACTOR_KEY_ENV) {
-        let key = hex::decode(key_hex.trim())
-            .map_err(|_| anyhow!("{ACTOR_KEY_ENV} is not a hex string"))?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key)
-            .map_err(|_| anyhow!("{ACTOR_KEY_ENV}: not a usable key"))?;
-        mac.update(&value);
-        let signature = hex::encode(mac.finalize().into_bytes());
-        headers = headers.insert(rdkafka::message::Header {
-            key: SIGNATURE_HEADER,
-            value: Some(signature.as_bytes()),
-        });
-    }
-    let topic = config.topic(names::COMMANDS);
-    super::publish_in_transaction(
-        config,
-        "invoices-cli",
-        &topic,
-        cmd.customer_id.as_bytes(),
-        &value,
-        headers,
-    )
-    .with_context(|| format!("publishing command {} to {topic}", cmd.id))
+    let key_hex = std::env::var(ACTOR_KEY_ENV).ok();
+    crate::commands::send_command(config, "invoices-cli", cmd, key_hex.as_deref()).map_err(|e| {
+        match e {
+            crate::commands::PublishError::KeyNotHex => {
+                anyhow!("{ACTOR_KEY_ENV} is not a hex string")
+            }
+            e => anyhow!("command {}: {e}", cmd.id),
+        }
+    })
 }
 
 /// How a sent command ended, as far as the topics show.

@@ -79,16 +79,6 @@ fn ask(endpoints: &[String], path: &str) -> anyhow::Result<Answer> {
         .collect()
 }
 
-fn window_path(w: &WindowRef) -> String {
-    format!(
-        "/lineage/window?kind={}&scope={}&window={}&adjusts={}",
-        percent_encode(&w.kind),
-        percent_encode(&w.scope),
-        percent_encode(&w.window),
-        percent_encode(w.adjusts.as_deref().unwrap_or(""))
-    )
-}
-
 fn describe_window(w: &WindowRef) -> String {
     let scope = if w.kind == "period_close" {
         format!("subscription {}", w.scope)
@@ -182,7 +172,8 @@ fn describe_step(stage: &str, s: &Step) -> String {
                 .and_then(|x| x.as_array())
                 .map_or(0, Vec::len)
         ),
-        ("aggregate", "windowed") => windows_of(s)
+        ("aggregate", "windowed") => s
+            .windows()
             .iter()
             .map(describe_window)
             .collect::<Vec<_>>()
@@ -222,13 +213,6 @@ fn describe_measures(measures: Option<&serde_json::Value>) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-fn windows_of(s: &Step) -> Vec<WindowRef> {
-    s.detail
-        .get("windows")
-        .and_then(|w| serde_json::from_value(w.clone()).ok())
-        .unwrap_or_default()
 }
 
 fn steps_of(found: &[Found]) -> Vec<Step> {
@@ -287,7 +271,7 @@ fn posting_lineage(eps: &[String], key: &str, json: bool) -> anyhow::Result<bool
         );
         for w in &src.windows {
             println!("  window {}", describe_window(w));
-            if let Ok(p) = ask(eps, &window_path(w)) {
+            if let Ok(p) = ask(eps, &w.lineage_path()) {
                 print_window_postings(&p, key);
             }
         }
@@ -328,7 +312,7 @@ fn event_lineage(eps: &[String], source: &str, id: &str, json: bool) -> anyhow::
     let (lines, windows, known) = stage_lines(&a);
     let mut postings = BTreeMap::new();
     for w in &windows {
-        let p = ask(eps, &window_path(w))?;
+        let p = ask(eps, &w.lineage_path())?;
         let made: Vec<WindowPostings> = p
             .get("post")
             .into_iter()
@@ -380,7 +364,7 @@ fn stage_lines(a: &Answer) -> (Vec<String>, Vec<WindowRef>, bool) {
         for s in &steps {
             lines.push(describe_step(stage, s));
             if *stage == "aggregate" {
-                windows.extend(windows_of(s));
+                windows.extend(s.windows());
             }
         }
     }

@@ -95,7 +95,7 @@ pub enum Command {
         /// Who holds the key (logged with refusals).
         #[arg(long)]
         name: String,
-        /// Comma-separated: ingest, read, admin.
+        /// Comma-separated: ingest, read, approve (act on invoices), admin.
         #[arg(long, value_delimiter = ',', default_value = "ingest")]
         scopes: Vec<String>,
     },
@@ -267,8 +267,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
 /// the file) and the config entry holding its hash (stdout).
 fn api_key(name: &str, scopes: &[String]) -> anyhow::Result<String> {
     for s in scopes {
-        if !matches!(s.as_str(), "ingest" | "read" | "admin") {
-            bail!("unknown scope {s:?} (scopes: ingest, read, admin)");
+        if !matches!(s.as_str(), "ingest" | "read" | "approve" | "admin") {
+            bail!("unknown scope {s:?} (scopes: ingest, read, approve, admin)");
         }
     }
     let token = crate::api::auth::new_token();
@@ -282,49 +282,6 @@ fn api_key(name: &str, scopes: &[String]) -> anyhow::Result<String> {
 }
 
 /// SIGTERM or SIGINT.
-/// Publishes one record in its own Kafka transaction (a producer named
-/// after `who`, fenced by nobody: a random transactional id).
-pub(crate) fn publish_in_transaction(
-    config: &Config,
-    who: &str,
-    topic: &str,
-    key: &[u8],
-    value: &[u8],
-    headers: rdkafka::message::OwnedHeaders,
-) -> anyhow::Result<()> {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let transactional_id = format!(
-        "{}meterline.{who}.{:016x}",
-        config.topology.namespace,
-        rand::random::<u64>()
-    );
-    let producer: BaseProducer = crate::kafka::create(
-        &crate::kafka::transactional_producer_config(config, &transactional_id),
-        rdkafka::producer::DefaultProducerContext,
-    )?;
-    let timeout = std::time::Duration::from_millis(config.runtime.transaction_call_timeout_ms);
-    producer
-        .init_transactions(timeout)
-        .context("init_transactions")?;
-    producer.begin_transaction()?;
-    let record = BaseRecord::to(topic)
-        .key(key)
-        .payload(value)
-        .headers(headers);
-    let sent = crate::kafka::send_waiting(&producer, record)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            producer
-                .commit_transaction(timeout)
-                .map_err(anyhow::Error::from)
-        });
-    if let Err(e) = sent {
-        let _ = producer.abort_transaction(timeout);
-        return Err(e);
-    }
-    Ok(())
-}
-
 pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

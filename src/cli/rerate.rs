@@ -79,7 +79,7 @@ pub fn run(config: &Config, args: &RerateArgs) -> anyhow::Result<ExitCode> {
     }
     .to_json_bytes()?;
     let topic = config.topic(names::ENRICHED);
-    super::publish_in_transaction(
+    crate::commands::publish_in_transaction(
         config,
         "rerate-cli",
         &topic,

@@ -50,6 +50,10 @@ pub struct ApiConfig {
     /// PEM private key of `tls_cert_file`.
     #[serde(default)]
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// The file `meterline reconcile --report-file` writes: the console's
+    /// Reconcile page shows the last run from it. Relative to the config file.
+    #[serde(default)]
+    pub reconcile_report_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +68,7 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
+            reconcile_report_file: None,
         }
     }
 }
@@ -76,7 +81,12 @@ pub enum ApiScope {
     Ingest,
     /// Read what the pipeline holds (customers, contracts, usage).
     Read,
-    /// Everything.
+    /// Act on invoices through the API and the console: approve, hold,
+    /// release, void, credit, dispute (each a command signed with the key's
+    /// actor's key in `invoice.actor_keys_hex`). Includes nothing of read:
+    /// an approver key lists both.
+    Approve,
+    /// Everything, including replaying dead letters from the console.
     Admin,
 }
 
@@ -100,6 +110,17 @@ pub struct ApiKeyConfig {
     /// Read only these customers; empty: all.
     #[serde(default)]
     pub customers: Vec<String>,
+    /// The actor the key's commands carry and are signed as (its key in
+    /// `invoice.actor_keys_hex`); default: the key's name.
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+impl ApiKeyConfig {
+    /// Who this key's commands are by.
+    pub fn actor(&self) -> &str {
+        self.actor.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The hash is not the token, but Debug shows neither.
@@ -110,6 +131,7 @@ impl std::fmt::Debug for ApiKeyConfig {
             .field("scopes", &self.scopes)
             .field("sources", &self.sources)
             .field("customers", &self.customers)
+            .field("actor", &self.actor)
             .finish_non_exhaustive()
     }
 }

@@ -423,6 +423,28 @@ impl Invoice {
     }
 }
 
+/// Which invoices a list shows (`meterline invoices list`, `GET
+/// /v1/invoices`): every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvoiceFilter {
+    /// `draft`, `pending_approval`, `approved`, `posted` or `voided`.
+    pub status: Option<String>,
+    pub customer: Option<String>,
+    /// The service interval's id (its local start date, YYYY-MM-DD).
+    pub period: Option<String>,
+    pub legal_entity: Option<String>,
+}
+
+impl InvoiceFilter {
+    pub fn matches(&self, i: &Invoice) -> bool {
+        let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        is(&self.status, i.status.as_str())
+            && is(&self.customer, &i.customer.id)
+            && is(&self.period, &i.service_interval.id)
+            && is(&self.legal_entity, &i.legal_entity)
+    }
+}
+
 /// `Option<DateTime<Utc>>` as RFC 3339 in [`rfc3339_utc`]'s form, or null.
 pub mod optional_rfc3339 {
     use chrono::{DateTime, Utc};

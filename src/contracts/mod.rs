@@ -53,8 +53,8 @@ pub use enriched::{
 pub use gate::{GateKind, GateRecord, GATE_RECORD_VERSION};
 pub use invoice::{
     invoice_id, optional_rfc3339, Command, CommandKind, CreditMemo, Dispute, DisputeOutcome,
-    DraftPart, Hold, Invoice, InvoiceDocLine, InvoiceStatus, InvoiceTotals, ParkedEvent,
-    StatusChange, COMMAND_VERSION, INVOICE_VERSION, SIGNATURE_HEADER,
+    DraftPart, Hold, Invoice, InvoiceDocLine, InvoiceFilter, InvoiceStatus, InvoiceTotals,
+    ParkedEvent, StatusChange, COMMAND_VERSION, INVOICE_VERSION, SIGNATURE_HEADER,
 };
 pub use ledger::{AckSource, AckStatus, LedgerAck, LEDGER_ACK_VERSION};
 pub use posting::{

@@ -115,6 +115,11 @@ pub struct ReconcileArgs {
     /// node_exporter's textfile collector: a `.prom` file in its directory).
     #[arg(long)]
     pub textfile: Option<PathBuf>,
+    /// Also write the report as JSON to this file (atomically), with when it
+    /// ran: what `meterline api` serves to the console's Reconcile page
+    /// (`api.reconcile_report_file`).
+    #[arg(long)]
+    pub report_file: Option<PathBuf>,
     /// Also check the general ledger ledger-sync writes (PostgreSQL URL;
     /// default: [ledger] url or $METERLINE_LEDGER_URL when set): every
     /// posting it has read is in the ledger once or refused, and debits,
@@ -165,6 +170,21 @@ pub fn run(config: &Config, args: &ReconcileArgs) -> Result<bool, ReconcileError
         write_textfile(path, &metrics).map_err(|source| ReconcileError::Textfile {
             path: path.display().to_string(),
             source,
+        })?;
+    }
+    if let Some(path) = &args.report_file {
+        let doc = serde_json::json!({
+            "run_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "ok": report.ok(),
+            "period": args.period,
+            "ledger_checked": facts.ledger.is_some(),
+            "report": report,
+        });
+        write_textfile(path, &serde_json::to_string(&doc)?).map_err(|source| {
+            ReconcileError::Textfile {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
     }
     Ok(report.ok())

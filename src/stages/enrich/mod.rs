@@ -130,7 +130,9 @@ mod tests;
 
 use crate::store::StoreId;
 
-pub use parked::{ParkedStoreError, PARKED_VALUE_FORMAT};
+pub use parked::{
+    is_entry_key, parked_summary, ParkedStoreError, ParkedSummary, PARKED_VALUE_FORMAT,
+};
 pub use processor::EnrichProcessor;
 pub use recheck::{PARKED_RECHECK_BATCH_MAX, PARKED_RESWEEP_INTERVAL_MS};
 

@@ -112,6 +112,44 @@ impl ParkedEntry {
     }
 }
 
+/// A parked event as a record of the `parked` store's changelog shows it:
+/// what `meterline api` follows for the console's exceptions page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedSummary {
+    pub customer: String,
+    pub source: String,
+    pub id: String,
+    /// The park code.
+    pub reason: String,
+    pub message: String,
+    pub first_parked_ms: i64,
+    /// The estimate of what the event would bill: (currency, amount, legal entity).
+    pub at_risk: Option<(String, rust_decimal::Decimal, String)>,
+}
+
+/// The parked event a changelog record of the `parked` store holds; `None`
+/// for the store's other keys (age index, statistics) and unreadable values.
+pub fn parked_summary(key: &[u8], value: &[u8]) -> Option<ParkedSummary> {
+    let (customer, source, id) = parse_entry_key(key).ok()?;
+    let meta = ParkedEntry::decode(value).ok()?.meta;
+    Some(ParkedSummary {
+        customer,
+        source,
+        id,
+        reason: meta.reason,
+        message: meta.message,
+        first_parked_ms: meta.first_parked_ms,
+        at_risk: meta
+            .at_risk
+            .map(|r| (r.currency, r.amount.0, r.legal_entity)),
+    })
+}
+
+/// Whether a key of the `parked` store is a parked event's entry.
+pub fn is_entry_key(key: &[u8]) -> bool {
+    parse_entry_key(key).is_ok()
+}
+
 // ---- keys --------------------------------------------------------------------
 
 pub(super) fn entry_key(customer: &str, source: &str, id: &str) -> Vec<u8> {
@@ -301,6 +339,23 @@ mod tests {
             ParkedEntry::decode(&[]).unwrap_err().code(),
             "parked_value_truncated"
         );
+        let key = entry_key("c1", "src", "e1");
+        let seen = parked_summary(&key, &bytes).unwrap();
+        assert_eq!(
+            (
+                seen.customer.as_str(),
+                seen.reason.as_str(),
+                seen.first_parked_ms
+            ),
+            ("c1", "unknown_plan", 7)
+        );
+        assert_eq!(
+            seen.at_risk,
+            Some(("EUR".into(), dec!(1.50), "ml-eu".into()))
+        );
+        assert!(is_entry_key(&key));
+        assert!(parked_summary(b"S", &bytes).is_none(), "the statistics key");
+        assert!(parked_summary(&key, &[9]).is_none());
     }
 
     #[test]
