@@ -19,7 +19,7 @@ let me = null;
 function h(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   setAttrs(e, attrs);
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === null || kid === undefined || kid === false) continue;
     e.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
@@ -60,7 +60,8 @@ function say(text, cls) {
 }
 
 function page(...nodes) {
-  document.getElementById('page').replaceChildren(...nodes.flat());
+  const kids = nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false);
+  document.getElementById('page').replaceChildren(...kids);
 }
 
 function link(hash, text) {
@@ -383,10 +384,11 @@ function windowsTable(t, marked) {
       for (const p of made.postings) {
         const j = t.postings[p.idempotency_key] || {};
         const inv = (j.invoice && j.invoice.invoice_id) || made.invoice;
+        const invNow = inv && t.invoices[inv];
         rows.push([name, p.posting_type + ' ' + p.kind, p.amount, p.accounting_date,
           h('code', {}, (p.idempotency_key === marked ? '* ' : '') + p.idempotency_key),
           inv ? link(hashOf('invoice/' + encodeURIComponent(inv)), inv) : '',
-          j.invoice ? j.invoice.status : '',
+          invNow ? invNow.status : (j.invoice ? j.invoice.status : ''),
           j.ack ? j.ack.status + (j.ack.ledger_row_id ? ' (row ' + j.ack.ledger_row_id + ')' : '') : 'no ack yet']);
       }
     }
@@ -402,7 +404,7 @@ async function reconcilePage(_, params) {
   const checks = r.report.checks.filter((c) => all || !c.ok);
   const failures = r.report.checks.filter((c) => !c.ok).length;
   page(h('h2', {}, 'Reconcile'),
-    h('p', { class: r.ok ? 'ok' : 'error' }, 'Last run ' + r.run_at + ': ' + (r.ok ? 'every check held' : failures + ' check(s) failed') +
+    h('p', { id: 'reconcile-summary', class: r.ok ? 'ok' : 'error' }, 'Last run ' + r.run_at + ': ' + (r.ok ? 'every check held' : failures + ' check(s) failed') +
       ' (' + r.report.checks.length + ' checks' + (r.ledger_checked ? ', ledger included' : '') + ').'),
     h('p', {}, all ? link(hashOf('reconcile'), 'Show failures only') : link(hashOf('reconcile', { all: '1' }), 'Show every check')),
     table(all ? 'Every check' : 'Failed checks', ['Subject', 'Check', 'Currency', 'Expected', 'Actual', 'Difference', 'OK', 'Detail'],

@@ -100,7 +100,9 @@ async fn event(state: &ApiState, headers: &HeaderMap, q: Option<String>) -> Resu
     .map_err(|e| e.to_string())
     .and_then(|r| r)
     .map_err(|d| unavailable(state, d))?;
-    let postings = joins(&windows, &state.invoices.read(), &state.acks.read());
+    let invoices = state.invoices.read();
+    let postings = joins(&windows, &invoices, &state.acks.read());
+    let cleared_by = invoices_of(&windows, &invoices);
     Ok(json!({
         "source": source,
         "id": id,
@@ -108,6 +110,7 @@ async fn event(state: &ApiState, headers: &HeaderMap, q: Option<String>) -> Resu
         "stages": stages,
         "windows": windows_json(&windows),
         "postings": postings,
+        "invoices": cleared_by,
         "unanswered": unanswered,
     }))
 }
@@ -137,13 +140,16 @@ async fn posting(
     .map_err(|e| e.to_string())
     .and_then(|r| r)
     .map_err(|d| unavailable(state, d))?;
-    let postings = joins(&windows, &state.invoices.read(), &state.acks.read());
+    let invoices = state.invoices.read();
+    let postings = joins(&windows, &invoices, &state.acks.read());
+    let cleared_by = invoices_of(&windows, &invoices);
     Ok(json!({
         "key": key,
         "known": sources.is_some(),
         "sources": sources,
         "windows": windows_json(&windows),
         "postings": postings,
+        "invoices": cleared_by,
         "unanswered": unanswered,
     }))
 }
@@ -235,6 +241,22 @@ fn joins(
             |a| json!({"status": a.status, "ledger_row_id": a.ledger_row_id, "reason": a.reason}),
         );
         out.insert(key.clone(), json!({"invoice": invoice, "ack": ack}));
+    }
+    Value::Object(out)
+}
+
+/// Every invoice a window clears, by id: its status and version now.
+fn invoices_of(windows: &[(WindowRef, Vec<WindowPostings>)], invoices: &InvoiceState) -> Value {
+    let ids = windows
+        .iter()
+        .flat_map(|(_, made)| made)
+        .filter_map(|m| m.invoice.as_ref());
+    let mut out = serde_json::Map::new();
+    for id in ids {
+        if let Some(i) = invoices.get(id) {
+            let v = json!({"status": i.status.as_str(), "version": i.version, "total": i.totals.total.to_string(), "currency": i.currency});
+            out.insert(id.clone(), v);
+        }
     }
     Value::Object(out)
 }
