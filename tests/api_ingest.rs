@@ -132,28 +132,12 @@ sources = ["partner/*"]
     )
 }
 
-fn start_api(w: &World, port: u16) -> Stage {
-    let api = w
-        .cmd()
-        .arg("api")
-        .current_dir(w.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map(Stage)
-        .unwrap();
-    wait_until("the API answers /healthz", || {
-        http_get(port, "/healthz").is_some_and(|(s, _)| s == 200)
-    });
-    api
-}
-
 #[test]
 fn batches_land_once_and_bad_requests_get_problems() {
     let port = free_port();
     let w = World::new("api", &config(port));
     w.apply();
-    let mut api = start_api(&w, port);
+    let mut api = w.spawn_api(port);
 
     // Valid batches, each sent twice (a client retrying after a timeout),
     // alternating the two keys of a rotation.
@@ -409,7 +393,7 @@ fn queries_answer_from_reference_data_and_keys_limit_customers() {
                 .unwrap();
         w.load_refdata(kind, &text);
     }
-    let mut api = start_api(&w, port);
+    let mut api = w.spawn_api(port);
     wait_until("the API read the reference data", || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     });
@@ -608,7 +592,7 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             anchor.trim_start_matches('0')
         ),
     );
-    let mut api = start_api(&w, port);
+    let mut api = w.spawn_api(port);
     // cust-api (sub-api, plan starter: the first 100,000 tokens free, then
     // 0.000002 each) and cust-0001 (sub-0001-b, plan scale v2: the first
     // 2,000,000 free), both over the free tier.

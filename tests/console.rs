@@ -136,16 +136,9 @@ fn invoices(w: &World) -> std::collections::BTreeMap<String, Invoice> {
     out
 }
 
+/// `meterline api`, once it has read every followed topic.
 fn start_api(w: &World, port: u16) -> Stage {
-    let api = w
-        .cmd()
-        .arg("api")
-        .current_dir(w.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map(Stage)
-        .unwrap();
+    let api = w.spawn_api(port);
     wait_until("the API is ready", || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     });

@@ -17,15 +17,15 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use axum::response::Response;
+use rdkafka::message::{BorrowedMessage, Message};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::follow::{self, Apply, View};
 use super::problem::Problem;
-use super::{auth, count, queries, reasons, ApiState};
+use super::{auth, queries, reasons, ApiState};
 use crate::config::{ApiScope, Config};
 use crate::kafka;
 use crate::runtime::dlq::headers;
@@ -86,13 +86,7 @@ impl Apply for DeadLetters {
     fn apply(&self, _: &mut DeadLetterState, _: &str, _: i32, _: &[u8], _: Option<&[u8]>) {}
 
     fn apply_message(&self, s: &mut DeadLetterState, m: &BorrowedMessage<'_>) {
-        let text = |name: &str| {
-            m.headers()
-                .and_then(|h| h.iter().filter(|x| x.key == name).last())
-                .and_then(|x| x.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
+        let text = |name: &str| kafka::header_text(m, name);
         let at_ms = m.timestamp().to_millis().unwrap_or_default();
         let g = s
             .entry((text(headers::STAGE), text(headers::REASON)))
@@ -136,28 +130,13 @@ pub async fn get(State(state): State<ApiState>, headers: HeaderMap) -> Response 
         let now_ms = chrono::Utc::now().timestamp_millis();
         summary(&state.parked.read(), &state.dead_letters.read(), now_ms)
     });
-    let response = match result {
-        Ok(v) => super::json_response(StatusCode::OK, &v),
-        Err(p) => p.into_response(),
-    };
-    count("/v1/exceptions", response.status());
-    response
+    super::respond("/v1/exceptions", StatusCode::OK, result)
 }
 
 /// The key has `scope` and reads every customer (exceptions span them).
 fn unlimited(state: &ApiState, headers: &HeaderMap, scope: ApiScope) -> Result<(), Problem> {
     let caller = auth::authorize(&state.config.api.keys, headers, scope)?;
-    if !caller.key.customers.is_empty() {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            reasons::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "the key {:?} is limited to customers; exceptions span every customer",
-                caller.key.name
-            ),
-        ));
-    }
+    queries::unlimited(&caller, "the exceptions page")?;
     super::ready(state)
 }
 
@@ -253,12 +232,8 @@ pub async fn post_replay(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = match replay(&state, &headers, body).await {
-        Ok(v) => super::json_response(StatusCode::OK, &v),
-        Err(p) => p.into_response(),
-    };
-    count("/v1/replay", response.status());
-    response
+    let result = replay(&state, &headers, body).await;
+    super::respond("/v1/replay", StatusCode::OK, result)
 }
 
 async fn replay(
@@ -295,14 +270,7 @@ async fn replay(
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
     let summary = ran.map_err(|detail| {
-        let mut p = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            reasons::REPLAY_FAILED,
-            "Replay failed",
-            detail,
-        );
-        p.retry_after_s = Some(state.config.api.retry_after_s);
-        p
+        super::unavailable(state, reasons::REPLAY_FAILED, "Replay failed", detail)
     })?;
     tracing::info!(from = %req.from, reason = ?req.reason, dry_run = req.dry_run, sent = summary.sent(), "replay from the API");
     Ok(json!({

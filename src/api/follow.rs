@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -534,18 +534,11 @@ impl Apply for Refusals {
         let Some(cmd) = m.payload().and_then(|v| Command::from_json_slice(v).ok()) else {
             return;
         };
-        let text = |name: &str| {
-            m.headers()
-                .and_then(|h| h.iter().filter(|x| x.key == name).last())
-                .and_then(|x| x.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
         s.insert(
             cmd.id,
             Refusal {
-                code: text(headers::REASON),
-                message: text(headers::MESSAGE),
+                code: kafka::header_text(m, headers::REASON),
+                message: kafka::header_text(m, headers::MESSAGE),
                 at_ms: m.timestamp().to_millis().unwrap_or_default(),
             },
         );

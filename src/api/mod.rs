@@ -13,7 +13,6 @@ pub mod events;
 pub mod exceptions;
 pub mod follow;
 pub mod invoices;
-pub mod lineage;
 pub mod problem;
 pub mod queries;
 pub mod trace;
@@ -237,7 +236,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
         .route("/api/v1/meters/{slug}/query", get(get_meter_query))
-        .route("/v1/lineage/event", get(lineage::get_lineage))
+        .route("/v1/lineage/event", get(trace::get_lineage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { crate::metrics::render() }))
@@ -298,12 +297,7 @@ fn scoped_route(
         ready(state)?;
         answer(&state.refs.read(), &caller)
     });
-    let response = match result {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(p) => p.into_response(),
-    };
-    count(route, response.status());
-    response
+    respond(route, StatusCode::OK, result)
 }
 
 /// 503 until every followed view caught up.
@@ -311,14 +305,39 @@ fn ready(state: &ApiState) -> Result<(), Problem> {
     if state.views_ready() {
         return Ok(());
     }
-    let mut p = Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    Err(unavailable(
+        state,
         reasons::NOT_READY,
         "Not ready",
         "the reference data is still loading",
-    );
+    ))
+}
+
+/// The answer of a route (`status` when it succeeded, its problem when
+/// not), counted under `route`.
+fn respond(
+    route: &str,
+    status: StatusCode,
+    result: Result<serde_json::Value, Problem>,
+) -> Response {
+    let response = match result {
+        Ok(v) => json_response(status, &v),
+        Err(p) => p.into_response(),
+    };
+    count(route, response.status());
+    response
+}
+
+/// A 503 problem with the configured Retry-After.
+fn unavailable(
+    state: &ApiState,
+    code: &'static str,
+    title: &'static str,
+    detail: impl Into<String>,
+) -> Problem {
+    let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, title, detail);
     p.retry_after_s = Some(state.config.api.retry_after_s);
-    Err(p)
+    p
 }
 
 fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
@@ -437,12 +456,8 @@ async fn post_command(
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = match send_command(&state, &headers, id, body).await {
-        Ok(v) => json_response(StatusCode::ACCEPTED, &v),
-        Err(p) => p.into_response(),
-    };
-    count("/v1/invoices/{id}/commands", response.status());
-    response
+    let result = send_command(&state, &headers, id, body).await;
+    respond("/v1/invoices/{id}/commands", StatusCode::ACCEPTED, result)
 }
 
 async fn send_command(
@@ -470,17 +485,15 @@ async fn send_command(
     .and_then(|r| r);
     if let Err(detail) = sent {
         tracing::warn!(command = %cmd.id, error = %detail, "command not published");
-        let mut p = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(unavailable(
+            state,
             reasons::BROKER_UNAVAILABLE,
             "Broker unavailable",
             format!(
                 "command {} was not published ({detail}); re-sending it with command_id {} is safe",
                 cmd.id, cmd.id
             ),
-        );
-        p.retry_after_s = Some(state.config.api.retry_after_s);
-        return Err(p);
+        ));
     }
     Ok(invoices::accepted(&cmd))
 }

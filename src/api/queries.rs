@@ -56,6 +56,22 @@ pub fn customer_forbidden(caller: &Caller<'_>) -> Problem {
     )
 }
 
+/// 403 unless the key reads every customer (`what` spans them).
+pub fn unlimited(caller: &Caller<'_>, what: &str) -> Result<(), Problem> {
+    if caller.key.customers.is_empty() {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        reasons::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "the key {:?} is limited to customers; {what} needs an unlimited read key",
+            caller.key.name
+        ),
+    ))
+}
+
 pub fn check_customer(caller: &Caller<'_>, customer_id: &str) -> Result<(), Problem> {
     if caller.may_read(customer_id) {
         Ok(())

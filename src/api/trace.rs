@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::follow::{AckState, InvoiceState};
 use super::problem::Problem;
-use super::{auth, count, queries, reasons, ApiState};
+use super::{auth, queries, reasons, ApiState};
 use crate::config::ApiScope;
 use crate::http::percent_encode;
 use crate::lineage::remote::{ask_all, Merged};
@@ -28,17 +28,24 @@ use crate::lineage::{PostingSources, Steps, WindowPostings, WindowRef};
 /// period windows, and their adjustments).
 pub const MAX_TRACE_WINDOWS: usize = 64;
 
+/// `GET /v1/lineage/event?source=S&id=I`: the event's steps only, as the
+/// stage instances answer them.
+pub async fn get_lineage(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let result = lineage(&state, &headers, q).await;
+    super::respond("/v1/lineage/event", StatusCode::OK, result)
+}
+
 pub async fn get_event(
     State(state): State<ApiState>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let response = match event(&state, &headers, q).await {
-        Ok(v) => super::json_response(StatusCode::OK, &v),
-        Err(p) => p.into_response(),
-    };
-    count("/v1/trace/event", response.status());
-    response
+    let result = event(&state, &headers, q).await;
+    super::respond("/v1/trace/event", StatusCode::OK, result)
 }
 
 pub async fn get_posting(
@@ -46,29 +53,15 @@ pub async fn get_posting(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let response = match posting(&state, &headers, q).await {
-        Ok(v) => super::json_response(StatusCode::OK, &v),
-        Err(p) => p.into_response(),
-    };
-    count("/v1/trace/posting", response.status());
-    response
+    let result = posting(&state, &headers, q).await;
+    super::respond("/v1/trace/posting", StatusCode::OK, result)
 }
 
-/// The caller (an unlimited read key: lineage spans customers) and its token.
+/// The caller's token, once its key may read lineage (scope read, every
+/// customer: lineage spans them).
 fn caller_token(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let caller = auth::authorize(&state.config.api.keys, headers, ApiScope::Read)?;
-    if !caller.key.customers.is_empty() {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            reasons::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "the key {:?} is limited to customers; a trace needs an unlimited read key",
-                caller.key.name
-            ),
-        ));
-    }
-    super::ready(state)?;
+    queries::unlimited(&caller, "lineage")?;
     Ok(auth::bearer(headers).map(str::to_owned))
 }
 
@@ -80,39 +73,83 @@ fn param(params: &BTreeMap<String, String>, k: &str) -> Result<String, Problem> 
         .ok_or_else(|| queries::invalid(format!("query parameter {k} is required")))
 }
 
-async fn event(state: &ApiState, headers: &HeaderMap, q: Option<String>) -> Result<Value, Problem> {
-    let token = caller_token(state, headers)?;
-    let params = crate::http::query_params(q);
-    let (source, id) = (param(&params, "source")?, param(&params, "id")?);
+/// The `/lineage/event` path of the `source` and `id` query parameters.
+fn event_path(params: &BTreeMap<String, String>) -> Result<(String, String, String), Problem> {
+    let (source, id) = (param(params, "source")?, param(params, "id")?);
     let path = format!(
         "/lineage/event?source={}&id={}",
         percent_encode(&source),
         percent_encode(&id)
     );
+    Ok((source, id, path))
+}
+
+/// What the stages answered for a path, and what post made of the windows
+/// `pick` finds in that answer.
+struct Asked {
+    found: Merged,
+    windows: Vec<(WindowRef, Vec<WindowPostings>)>,
+    unanswered: Vec<String>,
+}
+
+async fn ask(
+    state: &ApiState,
+    token: Option<String>,
+    path: String,
+    pick: fn(&Merged) -> Vec<WindowRef>,
+) -> Result<Asked, Problem> {
     let endpoints = crate::lineage::remote::endpoints(&state.config);
-    let (stages, windows, unanswered) = tokio::task::spawn_blocking(move || {
-        let (stages, mut unanswered) = ask_all(&endpoints, &path, token.as_deref())?;
-        let refs = aggregate_windows(&stages);
+    tokio::task::spawn_blocking(move || {
+        let (found, mut unanswered) = ask_all(&endpoints, &path, token.as_deref())?;
+        let refs = pick(&found);
         let windows = posted(&endpoints, &refs, token.as_deref(), &mut unanswered);
-        Ok::<_, String>((stages, windows, unanswered))
+        Ok::<_, String>(Asked {
+            found,
+            windows,
+            unanswered,
+        })
     })
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r)
-    .map_err(|d| unavailable(state, d))?;
-    let invoices = state.invoices.read();
-    let postings = joins(&windows, &invoices, &state.acks.read());
-    let cleared_by = invoices_of(&windows, &invoices);
+    .map_err(|d| {
+        super::unavailable(
+            state,
+            reasons::LINEAGE_UNAVAILABLE,
+            "Lineage unavailable",
+            d,
+        )
+    })
+}
+
+async fn lineage(
+    state: &ApiState,
+    headers: &HeaderMap,
+    q: Option<String>,
+) -> Result<Value, Problem> {
+    let token = caller_token(state, headers)?;
+    let (source, id, path) = event_path(&crate::http::query_params(q))?;
+    let asked = ask(state, token, path, |_| Vec::new()).await?;
     Ok(json!({
         "source": source,
         "id": id,
-        "known": !stages.is_empty(),
-        "stages": stages,
-        "windows": windows_json(&windows),
-        "postings": postings,
-        "invoices": cleared_by,
-        "unanswered": unanswered,
+        "stages": asked.found,
+        "unanswered": asked.unanswered,
     }))
+}
+
+async fn event(state: &ApiState, headers: &HeaderMap, q: Option<String>) -> Result<Value, Problem> {
+    let token = caller_token(state, headers)?;
+    super::ready(state)?;
+    let (source, id, path) = event_path(&crate::http::query_params(q))?;
+    let asked = ask(state, token, path, aggregate_windows).await?;
+    let head = json!({
+        "source": source,
+        "id": id,
+        "known": !asked.found.is_empty(),
+        "stages": asked.found,
+    });
+    Ok(joined(state, &asked, head))
 }
 
 async fn posting(
@@ -121,48 +158,42 @@ async fn posting(
     q: Option<String>,
 ) -> Result<Value, Problem> {
     let token = caller_token(state, headers)?;
+    super::ready(state)?;
     let key = param(&crate::http::query_params(q), "key")?;
     let path = format!("/lineage/posting?key={}", percent_encode(&key));
-    let endpoints = crate::lineage::remote::endpoints(&state.config);
-    let (sources, windows, unanswered) = tokio::task::spawn_blocking(move || {
-        let (found, mut unanswered) = ask_all(&endpoints, &path, token.as_deref())?;
-        let sources: Option<PostingSources> = values(&found, "post")
-            .next()
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
-        let refs = sources
-            .as_ref()
-            .map(|s| s.windows.clone())
-            .unwrap_or_default();
-        let windows = posted(&endpoints, &refs, token.as_deref(), &mut unanswered);
-        Ok::<_, String>((sources, windows, unanswered))
+    let asked = ask(state, token, path, |m| {
+        sources_of(m).map(|s| s.windows).unwrap_or_default()
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r)
-    .map_err(|d| unavailable(state, d))?;
-    let invoices = state.invoices.read();
-    let postings = joins(&windows, &invoices, &state.acks.read());
-    let cleared_by = invoices_of(&windows, &invoices);
-    Ok(json!({
-        "key": key,
-        "known": sources.is_some(),
-        "sources": sources,
-        "windows": windows_json(&windows),
-        "postings": postings,
-        "invoices": cleared_by,
-        "unanswered": unanswered,
-    }))
+    .await?;
+    let sources = sources_of(&asked.found);
+    let head = json!({"key": key, "known": sources.is_some(), "sources": sources});
+    Ok(joined(state, &asked, head))
 }
 
-fn unavailable(state: &ApiState, detail: String) -> Problem {
-    let mut p = Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        reasons::LINEAGE_UNAVAILABLE,
-        "Lineage unavailable",
-        detail,
-    );
-    p.retry_after_s = Some(state.config.api.retry_after_s);
-    p
+/// A posting's windows, as post's lineage answered them.
+fn sources_of(m: &Merged) -> Option<PostingSources> {
+    values(m, "post")
+        .next()
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// `head` with the windows, and per posting and invoice what the API
+/// follows itself.
+fn joined(state: &ApiState, asked: &Asked, mut head: Value) -> Value {
+    let invoices = state.invoices.read();
+    let more = [
+        ("windows", windows_json(&asked.windows)),
+        (
+            "postings",
+            joins(&asked.windows, &invoices, &state.acks.read()),
+        ),
+        ("invoices", invoices_of(&asked.windows, &invoices)),
+        ("unanswered", json!(asked.unanswered)),
+    ];
+    if let Some(o) = head.as_object_mut() {
+        o.extend(more.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    }
+    head
 }
 
 /// The `value`s a stage's partitions answered.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rust_decimal::Decimal;
 
 use crate::config::Config;
@@ -492,16 +492,9 @@ fn outcome(config: &Config, cmd: &Command, sent_ms: i64) -> anyhow::Result<Optio
                 .and_then(|v| Command::from_json_slice(v).ok())
                 .is_some_and(|c| c.id == cmd.id && c.customer_id == cmd.customer_id);
         if same {
-            let header = |name: &str| {
-                m.headers()
-                    .and_then(|h| h.iter().find(|x| x.key == name))
-                    .and_then(|x| x.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
             refused = Some(Outcome::Refused {
-                code: header(dlq_headers::REASON),
-                message: header(dlq_headers::MESSAGE),
+                code: crate::kafka::header_text(m, dlq_headers::REASON),
+                message: crate::kafka::header_text(m, dlq_headers::MESSAGE),
             });
         }
     })?;

@@ -157,6 +157,16 @@ fn base(props: &std::collections::BTreeMap<String, String>) -> ClientConfig {
     c
 }
 
+/// The last value of header `name` of a record, as text ("" when absent).
+pub fn header_text(m: &BorrowedMessage<'_>, name: &str) -> String {
+    use rdkafka::message::{Headers, Message};
+    m.headers()
+        .and_then(|h| h.iter().filter(|x| x.key == name).last())
+        .and_then(|x| x.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
 /// Consumer settings for a stage: exactly-once input side.
 pub fn stage_consumer_config(config: &Config, group_id: &str) -> ClientConfig {
     let mut c = base(&config.consumer_props());

@@ -149,6 +149,18 @@ transaction_timeout_ms = 10000
         self.spawn(c, instance)
     }
 
+    /// Starts `meterline api` (the config's `[api]` on `port`) and waits
+    /// until it answers /healthz.
+    pub fn spawn_api(&self, port: u16) -> Stage {
+        let mut c = self.cmd();
+        c.arg("api");
+        let api = self.spawn(c, "api");
+        wait_until("the API answers /healthz", || {
+            http_get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+        });
+        api
+    }
+
     /// Starts a long-running verb in the world's directory.
     fn spawn(&self, mut c: Command, instance: &str) -> Stage {
         c.env("METERLINE__RUNTIME__INSTANCE_ID", instance)
