@@ -290,7 +290,9 @@ async function usagePage(args) {
     ev.preventDefault();
     location.hash = '#/usage/' + encodeURIComponent(new FormData(f).get('subscription'));
   });
-  if (!args[0]) { page(h('h2', {}, 'Usage'), f); say(''); return; }
+  // The form first: a subscription that does not exist leaves it to correct.
+  page(h('h2', {}, 'Usage'), f);
+  if (!args[0]) { say(''); return; }
   const u = await api('GET', '/v1/subscriptions/' + encodeURIComponent(args[0]) + '/usage');
   const periods = u.periods.map((p) => [
     h('h3', {}, 'Period ' + p.period.id + (p.period.end ? ' (to ' + p.period.end + ')' : '')),
@@ -344,6 +346,7 @@ async function tracePage(_, params) {
     h('button', { type: 'submit' }, 'Trace posting'));
   byPosting.addEventListener('submit', (ev) => { ev.preventDefault(); location.hash = hashOf('trace', Object.fromEntries(new FormData(byPosting))); });
   const head = [h('h2', {}, 'Trace'), byEvent, byPosting];
+  page(head);
   let t = null;
   if (params.get('source') && params.get('id')) {
     t = await api('GET', '/v1/trace/event?' + new URLSearchParams({ source: params.get('source'), id: params.get('id') }));
@@ -434,6 +437,8 @@ async function route() {
     if (a.dataset.page === navName) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
   say('Loading…');
+  // Nothing of the previous page stays under this page's name if it fails.
+  page(h('h2', {}, navName.charAt(0).toUpperCase() + navName.slice(1)));
   try {
     await PAGES[name](parts.slice(1), new URLSearchParams(query || ''));
     document.title = 'meterline console: ' + navName;

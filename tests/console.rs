@@ -13,6 +13,8 @@
 //! * c-late's event `late1` of Sep 10 arrives after Sep 10 closed: the
 //!   trace page shows the adjustment of Sep 10 accrued on Sep 12, the
 //!   invoice it ended on and the ledger's acknowledgement;
+//! * on c-late's posted 85.00 the page credits 10% and opens a dispute of
+//!   5.00 that is won: open 76.50, credited 8.50, exactly;
 //! * a read key sees no action button, and the command it forges is 403;
 //! * an unknown customer's event parks, a negative value is dead-lettered:
 //!   the exceptions page lists both and an admin key's dry run counts 1;
@@ -283,6 +285,17 @@ fn operators_approve_trace_and_work_exceptions_in_the_browser() {
             .any(|p| p.posting_type == PostingType::InvoiceLine),
         "the approval's invoice lines are on finance.postings"
     );
+    // The credit memo and the dispute the page sent on c-late's 85.00.
+    let late = invoices(&w).remove(LATE_INVOICE).unwrap();
+    let t = &late.totals;
+    let cents = |c: i64| rust_decimal::Decimal::new(c, 2);
+    assert_eq!(
+        (t.total, t.credited, t.disputed, t.open),
+        (cents(8500), cents(850), cents(0), cents(7650)),
+        "10% credited, 5.00 disputed and won"
+    );
+    assert_eq!(late.disputes.len(), 1);
+    assert_eq!(late.disputes[0].status, "won");
     for shot in [
         "invoices",
         "invoice-reader",

@@ -99,6 +99,34 @@ def approver_checks(page, a):
     return {"postings_before": postings_before, "postings_after": postings_after, "second_approve": refusal}
 
 
+def credit_and_dispute(page, a):
+    """On the posted invoice of c-late (85.00: 7,500 tokens at 0.01 and the
+    10.00 base fee): a 10% credit memo, a dispute of 5.00 opened and won;
+    the totals the page shows after each, to the cent."""
+    go(page, a.url, f"invoice/{a.late_invoice}")
+    expect(page.locator("#invoice-status")).to_have_text("posted", timeout=WAIT_MS)
+    totals = page.locator("table:has(caption:text-is('Totals (USD)')) tbody tr")
+    expect(totals).to_contain_text("85.00")
+    steps = [
+        ("percent", "10", "credit", "credit applied: the invoice is posted", "open 76.50 USD"),
+        ("amount", "5.00", "dispute_open", "dispute_open applied", "open 71.50 USD"),
+        (None, None, "dispute_resolve", "dispute_resolve applied", "open 76.50 USD"),
+    ]
+    for field, value, action, said, open_now in steps:
+        page.fill("#reason", f"console {action}")
+        if field:
+            page.fill(f"#{field}", value)
+        page.click(f"button[data-action={action}]")
+        expect(page.locator("#status")).to_contain_text(said, timeout=WAIT_MS)
+        expect(page.locator("#status")).to_contain_text(open_now)
+    memos = page.locator("table:has(caption:text-is('Credit memos')) tbody tr")
+    expect(memos).to_have_count(1)
+    expect(memos.first).to_contain_text("8.50")
+    disputes = page.locator("table:has(caption:text-is('Disputes')) tbody tr")
+    expect(disputes.first).to_contain_text("won")
+    return {"totals_after": totals.inner_text()}
+
+
 def trace_checks(page, a):
     """The late event's trace: its adjustment window, the invoice it ended
     on, the ledger's ack; then back from one of its postings."""
@@ -188,7 +216,7 @@ def main():
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        for check in [reader_checks, approver_checks, trace_checks, other_pages, admin_checks, bulk_checks]:
+        for check in [reader_checks, approver_checks, credit_and_dispute, trace_checks, other_pages, admin_checks, bulk_checks]:
             results[check.__name__] = check(page, a)
         browser.close()
     if errors:
