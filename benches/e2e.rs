@@ -53,6 +53,9 @@ fn stage_names() -> impl Iterator<Item = &'static str> {
 }
 const HOPS: usize = 5;
 
+#[path = "e2e/soak.rs"]
+mod soak;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--hop") {
@@ -82,6 +85,10 @@ struct Opts {
     recovery_keys: u64,
     latency_fraction: f64,
     latency_secs: f64,
+    /// Minutes of the soak run (0: none).
+    soak_mins: f64,
+    /// The soak's rate, a fraction of the exactly-once throughput.
+    soak_fraction: f64,
     out: PathBuf,
     kstreams_jar: PathBuf,
     repo: PathBuf,
@@ -98,6 +105,8 @@ impl Opts {
             recovery_keys: 1_000_000,
             latency_fraction: 0.7,
             latency_secs: 40.0,
+            soak_mins: 0.0,
+            soak_fraction: 0.5,
             out: std::env::var("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| repo.join("target"))
@@ -118,6 +127,8 @@ impl Opts {
                     o.latency_fraction = val().parse().expect("--latency-fraction F")
                 }
                 "--latency-secs" => o.latency_secs = val().parse().expect("--latency-secs S"),
+                "--soak-mins" => o.soak_mins = val().parse().expect("--soak-mins M"),
+                "--soak-fraction" => o.soak_fraction = val().parse().expect("--soak-fraction F"),
                 "--out" => o.out = PathBuf::from(val()),
                 "--kstreams-jar" => o.kstreams_jar = PathBuf::from(val()),
                 other => {
@@ -168,16 +179,7 @@ fn scenario(count: u64, end: DateTime<Utc>, tail: bool) -> Vec<Event> {
         .expect("scenario types");
     let mut out = Vec::with_capacity(count as usize + CUSTOMERS as usize);
     for _ in 0..count {
-        let r = g.next_record();
-        let event_ms = match r.kind {
-            Kind::Malformed(_) => None,
-            _ => event_time_ms(&r.value),
-        };
-        out.push(Event {
-            key: r.key,
-            value: r.value,
-            event_ms,
-        });
+        out.push(next_event(&mut g));
     }
     if tail {
         let t = end + chrono::Duration::minutes(15);
@@ -194,6 +196,20 @@ fn scenario(count: u64, end: DateTime<Utc>, tail: bool) -> Vec<Event> {
         }
     }
     out
+}
+
+/// The generator's next record as an input event (malformed: no event time).
+fn next_event(g: &mut Generator) -> Event {
+    let r = g.next_record();
+    let event_ms = match r.kind {
+        Kind::Malformed(_) => None,
+        _ => event_time_ms(&r.value),
+    };
+    Event {
+        key: r.key,
+        value: r.value,
+        event_ms,
+    }
 }
 
 fn event_time_ms(value: &str) -> Option<i64> {
@@ -1491,7 +1507,26 @@ fn run(opts: Opts) -> Result<(), String> {
         Vec::new()
     };
 
-    let report = render(
+    // The soak, at a fraction of the exactly-once rate.
+    let soaked = match (env.opts.soak_mins > 0.0, find(System::Eos)) {
+        (true, Some(e)) => {
+            let rate = e.eps() * env.opts.soak_fraction;
+            match soak::soak(&env, rate, env.opts.soak_mins) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("e2e: soak failed: {e}");
+                    None
+                }
+            }
+        }
+        (true, None) => {
+            eprintln!("e2e: --soak-mins needs the exactly-once system (--systems eos,...)");
+            None
+        }
+        _ => None,
+    };
+
+    let mut report = render(
         &env,
         &events,
         &tps,
@@ -1500,6 +1535,9 @@ fn run(opts: Opts) -> Result<(), String> {
         &agreement,
         k_skip.as_deref(),
     );
+    if let Some(s) = &soaked {
+        report.push_str(&soak::render(s));
+    }
     println!("{report}");
     let path = env.opts.out.join(format!("{}.md", env.run_id));
     let _ = std::fs::write(&path, &report);
@@ -1781,6 +1819,7 @@ impl ConsumerContext for HopCtx {}
 // `cargo test --benches`: quick checks of the measurement code, no broker.
 
 fn self_check() {
+    soak::self_check();
     // The trigger of a window: first event on the partition whose running
     // max event time reaches end + grace.
     let events: Vec<Event> = [(10, "a"), (30, "b"), (20, "a"), (40, "a")]

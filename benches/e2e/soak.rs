@@ -1,0 +1,257 @@
+//! `--soak-mins M`: does any stage process grow without bound? The
+//! exactly-once pipeline runs at `--soak-fraction` (0.5) of the rate its
+//! throughput run reached, for M minutes of wall time. The scenario's 72
+//! hours of event time are spread evenly over the run, one event hour per
+//! chunk in order, so day windows close, post and are released as in
+//! production, and state that should expire does. The resident set (VmRSS)
+//! of every stage process is sampled after each chunk; the report lists it
+//! at a quarter, half, three quarters and the end of the run, the peak
+//! (VmHWM), and each stage's state directory on disk at the end.
+//!
+//! A process **grows** when its RSS at the end exceeds its RSS half way by
+//! more than [`GROWTH_TOLERANCE_PCT`] percent and [`GROWTH_FLOOR_MB`] MB:
+//! the first half absorbs caches filling (RocksDB block cache, memtables,
+//! librdkafka buffers), the second half must be flat.
+
+use std::fmt::Write as _;
+
+use super::*;
+
+/// One chunk per event hour of the scenario.
+pub const SOAK_CHUNKS: u32 = SPREAD_HOURS;
+/// Growth in the second half of the run tolerated, percent of the half-way RSS.
+pub const GROWTH_TOLERANCE_PCT: f64 = 10.0;
+/// ... and at least this much, in MB (allocator noise on small processes).
+pub const GROWTH_FLOOR_MB: f64 = 16.0;
+/// How long the outputs may stay still before the run counts as drained.
+const DRAIN_QUIET_S: u64 = 8;
+
+pub struct Soak {
+    pub rate: f64,
+    pub mins: f64,
+    pub events: u64,
+    pub outputs: usize,
+    rows: Vec<Row>,
+}
+
+struct Row {
+    label: String,
+    rss_mb: Vec<f64>,
+    peak_mb: f64,
+    state_mb: Option<f64>,
+}
+
+impl Row {
+    /// RSS at `num / den` of the run.
+    fn at(&self, num: usize, den: usize) -> f64 {
+        let n = self.rss_mb.len();
+        if n == 0 {
+            return 0.0;
+        }
+        self.rss_mb[((n * num) / den).saturating_sub(1).min(n - 1)]
+    }
+
+    fn second_half_growth_mb(&self) -> f64 {
+        self.at(1, 1) - self.at(1, 2)
+    }
+
+    fn grows(&self) -> bool {
+        let half = self.at(1, 2);
+        let growth = self.second_half_growth_mb();
+        growth > GROWTH_FLOOR_MB && growth > half * GROWTH_TOLERANCE_PCT / 100.0
+    }
+}
+
+/// Runs the soak; `rate` events per second for `mins` minutes.
+pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
+    let ns = env.ns(System::Eos, "soak");
+    let (input, output) = env.setup(System::Eos, &ns)?;
+    let boot = &env.opts.bootstrap;
+    let tail = Tail::start(boot, &output)?;
+    let (mut procs, groups) = env.spawn(System::Eos, &ns, ".soak")?;
+    let (_, ready) = wait_ready(boot, &groups, &mut procs, Duration::from_secs(90));
+    if !ready {
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let chunk_secs = mins * 60.0 / f64::from(SOAK_CHUNKS);
+    let per_chunk = ((rate * chunk_secs) as u64).max(1);
+    let first = timeline_end() - chrono::Duration::hours(i64::from(SPREAD_HOURS));
+    eprintln!(
+        "e2e: soak: {mins} min at {rate:.0} events/s, {SOAK_CHUNKS} chunks of {per_chunk} events (one event hour each)"
+    );
+    let mut rss: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
+    let mut events = 0u64;
+    for k in 0..SOAK_CHUNKS {
+        let end = first + chrono::Duration::hours(i64::from(k) + 1);
+        let chunk = soak_chunk(k, per_chunk, end);
+        produce(boot, &input, &chunk, rate)?;
+        events += chunk.len() as u64;
+        for (i, p) in procs.iter().enumerate() {
+            rss[i].push(mb(status_kb(p.child.id(), "VmRSS")));
+        }
+        if k % 8 == 7 {
+            let total: f64 = rss.iter().filter_map(|r| r.last()).sum();
+            eprintln!(
+                "e2e: soak: chunk {}/{SOAK_CHUNKS}, {events} events, {} postings, RSS {total:.0} MB (all stages)",
+                k + 1,
+                tail.count()
+            );
+        }
+    }
+    drain(&tail);
+    let state = env.opts.out.join(format!("state-{ns}.soak"));
+    let rows: Vec<Row> = procs
+        .iter()
+        .zip(rss)
+        .map(|(p, rss_mb)| Row {
+            state_mb: stage_of(&p.label).and_then(|s| dir_mb(&state.join(format!("{ns}{s}")))),
+            peak_mb: mb(status_kb(p.child.id(), "VmHWM")),
+            label: p.label.clone(),
+            rss_mb,
+        })
+        .collect();
+    stop_all(&mut procs);
+    let outputs = tail.finish().len();
+    Ok(Soak {
+        rate,
+        mins,
+        events,
+        outputs,
+        rows,
+    })
+}
+
+/// Waits until the outputs have not moved for [`DRAIN_QUIET_S`].
+fn drain(tail: &Tail) {
+    let mut last = tail.count();
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_secs(DRAIN_QUIET_S) {
+        std::thread::sleep(Duration::from_millis(200));
+        let c = tail.count();
+        if c != last {
+            last = c;
+            since = Instant::now();
+        }
+    }
+}
+
+/// The events of event hour `k`: in order within the hour, ids of their
+/// own (the generator's seed is per chunk), 2% duplicates, 1% malformed.
+fn soak_chunk(k: u32, n: u64, end: DateTime<Utc>) -> Vec<Event> {
+    let types: Vec<String> = TYPES.iter().map(|s| s.to_string()).collect();
+    let mut g = Generator::new(SEED + 100 + u64::from(k), CUSTOMERS, 0.02, 0.01, end)
+        .with_spread_hours(1)
+        .with_timeline(n, 0.0)
+        .with_types(&types)
+        .expect("scenario types");
+    (0..n).map(|_| next_event(&mut g)).collect()
+}
+
+fn mb(kb: Option<u64>) -> f64 {
+    kb.unwrap_or(0) as f64 / 1024.0
+}
+
+/// "meterline rate" -> "rate".
+fn stage_of(label: &str) -> Option<&str> {
+    label.strip_prefix("meterline ")
+}
+
+/// Bytes under `dir`, in MB (None when it does not exist).
+pub fn dir_mb(dir: &Path) -> Option<f64> {
+    fn walk(d: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    dir.exists().then(|| walk(dir) as f64 / (1024.0 * 1024.0))
+}
+
+/// The report's soak section.
+pub fn render(s: &Soak) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "\n## Soak: {} min at {:.0} events/s (exactly-once), {} events, {} postings\n",
+        s.mins, s.rate, s.events, s.outputs
+    );
+    let _ = writeln!(
+        w,
+        "| process | RSS MB at 1/4 | 1/2 | 3/4 | end | end - 1/2 | peak RSS MB | state on disk MB | verdict |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in &s.rows {
+        let _ = writeln!(
+            w,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {:.0} | {} | {} |",
+            r.label,
+            r.at(1, 4),
+            r.at(1, 2),
+            r.at(3, 4),
+            r.at(1, 1),
+            r.second_half_growth_mb(),
+            r.peak_mb,
+            r.state_mb.map_or("-".into(), |m| format!("{m:.0}")),
+            if r.grows() { "GROWS" } else { "flat" }
+        );
+    }
+    let growing: Vec<&str> = s
+        .rows
+        .iter()
+        .filter(|r| r.grows())
+        .map(|r| r.label.as_str())
+        .collect();
+    let _ = writeln!(
+        w,
+        "\n{} (a process grows when its RSS rose in the second half by more than {GROWTH_TOLERANCE_PCT}% and {GROWTH_FLOOR_MB} MB)",
+        if growing.is_empty() {
+            "No process grew in the second half".to_string()
+        } else {
+            format!("GROWING: {}", growing.join(", "))
+        }
+    );
+    out
+}
+
+/// What the self-check asserts of the verdict.
+pub fn self_check() {
+    let row = |rss_mb: Vec<f64>| Row {
+        label: "x".into(),
+        rss_mb,
+        peak_mb: 0.0,
+        state_mb: None,
+    };
+    let flat = row(vec![100.0, 300.0, 320.0, 325.0]);
+    assert_eq!(flat.at(1, 2), 300.0);
+    assert_eq!(flat.at(1, 1), 325.0);
+    assert!(!flat.grows(), "+25 MB on 300 is under 10%");
+    assert!(
+        row(vec![100.0, 180.0, 200.0, 205.0]).grows(),
+        "+25 MB on 180 is not"
+    );
+    assert!(row(vec![100.0, 150.0, 200.0, 250.0]).grows());
+    assert!(
+        !row(vec![10.0, 20.0, 25.0, 30.0]).grows(),
+        "under the 16 MB floor"
+    );
+    assert!(!row(vec![]).grows());
+    let chunk = soak_chunk(3, 500, Utc.with_ymd_and_hms(2026, 1, 10, 4, 0, 0).unwrap());
+    assert_eq!(chunk.len(), 500);
+    let hour_start = Utc
+        .with_ymd_and_hms(2026, 1, 10, 3, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    // Within its hour, but for the generator's jitter (up to a minute back).
+    assert!(chunk
+        .iter()
+        .filter_map(|e| e.event_ms)
+        .all(|t| t >= hour_start - 60_000 && t <= hour_start + 3_600_000));
+}
