@@ -1034,16 +1034,7 @@ fn latency(env: &Env, sys: System, rate: f64, grace_ms: i64) -> Result<Latency, 
     );
     let produced = produce(boot, &input, &events, rate)?;
     // Let the last windows drain (at least one commit interval on each hop).
-    let mut last = tail.count();
-    let mut since = Instant::now();
-    while since.elapsed() < Duration::from_secs(4) {
-        std::thread::sleep(Duration::from_millis(200));
-        let c = tail.count();
-        if c != last {
-            last = c;
-            since = Instant::now();
-        }
-    }
+    drain(&tail, Duration::from_secs(4));
     stop_all(&mut procs);
     let outputs = tail.finish();
     let mut samples = Vec::new();
@@ -1071,6 +1062,20 @@ fn latency(env: &Env, sys: System, rate: f64, grace_ms: i64) -> Result<Latency, 
         samples,
         unmatched,
     })
+}
+
+/// Waits until the outputs `tail` counts have not moved for `quiet`.
+fn drain(tail: &Tail, quiet: Duration) {
+    let mut last = tail.count();
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(200));
+        let c = tail.count();
+        if c != last {
+            last = c;
+            since = Instant::now();
+        }
+    }
 }
 
 /// Customer and due event time (window end + grace) of a posting.

@@ -112,7 +112,7 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
             );
         }
     }
-    drain(&tail);
+    drain(&tail, Duration::from_secs(DRAIN_QUIET_S));
     let state = env.opts.out.join(format!("state-{ns}.soak"));
     let rows: Vec<Row> = procs
         .iter()
@@ -148,20 +148,6 @@ fn free_disk_mb(path: &Path) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kb / 1024)
-}
-
-/// Waits until the outputs have not moved for [`DRAIN_QUIET_S`].
-fn drain(tail: &Tail) {
-    let mut last = tail.count();
-    let mut since = Instant::now();
-    while since.elapsed() < Duration::from_secs(DRAIN_QUIET_S) {
-        std::thread::sleep(Duration::from_millis(200));
-        let c = tail.count();
-        if c != last {
-            last = c;
-            since = Instant::now();
-        }
-    }
 }
 
 /// The events of event hour `k`: in order within the hour, ids of their

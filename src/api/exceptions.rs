@@ -193,7 +193,7 @@ pub fn summary(parked: &ParkedState, dead: &DeadLetterState, now_ms: i64) -> Val
                 "oldest_at": rfc3339(g.oldest_ms),
                 "newest_at": rfc3339(g.newest_ms),
                 "last_message": g.last_message,
-                "replay_from": replay_source(stage),
+                "replay_from": names::dlq(stage),
             })
         })
         .collect();
@@ -202,11 +202,6 @@ pub fn summary(parked: &ParkedState, dead: &DeadLetterState, now_ms: i64) -> Val
         "parked_untracked": parked.untracked,
         "dead_letters": dead_rows,
     })
-}
-
-/// The topic a stage's dead letters are replayed from (namespace not applied).
-fn replay_source(stage: &str) -> String {
-    names::dlq(stage)
 }
 
 /// The body of `POST /v1/replay`.

@@ -71,8 +71,9 @@ pub fn list(
     let mut matching = 0usize;
     let mut page = Vec::new();
     let mut more = false;
-    for id in invoices.subscription_of.keys() {
-        let Some(inv) = invoices.get(id).filter(visible) else {
+    for (id, sub) in &invoices.subscription_of {
+        let found = invoices.by_subscription.get(sub).and_then(|m| m.get(id));
+        let Some(inv) = found.filter(visible) else {
             continue;
         };
         matching += 1;
