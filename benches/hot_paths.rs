@@ -56,7 +56,7 @@ use meterline::stages::post::{post_window, PostProcessor};
 use meterline::stages::rate::RateProcessor;
 use meterline::stages::validate::ValidateProcessor;
 use meterline::store::keys::KeyBuilder;
-use meterline::store::rocks::RocksBackend;
+use meterline::store::rocks::{RocksBackend, StoreMemory, DEFAULT_STORE_MEMORY_MB};
 use meterline::store::{MemBackend, PartitionStores};
 
 /// Items per iteration of the cheap benchmarks (decode, rules, rating, lookups).
@@ -145,7 +145,13 @@ fn mem_stores() -> PartitionStores {
 
 fn rocks_stores(dir: &tempfile::TempDir) -> PartitionStores {
     PartitionStores::new(
-        Box::new(RocksBackend::open(&dir.path().join("db")).expect("open rocksdb")),
+        Box::new(
+            RocksBackend::open(
+                &dir.path().join("db"),
+                &StoreMemory::new(DEFAULT_STORE_MEMORY_MB),
+            )
+            .expect("open rocksdb"),
+        ),
         STORES_PER_PARTITION,
     )
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meterline::config::Config;
 use meterline::metrics::StageMetrics;
-use meterline::store::rocks::RocksBackend;
+use meterline::store::rocks::{RocksBackend, StoreMemory, DEFAULT_STORE_MEMORY_MB};
 use meterline::store::PartitionStores;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -130,7 +130,13 @@ fn main() {
     // The real restore into a fresh RocksDB store.
     let metrics = StageMetrics::new("bench");
     let mut stores = PartitionStores::new(
-        Box::new(RocksBackend::open(&dir.path().join("db")).unwrap()),
+        Box::new(
+            RocksBackend::open(
+                &dir.path().join("db"),
+                &StoreMemory::new(DEFAULT_STORE_MEMORY_MB),
+            )
+            .unwrap(),
+        ),
         1,
     );
     let t0 = Instant::now();

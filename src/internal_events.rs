@@ -251,6 +251,27 @@ impl StoreKeysMeasured<'_> {
     }
 }
 
+/// The process's store memory (every stage of it shares one budget).
+pub struct StoreMemoryMeasured {
+    pub block_cache_bytes: usize,
+    pub memtable_bytes: usize,
+}
+
+impl StoreMemoryMeasured {
+    pub fn emit(&self) {
+        trace!(
+            block_cache_bytes = self.block_cache_bytes,
+            memtable_bytes = self.memtable_bytes,
+            "store memory measured"
+        );
+        let set = |kind: &str, v: usize| {
+            crate::metrics::store_memory(kind).set(i64::try_from(v).unwrap_or(i64::MAX))
+        };
+        set("block_cache", self.block_cache_bytes);
+        set("memtables", self.memtable_bytes);
+    }
+}
+
 /// Wall clock minus the event time of the record in hand (post: minus the
 /// end of the window posted), whole seconds.
 pub struct EventTimeLagMeasured<'a> {

@@ -166,6 +166,20 @@ pub fn event_time_lag(stage: &str) -> IntGauge {
     EVENT_TIME_LAG.with_label_values(&[stage])
 }
 
+static STORE_MEMORY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterline_store_memory_bytes",
+        "Memory of the process's RocksDB stores (runtime.store_memory_mb bounds it): kind block_cache is the shared cache in use including the memtables charged to it, kind memtables the memtables alone.",
+        &["kind"],
+    )
+});
+
+/// `meterline_store_memory_bytes{kind}`, set through
+/// [`crate::internal_events::StoreMemoryMeasured`].
+pub fn store_memory(kind: &str) -> IntGauge {
+    STORE_MEMORY.with_label_values(&[kind])
+}
+
 static POSTINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "meterline_postings_total",

@@ -151,3 +151,78 @@ fn missing_topic_is_one_line_naming_it() {
     );
     assert!(last.contains("topology apply"), "{e}");
 }
+
+#[test]
+fn dump_prints_any_topic_as_json_lines_with_exact_numbers() {
+    let w = World::new("dump", "");
+    let applied = w.run(&["topology", "apply"]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let topic = format!("{}usage.events", w.ns);
+    // One key, so the three records share a partition and keep their order.
+    let key = b"cust-1".to_vec();
+    produce(
+        &topic,
+        &[
+            (
+                Some(key.clone()),
+                Some(
+                    br#"{"id":"e1","data":{"tokens":1234567890.123456789012345,"amount":"0.10"}}"#
+                        .to_vec(),
+                ),
+                vec![("ce_source".to_string(), b"loadgen".to_vec())],
+            ),
+            (Some(key.clone()), Some(vec![0, 0, 0, 0, 7, 2]), vec![]),
+            (Some(key), None, vec![]),
+        ],
+    );
+    let o = w.run(&["topology", "dump", "usage.events"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains(&format!("3 record(s) of {topic}")),
+        "{}",
+        stderr(&o)
+    );
+    let offsets: Vec<i64> = lines
+        .iter()
+        .map(|l| l["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![0, 1, 2]);
+    assert!(lines.iter().all(|l| l["topic"] == topic.as_str()));
+    assert_eq!(lines[0]["key"], serde_json::json!({"text": "cust-1"}));
+    assert_eq!(
+        lines[0]["headers"],
+        serde_json::json!([["ce_source", "loadgen"]])
+    );
+    // The number is printed as it was written, not through a float.
+    assert!(
+        stdout(&o).contains(r#""tokens":1234567890.123456789012345"#),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(lines[0]["value"]["data"]["amount"], "0.10");
+    assert_eq!(
+        lines[1]["value"],
+        serde_json::json!({"hex": "000000000702"})
+    );
+    assert_eq!(lines[2]["value"], serde_json::Value::Null);
+
+    let limited = w.run(&["topology", "dump", &topic, "--limit", "2"]);
+    assert!(limited.status.success(), "{}", stderr(&limited));
+    assert_eq!(stdout(&limited).lines().count(), 2);
+    assert!(
+        stderr(&limited).contains("stopped at --limit 2"),
+        "{}",
+        stderr(&limited)
+    );
+
+    let bad = w.run(&["topology", "dump", "usage.events", "--partition", "99"]);
+    assert!(!bad.status.success());
+    let e = stderr(&bad);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("no partition 99"), "{e}");
+}

@@ -149,6 +149,21 @@ pub enum TopologyAction {
     },
     /// Count the committed records of every pipeline topic (reads them all).
     Counts,
+    /// Print the committed records of a topic (pipeline, changelog, dead
+    /// letter) as JSON lines: topic, partition, offset, timestamp_ms, key,
+    /// headers, value (JSON as JSON, other text as {"text"}, binary as {"hex"}).
+    Dump {
+        /// A topic of the topology by its name in the topics file
+        /// (`usage.rated`, `meterline.rate.segments.changelog`; the
+        /// namespace is applied), or any topic's full name.
+        topic: String,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Stop after this many records.
+        #[arg(long, default_value_t = crate::topology::dump::DEFAULT_DUMP_LIMIT)]
+        limit: u64,
+    },
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -203,6 +218,27 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 TopologyAction::Apply => {
                     let report = rt.block_on(topology::apply::apply(&config, &topology))?;
                     print!("{}", report.render());
+                }
+                TopologyAction::Dump {
+                    topic,
+                    partition,
+                    limit,
+                } => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    let s = topology::dump::dump(
+                        &config, &topology, &topic, partition, limit, &mut out,
+                    )?;
+                    std::io::Write::flush(&mut out).context("writing the dump")?;
+                    eprintln!(
+                        "meterline topology dump: {} record(s) of {}{}",
+                        s.records,
+                        s.topic,
+                        if s.limited {
+                            format!(", stopped at --limit {limit}")
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -190,6 +190,12 @@ pub struct RuntimeConfig {
     /// Where the RocksDB stores live.
     #[serde(default = "defaults::state_dir")]
     pub state_dir: PathBuf,
+    /// Memory all RocksDB stores of one process share, in MiB: one block
+    /// cache holding data, index and filter blocks, with the memtables
+    /// charged against it (half of it at most before they are flushed).
+    /// Bounds a stage process's store memory whatever its state on disk.
+    #[serde(default = "defaults::store_memory_mb")]
+    pub store_memory_mb: usize,
     /// Stable identity of this process; part of the transactional.id, so a
     /// restarted instance fences its previous incarnation and aborts its open
     /// transaction at once instead of waiting for the transaction timeout.
@@ -238,6 +244,7 @@ impl Default for RuntimeConfig {
             commit_interval_ms: defaults::commit_interval_ms(),
             max_batch_records: defaults::max_batch_records(),
             state_dir: defaults::state_dir(),
+            store_memory_mb: defaults::store_memory_mb(),
             instance_id: defaults::instance_id(),
             transaction_timeout_ms: defaults::transaction_timeout_ms(),
             transaction_call_timeout_ms: defaults::transaction_call_timeout_ms(),
@@ -459,6 +466,9 @@ pub(crate) mod defaults {
     pub fn max_batch_records() -> usize {
         5_000
     }
+    pub fn store_memory_mb() -> usize {
+        crate::store::rocks::DEFAULT_STORE_MEMORY_MB
+    }
     pub fn state_dir() -> PathBuf {
         PathBuf::from("state")
     }
@@ -609,6 +619,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "runtime.max_batch_records must be > 0".into(),
             ));
+        }
+        let memory_mb = self.runtime.store_memory_mb;
+        if !(crate::store::rocks::MIN_STORE_MEMORY_MB..=crate::store::rocks::MAX_STORE_MEMORY_MB)
+            .contains(&memory_mb)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.store_memory_mb ({memory_mb}) must be between {} and {}",
+                crate::store::rocks::MIN_STORE_MEMORY_MB,
+                crate::store::rocks::MAX_STORE_MEMORY_MB
+            )));
         }
         let horizon_s = u64::from(self.validate.dedupe_horizon_days) * SECONDS_PER_DAY;
         let accept_window_s = u64::from(self.validate.max_event_age_days) * SECONDS_PER_DAY

@@ -142,6 +142,12 @@ pub enum ClientError {
     Unreachable { servers: String, message: String },
     #[error("topic {topic} does not exist on {servers} (run `meterline topology apply`)")]
     MissingTopic { topic: String, servers: String },
+    #[error("topic {topic} has {partitions} partition(s), 0 to {}: there is no partition {partition}", partitions - 1)]
+    NoSuchPartition {
+        topic: String,
+        partition: i32,
+        partitions: i32,
+    },
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
 }

@@ -45,11 +45,11 @@ use crate::config::{Config, ProcessingGuarantee};
 use crate::internal_events::{
     ConsumerLagMeasured, PartitionClosed, PartitionsAssigned, PartitionsRevoked,
     RecordDeadLettered, RecordProcessed, RecordWritten, StageFailed, StoreKeysMeasured,
-    TransactionAborted, TransactionCommitted,
+    StoreMemoryMeasured, TransactionAborted, TransactionCommitted,
 };
 use crate::kafka;
 use crate::metrics::StageMetrics;
-use crate::store::rocks::RocksBackend;
+use crate::store::rocks::{RocksBackend, StoreMemory};
 use crate::store::{PartitionStores, StoreError, StoreId};
 use crate::topology::StageSpec;
 
@@ -547,6 +547,10 @@ impl<P: Processor> Engine<P> {
             .collect()
     }
 
+    fn store_memory(&self) -> &'static StoreMemory {
+        StoreMemory::process(self.config.runtime.store_memory_mb)
+    }
+
     fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.config.runtime.transaction_call_timeout_ms)
     }
@@ -557,8 +561,8 @@ impl<P: Processor> Engine<P> {
         consumer: &BaseConsumer<StageContext<P>>,
     ) -> Result<(), String> {
         let path = self.state_root.join(p.to_string());
-        let (backend, wiped) =
-            RocksBackend::open_for(&path, self.spec.stores).map_err(|e| e.to_string())?;
+        let (backend, wiped) = RocksBackend::open_for(&path, self.spec.stores, self.store_memory())
+            .map_err(|e| e.to_string())?;
         if wiped {
             warn!(
                 stage = self.spec.name,
@@ -1285,6 +1289,12 @@ impl<P: Processor> Engine<P> {
     }
 
     fn refresh_gauges(&self, consumer: &BaseConsumer<StageContext<P>>) {
+        let (block_cache_bytes, memtable_bytes) = self.store_memory().usage_bytes();
+        StoreMemoryMeasured {
+            block_cache_bytes,
+            memtable_bytes,
+        }
+        .emit();
         let positions = consumer.position().ok();
         for (p, part) in &self.parts {
             let label = p.to_string();

@@ -29,7 +29,7 @@ use super::Processor;
 use crate::config::Config;
 use crate::kafka::{self, ReaderContext};
 use crate::store::keys::{KeyBuilder, KeyReader};
-use crate::store::rocks::RocksBackend;
+use crate::store::rocks::{RocksBackend, StoreMemory};
 use crate::store::{Backend, StoreId, Writes};
 use crate::topology::StageSpec;
 
@@ -109,7 +109,9 @@ impl TableFeed {
         if spec.tables.is_empty() {
             return Ok(None);
         }
-        let store = RocksBackend::open(&state_root.join("tables")).map_err(|e| e.to_string())?;
+        let memory = StoreMemory::process(config.runtime.store_memory_mb);
+        let store =
+            RocksBackend::open(&state_root.join("tables"), memory).map_err(|e| e.to_string())?;
         let consumer = kafka::reader(config).map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         let mut names = Vec::new();
@@ -267,6 +269,7 @@ impl TableFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rocks::MIN_STORE_MEMORY_MB;
 
     #[test]
     fn table_keys_round_trip() {
@@ -283,14 +286,15 @@ mod tests {
     fn store_survives_reopen_with_offsets() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = RocksBackend::open(dir.path()).unwrap();
+            let mut s =
+                RocksBackend::open(dir.path(), &StoreMemory::new(MIN_STORE_MEMORY_MB)).unwrap();
             let mut r = Writes::new();
             r.insert(record_key("ref.customers", b"c1"), Some(b"{}".to_vec()));
             let mut o = Writes::new();
             o.insert(offset_key("t", 0), Some(7i64.to_be_bytes().to_vec()));
             s.apply(&[(RECORDS, &r), (OFFSETS, &o)], &[]).unwrap();
         }
-        let s = RocksBackend::open(dir.path()).unwrap();
+        let s = RocksBackend::open(dir.path(), &StoreMemory::new(MIN_STORE_MEMORY_MB)).unwrap();
         assert_eq!(s.scan(RECORDS, &[], &[0xFF], 10).unwrap().len(), 1);
         assert_eq!(
             s.get(OFFSETS, &offset_key("t", 0)).unwrap().unwrap(),

@@ -5,8 +5,9 @@
 //! as the data it covers, so a crash can never separate the two.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{Cache, Direction, IteratorMode, Options, WriteBatch, WriteBufferManager, DB};
 
 use super::{Backend, Entries, StoreError, StoreId, Writes};
 
@@ -17,13 +18,66 @@ const BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// A stage has fewer stores than this (ids must stay below META_PREFIX).
 pub const MAX_STORES_PER_STAGE: usize = 16;
 
+/// `runtime.store_memory_mb` unless configured.
+pub const DEFAULT_STORE_MEMORY_MB: usize = 256;
+/// Bounds of `runtime.store_memory_mb`.
+pub const MIN_STORE_MEMORY_MB: usize = 16;
+pub const MAX_STORE_MEMORY_MB: usize = 64 * 1024;
+/// Share of the store memory the memtables may hold before RocksDB flushes
+/// them, percent.
+const MEMTABLE_SHARE_PCT: usize = 50;
+/// One memtable of one database (RocksDB's default is 64 MiB, per database:
+/// a stage process opens one per partition, so the default alone could
+/// hold 6 x 2 x 64 MiB). The shared budget above flushes earlier when the
+/// process's memtables together exceed it.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+const BYTES_PER_MB: usize = 1024 * 1024;
+
+/// The memory every RocksDB database of a process shares: one LRU block
+/// cache for data, index and filter blocks, and a write-buffer manager that
+/// charges the memtables to that cache, so the stores of a process stay
+/// within `runtime.store_memory_mb` however many partitions it holds and
+/// however much state they keep on disk.
+#[derive(Clone)]
+pub struct StoreMemory {
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl StoreMemory {
+    pub fn new(memory_mb: usize) -> Self {
+        let bytes = memory_mb.clamp(MIN_STORE_MEMORY_MB, MAX_STORE_MEMORY_MB) * BYTES_PER_MB;
+        let cache = Cache::new_lru_cache(bytes);
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            bytes * MEMTABLE_SHARE_PCT / 100,
+            false,
+            cache.clone(),
+        );
+        StoreMemory {
+            cache,
+            write_buffers,
+        }
+    }
+
+    /// The process's, sized by the first caller (one config per process).
+    pub fn process(memory_mb: usize) -> &'static StoreMemory {
+        static PROCESS: OnceLock<StoreMemory> = OnceLock::new();
+        PROCESS.get_or_init(|| StoreMemory::new(memory_mb))
+    }
+
+    /// (block cache in use including the memtables charged to it, memtables), bytes.
+    pub fn usage_bytes(&self) -> (usize, usize) {
+        (self.cache.get_usage(), self.write_buffers.get_usage())
+    }
+}
+
 pub struct RocksBackend {
     db: DB,
     path: PathBuf,
 }
 
 impl RocksBackend {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, memory: &StoreMemory) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Rocks {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -31,10 +85,17 @@ impl RocksBackend {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+        opts.set_write_buffer_manager(&memory.write_buffers);
         // Most lookups miss (a new event's dedupe and lineage keys): a bloom
-        // filter answers those without reading data blocks.
+        // filter answers those without reading data blocks. Index and filter
+        // blocks live in the shared cache (they grow with the data on disk),
+        // those of the newest files pinned there.
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+        table.set_block_cache(&memory.cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, path).map_err(|e| StoreError::Rocks {
             path: path.display().to_string(),
@@ -54,7 +115,11 @@ impl RocksBackend {
     /// included: it is wiped first, and every store is then restored from
     /// its changelog (the database is a cache of them). The list is kept in
     /// `<path>.stores` beside the database. Returns whether it wiped.
-    pub fn open_for(path: &Path, stores: &[&str]) -> Result<(Self, bool), StoreError> {
+    pub fn open_for(
+        path: &Path,
+        stores: &[&str],
+        memory: &StoreMemory,
+    ) -> Result<(Self, bool), StoreError> {
         let layout_path = path.with_extension("stores");
         let want = stores.join("\n");
         let io = |e: std::io::Error| StoreError::Rocks {
@@ -72,7 +137,7 @@ impl RocksBackend {
             }
             std::fs::write(&layout_path, want.as_bytes()).map_err(io)?;
         }
-        Ok((Self::open(path)?, stale))
+        Ok((Self::open(path, memory)?, stale))
     }
 
     /// Deletes a store directory (a lost volume, or a wipe).
@@ -84,6 +149,15 @@ impl RocksBackend {
             })?;
         }
         Ok(())
+    }
+
+    /// Bytes in this database's memtables (active and not yet flushed).
+    pub fn memtable_bytes(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.cur-size-all-mem-tables")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     fn err(&self, e: rocksdb::Error) -> StoreError {
@@ -182,11 +256,15 @@ impl Backend for RocksBackend {
 mod tests {
     use super::*;
 
+    fn memory() -> StoreMemory {
+        StoreMemory::new(MIN_STORE_MEMORY_MB)
+    }
+
     #[test]
     fn data_and_checkpoint_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut db = RocksBackend::open(dir.path()).unwrap();
+            let mut db = RocksBackend::open(dir.path(), &memory()).unwrap();
             let mut w = Writes::new();
             w.insert(b"k1".to_vec(), Some(b"v1".to_vec()));
             w.insert(b"k2".to_vec(), Some(b"v2".to_vec()));
@@ -195,7 +273,7 @@ mod tests {
             d.insert(b"k2".to_vec(), None);
             db.apply(&[(0, &d)], &[(0, 42)]).unwrap();
         }
-        let db = RocksBackend::open(dir.path()).unwrap();
+        let db = RocksBackend::open(dir.path(), &memory()).unwrap();
         assert_eq!(db.get(0, b"k1").unwrap().unwrap(), b"v1");
         assert_eq!(db.get(0, b"k2").unwrap(), None);
         assert_eq!(db.get(1, b"k1").unwrap(), None);
@@ -216,27 +294,78 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("3");
         // Written before the list was recorded: wiped on the first open_for.
-        write_one(&mut RocksBackend::open(&path).unwrap());
-        let (db, wiped) = RocksBackend::open_for(&path, &["dedupe", "lineage"]).unwrap();
+        write_one(&mut RocksBackend::open(&path, &memory()).unwrap());
+        let (db, wiped) = RocksBackend::open_for(&path, &["dedupe", "lineage"], &memory()).unwrap();
         assert!(wiped);
         assert_eq!(db.checkpoint(0).unwrap(), None);
         let mut db = db;
         write_one(&mut db);
         drop(db);
         // The same list: kept.
-        let (db, wiped) = RocksBackend::open_for(&path, &["dedupe", "lineage"]).unwrap();
+        let (db, wiped) = RocksBackend::open_for(&path, &["dedupe", "lineage"], &memory()).unwrap();
         assert!(!wiped);
         assert_eq!(db.checkpoint(0).unwrap(), Some(7));
         assert_eq!(db.get(0, b"k").unwrap().unwrap(), b"v");
         drop(db);
         // Store 0 is another store now: wiped, never read as lineage.
-        let (db, wiped) = RocksBackend::open_for(&path, &["lineage", "counters"]).unwrap();
+        let (db, wiped) =
+            RocksBackend::open_for(&path, &["lineage", "counters"], &memory()).unwrap();
         assert!(wiped);
         assert_eq!(db.checkpoint(0).unwrap(), None);
         assert_eq!(db.get(0, b"k").unwrap(), None);
         drop(db);
         // A new partition: nothing to wipe.
-        let (_, wiped) = RocksBackend::open_for(&root.path().join("4"), &["a"]).unwrap();
+        let (_, wiped) = RocksBackend::open_for(&root.path().join("4"), &["a"], &memory()).unwrap();
         assert!(!wiped);
+    }
+
+    #[test]
+    fn the_databases_of_a_process_share_one_memtable_budget() {
+        // 16 MiB of store memory: memtables flush beyond 8 MiB in total,
+        // however many databases write. Four databases each given 10 MiB
+        // would hold 40 MiB of memtables with per-database buffers alone
+        // (16 MiB each, none full).
+        let mem = StoreMemory::new(MIN_STORE_MEMORY_MB);
+        let budget = (MIN_STORE_MEMORY_MB * BYTES_PER_MB * MEMTABLE_SHARE_PCT / 100) as u64;
+        let root = tempfile::tempdir().unwrap();
+        let mut dbs: Vec<RocksBackend> = (0..4)
+            .map(|i| RocksBackend::open(&root.path().join(i.to_string()), &mem).unwrap())
+            .collect();
+        let value: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for batch in 0..80u32 {
+            for (d, db) in dbs.iter_mut().enumerate() {
+                let mut w = Writes::new();
+                for i in 0..32u32 {
+                    let mut v = value.clone();
+                    v[..4].copy_from_slice(&(batch * 32 + i).to_be_bytes());
+                    w.insert(format!("k{d}-{batch}-{i}").into_bytes(), Some(v));
+                }
+                db.apply(&[(0, &w)], &[(0, i64::from(batch))]).unwrap();
+            }
+        }
+        // Flushes run in the background: give them a moment. RocksDB
+        // flushes the database being written to once the memtables of all
+        // exceed the budget, and charges memtable memory in arena blocks
+        // (an eighth of the write buffer): each database may hold one more.
+        let arena_block = (WRITE_BUFFER_BYTES / 8) as u64;
+        let bound = budget + dbs.len() as u64 * arena_block;
+        let total =
+            |dbs: &[RocksBackend]| dbs.iter().map(RocksBackend::memtable_bytes).sum::<u64>();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while total(&dbs) > bound && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            total(&dbs) <= bound,
+            "memtables hold {} bytes, budget {budget}, bound {bound}",
+            total(&dbs)
+        );
+        // Nothing was lost to the flushes.
+        assert_eq!(
+            dbs[3].get(0, b"k3-79-31").unwrap().unwrap()[..4],
+            (79u32 * 32 + 31).to_be_bytes()
+        );
     }
 }

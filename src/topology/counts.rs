@@ -4,6 +4,7 @@
 //! alone would count transaction markers and aborted records.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -43,17 +44,42 @@ pub fn for_each_record(
     topic: &str,
     mut f: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), ClientError> {
+    for_each_record_in(config, topic, None, |m| {
+        f(m);
+        ControlFlow::Continue(())
+    })
+}
+
+/// Reads the committed records of `topic` (`partition`, or all of them)
+/// from the beginning, handing each to `f` until `f` breaks or every
+/// partition read reaches its end.
+pub fn for_each_record_in(
+    config: &Config,
+    topic: &str,
+    partition: Option<i32>,
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
+) -> Result<(), ClientError> {
     let c = kafka::reader(config)?;
     // A topic created a moment ago may not be in the metadata yet: wait
     // for it a bounded time, as the stages do.
     let md = kafka::check_topics(&c, config, &[topic.to_string()])?;
     let parts = kafka::partition_count(&md, topic, config)?;
+    let mut open: BTreeSet<i32> = match partition {
+        Some(p) if !(0..parts).contains(&p) => {
+            return Err(ClientError::NoSuchPartition {
+                topic: topic.to_string(),
+                partition: p,
+                partitions: parts,
+            })
+        }
+        Some(p) => BTreeSet::from([p]),
+        None => (0..parts).collect(),
+    };
     let mut tpl = TopicPartitionList::new();
-    for p in 0..parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    for p in &open {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
-    let mut open: BTreeSet<i32> = (0..parts).collect();
     let t0 = Instant::now();
     while !open.is_empty() {
         if t0.elapsed() > Duration::from_millis(READ_TIMEOUT_MS) {
@@ -68,7 +94,10 @@ pub fn for_each_record(
                 open.remove(&p);
             }
             Some(Err(e)) => return Err(e.into()),
-            Some(Ok(m)) => f(&m),
+            Some(Ok(m)) => match f(&m) {
+                ControlFlow::Break(()) => break,
+                ControlFlow::Continue(()) => {}
+            },
         }
     }
     Ok(())

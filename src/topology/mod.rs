@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod counts;
+pub mod dump;
 pub mod postings;
 pub mod postings_export;
 
