@@ -1030,6 +1030,89 @@ fn bench_post(c: &mut Criterion, plan: &mut Plan) {
 // ------------------------------------------------------------------ report
 
 /// Where criterion writes its results, resolved as criterion 0.8 does.
+/// Open windows of the state measurement: half of them day windows, half
+/// billing-period windows, of as many rating segments.
+const STATE_OPEN_WINDOWS: usize = 10_000;
+
+/// Bytes (keys + values) of one store, as its changelog and RocksDB hold it
+/// before compression.
+fn store_bytes(stores: &PartitionStores, store: u8) -> usize {
+    stores
+        .committed_scan(store, &[], &[0xff; 8], usize::MAX)
+        .expect("scan")
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum()
+}
+
+/// Issue 18: aggregate's state per 10,000 open windows. One event per
+/// rating segment (its own group), each opening the segment's day and
+/// billing-period window, through rate and aggregate as the runtime drives
+/// them (aggregate's window cache flushed before the commit). Returns the
+/// windows store's bytes and the lineage store's bytes per event.
+fn aggregate_state(cfg: &Config) -> (usize, usize) {
+    let segments = STATE_OPEN_WINDOWS / 2;
+    let enriched: Vec<Rec> = (0..segments)
+        .map(|i| {
+            let mut e = enriched_event(i as u64);
+            e.event.measures[0].group = BTreeMap::from([("model".to_string(), format!("m-{i}"))]);
+            Rec {
+                key: e.event.subject.clone().into_bytes(),
+                value: e.to_json_bytes().expect("enriched json"),
+                headers: Vec::new(),
+            }
+        })
+        .collect();
+    let mut rated = Vec::new();
+    let mut rate_stores = mem_stores();
+    process_all(
+        &mut rate_processor(cfg),
+        &mut rate_stores,
+        cfg,
+        "bench.usage.enriched",
+        &enriched,
+        &mut rated,
+    );
+    let rated = outputs_to_recs(rated);
+    let mut agg = AggregateProcessor::new(cfg);
+    let mut stores = mem_stores();
+    let mut out = Vec::new();
+    process_all(
+        &mut agg,
+        &mut stores,
+        cfg,
+        "bench.usage.rated",
+        &rated,
+        &mut out,
+    );
+    let mut ctx = Ctx {
+        partition: 0,
+        stores: &mut stores,
+        out: &mut out,
+        config: cfg,
+        now_ms: bench_now_ms("bench.usage.rated"),
+    };
+    agg.flush(&mut ctx).expect("flush the window cache");
+    stores.apply_committed(&[]).expect("commit");
+    assert!(out.is_empty(), "no window closes");
+    let spec = AggregateProcessor::new(cfg).spec();
+    let id = |name: &str| spec.stores.iter().position(|s| *s == name).expect("store") as u8;
+    let windows = store_bytes(&stores, id("windows"));
+    let lineage = store_bytes(&stores, id("lineage"));
+    assert!(windows > 0 && lineage > 0, "the stores were written");
+    (windows, lineage / segments)
+}
+
+fn report_state(cfg: &Config) {
+    let (windows, lineage_per_event) = aggregate_state(cfg);
+    println!(
+        "\nhot_paths: aggregate state per {} open windows: {} KB in the windows store \
+         (keys + values, before compression); lineage {lineage_per_event} bytes per event\n",
+        group_digits(STATE_OPEN_WINDOWS as f64, 0),
+        group_digits(windows as f64 / 1024.0, 0),
+    );
+}
+
 fn criterion_home() -> PathBuf {
     if let Some(home) = std::env::var_os("CRITERION_HOME") {
         return PathBuf::from(home);
@@ -1167,4 +1250,6 @@ fn main() {
     if measuring {
         report(&plan, since);
     }
+    // Cheap enough to run as the smoke test too.
+    report_state(&config());
 }
