@@ -263,6 +263,26 @@ fn config_for(opts_repo: &Path, bootstrap: &str, ns: &str) -> Config {
     .expect("bench config")
 }
 
+type Admin = rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>;
+
+/// An admin client and the names of the cluster's topics starting with `prefix`.
+fn topics_with_prefix(bootstrap: &str, prefix: &str) -> Result<(Admin, Vec<String>), String> {
+    let admin: Admin = client(bootstrap)
+        .create()
+        .map_err(|e: KafkaError| e.to_string())?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    let topics = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    Ok((admin, topics))
+}
+
 fn create_topics(bootstrap: &str, topics: &[String]) -> Result<(), String> {
     let admin: rdkafka::admin::AdminClient<_> = client(bootstrap)
         .create()
@@ -1631,19 +1651,7 @@ fn run(opts: Opts) -> Result<(), String> {
 fn cleanup(env: &Env) {
     let prefix = format!("{}.", env.run_id);
     let deleted = (|| -> Result<usize, String> {
-        let admin: rdkafka::admin::AdminClient<_> = client(&env.opts.bootstrap)
-            .create()
-            .map_err(|e: KafkaError| e.to_string())?;
-        let md = admin
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(30))
-            .map_err(|e| e.to_string())?;
-        let topics: Vec<String> = md
-            .topics()
-            .iter()
-            .map(|t| t.name().to_string())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
+        let (admin, topics) = topics_with_prefix(&env.opts.bootstrap, &prefix)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -205,20 +205,8 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
 /// configs `meterline topology apply` set (AlterConfigs replaces a topic's
 /// dynamic configs whole). Returns how many topics it changed.
 fn shorten_retention(boot: &str, ns: &str) -> Result<usize, String> {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ConfigSource, ResourceSpecifier};
-    let admin: AdminClient<_> = client(boot)
-        .create()
-        .map_err(|e: KafkaError| e.to_string())?;
-    let md = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    let topics: Vec<String> = md
-        .topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|n| n.starts_with(ns))
-        .collect();
+    use rdkafka::admin::{AdminOptions, AlterConfig, ConfigSource, ResourceSpecifier};
+    let (admin, topics) = topics_with_prefix(boot, ns)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

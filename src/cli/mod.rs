@@ -225,10 +225,24 @@ pub fn main() -> anyhow::Result<ExitCode> {
                     limit,
                 } => {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    let s = topology::dump::dump(
+                    let dumped = topology::dump::dump(
                         &config, &topology, &topic, partition, limit, &mut out,
-                    )?;
-                    std::io::Write::flush(&mut out).context("writing the dump")?;
+                    )
+                    .and_then(|s| {
+                        std::io::Write::flush(&mut out)
+                            .map(|()| s)
+                            .map_err(topology::dump::DumpError::Write)
+                    });
+                    let s = match dumped {
+                        Ok(s) => s,
+                        // The reader stopped reading (`| head`): not an error.
+                        Err(topology::dump::DumpError::Write(e))
+                            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                        {
+                            return Ok(ExitCode::SUCCESS)
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     eprintln!(
                         "meterline topology dump: {} record(s) of {}{}",
                         s.records,

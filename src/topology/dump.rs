@@ -35,6 +35,15 @@ pub struct DumpSummary {
     pub limited: bool,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error(transparent)]
+    Kafka(#[from] ClientError),
+    /// Writing the output failed (a closed pipe: `... | head`).
+    #[error("writing the dump: {0}")]
+    Write(#[source] std::io::Error),
+}
+
 /// The cluster name of `topic`: a topic of the topology by its logical name
 /// (the namespace applied), any other name as given.
 pub fn resolve(topology: &Topology, topic: &str) -> String {
@@ -52,7 +61,7 @@ pub fn dump(
     partition: Option<i32>,
     limit: u64,
     out: &mut impl Write,
-) -> Result<DumpSummary, ClientError> {
+) -> Result<DumpSummary, DumpError> {
     let name = resolve(topology, topic);
     let mut records = 0u64;
     let mut limited = false;
@@ -70,7 +79,7 @@ pub fn dump(
         ControlFlow::Continue(())
     })?;
     if let Some(e) = write_error {
-        return Err(ClientError::Config(format!("writing the dump: {e}")));
+        return Err(DumpError::Write(e));
     }
     Ok(DumpSummary {
         topic: name,
