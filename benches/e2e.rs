@@ -1604,6 +1604,11 @@ fn run(opts: Opts) -> Result<(), String> {
     // The soak, at a fraction of the exactly-once rate.
     let soaked = match (env.opts.soak_mins > 0.0, find(System::Eos)) {
         (true, Some(e)) => {
+            // The runs before wrote gigabytes (3 runs of 4 systems and the
+            // latency runs): the soak needs that disk.
+            if std::env::var_os("METERLINE_BENCH_KEEP").is_none() {
+                cleanup(&env);
+            }
             let rate = e.eps() * env.opts.soak_fraction;
             match soak::soak(&env, rate, env.opts.soak_mins) {
                 Ok(s) => Some(s),
