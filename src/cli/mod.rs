@@ -166,6 +166,74 @@ pub enum TopologyAction {
     },
 }
 
+/// `meterline topology <action>`.
+fn topology_verb(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    action: TopologyAction,
+) -> anyhow::Result<ExitCode> {
+    let topology = Topology::load(config)?;
+    match action {
+        TopologyAction::Describe { mermaid } => {
+            if mermaid {
+                print!("{}", topology.describe_mermaid());
+            } else {
+                print!("{}", topology.describe_text());
+            }
+        }
+        TopologyAction::Counts => {
+            print!(
+                "{}",
+                topology::counts::render(&topology::counts::count(config, &topology)?)
+            );
+        }
+        TopologyAction::Apply => {
+            let report = rt.block_on(topology::apply::apply(config, &topology))?;
+            print!("{}", report.render());
+        }
+        TopologyAction::Dump {
+            topic,
+            partition,
+            limit,
+        } => dump(config, &topology, &topic, partition, limit)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `meterline topology dump`: the records to stdout, the count to stderr.
+fn dump(
+    config: &Config,
+    topology: &Topology,
+    topic: &str,
+    partition: Option<i32>,
+    limit: u64,
+) -> anyhow::Result<()> {
+    use topology::dump::DumpError;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let dumped = topology::dump::dump(config, topology, topic, partition, limit, &mut out)
+        .and_then(|s| {
+            std::io::Write::flush(&mut out)
+                .map(|()| s)
+                .map_err(DumpError::Write)
+        });
+    let s = match dumped {
+        Ok(s) => s,
+        // The reader stopped reading (`| head`): not an error.
+        Err(DumpError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let limited = if s.limited {
+        format!(", stopped at --limit {limit}")
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "meterline topology dump: {} record(s) of {}{limited}",
+        s.records, s.topic
+    );
+    Ok(())
+}
+
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
@@ -199,64 +267,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Topology { action } => {
-            let topology = Topology::load(&config)?;
-            match action {
-                TopologyAction::Describe { mermaid } => {
-                    if mermaid {
-                        print!("{}", topology.describe_mermaid());
-                    } else {
-                        print!("{}", topology.describe_text());
-                    }
-                }
-                TopologyAction::Counts => {
-                    print!(
-                        "{}",
-                        topology::counts::render(&topology::counts::count(&config, &topology)?)
-                    );
-                }
-                TopologyAction::Apply => {
-                    let report = rt.block_on(topology::apply::apply(&config, &topology))?;
-                    print!("{}", report.render());
-                }
-                TopologyAction::Dump {
-                    topic,
-                    partition,
-                    limit,
-                } => {
-                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    let dumped = topology::dump::dump(
-                        &config, &topology, &topic, partition, limit, &mut out,
-                    )
-                    .and_then(|s| {
-                        std::io::Write::flush(&mut out)
-                            .map(|()| s)
-                            .map_err(topology::dump::DumpError::Write)
-                    });
-                    let s = match dumped {
-                        Ok(s) => s,
-                        // The reader stopped reading (`| head`): not an error.
-                        Err(topology::dump::DumpError::Write(e))
-                            if e.kind() == std::io::ErrorKind::BrokenPipe =>
-                        {
-                            return Ok(ExitCode::SUCCESS)
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    eprintln!(
-                        "meterline topology dump: {} record(s) of {}{}",
-                        s.records,
-                        s.topic,
-                        if s.limited {
-                            format!(", stopped at --limit {limit}")
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Topology { action } => topology_verb(&rt, &config, action),
         Command::Run { stages } => run(&rt, Arc::new(config), stages),
         Command::Postings(args) => postings::run(&config, &args),
         Command::Lineage(args) => Ok(if lineage::run(&config, &args)? {
