@@ -599,15 +599,17 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
-/// The sum of a metric's series whose labels include `label` (`k="v"`).
+/// The sum of a metric's series whose labels include `label` (`k="v"`;
+/// every series when empty).
 fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split([' ', '{']).next() == Some(name))
         .filter(|l| {
-            l.split_once('{')
-                .and_then(|(_, rest)| rest.split_once('}'))
-                .is_some_and(|(labels, _)| labels.split(',').any(|kv| kv == label))
+            label.is_empty()
+                || l.split_once('{')
+                    .and_then(|(_, rest)| rest.split_once('}'))
+                    .is_some_and(|(labels, _)| labels.split(',').any(|kv| kv == label))
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
@@ -647,6 +649,18 @@ struct Env {
     tck: f64,
     meterline: PathBuf,
     broker: Option<u32>,
+}
+
+/// What a step adds to the defaults when it starts meterline's stages.
+#[derive(Default)]
+pub struct Launch {
+    /// Part of the log and state names (empty for the throughput runs).
+    pub tag: &'static str,
+    /// Environment variables for every stage process (configuration, as a
+    /// user would set it).
+    pub env: Vec<(&'static str, &'static str)>,
+    /// Each stage process serves /metrics on a free port (`Proc::metrics_port`).
+    pub serve_metrics: bool,
 }
 
 impl Env {
@@ -752,7 +766,13 @@ impl Env {
 
     /// Starts the system's processes; returns them and the consumer groups
     /// that must be Stable before it consumes.
-    fn spawn(&self, sys: System, ns: &str, tag: &str) -> Result<(Vec<Proc>, Vec<String>), String> {
+    fn spawn(
+        &self,
+        sys: System,
+        ns: &str,
+        launch: &Launch,
+    ) -> Result<(Vec<Proc>, Vec<String>), String> {
+        let tag = launch.tag;
         let state = self.opts.out.join(format!("state-{}{tag}", ns));
         let mut procs = Vec::new();
         let mut groups = Vec::new();
@@ -772,9 +792,9 @@ impl Env {
                         )
                         .stdout(Stdio::null())
                         .stderr(self.log(&format!("{}{tag}.{s}", sys.tag())));
+                    c.envs(launch.env.iter().copied());
                     let mut metrics_port = None;
-                    if tag == soak::SOAK_TAG {
-                        c.env("METERLINE_KAFKA__COMPRESSION_TYPE", soak::SOAK_COMPRESSION);
+                    if launch.serve_metrics {
                         let port = free_port();
                         c.env("METERLINE__HTTP__LISTEN_ADDR", format!("127.0.0.1:{port}"));
                         metrics_port = Some(port);
@@ -934,7 +954,7 @@ fn throughput(
     produce(boot, &input, events, 0.0)?;
     let tail = Tail::start(boot, &output)?;
     let spawned = Instant::now();
-    let (mut procs, groups) = env.spawn(sys, &ns, "")?;
+    let (mut procs, groups) = env.spawn(sys, &ns, &Launch::default())?;
     let (startup_s, ready) = wait_ready(boot, &groups, &mut procs, Duration::from_secs(90));
     let mut note = String::new();
     // Consumption starts when every group holds its partitions.
@@ -1084,7 +1104,7 @@ fn latency(env: &Env, sys: System, rate: f64, grace_ms: i64) -> Result<Latency, 
     let (input, output) = env.setup(sys, &ns)?;
     let boot = &env.opts.bootstrap;
     let tail = Tail::start(boot, &output)?;
-    let (mut procs, groups) = env.spawn(sys, &ns, "")?;
+    let (mut procs, groups) = env.spawn(sys, &ns, &Launch::default())?;
     let (_, ready) = wait_ready(boot, &groups, &mut procs, Duration::from_secs(90));
     if !ready {
         std::thread::sleep(Duration::from_secs(10));

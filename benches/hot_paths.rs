@@ -57,7 +57,7 @@ use meterline::stages::rate::RateProcessor;
 use meterline::stages::validate::ValidateProcessor;
 use meterline::store::keys::KeyBuilder;
 use meterline::store::rocks::{RocksBackend, StoreMemory, DEFAULT_STORE_MEMORY_MB};
-use meterline::store::{MemBackend, PartitionStores};
+use meterline::store::{Backend, MemBackend, PartitionStores, Writes};
 
 /// Items per iteration of the cheap benchmarks (decode, rules, rating, lookups).
 const N: usize = 1_000;
@@ -1225,6 +1225,56 @@ fn group_digits(x: f64, decimals: usize) -> String {
     }
 }
 
+/// A commit's writes to RocksDB as the runtime applies them: N new dedupe
+/// entries (entry and expiry-index keys, as src/stages/dedupe/store.rs
+/// builds them) and their lineage records (~500 bytes, what aggregate keeps
+/// per event), one write batch with the checkpoint, into a database that
+/// keeps growing. `commit` is how a stage writes (no write-ahead log: the
+/// store is a cache of its changelog); `commit_logged` adds RocksDB's log
+/// (`runtime.store_write_ahead_log = true`).
+fn bench_store(c: &mut Criterion, plan: &mut Plan) {
+    const LINEAGE_VALUE_BYTES: usize = 500;
+    let lineage = vec![b'l'; LINEAGE_VALUE_BYTES];
+    let mut g = c.benchmark_group("store");
+    for (name, logged) in [("commit", false), ("commit_logged", true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = RocksBackend::open(
+            &dir.path().join("db"),
+            &StoreMemory::new(DEFAULT_STORE_MEMORY_MB),
+        )
+        .expect("open rocksdb")
+        .with_write_ahead_log(logged);
+        let mut seq = 0i64;
+        g.throughput(plan.add("store", name, N));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let (mut dedupe, mut lineage_writes) = (Writes::new(), Writes::new());
+                    for _ in 0..N {
+                        seq += 1;
+                        let id = format!("evt-{seq:012}");
+                        let entry = KeyBuilder::new(b'E').str(SOURCE).str(&id).build();
+                        let expiry = KeyBuilder::new(b'X').i64(seq).str(SOURCE).str(&id).build();
+                        dedupe.insert(entry, Some(seq.to_be_bytes().to_vec()));
+                        dedupe.insert(expiry, Some(Vec::new()));
+                        lineage_writes.insert(id.into_bytes(), Some(lineage.clone()));
+                    }
+                    (dedupe, lineage_writes, seq)
+                },
+                |(dedupe, lineage_writes, offset)| {
+                    db.apply(
+                        &[(0, &dedupe), (1, &lineage_writes)],
+                        &[(0, offset), (1, offset)],
+                    )
+                    .expect("apply")
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Without --bench (cargo test --benches) or with --test/--list, criterion
@@ -1246,6 +1296,7 @@ fn main() {
     bench_aggregate(&mut c, &mut plan);
     bench_post(&mut c, &mut plan);
     bench_json(&mut c, &mut plan);
+    bench_store(&mut c, &mut plan);
     c.final_summary();
     if measuring {
         report(&plan, since);

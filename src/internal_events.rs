@@ -230,6 +230,25 @@ impl ConsumerLagMeasured<'_> {
     }
 }
 
+/// The bytes of input a stage's consumer has fetched ahead and not yet
+/// handed to the stage (librdkafka statistics).
+pub struct ConsumerQueueMeasured<'a> {
+    pub stage: &'a str,
+    pub bytes: u64,
+}
+
+impl ConsumerQueueMeasured<'_> {
+    pub fn emit(&self, m: &StageMetrics) {
+        trace!(
+            stage = self.stage,
+            bytes = self.bytes,
+            "consumer queue measured"
+        );
+        m.consumer_queue
+            .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+    }
+}
+
 /// The approximate key count of one store of one partition.
 pub struct StoreKeysMeasured<'a> {
     pub stage: &'a str,

@@ -130,6 +130,13 @@ static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["stage", "partition"],
     )
 });
+static CONSUMER_QUEUE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterline_consumer_queue_bytes",
+        "Input records fetched ahead and not yet processed, bytes, by stage: librdkafka's consumer queue (bounded by its queued.max.messages.kbytes, 64 MiB unless set in [kafka.consumer]), from its statistics.",
+        &["stage"],
+    )
+});
 static STORE_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "meterline_store_keys",
@@ -204,6 +211,7 @@ pub struct StageMetrics {
     pub commit_latency: Histogram,
     pub assigned_partitions: IntGauge,
     pub restored_records: IntCounter,
+    pub consumer_queue: IntGauge,
 }
 
 impl StageMetrics {
@@ -216,6 +224,7 @@ impl StageMetrics {
             commit_latency: COMMIT_LATENCY.with_label_values(&s),
             assigned_partitions: ASSIGNED_PARTITIONS.with_label_values(&s),
             restored_records: RESTORED_RECORDS.with_label_values(&s),
+            consumer_queue: CONSUMER_QUEUE.with_label_values(&s),
         }
     }
 

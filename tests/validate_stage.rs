@@ -423,6 +423,14 @@ fn every_event_lands_in_exactly_one_place() {
             ) == Some(0.0)
         })
     });
+    // librdkafka's statistics reach the consumer-queue gauge, which is
+    // empty once the stages have taken everything fetched.
+    wait_until("consumer queue gauges at zero", || {
+        let (_, m) = http_get(port, "/metrics").unwrap();
+        ["validate", "dedupe"].iter().all(|stage| {
+            metric(&m, "meterline_consumer_queue_bytes", &[("stage", stage)]) == Some(0.0)
+        })
+    });
     let (ready, _) = http_get(port, "/readyz").unwrap();
     assert_eq!(ready, 200);
 

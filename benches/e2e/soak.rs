@@ -11,8 +11,11 @@
 //! Each process's RocksDB cache in use (`meterline_store_memory_bytes{kind=
 //! "block_cache"}`, memtables included) is sampled with it: that memory is
 //! bounded by `runtime.store_memory_mb` and fills as the stores are read.
-//! A process **grows** when its memory outside that cache (RSS minus the
-//! cache in use) at the end exceeds the same half way by more than
+//! So is its consumer's queue of input fetched ahead
+//! (`meterline_consumer_queue_bytes`, bounded by librdkafka's
+//! `queued.max.messages.kbytes`), which fills when a stage lags.
+//! A process **grows** when its memory outside those two (RSS minus the
+//! cache in use and the queue) at the end exceeds the same half way by more than
 //! [`GROWTH_TOLERANCE_PCT`] percent and [`GROWTH_FLOOR_MB`] MB: the first
 //! half absorbs buffers filling (librdkafka's queues, the allocator's
 //! pools), the second half must be flat.
@@ -47,9 +50,9 @@ const SOAK_SEGMENT_MS: u64 = 60 * 1000;
 /// (lineage, kept events, dedupe entries: ~3.4 KB of JSON per input event
 /// uncompressed) would not fit this disk. Set through the environment, as a
 /// user would (`METERLINE_KAFKA__COMPRESSION_TYPE`).
-pub const SOAK_COMPRESSION: &str = "lz4";
+const SOAK_COMPRESSION: &str = "lz4";
 /// The tag of the soak's processes and state directory.
-pub const SOAK_TAG: &str = ".soak";
+const SOAK_TAG: &str = ".soak";
 
 pub struct Soak {
     pub rate: f64,
@@ -66,6 +69,8 @@ struct Row {
     rss_mb: Vec<f64>,
     /// The RocksDB cache in use at each sample (empty when not known).
     store_mb: Vec<f64>,
+    /// The consumer's queue at each sample (empty when not known).
+    queue_mb: Vec<f64>,
     peak_mb: f64,
     state_mb: Option<f64>,
 }
@@ -85,9 +90,12 @@ impl Row {
         sample_at(&self.rss_mb, num, den)
     }
 
-    /// RSS outside the RocksDB cache at `num / den` of the run.
+    /// RSS outside the RocksDB cache and the consumer queue at `num / den`
+    /// of the run.
     fn outside_at(&self, num: usize, den: usize) -> f64 {
-        self.at(num, den) - sample_at(&self.store_mb, num, den)
+        self.at(num, den)
+            - sample_at(&self.store_mb, num, den)
+            - sample_at(&self.queue_mb, num, den)
     }
 
     fn second_half_growth_mb(&self) -> f64 {
@@ -105,16 +113,17 @@ impl Row {
     }
 }
 
-/// The RocksDB cache in use of a process serving /metrics on `port`, MB.
-fn store_cache_mb(port: Option<u16>) -> Option<f64> {
+/// The RocksDB cache in use and the consumer queue of a process serving
+/// /metrics on `port`, MB.
+fn bounded_mb(port: Option<u16>) -> Option<(f64, f64)> {
     let body = http_get(port?, "/metrics")?;
-    Some(
-        metric_sum(
-            &body,
-            "meterline_store_memory_bytes",
-            "kind=\"block_cache\"",
-        ) / (1024.0 * 1024.0),
-    )
+    let cache = metric_sum(
+        &body,
+        "meterline_store_memory_bytes",
+        "kind=\"block_cache\"",
+    );
+    let queue = metric_sum(&body, "meterline_consumer_queue_bytes", "");
+    Some((cache / (1024.0 * 1024.0), queue / (1024.0 * 1024.0)))
 }
 
 /// Runs the soak; `rate` events per second for `mins` minutes.
@@ -129,7 +138,12 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
         SOAK_TOPIC_RETENTION_MS / 60_000
     );
     let tail = Tail::start(boot, &output)?;
-    let (mut procs, groups) = env.spawn(System::Eos, &ns, SOAK_TAG)?;
+    let launch = Launch {
+        tag: SOAK_TAG,
+        env: vec![("METERLINE_KAFKA__COMPRESSION_TYPE", SOAK_COMPRESSION)],
+        serve_metrics: true,
+    };
+    let (mut procs, groups) = env.spawn(System::Eos, &ns, &launch)?;
     let (_, ready) = wait_ready(boot, &groups, &mut procs, Duration::from_secs(90));
     if !ready {
         std::thread::sleep(Duration::from_secs(10));
@@ -142,6 +156,7 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
     );
     let mut rss: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
     let mut store: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
+    let mut queue_mb: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
     let mut events = 0u64;
     let mut stopped = None;
     for k in 0..SOAK_CHUNKS {
@@ -158,8 +173,9 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
         events += chunk.len() as u64;
         for (i, p) in procs.iter().enumerate() {
             rss[i].push(mb(status_kb(p.child.id(), "VmRSS")));
-            if let Some(m) = store_cache_mb(p.metrics_port) {
-                store[i].push(m);
+            if let Some((cache, queue)) = bounded_mb(p.metrics_port) {
+                store[i].push(cache);
+                queue_mb[i].push(queue);
             }
         }
         if k % 8 == 7 {
@@ -175,14 +191,19 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
     let state = env.opts.out.join(format!("state-{ns}{SOAK_TAG}"));
     let rows: Vec<Row> = procs
         .iter()
-        .zip(rss.into_iter().zip(store))
-        .map(|(p, (rss_mb, store_mb))| Row {
+        .zip(rss.into_iter().zip(store.into_iter().zip(queue_mb)))
+        .map(|(p, (rss_mb, (store_mb, queue_mb)))| Row {
             state_mb: stage_of(&p.label).and_then(|s| dir_mb(&state.join(format!("{ns}{s}")))),
             peak_mb: mb(status_kb(p.child.id(), "VmHWM")),
             label: p.label.clone(),
             // A series with a gap (a scrape failed) would misalign: drop it.
             store_mb: if store_mb.len() == rss_mb.len() {
                 store_mb
+            } else {
+                Vec::new()
+            },
+            queue_mb: if queue_mb.len() == rss_mb.len() {
+                queue_mb
             } else {
                 Vec::new()
             },
@@ -330,25 +351,31 @@ pub fn render(s: &Soak) -> String {
     }
     let _ = writeln!(
         w,
-        "| process | RSS MB at 1/4 | 1/2 | 3/4 | end | end - 1/2 | RocksDB cache MB at end | outside it: end - 1/2 | peak RSS MB | state on disk MB | verdict |"
+        "| process | RSS MB at 1/4 | 1/2 | 3/4 | end | end - 1/2 | RocksDB cache MB at end | consumer queue MB at end | outside both: end - 1/2 | peak RSS MB | state on disk MB | verdict |"
     );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        w,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for r in &s.rows {
-        let cache = if r.store_mb.is_empty() {
-            "-".to_string()
-        } else {
-            format!("{:.0}", sample_at(&r.store_mb, 1, 1))
+        let last = |v: &[f64]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", sample_at(v, 1, 1))
+            }
         };
         let _ = writeln!(
             w,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {} | {:+.0} | {:.0} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {} | {} | {:+.0} | {:.0} | {} | {} |",
             r.label,
             r.at(1, 4),
             r.at(1, 2),
             r.at(3, 4),
             r.at(1, 1),
             r.second_half_growth_mb(),
-            cache,
+            last(&r.store_mb),
+            last(&r.queue_mb),
             r.second_half_outside_growth_mb(),
             r.peak_mb,
             r.state_mb.map_or("-".into(), |m| format!("{m:.0}")),
@@ -363,7 +390,7 @@ pub fn render(s: &Soak) -> String {
         .collect();
     let _ = writeln!(
         w,
-        "\n{} (a process grows when its memory outside the RocksDB cache, bounded by runtime.store_memory_mb, rose in the second half by more than {GROWTH_TOLERANCE_PCT}% and {GROWTH_FLOOR_MB} MB)",
+        "\n{} (a process grows when its memory outside the RocksDB cache, bounded by runtime.store_memory_mb, and its consumer queue, bounded by queued.max.messages.kbytes, rose in the second half by more than {GROWTH_TOLERANCE_PCT}% and {GROWTH_FLOOR_MB} MB)",
         if growing.is_empty() {
             "No process grew in the second half".to_string()
         } else {
@@ -379,6 +406,7 @@ pub fn self_check() {
         label: "x".into(),
         rss_mb,
         store_mb: Vec::new(),
+        queue_mb: Vec::new(),
         peak_mb: 0.0,
         state_mb: None,
     };

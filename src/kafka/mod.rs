@@ -173,6 +173,10 @@ pub fn header_text(m: &BorrowedMessage<'_>, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// How often a stage's consumer reports librdkafka's statistics (its
+/// queue of records fetched ahead: `meterline_consumer_queue_bytes`).
+pub const CONSUMER_STATS_INTERVAL_MS: u64 = 5_000;
+
 /// Consumer settings for a stage: exactly-once input side.
 pub fn stage_consumer_config(config: &Config, group_id: &str) -> ClientConfig {
     let mut c = base(&config.consumer_props());
@@ -182,6 +186,10 @@ pub fn stage_consumer_config(config: &Config, group_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "statistics.interval.ms",
+            CONSUMER_STATS_INTERVAL_MS.to_string(),
+        )
         .set(
             "session.timeout.ms",
             config.runtime.session_timeout_ms.to_string(),

@@ -38,14 +38,15 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::internal_events::{
-    ConsumerLagMeasured, PartitionClosed, PartitionsAssigned, PartitionsRevoked,
-    RecordDeadLettered, RecordProcessed, RecordWritten, StageFailed, StoreKeysMeasured,
-    StoreMemoryMeasured, TransactionAborted, TransactionCommitted,
+    ConsumerLagMeasured, ConsumerQueueMeasured, PartitionClosed, PartitionsAssigned,
+    PartitionsRevoked, RecordDeadLettered, RecordProcessed, RecordWritten, StageFailed,
+    StoreKeysMeasured, StoreMemoryMeasured, TransactionAborted, TransactionCommitted,
 };
 use crate::kafka;
 use crate::metrics::StageMetrics;
@@ -434,9 +435,29 @@ impl ProducerContext for DeliveryContext {
 /// processing.
 pub struct StageContext<P: Processor> {
     engine: Arc<Mutex<Engine<P>>>,
+    /// For the statistics callback, which must not wait for the engine.
+    metrics: StageMetrics,
+    stage: &'static str,
 }
 
-impl<P: Processor> ClientContext for StageContext<P> {}
+impl<P: Processor> ClientContext for StageContext<P> {
+    /// librdkafka's statistics (every `kafka::CONSUMER_STATS_INTERVAL_MS`,
+    /// delivered inside `poll` on the stage thread): what the consumer holds
+    /// fetched ahead of the stage.
+    fn stats(&self, statistics: Statistics) {
+        let bytes = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .map(|p| p.fetchq_size)
+            .sum();
+        ConsumerQueueMeasured {
+            stage: self.stage,
+            bytes,
+        }
+        .emit(&self.metrics);
+    }
+}
 
 impl<P: Processor> ConsumerContext for StageContext<P> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -563,6 +584,7 @@ impl<P: Processor> Engine<P> {
         let path = self.state_root.join(p.to_string());
         let (backend, wiped) = RocksBackend::open_for(&path, self.spec.stores, self.store_memory())
             .map_err(|e| e.to_string())?;
+        let backend = backend.with_write_ahead_log(self.config.runtime.store_write_ahead_log);
         if wiped {
             warn!(
                 stage = self.spec.name,
@@ -1425,6 +1447,8 @@ pub fn run_stage<P: Processor>(
         &kafka::stage_consumer_config(&config, &group_id),
         StageContext {
             engine: engine.clone(),
+            metrics: StageMetrics::new(stage),
+            stage,
         },
     )?;
     consumer

@@ -110,8 +110,9 @@ impl TableFeed {
             return Ok(None);
         }
         let memory = StoreMemory::process(config.runtime.store_memory_mb);
-        let store =
-            RocksBackend::open(&state_root.join("tables"), memory).map_err(|e| e.to_string())?;
+        let store = RocksBackend::open(&state_root.join("tables"), memory)
+            .map_err(|e| e.to_string())?
+            .with_write_ahead_log(config.runtime.store_write_ahead_log);
         let consumer = kafka::reader(config).map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         let mut names = Vec::new();

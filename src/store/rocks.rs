@@ -3,11 +3,20 @@
 //! Layout: `[store id][key]` for data and `[META][store id]` for the
 //! changelog checkpoint (i64, big-endian), written in the same `WriteBatch`
 //! as the data it covers, so a crash can never separate the two.
+//!
+//! Writes skip RocksDB's write-ahead log unless `runtime.store_write_ahead_log`
+//! is set: the database is a cache of the changelog, and the checkpoint
+//! travels in the batch it covers, so a crash loses only a suffix of batches
+//! (the memtables not yet flushed) together with their checkpoint, and the
+//! restore reads that suffix again from the changelog. A clean close flushes
+//! the memtables (RocksDB does so for writes that skipped the log).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use rocksdb::{Cache, Direction, IteratorMode, Options, WriteBatch, WriteBufferManager, DB};
+use rocksdb::{
+    Cache, Direction, IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
+};
 
 use super::{Backend, Entries, StoreError, StoreId, Writes};
 
@@ -74,6 +83,8 @@ impl StoreMemory {
 pub struct RocksBackend {
     db: DB,
     path: PathBuf,
+    /// How `apply` writes: without the write-ahead log unless asked for.
+    write: WriteOptions,
 }
 
 impl RocksBackend {
@@ -104,7 +115,15 @@ impl RocksBackend {
         Ok(RocksBackend {
             db,
             path: path.to_path_buf(),
+            write: write_options(false),
         })
+    }
+
+    /// Writes through RocksDB's write-ahead log too (`on`), or not (the
+    /// default): see the module documentation for why the log is optional.
+    pub fn with_write_ahead_log(mut self, on: bool) -> Self {
+        self.write = write_options(on);
+        self
     }
 
     /// Opens the database of one (stage, partition) that holds `stores`
@@ -175,6 +194,12 @@ impl RocksBackend {
     }
 }
 
+fn write_options(write_ahead_log: bool) -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.disable_wal(!write_ahead_log);
+    w
+}
+
 impl Backend for RocksBackend {
     fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.db
@@ -224,7 +249,9 @@ impl Backend for RocksBackend {
         for (store, offset) in checkpoints {
             batch.put([META_PREFIX, *store], offset.to_be_bytes());
         }
-        self.db.write(batch).map_err(|e| self.err(e))
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(|e| self.err(e))
     }
 
     fn checkpoint(&self, store: StoreId) -> Result<Option<i64>, StoreError> {
@@ -319,6 +346,101 @@ mod tests {
         assert!(!wiped);
     }
 
+    /// Set in the child process of the crash test: where it writes, and
+    /// whether through the write-ahead log.
+    const CRASH_DIR_ENV: &str = "METERLINE_TEST_ROCKS_CRASH_DIR";
+    const CRASH_WAL_ENV: &str = "METERLINE_TEST_ROCKS_CRASH_WAL";
+    /// 400 batches of 32 x 4 KiB: 50 MiB, several flushes of the 8 MiB
+    /// memtable budget of the smallest store memory.
+    const CRASH_BATCHES: u32 = 400;
+    const CRASH_KEYS_PER_BATCH: u32 = 32;
+    const CRASH_VALUE_BYTES: usize = 4096;
+
+    fn crash_key(batch: u32, i: u32) -> Vec<u8> {
+        format!("b{batch:05}-{i:03}").into_bytes()
+    }
+
+    /// What the crash child prints once every batch is written.
+    const CRASH_WRITTEN: &str = "crash child: all batches written";
+
+    /// The child of `a_crash_keeps_whole_batches_with_their_checkpoint`
+    /// (does nothing when run on its own): writes every batch with its
+    /// checkpoint, says so, and waits to be killed (SIGKILL: the database
+    /// is never closed).
+    #[test]
+    fn crash_child_writes_then_waits_to_be_killed() {
+        let Ok(dir) = std::env::var(CRASH_DIR_ENV) else {
+            return;
+        };
+        let wal = std::env::var(CRASH_WAL_ENV).is_ok_and(|v| v == "1");
+        let mut db = RocksBackend::open(Path::new(&dir), &memory())
+            .unwrap()
+            .with_write_ahead_log(wal);
+        let value = vec![0x5a; CRASH_VALUE_BYTES];
+        for batch in 0..CRASH_BATCHES {
+            let mut w = Writes::new();
+            for i in 0..CRASH_KEYS_PER_BATCH {
+                w.insert(crash_key(batch, i), Some(value.clone()));
+            }
+            db.apply(&[(0, &w)], &[(0, i64::from(batch))]).unwrap();
+        }
+        println!("{CRASH_WRITTEN}");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+
+    /// Runs the child above, kills it, and returns the checkpoint the
+    /// database holds after the crash, having checked that the data is
+    /// exactly the batches up to that checkpoint: never a batch without its
+    /// checkpoint, never a checkpoint without its batch, never part of one.
+    fn crash_and_reopen(wal: bool) -> Option<i64> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::rocks::tests::crash_child_writes_then_waits_to_be_killed",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .env(CRASH_WAL_ENV, if wal { "1" } else { "0" })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let written = out
+            .lines()
+            .any(|l| l.is_ok_and(|l| l.ends_with(CRASH_WRITTEN)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(written, "the child wrote every batch");
+        let db = RocksBackend::open(dir.path(), &memory()).unwrap();
+        let checkpoint = db.checkpoint(0).unwrap();
+        for batch in 0..CRASH_BATCHES {
+            let want = checkpoint.is_some_and(|c| i64::from(batch) <= c);
+            for i in [0, CRASH_KEYS_PER_BATCH - 1] {
+                let have = db.get(0, &crash_key(batch, i)).unwrap().is_some();
+                assert_eq!(
+                    have, want,
+                    "batch {batch} key {i}, checkpoint {checkpoint:?}"
+                );
+            }
+        }
+        checkpoint
+    }
+
+    #[test]
+    fn a_crash_keeps_whole_batches_with_their_checkpoint() {
+        let last = i64::from(CRASH_BATCHES - 1);
+        // Without the log the unflushed memtable is lost, checkpoint and
+        // all: the restore reads those batches again from the changelog.
+        let without = crash_and_reopen(false);
+        assert!(without.is_none_or(|c| c < last), "checkpoint {without:?}");
+        // With it, every batch survives.
+        assert_eq!(crash_and_reopen(true), Some(last));
+    }
+
     #[test]
     fn the_databases_of_a_process_share_one_memtable_budget() {
         // 16 MiB of store memory: memtables flush beyond 8 MiB in total,
@@ -345,17 +467,27 @@ mod tests {
                 db.apply(&[(0, &w)], &[(0, i64::from(batch))]).unwrap();
             }
         }
-        // Flushes run in the background: give them a moment. RocksDB
-        // flushes the database being written to once the memtables of all
-        // exceed the budget, and charges memtable memory in arena blocks
-        // (an eighth of the write buffer): each database may hold one more.
+        // Flushes run in the background. RocksDB flushes the database being
+        // written to once the memtables of all exceed the budget, unless
+        // that database is flushing already (its memtable then grows past
+        // its share until its next write): as traffic would, keep writing
+        // one small record to each while waiting. It charges memtable
+        // memory in arena blocks (an eighth of the write buffer): each
+        // database may hold one more.
         let arena_block = (WRITE_BUFFER_BYTES / 8) as u64;
         let bound = budget + dbs.len() as u64 * arena_block;
         let total =
             |dbs: &[RocksBackend]| dbs.iter().map(RocksBackend::memtable_bytes).sum::<u64>();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut nudge = 0u32;
         while total(&dbs) > bound && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
+            nudge += 1;
+            for db in &mut dbs {
+                let mut w = Writes::new();
+                w.insert(format!("nudge-{nudge}").into_bytes(), Some(vec![1]));
+                db.apply(&[(1, &w)], &[]).unwrap();
+            }
         }
         assert!(
             total(&dbs) <= bound,
