@@ -4,8 +4,9 @@
 //! changelog checkpoint (i64, big-endian), written in the same `WriteBatch`
 //! as the data it covers, so a crash can never separate the two.
 //!
-//! Writes skip RocksDB's write-ahead log unless `runtime.store_write_ahead_log`
-//! is set: the database is a cache of the changelog, and the checkpoint
+//! Writes go through RocksDB's write-ahead log unless
+//! `runtime.store_write_ahead_log = false`. Without it nothing is lost
+//! either: the database is a cache of the changelog and the checkpoint
 //! travels in the batch it covers, so a crash loses only a suffix of batches
 //! (the memtables not yet flushed) together with their checkpoint, and the
 //! restore reads that suffix again from the changelog. A clean close flushes
@@ -83,7 +84,7 @@ impl StoreMemory {
 pub struct RocksBackend {
     db: DB,
     path: PathBuf,
-    /// How `apply` writes: without the write-ahead log unless asked for.
+    /// How `apply` writes: through the write-ahead log unless told not to.
     write: WriteOptions,
 }
 
@@ -115,12 +116,12 @@ impl RocksBackend {
         Ok(RocksBackend {
             db,
             path: path.to_path_buf(),
-            write: write_options(false),
+            write: write_options(true),
         })
     }
 
-    /// Writes through RocksDB's write-ahead log too (`on`), or not (the
-    /// default): see the module documentation for why the log is optional.
+    /// Writes through RocksDB's write-ahead log (`on`, the default) or not:
+    /// see the module documentation for why the log is optional.
     pub fn with_write_ahead_log(mut self, on: bool) -> Self {
         self.write = write_options(on);
         self
