@@ -131,52 +131,32 @@ fn main() {
     // default (through RocksDB's write-ahead log), then again without the
     // log (`runtime.store_write_ahead_log = false`) into another fresh store.
     let metrics = StageMetrics::new("bench");
-    let fresh_restore = |name: &str, write_ahead_log: bool| {
-        let mut stores = PartitionStores::new(
-            Box::new(
-                RocksBackend::open(
-                    &dir.path().join(name),
-                    &StoreMemory::new(DEFAULT_STORE_MEMORY_MB),
-                )
-                .unwrap()
-                .with_write_ahead_log(write_ahead_log),
-            ),
-            1,
-        );
+    let restore_into = |stores: &mut PartitionStores| {
         let t0 = Instant::now();
         let restored = meterline::runtime::restore::restore_store(
-            &config,
-            "bench",
-            "dedupe",
-            0,
-            &topic,
-            0,
-            &mut stores,
-            &metrics,
+            &config, "bench", "dedupe", 0, &topic, 0, stores, &metrics,
         )
         .unwrap();
-        assert_eq!(restored, keys);
-        (stores, t0.elapsed())
+        (restored, t0.elapsed())
     };
-    let (mut stores, restore) = fresh_restore("db", true);
-    let (_, restore_unlogged) = fresh_restore("db-unlogged", false);
-    let restored = keys;
+    let fresh_stores = |name: &str, write_ahead_log: bool| {
+        let backend = RocksBackend::open(
+            &dir.path().join(name),
+            &StoreMemory::new(DEFAULT_STORE_MEMORY_MB),
+        )
+        .unwrap()
+        .with_write_ahead_log(write_ahead_log);
+        PartitionStores::new(Box::new(backend), 1)
+    };
+    let mut stores = fresh_stores("db", true);
+    let (restored, restore) = restore_into(&mut stores);
+    assert_eq!(restored, keys);
+    let (unlogged, restore_unlogged) = restore_into(&mut fresh_stores("db-unlogged", false));
+    assert_eq!(unlogged, keys);
 
     // A restart after a clean stop (or a crash right after a memtable
     // flush): the checkpoint is current, nothing to replay.
-    let t0 = Instant::now();
-    let again = meterline::runtime::restore::restore_store(
-        &config,
-        "bench",
-        "dedupe",
-        0,
-        &topic,
-        0,
-        &mut stores,
-        &metrics,
-    )
-    .unwrap();
-    let warm = t0.elapsed();
+    let (again, warm) = restore_into(&mut stores);
     assert_eq!(again, 0);
 
     println!("| measurement | keys | seconds | keys/s |");
