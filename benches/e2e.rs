@@ -507,7 +507,7 @@ fn groups_stable(bootstrap: &str, groups: &[String]) -> bool {
 struct Proc {
     label: String,
     child: Child,
-    /// Where the process serves /metrics (soak processes only).
+    /// Where the process serves /metrics (meterline's stages).
     metrics_port: Option<u16>,
 }
 
@@ -612,7 +612,8 @@ fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
                     .is_some_and(|(labels, _)| labels.split(',').any(|kv| kv == label))
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        // fold, not sum: an empty f64 sum is -0.0, printed "-0.00".
+        .fold(0.0, |a, b| a + b)
 }
 
 /// How a system under test is started.
@@ -876,6 +877,8 @@ struct ProcStat {
     label: String,
     cpu_s: f64,
     peak_mb: f64,
+    /// Store writes sent to changelogs (meterline's stages), from /metrics.
+    changelog_records: Option<f64>,
 }
 
 struct Throughput {
@@ -954,7 +957,11 @@ fn throughput(
     produce(boot, &input, events, 0.0)?;
     let tail = Tail::start(boot, &output)?;
     let spawned = Instant::now();
-    let (mut procs, groups) = env.spawn(sys, &ns, &Launch::default())?;
+    let launch = Launch {
+        serve_metrics: true,
+        ..Launch::default()
+    };
+    let (mut procs, groups) = env.spawn(sys, &ns, &launch)?;
     let (startup_s, ready) = wait_ready(boot, &groups, &mut procs, Duration::from_secs(90));
     let mut note = String::new();
     // Consumption starts when every group holds its partitions.
@@ -1032,6 +1039,13 @@ fn throughput(
         .iter()
         .map(|p| status_kb(p.child.id(), "VmHWM").unwrap_or(0) as f64 / 1024.0)
         .collect();
+    let changelogs: Vec<Option<f64>> = procs
+        .iter()
+        .map(|p| {
+            let body = http_get(p.metrics_port?, "/metrics")?;
+            Some(metric_sum(&body, "meterline_changelog_records_total", ""))
+        })
+        .collect();
     stop_all(&mut procs);
     let outputs = tail.finish();
     let end = outputs.iter().map(|o| o.seen).max().unwrap_or(start);
@@ -1047,6 +1061,7 @@ fn throughput(
             label: p.label.clone(),
             cpu_s: at_end.and_then(|s| s.1[i]).unwrap_or(0.0),
             peak_mb: peaks[i],
+            changelog_records: changelogs[i],
         })
         .collect();
     let broker_cpu_s = match (broker_cpu0, at_end.and_then(|s| s.2)) {
@@ -1841,19 +1856,23 @@ fn render(
     let _ = writeln!(w);
     let _ = writeln!(
         w,
-        "| system | process | CPU s | share | peak RSS MB | startup s |"
+        "| system | process | CPU s | share | CPU µs per event | changelog records per event | peak RSS MB | startup s |"
     );
-    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|");
     for t in tps {
         let total: f64 = t.procs.iter().map(|p| p.cpu_s).sum::<f64>().max(1e-9);
+        let per_event = |v: f64| v / t.events.max(1) as f64;
         for p in &t.procs {
             let _ = writeln!(
                 w,
-                "| {} | {} | {:.1} | {:.0}% | {:.0} | {:.1} |",
+                "| {} | {} | {:.1} | {:.0}% | {:.1} | {} | {:.0} | {:.1} |",
                 t.sys.name(),
                 p.label,
                 p.cpu_s,
                 100.0 * p.cpu_s / total,
+                per_event(p.cpu_s * 1e6),
+                p.changelog_records
+                    .map_or("-".into(), |c| format!("{:.2}", per_event(c))),
                 p.peak_mb,
                 t.startup_s
             );

@@ -249,6 +249,28 @@ impl ConsumerQueueMeasured<'_> {
     }
 }
 
+/// One transaction's writes of a store sent to its changelog.
+pub struct ChangelogSent<'a> {
+    pub stage: &'a str,
+    pub store: &'a str,
+    pub records: u64,
+}
+
+impl ChangelogSent<'_> {
+    pub fn emit(&self, m: &StageMetrics) {
+        if self.records == 0 {
+            return;
+        }
+        trace!(
+            stage = self.stage,
+            store = self.store,
+            records = self.records,
+            "changelog records sent"
+        );
+        m.changelog_records(self.store).inc_by(self.records);
+    }
+}
+
 /// The approximate key count of one store of one partition.
 pub struct StoreKeysMeasured<'a> {
     pub stage: &'a str,

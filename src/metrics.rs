@@ -137,6 +137,13 @@ static CONSUMER_QUEUE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["stage"],
     )
 });
+static CHANGELOG_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_changelog_records_total",
+        "Store writes sent to changelog topics (one record per key written in a transaction, committed or not), by stage and store.",
+        &["stage", "store"],
+    )
+});
 static STORE_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "meterline_store_keys",
@@ -244,6 +251,10 @@ impl StageMetrics {
         CONSUMER_LAG.with_label_values(&[self.stage.as_str(), partition])
     }
 
+    pub fn changelog_records(&self, store: &str) -> IntCounter {
+        CHANGELOG_RECORDS.with_label_values(&[self.stage.as_str(), store])
+    }
+
     pub fn store_keys(&self, store: &str, partition: &str) -> IntGauge {
         STORE_KEYS.with_label_values(&[self.stage.as_str(), store, partition])
     }
@@ -261,6 +272,7 @@ mod tests {
         b.records_in.inc_by(2);
         a.records_out("t").inc();
         b.store_keys("s", "0").set(7);
+        b.changelog_records("s").inc_by(4);
         b.commit_latency.observe(0.002);
         event_time_lag("metrics_test_a").set(3);
         let text = render();
@@ -269,6 +281,7 @@ mod tests {
             "meterline_records_in_total{stage=\"metrics_test_b\"} 2",
             "meterline_records_out_total{stage=\"metrics_test_a\",topic=\"t\"} 1",
             "meterline_store_keys{partition=\"0\",stage=\"metrics_test_b\",store=\"s\"} 7",
+            "meterline_changelog_records_total{stage=\"metrics_test_b\",store=\"s\"} 4",
             "meterline_transaction_commit_latency_seconds_count{stage=\"metrics_test_b\"} 1",
             "meterline_event_time_lag_seconds{stage=\"metrics_test_a\"} 3",
         ] {

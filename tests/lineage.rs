@@ -257,3 +257,92 @@ fn lineage_follows_duplicate_dead_lettered_parked_and_late_events_to_their_posti
 
     assert!(terminate(&mut stage).success());
 }
+
+/// The changelog records of `topic` as `meterline topology dump` prints them.
+fn dump(w: &World, topic: &str) -> Vec<serde_json::Value> {
+    let out = w.run(&["topology", "dump", topic, "--limit", "100000"]);
+    assert!(
+        out.status.success(),
+        "dump {topic}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Lineage steps expire through an expiry index entry per step, which the
+/// changelog must carry like the step itself: after a lost volume, the
+/// restored steps must still expire.
+#[test]
+fn steps_restored_after_a_lost_volume_still_expire() {
+    const EVENTS: usize = 40;
+    let port = free_port();
+    let config = |retention_days: u32| {
+        format!(
+            "{CONFIG}[lineage]\nretention_days = {retention_days}\n\
+             [http]\nlisten_addr = \"127.0.0.1:{port}\"\n"
+        )
+    };
+    let w = World::new("lineage-restore", &config(90));
+    w.apply();
+    let ids: Vec<String> = (0..EVENTS).map(|i| format!("r{i}")).collect();
+    let events: Vec<Record> = ids
+        .iter()
+        .map(|id| event(id, "c-1", "2026-09-10T10:00:00Z", 1))
+        .collect();
+    produce(&w.topic("usage.events"), &events);
+    let validated = |id: &str| {
+        let (_, text) = lineage(&w, port, &[SOURCE, id]);
+        line(&text, "validate", "validated").is_some()
+    };
+    let mut stage = w.spawn_stage(&["validate"], "a");
+    wait_until("every event's validate step is known", || {
+        ids.iter().all(|id| validated(id))
+    });
+    let (_, m) = http_get(port, "/metrics").unwrap();
+    let sent = metric(
+        &m,
+        "meterline_changelog_records_total",
+        &[("stage", "validate"), ("store", "lineage")],
+    );
+    assert_eq!(
+        sent,
+        Some(2.0 * EVENTS as f64),
+        "a step and its index entry each: {m}"
+    );
+    assert!(terminate(&mut stage).success());
+
+    // The changelog holds each step (keys start with E = 0x45) and its
+    // expiry index entry (X = 0x58), nothing else.
+    let records = dump(&w, &w.topic("meterline.validate.lineage.changelog"));
+    let with_prefix = |hex: &str| {
+        records
+            .iter()
+            .filter(|r| r["key"]["hex"].as_str().is_some_and(|k| k.starts_with(hex)))
+            .count()
+    };
+    assert_eq!(with_prefix("45"), EVENTS, "{records:?}");
+    assert_eq!(with_prefix("58"), EVENTS, "{records:?}");
+    assert_eq!(records.len(), 2 * EVENTS, "{records:?}");
+
+    // The volume is lost; the stage restarts with a retention of 0 days:
+    // what it restores is due at once.
+    std::fs::remove_dir_all(w.state_dir()).unwrap();
+    w.write_config(&config(0));
+    let mut stage = w.spawn_stage(&["validate"], "a");
+    let gauge = |name: &str| {
+        http_get(port, "/metrics")
+            .and_then(|(_, m)| metric(&m, name, &[("stage", "validate")]))
+            .unwrap_or(0.0)
+    };
+    wait_until("the steps came back from the changelog", || {
+        gauge("meterline_assigned_partitions") == TEST_PARTITIONS as f64
+            && gauge("meterline_restored_records_total") >= EVENTS as f64
+    });
+    wait_until("the restored steps expired", || {
+        ids.iter().all(|id| !validated(id))
+    });
+    assert!(terminate(&mut stage).success());
+}

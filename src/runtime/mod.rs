@@ -44,7 +44,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::internal_events::{
-    ConsumerLagMeasured, ConsumerQueueMeasured, PartitionClosed, PartitionsAssigned,
+    ChangelogSent, ConsumerLagMeasured, ConsumerQueueMeasured, PartitionClosed, PartitionsAssigned,
     PartitionsRevoked, RecordDeadLettered, RecordProcessed, RecordWritten, StageFailed,
     StoreKeysMeasured, StoreMemoryMeasured, TransactionAborted, TransactionCommitted,
 };
@@ -1050,6 +1050,16 @@ impl<P: Processor> Engine<P> {
         debug_assert_eq!(changelog.len(), opaques.len());
         for (o, opaque) in changelog.iter().zip(opaques) {
             self.send(o, opaque)?;
+        }
+        for (sid, store) in self.spec.stores.iter().enumerate() {
+            let pending = |part: &PartState| part.stores.pending(sid as StoreId).len() as u64;
+            let records = self.parts.values().map(pending).sum();
+            ChangelogSent {
+                stage: self.spec.name,
+                store,
+                records,
+            }
+            .emit(&self.metrics);
         }
         Ok(())
     }
