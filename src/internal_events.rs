@@ -294,23 +294,67 @@ impl StoreKeysMeasured<'_> {
 
 /// The process's store memory (every stage of it shares one budget).
 pub struct StoreMemoryMeasured {
+    /// The stage measuring; the cache is the process's, the table readers
+    /// are its own databases'.
+    pub stage: &'static str,
     pub block_cache_bytes: usize,
     pub memtable_bytes: usize,
+    /// Summed over the stage's databases, outside the cache.
+    pub table_reader_bytes: u64,
 }
+
+/// Table-reader bytes per stage of the process: the gauge is per process,
+/// and a process may run several stages.
+static TABLE_READER_BYTES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+> = std::sync::LazyLock::new(Default::default);
 
 impl StoreMemoryMeasured {
     pub fn emit(&self) {
         trace!(
+            stage = self.stage,
             block_cache_bytes = self.block_cache_bytes,
             memtable_bytes = self.memtable_bytes,
+            table_reader_bytes = self.table_reader_bytes,
             "store memory measured"
         );
-        let set = |kind: &str, v: usize| {
-            crate::metrics::store_memory(kind).set(i64::try_from(v).unwrap_or(i64::MAX))
+        let set = |kind: &str, v: i64| crate::metrics::store_memory(kind).set(v);
+        set("block_cache", saturating_i64(self.block_cache_bytes));
+        set("memtables", saturating_i64(self.memtable_bytes));
+        let process_bytes: u64 = {
+            // A poisoned lock only means a panic elsewhere: the map is whole.
+            let mut per_stage = TABLE_READER_BYTES.lock().unwrap_or_else(|e| e.into_inner());
+            per_stage.insert(self.stage, self.table_reader_bytes);
+            per_stage.values().sum()
         };
-        set("block_cache", self.block_cache_bytes);
-        set("memtables", self.memtable_bytes);
+        set(
+            "table_readers",
+            i64::try_from(process_bytes).unwrap_or(i64::MAX),
+        );
     }
+}
+
+/// The process's glibc heap (see `runtime::heap`).
+pub struct NativeHeapMeasured {
+    pub in_use_bytes: usize,
+    pub free_bytes: usize,
+}
+
+impl NativeHeapMeasured {
+    pub fn emit(&self) {
+        trace!(
+            in_use_bytes = self.in_use_bytes,
+            free_bytes = self.free_bytes,
+            "native heap measured"
+        );
+        let set = |state: &str, v: usize| crate::metrics::native_heap(state).set(saturating_i64(v));
+        set("in_use", self.in_use_bytes);
+        set("free", self.free_bytes);
+    }
+}
+
+fn saturating_i64(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Wall clock minus the event time of the record in hand (post: minus the

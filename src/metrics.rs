@@ -183,7 +183,7 @@ pub fn event_time_lag(stage: &str) -> IntGauge {
 static STORE_MEMORY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "meterline_store_memory_bytes",
-        "Memory of the process's RocksDB stores (runtime.store_memory_mb bounds it): kind block_cache is the shared cache in use including the memtables charged to it, kind memtables the memtables alone.",
+        "Memory of the process's RocksDB stores: kind block_cache is the shared cache in use including the memtables charged to it (runtime.store_memory_mb bounds it), kind memtables the memtables alone, kind table_readers what the open SST files hold outside the cache (grows with the files on disk).",
         &["kind"],
     )
 });
@@ -192,6 +192,20 @@ static STORE_MEMORY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 /// [`crate::internal_events::StoreMemoryMeasured`].
 pub fn store_memory(kind: &str) -> IntGauge {
     STORE_MEMORY.with_label_values(&[kind])
+}
+
+static NATIVE_HEAP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterline_native_heap_bytes",
+        "The process's glibc heap, which holds RocksDB's and librdkafka's allocations (Rust's go to mimalloc): state in_use is allocated, state free is freed but kept in glibc's arenas (fragmentation when it grows).",
+        &["state"],
+    )
+});
+
+/// `meterline_native_heap_bytes{state}`, set through
+/// [`crate::internal_events::NativeHeapMeasured`].
+pub fn native_heap(state: &str) -> IntGauge {
+    NATIVE_HEAP.with_label_values(&[state])
 }
 
 static POSTINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {

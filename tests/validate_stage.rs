@@ -431,6 +431,22 @@ fn every_event_lands_in_exactly_one_place() {
             metric(&m, "meterline_consumer_queue_bytes", &[("stage", stage)]) == Some(0.0)
         })
     });
+    // The memory a soak needs to tell apart: RocksDB's files outside its
+    // cache (none flushed yet in a run this small, but measured), and the
+    // C heap RocksDB and librdkafka allocate from (their buffers are in use).
+    let (_, m) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metric(
+            &m,
+            "meterline_store_memory_bytes",
+            &[("kind", "table_readers")]
+        )
+        .is_some(),
+        "{m}"
+    );
+    let heap = |state| metric(&m, "meterline_native_heap_bytes", &[("state", state)]);
+    assert!(heap("in_use").is_some_and(|b| b > 1024.0 * 1024.0), "{m}");
+    assert!(heap("free").is_some(), "{m}");
     let (ready, _) = http_get(port, "/readyz").unwrap();
     assert_eq!(ready, 200);
 

@@ -16,9 +16,19 @@
 //! `queued.max.messages.kbytes`), which fills when a stage lags.
 //! A process **grows** when its memory outside those two (RSS minus the
 //! cache in use and the queue) at the end exceeds the same half way by more than
-//! [`GROWTH_TOLERANCE_PCT`] percent and [`GROWTH_FLOOR_MB`] MB: the first
+//! [`GROWTH_TOLERANCE_PCT`] percent and [`GROWTH_FLOOR_MB`] MB, and so does
+//! its RSS (a cache that shrinks gives memory back to the allocator, which
+//! keeps it: the outside then rises with RSS flat, and nothing grew): the first
 //! half absorbs buffers filling (librdkafka's queues, the allocator's
 //! pools), the second half must be flat.
+//!
+//! Where growth comes from, the report splits it by who holds the memory:
+//! the C heap in use beyond the cache and the queue (RocksDB's and
+//! librdkafka's other allocations, `meterline_native_heap_bytes{state=
+//! "in_use"}`), the C heap glibc holds free (fragmentation,
+//! `state="free"`), and the rest (Rust's heap under mimalloc, stacks). It
+//! lists RocksDB's table readers too (`kind="table_readers"`), which grow
+//! with the files on disk.
 
 use std::fmt::Write as _;
 
@@ -71,8 +81,16 @@ struct Row {
     store_mb: Vec<f64>,
     /// The consumer's queue at each sample (empty when not known).
     queue_mb: Vec<f64>,
+    /// What explains the rest (empty when not known): RocksDB's table
+    /// readers, the C heap in use and the C heap freed but held.
+    readers_mb: Vec<f64>,
+    heap_used_mb: Vec<f64>,
+    heap_free_mb: Vec<f64>,
     peak_mb: f64,
     state_mb: Option<f64>,
+    /// CPU time of the process over the soak per event produced, µs
+    /// (background threads included: compaction, librdkafka).
+    cpu_us_per_event: Option<f64>,
 }
 
 /// The sample at `num / den` of a series (0 when empty).
@@ -106,24 +124,63 @@ impl Row {
         self.outside_at(1, 1) - self.outside_at(1, 2)
     }
 
+    /// The second-half growth of the memory outside the cache and the queue,
+    /// split by who holds it: (C heap in use beyond the cache and the queue,
+    /// which are C allocations too; C heap freed but held by glibc; the rest,
+    /// Rust's mimalloc heap and anything unmeasured). None when not scraped.
+    fn outside_growth_split_mb(&self) -> Option<(f64, f64, f64)> {
+        if self.heap_used_mb.is_empty() || self.store_mb.is_empty() {
+            return None;
+        }
+        let c_used = |n, d| {
+            sample_at(&self.heap_used_mb, n, d)
+                - sample_at(&self.store_mb, n, d)
+                - sample_at(&self.queue_mb, n, d)
+        };
+        let used = c_used(1, 1) - c_used(1, 2);
+        let free = sample_at(&self.heap_free_mb, 1, 1) - sample_at(&self.heap_free_mb, 1, 2);
+        Some((
+            used,
+            free,
+            self.second_half_outside_growth_mb() - used - free,
+        ))
+    }
+
+    /// Both the resident set and the memory outside the bounded two rose:
+    /// RSS rising with the cache filling is not growth, and neither is the
+    /// outside rising while RSS stays (the cache shrank and the allocator
+    /// kept its pages for what came next).
     fn grows(&self) -> bool {
-        let half = self.outside_at(1, 2);
-        let growth = self.second_half_outside_growth_mb();
-        growth > GROWTH_FLOOR_MB && growth > half * GROWTH_TOLERANCE_PCT / 100.0
+        let beyond = |growth: f64, half: f64| {
+            growth > GROWTH_FLOOR_MB && growth > half * GROWTH_TOLERANCE_PCT / 100.0
+        };
+        beyond(self.second_half_growth_mb(), self.at(1, 2))
+            && beyond(self.second_half_outside_growth_mb(), self.outside_at(1, 2))
     }
 }
 
-/// The RocksDB cache in use and the consumer queue of a process serving
-/// /metrics on `port`, MB.
-fn bounded_mb(port: Option<u16>) -> Option<(f64, f64)> {
+/// One scrape of a process's memory gauges, MB.
+struct Gauges {
+    /// Bounded: the RocksDB cache in use and the consumer queue.
+    cache: f64,
+    queue: f64,
+    /// Not bounded: RocksDB's table readers; the C heap in use and held free.
+    readers: f64,
+    heap_used: f64,
+    heap_free: f64,
+}
+
+/// The memory gauges of a process serving /metrics on `port`.
+fn gauges(port: Option<u16>) -> Option<Gauges> {
     let body = http_get(port?, "/metrics")?;
-    let cache = metric_sum(
-        &body,
-        "meterline_store_memory_bytes",
-        "kind=\"block_cache\"",
-    );
-    let queue = metric_sum(&body, "meterline_consumer_queue_bytes", "");
-    Some((cache / (1024.0 * 1024.0), queue / (1024.0 * 1024.0)))
+    let mb = |name: &str, labels: &str| metric_sum(&body, name, labels) / (1024.0 * 1024.0);
+    Some(Gauges {
+        cache: mb("meterline_store_memory_bytes", "kind=\"block_cache\""),
+        queue: mb("meterline_consumer_queue_bytes", ""),
+        readers: mb("meterline_store_memory_bytes", "kind=\"table_readers\""),
+        heap_used: mb("meterline_native_heap_bytes", "state=\"in_use\""),
+        heap_free: mb("meterline_native_heap_bytes", "state=\"free\""),
+    })
 }
 
 /// Runs the soak; `rate` events per second for `mins` minutes.
@@ -148,6 +205,9 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
     if !ready {
         std::thread::sleep(Duration::from_secs(10));
     }
+    let tck = env.tck;
+    let cpu_at_start: Vec<Option<f64>> =
+        procs.iter().map(|p| cpu_secs(p.child.id(), tck)).collect();
     let chunk_secs = mins * 60.0 / f64::from(SOAK_CHUNKS);
     let per_chunk = ((rate * chunk_secs) as u64).max(1);
     let first = timeline_end() - chrono::Duration::hours(i64::from(SPREAD_HOURS));
@@ -155,8 +215,7 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
         "e2e: soak: {mins} min at {rate:.0} events/s, {SOAK_CHUNKS} chunks of {per_chunk} events (one event hour each), producers compress with {SOAK_COMPRESSION}"
     );
     let mut rss: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
-    let mut store: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
-    let mut queue_mb: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
+    let mut scraped: Vec<Vec<Gauges>> = procs.iter().map(|_| Vec::new()).collect();
     let mut events = 0u64;
     let mut stopped = None;
     for k in 0..SOAK_CHUNKS {
@@ -173,10 +232,7 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
         events += chunk.len() as u64;
         for (i, p) in procs.iter().enumerate() {
             rss[i].push(mb(status_kb(p.child.id(), "VmRSS")));
-            if let Some((cache, queue)) = bounded_mb(p.metrics_port) {
-                store[i].push(cache);
-                queue_mb[i].push(queue);
-            }
+            scraped[i].extend(gauges(p.metrics_port));
         }
         if k % 8 == 7 {
             let total: f64 = rss.iter().filter_map(|r| r.last()).sum();
@@ -191,23 +247,31 @@ pub fn soak(env: &Env, rate: f64, mins: f64) -> Result<Soak, String> {
     let state = env.opts.out.join(format!("state-{ns}{SOAK_TAG}"));
     let rows: Vec<Row> = procs
         .iter()
-        .zip(rss.into_iter().zip(store.into_iter().zip(queue_mb)))
-        .map(|(p, (rss_mb, (store_mb, queue_mb)))| Row {
-            state_mb: stage_of(&p.label).and_then(|s| dir_mb(&state.join(format!("{ns}{s}")))),
-            peak_mb: mb(status_kb(p.child.id(), "VmHWM")),
-            label: p.label.clone(),
+        .zip(rss.into_iter().zip(scraped).zip(cpu_at_start))
+        .map(|(p, ((rss_mb, scraped), cpu_start))| {
+            let cpu = cpu_secs(p.child.id(), tck)
+                .zip(cpu_start)
+                .map(|(e, s)| e - s);
             // A series with a gap (a scrape failed) would misalign: drop it.
-            store_mb: if store_mb.len() == rss_mb.len() {
-                store_mb
-            } else {
-                Vec::new()
-            },
-            queue_mb: if queue_mb.len() == rss_mb.len() {
-                queue_mb
-            } else {
-                Vec::new()
-            },
-            rss_mb,
+            let series = |f: fn(&Gauges) -> f64| {
+                if scraped.len() == rss_mb.len() {
+                    scraped.iter().map(f).collect()
+                } else {
+                    Vec::new()
+                }
+            };
+            Row {
+                state_mb: stage_of(&p.label).and_then(|s| dir_mb(&state.join(format!("{ns}{s}")))),
+                peak_mb: mb(status_kb(p.child.id(), "VmHWM")),
+                label: p.label.clone(),
+                store_mb: series(|g| g.cache),
+                queue_mb: series(|g| g.queue),
+                readers_mb: series(|g| g.readers),
+                heap_used_mb: series(|g| g.heap_used),
+                heap_free_mb: series(|g| g.heap_free),
+                cpu_us_per_event: cpu.map(|c| c * 1e6 / events.max(1) as f64),
+                rss_mb,
+            }
         })
         .collect();
     stop_all(&mut procs);
@@ -351,11 +415,11 @@ pub fn render(s: &Soak) -> String {
     }
     let _ = writeln!(
         w,
-        "| process | RSS MB at 1/4 | 1/2 | 3/4 | end | end - 1/2 | RocksDB cache MB at end | consumer queue MB at end | outside both: end - 1/2 | peak RSS MB | state on disk MB | verdict |"
+        "| process | RSS MB at 1/4 | 1/2 | 3/4 | end | end - 1/2 | RocksDB cache MB at end | consumer queue MB at end | outside both: end - 1/2 | of which C heap in use | C heap held free | the rest (Rust) | RocksDB table readers MB at end | peak RSS MB | state on disk MB | CPU µs per event | verdict |"
     );
     let _ = writeln!(
         w,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for r in &s.rows {
         let last = |v: &[f64]| {
@@ -365,9 +429,14 @@ pub fn render(s: &Soak) -> String {
                 format!("{:.0}", sample_at(v, 1, 1))
             }
         };
+        let split = r
+            .outside_growth_split_mb()
+            .map_or("- | - | -".into(), |(u, f, rest)| {
+                format!("{u:+.0} | {f:+.0} | {rest:+.0}")
+            });
         let _ = writeln!(
             w,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {} | {} | {:+.0} | {:.0} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {} | {} | {:+.0} | {split} | {} | {:.0} | {} | {} | {} |",
             r.label,
             r.at(1, 4),
             r.at(1, 2),
@@ -377,8 +446,10 @@ pub fn render(s: &Soak) -> String {
             last(&r.store_mb),
             last(&r.queue_mb),
             r.second_half_outside_growth_mb(),
+            last(&r.readers_mb),
             r.peak_mb,
             r.state_mb.map_or("-".into(), |m| format!("{m:.0}")),
+            r.cpu_us_per_event.map_or("-".into(), |c| format!("{c:.1}")),
             if r.grows() { "GROWS" } else { "flat" }
         );
     }
@@ -390,7 +461,7 @@ pub fn render(s: &Soak) -> String {
         .collect();
     let _ = writeln!(
         w,
-        "\n{} (a process grows when its memory outside the RocksDB cache, bounded by runtime.store_memory_mb, and its consumer queue, bounded by queued.max.messages.kbytes, rose in the second half by more than {GROWTH_TOLERANCE_PCT}% and {GROWTH_FLOOR_MB} MB)",
+        "\n{} (a process grows when its RSS, and its memory outside the RocksDB cache, bounded by runtime.store_memory_mb, and its consumer queue, bounded by queued.max.messages.kbytes, both rose in the second half by more than {GROWTH_TOLERANCE_PCT}% and {GROWTH_FLOOR_MB} MB)",
         if growing.is_empty() {
             "No process grew in the second half".to_string()
         } else {
@@ -407,8 +478,12 @@ pub fn self_check() {
         rss_mb,
         store_mb: Vec::new(),
         queue_mb: Vec::new(),
+        readers_mb: Vec::new(),
+        heap_used_mb: Vec::new(),
+        heap_free_mb: Vec::new(),
         peak_mb: 0.0,
         state_mb: None,
+        cpu_us_per_event: None,
     };
     let flat = row(vec![100.0, 300.0, 320.0, 325.0]);
     assert_eq!(flat.at(1, 2), 300.0);
@@ -431,6 +506,18 @@ pub fn self_check() {
     let mut leaks = row(vec![100.0, 180.0, 230.0, 260.0]);
     leaks.store_mb = vec![40.0, 110.0, 110.0, 110.0];
     assert!(leaks.grows(), "outside the cache: 70 -> 150");
+    // The cache shrinking leaves RSS where it was: the outside "grows" by
+    // what the cache gave back, the process does not.
+    let mut shrinks = row(vec![330.0, 387.0, 389.0, 384.0]);
+    shrinks.store_mb = vec![200.0, 314.0, 200.0, 143.0];
+    assert!(shrinks.second_half_outside_growth_mb() > 100.0);
+    assert!(!shrinks.grows(), "RSS fell by 3 MB");
+    // Its growth split: the C heap in use rose 30 beyond the cache, glibc
+    // holds 20 more free, the remaining 30 is Rust's.
+    leaks.queue_mb = vec![0.0; 4];
+    leaks.heap_used_mb = vec![60.0, 150.0, 170.0, 180.0];
+    leaks.heap_free_mb = vec![5.0, 10.0, 20.0, 30.0];
+    assert_eq!(leaks.outside_growth_split_mb(), Some((30.0, 20.0, 30.0)));
     assert!(free_disk_mb(Path::new("/")).is_some(), "df -Pk answers");
     let chunk = soak_chunk(3, 500, Utc.with_ymd_and_hms(2026, 1, 10, 4, 0, 0).unwrap());
     assert_eq!(chunk.len(), 500);

@@ -21,6 +21,7 @@
 //! See [`crate::store`] for why the local state never runs ahead of Kafka.
 
 pub mod dlq;
+mod heap;
 mod recover;
 pub mod restore;
 pub mod schedule;
@@ -44,9 +45,9 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::internal_events::{
-    ChangelogSent, ConsumerLagMeasured, ConsumerQueueMeasured, PartitionClosed, PartitionsAssigned,
-    PartitionsRevoked, RecordDeadLettered, RecordProcessed, RecordWritten, StageFailed,
-    StoreKeysMeasured, StoreMemoryMeasured, TransactionAborted, TransactionCommitted,
+    ChangelogSent, ConsumerLagMeasured, ConsumerQueueMeasured, NativeHeapMeasured, PartitionClosed,
+    PartitionsAssigned, PartitionsRevoked, RecordDeadLettered, RecordProcessed, RecordWritten,
+    StageFailed, StoreKeysMeasured, StoreMemoryMeasured, TransactionAborted, TransactionCommitted,
 };
 use crate::kafka;
 use crate::metrics::StageMetrics;
@@ -1323,10 +1324,23 @@ impl<P: Processor> Engine<P> {
     fn refresh_gauges(&self, consumer: &BaseConsumer<StageContext<P>>) {
         let (block_cache_bytes, memtable_bytes) = self.store_memory().usage_bytes();
         StoreMemoryMeasured {
+            stage: self.spec.name,
             block_cache_bytes,
             memtable_bytes,
+            table_reader_bytes: self
+                .parts
+                .values()
+                .map(|p| p.stores.table_reader_bytes())
+                .sum(),
         }
         .emit();
+        if let Some(h) = heap::native_heap() {
+            NativeHeapMeasured {
+                in_use_bytes: h.in_use_bytes,
+                free_bytes: h.free_bytes,
+            }
+            .emit();
+        }
         let positions = consumer.position().ok();
         for (p, part) in &self.parts {
             let label = p.to_string();
@@ -1439,6 +1453,7 @@ pub fn run_stage<P: Processor>(
     // Every log line of this thread carries the stage (JSON logs: "span").
     let _span = tracing::info_span!("stage", stage).entered();
     let fatal = |message: String| stage_fatal(stage, message);
+    heap::start_trimming();
     let group_id = config.group_id(stage);
     let transactional_id = format!("{group_id}.{}", config.runtime.instance_id);
     let engine = Arc::new(Mutex::new(start_engine(

@@ -60,6 +60,11 @@ pub trait Backend: Send {
     fn checkpoint(&self, store: StoreId) -> Result<Option<i64>, StoreError>;
     /// Approximate number of keys, for metrics.
     fn approximate_keys(&self, store: StoreId) -> u64;
+    /// Memory held for the data on disk outside any bounded cache, bytes,
+    /// for metrics (0 where nothing is on disk).
+    fn table_reader_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// In-memory backend for unit tests and benchmarks.
@@ -321,6 +326,11 @@ impl PartitionStores {
 
     pub fn approximate_keys(&self, store: StoreId) -> u64 {
         self.backend.approximate_keys(store)
+    }
+
+    /// See [`Backend::table_reader_bytes`].
+    pub fn table_reader_bytes(&self) -> u64 {
+        self.backend.table_reader_bytes()
     }
 }
 

@@ -278,6 +278,17 @@ impl Backend for RocksBackend {
         let _ = store;
         total
     }
+
+    fn table_reader_bytes(&self) -> u64 {
+        // Index and filter blocks are cached (`cache_index_and_filter_blocks`):
+        // this is what each open SST file keeps besides (its reader, metadata,
+        // properties), which grows with the number of files.
+        self.db
+            .property_int_value("rocksdb.estimate-table-readers-mem")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
