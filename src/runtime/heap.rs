@@ -49,7 +49,9 @@ pub fn native_heap() -> Option<NativeHeap> {
 }
 
 /// Starts the process's heap trimmer, once (later calls do nothing): a
-/// thread of its own, so a trim never holds up a stage's loop.
+/// thread of its own, so a trim never runs on a stage's loop (it holds
+/// glibc's arena locks while it walks them: RocksDB's and librdkafka's
+/// allocations wait that long; the time each trim took is logged at debug).
 pub fn start_trimming() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {

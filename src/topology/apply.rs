@@ -97,6 +97,51 @@ type Admin = rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>;
 /// Partitions and replication factor of each topic in the cluster.
 type Existing = BTreeMap<String, (i32, i32)>;
 
+/// A topic the broker says exists (created a moment ago, by this apply's
+/// predecessor or another) may take a while to show in its metadata: how
+/// often, and how far apart, apply looks again before reporting it.
+const METADATA_SETTLE_ATTEMPTS: u32 = 20;
+const METADATA_SETTLE_PAUSE_MS: u64 = 250;
+
+/// The topics of a metadata answer that have no error.
+fn existing_of(md: &rdkafka::metadata::Metadata) -> Existing {
+    md.topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| {
+            let rf = t
+                .partitions()
+                .first()
+                .map(|p| p.replicas().len() as i32)
+                .unwrap_or(0);
+            (t.name().to_string(), (t.partitions().len() as i32, rf))
+        })
+        .collect()
+}
+
+/// Waits until every topic of `raced` shows in the metadata, and adds it
+/// to `existing`: it existed before this apply, so it is reported as up to
+/// date or differing, never as created.
+async fn settle(
+    admin: &Admin,
+    config: &Config,
+    raced: &[String],
+    existing: &mut Existing,
+) -> Result<(), ApplyError> {
+    for _ in 0..METADATA_SETTLE_ATTEMPTS {
+        let now = existing_of(&kafka::metadata(admin.inner(), config, None)?);
+        if raced.iter().all(|t| now.contains_key(t)) {
+            existing.extend(now.into_iter().filter(|(t, _)| raced.contains(t)));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(METADATA_SETTLE_PAUSE_MS)).await;
+    }
+    Err(ApplyError::Create {
+        topic: raced.join(", "),
+        message: "the broker says it exists, but its metadata does not show it".into(),
+    })
+}
+
 /// Applies the topology to the cluster named in `config`.
 pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, ApplyError> {
     let admin = kafka::admin(config)?;
@@ -107,18 +152,11 @@ pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, 
         .operation_timeout(Some(timeout));
 
     let mut report = ApplyReport::default();
-    let mut existing: Existing = BTreeMap::new();
-    for t in md.topics() {
-        if t.error().is_none() {
-            let rf = t
-                .partitions()
-                .first()
-                .map(|p| p.replicas().len() as i32)
-                .unwrap_or(0);
-            existing.insert(t.name().to_string(), (t.partitions().len() as i32, rf));
-        }
+    let mut existing = existing_of(&md);
+    let raced = create_missing(&admin, &opts, topology, &existing).await?;
+    if !raced.is_empty() {
+        settle(&admin, config, &raced, &mut existing).await?;
     }
-    create_missing(&admin, &opts, topology, &existing).await?;
     let actual_configs = describe_present(&admin, &opts, topology, &existing).await?;
     for t in &topology.topics {
         let outcome = outcome_of(t, &existing, &actual_configs);
@@ -138,20 +176,21 @@ pub async fn apply(config: &Config, topology: &Topology) -> Result<ApplyReport, 
 }
 
 /// Creates the topics of the file the cluster does not have, with their
-/// configs; one that another apply created meanwhile is fine.
+/// configs; one that exists already (created meanwhile, or not yet in the
+/// metadata read before) is fine, and returned.
 async fn create_missing(
     admin: &Admin,
     opts: &AdminOptions,
     topology: &Topology,
     existing: &Existing,
-) -> Result<(), ApplyError> {
+) -> Result<Vec<String>, ApplyError> {
     let missing: Vec<&TopicSpec> = topology
         .topics
         .iter()
         .filter(|t| !existing.contains_key(&t.name))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let configs: Vec<BTreeMap<&'static str, String>> =
         missing.iter().map(|t| t.configs()).collect();
@@ -177,11 +216,12 @@ async fn create_missing(
             topic: "(all)".into(),
             message: e.to_string(),
         })?;
+    let mut raced = Vec::new();
     for r in results {
         match r {
             Ok(_) => {}
-            // Another apply raced us: it exists now, which is what we want.
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            // It exists, which is what we want; not ours to report as created.
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => raced.push(topic),
             Err((topic, code)) => {
                 return Err(ApplyError::Create {
                     topic,
@@ -190,7 +230,7 @@ async fn create_missing(
             }
         }
     }
-    Ok(())
+    Ok(raced)
 }
 
 /// The configs (name -> value) of the file's topics the cluster already has.
