@@ -244,8 +244,7 @@ impl ConsumerQueueMeasured<'_> {
             bytes = self.bytes,
             "consumer queue measured"
         );
-        m.consumer_queue
-            .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        m.consumer_queue.set(saturating_i64(self.bytes));
     }
 }
 
@@ -327,10 +326,7 @@ impl StoreMemoryMeasured {
             per_stage.insert(self.stage, self.table_reader_bytes);
             per_stage.values().sum()
         };
-        set(
-            "table_readers",
-            i64::try_from(process_bytes).unwrap_or(i64::MAX),
-        );
+        set("table_readers", saturating_i64(process_bytes));
     }
 }
 
@@ -353,8 +349,9 @@ impl NativeHeapMeasured {
     }
 }
 
-fn saturating_i64(v: usize) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// A byte count as a gauge value (i64::MAX past it).
+fn saturating_i64(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
 }
 
 /// Wall clock minus the event time of the record in hand (post: minus the
