@@ -879,6 +879,9 @@ struct ProcStat {
     peak_mb: f64,
     /// Store writes sent to changelogs (meterline's stages), from /metrics.
     changelog_records: Option<f64>,
+    /// Key and value bytes written: (to output topics, to changelogs),
+    /// meterline's stages, from /metrics.
+    bytes_written: Option<(f64, f64)>,
 }
 
 struct Throughput {
@@ -1039,11 +1042,28 @@ fn throughput(
         .iter()
         .map(|p| status_kb(p.child.id(), "VmHWM").unwrap_or(0) as f64 / 1024.0)
         .collect();
-    let changelogs: Vec<Option<f64>> = procs
+    let metrics: Vec<Option<String>> = procs
         .iter()
-        .map(|p| {
-            let body = http_get(p.metrics_port?, "/metrics")?;
-            Some(metric_sum(&body, "meterline_changelog_records_total", ""))
+        .map(|p| http_get(p.metrics_port?, "/metrics"))
+        .collect();
+    let changelogs: Vec<Option<f64>> = metrics
+        .iter()
+        .map(|body| {
+            Some(metric_sum(
+                body.as_ref()?,
+                "meterline_changelog_records_total",
+                "",
+            ))
+        })
+        .collect();
+    let bytes_written: Vec<Option<(f64, f64)>> = metrics
+        .iter()
+        .map(|body| {
+            let body = body.as_ref()?;
+            Some((
+                metric_sum(body, "meterline_records_out_bytes_total", ""),
+                metric_sum(body, "meterline_changelog_bytes_total", ""),
+            ))
         })
         .collect();
     stop_all(&mut procs);
@@ -1062,6 +1082,7 @@ fn throughput(
             cpu_s: at_end.and_then(|s| s.1[i]).unwrap_or(0.0),
             peak_mb: peaks[i],
             changelog_records: changelogs[i],
+            bytes_written: bytes_written[i],
         })
         .collect();
     let broker_cpu_s = match (broker_cpu0, at_end.and_then(|s| s.2)) {
@@ -1856,16 +1877,16 @@ fn render(
     let _ = writeln!(w);
     let _ = writeln!(
         w,
-        "| system | process | CPU s | share | CPU µs per event | changelog records per event | peak RSS MB | startup s |"
+        "| system | process | CPU s | share | CPU µs per event | changelog records per event | bytes written per event: topics + changelogs | peak RSS MB | startup s |"
     );
-    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for t in tps {
         let total: f64 = t.procs.iter().map(|p| p.cpu_s).sum::<f64>().max(1e-9);
         let per_event = |v: f64| v / t.events.max(1) as f64;
         for p in &t.procs {
             let _ = writeln!(
                 w,
-                "| {} | {} | {:.1} | {:.0}% | {:.1} | {} | {:.0} | {:.1} |",
+                "| {} | {} | {:.1} | {:.0}% | {:.1} | {} | {} | {:.0} | {:.1} |",
                 t.sys.name(),
                 p.label,
                 p.cpu_s,
@@ -1873,6 +1894,11 @@ fn render(
                 per_event(p.cpu_s * 1e6),
                 p.changelog_records
                     .map_or("-".into(), |c| format!("{:.2}", per_event(c))),
+                p.bytes_written.map_or("-".into(), |(out, log)| format!(
+                    "{:.0} + {:.0}",
+                    per_event(out),
+                    per_event(log)
+                )),
                 p.peak_mb,
                 t.startup_s
             );

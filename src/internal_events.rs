@@ -184,12 +184,20 @@ impl RecordProcessed<'_> {
 pub struct RecordWritten<'a> {
     pub stage: &'a str,
     pub topic: &'a str,
+    /// Key and value.
+    pub bytes: u64,
 }
 
 impl RecordWritten<'_> {
     pub fn emit(&self, m: &StageMetrics) {
-        trace!(stage = self.stage, topic = self.topic, "record written");
+        trace!(
+            stage = self.stage,
+            topic = self.topic,
+            bytes = self.bytes,
+            "record written"
+        );
         m.records_out(self.topic).inc();
+        m.records_out_bytes(self.topic).inc_by(self.bytes);
     }
 }
 
@@ -253,6 +261,8 @@ pub struct ChangelogSent<'a> {
     pub stage: &'a str,
     pub store: &'a str,
     pub records: u64,
+    /// Keys and values of those records.
+    pub bytes: u64,
 }
 
 impl ChangelogSent<'_> {
@@ -264,9 +274,11 @@ impl ChangelogSent<'_> {
             stage = self.stage,
             store = self.store,
             records = self.records,
+            bytes = self.bytes,
             "changelog records sent"
         );
         m.changelog_records(self.store).inc_by(self.records);
+        m.changelog_bytes(self.store).inc_by(self.bytes);
     }
 }
 

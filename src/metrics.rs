@@ -89,6 +89,13 @@ static RECORDS_OUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["stage", "topic"],
     )
 });
+static RECORDS_OUT_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_records_out_bytes_total",
+        "Key and value bytes of the records written (committed or not), by stage and topic.",
+        &["stage", "topic"],
+    )
+});
 static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "meterline_dead_letters_total",
@@ -141,6 +148,13 @@ static CHANGELOG_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "meterline_changelog_records_total",
         "Store writes sent to changelog topics (one record per key written in a transaction, committed or not), by stage and store.",
+        &["stage", "store"],
+    )
+});
+static CHANGELOG_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterline_changelog_bytes_total",
+        "Key and value bytes of the changelog records sent (committed or not), by stage and store.",
         &["stage", "store"],
     )
 });
@@ -253,6 +267,10 @@ impl StageMetrics {
         RECORDS_OUT.with_label_values(&[self.stage.as_str(), topic])
     }
 
+    pub fn records_out_bytes(&self, topic: &str) -> IntCounter {
+        RECORDS_OUT_BYTES.with_label_values(&[self.stage.as_str(), topic])
+    }
+
     pub fn dead_letters(&self, reason: &str) -> IntCounter {
         DEAD_LETTERS.with_label_values(&[self.stage.as_str(), reason])
     }
@@ -267,6 +285,10 @@ impl StageMetrics {
 
     pub fn changelog_records(&self, store: &str) -> IntCounter {
         CHANGELOG_RECORDS.with_label_values(&[self.stage.as_str(), store])
+    }
+
+    pub fn changelog_bytes(&self, store: &str) -> IntCounter {
+        CHANGELOG_BYTES.with_label_values(&[self.stage.as_str(), store])
     }
 
     pub fn store_keys(&self, store: &str, partition: &str) -> IntGauge {
@@ -287,6 +309,8 @@ mod tests {
         a.records_out("t").inc();
         b.store_keys("s", "0").set(7);
         b.changelog_records("s").inc_by(4);
+        b.changelog_bytes("s").inc_by(40);
+        a.records_out_bytes("t").inc_by(9);
         b.commit_latency.observe(0.002);
         event_time_lag("metrics_test_a").set(3);
         let text = render();
@@ -296,6 +320,8 @@ mod tests {
             "meterline_records_out_total{stage=\"metrics_test_a\",topic=\"t\"} 1",
             "meterline_store_keys{partition=\"0\",stage=\"metrics_test_b\",store=\"s\"} 7",
             "meterline_changelog_records_total{stage=\"metrics_test_b\",store=\"s\"} 4",
+            "meterline_changelog_bytes_total{stage=\"metrics_test_b\",store=\"s\"} 40",
+            "meterline_records_out_bytes_total{stage=\"metrics_test_a\",topic=\"t\"} 9",
             "meterline_transaction_commit_latency_seconds_count{stage=\"metrics_test_b\"} 1",
             "meterline_event_time_lag_seconds{stage=\"metrics_test_a\"} 3",
         ] {

@@ -412,6 +412,31 @@ fn every_event_lands_in_exactly_one_place() {
         ),
         Some(VALID_EVENTS as f64)
     );
+    // What librdkafka and the broker carry: the bytes counted are exactly
+    // the keys and values on the topics (nothing aborted in this run).
+    let bytes_of = |recs: &[Rec]| -> f64 {
+        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        recs.iter()
+            .map(|r| len(&r.key) + len(&r.value))
+            .sum::<usize>() as f64
+    };
+    assert_eq!(
+        metric(
+            &metrics,
+            "meterline_records_out_bytes_total",
+            &[("stage", "dedupe"), ("topic", &validated_topic)]
+        ),
+        Some(bytes_of(&validated))
+    );
+    let lineage_changelog = w.topic("meterline.validate.lineage.changelog");
+    assert_eq!(
+        metric(
+            &metrics,
+            "meterline_changelog_bytes_total",
+            &[("stage", "validate"), ("store", "lineage")]
+        ),
+        Some(bytes_of(&read_all(&lineage_changelog, true)))
+    );
     // Consumer lag per partition drops to zero once everything is committed.
     wait_until("lag gauges at zero", || {
         let (_, m) = http_get(port, "/metrics").unwrap();

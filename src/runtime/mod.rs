@@ -393,6 +393,61 @@ impl DeliveryTracker {
     }
 }
 
+/// One record for the producer, borrowed from where it was made.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: &'a [(String, Option<Vec<u8>>)],
+    partition: Option<i32>,
+}
+
+/// Key and value bytes of a record, what `meterline_*_bytes_total` count.
+fn record_bytes(key: Option<&[u8]>, value: Option<&[u8]>) -> u64 {
+    (key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len)) as u64
+}
+
+/// Hands one record to the producer (into the open transaction, if any).
+/// A record the broker can never take is [`LoopError::Unproducible`].
+fn produce(
+    producer: &BaseProducer<DeliveryContext>,
+    out: Outgoing<'_>,
+    opaque: usize,
+) -> Result<(), LoopError> {
+    let mut record: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(out.topic, opaque);
+    if !out.headers.is_empty() {
+        // Only when there are any: an empty header list is still one
+        // allocation in librdkafka per record.
+        record = record.headers(kafka::owned_headers(out.headers));
+    }
+    if let Some(k) = out.key {
+        record = record.key(k);
+    }
+    if let Some(v) = out.value {
+        record = record.payload(v);
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    // No timestamp, whatever the output says: the producer stamps the send
+    // time and meterline's topics (LogAppendTime) the append time.
+    match kafka::send_waiting(producer, record) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.rdkafka_error_code()
+                .is_some_and(kafka::is_permanent_produce_error) =>
+        {
+            Err(LoopError::Unproducible(format!(
+                "producing to {}: {e}",
+                out.topic
+            )))
+        }
+        Err(e) => Err(classify("produce", e)),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not wedge the stage: the data is still consistent
     // because every critical section here is a single insert or take.
@@ -668,33 +723,14 @@ impl<P: Processor> Engine<P> {
 
     fn send(&mut self, out: &Output, opaque: usize) -> Result<(), LoopError> {
         self.ensure_txn()?;
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&out.topic, opaque)
-                .headers(kafka::owned_headers(&out.headers));
-        if let Some(k) = &out.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &out.value {
-            record = record.payload(v.as_slice());
-        }
-        if let Some(p) = out.partition {
-            record = record.partition(p);
-        }
-        // No timestamp, whatever `out.timestamp_ms` says: the producer stamps
-        // the send time and meterline's topics (LogAppendTime) the append time.
-        match kafka::send_waiting(&self.producer, record) {
-            Ok(()) => Ok(()),
-            Err(e)
-                if e.rdkafka_error_code()
-                    .is_some_and(kafka::is_permanent_produce_error) =>
-            {
-                Err(LoopError::Unproducible(format!(
-                    "producing to {}: {e}",
-                    out.topic
-                )))
-            }
-            Err(e) => Err(classify("produce", e)),
-        }
+        let record = Outgoing {
+            topic: &out.topic,
+            key: out.key.as_deref(),
+            value: out.value.as_deref(),
+            headers: &out.headers,
+            partition: out.partition,
+        };
+        produce(&self.producer, record, opaque)
     }
 
     /// Sends a dead letter: bounded, it always fits; if it is refused
@@ -832,6 +868,7 @@ impl<P: Processor> Engine<P> {
             RecordWritten {
                 stage: self.spec.name,
                 topic: &o.topic,
+                bytes: record_bytes(o.key.as_deref(), o.value.as_deref()),
             }
             .emit(&self.metrics);
         }
@@ -938,6 +975,7 @@ impl<P: Processor> Engine<P> {
                         RecordWritten {
                             stage: self.spec.name,
                             topic: &o.topic,
+                            bytes: record_bytes(o.key.as_deref(), o.value.as_deref()),
                         }
                         .emit(&self.metrics);
                     }
@@ -1030,35 +1068,37 @@ impl<P: Processor> Engine<P> {
     }
 
     /// Changelogs: the final value of each key written in this transaction,
-    /// sent into it (all collected first, then sent).
+    /// sent into it straight from the stores' pending writes (librdkafka
+    /// copies each record once; nothing is copied here first).
     fn send_changelogs(&mut self) -> Result<(), LoopError> {
-        let mut changelog: Vec<Output> = Vec::new();
-        let mut opaques: Vec<usize> = Vec::new();
+        let mut sent = vec![(0u64, 0u64); self.changelog_topics.len()];
+        let any = self.parts.values().any(|part| part.stores.has_pending());
+        if any {
+            self.ensure_txn()?;
+        }
         for (p, part) in &self.parts {
-            for (sid, topic) in self.changelog_topics.iter().enumerate() {
+            for (sid, (topic, sent)) in self.changelog_topics.iter().zip(&mut sent).enumerate() {
                 for (k, v) in part.stores.pending(sid as StoreId) {
-                    changelog.push(Output {
-                        topic: topic.clone(),
-                        key: Some(k.clone()),
-                        value: v.clone(),
-                        headers: vec![],
+                    let record = Outgoing {
+                        topic,
+                        key: Some(k),
+                        value: v.as_deref(),
+                        headers: &[],
                         partition: Some(*p),
-                    });
-                    opaques.push(CHANGELOG_TAG | (sid << 24) | (*p as usize & PARTITION_MASK));
+                    };
+                    let opaque = CHANGELOG_TAG | (sid << 24) | (*p as usize & PARTITION_MASK);
+                    produce(&self.producer, record, opaque)?;
+                    sent.0 += 1;
+                    sent.1 += record_bytes(Some(k), v.as_deref());
                 }
             }
         }
-        debug_assert_eq!(changelog.len(), opaques.len());
-        for (o, opaque) in changelog.iter().zip(opaques) {
-            self.send(o, opaque)?;
-        }
-        for (sid, store) in self.spec.stores.iter().enumerate() {
-            let pending = |part: &PartState| part.stores.pending(sid as StoreId).len() as u64;
-            let records = self.parts.values().map(pending).sum();
+        for (store, (records, bytes)) in self.spec.stores.iter().zip(sent) {
             ChangelogSent {
                 stage: self.spec.name,
                 store,
                 records,
+                bytes,
             }
             .emit(&self.metrics);
         }

@@ -100,7 +100,10 @@
 //! [`Processor::flush`] before the runtime commits, or before a scan needs
 //! them; an abort drops the cache with the store's overlay. The earliest
 //! end of an open window is cached too, so the watermark moving (nearly
-//! every event) costs no store scan unless a window is due. Scans of open
+//! every event) costs no store scan unless a window is due, and so is the
+//! partition's clock (read once, written at the flush, not per event). An
+//! event takes the windows it adds to out of the cache rather than copying
+//! them, and puts them back untouched if it is refused ([`touch`]). Scans of open
 //! windows start just after the stored watermark: everything before it is
 //! closed, and RocksDB would otherwise walk the deletion markers of every
 //! window closed since the last compaction.
@@ -126,6 +129,7 @@ use crate::topology::{self, StageSpec};
 
 pub mod periods;
 pub mod reason;
+mod touch;
 
 /// How long after the greatest event time seen a window stays open for late
 /// events, in seconds: the default of config `aggregate.grace_period_s`.
@@ -223,17 +227,29 @@ pub fn empty_digest() -> String {
 
 /// `acc + item` modulo 2^256, both big-endian; `acc` as 64 hex digits.
 pub fn add_digest(acc: &str, item: &[u8; DIGEST_BYTES]) -> Result<String, String> {
-    let bytes = hex::decode(acc).map_err(|e| format!("lineage digest {acc:?}: {e}"))?;
-    let mut sum: [u8; DIGEST_BYTES] = bytes
-        .try_into()
-        .map_err(|_| format!("lineage digest {acc:?}: not {DIGEST_BYTES} bytes"))?;
+    let mut sum = acc.to_string();
+    fold_digest(&mut sum, item)?;
+    Ok(sum)
+}
+
+/// [`add_digest`] in place: `acc` becomes `acc + item`, without allocating
+/// (this runs for every window every event touches).
+pub fn fold_digest(acc: &mut String, item: &[u8; DIGEST_BYTES]) -> Result<(), String> {
+    let mut sum = [0u8; DIGEST_BYTES];
+    hex::decode_to_slice(acc.as_bytes(), &mut sum)
+        .map_err(|e| format!("lineage digest {acc:?}: {e}"))?;
     let mut carry = 0u16;
     for (s, i) in sum.iter_mut().rev().zip(item.iter().rev()) {
         let v = u16::from(*s) + u16::from(*i) + carry;
         *s = (v & 0xFF) as u8;
         carry = v >> 8;
     }
-    Ok(hex::encode(sum))
+    let mut digits = [0u8; 2 * DIGEST_BYTES];
+    hex::encode_to_slice(sum, &mut digits).map_err(|e| format!("lineage digest: {e}"))?;
+    let digits = std::str::from_utf8(&digits).map_err(|e| format!("lineage digest: {e}"))?;
+    acc.clear();
+    acc.push_str(digits);
+    Ok(())
 }
 
 fn to_window(id: String, start: DateTime<Utc>, end: DateTime<Utc>) -> Window {
@@ -310,10 +326,14 @@ pub struct AggregateProcessor {
 }
 
 /// Per partition: windows changed since the last flush (not yet in the
-/// store), and the earliest end of any open window, when known.
+/// store), the earliest end of any open window, when known, and the clock.
 #[derive(Default)]
 struct PartCache {
     dirty: BTreeMap<Vec<u8>, ClosedWindow>,
+    /// The partition's clock as the transaction sees it, once read.
+    clock: Option<PartitionClock>,
+    /// Whether `clock` is newer than the store's (written at the flush).
+    clock_dirty: bool,
     /// None: unknown (recomputed from the store and `dirty`); Some(None):
     /// no open window.
     min_end_ms: Option<Option<i64>>,
@@ -504,7 +524,7 @@ impl AggregateProcessor {
         }
         // The walk reads open windows from the store.
         self.flush_windows(ctx)?;
-        let watermark = load_clock(ctx)?.watermark_ms;
+        let watermark = self.clock(ctx)?.watermark_ms;
         for customer in batch {
             let subs: Vec<crate::refdata::Subscription> =
                 self.tables.subscriptions_of(&customer).cloned().collect();
@@ -529,11 +549,15 @@ impl AggregateProcessor {
         Ok(())
     }
 
-    /// Writes the partition's changed windows into the store.
+    /// Writes the partition's changed windows and clock into the store.
     fn flush_windows(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
         let Some(c) = self.cache.get_mut(&ctx.partition) else {
             return Ok(());
         };
+        if let (Some(clock), true) = (c.clock, c.clock_dirty) {
+            store_clock(ctx, &clock)?;
+            c.clock_dirty = false;
+        }
         for (key, w) in std::mem::take(&mut c.dirty) {
             let b = w
                 .to_json_bytes()
@@ -748,117 +772,6 @@ fn new_window(
     }
 }
 
-/// The windows one event touches, loaded once, each counted once.
-#[derive(Default)]
-struct Touched {
-    windows: BTreeMap<Vec<u8>, ClosedWindow>,
-}
-
-impl Touched {
-    /// The window at `key`: already touched, else from the store, else `fresh`.
-    fn get(
-        &mut self,
-        ctx: &Ctx<'_>,
-        cached: &BTreeMap<Vec<u8>, ClosedWindow>,
-        key: Vec<u8>,
-        fresh: impl FnOnce() -> ClosedWindow,
-        digest: &[u8; DIGEST_BYTES],
-    ) -> Result<&mut ClosedWindow, StageError> {
-        use std::collections::btree_map::Entry;
-        match self.windows.entry(key) {
-            Entry::Occupied(o) => Ok(o.into_mut()),
-            Entry::Vacant(v) => {
-                let mut w = match cached.get(v.key()) {
-                    Some(w) => w.clone(),
-                    None => match ctx.stores.get(WINDOWS, v.key())? {
-                        Some(b) => ClosedWindow::from_json_slice(&b)
-                            .map_err(|e| fatal("stored window is corrupt", e))?,
-                        None => fresh(),
-                    },
-                };
-                // First touch by this event: count it and fold it into the lineage.
-                w.event_count += 1;
-                w.lineage_digest = add_digest(&w.lineage_digest, digest)
-                    .map_err(|e| fatal("stored window is corrupt", e))?;
-                Ok(v.insert(w))
-            }
-        }
-    }
-}
-
-/// The event being windowed, as [`Touched::add_to`] needs it.
-struct Windowing<'a> {
-    e: &'a EnrichedEvent,
-    /// The clearing of every window the event touches.
-    clearing: Clearing,
-    digest: &'a [u8; DIGEST_BYTES],
-    /// The partition's write-back cache.
-    cached: &'a BTreeMap<Vec<u8>, ClosedWindow>,
-}
-
-/// One window an event adds to.
-struct WindowTarget<'a> {
-    kind: WindowKind,
-    /// The segment id, or the subscription id of a period close.
-    scope: &'a str,
-    window: &'a Window,
-    adjusts: Option<&'a Window>,
-    segment: Option<SegmentInfo>,
-}
-
-impl Touched {
-    /// Adds `quantity`, `amount` and `parts` to the window `target`
-    /// (touched, stored or new) and returns it.
-    fn add_to(
-        &mut self,
-        ctx: &Ctx<'_>,
-        ev: &Windowing<'_>,
-        target: WindowTarget<'_>,
-        quantity: Decimal,
-        amount: Decimal,
-        parts: &crate::rating::Parts,
-    ) -> Result<&mut ClosedWindow, StageError> {
-        let key = window_key(
-            target.window.end,
-            target.kind,
-            target.scope,
-            &target.window.id,
-            target.adjusts,
-        )?;
-        let w = self.get(
-            ctx,
-            ev.cached,
-            key,
-            || {
-                new_window(
-                    ev.e,
-                    target.kind,
-                    target.window.clone(),
-                    target.adjusts.cloned(),
-                    ev.clearing.clone(),
-                    target.segment,
-                )
-            },
-            ev.digest,
-        )?;
-        add(w, quantity, amount, parts)?;
-        Ok(w)
-    }
-}
-
-fn add(
-    w: &mut ClosedWindow,
-    quantity: Decimal,
-    amount: Decimal,
-    parts: &crate::rating::Parts,
-) -> Result<(), AggregateError> {
-    let overflow = || AggregateError::Overflow(w.window.id.clone());
-    w.quantity = w.quantity.checked_add(quantity).ok_or_else(overflow)?;
-    w.amount = w.amount.checked_add(amount).ok_or_else(overflow)?;
-    crate::rating::add_parts(&mut w.parts, parts).map_err(|_| overflow())?;
-    Ok(())
-}
-
 /// This stage's entry in the stage table (a constant index: out of range
 /// would not compile).
 #[allow(clippy::indexing_slicing)]
@@ -879,32 +792,12 @@ impl Processor for AggregateProcessor {
             lag_s: now_ms.saturating_sub(e.event.time.timestamp_millis()) / MS_PER_S,
         }
         .emit(&self.unbilled.event_time_lag);
-        let clock = load_clock(ctx)?;
+        let clock = self.clock(ctx)?;
         let t = targets(e, clock.watermark_ms)?;
         let digest = event_digest(&rated.source, &rated.id);
-        let period_clearing = Clearing {
-            period: t.period.clone(),
-            adjusts: t.period_adjusts.clone(),
-        };
-        // Everything is computed in memory first: a reject writes nothing.
-        let touched = {
-            let no_cache = BTreeMap::new();
-            let ev = Windowing {
-                e,
-                clearing: period_clearing,
-                digest: &digest,
-                cached: self
-                    .cache
-                    .get(&ctx.partition)
-                    .map_or(&no_cache, |c| &c.dirty),
-            };
-            window_measures(ctx, &ev, &t, &rated)?
-        };
-        let refs: Vec<crate::lineage::WindowRef> = touched
-            .windows
-            .values()
-            .map(ClosedWindow::lineage_ref)
-            .collect();
+        let touched = self.touch_windows(ctx, &t, &rated, &digest)?;
+        let refs: Vec<crate::lineage::WindowRef> =
+            touched.iter().map(|l| l.window.lineage_ref()).collect();
         self.cache_touched(ctx.partition, touched);
         crate::lineage::record_step(
             ctx,
@@ -974,7 +867,7 @@ impl Processor for AggregateProcessor {
         if now_ms.saturating_sub(last) < self.idle_advance_ms {
             return Ok(());
         }
-        let mut clock = load_clock(ctx)?;
+        let mut clock = self.clock(ctx)?;
         let candidate = now_ms.saturating_sub(self.grace_ms);
         if clock.watermark_ms.is_some_and(|wm| wm >= candidate) {
             return Ok(());
@@ -988,7 +881,7 @@ impl Processor for AggregateProcessor {
         }
         let previous = clock.watermark_ms;
         clock.watermark_ms = Some(candidate);
-        store_clock(ctx, &clock)?;
+        self.set_clock(ctx.partition, clock);
         self.close_until(ctx, previous, candidate)
     }
 
@@ -1002,17 +895,64 @@ impl Processor for AggregateProcessor {
 }
 
 impl AggregateProcessor {
+    /// The windows `rated` adds to, with its additions made (see
+    /// [`touch`]), in key order. Refused (an overflow): nothing changed.
+    fn touch_windows(
+        &mut self,
+        ctx: &Ctx<'_>,
+        t: &Targets,
+        rated: &RatedEvent,
+        digest: &[u8; DIGEST_BYTES],
+    ) -> Result<Vec<touch::Loaded>, StageError> {
+        let e = &rated.enriched;
+        let plan = touch::plan(t, rated)?;
+        let period_clearing = Clearing {
+            period: t.period.clone(),
+            adjusts: t.period_adjusts.clone(),
+        };
+        let cache = &mut self.cache.entry(ctx.partition).or_default().dirty;
+        let mut loaded = touch::load(ctx, cache, &plan, e, &period_clearing)?;
+        if let Err(err) = touch::Loaded::sum(&mut loaded, &plan) {
+            touch::restore(cache, loaded);
+            return Err(err.into());
+        }
+        for l in &mut loaded {
+            // Only a corrupt stored digest fails here: fatal, the cache goes.
+            l.apply(e, digest)?;
+        }
+        loaded.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(loaded)
+    }
+
     /// Into the write-back cache: serialized once per commit, not per event.
-    fn cache_touched(&mut self, partition: i32, touched: Touched) {
+    fn cache_touched(&mut self, partition: i32, touched: Vec<touch::Loaded>) {
         let part = self.cache.entry(partition).or_default();
-        for (key, w) in touched.windows {
+        for l in touched {
             // Unknown stays unknown (recomputed when needed); known takes the min.
-            let end = w.window.end.timestamp_millis();
+            let end = l.window.window.end.timestamp_millis();
             if let Some(known) = &mut part.min_end_ms {
                 *known = Some(known.map_or(end, |m| m.min(end)));
             }
-            part.dirty.insert(key, w);
+            part.dirty.insert(l.key, l.window);
         }
+    }
+
+    /// The partition's clock as the transaction sees it: cached once read.
+    fn clock(&mut self, ctx: &Ctx<'_>) -> Result<PartitionClock, StageError> {
+        let c = self.cache.entry(ctx.partition).or_default();
+        if let Some(clock) = c.clock {
+            return Ok(clock);
+        }
+        let clock = load_clock(ctx)?;
+        c.clock = Some(clock);
+        Ok(clock)
+    }
+
+    /// A new clock for the partition, stored at the next flush.
+    fn set_clock(&mut self, partition: i32, clock: PartitionClock) {
+        let c = self.cache.entry(partition).or_default();
+        c.clock = Some(clock);
+        c.clock_dirty = true;
     }
 
     /// The partition's clock after an event at `event_ms`: the highest event
@@ -1029,7 +969,7 @@ impl AggregateProcessor {
         let candidate = clock.max_event_ms.map(|m| m.saturating_sub(self.grace_ms));
         clock.watermark_ms = clock.watermark_ms.max(candidate);
         if clock != before {
-            store_clock(ctx, &clock)?;
+            self.set_clock(ctx.partition, clock);
         }
         if let (Some(wm), true) = (
             clock.watermark_ms,
@@ -1044,90 +984,6 @@ impl AggregateProcessor {
             }
         }
         Ok(())
-    }
-}
-
-/// The windows a rated event adds to, per measure: its segment's day and
-/// billing period, and (unless it adjusts a closed period) the
-/// subscription's period close.
-fn window_measures(
-    ctx: &Ctx<'_>,
-    ev: &Windowing<'_>,
-    t: &Targets,
-    rated: &RatedEvent,
-) -> Result<Touched, StageError> {
-    let e = &rated.enriched;
-    let mut touched = Touched::default();
-    for ((rm, measure), charge) in rated.measures.iter().zip(&e.event.measures).zip(&e.charges) {
-        let segment = SegmentInfo {
-            segment_id: rm.segment_id.clone(),
-            segment_key: rm.segment_key.clone(),
-            meter: rm.meter.clone(),
-            plan_version: rm.plan_version,
-            group: measure.group.clone(),
-            aggregation: rm.aggregation,
-            tax_code: charge.tax_code.clone(),
-            unit: charge.unit.clone(),
-        };
-        let day = WindowTarget {
-            kind: WindowKind::Day,
-            scope: &rm.segment_id,
-            window: &t.day,
-            adjusts: t.day_adjusts.as_ref(),
-            segment: Some(segment.clone()),
-        };
-        let parts = &rm.parts;
-        touched.add_to(
-            ctx,
-            ev,
-            day,
-            rm.marginal_quantity,
-            rm.marginal_amount,
-            parts,
-        )?;
-        let period = WindowTarget {
-            kind: WindowKind::BillingPeriod,
-            scope: &rm.segment_id,
-            window: &t.period,
-            adjusts: t.period_adjusts.as_ref(),
-            segment: Some(segment),
-        };
-        touched.add_to(
-            ctx,
-            ev,
-            period,
-            rm.marginal_quantity,
-            rm.marginal_amount,
-            parts,
-        )?;
-        if t.period_adjusts.is_none() {
-            let close = WindowTarget {
-                kind: WindowKind::PeriodClose,
-                scope: &e.subscription_id,
-                window: &t.period,
-                adjusts: None,
-                segment: None,
-            };
-            let none = crate::rating::Parts::new();
-            let close = touched.add_to(ctx, ev, close, Decimal::ZERO, rm.marginal_amount, &none)?;
-            take_provisional_terms(close, e);
-        }
-    }
-    Ok(touched)
-}
-
-/// Provisional terms, whatever the arrival order: at close the period takes
-/// those of the version in force at its start from the reference tables
-/// ([`periods::apply_terms`]); these stay only when the tables lack the
-/// subscription.
-fn take_provisional_terms(close: &mut ClosedWindow, e: &EnrichedEvent) {
-    if e.plan_version > close.plan_version {
-        close.plan_version = e.plan_version;
-        close.plan_id = e.plan_id.clone();
-        close.base_fee = e.base_fee;
-        close.minimum_commitment = e.minimum_commitment;
-        close.tax_code = e.tax_code.clone();
-        close.gl_accounts = e.gl_accounts.clone();
     }
 }
 

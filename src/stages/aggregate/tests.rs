@@ -371,6 +371,45 @@ fn an_idle_partition_advances_by_wall_clock() {
 }
 
 #[test]
+fn an_overflowing_event_is_refused_and_the_windows_keep_what_came_before() {
+    let mut h = harness();
+    let t = at("2026-01-10T12:00:00Z");
+    h.now_ms = t.timestamp_millis();
+    let send =
+        |h: &mut H, e: &RatedEvent| h.process(Some(b"cust-1"), Some(&e.to_json_bytes().unwrap()));
+    // Not flushed: the windows of "a" wait in the write-back cache.
+    send(&mut h, &rated("a", t, UTC1, &[("tokens", dec!(1.5))])).unwrap();
+    let mut huge = rated("b", t + Duration::seconds(1), UTC1, &[("tokens", dec!(1))]);
+    huge.measures[0].marginal_amount = Decimal::MAX;
+    match send(&mut h, &huge) {
+        Err(StageError::Reject { code, .. }) => {
+            assert_eq!(code, crate::money::reasons::AMOUNT_OVERFLOW)
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = rated("c", t + Duration::seconds(2), UTC1, &[("tokens", dec!(2))]);
+    send(&mut h, &c).unwrap();
+    h.commit().unwrap();
+    let out = punctuate(&mut h, at("2026-02-01T00:00:00Z") + grace());
+    let kinds: Vec<WindowKind> = out.iter().map(|w| w.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            WindowKind::Day,
+            WindowKind::BillingPeriod,
+            WindowKind::PeriodClose
+        ]
+    );
+    for w in &out {
+        // "a" and "c", never "b".
+        assert_eq!((w.amount, w.event_count), (dec!(3.5), 2), "{:?}", w.kind);
+        let mut digest = add_digest(&empty_digest(), &event_digest("svc", "a")).unwrap();
+        digest = add_digest(&digest, &event_digest("svc", "c")).unwrap();
+        assert_eq!(w.lineage_digest, digest);
+    }
+}
+
+#[test]
 fn lineage_and_sums_do_not_depend_on_arrival_order() {
     let t = at("2026-01-10T01:00:00Z");
     let events: Vec<RatedEvent> = (0..5)
