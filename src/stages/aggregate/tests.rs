@@ -70,6 +70,17 @@ fn clock_of(s: &PartitionStores) -> PartitionClock {
     serde_json::from_slice(&s.get(WINDOWS, CLOCK_KEY).unwrap().unwrap()).unwrap()
 }
 
+/// What one event's segment closes into, in the order closed windows come.
+const DAY_PERIOD_CLOSE: [WindowKind; 3] = [
+    WindowKind::Day,
+    WindowKind::BillingPeriod,
+    WindowKind::PeriodClose,
+];
+
+fn kinds(out: &[ClosedWindow]) -> Vec<WindowKind> {
+    out.iter().map(|w| w.kind).collect()
+}
+
 fn grace() -> Duration {
     Duration::seconds(GRACE_PERIOD_S)
 }
@@ -137,16 +148,7 @@ fn billing_periods_of_28_29_30_31_days_close_at_local_midnight() {
         assert_eq!(w.event_count, 1);
         assert_eq!(w.clearing.period, w.window);
         // Order: the day, then the segment's period, then the period close.
-        let kinds: Vec<WindowKind> = out.iter().map(|w| w.kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                WindowKind::Day,
-                WindowKind::BillingPeriod,
-                WindowKind::PeriodClose
-            ],
-            "{tz}"
-        );
+        assert_eq!(kinds(&out), DAY_PERIOD_CLOSE, "{tz}");
         assert_eq!(out[2].segment, None);
         assert_eq!(out[2].base_fee, Some(dec!(10)));
     }
@@ -391,15 +393,7 @@ fn an_overflowing_event_is_refused_and_the_windows_keep_what_came_before() {
     send(&mut h, &c).unwrap();
     h.commit().unwrap();
     let out = punctuate(&mut h, at("2026-02-01T00:00:00Z") + grace());
-    let kinds: Vec<WindowKind> = out.iter().map(|w| w.kind).collect();
-    assert_eq!(
-        kinds,
-        [
-            WindowKind::Day,
-            WindowKind::BillingPeriod,
-            WindowKind::PeriodClose
-        ]
-    );
+    assert_eq!(kinds(&out), DAY_PERIOD_CLOSE);
     for w in &out {
         // "a" and "c", never "b".
         assert_eq!((w.amount, w.event_count), (dec!(3.5), 2), "{:?}", w.kind);

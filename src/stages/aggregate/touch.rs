@@ -129,22 +129,18 @@ pub(super) fn plan<'a>(t: &'a Targets, rated: &'a RatedEvent) -> Result<Plan<'a>
             charge,
         });
         let (q, a, parts) = (rm.marginal_quantity, rm.marginal_amount, &rm.parts);
-        let day = plan.target(
-            WindowKind::Day,
-            &rm.segment_id,
-            &t.day,
-            t.day_adjusts.as_ref(),
-            of,
-        )?;
-        plan.add(day, q, a, parts);
-        let period = plan.target(
-            WindowKind::BillingPeriod,
-            &rm.segment_id,
-            &t.period,
-            t.period_adjusts.as_ref(),
-            of,
-        )?;
-        plan.add(period, q, a, parts);
+        let segment_windows = [
+            (WindowKind::Day, &t.day, t.day_adjusts.as_ref()),
+            (
+                WindowKind::BillingPeriod,
+                &t.period,
+                t.period_adjusts.as_ref(),
+            ),
+        ];
+        for (kind, window, adjusts) in segment_windows {
+            let i = plan.target(kind, &rm.segment_id, window, adjusts, of)?;
+            plan.add(i, q, a, parts);
+        }
         if t.period_adjusts.is_none() {
             let close = plan.target(
                 WindowKind::PeriodClose,
