@@ -906,12 +906,8 @@ impl AggregateProcessor {
     ) -> Result<Vec<touch::Loaded>, StageError> {
         let e = &rated.enriched;
         let plan = touch::plan(t, rated)?;
-        let period_clearing = Clearing {
-            period: t.period.clone(),
-            adjusts: t.period_adjusts.clone(),
-        };
         let cache = &mut self.cache.entry(ctx.partition).or_default().dirty;
-        let mut loaded = touch::load(ctx, cache, &plan, e, &period_clearing)?;
+        let mut loaded = touch::load(ctx, cache, &plan, e)?;
         if let Err(err) = touch::Loaded::sum(&mut loaded, &plan) {
             touch::restore(cache, loaded);
             return Err(err.into());

@@ -72,6 +72,8 @@ struct Addition<'a> {
 
 /// The windows an event adds to and what it adds, in measure order.
 pub(super) struct Plan<'a> {
+    /// Where the event's windows are (a new window's clearing comes from it).
+    windows: &'a Targets,
     targets: Vec<Target<'a>>,
     additions: Vec<Addition<'a>>,
 }
@@ -118,6 +120,7 @@ static NO_PARTS: Parts = Parts::new();
 pub(super) fn plan<'a>(t: &'a Targets, rated: &'a RatedEvent) -> Result<Plan<'a>, AggregateError> {
     let e = &rated.enriched;
     let mut plan = Plan {
+        windows: t,
         targets: Vec::new(),
         additions: Vec::new(),
     };
@@ -172,7 +175,6 @@ pub(super) fn load(
     cache: &mut BTreeMap<Vec<u8>, ClosedWindow>,
     plan: &Plan<'_>,
     e: &EnrichedEvent,
-    period_clearing: &Clearing,
 ) -> Result<Vec<Loaded>, StageError> {
     let mut loaded = Vec::with_capacity(plan.targets.len());
     for t in &plan.targets {
@@ -180,7 +182,7 @@ pub(super) fn load(
             Some(w) => (w, true),
             None => match stored(ctx, &t.key) {
                 Ok(Some(w)) => (w, false),
-                Ok(None) => (fresh(e, t, period_clearing), false),
+                Ok(None) => (fresh(e, t, plan.windows), false),
                 Err(err) => {
                     restore(cache, loaded);
                     return Err(err);
@@ -208,13 +210,19 @@ fn stored(ctx: &Ctx<'_>, key: &[u8]) -> Result<Option<ClosedWindow>, StageError>
     }
 }
 
-fn fresh(e: &EnrichedEvent, t: &Target<'_>, period_clearing: &Clearing) -> ClosedWindow {
+/// A new window; it clears with the event's billing period (and the closed
+/// one it adjusts, if any), whatever its kind.
+fn fresh(e: &EnrichedEvent, t: &Target<'_>, windows: &Targets) -> ClosedWindow {
+    let clearing = Clearing {
+        period: windows.period.clone(),
+        adjusts: windows.period_adjusts.clone(),
+    };
     new_window(
         e,
         t.kind,
         t.window.clone(),
         t.adjusts.cloned(),
-        period_clearing.clone(),
+        clearing,
         t.measure.map(|m| m.segment()),
     )
 }
