@@ -45,7 +45,8 @@ use sha2::Sha256;
 use meterline::config::Config;
 use meterline::contracts::{
     ChargeSource, Clearing, ClosedWindow, CloudEvent, CustomerInfo, Encoding, EnrichedEvent,
-    Measure, Origin, RatedEvent, ResolvedCharge, SegmentInfo, ValidatedEvent, Window, WindowKind,
+    Measure, Origin, RatedEvent, RatedHead, ResolvedCharge, SegmentInfo, ValidatedEvent, Window,
+    WindowKind,
 };
 use meterline::ingest::decode::{
     self, AvroDecodeError, AvroDecoder, RawRecord, WriterSchema, CLOUDEVENT_AVRO_SCHEMA_EXAMPLE,
@@ -912,6 +913,14 @@ fn bench_json(c: &mut Criterion, plan: &mut Plan) {
         b.iter(|| {
             for r in &rated {
                 black_box(RatedEvent::from_json_slice(&r.value).expect("rated"));
+            }
+        })
+    });
+    g.throughput(plan.add("json", "parse_rated_head", N_PROC));
+    g.bench_function("parse_rated_head", |b| {
+        b.iter(|| {
+            for r in &rated {
+                black_box(RatedHead::head_from_json_slice(&r.value).expect("rated"));
             }
         })
     });

@@ -47,8 +47,8 @@ pub use correction::{
     RERATE_RECORD_VERSION, RETRACTION_RECORD_VERSION,
 };
 pub use enriched::{
-    rating_segment_id, rating_segment_key, ChargeSource, CustomerInfo, EnrichedEvent,
-    ResolvedCharge, Window, ENRICHED_EVENT_VERSION,
+    rating_segment_id, rating_segment_key, ChargeHead, ChargeSource, CustomerInfo, EnrichedEvent,
+    EnrichedHead, EventHead, ResolvedCharge, Window, ENRICHED_EVENT_VERSION,
 };
 pub use gate::{GateKind, GateRecord, GATE_RECORD_VERSION};
 pub use invoice::{
@@ -61,7 +61,7 @@ pub use posting::{
     ControlTotal, InvoiceLine, JournalLine, Posting, PostingType, Side, EXAMPLE_JOURNAL_ENTRY,
     POSTING_VERSION,
 };
-pub use rated::{RatedEvent, RatedMeasure, RatedOut, RATED_EVENT_VERSION};
+pub use rated::{RatedEvent, RatedHead, RatedMeasure, RatedOut, RATED_EVENT_VERSION};
 pub use usage::{
     identity_key, rfc3339_utc, CloudEvent, Encoding, Measure, Origin, ValidatedEvent,
     CLOUDEVENTS_SPEC_VERSION,

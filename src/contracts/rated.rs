@@ -3,7 +3,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::EnrichedEvent;
+use super::{EnrichedEvent, EnrichedHead};
 use crate::meter::Aggregation;
 
 /// Version of this contract; see [`super`] for what a change may do.
@@ -32,13 +32,17 @@ pub const RATED_EVENT_VERSION: u32 = 1;
 ///   `enriched.charges[i]` (same length, same order).
 /// * `enriched`: the [`EnrichedEvent`] as received, unchanged (currency,
 ///   billing period, local day, GL accounts, tax codes, ...).
+///
+/// The type parameter is for readers only, as in [`EnrichedEvent`]:
+/// [`RatedHead`] reads the same JSON with the enriched event's
+/// [`EnrichedHead`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RatedEvent {
+pub struct RatedEvent<X = EnrichedEvent> {
     pub source: String,
     pub id: String,
     pub customer_id: String,
     pub measures: Vec<RatedMeasure>,
-    pub enriched: EnrichedEvent,
+    pub enriched: X,
     /// On the record of a retraction (or of an amendment's retraction
     /// half): the event it removes. Its measures are the removed event's,
     /// negated as `price(without) - price(with)`, and `enriched` is the
@@ -102,6 +106,18 @@ pub struct RatedMeasure {
     /// [`crate::rating::Parts`]); absent for the other models.
     #[serde(default, skip_serializing_if = "crate::rating::Parts::is_empty")]
     pub parts: crate::rating::Parts,
+}
+
+/// A `usage.rated` record as aggregate reads it: everything but the event's
+/// data and the charge models.
+pub type RatedHead = RatedEvent<EnrichedHead>;
+
+impl RatedHead {
+    /// Parses a record value read back from `usage.rated`, skipping what
+    /// [`EnrichedHead`] leaves out.
+    pub fn head_from_json_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 impl RatedEvent {

@@ -375,6 +375,54 @@ fn rated_event_v1_wire_form_and_the_writer_view_agree() {
 }
 
 #[test]
+fn the_rated_head_reads_the_v1_record_and_keeps_what_it_names() {
+    let rated = rated();
+    let e = &rated.enriched;
+    let head = RatedHead::head_from_json_slice(&rated.to_json_bytes().unwrap()).unwrap();
+    let h = &head.enriched;
+    assert_eq!(head.measures, rated.measures);
+    assert_eq!((&head.source, &head.id), (&rated.source, &rated.id));
+    let event = &h.event;
+    assert_eq!(
+        (&event.source, &event.id, &event.subject, event.time),
+        (&e.event.source, &e.event.id, &e.event.subject, e.event.time)
+    );
+    assert_eq!(event.measures, e.event.measures);
+    assert_eq!(
+        (
+            &h.customer,
+            &h.subscription_id,
+            &h.gl_accounts,
+            &h.local_day
+        ),
+        (
+            &e.customer,
+            &e.subscription_id,
+            &e.gl_accounts,
+            &e.local_day
+        )
+    );
+    assert_eq!(h.minimum_commitment, Some(dec!(100)));
+    let charges: Vec<ChargeHead> = e
+        .charges
+        .iter()
+        .map(|c| ChargeHead {
+            meter: c.meter.clone(),
+            aggregation: c.aggregation,
+            tax_code: c.tax_code.clone(),
+            unit: c.unit.clone(),
+        })
+        .collect();
+    assert_eq!(h.charges, charges);
+    // What the head skips may be anything a full reader accepts.
+    let mut v: serde_json::Value = serde_json::to_value(&rated).unwrap();
+    v["enriched"]["event"]["data"] = json!([1, {"deep": [null]}]);
+    v["enriched"]["charges"][0]["charge"] = json!({"model": "future_model"});
+    let skipped = RatedHead::head_from_json_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(skipped, head);
+}
+
+#[test]
 fn closed_window_v1_wire_form() {
     assert_eq!(CLOSED_WINDOW_VERSION, 1);
     let golden = concat!(

@@ -118,7 +118,7 @@ use tracing::warn;
 use crate::calendar::{self, BillingPeriod, LocalDay};
 use crate::config::Config;
 use crate::contracts::{
-    Clearing, ClosedWindow, EnrichedEvent, PartitionClock, RatedEvent, SegmentInfo, Window,
+    Clearing, ClosedWindow, EnrichedHead, PartitionClock, RatedHead, SegmentInfo, Window,
     WindowKind,
 };
 use crate::refdata::{RefKind, RefTables};
@@ -276,7 +276,7 @@ struct Targets {
 }
 
 /// Decides the targets of an event from the stored watermark.
-fn targets(e: &EnrichedEvent, watermark_ms: Option<i64>) -> Result<Targets, AggregateError> {
+fn targets(e: &EnrichedHead, watermark_ms: Option<i64>) -> Result<Targets, AggregateError> {
     let closed = |w: &Window| watermark_ms.is_some_and(|wm| w.end.timestamp_millis() <= wm);
     let day_closed = closed(&e.local_day);
     let period_closed = closed(&e.billing_period);
@@ -719,10 +719,10 @@ fn store_clock(ctx: &mut Ctx<'_>, clock: &PartitionClock) -> Result<(), StageErr
     Ok(())
 }
 
-fn parse(bytes: Option<&[u8]>) -> Result<RatedEvent, AggregateError> {
+fn parse(bytes: Option<&[u8]>) -> Result<RatedHead, AggregateError> {
     let bytes = bytes.ok_or_else(|| AggregateError::Malformed("the record has no value".into()))?;
-    let rated =
-        RatedEvent::from_json_slice(bytes).map_err(|e| AggregateError::Malformed(e.to_string()))?;
+    let rated = RatedHead::head_from_json_slice(bytes)
+        .map_err(|e| AggregateError::Malformed(e.to_string()))?;
     let e = &rated.enriched;
     if rated.measures.len() != e.event.measures.len() || e.charges.len() != rated.measures.len() {
         return Err(AggregateError::Malformed(format!(
@@ -737,7 +737,7 @@ fn parse(bytes: Option<&[u8]>) -> Result<RatedEvent, AggregateError> {
 
 /// A fresh, empty window for `e`.
 fn new_window(
-    e: &EnrichedEvent,
+    e: &EnrichedHead,
     kind: WindowKind,
     window: Window,
     adjusts: Option<Window>,
@@ -901,7 +901,7 @@ impl AggregateProcessor {
         &mut self,
         ctx: &Ctx<'_>,
         t: &Targets,
-        rated: &RatedEvent,
+        rated: &RatedHead,
         digest: &[u8; DIGEST_BYTES],
     ) -> Result<Vec<touch::Loaded>, StageError> {
         let e = &rated.enriched;

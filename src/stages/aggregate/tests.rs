@@ -3,6 +3,7 @@ use rust_decimal_macros::dec;
 use serde_json::json;
 
 use super::*;
+use crate::contracts::RatedEvent;
 use crate::runtime::testing::{Harness, Record};
 use crate::stages::fixtures::{aggregate_all, config, rated, Sub, UTC1};
 use crate::store::PartitionStores;

@@ -23,7 +23,7 @@ use rust_decimal::Decimal;
 
 use super::{fatal, fold_digest, new_window, window_key, AggregateError, Targets, WINDOWS};
 use crate::contracts::{
-    Clearing, ClosedWindow, EnrichedEvent, Measure, RatedEvent, RatedMeasure, ResolvedCharge,
+    ChargeHead, Clearing, ClosedWindow, EnrichedHead, Measure, RatedHead, RatedMeasure,
     SegmentInfo, Window, WindowKind,
 };
 use crate::rating::Parts;
@@ -34,7 +34,7 @@ use crate::runtime::{Ctx, StageError};
 struct MeasureOf<'a> {
     rated: &'a RatedMeasure,
     measure: &'a Measure,
-    charge: &'a ResolvedCharge,
+    charge: &'a ChargeHead,
 }
 
 impl MeasureOf<'_> {
@@ -117,7 +117,7 @@ static NO_PARTS: Parts = Parts::new();
 
 /// Step 1: the windows `rated` adds to under the targets `t`, and what it
 /// adds to each, in the order of its measures.
-pub(super) fn plan<'a>(t: &'a Targets, rated: &'a RatedEvent) -> Result<Plan<'a>, AggregateError> {
+pub(super) fn plan<'a>(t: &'a Targets, rated: &'a RatedHead) -> Result<Plan<'a>, AggregateError> {
     let e = &rated.enriched;
     let mut plan = Plan {
         windows: t,
@@ -174,7 +174,7 @@ pub(super) fn load(
     ctx: &Ctx<'_>,
     cache: &mut BTreeMap<Vec<u8>, ClosedWindow>,
     plan: &Plan<'_>,
-    e: &EnrichedEvent,
+    e: &EnrichedHead,
 ) -> Result<Vec<Loaded>, StageError> {
     let mut loaded = Vec::with_capacity(plan.targets.len());
     for t in &plan.targets {
@@ -212,7 +212,7 @@ fn stored(ctx: &Ctx<'_>, key: &[u8]) -> Result<Option<ClosedWindow>, StageError>
 
 /// A new window; it clears with the event's billing period (and the closed
 /// one it adjusts, if any), whatever its kind.
-fn fresh(e: &EnrichedEvent, t: &Target<'_>, windows: &Targets) -> ClosedWindow {
+fn fresh(e: &EnrichedHead, t: &Target<'_>, windows: &Targets) -> ClosedWindow {
     let clearing = Clearing {
         period: windows.period.clone(),
         adjusts: windows.period_adjusts.clone(),
@@ -259,7 +259,7 @@ impl Loaded {
     /// are newer.
     pub(super) fn apply(
         &mut self,
-        e: &EnrichedEvent,
+        e: &EnrichedHead,
         digest: &[u8; super::DIGEST_BYTES],
     ) -> Result<(), StageError> {
         let w = &mut self.window;
@@ -280,7 +280,7 @@ impl Loaded {
 /// those of the version in force at its start from the reference tables
 /// ([`super::periods::apply_terms`]); these stay only when the tables lack
 /// the subscription.
-fn take_provisional_terms(close: &mut ClosedWindow, e: &EnrichedEvent) {
+fn take_provisional_terms(close: &mut ClosedWindow, e: &EnrichedHead) {
     if e.plan_version > close.plan_version {
         close.plan_version = e.plan_version;
         close.plan_id = e.plan_id.clone();

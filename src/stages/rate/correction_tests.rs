@@ -509,3 +509,44 @@ fn a_rerate_bills_each_segment_its_corrected_price_once() {
     other.period = Some("2026-02-01".into());
     assert!(send_rerate(&mut h, &other).is_empty());
 }
+
+#[test]
+fn an_event_kept_whole_by_an_earlier_version_retracts_as_one_kept_with_its_context() {
+    let model = graduated();
+    let events = [
+        sum_event("e0", dec!(60), &model),
+        sum_event("e1", dec!(940.5), &model),
+    ];
+    let rated = |h: &mut Harness<RateProcessor>| {
+        for e in &events {
+            rate(h, e);
+        }
+        h.commit().unwrap();
+    };
+    let key = retract::event_key("svc", "e1");
+    let mut shared = harness();
+    rated(&mut shared);
+    let kept = shared.stores.get(SEGMENTS, &key).unwrap().unwrap();
+    let record = events[1].to_json_bytes().unwrap();
+    assert_eq!(kept.first(), Some(&kept::KEPT_V2));
+    assert!(
+        kept.len() < record.len() / 2,
+        "{} of {}",
+        kept.len(),
+        record.len()
+    );
+    let mut whole = harness();
+    rated(&mut whole);
+    // As every version before 2026-12-07 kept it: the record as received.
+    whole.stores.put(SEGMENTS, key, record);
+    whole.commit().unwrap();
+    let from_shared = retract(&mut shared, "r1", "e1").unwrap();
+    let from_whole = retract(&mut whole, "r1", "e1").unwrap();
+    assert_eq!(from_whole, from_shared);
+    let m = &from_shared.measures[0];
+    assert_eq!(m.quantity_after, dec!(60));
+    assert_eq!(
+        m.marginal_amount,
+        model.price(dec!(60)).unwrap() - model.price(dec!(1000.5)).unwrap()
+    );
+}

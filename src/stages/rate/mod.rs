@@ -52,7 +52,8 @@
 //! | `W` segment id | a percentage charge's [`crate::rating::AllowanceWindow`], JSON |
 //! | `H` segment id, source, id | a MAX or LATEST observation kept for corrections (value and event key, JSON), at most `rate.correction_history_max` per segment |
 //! | `S` subscription id, segment id | the enriched record that started the segment: the subscription index of `meterline rerate` ([`rerate`]) |
-//! | `R` source, id | a rated event's enriched record as received, kept for corrections ([`retract`]) |
+//! | `R` source, id | a rated event, kept for corrections ([`retract`]): its event and its context's digest ([`kept`]; before 2026-12-07 the enriched record as received) |
+//! | `C` period end (i64 ms), context digest | an enriched record without its event, shared by the kept events rated in it ([`kept`]) |
 //! | `X` source, id | the correction of a corrected event (a second one is refused) |
 //! | `Y` period end (i64 ms), source, id | empty: the expiry index of `R` and `X` |
 //! | `E` period end (i64 ms), segment id | the subscription id (empty before the index existed): the expiry index |
@@ -70,6 +71,7 @@
 //! [`SEGMENT_EXPIRED`]: pricing it from zero would bill tiers and free units
 //! a second time.
 
+mod kept;
 mod price;
 pub mod reason;
 pub mod rerate;
@@ -418,7 +420,7 @@ impl RateProcessor {
             &enriched.event,
             rec.value.unwrap_or_default(),
             period_end_ms,
-        );
+        )?;
         if let Some(r) = &amended {
             retract::record_corrected_step(ctx, &enriched.event, r, rec.partition, rec.offset)?;
             ctx.emit(self.retraction_output(&enriched.event, r)?);
@@ -1383,8 +1385,9 @@ mod tests {
             h.commit().unwrap();
         }
         // Two segments, two members, two expiry and two subscription index
-        // entries; three kept events with their index entries (corrections).
-        assert_eq!(h.stores.approximate_keys(SEGMENTS), 14);
+        // entries; three kept events with their index entries (corrections)
+        // and the one context the three share.
+        assert_eq!(h.stores.approximate_keys(SEGMENTS), 15);
         let punctuate = |h: &mut Harness<RateProcessor>, at: DateTime<Utc>| {
             h.now_ms = at.timestamp_millis();
             let out = h.punctuate().unwrap();
@@ -1395,7 +1398,7 @@ mod tests {
         punctuate(&mut h, feb1 + Duration::days(59));
         assert_eq!(
             h.stores.approximate_keys(SEGMENTS),
-            14,
+            15,
             "inside the retention"
         );
         punctuate(&mut h, feb1 + Duration::days(61));

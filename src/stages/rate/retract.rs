@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use super::{
-    price, EventRating, RateError, RateProcessor, EXPIRE_BATCH_SEGMENTS, LINEAGE, SEGMENTS,
+    kept, price, EventRating, RateError, RateProcessor, EXPIRE_BATCH_SEGMENTS, LINEAGE, SEGMENTS,
 };
 use crate::contracts::{
     Correction, CorrectionKind, EnrichedEvent, Measure, RatedMeasure, RatedOut, ResolvedCharge,
@@ -50,7 +50,7 @@ pub const EXPIRE_BATCH_EVENTS: usize = 10 * EXPIRE_BATCH_SEGMENTS;
 const MAX_BILLING_PERIOD_DAYS: i64 = 32;
 const MS_PER_DAY: i64 = 86_400_000;
 
-fn event_key(source: &str, id: &str) -> Vec<u8> {
+pub(super) fn event_key(source: &str, id: &str) -> Vec<u8> {
     KeyBuilder::new(EVENT_PREFIX).str(source).str(id).build()
 }
 
@@ -80,19 +80,22 @@ fn parse_event_expiry_key(key: &[u8]) -> Result<(i64, String, String), StageErro
     Ok((end, source, id))
 }
 
-/// Keeps a rated event (its enriched record as received) for corrections
-/// until its period's state is released.
-pub fn remember(ctx: &mut Ctx<'_>, event: &ValidatedEvent, bytes: &[u8], period_end_ms: i64) {
-    ctx.stores.put(
-        SEGMENTS,
-        event_key(&event.source, &event.id),
-        bytes.to_vec(),
-    );
+/// Keeps a rated event (its enriched record as received, see [`kept`])
+/// for corrections until its period's state is released.
+pub fn remember(
+    ctx: &mut Ctx<'_>,
+    event: &ValidatedEvent,
+    bytes: &[u8],
+    period_end_ms: i64,
+) -> Result<(), StageError> {
+    let key = event_key(&event.source, &event.id);
+    kept::keep(ctx, key, bytes, period_end_ms)?;
     ctx.stores.put(
         SEGMENTS,
         event_expiry_key(period_end_ms, &event.source, &event.id),
         Vec::new(),
     );
+    Ok(())
 }
 
 /// Releases the kept events of periods that ended before `cutoff_ms`, a
@@ -108,7 +111,7 @@ pub fn expire(ctx: &mut Ctx<'_>, cutoff_ms: i64) -> Result<(), StageError> {
         ctx.stores.delete(SEGMENTS, corrected_key(&source, &id));
         ctx.stores.delete(SEGMENTS, index_key);
     }
-    Ok(())
+    kept::expire(ctx, cutoff_ms)
 }
 
 /// What removing one event computed: its context and negated measures.
@@ -326,15 +329,13 @@ fn find(
     let Some(bytes) = ctx.stores.get(SEGMENTS, &event_key(&c.source, &c.id))? else {
         return Err(not_found(c, cutoff_ms).into());
     };
-    let original = EnrichedEvent::from_json_slice(&bytes)
-        .map_err(|e| StageError::Fatal(format!("kept event {:?}: corrupt: {e}", c.id)))?;
-    if original.billing_period.end.timestamp_millis() < cutoff_ms {
+    let Some(original) = kept::load(ctx, &bytes, cutoff_ms)? else {
         return Err(RateError::RetractionExpired {
             event_source: c.source.clone(),
             id: c.id.clone(),
         }
         .into());
-    }
+    };
     if original.event.subject != by.subject {
         return Err(RateError::RetractionSubjectMismatch {
             event_source: c.source.clone(),
