@@ -78,6 +78,35 @@ impl Step {
     }
 }
 
+/// A [`Step`] as a stage writes it on every event: the same fields (no
+/// reason), the detail serialized straight from the stage's own values,
+/// without building a JSON tree first. It reads back as a [`Step`].
+#[derive(Debug, Serialize)]
+pub struct StepOut<'a, D: Serialize> {
+    pub outcome: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub detail: &'a D,
+}
+
+/// What [`record_step`] writes: a step and the input position it keys.
+pub trait StepRecord: Serialize {
+    /// The input partition and offset of the copy.
+    fn position(&self) -> (i32, i64);
+}
+
+impl StepRecord for Step {
+    fn position(&self) -> (i32, i64) {
+        (self.partition, self.offset)
+    }
+}
+
+impl<D: Serialize> StepRecord for StepOut<'_, D> {
+    fn position(&self) -> (i32, i64) {
+        (self.partition, self.offset)
+    }
+}
+
 /// The steps of one event in one stage, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Steps {
@@ -248,10 +277,11 @@ pub fn record_step(
     store: StoreId,
     source: &str,
     id: &str,
-    step: Step,
+    step: impl StepRecord,
     now_ms: i64,
 ) -> Result<(), StageError> {
-    let key = step_key(source, id, step.partition, step.offset);
+    let (partition, offset) = step.position();
+    let key = step_key(source, id, partition, offset);
     let b = serde_json::to_vec(&step).map_err(|e| corrupt("encoding", e))?;
     ctx.stores.put(store, expiry_key(now_ms, &key), Vec::new());
     ctx.stores.put(store, key, b);

@@ -772,6 +772,12 @@ fn new_window(
     }
 }
 
+/// The detail of a `windowed` lineage step (read by [`crate::lineage::Step::windows`]).
+#[derive(serde::Serialize)]
+struct WindowedDetail<'a> {
+    windows: &'a [crate::lineage::WindowRef],
+}
+
 /// This stage's entry in the stage table (a constant index: out of range
 /// would not compile).
 #[allow(clippy::indexing_slicing)]
@@ -804,12 +810,11 @@ impl Processor for AggregateProcessor {
             LINEAGE,
             &rated.source,
             &rated.id,
-            crate::lineage::Step {
-                outcome: "windowed".into(),
+            crate::lineage::StepOut {
+                outcome: "windowed",
                 partition: rec.partition,
                 offset: rec.offset,
-                reason: None,
-                detail: serde_json::json!({ "windows": refs }),
+                detail: &WindowedDetail { windows: &refs },
             },
             ctx.now_ms,
         )?;

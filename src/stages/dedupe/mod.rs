@@ -222,12 +222,17 @@ impl DedupeProcessor {
             ("duplicate", Count::Released)
         };
         lineage::count(ctx, COUNTERS, &day, [count])?;
-        let step = lineage::Step {
-            outcome: outcome.to_string(),
+        #[derive(serde::Serialize)]
+        struct Detail<'a> {
+            subject: &'a str,
+        }
+        let step = lineage::StepOut {
+            outcome,
             partition: rec.partition,
             offset: rec.offset,
-            reason: None,
-            detail: serde_json::json!({"subject": h.subject}),
+            detail: &Detail {
+                subject: &h.subject,
+            },
         };
         lineage::record_step(ctx, LINEAGE, &h.source, &h.id, step, ctx.now_ms)?;
         if first {

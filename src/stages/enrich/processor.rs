@@ -394,7 +394,7 @@ impl Enricher {
         &self,
         ctx: &mut Ctx<'_>,
         event: &ValidatedEvent,
-        step: lineage::Step,
+        step: impl lineage::StepRecord,
     ) -> Result<(), StageError> {
         lineage::record_step(ctx, LINEAGE, &event.source, &event.id, step, ctx.now_ms)
     }
@@ -442,23 +442,32 @@ impl Enricher {
         offset: i64,
         healed: bool,
     ) -> Result<(), StageError> {
+        #[derive(serde::Serialize)]
+        struct Detail<'a> {
+            subscription: &'a str,
+            plan: &'a str,
+            plan_version: u32,
+            currency: &'a str,
+            legal_entity: &'a str,
+            billing_period: &'a str,
+            healed: bool,
+        }
         self.note(
             ctx,
             &e.event,
-            lineage::Step {
-                outcome: "enriched".into(),
+            lineage::StepOut {
+                outcome: "enriched",
                 partition,
                 offset,
-                reason: None,
-                detail: serde_json::json!({
-                    "subscription": e.subscription_id,
-                    "plan": e.plan_id,
-                    "plan_version": e.plan_version,
-                    "currency": e.currency,
-                    "legal_entity": e.legal_entity,
-                    "billing_period": e.billing_period.id,
-                    "healed": healed,
-                }),
+                detail: &Detail {
+                    subscription: &e.subscription_id,
+                    plan: &e.plan_id,
+                    plan_version: e.plan_version,
+                    currency: &e.currency,
+                    legal_entity: &e.legal_entity,
+                    billing_period: &e.billing_period.id,
+                    healed,
+                },
             },
         )
     }

@@ -493,35 +493,33 @@ fn record_rated_step(
     retracted: Option<&[RatedMeasure]>,
     ctx: &mut Ctx<'_>,
 ) -> Result<(), StageError> {
-    let fatal = |e: serde_json::Error| StageError::Fatal(format!("serializing lineage: {e}"));
-    let mut detail = serde_json::Map::new();
-    detail.insert(
-        "measures".into(),
-        serde_json::to_value(measures).map_err(fatal)?,
-    );
-    if let (Some(r), Some(c)) = (retracted, &event.correction) {
-        detail.insert("corrects".into(), serde_json::to_value(c).map_err(fatal)?);
-        detail.insert(
-            "retracted_measures".into(),
-            serde_json::to_value(r).map_err(fatal)?,
-        );
+    #[derive(serde::Serialize)]
+    struct Detail<'a> {
+        measures: &'a [RatedMeasure],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        corrects: Option<&'a Correction>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retracted_measures: Option<&'a [RatedMeasure]>,
     }
-    let detail = serde_json::Value::Object(detail);
+    let corrected = retracted.zip(event.correction.as_ref());
+    let detail = Detail {
+        measures,
+        corrects: corrected.map(|(_, c)| c),
+        retracted_measures: corrected.map(|(r, _)| r),
+    };
     crate::lineage::record_step(
         ctx,
         LINEAGE,
         &event.source,
         &event.id,
-        crate::lineage::Step {
-            outcome: "rated".into(),
+        crate::lineage::StepOut {
+            outcome: "rated",
             partition: rec.partition,
             offset: rec.offset,
-            reason: None,
-            detail,
+            detail: &detail,
         },
         ctx.now_ms,
-    )?;
-    Ok(())
+    )
 }
 
 /// What rating one event computes, in full before anything is stored, so a

@@ -171,12 +171,19 @@ impl ValidateProcessor {
         // In here; first copy or duplicate is counted by dedupe (reconcile
         // adds the two stages' counters up).
         lineage::count(ctx, COUNTERS, &lineage::day_of(validated.time), [Count::In])?;
-        let step = lineage::Step {
-            outcome: "validated".to_string(),
+        #[derive(serde::Serialize)]
+        struct Detail<'a> {
+            subject: &'a str,
+            time: chrono::DateTime<chrono::Utc>,
+        }
+        let step = lineage::StepOut {
+            outcome: "validated",
             partition: rec.partition,
             offset: rec.offset,
-            reason: None,
-            detail: serde_json::json!({"subject": validated.subject, "time": validated.time}),
+            detail: &Detail {
+                subject: &validated.subject,
+                time: validated.time,
+            },
         };
         lineage::record_step(ctx, LINEAGE, &validated.source, &validated.id, step, now_ms)?;
         let seq = next_seq(ctx)?;
