@@ -140,12 +140,11 @@ pub fn load(
         let live = e.billing_period.end.timestamp_millis() >= cutoff_ms;
         return Ok(live.then_some(e));
     }
-    let header = value
-        .get(..HEADER_BYTES)
+    let (end, digest) = value
+        .get(1..HEADER_BYTES)
+        .and_then(|h| h.split_first_chunk::<I64_BYTES>())
         .ok_or_else(|| fatal("corrupt", "too short"))?;
-    let (end, digest) = header.get(1..).unwrap_or_default().split_at(I64_BYTES);
-    let end: [u8; I64_BYTES] = end.try_into().map_err(|e| fatal("corrupt", e))?;
-    let period_end_ms = decode_i64(end);
+    let period_end_ms = decode_i64(*end);
     if period_end_ms < cutoff_ms {
         return Ok(None);
     }
@@ -218,5 +217,16 @@ mod tests {
         // A context whose slot is not where it says is refused, not spliced.
         context[3] += 1;
         assert!(reassemble(&context, b"{}").is_err());
+    }
+
+    #[test]
+    fn a_cut_kept_value_is_an_error_not_a_panic() {
+        let mut h = crate::stages::rate::tests::harness();
+        let cut = [KEPT_V2; HEADER_BYTES - 1];
+        h.with_ctx(|_, ctx| {
+            for len in [1, 5, cut.len()] {
+                assert!(load(ctx, &cut[..len], 0).is_err(), "{len} bytes");
+            }
+        });
     }
 }
