@@ -58,8 +58,12 @@ fn context_key(period_end_ms: i64, digest: &[u8]) -> Vec<u8> {
 /// is found by reading it alone, not the whole record.
 const EVENT_FIRST: &[u8] = br#"{"event":"#;
 
-/// Where the `event` value lies in an enriched record's bytes.
-fn event_range(record: &[u8]) -> Result<std::ops::Range<usize>, StageError> {
+/// An enriched record's bytes around its `event` value: before, the
+/// event, after.
+type Split<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// `record` split around its `event` value.
+fn split_event(record: &[u8]) -> Result<Split<'_>, StageError> {
     #[derive(Deserialize)]
     struct Slot<'a> {
         #[serde(borrow)]
@@ -81,11 +85,15 @@ fn event_range(record: &[u8]) -> Result<std::ops::Range<usize>, StageError> {
     // The raw value borrows from `record`: its offset is the distance
     // between the two pointers, checked below.
     let start = (event.as_ptr() as usize).wrapping_sub(record.as_ptr() as usize);
-    let range = start..start.saturating_add(event.len());
-    if record.get(range.clone()) != Some(event) {
-        return Err(fatal("re-reading", "the event is not a part of the record"));
+    let end = start.saturating_add(event.len());
+    match (
+        record.get(..start),
+        record.get(start..end),
+        record.get(end..),
+    ) {
+        (Some(before), Some(found), Some(after)) if found == event => Ok((before, event, after)),
+        _ => Err(fatal("re-reading", "the event is not a part of the record")),
     }
-    Ok(range)
 }
 
 /// Keeps the rated event whose enriched record is `record` (as received)
@@ -96,15 +104,8 @@ pub fn keep(
     record: &[u8],
     period_end_ms: i64,
 ) -> Result<(), StageError> {
-    let range = event_range(record)?;
-    let (Some(before), Some(event), Some(after)) = (
-        record.get(..range.start),
-        record.get(range.clone()),
-        record.get(range.end..),
-    ) else {
-        return Err(fatal("re-reading", "the event's range"));
-    };
-    let position = u32::try_from(range.start)
+    let (before, event, after) = split_event(record)?;
+    let position = u32::try_from(before.len())
         .map_err(|e| fatal("event position", e))?
         .to_be_bytes();
     let parts = [&position[..], before, EVENT_SLOT, after];
@@ -198,22 +199,16 @@ mod tests {
     fn a_context_and_its_event_reassemble_the_record_byte_for_byte() {
         let record =
             br#"{"event":{"id":"e-1","data":{"event":null}},"customer":{"id":"c"},"x":"null"}"#;
-        let range = event_range(record).unwrap();
-        assert_eq!(
-            &record[range.clone()],
-            br#"{"id":"e-1","data":{"event":null}}"#
-        );
-        let mut context = u32::try_from(range.start).unwrap().to_be_bytes().to_vec();
-        context.extend_from_slice(&record[..range.start]);
+        let (before, event, after) = split_event(record).unwrap();
+        assert_eq!(event, br#"{"id":"e-1","data":{"event":null}}"#);
+        let mut context = u32::try_from(before.len()).unwrap().to_be_bytes().to_vec();
+        context.extend_from_slice(before);
         context.extend_from_slice(EVENT_SLOT);
-        context.extend_from_slice(&record[range.end..]);
-        assert_eq!(
-            reassemble(&context, &record[range.clone()]).unwrap(),
-            record.to_vec()
-        );
+        context.extend_from_slice(after);
+        assert_eq!(reassemble(&context, event).unwrap(), record.to_vec());
         // Wherever the event is in the record.
         let later = br#"{"customer":{"id":"c"},"event":{"id":"e-2"}}"#;
-        assert_eq!(&later[event_range(later).unwrap()], br#"{"id":"e-2"}"#);
+        assert_eq!(split_event(later).unwrap().1, br#"{"id":"e-2"}"#);
         // A context whose slot is not where it says is refused, not spliced.
         context[3] += 1;
         assert!(reassemble(&context, b"{}").is_err());
