@@ -141,17 +141,40 @@ fn setup(name: &str) -> World {
 
 /// The latest version of every invoice.
 fn invoices(w: &World) -> BTreeMap<String, Invoice> {
-    let mut out: BTreeMap<String, Invoice> = BTreeMap::new();
-    for r in read_all(&w.topic("finance.invoices"), true) {
-        let inv = Invoice::from_json_slice(r.value.as_deref().unwrap()).unwrap();
-        if out
-            .get(&inv.invoice_id)
-            .is_none_or(|i| i.version < inv.version)
-        {
-            out.insert(inv.invoice_id.clone(), inv);
+    let mut latest = Latest::new(w);
+    latest.refresh();
+    latest.all
+}
+
+/// The latest version of every invoice, kept up to date by reading only
+/// what `finance.invoices` got since the last refresh (an invoice credited
+/// 1,000 times has 1,000 versions that grow with each memo).
+struct Latest {
+    tail: Tail,
+    all: BTreeMap<String, Invoice>,
+}
+
+impl Latest {
+    fn new(w: &World) -> Self {
+        Latest {
+            tail: Tail::new(&w.topic("finance.invoices"), true),
+            all: BTreeMap::new(),
         }
     }
-    out
+
+    fn refresh(&mut self) -> &BTreeMap<String, Invoice> {
+        for r in self.tail.read_new() {
+            let inv = Invoice::from_json_slice(r.value.as_deref().unwrap()).unwrap();
+            if self
+                .all
+                .get(&inv.invoice_id)
+                .is_none_or(|i| i.version < inv.version)
+            {
+                self.all.insert(inv.invoice_id.clone(), inv);
+            }
+        }
+        &self.all
+    }
 }
 
 fn every_invoice_closed(w: &World) -> bool {
@@ -556,11 +579,12 @@ fn sigkill_of_the_invoice_stage_applies_each_of_1000_commands_once() {
         inv = w.spawn_stage(&["invoice"], "inv");
     }
     sender.join().unwrap();
+    let mut latest = Latest::new(&w);
     wait_until("every credit applied", || {
-        invoices(&w)[&target].credit_memos.len() == COMMANDS
+        latest.refresh()[&target].credit_memos.len() == COMMANDS
     });
     std::thread::sleep(Duration::from_secs(3));
-    let doc = invoices(&w)[&target].clone();
+    let doc = latest.refresh()[&target].clone();
     assert_eq!(doc.totals.credited.to_string(), "10.00");
     assert_eq!(doc.totals.open.to_string(), "1.00");
     let ps = postings(&w);

@@ -264,72 +264,126 @@ pub fn produce(topic: &str, records: &[Record]) {
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
+/// Longest a read of a topic to its end may take.
+pub const READ_TIMEOUT_S: u64 = 60;
+
 /// Reads a whole topic (every partition to its end) at an isolation level.
 pub fn read_all(topic: &str, read_committed: bool) -> Vec<Rec> {
-    let c: BaseConsumer = client_config()
-        .set("group.id", "meterline-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .unwrap();
-    // A topic created a moment ago may not be in the metadata yet.
-    let t0 = Instant::now();
-    let parts = loop {
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
+    Tail::new(topic, read_committed).read_new()
+}
+
+/// A reader that keeps its place in a topic: each [`Tail::read_new`]
+/// returns only what was written since the last one, so a test that waits
+/// on a topic growing by large records reads each record once.
+pub struct Tail {
+    topic: String,
+    consumer: BaseConsumer,
+    /// Partitions whose end the reader reached and has seen nothing past.
+    at_end: BTreeMap<i32, bool>,
+}
+
+impl Tail {
+    pub fn new(topic: &str, read_committed: bool) -> Self {
+        let c: BaseConsumer = client_config()
+            .set("group.id", "meterline-test-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set(
+                "isolation.level",
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            )
+            .create()
             .unwrap();
-        let n = md.topics()[0].partitions().len() as i32;
-        if n > 0 {
-            break n;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(METADATA_WAIT_S),
-            "topic {topic} does not exist"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut open: std::collections::BTreeSet<i32> = (0..parts).collect();
-    let mut out = Vec::new();
-    let t0 = Instant::now();
-    while !open.is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "reading {topic} timed out"
-        );
-        match c.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
+        // A topic created a moment ago may not be in the metadata yet.
+        let t0 = Instant::now();
+        let parts = loop {
+            let md = c
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .unwrap();
+            let n = md.topics()[0].partitions().len() as i32;
+            if n > 0 {
+                break n;
             }
-            // librdkafka reports a dropped connection and reconnects by
-            // itself: keep reading (the loop is bounded by its timeout).
-            Some(Err(e)) if transient(&e) => {}
-            Some(Err(e)) => panic!("read {topic}: {e}"),
-            Some(Ok(m)) => out.push(Rec {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers: meterline::kafka::record_headers(&m).headers,
-                timestamp_ms: m.timestamp().to_millis(),
-            }),
+            assert!(
+                t0.elapsed() < Duration::from_secs(METADATA_WAIT_S),
+                "topic {topic} does not exist"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        Tail {
+            topic: topic.to_string(),
+            consumer: c,
+            at_end: (0..parts).map(|p| (p, false)).collect(),
         }
     }
-    out
+
+    /// Every record written since the last call, up to the end of every
+    /// partition (librdkafka reports an end again once it passes new
+    /// records, so a partition that got nothing new is already at its end).
+    pub fn read_new(&mut self) -> Vec<Rec> {
+        let mut out: Vec<Rec> = Vec::new();
+        let t0 = Instant::now();
+        while self.at_end.values().any(|e| !e) {
+            if t0.elapsed() >= Duration::from_secs(READ_TIMEOUT_S) {
+                panic!("{}", self.stuck(&out));
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    self.at_end.insert(p, true);
+                }
+                // librdkafka reports a dropped connection and reconnects by
+                // itself: keep reading (the loop is bounded by its timeout).
+                Some(Err(e)) if transient(&e) => {}
+                Some(Err(e)) => panic!("read {}: {e}", self.topic),
+                Some(Ok(m)) => {
+                    self.at_end.insert(m.partition(), false);
+                    out.push(Rec {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers: meterline::kafka::record_headers(&m).headers,
+                        timestamp_ms: m.timestamp().to_millis(),
+                    })
+                }
+            }
+        }
+        out
+    }
+
+    /// Why a read did not reach the end: per open partition, the last
+    /// offset read and the broker's watermarks.
+    fn stuck(&self, out: &[Rec]) -> String {
+        let open: Vec<String> = (self.at_end.iter().filter(|(_, e)| !**e))
+            .map(|(p, _)| {
+                let last = out
+                    .iter()
+                    .filter(|r| r.partition == *p)
+                    .map(|r| r.offset)
+                    .max();
+                let wm = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, *p, Duration::from_secs(5));
+                format!("partition {p}: last offset read {last:?}, watermarks {wm:?}")
+            })
+            .collect();
+        format!(
+            "reading {} timed out after {READ_TIMEOUT_S} s and {} records: {open:?}",
+            self.topic,
+            out.len()
+        )
+    }
 }
 
 /// A client error librdkafka recovers from by itself (a connection to the
