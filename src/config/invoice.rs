@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_INVOICE_WAIT_TIMEOUT_S: u64 = 30;
 /// Longest command reason kept on an invoice's history, in bytes.
 pub const MAX_COMMAND_REASON_BYTES: usize = 1_024;
+/// Largest invoice document (one record on `finance.invoices`, JSON): half
+/// of Kafka's default message limit (1,000,000 bytes for librdkafka's
+/// `message.max.bytes`, 1 MiB for a topic's `max.message.bytes`), so the
+/// invoice stage's state record, which holds the document, fits too. A
+/// command that would make a document larger is refused
+/// (`invoice_too_large`) instead of failing at the broker.
+pub const INVOICE_DOC_MAX_BYTES: usize = 512 * 1024;
 
 /// How an invoice leaves `draft` at its period close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,7 +29,8 @@ pub use export::{
 };
 mod invoice;
 pub use invoice::{
-    ApprovalMode, InvoiceConfig, TaxMode, DEFAULT_INVOICE_WAIT_TIMEOUT_S, MAX_COMMAND_REASON_BYTES,
+    ApprovalMode, InvoiceConfig, TaxMode, DEFAULT_INVOICE_WAIT_TIMEOUT_S, INVOICE_DOC_MAX_BYTES,
+    MAX_COMMAND_REASON_BYTES,
 };
 
 use crate::meter::Meter;

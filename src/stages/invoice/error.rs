@@ -44,6 +44,12 @@ pub enum InvoiceError {
     TaxRateMissing(String),
     #[error("a draft in {draft} for an invoice in {invoice}")]
     CurrencyMismatch { invoice: String, draft: String },
+    #[error("invoice {invoice} would be {bytes} bytes, above the {max} a record may hold")]
+    TooLarge {
+        invoice: String,
+        bytes: usize,
+        max: usize,
+    },
     #[error("{0}")]
     Money(#[from] MoneyError),
     #[error("calendar: {0}")]
@@ -74,6 +80,7 @@ impl InvoiceError {
             InvoiceError::GlAccountMissing(_) => reason::GL_ACCOUNT_MISSING,
             InvoiceError::TaxRateMissing(_) => reason::TAX_RATE_MISSING,
             InvoiceError::CurrencyMismatch { .. } => reason::CURRENCY_MISMATCH,
+            InvoiceError::TooLarge { .. } => reason::INVOICE_TOO_LARGE,
             InvoiceError::Money(e) => e.code(),
             InvoiceError::Calendar(e) => e.code(),
             InvoiceError::Overflow => money::reasons::AMOUNT_OVERFLOW,

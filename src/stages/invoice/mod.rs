@@ -299,17 +299,20 @@ impl InvoiceProcessor {
     }
 
     /// Stores and publishes each changed invoice (next version), then
-    /// emits the postings, every journal checked balanced first.
+    /// emits the postings, every journal checked balanced first. Every
+    /// document is serialized and its size checked before anything is
+    /// counted or written, so a refused command leaves no trace.
     fn emit(&mut self, ctx: &mut Ctx<'_>, ch: Changes) -> Result<(), StageError> {
         book::check_balanced(&ch.postings)?;
+        let mut versions = Vec::with_capacity(ch.invoices.len());
         for mut st in ch.invoices {
+            st.doc.version += 1;
+            let value = document(&st.doc)?;
+            versions.push((st, value));
+        }
+        for (st, value) in versions {
             let key = state::invoice_key(&st.doc.invoice_id);
             let before = read::<InvoiceState>(ctx, &key)?.map_or(0, |b| b.doc.history.len());
-            st.doc.version += 1;
-            let value = st
-                .doc
-                .to_json_bytes()
-                .map_err(|e| StageError::Fatal(format!("serializing an invoice: {e}")))?;
             self.metrics.invoice_changed(&st.doc, before);
             self.watch(ctx, &st.doc)?;
             ctx.emit(Output {
@@ -319,7 +322,7 @@ impl InvoiceProcessor {
                 headers: Vec::new(),
                 partition: None,
             });
-            write(ctx, state::invoice_key(&st.doc.invoice_id), &st)?;
+            write(ctx, key, &st)?;
         }
         for p in ch.postings {
             let key = serde_json::to_vec(&[&p.legal_entity, &p.subscription_id])
@@ -438,6 +441,26 @@ impl InvoiceProcessor {
     }
 }
 
+/// An invoice's record on `finance.invoices`, refused when larger than
+/// [`crate::config::INVOICE_DOC_MAX_BYTES`].
+fn document(doc: &crate::contracts::Invoice) -> Result<Vec<u8>, StageError> {
+    let value = doc
+        .to_json_bytes()
+        .map_err(|e| StageError::Fatal(format!("serializing an invoice: {e}")))?;
+    let max = crate::config::INVOICE_DOC_MAX_BYTES;
+    if value.len() > max {
+        let invoice = doc.invoice_id.clone();
+        let bytes = value.len();
+        return Err(InvoiceError::TooLarge {
+            invoice,
+            bytes,
+            max,
+        }
+        .into());
+    }
+    Ok(value)
+}
+
 fn parse(rec: &InputRecord<'_>) -> Result<Command, InvoiceError> {
     let value = rec
         .value
@@ -489,8 +512,9 @@ impl Processor for InvoiceProcessor {
             _ => commands::apply(self, ctx, &cmd, &mut ch)?,
         }
         ctx.stores.put(INVOICES, applied, Vec::new());
+        self.emit(ctx, ch)?;
         self.metrics.applied(cmd.kind);
-        self.emit(ctx, ch)
+        Ok(())
     }
 
     /// Every [`metrics::GAUGES_INTERVAL_MS`]: the partition's gauges.

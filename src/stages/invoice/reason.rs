@@ -29,6 +29,8 @@ crate::reason_codes! {
         "invoice.tax = table and a line's tax code has no rate in ref.tax_rates for the invoice's legal entity.";
     CURRENCY_MISMATCH => "draft_currency_mismatch",
         "A draft whose currency differs from its invoice's.";
+    INVOICE_TOO_LARGE => "invoice_too_large",
+        "The command would make the invoice's document larger than 512 KiB (its record on finance.invoices must fit Kafka's message limit): hundreds of credit memos, disputes or history entries with long reasons. Nothing changed; combine the adjustments into fewer, larger commands.";
     @also [
         crate::money::reasons::UNKNOWN_CURRENCY,
         crate::money::reasons::NO_MINOR_UNIT,

@@ -649,3 +649,41 @@ fn voiding_a_held_invoice_spends_no_service_credit() {
         "the credit is still the customer's"
     );
 }
+
+#[test]
+fn a_credit_that_would_outgrow_the_invoice_record_is_refused_and_changes_nothing() {
+    let mut h = posted_with_accounts();
+    let long = "r".repeat(crate::config::MAX_COMMAND_REASON_BYTES);
+    let credit = |i: usize| {
+        let mut c = command(CommandKind::Credit, &format!("cr-{i}"), Some(JAN));
+        c.amount = Some(dec!(0.01));
+        c.reason.clone_from(&long);
+        c
+    };
+    let mut applied = 0;
+    let refusal = loop {
+        assert!(applied < 1_000, "no refusal after {applied} credits");
+        match send(&mut h, &credit(applied)) {
+            Ok(posted) => assert_eq!(entries_of(&posted, "credit_memo").len(), 1),
+            Err(code) => break code,
+        }
+        applied += 1;
+    };
+    assert_eq!(refusal, reason::INVOICE_TOO_LARGE);
+    let doc = latest(&h, JAN);
+    let bytes = doc.to_json_bytes().unwrap().len();
+    // Every credit before the refusal applied, to the cent; the last
+    // document fits and one more memo would not.
+    assert!(applied > 100, "refused after {applied} credits");
+    assert_eq!(doc.credit_memos.len(), applied);
+    assert_eq!(doc.totals.credited, Decimal::new(applied as i64, 2));
+    assert!(bytes <= crate::config::INVOICE_DOC_MAX_BYTES);
+    assert!(bytes + 2 * long.len() > crate::config::INVOICE_DOC_MAX_BYTES);
+    // The refusal left nothing: the same document, and the command id is
+    // not taken (it is refused again, not counted as a duplicate).
+    assert_eq!(
+        send(&mut h, &credit(applied)),
+        Err(reason::INVOICE_TOO_LARGE)
+    );
+    assert_eq!(latest(&h, JAN), doc);
+}
