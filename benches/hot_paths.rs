@@ -1304,7 +1304,50 @@ fn bench_store(c: &mut Criterion, plan: &mut Plan) {
             )
         });
     }
+    bench_store_get(&mut g, plan);
     g.finish();
+}
+
+/// A point lookup of a key the store does not hold (a new event's dedupe
+/// entry: most of dedupe's reads), with [`STORE_GET_KEYS`] keys written before,
+/// so they sit in the memtable as recent keys do.
+fn bench_store_get(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    plan: &mut Plan,
+) {
+    const STORE_GET_KEYS: i64 = 200_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = RocksBackend::open(
+        &dir.path().join("db"),
+        &StoreMemory::new(DEFAULT_STORE_MEMORY_MB),
+    )
+    .expect("open rocksdb");
+    let mut writes = Writes::new();
+    for seq in 0..STORE_GET_KEYS {
+        let entry = KeyBuilder::new(b'E')
+            .str(SOURCE)
+            .str(&format!("evt-{seq:012}"))
+            .build();
+        writes.insert(entry, Some(seq.to_be_bytes().to_vec()));
+    }
+    db.apply(&[(0, &writes)], &[(0, STORE_GET_KEYS)])
+        .expect("apply");
+    let absent: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            KeyBuilder::new(b'E')
+                .str(SOURCE)
+                .str(&format!("new-{i:012}"))
+                .build()
+        })
+        .collect();
+    g.throughput(plan.add("store", "get_miss", N));
+    g.bench_function("get_miss", |b| {
+        b.iter(|| {
+            for k in &absent {
+                assert!(db.get(0, k).expect("get").is_none());
+            }
+        })
+    });
 }
 
 fn main() {

@@ -25,6 +25,9 @@ use super::{Backend, Entries, StoreError, StoreId, Writes};
 const META_PREFIX: u8 = 0xFF;
 /// Bloom filter size: 10 bits per key is about a 1% false-positive rate.
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Share of a memtable's size given to its bloom filter of whole keys, so
+/// a lookup of a key the memtable does not hold skips its skiplist search.
+const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 /// A stage has fewer stores than this (ids must stay below META_PREFIX).
 pub const MAX_STORES_PER_STAGE: usize = 16;
 
@@ -109,6 +112,8 @@ impl RocksBackend {
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
         let db = DB::open(&opts, path).map_err(|e| StoreError::Rocks {
             path: path.display().to_string(),
             message: e.to_string(),
