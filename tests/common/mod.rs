@@ -266,6 +266,9 @@ pub fn produce(topic: &str, records: &[Record]) {
 
 /// Longest a read of a topic to its end may take.
 pub const READ_TIMEOUT_S: u64 = 60;
+/// How long [`Tail::read_new`] waits for new records when the last call
+/// left it at the end of every partition.
+pub const TAIL_IDLE_POLL_MS: u64 = 500;
 
 /// Reads a whole topic (every partition to its end) at an isolation level.
 pub fn read_all(topic: &str, read_committed: bool) -> Vec<Rec> {
@@ -328,12 +331,19 @@ impl Tail {
     }
 
     /// Every record written since the last call, up to the end of every
-    /// partition (librdkafka reports an end again once it passes new
-    /// records, so a partition that got nothing new is already at its end).
+    /// partition. librdkafka reports an end once per arrival there, so a
+    /// call that starts with every partition at its end polls for
+    /// [`TAIL_IDLE_POLL_MS`] before it concludes nothing new came (a record
+    /// that does come marks its partition open until its end again).
     pub fn read_new(&mut self) -> Vec<Rec> {
         let mut out: Vec<Rec> = Vec::new();
         let t0 = Instant::now();
-        while self.at_end.values().any(|e| !e) {
+        let idle = Duration::from_millis(if self.at_end.values().all(|e| *e) {
+            TAIL_IDLE_POLL_MS
+        } else {
+            0
+        });
+        while self.at_end.values().any(|e| !e) || t0.elapsed() < idle {
             if t0.elapsed() >= Duration::from_secs(READ_TIMEOUT_S) {
                 panic!("{}", self.stuck(&out));
             }
