@@ -270,9 +270,23 @@ pub const READ_TIMEOUT_S: u64 = 60;
 /// left it at the end of every partition.
 pub const TAIL_IDLE_POLL_MS: u64 = 500;
 
+/// A [`Tail::read_new`] call takes a partition that delivered nothing for
+/// this long as caught up, end reported or not: a read_committed reader
+/// gets no end report while a transactional writer keeps a transaction
+/// open, nor (seen in CI) past a partition's trailing aborted records.
+pub const TAIL_QUIET_MS: u64 = 3_000;
+/// Longest a [`Tail::read_new`] call reads; a writer that never pauses
+/// leaves the rest to the next call (wait loops call again).
+pub const TAIL_CALL_BUDGET_S: u64 = 20;
+
 /// Reads a whole topic (every partition to its end) at an isolation level.
 pub fn read_all(topic: &str, read_committed: bool) -> Vec<Rec> {
-    Tail::new(topic, read_committed).read_new()
+    let mut tail = Tail::new(topic, read_committed);
+    let budget = Duration::from_secs(READ_TIMEOUT_S);
+    match tail.read(budget, None) {
+        Ok(out) => out,
+        Err(out) => panic!("{}", tail.stuck(&out)),
+    }
 }
 
 /// A reader that keeps its place in a topic: each [`Tail::read_new`]
@@ -334,18 +348,35 @@ impl Tail {
     /// partition. librdkafka reports an end once per arrival there, so a
     /// call that starts with every partition at its end polls for
     /// [`TAIL_IDLE_POLL_MS`] before it concludes nothing new came (a record
-    /// that does come marks its partition open until its end again).
+    /// that does come marks its partition open until its end again). A
+    /// partition quiet for [`TAIL_QUIET_MS`] counts as caught up, and a
+    /// call returns what it has after [`TAIL_CALL_BUDGET_S`].
     pub fn read_new(&mut self) -> Vec<Rec> {
+        let budget = Duration::from_secs(TAIL_CALL_BUDGET_S);
+        let quiet = Duration::from_millis(TAIL_QUIET_MS);
+        self.read(budget, Some(quiet)).unwrap_or_else(|out| out)
+    }
+
+    /// Reads until every partition reported its end (or, with `quiet`,
+    /// delivered nothing for that long): Ok, or Err with what it read when
+    /// `budget` ran out first.
+    fn read(&mut self, budget: Duration, quiet: Option<Duration>) -> Result<Vec<Rec>, Vec<Rec>> {
         let mut out: Vec<Rec> = Vec::new();
         let t0 = Instant::now();
+        let mut last_record = t0;
         let idle = Duration::from_millis(if self.at_end.values().all(|e| *e) {
             TAIL_IDLE_POLL_MS
         } else {
             0
         });
-        while self.at_end.values().any(|e| !e) || t0.elapsed() < idle {
-            if t0.elapsed() >= Duration::from_secs(READ_TIMEOUT_S) {
-                panic!("{}", self.stuck(&out));
+        loop {
+            let open = self.at_end.values().any(|e| !e);
+            let caught_up = quiet.is_some_and(|q| last_record.elapsed() >= q);
+            if (!open && t0.elapsed() >= idle) || (open && caught_up) {
+                return Ok(out);
+            }
+            if t0.elapsed() >= budget {
+                return Err(out);
             }
             match self.consumer.poll(Duration::from_millis(200)) {
                 None => {}
@@ -358,6 +389,7 @@ impl Tail {
                 Some(Err(e)) => panic!("read {}: {e}", self.topic),
                 Some(Ok(m)) => {
                     self.at_end.insert(m.partition(), false);
+                    last_record = Instant::now();
                     out.push(Rec {
                         partition: m.partition(),
                         offset: m.offset(),
@@ -369,7 +401,6 @@ impl Tail {
                 }
             }
         }
-        out
     }
 
     /// Why a read did not reach the end: per open partition, the last
@@ -389,7 +420,7 @@ impl Tail {
             })
             .collect();
         format!(
-            "reading {} timed out after {READ_TIMEOUT_S} s and {} records: {open:?}",
+            "reading {} reached no end in {READ_TIMEOUT_S} s, after {} records: {open:?}",
             self.topic,
             out.len()
         )
