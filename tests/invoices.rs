@@ -139,11 +139,24 @@ fn setup(name: &str) -> World {
     w
 }
 
-/// The latest version of every invoice.
+/// The latest version of every invoice (the whole topic, read to its end).
 fn invoices(w: &World) -> BTreeMap<String, Invoice> {
-    let mut latest = Latest::new(w);
-    latest.refresh();
-    latest.all
+    let mut all = BTreeMap::new();
+    keep_latest(&mut all, read_all(&w.topic("finance.invoices"), true));
+    all
+}
+
+/// Keeps, per invoice, the highest version among `all` and `records`.
+fn keep_latest(all: &mut BTreeMap<String, Invoice>, records: Vec<Rec>) {
+    for r in records {
+        let inv = Invoice::from_json_slice(r.value.as_deref().unwrap()).unwrap();
+        if all
+            .get(&inv.invoice_id)
+            .is_none_or(|i| i.version < inv.version)
+        {
+            all.insert(inv.invoice_id.clone(), inv);
+        }
+    }
 }
 
 /// The latest version of every invoice, kept up to date by reading only
@@ -163,16 +176,7 @@ impl Latest {
     }
 
     fn refresh(&mut self) -> &BTreeMap<String, Invoice> {
-        for r in self.tail.read_new() {
-            let inv = Invoice::from_json_slice(r.value.as_deref().unwrap()).unwrap();
-            if self
-                .all
-                .get(&inv.invoice_id)
-                .is_none_or(|i| i.version < inv.version)
-            {
-                self.all.insert(inv.invoice_id.clone(), inv);
-            }
-        }
+        keep_latest(&mut self.all, self.tail.read_new());
         &self.all
     }
 }
