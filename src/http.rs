@@ -96,7 +96,14 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The query's parameters by name; a repeated name keeps its last value
+/// (routes whose parameters repeat read [`query_pairs`]).
 pub fn query_params(q: Option<String>) -> BTreeMap<String, String> {
+    query_pairs(q).into_iter().collect()
+}
+
+/// The query's parameters in order, repeated names included, decoded.
+pub fn query_pairs(q: Option<String>) -> Vec<(String, String)> {
     q.unwrap_or_default()
         .split('&')
         .filter(|kv| !kv.is_empty())

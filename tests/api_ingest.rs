@@ -785,6 +785,58 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         "the closed day two days ago: {q}"
     );
     assert_eq!(rows.len(), 3, "{q}");
+    // OpenMeter's filters are applied, or refused; never ignored.
+    let query = |params: &str| {
+        get(
+            port,
+            READ_TOKEN,
+            &format!("/api/v1/meters/tokens/query?{params}"),
+        )
+    };
+    let data = |params: &str| query(params).json()["data"].clone();
+    assert_eq!(
+        data("subject=cust-api&filterGroupBy%5Bmodel%5D=m1"),
+        q["data"]
+    );
+    assert_eq!(
+        data("subject=cust-api&subject=cust-none&filterCustomerId=cust-api"),
+        q["data"]
+    );
+    assert_eq!(
+        data("subject=cust-api&filterGroupBy%5Bmodel%5D=m2"),
+        serde_json::json!([])
+    );
+    let by_subject = data("subject=cust-api&groupBy=subject");
+    assert!(by_subject
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["groupBy"] == serde_json::json!({})));
+    let values = |d: &serde_json::Value| -> Vec<String> {
+        d.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"].to_string())
+            .collect()
+    };
+    assert_eq!(
+        values(&by_subject),
+        values(&q["data"]),
+        "one group: same days"
+    );
+    for refused in [
+        "subject=cust-api&windowTimeZone=UTC",
+        "groupBy=colour",
+        "limit=5",
+    ] {
+        let r = query(refused);
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{refused}: {}",
+            r.body
+        );
+    }
     let max = get(port, READ_TOKEN, "/api/v1/meters/peak_seats/query");
     assert_eq!(
         (max.status, max.json()["code"].as_str()),

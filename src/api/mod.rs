@@ -13,6 +13,7 @@ pub mod events;
 pub mod exceptions;
 pub mod follow;
 pub mod invoices;
+pub mod meter_query;
 pub mod problem;
 pub mod queries;
 pub mod trace;
@@ -547,12 +548,12 @@ async fn get_meter_query(
     );
     read_route(&state, &headers, "/api/v1/meters/{slug}/query", |_, c| {
         let slug = path_id(slug)?;
-        let params = crate::http::query_params(q);
-        let query = usage::MeterQuery {
+        let pairs = crate::http::query_pairs(q);
+        let query = meter_query::MeterQuery {
             slug: &slug,
-            params: &params,
+            pairs: &pairs,
         };
-        usage::meter_query(&config, &closed.read(), &windows.read(), c, &query)
+        meter_query::meter_query(&config, &closed.read(), &windows.read(), c, &query)
     })
 }
 

@@ -5,27 +5,22 @@
 //! * `GET /v1/subscriptions/{id}/invoices`: the invoice documents of
 //!   `finance.invoices` (followed too) and the open period(s) so far from
 //!   the open windows;
-//! * `GET /api/v1/meters/{slug}/query`: OpenMeter's meter query, per local
-//!   day, for SUM and COUNT meters.
+//!
+//! OpenMeter's meter query, also from the windows, is [`super::meter_query`].
 //!
 //! Quantities and amounts are exact, unrounded sums of the rated marginals
 //! (rounding happens once, when posted).
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::follow::{day_key, window_identity, ClosedPeriod, ClosedState, DayKey, WindowState};
+use super::follow::{ClosedPeriod, WindowState};
 use super::problem::Problem;
-use super::queries::{
-    at_param, check_customer, customer_forbidden, invalid, not_found, readable_subscription,
-};
-use crate::config::Config;
+use super::queries::readable_subscription;
 use crate::contracts::{ClosedWindow, WindowKind};
-use crate::meter::Aggregation;
 use crate::refdata::RefTables;
 
 /// One segment (meter + group + plan version) of an open period.
@@ -154,104 +149,9 @@ pub fn usage(
     }))
 }
 
-/// Parameters of OpenMeter's meter query.
-pub struct MeterQuery<'a> {
-    pub slug: &'a str,
-    pub params: &'a BTreeMap<String, String>,
-}
-
-/// `GET /api/v1/meters/{slug}/query`: per local day (the subscription's time
-/// zone, as the books) the meter's quantity, from the closed day windows
-/// ([`ClosedState`]) and the open ones ([`WindowState`]). Only SUM and COUNT
-/// meters: a day window holds the day's summed marginal quantities, which is
-/// a SUM or COUNT meter's value for the day but not a MAX, LATEST or
-/// UNIQUE_COUNT meter's.
-pub fn meter_query(
-    config: &Config,
-    days: &ClosedState,
-    open: &WindowState,
-    caller: &Caller<'_>,
-    q: &MeterQuery<'_>,
-) -> Result<Value, Problem> {
-    let meter = config
-        .meters
-        .iter()
-        .find(|m| m.slug == q.slug)
-        .ok_or_else(|| not_found("meter", q.slug))?;
-    if !matches!(meter.aggregation, Aggregation::Sum | Aggregation::Count) {
-        return Err(invalid(format!(
-            "meter {} aggregates {:?}: its per-day value is not kept (only SUM and COUNT meters are queryable)",
-            meter.slug, meter.aggregation
-        )));
-    }
-    if let Some(w) = q.params.get("windowSize").filter(|w| w.as_str() != "DAY") {
-        return Err(invalid(format!(
-            "windowSize {w:?}: only DAY (the books' local days)"
-        )));
-    }
-    let subject = q.params.get("subject").filter(|s| !s.is_empty());
-    match subject {
-        Some(s) => check_customer(caller, s)?,
-        None if !caller.key.customers.is_empty() => {
-            return Err(customer_forbidden(caller));
-        }
-        None => {}
-    }
-    let from = q
-        .params
-        .get("from")
-        .map(|t| at_param(Some(t)))
-        .transpose()?;
-    let to = q.params.get("to").map(|t| at_param(Some(t))).transpose()?;
-    let wanted = |k: &DayKey| {
-        k.meter == meter.slug
-            && subject.is_none_or(|s| &k.subject == s)
-            && from.is_none_or(|f| k.start >= f)
-            && to.is_none_or(|t| k.end <= t)
-    };
-    let mut sums: BTreeMap<(DateTime<Utc>, DateTime<Utc>, String, String), Decimal> =
-        BTreeMap::new();
-    let mut add = |k: &DayKey, v: Decimal| {
-        let group = serde_json::to_string(&k.group).unwrap_or_default();
-        *sums
-            .entry((k.start, k.end, k.subject.clone(), group))
-            .or_default() += v;
-    };
-    for (k, v) in days.days.iter().filter(|(k, _)| wanted(k)) {
-        add(k, *v);
-    }
-    // Open day windows not yet seen closed (closed wins when both are read).
-    for w in open.by_subscription.values().flat_map(|m| m.values()) {
-        let (Some(k), Some(id)) = (day_key(w), window_identity(w)) else {
-            continue;
-        };
-        if wanted(&k) && !days.counted(&id) {
-            add(&k, w.quantity);
-        }
-    }
-    let data: Vec<Value> = sums
-        .into_iter()
-        .map(|((start, end, subject, group), v)| {
-            json!({
-                "value": exact_number(v),
-                "windowStart": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "windowEnd": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "subject": subject,
-                "groupBy": serde_json::from_str::<Value>(&group).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    Ok(json!({
-        "windowSize": "DAY",
-        "from": from.map(|f| f.to_rfc3339()),
-        "to": to.map(|t| t.to_rfc3339()),
-        "data": data,
-    }))
-}
-
 /// A decimal as a JSON number with exactly its digits (serde_json keeps a
 /// number's text with `arbitrary_precision`): no float in between.
-fn exact_number(d: Decimal) -> Value {
+pub(super) fn exact_number(d: Decimal) -> Value {
     serde_json::from_str(&d.normalize().to_string())
         .unwrap_or_else(|_| Value::String(d.to_string()))
 }

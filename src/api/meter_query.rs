@@ -1,0 +1,449 @@
+//! `GET /api/v1/meters/{slug}/query`: OpenMeter's meter query, per local day
+//! (the subscription's time zone, as the books), for SUM and COUNT meters,
+//! from aggregate's day windows: the closed ones ([`ClosedState`]) and the
+//! open ones ([`WindowState`]).
+//!
+//! Every OpenMeter parameter is either applied or refused with a 400 that
+//! says why: a filter that were silently ignored would return a larger
+//! number than the caller asked for, which finance cannot tell from a
+//! right one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::follow::{day_key, window_identity, ClosedState, DayKey, WindowState};
+use super::problem::Problem;
+use super::queries::{check_customer, customer_forbidden, invalid, not_found};
+use super::usage::exact_number;
+use crate::config::Config;
+use crate::meter::{Aggregation, Meter};
+
+/// Subjects one query may name (`subject` and `filterCustomerId` together).
+pub const METER_QUERY_MAX_SUBJECTS: usize = 1_000;
+
+/// The parameters this route reads, for the refusal of any other.
+const KNOWN_PARAMS: &str = "subject, filterCustomerId, from, to, windowSize, groupBy, \
+     filterGroupBy[NAME], clientId";
+
+/// A meter query's parameters, checked against the meter.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MeterFilter {
+    /// Subjects (customer ids) asked for; empty: every subject.
+    subjects: BTreeSet<String>,
+    /// Days starting at or after it.
+    from: Option<DateTime<Utc>>,
+    /// Days ending at or before it.
+    to: Option<DateTime<Utc>>,
+    /// Group values a day must have (`filterGroupBy[NAME]=VALUE`).
+    group_filter: BTreeMap<String, String>,
+    /// The group names rows are split by (`groupBy`); `None`: every name
+    /// of the meter's `group_by` (a sum of the rows is the total).
+    group_by: Option<BTreeSet<String>>,
+}
+
+impl MeterFilter {
+    /// Reads the query's parameters in order (a name may repeat).
+    pub fn parse(meter: &Meter, pairs: &[(String, String)]) -> Result<Self, Problem> {
+        let mut f = MeterFilter::default();
+        for (name, value) in pairs {
+            f.read(meter, name, value)?;
+        }
+        if f.subjects.len() > METER_QUERY_MAX_SUBJECTS {
+            return Err(invalid(format!(
+                "{} subjects: at most {METER_QUERY_MAX_SUBJECTS} in one query",
+                f.subjects.len()
+            )));
+        }
+        if let (Some(from), Some(to)) = (f.from, f.to) {
+            if from > to {
+                return Err(invalid(format!("from {from} is after to {to}")));
+            }
+        }
+        Ok(f)
+    }
+
+    fn read(&mut self, meter: &Meter, name: &str, value: &str) -> Result<(), Problem> {
+        match name {
+            "subject" | "filterCustomerId" => {
+                if !value.is_empty() {
+                    self.subjects.insert(value.to_string());
+                }
+            }
+            "from" => self.from = Some(once(name, self.from, time_param(name, value)?)?),
+            "to" => self.to = Some(once(name, self.to, time_param(name, value)?)?),
+            "windowSize" if value == "DAY" => {}
+            "windowSize" => {
+                return Err(invalid(format!(
+                    "windowSize {value:?}: only DAY (the books' local days)"
+                )))
+            }
+            "windowTimeZone" => {
+                return Err(invalid(format!(
+                    "windowTimeZone {value:?}: not supported; a day is the subscription's local \
+                     day (its time zone), as in the books"
+                )))
+            }
+            "groupBy" => self.read_group_by(meter, value)?,
+            // OpenMeter's id for cancelling a query in flight; nothing to cancel here.
+            "clientId" => {}
+            _ => match filter_group_name(name) {
+                Some(group) => self.read_group_filter(meter, group, value)?,
+                None => {
+                    return Err(invalid(format!(
+                        "unknown query parameter {name:?}; this route reads {KNOWN_PARAMS}"
+                    )))
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn read_group_by(&mut self, meter: &Meter, value: &str) -> Result<(), Problem> {
+        let names = self.group_by.get_or_insert_with(BTreeSet::new);
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            // Rows are always per subject.
+            if name == "subject" {
+                continue;
+            }
+            group_name(meter, name)?;
+            names.insert(name.to_string());
+        }
+        Ok(())
+    }
+
+    fn read_group_filter(
+        &mut self,
+        meter: &Meter,
+        group: &str,
+        value: &str,
+    ) -> Result<(), Problem> {
+        group_name(meter, group)?;
+        match self
+            .group_filter
+            .insert(group.to_string(), value.to_string())
+        {
+            Some(before) if before != value => Err(invalid(format!(
+                "filterGroupBy[{group}] given twice ({before:?} and {value:?})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the caller may read what the query asks for: each subject, or
+    /// every customer when it names none.
+    pub fn check_caller(&self, caller: &Caller<'_>) -> Result<(), Problem> {
+        if self.subjects.is_empty() && !caller.key.customers.is_empty() {
+            return Err(customer_forbidden(caller));
+        }
+        self.subjects
+            .iter()
+            .try_for_each(|s| check_customer(caller, s))
+    }
+
+    /// Whether the day of `meter` counts for this query.
+    fn wants(&self, meter: &str, k: &DayKey) -> bool {
+        k.meter == meter
+            && (self.subjects.is_empty() || self.subjects.contains(&k.subject))
+            && self.from.is_none_or(|f| k.start >= f)
+            && self.to.is_none_or(|t| k.end <= t)
+            && self
+                .group_filter
+                .iter()
+                .all(|(name, value)| k.group.get(name) == Some(value))
+    }
+
+    /// The part of a day's group its row is split by.
+    fn row_group(&self, group: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        match &self.group_by {
+            None => group.clone(),
+            Some(names) => group
+                .iter()
+                .filter(|(name, _)| names.contains(*name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// `NAME` of a `filterGroupBy[NAME]` parameter.
+fn filter_group_name(param: &str) -> Option<&str> {
+    param
+        .strip_prefix("filterGroupBy[")?
+        .strip_suffix(']')
+        .filter(|n| !n.is_empty())
+}
+
+fn group_name(meter: &Meter, name: &str) -> Result<(), Problem> {
+    if meter.group_by.contains_key(name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = meter.group_by.keys().map(String::as_str).collect();
+    Err(invalid(format!(
+        "meter {} has no group {name:?} (its groups: {})",
+        meter.slug,
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+fn time_param(name: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| invalid(format!("{name} {raw:?}: not an RFC 3339 time ({e})")))
+}
+
+/// `new`, unless the parameter already had another value.
+fn once(
+    name: &str,
+    before: Option<DateTime<Utc>>,
+    new: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Problem> {
+    match before {
+        Some(b) if b != new => Err(invalid(format!("{name} given twice ({b} and {new})"))),
+        _ => Ok(new),
+    }
+}
+
+/// A meter query: the meter's slug and the query's parameters in order.
+pub struct MeterQuery<'a> {
+    pub slug: &'a str,
+    pub pairs: &'a [(String, String)],
+}
+
+/// Answers a meter query. Only SUM and COUNT meters: a day window holds the
+/// day's summed marginal quantities, which is a SUM or COUNT meter's value
+/// for the day but not a MAX, LATEST or UNIQUE_COUNT meter's.
+pub fn meter_query(
+    config: &Config,
+    days: &ClosedState,
+    open: &WindowState,
+    caller: &Caller<'_>,
+    q: &MeterQuery<'_>,
+) -> Result<Value, Problem> {
+    let meter = config
+        .meters
+        .iter()
+        .find(|m| m.slug == q.slug)
+        .ok_or_else(|| not_found("meter", q.slug))?;
+    if !matches!(meter.aggregation, Aggregation::Sum | Aggregation::Count) {
+        return Err(invalid(format!(
+            "meter {} aggregates {:?}: its per-day value is not kept (only SUM and COUNT meters are queryable)",
+            meter.slug, meter.aggregation
+        )));
+    }
+    let filter = MeterFilter::parse(meter, q.pairs)?;
+    filter.check_caller(caller)?;
+    let mut rows = Rows::default();
+    for (k, v) in days
+        .days
+        .iter()
+        .filter(|(k, _)| filter.wants(&meter.slug, k))
+    {
+        rows.add(&filter, k, *v);
+    }
+    // Open day windows not yet seen closed (closed wins when both are read).
+    for w in open.by_subscription.values().flat_map(|m| m.values()) {
+        let (Some(k), Some(id)) = (day_key(w), window_identity(w)) else {
+            continue;
+        };
+        if filter.wants(&meter.slug, &k) && !days.counted(&id) {
+            rows.add(&filter, &k, w.quantity);
+        }
+    }
+    Ok(json!({
+        "windowSize": "DAY",
+        "from": filter.from.map(|f| f.to_rfc3339()),
+        "to": filter.to.map(|t| t.to_rfc3339()),
+        "data": rows.into_json(),
+    }))
+}
+
+/// The query's rows: per day, subject and (projected) group, the exact sum.
+#[derive(Default)]
+struct Rows(BTreeMap<RowKey, Decimal>);
+
+type RowKey = (
+    DateTime<Utc>,
+    DateTime<Utc>,
+    String,
+    BTreeMap<String, String>,
+);
+
+impl Rows {
+    fn add(&mut self, filter: &MeterFilter, k: &DayKey, v: Decimal) {
+        let key = (
+            k.start,
+            k.end,
+            k.subject.clone(),
+            filter.row_group(&k.group),
+        );
+        *self.0.entry(key).or_default() += v;
+    }
+
+    fn into_json(self) -> Vec<Value> {
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        self.0
+            .into_iter()
+            .map(|((start, end, subject, group), v)| {
+                json!({
+                    "value": exact_number(v),
+                    "windowStart": at(start),
+                    "windowEnd": at(end),
+                    "subject": subject,
+                    "groupBy": group,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter() -> Meter {
+        Meter {
+            slug: "tokens".into(),
+            event_type: "llm.tokens".into(),
+            aggregation: Aggregation::Sum,
+            value_property: Some("$.tokens".into()),
+            group_by: [("model", "$.model"), ("region", "$.region")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            unit_conversion: None,
+        }
+    }
+
+    fn pairs(q: &str) -> Vec<(String, String)> {
+        crate::http::query_pairs(Some(q.to_string()))
+    }
+
+    fn parse(q: &str) -> Result<MeterFilter, String> {
+        MeterFilter::parse(&meter(), &pairs(q)).map_err(|p| p.detail)
+    }
+
+    fn day(subject: &str, day: u32, group: &[(&str, &str)]) -> DayKey {
+        let start = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 3, day, 0, 0, 0).unwrap();
+        DayKey {
+            meter: "tokens".into(),
+            subject: subject.into(),
+            start,
+            end: start + chrono::Duration::days(1),
+            group: group
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            segment_id: "seg".into(),
+        }
+    }
+
+    /// The rows of `days` (each with its quantity) under query `q`, as
+    /// (day of month, subject, group, value).
+    fn rows(q: &str, days: &[(DayKey, &str)]) -> Vec<(u32, String, Value, String)> {
+        let filter = parse(q).unwrap();
+        let mut rows = Rows::default();
+        for (k, v) in days.iter().filter(|(k, _)| filter.wants("tokens", k)) {
+            rows.add(&filter, k, v.parse().unwrap());
+        }
+        rows.0
+            .into_iter()
+            .map(|((start, _, subject, group), v)| {
+                let d = chrono::Datelike::day(&start);
+                (d, subject, json!(group), v.to_string())
+            })
+            .collect()
+    }
+
+    fn sample() -> Vec<(DayKey, &'static str)> {
+        vec![
+            (day("a", 1, &[("model", "m1"), ("region", "eu")]), "10.5"),
+            (day("a", 1, &[("model", "m1"), ("region", "us")]), "2"),
+            (day("a", 1, &[("model", "m2"), ("region", "eu")]), "0.25"),
+            (day("a", 1, &[("region", "eu")]), "7"),
+            (day("a", 2, &[("model", "m1"), ("region", "eu")]), "1"),
+            (day("b", 1, &[("model", "m1"), ("region", "eu")]), "100"),
+            (day("c", 1, &[("model", "m1"), ("region", "eu")]), "1000"),
+        ]
+    }
+
+    #[test]
+    fn group_filters_and_group_by_give_the_exact_sums_asked_for() {
+        let s = sample();
+        assert_eq!(
+            rows(
+                "subject=a&subject=b&filterGroupBy%5Bmodel%5D=m1&groupBy=subject",
+                &s
+            ),
+            vec![
+                (1, "a".into(), json!({}), "12.5".into()),
+                (1, "b".into(), json!({}), "100".into()),
+                (2, "a".into(), json!({}), "1".into()),
+            ]
+        );
+        assert_eq!(
+            rows(
+                "filterCustomerId=a&groupBy=model&to=2026-03-02T00:00:00Z",
+                &s
+            ),
+            vec![
+                (1, "a".into(), json!({}), "7".into()),
+                (1, "a".into(), json!({"model": "m1"}), "12.5".into()),
+                (1, "a".into(), json!({"model": "m2"}), "0.25".into()),
+            ],
+            "a day without a model is its own group"
+        );
+        let all: Vec<_> = rows("subject=a&from=2026-03-01T00:00:00Z", &s);
+        assert_eq!(all.len(), 5, "no groupBy: every group apart: {all:?}");
+        let total: Decimal = all.iter().map(|r| r.3.parse::<Decimal>().unwrap()).sum();
+        assert_eq!(total.to_string(), "20.75");
+        assert!(rows("filterGroupBy%5Bregion%5D=apac", &s).is_empty());
+    }
+
+    #[test]
+    fn parameters_it_cannot_honour_are_refused_not_ignored() {
+        let refused = [
+            (
+                "windowTimeZone=UTC",
+                "windowTimeZone \"UTC\": not supported",
+            ),
+            ("windowSize=HOUR", "only DAY"),
+            ("groupBy=colour", "has no group \"colour\""),
+            ("filterGroupBy%5Bcolour%5D=red", "has no group \"colour\""),
+            (
+                "filterGroupBy%5Bmodel%5D=a&filterGroupBy%5Bmodel%5D=b",
+                "given twice",
+            ),
+            (
+                "from=2026-03-02",
+                "from \"2026-03-02\": not an RFC 3339 time",
+            ),
+            (
+                "to=2026-03-02T00:00:00Z&to=2026-03-03T00:00:00Z",
+                "to given twice",
+            ),
+            (
+                "from=2026-03-02T00:00:00Z&to=2026-03-01T00:00:00Z",
+                "is after to",
+            ),
+            ("filter=model", "unknown query parameter \"filter\""),
+            ("filterGroupBy%5B%5D=x", "unknown query parameter"),
+        ];
+        for (q, why) in refused {
+            let detail = parse(q).expect_err(q);
+            assert!(detail.contains(why), "{q}: {detail}");
+        }
+        assert!(parse("windowSize=DAY&clientId=c1&groupBy=model,region&subject=").is_ok());
+        let many: String = (0..=METER_QUERY_MAX_SUBJECTS)
+            .map(|i| format!("subject=s{i}&"))
+            .collect();
+        assert!(parse(&many).unwrap_err().contains("at most"));
+    }
+}
