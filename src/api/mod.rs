@@ -372,7 +372,7 @@ async fn get_subscription(
     RawQuery(q): RawQuery,
 ) -> Response {
     read_route(&state, &headers, "/v1/subscriptions/{id}", |t, c| {
-        let at = queries::at_param(crate::http::query_params(q).get("at"))?;
+        let at = queries::at_param(queries::single_params(q)?.get("at"))?;
         queries::subscription(t, c, &path_id(id)?, at)
     })
 }
@@ -420,7 +420,7 @@ async fn list_invoices(
 ) -> Response {
     let invoices = state.invoices.clone();
     read_route(&state, &headers, "/v1/invoices", |_, c| {
-        invoices::list(&invoices.read(), c, &crate::http::query_params(q))
+        invoices::list(&invoices.read(), c, &queries::single_params(q)?)
     })
 }
 
@@ -437,7 +437,7 @@ async fn get_command(
         "/v1/commands/{id}",
         ApiScope::Approve,
         |_, c| {
-            let params = crate::http::query_params(q);
+            let params = queries::single_params(q)?;
             invoices::status(
                 &invoices.read(),
                 &refusals.read(),

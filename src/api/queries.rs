@@ -15,6 +15,8 @@
 //!
 //! A key limited to some customers reads only those (403 otherwise).
 
+use std::collections::BTreeMap;
+
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -95,6 +97,25 @@ pub fn readable_subscription<'t>(
 }
 
 /// `at=` of a query, RFC 3339; now when absent.
+/// The query's parameters by name; 400 for a name given twice with two
+/// values (which one the caller meant is not for the API to guess).
+pub fn single_params(q: Option<String>) -> Result<BTreeMap<String, String>, Problem> {
+    let mut params = BTreeMap::new();
+    for (name, value) in crate::http::query_pairs(q) {
+        match params.get(&name) {
+            Some(before) if *before != value => {
+                return Err(invalid(format!(
+                    "query parameter {name} given twice ({before:?} and {value:?})"
+                )))
+            }
+            _ => {
+                params.insert(name, value);
+            }
+        }
+    }
+    Ok(params)
+}
+
 pub fn at_param(raw: Option<&String>) -> Result<DateTime<Utc>, Problem> {
     match raw {
         None => Ok(Utc::now()),
@@ -328,6 +349,21 @@ mod tests {
             r#"{"model":"percentage","rate":"1.3","fixed_fee_per_event":"0.30","min_per_event":"0.50","max_per_event":"5.00","free_events":2}"#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_parameter_given_twice_with_two_values_is_refused() {
+        let q = |s: &str| single_params(Some(s.to_string()));
+        let p = q("status=held&customer=c%201&status=held").unwrap();
+        assert_eq!(p.get("status").map(String::as_str), Some("held"));
+        assert_eq!(p.get("customer").map(String::as_str), Some("c 1"));
+        let refused = q("status=held&status=approved").unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(
+            refused.detail.contains("status given twice"),
+            "{}",
+            refused.detail
+        );
     }
 
     #[test]

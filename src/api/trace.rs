@@ -128,7 +128,7 @@ async fn lineage(
     q: Option<String>,
 ) -> Result<Value, Problem> {
     let token = caller_token(state, headers)?;
-    let (source, id, path) = event_path(&crate::http::query_params(q))?;
+    let (source, id, path) = event_path(&super::queries::single_params(q)?)?;
     let asked = ask(state, token, path, |_| Vec::new()).await?;
     Ok(json!({
         "source": source,
@@ -141,7 +141,7 @@ async fn lineage(
 async fn event(state: &ApiState, headers: &HeaderMap, q: Option<String>) -> Result<Value, Problem> {
     let token = caller_token(state, headers)?;
     super::ready(state)?;
-    let (source, id, path) = event_path(&crate::http::query_params(q))?;
+    let (source, id, path) = event_path(&super::queries::single_params(q)?)?;
     let asked = ask(state, token, path, aggregate_windows).await?;
     let head = json!({
         "source": source,
@@ -159,7 +159,7 @@ async fn posting(
 ) -> Result<Value, Problem> {
     let token = caller_token(state, headers)?;
     super::ready(state)?;
-    let key = param(&crate::http::query_params(q), "key")?;
+    let key = param(&super::queries::single_params(q)?, "key")?;
     let path = format!("/lineage/posting?key={}", percent_encode(&key));
     let asked = ask(state, token, path, |m| {
         sources_of(m).map(|s| s.windows).unwrap_or_default()
