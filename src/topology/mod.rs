@@ -161,7 +161,7 @@ pub const STAGES: &[StageSpec] = &[
         name: "invoice",
         input: names::COMMANDS,
         outputs: &[names::POSTINGS, names::INVOICES],
-        tables: &[names::REF_TAX_RATES],
+        tables: &[names::REF_TAX_RATES, names::REF_PLANS],
         stores: &["invoices"],
         summary:
             "invoices from drafts, held or approved by policy and commands; tax, credits, disputes",

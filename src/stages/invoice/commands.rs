@@ -30,6 +30,7 @@ pub fn apply(
     })?;
     let mut st = read::<InvoiceState>(ctx, &state::invoice_key(id))?
         .ok_or_else(|| InvoiceError::UnknownInvoice(id.to_string()))?;
+    st.complete_accounts(&p.tables);
     if st.doc.customer.id != cmd.customer_id {
         return Err(InvoiceError::CustomerMismatch(format!(
             "invoice {id} is customer {}'s, not {}'s",
@@ -192,7 +193,12 @@ fn amount(st: &InvoiceState, value: Decimal, what: &str) -> Result<Decimal, Invo
             st.doc.currency
         )));
     }
-    Ok(value)
+    // The currency's fixed scale (5 -> 5.00), as every other posted amount.
+    Ok(money::round_to_exponent(
+        value,
+        exponent,
+        money::RoundingMode::HalfEven,
+    ))
 }
 
 /// Within what is still open on the invoice.
@@ -265,7 +271,7 @@ fn grant(ctx: &mut Ctx<'_>, cmd: &Command) -> Result<(), StageError> {
     let mut balance = read::<Balance>(ctx, &key)?.unwrap_or_default();
     balance.grants.push(Grant {
         id: cmd.id.clone(),
-        remaining: value,
+        remaining: money::round_to_exponent(value, exponent, money::RoundingMode::HalfEven),
         expires: cmd.expires,
         granted_at: cmd.time,
     });

@@ -38,7 +38,7 @@ pub enum InvoiceError {
     },
     #[error("invoice {invoice} has no open dispute {dispute:?}")]
     UnknownDispute { invoice: String, dispute: String },
-    #[error("the plan has no gl_accounts.{0}")]
+    #[error("the plan version has no gl_accounts.{0}: add it to its record on ref.plans (`meterline refdata load --kind plans`) and send the command again")]
     GlAccountMissing(&'static str),
     #[error("no tax rate for tax code(s) {0} of this legal entity in ref.tax_rates")]
     TaxRateMissing(String),

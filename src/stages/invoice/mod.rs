@@ -214,6 +214,7 @@ impl InvoiceProcessor {
             doc.service_interval.end.timestamp_millis(),
         );
         let parked = !ctx.stores.scan(INVOICES, &from, &to, 1)?.is_empty();
+        st.complete_accounts(&self.tables);
         let tax = book::plan_tax(st, &self.tables, &self.invoice, self.rounding_mode)?;
         if let Ok(taxes) = &tax {
             book::apply_tax(st, taxes.clone())?;
@@ -535,13 +536,17 @@ impl Processor for InvoiceProcessor {
         self.gauges.remove(&partition);
     }
 
+    /// Tax rates, and plans for the accounts an invoice was drafted
+    /// without ([`InvoiceState::complete_accounts`]).
     fn on_table_record(&mut self, table: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
-        if table != topology::names::REF_TAX_RATES {
-            return;
-        }
+        let kind = match table {
+            topology::names::REF_TAX_RATES => RefKind::TaxRates,
+            topology::names::REF_PLANS => RefKind::Plans,
+            _ => return,
+        };
         let key = String::from_utf8_lossy(key.unwrap_or_default()).into_owned();
-        if let Err(e) = self.tables.apply(RefKind::TaxRates, &key, value) {
-            tracing::warn!(table, code = e.code(), error = %e, "tax rate skipped");
+        if let Err(e) = self.tables.apply(kind, &key, value) {
+            tracing::warn!(table, code = e.code(), error = %e, "reference record skipped");
         }
     }
 }

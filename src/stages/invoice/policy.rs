@@ -81,7 +81,7 @@ pub fn holds(st: &InvoiceState, config: &InvoiceConfig, facts: &Facts) -> Vec<Ho
     if facts.credits_account_missing {
         hold(
             "gl_account_missing",
-            "service credits to draw but the plan has no gl_accounts.credits".into(),
+            "service credits to draw but the plan version has no gl_accounts.credits: add it to its record on ref.plans, then approve".into(),
         );
     }
     out

@@ -24,7 +24,7 @@ crate::reason_codes! {
     UNKNOWN_DISPUTE => "unknown_dispute",
         "dispute_resolve names no open dispute of the invoice.";
     GL_ACCOUNT_MISSING => "gl_account_missing",
-        "The plan has no gl_accounts.credits (credits) or gl_accounts.disputed_receivable (disputes).";
+        "The invoice's plan version has no gl_accounts.credits (credits, voids of posted invoices, service credits) or gl_accounts.disputed_receivable (disputes). Add the account to the plan version's record on ref.plans and send the command again: the invoice stage reads ref.plans and completes the invoice's accounts (it never changes one the invoice has).";
     TAX_RATE_MISSING => "tax_rate_missing",
         "invoice.tax = table and a line's tax code has no rate in ref.tax_rates for the invoice's legal entity.";
     CURRENCY_MISMATCH => "draft_currency_mismatch",

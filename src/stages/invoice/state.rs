@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::contracts::{optional_rfc3339, rfc3339_utc, Invoice, Posting};
-use crate::refdata::GlAccounts;
+use crate::refdata::{GlAccounts, RefTables};
 use crate::runtime::{Ctx, StageError};
 use crate::store::keys::KeyBuilder;
 use crate::store::StoreId;
@@ -68,6 +68,28 @@ pub struct InvoiceState {
     /// subscription's last invoice).
     #[serde(default)]
     pub is_supplement: bool,
+}
+
+impl InvoiceState {
+    /// Fills the credits and disputed-receivable accounts the invoice was
+    /// drafted without (its windows carry the plan's accounts as they were
+    /// when the usage was enriched) from its plan version's record as it is
+    /// now. So adding an account to a plan serves invoices drafted before:
+    /// a refused credit or dispute can be sent again. An account the
+    /// invoice has is never changed: what was booked stays as booked.
+    pub fn complete_accounts(&mut self, tables: &RefTables) {
+        let Some(plan) = tables.plan(&self.doc.plan_id, self.doc.plan_version) else {
+            return;
+        };
+        let (mine, plan) = (&mut self.gl_accounts, &plan.gl_accounts);
+        if mine.credits.is_none() {
+            mine.credits.clone_from(&plan.credits);
+        }
+        if mine.disputed_receivable.is_none() {
+            mine.disputed_receivable
+                .clone_from(&plan.disputed_receivable);
+        }
+    }
 }
 
 /// The latest closed invoice of a subscription.

@@ -404,7 +404,7 @@ fn a_lost_dispute_is_a_credit_memo_and_a_won_one_goes_back_to_receivable() {
         entries(&send(&mut h, &won).unwrap()),
         [(
             "dispute_won".into(),
-            vec!["Dr 1200 5".into(), "Cr 1250 5".into()]
+            vec!["Dr 1200 5.00".into(), "Cr 1250 5.00".into()]
         )]
     );
     assert_eq!(latest(&h, JAN).totals.open, dec!(88.91));
@@ -686,4 +686,59 @@ fn a_credit_that_would_outgrow_the_invoice_record_is_refused_and_changes_nothing
         Err(reason::INVOICE_TOO_LARGE)
     );
     assert_eq!(latest(&h, JAN), doc);
+}
+
+/// Plan `pro` version 1 (the fixtures' plan) with a credits and a
+/// disputed-receivable account, as `meterline refdata load` publishes it.
+fn pro_with_credit_accounts(h: &mut Harness<InvoiceProcessor>) {
+    let value = serde_json::json!({
+        "id": "pro", "version": 1, "effective_from": "2026-01-01T00:00:00Z",
+        "currency": "USD",
+        "charges": {"tokens": {"model": "per_unit", "unit_price": "0.01"}},
+        "gl_accounts": {"usage_revenue": "4000", "unbilled_receivable": "1210",
+            "receivable": "1200", "credits": "4950", "disputed_receivable": "1260"}
+    })
+    .to_string();
+    let key = crate::refdata::plan_key("pro", 1);
+    h.table_record(
+        topology::names::REF_PLANS,
+        Some(key.as_bytes()),
+        Some(value.as_bytes()),
+    );
+}
+
+#[test]
+fn an_account_added_to_the_plan_later_serves_invoices_drafted_without_it() {
+    let (_, mut h) = run("", &[dec!(12.345)]);
+    assert_eq!(latest(&h, JAN).status, InvoiceStatus::Posted);
+    let mut credit = command(CommandKind::Credit, "c1", Some(JAN));
+    credit.amount = Some(dec!(5));
+    let mut dispute = command(CommandKind::DisputeOpen, "d1", Some(JAN));
+    dispute.amount = Some(dec!(2));
+    assert_eq!(send(&mut h, &credit), Err("gl_account_missing"));
+    assert_eq!(send(&mut h, &dispute), Err("gl_account_missing"));
+    let before = latest(&h, JAN);
+    assert!(before.credit_memos.is_empty() && before.disputes.is_empty());
+
+    pro_with_credit_accounts(&mut h);
+    credit.id = "c2".into();
+    dispute.id = "d2".into();
+    assert_eq!(
+        entries(&send(&mut h, &credit).unwrap()),
+        [(
+            "credit_memo".to_string(),
+            vec!["Dr 4950 5.00".to_string(), "Cr 1200 5.00".to_string()]
+        )]
+    );
+    assert_eq!(
+        entries(&send(&mut h, &dispute).unwrap()),
+        [(
+            "dispute_open".to_string(),
+            vec!["Dr 1260 2.00".to_string(), "Cr 1200 2.00".to_string()]
+        )]
+    );
+    let after = latest(&h, JAN);
+    assert_eq!(after.credit_memos.len(), 1);
+    assert_eq!(after.totals.credited, dec!(5.00));
+    assert_eq!(after.totals.disputed, dec!(2.00));
 }
