@@ -414,15 +414,67 @@ fn not_a_string_reason(name: &str) -> RejectReason {
 }
 
 fn event_from_object(mut envelope: Map<String, Value>) -> Result<CloudEvent, Reject> {
-    let data = envelope.remove("data").unwrap_or(Value::Null);
-    build_event(
+    let data = envelope.remove("data").filter(|d| !d.is_null());
+    let base64 = envelope.remove("data_base64").filter(|d| !d.is_null());
+    let content_type = envelope.get("datacontenttype").and_then(Value::as_str);
+    let (data, unusable) = match (data, base64) {
+        (Some(data), None) => (data, None),
+        (None, Some(encoded)) => match json_from_base64(&encoded, content_type) {
+            Ok(data) => (data, None),
+            Err(why) => (Value::Null, Some(why)),
+        },
+        (None, None) => (Value::Null, None),
+        (Some(data), Some(_)) => (
+            data,
+            Some("data and data_base64 are both present (CloudEvents allows one)".to_owned()),
+        ),
+    };
+    // The attributes are checked first, in the stage's rule order.
+    let event = build_event(
         |name| match envelope.remove(name) {
             None | Some(Value::Null) => AttributeValue::Absent,
             Some(Value::String(text)) => AttributeValue::Text(text),
             Some(_) => AttributeValue::Invalid("is not a string"),
         },
         data,
-    )
+    )?;
+    match unusable {
+        Some(why) => Err(reject(RejectReason::DataNotObject, why)),
+        None => Ok(event),
+    }
+}
+
+/// The JSON value that a structured-mode event's `data_base64` carries
+/// (CloudEvents' form for binary data, which some SDKs use for any bytes),
+/// when its `datacontenttype` is absent or JSON; else why it is unusable.
+fn json_from_base64(encoded: &Value, content_type: Option<&str>) -> Result<Value, String> {
+    use base64::Engine as _;
+    let media = content_type
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let is_json = media.is_empty()
+        || media == "application/json"
+        || media == "text/json"
+        || media.ends_with("+json");
+    if !is_json {
+        return Err(format!(
+            "data_base64 with datacontenttype {}: only JSON data can be metered",
+            excerpt(&media)
+        ));
+    }
+    let text = encoded
+        .as_str()
+        .ok_or_else(|| "data_base64 is not a string".to_owned())?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("data_base64 is not base64: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("data_base64 does not hold JSON: {e}"))
 }
 
 /// A required attribute: absent, null and "" are `missing_attribute`
@@ -1085,6 +1137,57 @@ pub(crate) mod tests {
         )];
         let (_, encoding) = decode(&record(&bytes, &headers), None).unwrap();
         assert_eq!(encoding, Encoding::Structured);
+    }
+
+    #[test]
+    fn data_base64_holding_json_is_the_events_data_and_anything_else_is_refused() {
+        use base64::Engine as _;
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let with = |extra: Value| {
+            let mut e = envelope();
+            let o = e.as_object_mut().unwrap();
+            o.remove("data");
+            o.extend(extra.as_object().unwrap().clone());
+            serde_json::to_vec(&e).unwrap()
+        };
+        let ok = with(json!({"data_base64": b64(r#"{"tokens": 12.50, "model": "m"}"#)}));
+        let (event, _) = decode(&record(&ok, &[]), None).unwrap();
+        let sent: Value = serde_json::from_str(r#"{"tokens": 12.50, "model": "m"}"#).unwrap();
+        assert_eq!(event.data, sent);
+        assert_eq!(
+            event.data["tokens"].to_string(),
+            "12.50",
+            "the number's text is kept"
+        );
+        let typed = with(
+            json!({"datacontenttype": "application/cloudevents+json; charset=utf-8",
+                                "data_base64": b64(r#"{"tokens": 1}"#)}),
+        );
+        assert!(decode(&record(&typed, &[]), None).is_ok());
+        let refused = [
+            json!({"data_base64": "not base64!"}),
+            json!({"data_base64": b64("tokens=12")}),
+            json!({"data_base64": 12}),
+            json!({"datacontenttype": "application/octet-stream", "data_base64": b64("{}")}),
+            json!({"data": {"tokens": 1}, "data_base64": b64("{}")}),
+        ];
+        for extra in refused {
+            let bytes = with(extra.clone());
+            assert_eq!(
+                reject_code(decode(&record(&bytes, &[]), None)),
+                "data_not_object",
+                "{extra}"
+            );
+        }
+        let mut no_id = with(json!({"data_base64": "not base64!"}));
+        let mut e: Value = serde_json::from_slice(&no_id).unwrap();
+        e.as_object_mut().unwrap().remove("id");
+        no_id = serde_json::to_vec(&e).unwrap();
+        assert_eq!(
+            reject_code(decode(&record(&no_id, &[]), None)),
+            "missing_attribute",
+            "attributes are checked first"
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ crate::reason_codes! {
         SignatureRequired => "signature_required",
             "validate.require_signature is on and the source has no HMAC key.";
         DataNotObject => "data_not_object",
-            "data is absent or not a JSON object.";
+            "data is absent or not a JSON object (or its data_base64 is not base64 of JSON, has a non-JSON datacontenttype, or comes with data too).";
         UnknownEventType => "unknown_event_type",
             "No meter is declared for the event's type.";
         ValueMissing => "value_missing",
