@@ -757,7 +757,7 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     let q = get(
         port,
         READ_TOKEN,
-        "/api/v1/meters/tokens/query?subject=cust-api&windowSize=DAY",
+        "/api/v1/meters/tokens/query?subject=cust-api&windowSize=DAY&groupBy=model",
     )
     .json();
     let rows = q["data"].as_array().unwrap();
@@ -794,36 +794,34 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         )
     };
     let data = |params: &str| query(params).json()["data"].clone();
+    let daily = "windowSize=DAY&groupBy=model";
     assert_eq!(
-        data("subject=cust-api&filterGroupBy%5Bmodel%5D=m1"),
+        data(&format!(
+            "subject=cust-api&filterGroupBy%5Bmodel%5D=m1&{daily}"
+        )),
         q["data"]
     );
     assert_eq!(
-        data("subject=cust-api&subject=cust-none&filterCustomerId=cust-api"),
+        data(&format!(
+            "subject=cust-api&subject=cust-none&filterCustomerId=cust-api&{daily}"
+        )),
         q["data"]
     );
     assert_eq!(
-        data("subject=cust-api&filterGroupBy%5Bmodel%5D=m2"),
+        data(&format!(
+            "subject=cust-api&filterGroupBy%5Bmodel%5D=m2&{daily}"
+        )),
         serde_json::json!([])
     );
-    let by_subject = data("subject=cust-api&groupBy=subject");
-    assert!(by_subject
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["groupBy"] == serde_json::json!({})));
-    let values = |d: &serde_json::Value| -> Vec<String> {
-        d.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["value"].to_string())
-            .collect()
-    };
+    // As in OpenMeter: without windowSize and groupBy, one row, the total.
+    let total_row = data("subject=cust-api");
+    assert_eq!(total_row.as_array().map(Vec::len), Some(1), "{total_row}");
     assert_eq!(
-        values(&by_subject),
-        values(&q["data"]),
-        "one group: same days"
+        total_row[0]["value"].to_string(),
+        "525370.34",
+        "{total_row}"
     );
+    assert_eq!(total_row[0]["groupBy"], serde_json::json!({}));
     for refused in [
         "subject=cust-api&windowTimeZone=UTC",
         "groupBy=colour",
@@ -899,7 +897,7 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     let q2 = get(
         port2,
         READ_TOKEN,
-        "/api/v1/meters/tokens/query?subject=cust-api",
+        "/api/v1/meters/tokens/query?subject=cust-api&windowSize=DAY&groupBy=model",
     )
     .json();
     assert_eq!(q2["data"], q["data"], "replicas agree");

@@ -1,7 +1,9 @@
-//! `GET /api/v1/meters/{slug}/query`: OpenMeter's meter query, per local day
-//! (the subscription's time zone, as the books), for SUM and COUNT meters,
-//! from aggregate's day windows: the closed ones ([`ClosedState`]) and the
-//! open ones ([`WindowState`]).
+//! `GET /api/v1/meters/{slug}/query`: OpenMeter's meter query, for SUM and
+//! COUNT meters, from aggregate's day windows (a day is the subscription's
+//! local day, as in the books): the closed ones ([`ClosedState`]) and the
+//! open ones ([`WindowState`]). As OpenMeter's: without `windowSize` one row
+//! per subject for the whole range asked, with `windowSize=DAY` one per day;
+//! rows are split by the groups `groupBy` names, by none without it.
 //!
 //! Every OpenMeter parameter is either applied or refused with a 400 that
 //! says why: a filter that were silently ignored would return a larger
@@ -23,7 +25,7 @@ use crate::config::Config;
 use crate::meter::{Aggregation, Meter};
 
 /// Subjects one query may name (`subject` and `filterCustomerId` together).
-pub const METER_QUERY_MAX_SUBJECTS: usize = 1_000;
+pub const METER_QUERY_MAX_SUBJECTS: usize = 100;
 
 /// The parameters this route reads, for the refusal of any other.
 const KNOWN_PARAMS: &str = "subject, filterCustomerId, from, to, windowSize, groupBy, \
@@ -40,9 +42,11 @@ pub struct MeterFilter {
     to: Option<DateTime<Utc>>,
     /// Group values a day must have (`filterGroupBy[NAME]=VALUE`).
     group_filter: BTreeMap<String, String>,
-    /// The group names rows are split by (`groupBy`); `None`: every name
-    /// of the meter's `group_by` (a sum of the rows is the total).
-    group_by: Option<BTreeSet<String>>,
+    /// The group names rows are split by (`groupBy`); none: rows per
+    /// subject only.
+    group_by: BTreeSet<String>,
+    /// `windowSize=DAY`: a row per day; else one for the whole range.
+    daily: bool,
 }
 
 impl MeterFilter {
@@ -75,7 +79,7 @@ impl MeterFilter {
             }
             "from" => self.from = Some(once(name, self.from, time_param(name, value)?)?),
             "to" => self.to = Some(once(name, self.to, time_param(name, value)?)?),
-            "windowSize" if value == "DAY" => {}
+            "windowSize" if value == "DAY" => self.daily = true,
             "windowSize" => {
                 return Err(invalid(format!(
                     "windowSize {value:?}: only DAY (the books' local days)"
@@ -103,14 +107,13 @@ impl MeterFilter {
     }
 
     fn read_group_by(&mut self, meter: &Meter, value: &str) -> Result<(), Problem> {
-        let names = self.group_by.get_or_insert_with(BTreeSet::new);
         for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             // Rows are always per subject.
             if name == "subject" {
                 continue;
             }
             group_name(meter, name)?;
-            names.insert(name.to_string());
+            self.group_by.insert(name.to_string());
         }
         Ok(())
     }
@@ -158,14 +161,11 @@ impl MeterFilter {
 
     /// The part of a day's group its row is split by.
     fn row_group(&self, group: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        match &self.group_by {
-            None => group.clone(),
-            Some(names) => group
-                .iter()
-                .filter(|(name, _)| names.contains(*name))
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
-        }
+        group
+            .iter()
+            .filter(|(name, _)| self.group_by.contains(*name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
     }
 }
 
@@ -258,47 +258,55 @@ pub fn meter_query(
         }
     }
     Ok(json!({
-        "windowSize": "DAY",
+        "windowSize": filter.daily.then_some("DAY"),
         "from": filter.from.map(|f| f.to_rfc3339()),
         "to": filter.to.map(|t| t.to_rfc3339()),
-        "data": rows.into_json(),
+        "data": rows.into_json(&filter),
     }))
 }
 
-/// The query's rows: per day, subject and (projected) group, the exact sum.
+/// The query's rows: per window (a day, or the whole range: `None`),
+/// subject and (projected) group, the exact sum; and the days' span.
 #[derive(Default)]
-struct Rows(BTreeMap<RowKey, Decimal>);
+struct Rows {
+    sums: BTreeMap<RowKey, Decimal>,
+    span: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
 
 type RowKey = (
-    DateTime<Utc>,
-    DateTime<Utc>,
+    Option<(DateTime<Utc>, DateTime<Utc>)>,
     String,
     BTreeMap<String, String>,
 );
 
 impl Rows {
     fn add(&mut self, filter: &MeterFilter, k: &DayKey, v: Decimal) {
-        let key = (
-            k.start,
-            k.end,
-            k.subject.clone(),
-            filter.row_group(&k.group),
-        );
-        *self.0.entry(key).or_default() += v;
+        let window = filter.daily.then_some((k.start, k.end));
+        let key = (window, k.subject.clone(), filter.row_group(&k.group));
+        *self.sums.entry(key).or_default() += v;
+        self.span = Some(match self.span {
+            None => (k.start, k.end),
+            Some((s, e)) => (s.min(k.start), e.max(k.end)),
+        });
     }
 
-    fn into_json(self) -> Vec<Value> {
+    /// A whole-range row spans `from` to `to` as asked, else the days found.
+    fn into_json(self, filter: &MeterFilter) -> Vec<Value> {
         let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
-        self.0
+        let span = self.span;
+        self.sums
             .into_iter()
-            .map(|((start, end, subject, group), v)| {
-                json!({
+            .filter_map(|((window, subject, group), v)| {
+                let (start, end) = window.or_else(|| {
+                    span.map(|(s, e)| (filter.from.unwrap_or(s), filter.to.unwrap_or(e)))
+                })?;
+                Some(json!({
                     "value": exact_number(v),
                     "windowStart": at(start),
                     "windowEnd": at(end),
                     "subject": subject,
                     "groupBy": group,
-                })
+                }))
             })
             .collect()
     }
@@ -346,18 +354,26 @@ mod tests {
     }
 
     /// The rows of `days` (each with its quantity) under query `q`, as
-    /// (day of month, subject, group, value).
-    fn rows(q: &str, days: &[(DayKey, &str)]) -> Vec<(u32, String, Value, String)> {
+    /// (window start, window end, subject, group, value), the days of March.
+    fn rows(q: &str, days: &[(DayKey, &str)]) -> Vec<(u32, u32, String, Value, String)> {
         let filter = parse(q).unwrap();
         let mut rows = Rows::default();
         for (k, v) in days.iter().filter(|(k, _)| filter.wants("tokens", k)) {
             rows.add(&filter, k, v.parse().unwrap());
         }
-        rows.0
-            .into_iter()
-            .map(|((start, _, subject, group), v)| {
-                let d = chrono::Datelike::day(&start);
-                (d, subject, json!(group), v.to_string())
+        let day = |t: &Value| t.as_str().unwrap()[8..10].parse::<u32>().unwrap();
+        rows.into_json(&filter)
+            .iter()
+            .map(|r| {
+                let subject = r["subject"].as_str().unwrap().to_string();
+                let value = r["value"].to_string();
+                (
+                    day(&r["windowStart"]),
+                    day(&r["windowEnd"]),
+                    subject,
+                    r["groupBy"].clone(),
+                    value,
+                )
             })
             .collect()
     }
@@ -377,34 +393,62 @@ mod tests {
     #[test]
     fn group_filters_and_group_by_give_the_exact_sums_asked_for() {
         let s = sample();
+        let row = |start, end, subject: &str, group: Value, value: &str| {
+            (start, end, subject.to_string(), group, value.to_string())
+        };
         assert_eq!(
             rows(
-                "subject=a&subject=b&filterGroupBy%5Bmodel%5D=m1&groupBy=subject",
+                "subject=a&subject=b&filterGroupBy%5Bmodel%5D=m1&groupBy=subject&windowSize=DAY",
                 &s
             ),
             vec![
-                (1, "a".into(), json!({}), "12.5".into()),
-                (1, "b".into(), json!({}), "100".into()),
-                (2, "a".into(), json!({}), "1".into()),
+                row(1, 2, "a", json!({}), "12.5"),
+                row(1, 2, "b", json!({}), "100"),
+                row(2, 3, "a", json!({}), "1"),
             ]
         );
         assert_eq!(
             rows(
-                "filterCustomerId=a&groupBy=model&to=2026-03-02T00:00:00Z",
+                "filterCustomerId=a&groupBy=model&windowSize=DAY&to=2026-03-02T00:00:00Z",
                 &s
             ),
             vec![
-                (1, "a".into(), json!({}), "7".into()),
-                (1, "a".into(), json!({"model": "m1"}), "12.5".into()),
-                (1, "a".into(), json!({"model": "m2"}), "0.25".into()),
+                row(1, 2, "a", json!({}), "7"),
+                row(1, 2, "a", json!({"model": "m1"}), "12.5"),
+                row(1, 2, "a", json!({"model": "m2"}), "0.25"),
             ],
             "a day without a model is its own group"
         );
-        let all: Vec<_> = rows("subject=a&from=2026-03-01T00:00:00Z", &s);
-        assert_eq!(all.len(), 5, "no groupBy: every group apart: {all:?}");
-        let total: Decimal = all.iter().map(|r| r.3.parse::<Decimal>().unwrap()).sum();
+        let all = rows("subject=a&groupBy=model,region&windowSize=DAY", &s);
+        assert_eq!(all.len(), 5, "every group apart: {all:?}");
+        let total: Decimal = all.iter().map(|r| r.4.parse::<Decimal>().unwrap()).sum();
         assert_eq!(total.to_string(), "20.75");
         assert!(rows("filterGroupBy%5Bregion%5D=apac", &s).is_empty());
+    }
+
+    #[test]
+    fn without_window_size_or_group_by_a_row_is_a_subjects_total_as_in_openmeter() {
+        let s = sample();
+        assert_eq!(
+            rows("subject=a", &s),
+            vec![(1, 3, "a".to_string(), json!({}), "20.75".to_string())],
+            "one row: from the first day found to the end of the last"
+        );
+        assert_eq!(
+            rows(
+                "from=2026-03-01T00:00:00Z&to=2026-03-09T00:00:00Z&subject=a&subject=c",
+                &s
+            ),
+            vec![
+                (1, 9, "a".to_string(), json!({}), "20.75".to_string()),
+                (1, 9, "c".to_string(), json!({}), "1000".to_string()),
+            ],
+            "the range asked"
+        );
+        assert_eq!(
+            rows("subject=a&from=2026-03-02T00:00:00Z", &s),
+            vec![(2, 3, "a".to_string(), json!({}), "1".to_string())]
+        );
     }
 
     #[test]
