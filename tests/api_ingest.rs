@@ -844,6 +844,18 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         get(port, READ_TOKEN, "/api/v1/meters/nope/query").status,
         404
     );
+    let one = get(port, READ_TOKEN, "/api/v1/meters/tokens").json();
+    let listed = get(port, READ_TOKEN, "/api/v1/meters").json();
+    assert_eq!(
+        Some(&one),
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["slug"] == "tokens")
+    );
+    assert_eq!(one["aggregation"], "SUM");
+    assert_eq!(get(port, READ_TOKEN, "/api/v1/meters/nope").status, 404);
 
     // Lineage through the API, with the caller's key; the stage's own route
     // refuses a request without one.

@@ -236,6 +236,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/plans/{id}", get(get_plan))
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
+        .route("/api/v1/meters/{slug}", get(get_meter))
         .route("/api/v1/meters/{slug}/query", get(get_meter_query))
         .route("/v1/lineage/event", get(trace::get_lineage))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -583,6 +584,17 @@ async fn get_meters(State(state): State<ApiState>, headers: HeaderMap) -> Respon
     let config = state.config.clone();
     read_route(&state, &headers, "/api/v1/meters", |_, _| {
         Ok(queries::meters(&config))
+    })
+}
+
+async fn get_meter(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    slug: Result<Path<String>, PathRejection>,
+) -> Response {
+    let config = state.config.clone();
+    read_route(&state, &headers, "/api/v1/meters/{slug}", |_, _| {
+        queries::meter(&config, &path_id(slug)?)
     })
 }
 

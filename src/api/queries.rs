@@ -311,21 +311,29 @@ pub fn quote(
 
 /// OpenMeter's meter listing.
 pub fn meters(config: &Config) -> Value {
-    let list: Vec<Value> = config
+    Value::Array(config.meters.iter().map(meter_json).collect())
+}
+
+/// `GET /api/v1/meters/{slug}`: one meter, as in the list.
+pub fn meter(config: &Config, slug: &str) -> Result<Value, Problem> {
+    config
         .meters
         .iter()
-        .map(|m| {
-            json!({
-                "id": m.slug,
-                "slug": m.slug,
-                "eventType": m.event_type,
-                "aggregation": m.aggregation,
-                "valueProperty": m.value_property,
-                "groupBy": m.group_by,
-            })
-        })
-        .collect();
-    Value::Array(list)
+        .find(|m| m.slug == slug)
+        .map(meter_json)
+        .ok_or_else(|| not_found("meter", slug))
+}
+
+/// A meter in OpenMeter's shape.
+fn meter_json(m: &crate::meter::Meter) -> Value {
+    json!({
+        "id": m.slug,
+        "slug": m.slug,
+        "eventType": m.event_type,
+        "aggregation": m.aggregation,
+        "valueProperty": m.value_property,
+        "groupBy": m.group_by,
+    })
 }
 
 /// `GET /v1/invoices/{id}`: the latest version of an invoice document.
