@@ -175,6 +175,7 @@ pub fn build_command(
     cmd.invoice_id = Some(inv.invoice_id.clone());
     cmd.amount = positive("amount", req.amount.as_deref())?;
     cmd.percent = positive("percent", req.percent.as_deref())?;
+    check_amounts(&cmd, &inv.currency)?;
     cmd.dispute_id = req.dispute_id.filter(|d| !d.is_empty());
     cmd.outcome = match req.outcome.as_deref() {
         None => None,
@@ -184,6 +185,25 @@ pub fn build_command(
     };
     check_fields(&cmd)?;
     Ok(cmd)
+}
+
+/// What the invoice stage would refuse as `invalid_amount`, refused now
+/// (400) rather than after a 202: an amount with more decimals than the
+/// invoice's currency has, a percent above 100.
+fn check_amounts(cmd: &Command, currency: &str) -> Result<(), Problem> {
+    if let Some(a) = cmd.amount {
+        let exponent = crate::money::minor_unit_exponent(currency)
+            .map_err(|e| invalid(format!("invoice currency {currency}: {e}")))?;
+        if a.normalize().scale() > exponent {
+            return Err(invalid(format!(
+                "amount {a}: at most {exponent} decimals ({currency})"
+            )));
+        }
+    }
+    match cmd.percent {
+        Some(p) if p > Decimal::ONE_HUNDRED => Err(invalid(format!("percent {p}: at most 100"))),
+        _ => Ok(()),
+    }
 }
 
 /// The kinds an operator sends (draft and parked notices are the stages').
@@ -460,6 +480,9 @@ mod tests {
             request("credit", json!({"amount": "1", "percent": "1"})),
             request("credit", json!({"amount": "1.2.3"})),
             request("credit", json!({"amount": "-1"})),
+            request("credit", json!({"amount": "10.005"})),
+            request("credit", json!({"percent": "100.5"})),
+            request("dispute_open", json!({"amount": "0.001"})),
             request("approve", json!({"amount": "1"})),
             request("dispute_resolve", json!({"dispute_id": "d"})),
             request("draft", json!({})),
