@@ -454,6 +454,12 @@ pub fn round_to_exponent(amount: Decimal, exponent: u32, mode: RoundingMode) -> 
     rounded
 }
 
+/// Whether `amount` is a whole number of minor units (at most `exponent`
+/// decimals once trailing zeros are dropped: 5.10 fits 2, 5.105 does not).
+pub fn fits_minor_unit(amount: Decimal, exponent: u32) -> bool {
+    amount.normalize().scale() <= exponent
+}
+
 /// Rounds `amount` to a whole number of minor units of `currency`.
 ///
 /// The result has exactly the currency's scale and is never negative zero.

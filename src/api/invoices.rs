@@ -194,7 +194,7 @@ fn check_amounts(cmd: &Command, currency: &str) -> Result<(), Problem> {
     if let Some(a) = cmd.amount {
         let exponent = crate::money::minor_unit_exponent(currency)
             .map_err(|e| invalid(format!("invoice currency {currency}: {e}")))?;
-        if a.normalize().scale() > exponent {
+        if !crate::money::fits_minor_unit(a, exponent) {
             return Err(invalid(format!(
                 "amount {a}: at most {exponent} decimals ({currency})"
             )));

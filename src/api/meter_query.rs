@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::follow::{day_key, window_identity, ClosedState, DayKey, WindowState};
 use super::problem::Problem;
-use super::queries::{check_customer, customer_forbidden, invalid, not_found};
+use super::queries::{check_customer, customer_forbidden, invalid, not_found, time_param};
 use super::usage::exact_number;
 use crate::config::Config;
 use crate::meter::{Aggregation, Meter};
@@ -191,12 +191,6 @@ fn group_name(meter: &Meter, name: &str) -> Result<(), Problem> {
             known.join(", ")
         }
     )))
-}
-
-fn time_param(name: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
-    DateTime::parse_from_rfc3339(raw)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| invalid(format!("{name} {raw:?}: not an RFC 3339 time ({e})")))
 }
 
 /// `new`, unless the parameter already had another value.

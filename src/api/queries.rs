@@ -96,7 +96,6 @@ pub fn readable_subscription<'t>(
     Ok(s)
 }
 
-/// `at=` of a query, RFC 3339; now when absent.
 /// The query's parameters by name; 400 for a name given twice with two
 /// values (which one the caller meant is not for the API to guess).
 pub fn single_params(q: Option<String>) -> Result<BTreeMap<String, String>, Problem> {
@@ -116,13 +115,19 @@ pub fn single_params(q: Option<String>) -> Result<BTreeMap<String, String>, Prob
     Ok(params)
 }
 
+/// `at=` of a query, RFC 3339; now when absent.
 pub fn at_param(raw: Option<&String>) -> Result<DateTime<Utc>, Problem> {
     match raw {
         None => Ok(Utc::now()),
-        Some(t) => DateTime::parse_from_rfc3339(t)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| invalid(format!("at: not an RFC 3339 time ({e})"))),
+        Some(t) => time_param("at", t),
     }
+}
+
+/// Query parameter `name`, an RFC 3339 time (any offset), in UTC.
+pub fn time_param(name: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| invalid(format!("{name} {raw:?}: not an RFC 3339 time ({e})")))
 }
 
 pub fn customer(tables: &RefTables, caller: &Caller<'_>, id: &str) -> Result<Value, Problem> {

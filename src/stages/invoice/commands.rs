@@ -187,7 +187,7 @@ fn void(
 /// An amount of the invoice's currency: > 0, within its minor unit.
 fn amount(st: &InvoiceState, value: Decimal, what: &str) -> Result<Decimal, InvoiceError> {
     let exponent = money::minor_unit_exponent(&st.doc.currency)?;
-    if value <= Decimal::ZERO || value.normalize().scale() > exponent {
+    if value <= Decimal::ZERO || !money::fits_minor_unit(value, exponent) {
         return Err(InvoiceError::InvalidAmount(format!(
             "{what} {value} must be > 0 with at most {exponent} decimals ({})",
             st.doc.currency
@@ -256,7 +256,7 @@ fn grant(ctx: &mut Ctx<'_>, cmd: &Command) -> Result<(), StageError> {
     let value = cmd
         .amount
         .ok_or_else(|| InvoiceError::Malformed("a service credit needs an amount".into()))?;
-    if value <= Decimal::ZERO || value.normalize().scale() > exponent {
+    if value <= Decimal::ZERO || !money::fits_minor_unit(value, exponent) {
         return Err(InvoiceError::InvalidAmount(format!(
             "amount {value} must be > 0 with at most {exponent} decimals ({currency})"
         ))
