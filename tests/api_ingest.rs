@@ -914,6 +914,45 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
     .json();
     assert_eq!(q2["data"], q["data"], "replicas agree");
     assert_eq!(terminate(&mut api2).code(), Some(0));
+    // A late event of the closed period: an adjustment in the open one that
+    // names the period and the segment (meter, group, plan version), with
+    // its quantity: 150000 -> 170000 tokens, 20000 x 0.000002 = 0.04.
+    let late = post_events(
+        port,
+        Some(INGEST_TOKEN),
+        "application/cloudevents-batch+json",
+        &batch(&[event_at(
+            "app/web", "late-0", "cust-api", "20000", &previous,
+        )]),
+    );
+    assert_eq!(late.status, 204, "{}", late.body);
+    let period_adjustment = || -> Option<serde_json::Value> {
+        usage("sub-api")["periods"][0]["adjustments"]
+            .as_array()?
+            .iter()
+            .find(|a| a["kind"] == "billing_period")
+            .cloned()
+    };
+    wait_until("the late event adjusts the open period", || {
+        period_adjustment().is_some()
+    });
+    let a = period_adjustment().unwrap();
+    assert_eq!(a["adjusts"].as_str(), Some(closed_id), "{a}");
+    assert_eq!(
+        (&a["meter"], &a["group"], &a["plan_version"]),
+        (
+            &serde_json::json!("tokens"),
+            &serde_json::json!({"model": "m1"}),
+            &serde_json::json!(1)
+        ),
+        "{a}"
+    );
+    assert_eq!(
+        (dec(&a["quantity"]), dec(&a["amount"])),
+        (20000.into(), "0.04".parse().unwrap()),
+        "{a}"
+    );
+    assert_eq!(a["event_count"], 1, "{a}");
     assert_eq!(terminate(&mut stages).code(), Some(0));
     assert_eq!(terminate(&mut api).code(), Some(0));
 }

@@ -83,13 +83,14 @@ fn add_window(periods: &mut BTreeMap<String, PeriodUsage>, w: &ClosedWindow) {
         }
         (kind, Some(adjusted)) => {
             let p = periods.entry(w.clearing.period.id.clone()).or_default();
-            p.adjustments.push(json!({
-                "kind": kind.as_str(),
-                "adjusts": adjusted.id,
-                "meter": w.segment.as_ref().map(|s| s.meter.clone()),
-                "amount": w.amount.to_string(),
-                "event_count": w.event_count,
-            }));
+            // The segment's group and plan version too: two adjustments of
+            // one grouped meter and day are otherwise indistinguishable.
+            let mut adjustment = line_json(w);
+            if let Some(fields) = adjustment.as_object_mut() {
+                fields.insert("kind".into(), json!(kind.as_str()));
+                fields.insert("adjusts".into(), json!(adjusted.id));
+            }
+            p.adjustments.push(adjustment);
         }
     }
 }
