@@ -546,7 +546,7 @@ impl Processor for InvoiceProcessor {
         };
         let key = String::from_utf8_lossy(key.unwrap_or_default()).into_owned();
         if let Err(e) = self.tables.apply(kind, &key, value) {
-            tracing::warn!(table, code = e.code(), error = %e, "reference record skipped");
+            tracing::warn!(table, key, code = e.code(), error = %e, "reference record skipped");
         }
     }
 }
