@@ -499,8 +499,29 @@ fn required(name: &str, value: AttributeValue) -> Result<String, Reject> {
             RejectReason::InvalidAttribute,
             format!("attribute `{name}` is repeated in the headers"),
         )),
-        AttributeValue::Text(text) => Ok(text),
+        AttributeValue::Text(text) => match forbidden_char(&text) {
+            Some(c) => Err(reject(not_a_string_reason(name), forbidden_text(name, c))),
+            None => Ok(text),
+        },
     }
+}
+
+/// The first character CloudEvents 1.0 forbids in a String attribute (its
+/// type system: the control characters U+0000-U+001F and U+007F-U+009F, and
+/// the Unicode noncharacters; a Rust string holds no surrogate). Such an id
+/// or subject would travel on as a key, a ledger value and a CSV cell.
+pub(super) fn forbidden_char(text: &str) -> Option<char> {
+    text.chars().find(|&c| {
+        let code = u32::from(c);
+        c.is_control() || (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
+    })
+}
+
+pub(super) fn forbidden_text(name: &str, c: char) -> String {
+    format!(
+        "attribute `{name}` holds U+{:04X}, a character CloudEvents forbids in strings (control characters and noncharacters)",
+        u32::from(c)
+    )
 }
 
 /// Checks attributes in the stage's rule order and builds the event.
@@ -528,7 +549,15 @@ fn build_event(
     let datacontenttype = match attribute("datacontenttype") {
         AttributeValue::Absent => None,
         AttributeValue::Text(text) if text.is_empty() => None,
-        AttributeValue::Text(text) => Some(text),
+        AttributeValue::Text(text) => match forbidden_char(&text) {
+            Some(c) => {
+                return Err(reject(
+                    RejectReason::InvalidAttribute,
+                    forbidden_text("datacontenttype", c),
+                ))
+            }
+            None => Some(text),
+        },
         AttributeValue::Invalid(why) => {
             return Err(reject(
                 RejectReason::InvalidAttribute,
@@ -1308,6 +1337,48 @@ pub(crate) mod tests {
             panic!()
         };
         assert!(reject.message.contains("`id`"));
+    }
+
+    #[test]
+    fn characters_cloudevents_forbids_in_strings_are_refused_in_every_attribute() {
+        let expected = |name: &str| match name {
+            "specversion" => "unsupported_specversion",
+            "time" => "invalid_time",
+            _ => "invalid_attribute",
+        };
+        for name in REQUIRED_ATTRIBUTES.iter().chain(&["datacontenttype"]) {
+            for (c, code_point) in [
+                ('\0', "U+0000"),
+                ('\n', "U+000A"),
+                ('\u{85}', "U+0085"),
+                ('\u{FFFF}', "U+FFFF"),
+                ('\u{FDD0}', "U+FDD0"),
+            ] {
+                let mut env = envelope();
+                let text = format!("{}{c}", env[*name].as_str().unwrap());
+                env[*name] = Value::String(text);
+                match decode_json(&env) {
+                    Err(DecodeError::Reject(reject)) => {
+                        assert_eq!(reject.code(), expected(name), "{name} {code_point}");
+                        assert!(reject.message.contains(code_point), "{}", reject.message);
+                    }
+                    other => panic!("{name} {code_point}: {other:?}"),
+                }
+            }
+        }
+        // Binary mode: the same rule for header values.
+        let mut headers = binary_headers(TIME);
+        headers.retain(|(name, _)| name != "ce_subject");
+        headers.push(header("ce_subject", "cust\t7"));
+        assert_eq!(
+            reject_code(decode(&record(b"{}", &headers), None)),
+            "invalid_attribute"
+        );
+        // Any other character is kept as sent.
+        let mut env = envelope();
+        env["subject"] = Value::String("Kunde-Müller 東京 ☃ \u{200B}".to_owned());
+        let (event, _) = decode_json(&env).unwrap();
+        assert_eq!(event.subject, "Kunde-Müller 東京 ☃ \u{200B}");
     }
 
     #[test]

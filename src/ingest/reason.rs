@@ -44,7 +44,7 @@ crate::reason_codes! {
         MissingAttribute => "missing_attribute",
             "A required CloudEvents attribute (specversion, id, source, type, subject, time) is absent, null or the empty string.";
         InvalidAttribute => "invalid_attribute",
-            "id, source, type, subject or datacontenttype is not a string (binary mode: not UTF-8), or an attribute header is repeated.";
+            "id, source, type, subject or datacontenttype is not a string (binary mode: not UTF-8) or holds a character CloudEvents forbids in strings (a control character or a noncharacter), or an attribute header is repeated.";
         UnsupportedSpecversion => "unsupported_specversion",
             "specversion is not the string \"1.0\".";
         InvalidTime => "invalid_time",

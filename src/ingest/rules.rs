@@ -404,6 +404,13 @@ pub(super) fn check_attributes(event: &CloudEvent) -> Result<(), Reject> {
                 format!("attribute `{name}` is empty"),
             ));
         }
+        // specversion: any other text than "1.0" is unsupported (below).
+        if let Some(c) = super::decode::forbidden_char(value).filter(|_| name != "specversion") {
+            return Err(Reject::new(
+                RejectReason::InvalidAttribute,
+                super::decode::forbidden_text(name, c),
+            ));
+        }
     }
     if event.specversion != CLOUDEVENTS_SPEC_VERSION {
         return Err(Reject::new(
@@ -1336,6 +1343,9 @@ mod tests {
             edit(&mut event);
             assert_eq!(check(event), Err("missing_attribute"));
         }
+        let mut event = good.clone();
+        event.subject.push('\u{1F}');
+        assert_eq!(check(event), Err("invalid_attribute"));
         let mut event = good;
         event.specversion = "0.3".to_owned();
         assert_eq!(check(event), Err("unsupported_specversion"));
