@@ -438,6 +438,24 @@ impl UnbilledMeasured<'_> {
     }
 }
 
+/// aggregate: billing periods left without a period close on this instance
+/// because their customer or plan version is missing from the reference
+/// tables.
+pub struct PeriodsWaitingMeasured {
+    pub periods: i64,
+}
+
+impl PeriodsWaitingMeasured {
+    /// `meterline_aggregate_periods_waiting_for_reference_data`.
+    pub fn emit(&self, gauge: &prometheus::IntGauge) {
+        trace!(
+            periods = self.periods,
+            "periods waiting for reference data measured"
+        );
+        gauge.set(self.periods);
+    }
+}
+
 /// enrich: the parked events of one park reason on this instance.
 pub struct ParkedMeasured<'a> {
     pub reason: &'a str,

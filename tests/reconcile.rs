@@ -453,6 +453,15 @@ fn reconcile_holds_after_the_scenario_metrics_match_and_a_fabricated_posting_fai
             "{stage} event-time lag {lag:?}"
         );
     }
+    // Every subscription's customer and plan are known: no period waits.
+    assert_eq!(
+        metric(
+            &m,
+            "meterline_aggregate_periods_waiting_for_reference_data",
+            &[]
+        ),
+        Some(0.0)
+    );
     for name in [
         "meterline_aggregate_unbilled_amount",
         "meterline_aggregate_invoice_lines_pending",

@@ -323,6 +323,11 @@ pub struct AggregateProcessor {
     input_partitions: i32,
     /// Per partition: the subscriptions still to walk.
     pending: BTreeMap<i32, periods::Pending>,
+    /// Per partition: subscription -> periods its last walk left without a
+    /// period close for want of reference data ([`periods::Walk::waiting`]).
+    waiting: BTreeMap<i32, BTreeMap<String, usize>>,
+    /// `meterline_aggregate_periods_waiting_for_reference_data`.
+    waiting_gauge: prometheus::IntGauge,
 }
 
 /// Per partition: windows changed since the last flush (not yet in the
@@ -462,6 +467,11 @@ impl AggregateProcessor {
             tables: RefTables::new(),
             input_partitions: 1,
             pending: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            waiting_gauge: crate::metrics::gauge(
+                "meterline_aggregate_periods_waiting_for_reference_data",
+                "Billing periods without a period close (closed ones not posted: no base fee, true-up or invoice; the first open one not opened) because their customer or the plan version in force at their start is missing from the reference tables; they close when it arrives.",
+            ),
         }
     }
 
@@ -535,6 +545,7 @@ impl AggregateProcessor {
                         Ok(c.stores.get(WINDOWS, key)?.is_some())
                     })?
                 };
+                self.note_waiting(ctx.partition, &sub.id, walk.waiting);
                 for w in walk.closed {
                     // `walk` emits closed periods only below a watermark.
                     self.emit_closed(ctx, w, watermark.unwrap_or_default())?;
@@ -547,6 +558,26 @@ impl AggregateProcessor {
             }
         }
         Ok(())
+    }
+
+    /// Keeps what the last walk of `subscription` left unposted, and
+    /// publishes the instance's total.
+    fn note_waiting(&mut self, partition: i32, subscription: &str, periods: usize) {
+        let part = self.waiting.entry(partition).or_default();
+        if periods == 0 {
+            part.remove(subscription);
+        } else {
+            part.insert(subscription.to_owned(), periods);
+        }
+        self.publish_waiting();
+    }
+
+    fn publish_waiting(&self) {
+        let periods: usize = self.waiting.values().flat_map(|p| p.values()).sum();
+        crate::internal_events::PeriodsWaitingMeasured {
+            periods: i64::try_from(periods).unwrap_or(i64::MAX),
+        }
+        .emit(&self.waiting_gauge);
     }
 
     /// Writes the partition's changed windows and clock into the store.
@@ -893,6 +924,8 @@ impl Processor for AggregateProcessor {
     fn on_revoked(&mut self, partition: i32) {
         self.cache.remove(&partition);
         self.pending.remove(&partition);
+        self.waiting.remove(&partition);
+        self.publish_waiting();
         self.last_input_ms.remove(&partition);
         self.unbilled.parts.remove(&partition);
         self.unbilled.publish();

@@ -261,6 +261,10 @@ pub(super) struct Walk {
     pub closed: Vec<ClosedWindow>,
     /// The first open period, when it has no window yet: (key, window).
     pub open: Option<(Vec<u8>, ClosedWindow)>,
+    /// Periods left without a period-close window (closed ones unposted,
+    /// the first open one not opened): the customer or the plan version in
+    /// force at their start is missing from the reference tables.
+    pub waiting: usize,
 }
 
 /// Walks `sub`'s periods against the partition's watermark (see the module
@@ -293,11 +297,14 @@ pub(super) fn walk(
             if !is_closed(ctx, &sub.id, period.end)? {
                 match empty_period_close(tables, sub, period.clone()) {
                     Some(w) => out.closed.push(w),
-                    None => warn!(
+                    None => {
+                        out.waiting += 1;
+                        warn!(
                         subscription = sub.id,
                         period = period.id,
                         "no customer or plan version in force for a closed period: not posted until the reference data has it"
-                    ),
+                        )
+                    }
                 }
             }
         } else {
@@ -310,6 +317,9 @@ pub(super) fn walk(
             )?;
             if !has_window(&key)? {
                 out.open = empty_period_close(tables, sub, period).map(|w| (key, w));
+                // Without its terms the period is not opened, so it would
+                // never close: it waits for the reference data too.
+                out.waiting += usize::from(out.open.is_none());
             }
             return Ok(out);
         }

@@ -838,6 +838,57 @@ mod subscription_periods {
     }
 
     #[test]
+    fn periods_without_a_plan_wait_counted_and_post_once_it_arrives() {
+        // sub-1 from January, its plan not (yet) in the tables.
+        let mut h = harness_of(with_tables("2026-01-01T00:00:00Z", &[]));
+        assert!(settle(&mut h, at("2026-03-05T00:00:00Z")).is_empty());
+        assert_eq!(h.processor.waiting_gauge.get(), 1, "January, not opened");
+
+        load(
+            &mut h.processor,
+            RefKind::Plans,
+            &[plan_line(1, "2025-01-01T00:00:00Z", "10")],
+        );
+        let out = settle(&mut h, at("2026-03-05T00:02:00Z"));
+        assert_eq!(
+            fees(&out),
+            vec![
+                ("2026-01-01".to_string(), 0, Some(dec!(10)), 1),
+                ("2026-02-01".to_string(), 0, Some(dec!(10)), 1),
+            ]
+        );
+        assert_eq!(h.processor.waiting_gauge.get(), 0);
+        // A revoked partition takes its subscriptions' count with it.
+        h.processor.note_waiting(h.partition, "sub-x", 3);
+        assert_eq!(h.processor.waiting_gauge.get(), 3);
+        h.processor.on_revoked(h.partition);
+        assert_eq!(h.processor.waiting_gauge.get(), 0);
+    }
+
+    #[test]
+    fn closed_periods_without_a_plan_are_counted_until_it_arrives() {
+        // The partition is in May when the subscription (January to mid
+        // April) arrives, its plan not in the tables: four closed periods wait.
+        let mut h = harness();
+        load(&mut h.processor, RefKind::Customers, &[customer_line()]);
+        let other = rated("e0", at("2026-05-10T10:00:00Z"), UTC1, &[("m", dec!(1))]);
+        run(&mut h, &other);
+        assert!(punctuate(&mut h, at("2026-05-10T10:00:00Z")).is_empty());
+        let sub = subscription_line("2026-01-01T00:00:00Z", Some("2026-04-15T00:00:00Z"));
+        load(&mut h.processor, RefKind::Subscriptions, &[sub]);
+        assert!(punctuate(&mut h, at("2026-05-10T10:00:01Z")).is_empty());
+        assert_eq!(h.processor.waiting_gauge.get(), 4);
+        load(
+            &mut h.processor,
+            RefKind::Plans,
+            &[plan_line(1, "2025-01-01T00:00:00Z", "10")],
+        );
+        let out = punctuate(&mut h, at("2026-05-10T10:00:02Z"));
+        assert_eq!(fees(&out).len(), 4, "{out:?}");
+        assert_eq!(h.processor.waiting_gauge.get(), 0);
+    }
+
+    #[test]
     fn periods_before_the_cut_over_are_not_closed_by_the_walk() {
         let cfg = config_with("[aggregate]\nperiods_from = \"2026-02-01T00:00:00Z\"\n");
         let p = with_tables("2026-01-01T00:00:00Z", &[(1, "2025-01-01T00:00:00Z", "10")]);
