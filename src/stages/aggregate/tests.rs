@@ -859,8 +859,11 @@ mod subscription_periods {
         );
         assert_eq!(h.processor.waiting_gauge.get(), 0);
         // A revoked partition takes its subscriptions' count with it.
-        h.processor.note_waiting(h.partition, "sub-x", 3);
-        assert_eq!(h.processor.waiting_gauge.get(), 3);
+        h.processor
+            .waiting
+            .entry(h.partition)
+            .or_default()
+            .insert(("cust-x".into(), "sub-x".into()), 3);
         h.processor.on_revoked(h.partition);
         assert_eq!(h.processor.waiting_gauge.get(), 0);
     }
@@ -885,6 +888,18 @@ mod subscription_periods {
         );
         let out = punctuate(&mut h, at("2026-05-10T10:00:02Z"));
         assert_eq!(fees(&out).len(), 4, "{out:?}");
+        assert_eq!(h.processor.waiting_gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_deleted_subscription_stops_waiting() {
+        let mut h = harness_of(with_tables("2026-01-01T00:00:00Z", &[]));
+        assert!(settle(&mut h, at("2026-03-05T00:00:00Z")).is_empty());
+        assert_eq!(h.processor.waiting_gauge.get(), 1);
+        // The operator deletes the subscription instead of adding its plan.
+        h.processor
+            .on_table_record(RefKind::Subscriptions.topic(), Some(b"sub-1"), None);
+        assert!(settle(&mut h, at("2026-03-05T00:02:00Z")).is_empty());
         assert_eq!(h.processor.waiting_gauge.get(), 0);
     }
 
