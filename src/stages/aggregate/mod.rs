@@ -323,11 +323,11 @@ pub struct AggregateProcessor {
     input_partitions: i32,
     /// Per partition: the subscriptions still to walk.
     pending: BTreeMap<i32, periods::Pending>,
-    /// Per partition: (customer, subscription) -> periods its last walk
-    /// left without a period close for want of reference data
-    /// ([`periods::Walk::waiting`]). A customer's entries are replaced at
-    /// each walk of the customer, so a deleted subscription's go too.
-    waiting: BTreeMap<i32, BTreeMap<(String, String), usize>>,
+    /// Per partition: customer -> periods the last walk of its
+    /// subscriptions left without a period close for want of reference
+    /// data ([`periods::Walk::waiting`]). Each walk of a customer replaces
+    /// its count, so a deleted subscription's periods drop out too.
+    waiting: BTreeMap<i32, BTreeMap<String, usize>>,
     /// `meterline_aggregate_periods_waiting_for_reference_data`.
     waiting_gauge: prometheus::IntGauge,
 }
@@ -538,12 +538,9 @@ impl AggregateProcessor {
         self.flush_windows(ctx)?;
         let watermark = self.clock(ctx)?.watermark_ms;
         for customer in batch {
-            if let Some(part) = self.waiting.get_mut(&partition) {
-                part.retain(|(c, _), _| *c != customer);
-                self.publish_waiting();
-            }
             let subs: Vec<crate::refdata::Subscription> =
                 self.tables.subscriptions_of(&customer).cloned().collect();
+            let mut waiting = 0;
             for sub in subs {
                 let walk = {
                     let c: &Ctx<'_> = ctx;
@@ -551,7 +548,7 @@ impl AggregateProcessor {
                         Ok(c.stores.get(WINDOWS, key)?.is_some())
                     })?
                 };
-                self.note_waiting(ctx.partition, &sub, walk.waiting);
+                waiting += walk.waiting;
                 for w in walk.closed {
                     // `walk` emits closed periods only below a watermark.
                     self.emit_closed(ctx, w, watermark.unwrap_or_default())?;
@@ -562,21 +559,15 @@ impl AggregateProcessor {
                     part.dirty.insert(key, w);
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Keeps what the last walk of `sub` left without a period close, and
-    /// publishes the instance's total.
-    fn note_waiting(&mut self, partition: i32, sub: &crate::refdata::Subscription, periods: usize) {
-        let part = self.waiting.entry(partition).or_default();
-        let key = (sub.customer_id.clone(), sub.id.clone());
-        if periods == 0 {
-            part.remove(&key);
-        } else {
-            part.insert(key, periods);
+            let part = self.waiting.entry(partition).or_default();
+            if waiting == 0 {
+                part.remove(&customer);
+            } else {
+                part.insert(customer, waiting);
+            }
         }
         self.publish_waiting();
+        Ok(())
     }
 
     fn publish_waiting(&self) {

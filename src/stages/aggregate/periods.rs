@@ -300,10 +300,10 @@ pub(super) fn walk(
                     None => {
                         out.waiting += 1;
                         warn!(
-                        subscription = sub.id,
-                        period = period.id,
-                        "no customer or plan version in force for a closed period: not posted until the reference data has it"
-                        )
+                            subscription = sub.id,
+                            period = period.id,
+                            "no customer or plan version in force for a closed period: not posted until the reference data has it"
+                        );
                     }
                 }
             }

@@ -863,7 +863,7 @@ mod subscription_periods {
             .waiting
             .entry(h.partition)
             .or_default()
-            .insert(("cust-x".into(), "sub-x".into()), 3);
+            .insert("cust-x".into(), 3);
         h.processor.on_revoked(h.partition);
         assert_eq!(h.processor.waiting_gauge.get(), 0);
     }
