@@ -822,6 +822,32 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         "{total_row}"
     );
     assert_eq!(total_row[0]["groupBy"], serde_json::json!({}));
+    // OpenMeter's POST form: the same rows for the same parameters.
+    let post_query = |body: &str| {
+        let auth = format!("Bearer {READ_TOKEN}");
+        request(
+            port,
+            "POST",
+            "/api/v1/meters/tokens/query",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let posted = post_query(
+        r#"{"subject": ["cust-api"], "windowSize": "DAY", "groupBy": ["model"],
+            "filterGroupBy": {"model": ["m1", "m2"]}, "windowTimeZone": null}"#,
+    );
+    assert_eq!((posted.status, &posted.json()["data"]), (200, &q["data"]));
+    let refused = post_query(r#"{"subject": ["cust-api"], "windowTimeZone": "UTC"}"#);
+    assert_eq!(
+        (refused.status, refused.json()["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{}",
+        refused.body
+    );
     for refused in [
         "subject=cust-api&windowTimeZone=UTC",
         "groupBy=colour",

@@ -40,8 +40,9 @@ pub struct MeterFilter {
     from: Option<DateTime<Utc>>,
     /// Days ending at or before it.
     to: Option<DateTime<Utc>>,
-    /// Group values a day must have (`filterGroupBy[NAME]=VALUE`).
-    group_filter: BTreeMap<String, String>,
+    /// Per group, the values a day may have (`filterGroupBy[NAME]=VALUE`,
+    /// repeated for any of several).
+    group_filter: BTreeMap<String, BTreeSet<String>>,
     /// The group names rows are split by (`groupBy`); none: rows per
     /// subject only.
     group_by: BTreeSet<String>,
@@ -125,15 +126,11 @@ impl MeterFilter {
         value: &str,
     ) -> Result<(), Problem> {
         group_name(meter, group)?;
-        match self
-            .group_filter
-            .insert(group.to_string(), value.to_string())
-        {
-            Some(before) if before != value => Err(invalid(format!(
-                "filterGroupBy[{group}] given twice ({before:?} and {value:?})"
-            ))),
-            _ => Ok(()),
-        }
+        self.group_filter
+            .entry(group.to_string())
+            .or_default()
+            .insert(value.to_string());
+        Ok(())
     }
 
     /// Checks the caller may read what the query asks for: each subject, or
@@ -156,7 +153,7 @@ impl MeterFilter {
             && self
                 .group_filter
                 .iter()
-                .all(|(name, value)| k.group.get(name) == Some(value))
+                .all(|(name, values)| k.group.get(name).is_some_and(|v| values.contains(v)))
     }
 
     /// The part of a day's group its row is split by.
@@ -209,6 +206,85 @@ fn once(
 pub struct MeterQuery<'a> {
     pub slug: &'a str,
     pub pairs: &'a [(String, String)],
+}
+
+/// The members of OpenMeter's `MeterQueryRequest` this route reads, for the
+/// refusal of any other.
+const KNOWN_MEMBERS: &str = "subject, filterCustomerId, from, to, windowSize, windowTimeZone, \
+     groupBy, filterGroupBy, advancedMeterGroupByFilters, clientId";
+
+/// The body of `POST /api/v1/meters/{slug}/query` (OpenMeter's
+/// `MeterQueryRequest`) as the pairs of the GET form, so both are read and
+/// refused by one parser: a list is its parameter repeated, `filterGroupBy`'s
+/// `{NAME: [VALUE, ...]}` is `filterGroupBy[NAME]` once per value, and a null
+/// member is an absent one.
+pub fn body_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Problem> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("body: {e}")))?;
+    let Value::Object(members) = value else {
+        return Err(invalid("body: not a JSON object (a MeterQueryRequest)"));
+    };
+    let mut pairs = Vec::new();
+    for (name, value) in members.into_iter().filter(|(_, v)| !v.is_null()) {
+        match name.as_str() {
+            "from" | "to" | "windowSize" | "windowTimeZone" | "clientId" => {
+                pairs.push((name.clone(), member_text(&name, &value)?));
+            }
+            "subject" | "filterCustomerId" | "groupBy" => {
+                for text in member_texts(&name, &value)? {
+                    pairs.push((name.clone(), text));
+                }
+            }
+            "filterGroupBy" => pairs.extend(group_filter_pairs(&value)?),
+            "advancedMeterGroupByFilters" => {
+                if value.as_object().is_none_or(|o| !o.is_empty()) {
+                    return Err(invalid(
+                        "advancedMeterGroupByFilters: not supported; filterGroupBy \
+                         takes exact values",
+                    ));
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "unknown body member {name:?}; this route reads {KNOWN_MEMBERS}"
+                )))
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+fn member_text(name: &str, value: &Value) -> Result<String, Problem> {
+    value
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| invalid(format!("body member {name}: not a string")))
+}
+
+/// A list of strings (or one string, read as a list of one).
+fn member_texts(name: &str, value: &Value) -> Result<Vec<String>, Problem> {
+    match value {
+        Value::Array(items) => items.iter().map(|v| member_text(name, v)).collect(),
+        _ => Ok(vec![member_text(name, value)?]),
+    }
+}
+
+fn group_filter_pairs(value: &Value) -> Result<Vec<(String, String)>, Problem> {
+    let groups = value
+        .as_object()
+        .ok_or_else(|| invalid("body member filterGroupBy: not an object of group names"))?;
+    let mut pairs = Vec::new();
+    for (group, values) in groups {
+        let texts = member_texts(&format!("filterGroupBy.{group}"), values)?;
+        if texts.is_empty() {
+            return Err(invalid(format!(
+                "body member filterGroupBy.{group}: an empty list (name at least one value, \
+                 or leave the group out)"
+            )));
+        }
+        let param = format!("filterGroupBy[{group}]");
+        pairs.extend(texts.into_iter().map(|t| (param.clone(), t)));
+    }
+    Ok(pairs)
 }
 
 /// Answers a meter query. Only SUM and COUNT meters: a day window holds the
@@ -350,7 +426,19 @@ mod tests {
     /// The rows of `days` (each with its quantity) under query `q`, as
     /// (window start, window end, subject, group, value), the days of March.
     fn rows(q: &str, days: &[(DayKey, &str)]) -> Vec<(u32, u32, String, Value, String)> {
-        let filter = parse(q).unwrap();
+        rows_of(&pairs(q), days)
+    }
+
+    /// [`rows`] of a POST body.
+    fn body_rows(body: &str, days: &[(DayKey, &str)]) -> Vec<(u32, u32, String, Value, String)> {
+        rows_of(&body_pairs(body.as_bytes()).unwrap(), days)
+    }
+
+    fn rows_of(
+        pairs: &[(String, String)],
+        days: &[(DayKey, &str)],
+    ) -> Vec<(u32, u32, String, Value, String)> {
+        let filter = MeterFilter::parse(&meter(), pairs).unwrap();
         let mut rows = Rows::default();
         for (k, v) in days.iter().filter(|(k, _)| filter.wants("tokens", k)) {
             rows.add(&filter, k, v.parse().unwrap());
@@ -418,6 +506,75 @@ mod tests {
         let total: Decimal = all.iter().map(|r| r.4.parse::<Decimal>().unwrap()).sum();
         assert_eq!(total.to_string(), "20.75");
         assert!(rows("filterGroupBy%5Bregion%5D=apac", &s).is_empty());
+        assert_eq!(
+            rows(
+                "subject=a&filterGroupBy%5Bmodel%5D=m1&filterGroupBy%5Bmodel%5D=m2",
+                &s
+            ),
+            vec![row(1, 3, "a", json!({}), "13.75")],
+            "a repeated group filter is any of its values; a day without the group is out"
+        );
+    }
+
+    #[test]
+    fn a_post_body_asks_what_its_get_form_asks() {
+        let s = sample();
+        let body = r#"{"subject": ["a", "b"], "filterGroupBy": {"model": ["m1", "m2"]},
+            "groupBy": ["subject"], "windowSize": "DAY", "windowTimeZone": null,
+            "clientId": "c1", "advancedMeterGroupByFilters": {}}"#;
+        let day = |start, subject: &str, value: &str| {
+            (
+                start,
+                start + 1,
+                subject.to_string(),
+                json!({}),
+                value.to_string(),
+            )
+        };
+        assert_eq!(
+            body_rows(body, &s),
+            vec![day(1, "a", "12.75"), day(1, "b", "100"), day(2, "a", "1")]
+        );
+        let get = "filterCustomerId=c&from=2026-03-01T00:00:00Z&groupBy=model";
+        let post = r#"{"filterCustomerId": "c", "from": "2026-03-01T00:00:00Z",
+            "groupBy": ["model"]}"#;
+        assert_eq!(body_rows(post, &s), rows(get, &s));
+        assert_eq!(body_rows("{}", &s).len(), 3, "one row per subject");
+    }
+
+    #[test]
+    fn a_post_body_it_cannot_honour_is_refused() {
+        let refused = [
+            ("", "body: EOF"),
+            ("[]", "not a JSON object"),
+            (
+                r#"{"windowTimeZone": "UTC"}"#,
+                "windowTimeZone \"UTC\": not supported",
+            ),
+            (r#"{"filter": "model"}"#, "unknown body member \"filter\""),
+            (r#"{"subject": [1]}"#, "subject: not a string"),
+            (r#"{"from": 1}"#, "from: not a string"),
+            (
+                r#"{"filterGroupBy": ["m1"]}"#,
+                "not an object of group names",
+            ),
+            (r#"{"filterGroupBy": {"model": []}}"#, "an empty list"),
+            (
+                r#"{"filterGroupBy": {"colour": ["red"]}}"#,
+                "has no group \"colour\"",
+            ),
+            (
+                r#"{"advancedMeterGroupByFilters": {"model": {"$eq": "m1"}}}"#,
+                "advancedMeterGroupByFilters: not supported",
+            ),
+        ];
+        for (body, why) in refused {
+            let detail = body_pairs(body.as_bytes())
+                .and_then(|p| MeterFilter::parse(&meter(), &p))
+                .expect_err(body)
+                .detail;
+            assert!(detail.contains(why), "{body}: {detail}");
+        }
     }
 
     #[test]
@@ -455,10 +612,6 @@ mod tests {
             ("windowSize=HOUR", "only DAY"),
             ("groupBy=colour", "has no group \"colour\""),
             ("filterGroupBy%5Bcolour%5D=red", "has no group \"colour\""),
-            (
-                "filterGroupBy%5Bmodel%5D=a&filterGroupBy%5Bmodel%5D=b",
-                "given twice",
-            ),
             (
                 "from=2026-03-02",
                 "from \"2026-03-02\": not an RFC 3339 time",

@@ -237,7 +237,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
         .route("/api/v1/meters/{slug}", get(get_meter))
-        .route("/api/v1/meters/{slug}/query", get(get_meter_query))
+        .route(
+            "/api/v1/meters/{slug}/query",
+            get(get_meter_query).post(post_meter_query),
+        )
         .route("/v1/lineage/event", get(trace::get_lineage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -550,6 +553,30 @@ async fn get_meter_query(
     read_route(&state, &headers, "/api/v1/meters/{slug}/query", |_, c| {
         let slug = path_id(slug)?;
         let pairs = crate::http::query_pairs(q);
+        let query = meter_query::MeterQuery {
+            slug: &slug,
+            pairs: &pairs,
+        };
+        meter_query::meter_query(&config, &closed.read(), &windows.read(), c, &query)
+    })
+}
+
+/// OpenMeter's POST form of the meter query: the parameters in a JSON body.
+async fn post_meter_query(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    slug: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (config, closed, windows) = (
+        state.config.clone(),
+        state.closed.clone(),
+        state.windows.clone(),
+    );
+    read_route(&state, &headers, "/api/v1/meters/{slug}/query", |_, c| {
+        let slug = path_id(slug)?;
+        let body = body.map_err(|r| body_problem(&r, config.api.max_body_bytes))?;
+        let pairs = meter_query::body_pairs(&body)?;
         let query = meter_query::MeterQuery {
             slug: &slug,
             pairs: &pairs,
