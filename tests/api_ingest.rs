@@ -841,6 +841,56 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
             "filterGroupBy": {"model": ["m1", "m2"]}, "windowTimeZone": null}"#,
     );
     assert_eq!((posted.status, &posted.json()["data"]), (200, &q["data"]));
+    // CSV for a client that asks for it (OpenMeter's query_csv): the same
+    // rows, the exact values.
+    let auth = format!("Bearer {READ_TOKEN}");
+    let csv = request(
+        port,
+        "GET",
+        "/api/v1/meters/tokens/query?subject=cust-api&windowSize=DAY&groupBy=model",
+        &[("Authorization", auth.as_str()), ("Accept", "text/csv")],
+        b"",
+    );
+    assert_eq!(csv.status, 200);
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines[0], "window_start,window_end,subject,model,value");
+    let csv_total: rust_decimal::Decimal = lines[1..]
+        .iter()
+        .map(|l| {
+            l.rsplit(',')
+                .next()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        (lines.len() - 1, csv_total),
+        (rows.len(), total),
+        "{}",
+        csv.body
+    );
+    // The subjects with days of a meter, as OpenMeter lists them.
+    let subjects = get(port, READ_TOKEN, "/api/v1/meters/tokens/subjects").json();
+    assert!(
+        subjects.as_array().unwrap().iter().any(|s| s == "cust-api"),
+        "{subjects}"
+    );
+    let later = get(
+        port,
+        READ_TOKEN,
+        "/api/v1/meters/tokens/subjects?from=2099-01-01T00:00:00Z",
+    );
+    assert_eq!((later.status, later.json()), (200, serde_json::json!([])));
+    assert_eq!(
+        get(
+            port,
+            READ_TOKEN,
+            "/api/v1/meters/tokens/subjects?groupBy=model"
+        )
+        .status,
+        400
+    );
     let refused = post_query(r#"{"subject": ["cust-api"], "windowTimeZone": "UTC"}"#);
     assert_eq!(
         (refused.status, refused.json()["code"].as_str()),

@@ -335,6 +335,45 @@ pub fn meter_query(
     }))
 }
 
+/// `GET /api/v1/meters/{slug}/subjects` (OpenMeter's): the subjects with a
+/// day of the meter in the range (`from`, `to`, whole days as the query
+/// counts them), sorted; with a key limited to some customers, only those.
+/// Any meter, whatever its aggregation: only which subjects have days is
+/// read, not their values.
+pub fn meter_subjects(
+    config: &Config,
+    days: &ClosedState,
+    open: &WindowState,
+    caller: &Caller<'_>,
+    q: &MeterQuery<'_>,
+) -> Result<Value, Problem> {
+    let meter = config
+        .meters
+        .iter()
+        .find(|m| m.slug == q.slug)
+        .ok_or_else(|| not_found("meter", q.slug))?;
+    if let Some((name, _)) = q.pairs.iter().find(|(n, _)| n != "from" && n != "to") {
+        return Err(invalid(format!(
+            "unknown query parameter {name:?}; this route reads from, to"
+        )));
+    }
+    let filter = MeterFilter::parse(meter, q.pairs)?;
+    let wanted = |k: &DayKey| filter.wants(&meter.slug, k) && caller.may_read(&k.subject);
+    let mut subjects: BTreeSet<String> = days
+        .days
+        .keys()
+        .filter(|k| wanted(k))
+        .map(|k| k.subject.clone())
+        .collect();
+    let open_days = open
+        .by_subscription
+        .values()
+        .flat_map(|m| m.values())
+        .filter_map(day_key);
+    subjects.extend(open_days.filter(|k| wanted(k)).map(|k| k.subject));
+    Ok(json!(subjects))
+}
+
 /// The query's rows: per window (a day, or the whole range: `None`),
 /// subject and (projected) group, the exact sum; and the days' span.
 #[derive(Default)]

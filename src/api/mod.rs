@@ -13,6 +13,7 @@ pub mod events;
 pub mod exceptions;
 pub mod follow;
 pub mod invoices;
+pub mod meter_csv;
 pub mod meter_query;
 pub mod problem;
 pub mod queries;
@@ -237,6 +238,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/quotes", post(post_quote))
         .route("/api/v1/meters", get(get_meters))
         .route("/api/v1/meters/{slug}", get(get_meter))
+        .route("/api/v1/meters/{slug}/subjects", get(get_meter_subjects))
         .route(
             "/api/v1/meters/{slug}/query",
             get(get_meter_query).post(post_meter_query),
@@ -545,20 +547,69 @@ async fn get_meter_query(
     slug: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Response {
+    meter_query_route(&state, &headers, slug, || Ok(crate::http::query_pairs(q)))
+}
+
+/// The meter query, GET or POST (`pairs`: its parameters): JSON, or CSV
+/// when the client accepts `text/csv` and not JSON.
+fn meter_query_route(
+    state: &ApiState,
+    headers: &HeaderMap,
+    slug: Result<Path<String>, PathRejection>,
+    pairs: impl FnOnce() -> Result<Vec<(String, String)>, Problem>,
+) -> Response {
+    const ROUTE: &str = "/api/v1/meters/{slug}/query";
+    let result = auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|c| {
+        ready(state)?;
+        let (slug, pairs) = (path_id(slug)?, pairs()?);
+        let query = meter_query::MeterQuery {
+            slug: &slug,
+            pairs: &pairs,
+        };
+        let (closed, windows) = (state.closed.read(), state.windows.read());
+        meter_query::meter_query(&state.config, &closed, &windows, &c, &query)
+    });
+    match result {
+        Ok(answer) if meter_csv::wants_csv(headers) => {
+            let csv = meter_csv::rows_csv(&answer);
+            let response = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, meter_csv::CSV_CONTENT_TYPE)],
+                csv,
+            )
+                .into_response();
+            count(ROUTE, response.status());
+            response
+        }
+        result => respond(ROUTE, StatusCode::OK, result),
+    }
+}
+
+async fn get_meter_subjects(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    slug: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let (config, closed, windows) = (
         state.config.clone(),
         state.closed.clone(),
         state.windows.clone(),
     );
-    read_route(&state, &headers, "/api/v1/meters/{slug}/query", |_, c| {
-        let slug = path_id(slug)?;
-        let pairs = crate::http::query_pairs(q);
-        let query = meter_query::MeterQuery {
-            slug: &slug,
-            pairs: &pairs,
-        };
-        meter_query::meter_query(&config, &closed.read(), &windows.read(), c, &query)
-    })
+    read_route(
+        &state,
+        &headers,
+        "/api/v1/meters/{slug}/subjects",
+        |_, c| {
+            let slug = path_id(slug)?;
+            let pairs = crate::http::query_pairs(q);
+            let query = meter_query::MeterQuery {
+                slug: &slug,
+                pairs: &pairs,
+            };
+            meter_query::meter_subjects(&config, &closed.read(), &windows.read(), c, &query)
+        },
+    )
 }
 
 /// OpenMeter's POST form of the meter query: the parameters in a JSON body.
@@ -568,20 +619,10 @@ async fn post_meter_query(
     slug: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (config, closed, windows) = (
-        state.config.clone(),
-        state.closed.clone(),
-        state.windows.clone(),
-    );
-    read_route(&state, &headers, "/api/v1/meters/{slug}/query", |_, c| {
-        let slug = path_id(slug)?;
-        let body = body.map_err(|r| body_problem(&r, config.api.max_body_bytes))?;
-        let pairs = meter_query::body_pairs(&body)?;
-        let query = meter_query::MeterQuery {
-            slug: &slug,
-            pairs: &pairs,
-        };
-        meter_query::meter_query(&config, &closed.read(), &windows.read(), c, &query)
+    let max_body_bytes = state.config.api.max_body_bytes;
+    meter_query_route(&state, &headers, slug, || {
+        let body = body.map_err(|r| body_problem(&r, max_body_bytes))?;
+        meter_query::body_pairs(&body)
     })
 }
 
