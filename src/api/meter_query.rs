@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::follow::{day_key, window_identity, ClosedState, DayKey, WindowState};
 use super::problem::Problem;
-use super::queries::{check_customer, customer_forbidden, invalid, not_found, time_param};
+use super::queries::{check_customer, customer_forbidden, find_meter, invalid, time_param};
 use super::usage::exact_number;
 use crate::config::Config;
 use crate::meter::{Aggregation, Meter};
@@ -297,11 +297,7 @@ pub fn meter_query(
     caller: &Caller<'_>,
     q: &MeterQuery<'_>,
 ) -> Result<Value, Problem> {
-    let meter = config
-        .meters
-        .iter()
-        .find(|m| m.slug == q.slug)
-        .ok_or_else(|| not_found("meter", q.slug))?;
+    let meter = find_meter(config, q.slug)?;
     if !matches!(meter.aggregation, Aggregation::Sum | Aggregation::Count) {
         return Err(invalid(format!(
             "meter {} aggregates {:?}: its per-day value is not kept (only SUM and COUNT meters are queryable)",
@@ -347,11 +343,7 @@ pub fn meter_subjects(
     caller: &Caller<'_>,
     q: &MeterQuery<'_>,
 ) -> Result<Value, Problem> {
-    let meter = config
-        .meters
-        .iter()
-        .find(|m| m.slug == q.slug)
-        .ok_or_else(|| not_found("meter", q.slug))?;
+    let meter = find_meter(config, q.slug)?;
     if let Some((name, _)) = q.pairs.iter().find(|(n, _)| n != "from" && n != "to") {
         return Err(invalid(format!(
             "unknown query parameter {name:?}; this route reads from, to"

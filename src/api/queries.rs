@@ -321,11 +321,15 @@ pub fn meters(config: &Config) -> Value {
 
 /// `GET /api/v1/meters/{slug}`: one meter, as in the list.
 pub fn meter(config: &Config, slug: &str) -> Result<Value, Problem> {
+    find_meter(config, slug).map(meter_json)
+}
+
+/// The meter `slug` of the configuration, or a 404.
+pub fn find_meter<'c>(config: &'c Config, slug: &str) -> Result<&'c crate::meter::Meter, Problem> {
     config
         .meters
         .iter()
         .find(|m| m.slug == slug)
-        .map(meter_json)
         .ok_or_else(|| not_found("meter", slug))
 }
 
