@@ -304,6 +304,13 @@ fn batches_land_once_and_bad_requests_get_problems() {
         (a.status, a.json()["code"].as_str()),
         (405, Some("method_not_allowed"))
     );
+    assert!(
+        a.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("GET /v1/trace/event")),
+        "an OpenMeter client listing events learns what answers instead: {}",
+        a.body
+    );
     let a = request(port, "GET", "/nowhere", &[], b"");
     assert_eq!(
         (a.status, a.json()["code"].as_str()),

@@ -25,7 +25,7 @@ use std::sync::{Arc, LazyLock};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -256,17 +256,28 @@ pub fn router(state: ApiState) -> Router {
                 "no such route",
             )
         })
-        .method_not_allowed_fallback(|| async {
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             count("fallback", StatusCode::METHOD_NOT_ALLOWED);
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 reasons::METHOD_NOT_ALLOWED,
                 "Method not allowed",
-                "see /v1/openapi.json for the methods of each route",
+                method_not_allowed_detail(&method, uri.path()),
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// What a 405 says: where to look, and for OpenMeter's list of ingested
+/// events (its SDKs' `events.list`), what answers instead.
+fn method_not_allowed_detail(method: &Method, path: &str) -> &'static str {
+    if method == Method::GET && path == "/api/v1/events" {
+        return "GET /api/v1/events (OpenMeter's list of ingested events) is not offered: \
+                follow one event with GET /v1/trace/event?source=S&id=I (what every stage \
+                made of it); see /v1/openapi.json for the methods of each route";
+    }
+    "see /v1/openapi.json for the methods of each route"
 }
 
 pub(crate) fn count(route: &str, status: StatusCode) {
