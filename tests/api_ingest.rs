@@ -898,6 +898,25 @@ fn current_usage_is_the_sum_of_the_rated_marginal_amounts() {
         .status,
         400
     );
+    let models = get(
+        port,
+        READ_TOKEN,
+        "/api/v1/meters/tokens/group-by/model/values",
+    )
+    .json();
+    assert!(
+        models.as_array().unwrap().iter().any(|m| m == "m1"),
+        "{models}"
+    );
+    let unknown = get(
+        port,
+        READ_TOKEN,
+        "/api/v1/meters/tokens/group-by/colour/values",
+    );
+    assert_eq!(
+        (unknown.status, unknown.json()["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
     let refused = post_query(r#"{"subject": ["cust-api"], "windowTimeZone": "UTC"}"#);
     assert_eq!(
         (refused.status, refused.json()["code"].as_str()),

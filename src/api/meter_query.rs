@@ -3,7 +3,10 @@
 //! local day, as in the books): the closed ones ([`ClosedState`]) and the
 //! open ones ([`WindowState`]). As OpenMeter's: without `windowSize` one row
 //! per subject for the whole range asked, with `windowSize=DAY` one per day;
-//! rows are split by the groups `groupBy` names, by none without it.
+//! rows are split by the groups `groupBy` names, by none without it. Its
+//! POST form reads the same parameters from a JSON body ([`body_pairs`]);
+//! [`meter_list`] answers OpenMeter's lists of a meter's subjects and group
+//! values from the same days.
 //!
 //! Every OpenMeter parameter is either applied or refused with a 400 that
 //! says why: a filter that were silently ignored would return a larger
@@ -331,39 +334,65 @@ pub fn meter_query(
     }))
 }
 
-/// `GET /api/v1/meters/{slug}/subjects` (OpenMeter's): the subjects with a
-/// day of the meter in the range (`from`, `to`, whole days as the query
-/// counts them), sorted; with a key limited to some customers, only those.
-/// Any meter, whatever its aggregation: only which subjects have days is
-/// read, not their values.
-pub fn meter_subjects(
+/// OpenMeter's lists of a meter: with `group` None, `GET
+/// /api/v1/meters/{slug}/subjects`, the subjects with a day of the meter;
+/// with `Some(group)`, `GET /api/v1/meters/{slug}/group-by/{group}/values`,
+/// the values of the group in its days. Days in the range (`from`, `to`,
+/// whole days as the query counts them) whose subject the key may read;
+/// sorted. Any meter, whatever its aggregation: no value is read.
+pub fn meter_list(
     config: &Config,
     days: &ClosedState,
     open: &WindowState,
     caller: &Caller<'_>,
     q: &MeterQuery<'_>,
+    group: Option<&str>,
 ) -> Result<Value, Problem> {
     let meter = find_meter(config, q.slug)?;
-    if let Some((name, _)) = q.pairs.iter().find(|(n, _)| n != "from" && n != "to") {
+    match group {
+        None => distinct_of_days(meter, days, open, caller, q.pairs, |k| {
+            Some(k.subject.clone())
+        }),
+        Some(group) => {
+            group_name(meter, group)?;
+            distinct_of_days(meter, days, open, caller, q.pairs, |k| {
+                k.group.get(group).cloned()
+            })
+        }
+    }
+}
+
+/// What `project` reads from each day of `meter` in the range of `pairs`
+/// (only `from` and `to`) whose subject the key may read: sorted, distinct.
+fn distinct_of_days(
+    meter: &Meter,
+    days: &ClosedState,
+    open: &WindowState,
+    caller: &Caller<'_>,
+    pairs: &[(String, String)],
+    project: impl Fn(&DayKey) -> Option<String>,
+) -> Result<Value, Problem> {
+    if let Some((name, _)) = pairs.iter().find(|(n, _)| n != "from" && n != "to") {
         return Err(invalid(format!(
             "unknown query parameter {name:?}; this route reads from, to"
         )));
     }
-    let filter = MeterFilter::parse(meter, q.pairs)?;
+    let filter = MeterFilter::parse(meter, pairs)?;
     let wanted = |k: &DayKey| filter.wants(&meter.slug, k) && caller.may_read(&k.subject);
-    let mut subjects: BTreeSet<String> = days
-        .days
-        .keys()
-        .filter(|k| wanted(k))
-        .map(|k| k.subject.clone())
-        .collect();
-    let open_days = open
+    let open_days: Vec<DayKey> = open
         .by_subscription
         .values()
         .flat_map(|m| m.values())
-        .filter_map(day_key);
-    subjects.extend(open_days.filter(|k| wanted(k)).map(|k| k.subject));
-    Ok(json!(subjects))
+        .filter_map(day_key)
+        .collect();
+    let found: BTreeSet<String> = days
+        .days
+        .keys()
+        .chain(open_days.iter())
+        .filter(|k| wanted(k))
+        .filter_map(project)
+        .collect();
+    Ok(json!(found))
 }
 
 /// The query's rows: per window (a day, or the whole range: `None`),

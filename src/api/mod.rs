@@ -240,6 +240,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/meters/{slug}", get(get_meter))
         .route("/api/v1/meters/{slug}/subjects", get(get_meter_subjects))
         .route(
+            "/api/v1/meters/{slug}/group-by/{group}/values",
+            get(get_meter_group_values),
+        )
+        .route(
             "/api/v1/meters/{slug}/query",
             get(get_meter_query).post(post_meter_query),
         )
@@ -602,25 +606,47 @@ async fn get_meter_subjects(
     slug: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (config, closed, windows) = (
-        state.config.clone(),
-        state.closed.clone(),
-        state.windows.clone(),
-    );
-    read_route(
-        &state,
-        &headers,
-        "/api/v1/meters/{slug}/subjects",
-        |_, c| {
-            let slug = path_id(slug)?;
-            let pairs = crate::http::query_pairs(q);
-            let query = meter_query::MeterQuery {
-                slug: &slug,
-                pairs: &pairs,
-            };
-            meter_query::meter_subjects(&config, &closed.read(), &windows.read(), c, &query)
-        },
-    )
+    let path = slug.map(|Path(slug)| (slug, None));
+    meter_list_route(&state, &headers, "/api/v1/meters/{slug}/subjects", path, q)
+}
+
+async fn get_meter_group_values(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let path = path.map(|Path((slug, group))| (slug, Some(group)));
+    let route = "/api/v1/meters/{slug}/group-by/{group}/values";
+    meter_list_route(&state, &headers, route, path, q)
+}
+
+/// A meter's subjects (`path`: slug, no group) or a group's values.
+fn meter_list_route(
+    state: &ApiState,
+    headers: &HeaderMap,
+    route: &str,
+    path: Result<(String, Option<String>), PathRejection>,
+    q: Option<String>,
+) -> Response {
+    read_route(state, headers, route, |_, c| {
+        let (slug, group) =
+            path.map_err(|e| queries::invalid(format!("path: {}", e.body_text())))?;
+        let pairs = crate::http::query_pairs(q);
+        let query = meter_query::MeterQuery {
+            slug: &slug,
+            pairs: &pairs,
+        };
+        let (closed, windows) = (state.closed.read(), state.windows.read());
+        meter_query::meter_list(
+            &state.config,
+            &closed,
+            &windows,
+            c,
+            &query,
+            group.as_deref(),
+        )
+    })
 }
 
 /// OpenMeter's POST form of the meter query: the parameters in a JSON body.
