@@ -315,11 +315,24 @@ fn scoped_route(
     scope: ApiScope,
     answer: impl FnOnce(&refdata::RefTables, &auth::Caller<'_>) -> Result<serde_json::Value, Problem>,
 ) -> Response {
-    let result = auth::authorize(&state.config.api.keys, headers, scope).and_then(|caller| {
+    respond(
+        route,
+        StatusCode::OK,
+        scoped_answer(state, headers, scope, answer),
+    )
+}
+
+/// The key (`scope`), the reference data caught up, then `answer`.
+fn scoped_answer(
+    state: &ApiState,
+    headers: &HeaderMap,
+    scope: ApiScope,
+    answer: impl FnOnce(&refdata::RefTables, &auth::Caller<'_>) -> Result<serde_json::Value, Problem>,
+) -> Result<serde_json::Value, Problem> {
+    auth::authorize(&state.config.api.keys, headers, scope).and_then(|caller| {
         ready(state)?;
         answer(&state.refs.read(), &caller)
-    });
-    respond(route, StatusCode::OK, result)
+    })
 }
 
 /// 503 until every followed view caught up.
@@ -371,7 +384,7 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
         .into_response()
 }
 
-fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+fn path_id<T>(p: Result<Path<T>, PathRejection>) -> Result<T, Problem> {
     p.map(|Path(id)| id)
         .map_err(|e| queries::invalid(format!("path: {}", e.body_text())))
 }
@@ -574,15 +587,14 @@ fn meter_query_route(
     pairs: impl FnOnce() -> Result<Vec<(String, String)>, Problem>,
 ) -> Response {
     const ROUTE: &str = "/api/v1/meters/{slug}/query";
-    let result = auth::authorize(&state.config.api.keys, headers, ApiScope::Read).and_then(|c| {
-        ready(state)?;
+    let result = scoped_answer(state, headers, ApiScope::Read, |_, c| {
         let (slug, pairs) = (path_id(slug)?, pairs()?);
         let query = meter_query::MeterQuery {
             slug: &slug,
             pairs: &pairs,
         };
         let (closed, windows) = (state.closed.read(), state.windows.read());
-        meter_query::meter_query(&state.config, &closed, &windows, &c, &query)
+        meter_query::meter_query(&state.config, &closed, &windows, c, &query)
     });
     match result {
         Ok(answer) if meter_csv::wants_csv(headers) => {
@@ -606,7 +618,7 @@ async fn get_meter_subjects(
     slug: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let path = slug.map(|Path(slug)| (slug, None));
+    let path = path_id(slug).map(|slug| (slug, None));
     meter_list_route(&state, &headers, "/api/v1/meters/{slug}/subjects", path, q)
 }
 
@@ -616,7 +628,7 @@ async fn get_meter_group_values(
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let path = path.map(|Path((slug, group))| (slug, Some(group)));
+    let path = path_id(path).map(|(slug, group)| (slug, Some(group)));
     let route = "/api/v1/meters/{slug}/group-by/{group}/values";
     meter_list_route(&state, &headers, route, path, q)
 }
@@ -626,12 +638,11 @@ fn meter_list_route(
     state: &ApiState,
     headers: &HeaderMap,
     route: &str,
-    path: Result<(String, Option<String>), PathRejection>,
+    path: Result<(String, Option<String>), Problem>,
     q: Option<String>,
 ) -> Response {
     read_route(state, headers, route, |_, c| {
-        let (slug, group) =
-            path.map_err(|e| queries::invalid(format!("path: {}", e.body_text())))?;
+        let (slug, group) = path?;
         let pairs = crate::http::query_pairs(q);
         let query = meter_query::MeterQuery {
             slug: &slug,
