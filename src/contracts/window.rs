@@ -62,6 +62,24 @@ pub struct SegmentInfo {
     pub unit: Option<String>,
 }
 
+impl SegmentInfo {
+    /// What an invoice line of the segment is for: the meter and, when the
+    /// meter groups, each group as `name=value` in name order (an absent
+    /// value as `name=(none)`), e.g. `api_calls region=eu`. Two segments of
+    /// one meter, plan version and period differ only here, so their lines
+    /// must say it.
+    pub fn label(&self) -> String {
+        let mut label = self.meter.clone();
+        for (i, (name, value)) in self.group.iter().enumerate() {
+            label.push_str(if i == 0 { " " } else { ", " });
+            label.push_str(name);
+            label.push('=');
+            label.push_str(if value.is_empty() { "(none)" } else { value });
+        }
+        label
+    }
+}
+
 /// The invoice window that clears a window's accruals: a billing period and,
 /// for an adjustment, the closed period it adjusts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

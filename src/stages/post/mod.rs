@@ -358,11 +358,14 @@ fn post_billing_period(
     if !(amount.is_zero() && w.quantity.is_zero()) {
         let description = match (&w.segment, &w.adjusts) {
             (Some(s), None) => {
-                format!("{} (plan {} v{})", s.meter, w.plan_id, s.plan_version)
+                format!("{} (plan {} v{})", s.label(), w.plan_id, s.plan_version)
             }
             (Some(s), Some(a)) => format!(
                 "{} (plan {} v{}), adjustment of period {}",
-                s.meter, w.plan_id, s.plan_version, a.id
+                s.label(),
+                w.plan_id,
+                s.plan_version,
+                a.id
             ),
             (None, _) => "usage".to_string(),
         };

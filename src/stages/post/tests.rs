@@ -2,7 +2,7 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal_macros::dec;
 
 use super::*;
-use crate::contracts::Side;
+use crate::contracts::{RatedEvent, Side};
 use crate::runtime::testing::Harness;
 use crate::stages::fixtures::{
     aggregate_all, config, january_events, post_windows, rated, GRACE_PERIOD_S, UTC1,
@@ -461,4 +461,61 @@ fn drafts_carry_what_waits_for_the_invoice_and_lineage_names_it() {
         ]
     );
     assert_ne!(drafts[0].id, drafts[1].id);
+}
+
+/// `e` with its measure's group set (and its segment key and id with it).
+fn grouped(mut e: RatedEvent, group: &[(&str, &str)]) -> RatedEvent {
+    let measure = &mut e.enriched.event.measures[0];
+    measure.group = group
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let measure = measure.clone();
+    e.measures[0].segment_key = e.enriched.rating_segment_key(&measure);
+    e.measures[0].segment_id = e.enriched.rating_segment_id(&measure);
+    e
+}
+
+#[test]
+fn invoice_lines_of_grouped_segments_name_their_group() {
+    let day = |d: u32| at(&format!("2026-01-{d:02}T12:00:00Z"));
+    let mut events = vec![
+        rated("plain", day(10), UTC1, &[("tokens", dec!(1))]),
+        grouped(
+            rated("a", day(11), UTC1, &[("tokens", dec!(2))]),
+            &[("model", "gpt-a"), ("region", "eu")],
+        ),
+        grouped(
+            rated("b", day(12), UTC1, &[("tokens", dec!(3))]),
+            &[("model", "gpt-b"), ("region", "eu")],
+        ),
+        grouped(
+            rated("none", day(13), UTC1, &[("tokens", dec!(4))]),
+            &[("model", ""), ("region", "eu")],
+        ),
+    ];
+    events.extend(january_events(&[]));
+    let postings = post_all(&aggregate_all(&events));
+    let mut lines: Vec<(String, String)> = postings
+        .iter()
+        .filter(|p| p.kind == "usage")
+        .map(|p| {
+            let l = p.invoice_line.as_ref().unwrap();
+            (l.description.clone(), l.amount.to_string())
+        })
+        .collect();
+    lines.sort();
+    let want = [
+        ("tokens (plan pro v1)", "1.00"),
+        ("tokens model=(none), region=eu (plan pro v1)", "4.00"),
+        ("tokens model=gpt-a, region=eu (plan pro v1)", "2.00"),
+        ("tokens model=gpt-b, region=eu (plan pro v1)", "3.00"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(d, a)| (d.to_string(), a.to_string()))
+        .collect();
+    // (The closer of january_events is February's: no line here.)
+    assert_eq!(lines, want);
+    assert_books(&postings);
 }

@@ -10,6 +10,7 @@ import java.time.LocalDate;
 import java.time.ZoneId;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import org.apache.kafka.common.header.internals.RecordHeaders;
 import org.apache.kafka.common.utils.Bytes;
 import org.apache.kafka.streams.processor.api.Processor;
@@ -182,6 +183,22 @@ final class PostProcessor implements Processor<byte[], byte[], byte[], byte[]> {
         return b == null ? BigDecimal.ZERO : new BigDecimal(new String(b, StandardCharsets.UTF_8));
     }
 
+    /** meterline's SegmentInfo::label: the meter, then each group as name=value in name order
+     *  (an absent value as name=(none)). Group names are ASCII in practice, where TreeMap's
+     *  order is Rust's BTreeMap's. */
+    static String label(Model.SegmentInfo s) {
+        StringBuilder sb = new StringBuilder(s.meter);
+        if (s.group != null) {
+            boolean first = true;
+            for (Map.Entry<String, String> g : s.group.entrySet()) {
+                sb.append(first ? " " : ", ").append(g.getKey()).append('=')
+                  .append(g.getValue().isEmpty() ? "(none)" : g.getValue());
+                first = false;
+            }
+        }
+        return sb.toString();
+    }
+
     private static void checkBalanced(List<Line> lines) {
         BigDecimal d = BigDecimal.ZERO, c = BigDecimal.ZERO;
         for (Line l : lines) {
@@ -251,8 +268,8 @@ final class PostProcessor implements Processor<byte[], byte[], byte[], byte[]> {
                 if (!(amount.signum() == 0 && w.quantity.signum() == 0)) {
                     Invoice inv = new Invoice();
                     inv.description = w.adjusts == null
-                        ? s.meter + " (plan " + w.plan_id + " v" + s.plan_version + ")"
-                        : s.meter + " (plan " + w.plan_id + " v" + s.plan_version + "), adjustment of period " + w.adjusts.id;
+                        ? label(s) + " (plan " + w.plan_id + " v" + s.plan_version + ")"
+                        : label(s) + " (plan " + w.plan_id + " v" + s.plan_version + "), adjustment of period " + w.adjusts.id;
                     inv.quantity = w.quantity;
                     inv.unit = s.unit;
                     inv.amount = amount;
