@@ -356,6 +356,18 @@ pub fn credit_memo(
     Ok(out)
 }
 
+/// Lists on the invoice, after what it lists, each of `postings` made for
+/// it that it does not list yet: credit memos and disputes (approval lists
+/// its own in [`approve`]), so the document names every posting of it.
+pub fn list_postings(doc: &mut Invoice, postings: &[Posting]) {
+    for p in postings {
+        let ours = p.invoice_id.as_deref() == Some(doc.invoice_id.as_str());
+        if ours && !doc.postings.contains(&p.idempotency_key) {
+            doc.postings.push(p.idempotency_key.clone());
+        }
+    }
+}
+
 /// Records a change made by `actor` on `cmd` in the history.
 pub fn record(
     st: &mut InvoiceState,

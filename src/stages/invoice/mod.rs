@@ -307,6 +307,7 @@ impl InvoiceProcessor {
         book::check_balanced(&ch.postings)?;
         let mut versions = Vec::with_capacity(ch.invoices.len());
         for mut st in ch.invoices {
+            book::list_postings(&mut st.doc, &ch.postings);
             st.doc.version += 1;
             let value = document(&st.doc)?;
             versions.push((st, value));

@@ -344,6 +344,15 @@ fn a_credit_memo_takes_its_tax_share_and_never_exceeds_what_is_open() {
         (doc.totals.credited, doc.totals.open),
         (dec!(10.89), dec!(98.02))
     );
+    // The document lists the credit memo's two postings last, once each.
+    let keys: Vec<&String> = posted.iter().map(|p| &p.idempotency_key).collect();
+    assert_eq!(
+        doc.postings[doc.postings.len() - 2..]
+            .iter()
+            .collect::<Vec<_>>(),
+        keys
+    );
+    assert_eq!(doc.postings.iter().filter(|k| keys.contains(k)).count(), 2);
     let mut too_much = command(CommandKind::Credit, "c11", Some(JAN));
     too_much.amount = Some(dec!(98.03));
     assert_eq!(send(&mut h, &too_much), Err(reason::EXCEEDS_OPEN_AMOUNT));
@@ -359,8 +368,9 @@ fn a_lost_dispute_is_a_credit_memo_and_a_won_one_goes_back_to_receivable() {
     let mut h = posted_with_accounts();
     let mut open = command(CommandKind::DisputeOpen, "d1", Some(JAN));
     open.amount = Some(dec!(20.00));
+    let opened = send(&mut h, &open).unwrap();
     assert_eq!(
-        entries(&send(&mut h, &open).unwrap()),
+        entries(&opened),
         [(
             "dispute_open".into(),
             vec!["Dr 1250 20.00".into(), "Cr 1200 20.00".into()]
@@ -391,6 +401,15 @@ fn a_lost_dispute_is_a_credit_memo_and_a_won_one_goes_back_to_receivable() {
         (doc.totals.disputed, doc.totals.credited, doc.totals.open),
         (dec!(0), dec!(20.00), dec!(88.91))
     );
+    // Listed last: the dispute's entry, then the lost dispute's credit memo.
+    let last: Vec<&String> = opened
+        .iter()
+        .chain(&posted)
+        .map(|p| &p.idempotency_key)
+        .collect();
+    assert_eq!(last.len(), 3);
+    let listed = doc.postings.len();
+    assert_eq!(doc.postings[listed - 3..].iter().collect::<Vec<_>>(), last);
     assert_eq!(send(&mut h, &lost), Ok(vec![]), "re-sent: nothing");
     lost.id = "d1-again".into();
     assert_eq!(send(&mut h, &lost), Err(reason::UNKNOWN_DISPUTE));
