@@ -123,8 +123,8 @@ pub struct CommandRequest {
     pub kind: String,
     /// Why (kept on the invoice's history).
     pub reason: String,
-    /// The client's id for the command (re-sending it changes nothing);
-    /// default: a new one.
+    /// The client's id for the command (re-sending it once applied changes
+    /// nothing; a refused one is tried again); default: a new one.
     #[serde(default)]
     pub command_id: Option<String>,
     /// credit (or percent), dispute_open: a decimal string.

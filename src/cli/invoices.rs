@@ -113,7 +113,8 @@ pub struct Common {
     /// Why: kept on the invoice's history.
     #[arg(long)]
     pub reason: String,
-    /// The command's id (default: a new one). Re-sending an id changes nothing.
+    /// The command's id (default: a new one). Re-sending an id that was
+    /// applied changes nothing; a refused one is tried again.
     #[arg(long)]
     pub command_id: Option<String>,
     /// Seconds to wait for the outcome (default invoice.wait_timeout_s).
@@ -532,11 +533,7 @@ fn send_and_wait(
                 return Ok(ExitCode::SUCCESS);
             }
             Some(Outcome::Refused { code, message }) => {
-                eprintln!(
-                    "{} {}: refused [{code}] {message}",
-                    cmd.kind.as_str(),
-                    cmd.id
-                );
+                print_refused(cmd, &code, &message);
                 return Ok(ExitCode::from(1));
             }
             None if started.elapsed() >= timeout => {
@@ -554,6 +551,23 @@ fn send_and_wait(
     }
 }
 
+/// A refusal, and how to try the command again without ever applying it
+/// twice: a refused id is not spent, so re-sent under its own id it is
+/// applied once, and its dead letter replayed later changes nothing (a new
+/// id and a replay would both apply).
+fn print_refused(cmd: &Command, code: &str, message: &str) {
+    eprintln!(
+        "{} {}: refused [{code}] {message}",
+        cmd.kind.as_str(),
+        cmd.id
+    );
+    eprintln!(
+        "to try it again once the cause is fixed, re-send it with --command-id {} \
+         (or replay it from meterline.dlq.invoice): under its own id it is applied at most once",
+        cmd.id
+    );
+}
+
 /// For a command that changes no invoice (a service credit): waits a
 /// bounded time for a refusal (exit 1); none seen: exit 0, said so.
 fn wait_refusal(
@@ -567,11 +581,7 @@ fn wait_refusal(
     let started = Instant::now();
     while started.elapsed() < timeout {
         if let Some(Outcome::Refused { code, message }) = outcome(config, cmd, sent_ms)? {
-            eprintln!(
-                "{} {}: refused [{code}] {message}",
-                cmd.kind.as_str(),
-                cmd.id
-            );
+            print_refused(cmd, &code, &message);
             return Ok(ExitCode::from(1));
         }
         std::thread::sleep(Duration::from_millis(OUTCOME_POLL_MS));

@@ -739,9 +739,9 @@ fn an_account_added_to_the_plan_later_serves_invoices_drafted_without_it() {
     let before = latest(&h, JAN);
     assert!(before.credit_memos.is_empty() && before.disputes.is_empty());
 
+    // Fixed, then re-sent under the refused ids (as `meterline invoices`
+    // advises): a refused id was not spent.
     pro_with_credit_accounts(&mut h);
-    credit.id = "c2".into();
-    dispute.id = "d2".into();
     assert_eq!(
         entries(&send(&mut h, &credit).unwrap()),
         [(
@@ -756,6 +756,9 @@ fn an_account_added_to_the_plan_later_serves_invoices_drafted_without_it() {
             vec!["Dr 1260 2.00".to_string(), "Cr 1200 2.00".to_string()]
         )]
     );
+    // Their dead letters replayed later (the same records again): nothing.
+    assert_eq!(send(&mut h, &credit), Ok(vec![]));
+    assert_eq!(send(&mut h, &dispute), Ok(vec![]));
     let after = latest(&h, JAN);
     assert_eq!(after.credit_memos.len(), 1);
     assert_eq!(after.totals.credited, dec!(5.00));
