@@ -23,7 +23,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::contracts::{RatedEvent, Rerate, RerateCharge, RerateRecord};
+use crate::contracts::{segment_label, RatedEvent, Rerate, RerateCharge, RerateRecord};
 use crate::kafka;
 use crate::refdata::{RefKind, RefTables};
 use crate::stages::rate::rerate::{assess_changelog, Assessed, Outcome};
@@ -206,10 +206,23 @@ fn render(cmd: &Rerate, assessed: &[Assessed]) -> String {
         };
         s.push_str(&format!(
             "  {} {} v{} quantity {} billed {billed}: {what}\n",
-            a.period, a.meter, a.plan_version, a.quantity
+            a.period,
+            label(a),
+            a.plan_version,
+            a.quantity
         ));
     }
     s
+}
+
+/// The meter and group of an assessed segment, read from its key (the
+/// meter alone if the key is not a segment key).
+fn label(a: &Assessed) -> String {
+    type Key = (String, String, String, u32, BTreeMap<String, String>);
+    match serde_json::from_str::<Key>(&a.segment_key) {
+        Ok((_, _, _, _, group)) => segment_label(&a.meter, &group),
+        Err(_) => a.meter.clone(),
+    }
 }
 
 /// Each partition's end offset of `topic` now.
@@ -250,4 +263,53 @@ fn wait_for_adjustments(
         }
     }
     Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal_macros::dec;
+
+    use super::*;
+
+    fn assessed(segment_key: &str, outcome: Outcome) -> Assessed {
+        Assessed {
+            segment_key: segment_key.to_string(),
+            meter: "tokens".to_string(),
+            period: "2026-10-01".to_string(),
+            plan_version: 2,
+            quantity: dec!(800),
+            billed: Some(dec!(1.60)),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn each_segment_of_the_table_names_its_group() {
+        let cmd: Rerate = serde_json::from_value(serde_json::json!({
+            "id": "r-1", "subscription_id": "sub-1", "customer_id": "cust-42",
+            "meter": null, "period": null, "charges": [], "actor": "cli",
+            "time": "2026-10-05T00:00:00Z"
+        }))
+        .unwrap();
+        let rows = [
+            assessed(
+                r#"["sub-1","tokens","2026-10-01",2,{"model":"gpt-4o","region":""}]"#,
+                Outcome::Adjusted {
+                    price: dec!(1.50),
+                    difference: dec!(-0.10),
+                },
+            ),
+            assessed(
+                r#"["sub-1","tokens","2026-10-01",2,{}]"#,
+                Outcome::Unchanged,
+            ),
+        ];
+        assert_eq!(
+            render(&cmd, &rows),
+            "rerate of subscription sub-1 (customer cust-42): 2 segment(s)\n\
+             \x20 2026-10-01 tokens model=gpt-4o, region=(none) v2 quantity 800 billed 1.60: \
+             price now 1.50, difference -0.10\n\
+             \x20 2026-10-01 tokens v2 quantity 800 billed 1.60: unchanged\n"
+        );
+    }
 }

@@ -67,7 +67,8 @@ pub use usage::{
     CLOUDEVENTS_SPEC_VERSION,
 };
 pub use window::{
-    Clearing, ClosedWindow, PartitionClock, SegmentInfo, WindowKind, CLOSED_WINDOW_VERSION,
+    segment_label, Clearing, ClosedWindow, PartitionClock, SegmentInfo, WindowKind,
+    CLOSED_WINDOW_VERSION,
 };
 
 #[cfg(test)]

@@ -63,21 +63,25 @@ pub struct SegmentInfo {
 }
 
 impl SegmentInfo {
-    /// What an invoice line of the segment is for: the meter and, when the
-    /// meter groups, each group as `name=value` in name order (an absent
-    /// value as `name=(none)`), e.g. `api_calls region=eu`. Two segments of
-    /// one meter, plan version and period differ only here, so their lines
-    /// must say it.
+    /// [`segment_label`] of this segment.
     pub fn label(&self) -> String {
-        let mut label = self.meter.clone();
-        for (i, (name, value)) in self.group.iter().enumerate() {
-            label.push_str(if i == 0 { " " } else { ", " });
-            label.push_str(name);
-            label.push('=');
-            label.push_str(if value.is_empty() { "(none)" } else { value });
-        }
-        label
+        segment_label(&self.meter, &self.group)
     }
+}
+
+/// What a line of a rating segment is for: the meter and, when the meter
+/// groups, each group as `name=value` in name order (an absent value as
+/// `name=(none)`), e.g. `api_calls region=eu`. Two segments of one meter,
+/// plan version and period differ only here, so their lines must say it.
+pub fn segment_label(meter: &str, group: &BTreeMap<String, String>) -> String {
+    let mut label = meter.to_string();
+    for (i, (name, value)) in group.iter().enumerate() {
+        label.push_str(if i == 0 { " " } else { ", " });
+        label.push_str(name);
+        label.push('=');
+        label.push_str(if value.is_empty() { "(none)" } else { value });
+    }
+    label
 }
 
 /// The invoice window that clears a window's accruals: a billing period and,
