@@ -62,7 +62,7 @@ fn endpoints(config: &Config, args: &LineageArgs) -> Vec<String> {
 fn ask(endpoints: &[String], path: &str) -> anyhow::Result<Answer> {
     let token = std::env::var(API_KEY_ENV).ok();
     let (merged, errors) = crate::lineage::remote::ask_all(endpoints, path, token.as_deref())
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|e| anyhow::Error::msg(with_key_hint(e, token.is_some())))?;
     for err in &errors {
         eprintln!("lineage: {err}");
     }
@@ -77,6 +77,19 @@ fn ask(endpoints: &[String], path: &str) -> anyhow::Result<Answer> {
             Ok((stage, found))
         })
         .collect()
+}
+
+/// `error`, and when an instance refused for want of a key, how to send one.
+fn with_key_hint(error: String, key_sent: bool) -> String {
+    if !error.contains("HTTP 401") {
+        return error;
+    }
+    match key_sent {
+        false => {
+            format!("{error}\nthe stages have api.keys: set {API_KEY_ENV} to a key with scope read")
+        }
+        true => format!("{error}\nthe key in {API_KEY_ENV} is not one of the stages' api.keys"),
+    }
 }
 
 fn describe_window(w: &WindowRef) -> String {
@@ -422,4 +435,19 @@ fn to_json(a: &Answer) -> serde_json::Value {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_for_want_of_a_key_says_how_to_send_one() {
+        let refused = "http://127.0.0.1:9464: HTTP 401: {}".to_string();
+        assert!(with_key_hint(refused.clone(), false)
+            .ends_with(&format!("set {API_KEY_ENV} to a key with scope read")));
+        assert!(with_key_hint(refused, true).ends_with("is not one of the stages' api.keys"));
+        let down = "http://127.0.0.1:9464: connection refused".to_string();
+        assert_eq!(with_key_hint(down.clone(), false), down);
+    }
 }

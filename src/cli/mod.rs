@@ -73,8 +73,9 @@ pub enum Command {
     /// that are not postings (named on stderr).
     Postings(postings::PostingsArgs),
     /// Where one usage event went at each stage (or, with --posting, what
-    /// is behind a posting), from the stages' lineage stores over HTTP.
-    /// Exits 1 when no instance knows it.
+    /// is behind a posting), from the stages' lineage stores over HTTP
+    /// (with `api.keys` set, it sends the key in $METERLINE_API_KEY, scope
+    /// read). Exits 1 when no instance knows it.
     Lineage(lineage::LineageArgs),
     /// Prove per day and per window that no event or amount was lost,
     /// invented or counted twice between the stages. Exits 0 when every
