@@ -23,7 +23,9 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::contracts::{segment_label, RatedEvent, Rerate, RerateCharge, RerateRecord};
+use crate::contracts::{
+    segment_key_group, segment_label, RatedEvent, Rerate, RerateCharge, RerateRecord,
+};
 use crate::kafka;
 use crate::refdata::{RefKind, RefTables};
 use crate::stages::rate::rerate::{assess_changelog, Assessed, Outcome};
@@ -218,11 +220,8 @@ fn render(cmd: &Rerate, assessed: &[Assessed]) -> String {
 /// The meter and group of an assessed segment, read from its key (the
 /// meter alone if the key is not a segment key).
 fn label(a: &Assessed) -> String {
-    type Key = (String, String, String, u32, BTreeMap<String, String>);
-    match serde_json::from_str::<Key>(&a.segment_key) {
-        Ok((_, _, _, _, group)) => segment_label(&a.meter, &group),
-        Err(_) => a.meter.clone(),
-    }
+    let group = segment_key_group(&a.segment_key).unwrap_or_default();
+    segment_label(&a.meter, &group)
 }
 
 /// Each partition's end offset of `topic` now.

@@ -201,6 +201,14 @@ pub fn rating_segment_key(
     .to_string()
 }
 
+/// The group of a [`rating_segment_key`] (None: not a segment key).
+pub fn segment_key_group(segment_key: &str) -> Option<BTreeMap<String, String>> {
+    type Key = (String, String, String, u32, BTreeMap<String, String>);
+    serde_json::from_str::<Key>(segment_key)
+        .ok()
+        .map(|(_, _, _, _, group)| group)
+}
+
 /// Lowercase hex SHA-256 of a segment key: 64 characters whatever the ids,
 /// for store keys.
 pub fn rating_segment_id(segment_key: &str) -> String {

@@ -47,8 +47,9 @@ pub use correction::{
     RERATE_RECORD_VERSION, RETRACTION_RECORD_VERSION,
 };
 pub use enriched::{
-    rating_segment_id, rating_segment_key, ChargeHead, ChargeSource, CustomerInfo, EnrichedEvent,
-    EnrichedHead, EventHead, ResolvedCharge, Window, ENRICHED_EVENT_VERSION,
+    rating_segment_id, rating_segment_key, segment_key_group, ChargeHead, ChargeSource,
+    CustomerInfo, EnrichedEvent, EnrichedHead, EventHead, ResolvedCharge, Window,
+    ENRICHED_EVENT_VERSION,
 };
 pub use gate::{GateKind, GateRecord, GATE_RECORD_VERSION};
 pub use invoice::{

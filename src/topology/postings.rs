@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::contracts::{Posting, Side};
+use crate::contracts::{segment_key_group, segment_label, Posting, Side};
 use crate::kafka::ClientError;
 use crate::topology::names;
 
@@ -165,12 +165,22 @@ pub fn read(config: &Config) -> Result<PostingsTopic, ClientError> {
     })
 }
 
+/// The meter column: the meter and its segment's group (`-` for postings
+/// of no meter), so two groups' rows of one meter are told apart.
+fn meter_label(p: &Posting) -> String {
+    let Some(meter) = &p.meter else {
+        return "-".to_string();
+    };
+    let group = p.segment_key.as_deref().and_then(segment_key_group);
+    segment_label(meter, &group.unwrap_or_default())
+}
+
 /// The table, one row per posting, totals per currency and, when there are
 /// any, the records that are not postings.
 pub fn render(topic: &PostingsTopic) -> String {
     let postings = &topic.postings;
     let mut s = format!(
-        "{:<10} {:<14} {:<8} {:<15} {:<12} {:<8} {:>14}  {:<24} {}\n",
+        "{:<10} {:<14} {:<8} {:<15} {:<22} {:<8} {:>14}  {:<24} {}\n",
         "date",
         "type",
         "kind",
@@ -211,12 +221,12 @@ pub fn render(topic: &PostingsTopic) -> String {
             (Decimal::ZERO, String::new(), "")
         };
         s.push_str(&format!(
-            "{:<10} {:<14} {:<8} {:<15} {:<12} {:<8} {:>14}  {:<24} {}\n",
+            "{:<10} {:<14} {:<8} {:<15} {:<22} {:<8} {:>14}  {:<24} {}\n",
             p.accounting_date,
             p.posting_type.as_str(),
             p.kind,
             p.subscription_id,
-            p.meter.as_deref().unwrap_or("-"),
+            meter_label(p),
             p.currency,
             amount.to_string(),
             accounts,
@@ -298,6 +308,24 @@ mod tests {
             text.contains("2 posting(s); journal debits 9.00 USD; 1 unbalanced journal entries; "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_meter_column_names_the_segments_group() {
+        let mut grouped = journal("4.50");
+        grouped.meter = Some("api_calls".into());
+        grouped.segment_key = Some(r#"["s-1","api_calls","2026-01-01",1,{"region":"eu"}]"#.into());
+        let mut no_meter = journal("4.50");
+        no_meter.meter = None;
+        no_meter.segment_key = None;
+        let topic = PostingsTopic {
+            postings: vec![grouped, no_meter],
+            unreadable: Unreadable::default(),
+        };
+        let text = render(&topic);
+        let rows: Vec<&str> = text.lines().skip(1).take(2).collect();
+        assert!(rows[0].contains(" api_calls region=eu "), "{text}");
+        assert!(rows[1].contains(" -  "), "{text}");
     }
 
     #[test]
