@@ -24,8 +24,9 @@ use super::auth::Caller;
 use super::problem::{EventError, Problem};
 use super::reasons;
 use crate::config::ApiConfig;
-use crate::contracts::{Encoding, Origin};
+use crate::contracts::{CloudEvent, Encoding, Origin};
 use crate::ingest::decode::{self, DecodeError, RawRecord, CONTENT_TYPE_HEADER};
+use crate::ingest::reason::excerpt;
 use crate::ingest::rules::{self, MeterIndex, ValidateRules};
 
 /// Media type of one structured-mode CloudEvent (also the header of every
@@ -151,6 +152,34 @@ enum Refusal {
     SourceNotPermitted(usize, String),
 }
 
+/// The other sources a correction speaks for: the source of the event a
+/// retraction or amendment names and, for an amendment, its replacement's.
+/// A key limited to some sources may neither take back another source's
+/// usage nor bring in an event of another source as a replacement.
+fn corrected_sources<'e>(
+    event: &'e CloudEvent,
+    rules: &ValidateRules,
+) -> Vec<(&'static str, &'e str)> {
+    let is_amend = event.event_type == rules.amend_type;
+    if !is_amend && event.event_type != rules.retract_type {
+        return Vec::new();
+    }
+    let source_at = |v: &'e serde_json::Value| v.get("source").and_then(serde_json::Value::as_str);
+    let mut sources = Vec::new();
+    if let Some(s) = source_at(&event.data) {
+        sources.push(("of the event it corrects", s));
+    }
+    if let Some(s) = event
+        .data
+        .get("event")
+        .and_then(source_at)
+        .filter(|_| is_amend)
+    {
+        sources.push(("of the replacement event", s));
+    }
+    sources
+}
+
 impl Ingest {
     /// Checks every event; Ok only when all of them pass.
     pub fn prepare(
@@ -184,10 +213,10 @@ impl Ingest {
             p.errors = foreign
                 .into_iter()
                 .take(MAX_LISTED_ERRORS)
-                .map(|(index, source)| EventError {
+                .map(|(index, detail)| EventError {
                     index,
                     code: reasons::SOURCE_NOT_PERMITTED,
-                    detail: format!("source {}", crate::ingest::reason::excerpt(&source)),
+                    detail,
                 })
                 .collect();
             return Err(p);
@@ -239,7 +268,14 @@ impl Ingest {
             DecodeError::Retriable(m) => invalid(reasons::INVALID_EVENTS, m),
         })?;
         if !caller.may_ingest(&event.source) {
-            return Err(Refusal::SourceNotPermitted(index, event.source));
+            let detail = format!("source {}", excerpt(&event.source));
+            return Err(Refusal::SourceNotPermitted(index, detail));
+        }
+        for (role, source) in corrected_sources(&event, &self.rules) {
+            if !caller.may_ingest(source) {
+                let detail = format!("source {} ({role})", excerpt(source));
+                return Err(Refusal::SourceNotPermitted(index, detail));
+            }
         }
         if let Some(signature) = self.signature(caller, &event.source, value) {
             headers.push((self.rules.signature_header.clone(), Some(signature)));
@@ -410,6 +446,73 @@ mod tests {
             (StatusCode::TOO_MANY_REQUESTS, "producer_queue_full")
         );
         assert_eq!(full.retry_after_s, Some(ApiConfig::default().retry_after_s));
+    }
+
+    #[test]
+    fn a_key_limited_to_sources_corrects_only_their_events() {
+        let ingest = unreachable(100, 300);
+        let limited = crate::config::ApiKeyConfig {
+            name: "app".into(),
+            sha256_hex: String::new(),
+            scopes: vec![crate::config::ApiScope::Ingest],
+            sources: vec!["app/*".into()],
+            customers: vec![],
+            actor: None,
+        };
+        let open = crate::config::ApiKeyConfig {
+            sources: vec![],
+            ..limited.clone()
+        };
+        let now = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let correction = |kind: &str, data: serde_json::Value| {
+            serde_json::json!({"specversion": "1.0", "id": "c1", "source": "app/ops",
+                "type": kind, "subject": "cust-1", "time": "2026-03-01T00:00:00Z", "data": data})
+            .to_string()
+        };
+        let retract = |target: &str| {
+            correction(
+                "meterline.usage.retract",
+                serde_json::json!({"source": target, "id": "e1"}),
+            )
+        };
+        let replacement = serde_json::json!({"specversion": "1.0", "id": "e1-v2",
+            "source": "svc/other", "type": "llm.tokens", "subject": "cust-1",
+            "time": "2026-03-01T00:00:00Z", "data": {}});
+        let amend = correction(
+            "meterline.usage.amend",
+            serde_json::json!({"source": "app/web", "id": "e1", "event": replacement}),
+        );
+        let run = |key: &crate::config::ApiKeyConfig, body: &str| {
+            let raw = RawValue::from_string(body.to_string()).unwrap();
+            ingest.prepare(&Caller { key }, &[&raw], now)
+        };
+        assert!(run(&limited, &retract("app/web")).is_ok());
+        for (body, detail) in [
+            (
+                retract("svc/other"),
+                r#"source "svc/other" (of the event it corrects)"#,
+            ),
+            (
+                amend.clone(),
+                r#"source "svc/other" (of the replacement event)"#,
+            ),
+        ] {
+            let p = run(&limited, &body).unwrap_err();
+            assert_eq!(
+                (p.status, p.code),
+                (StatusCode::FORBIDDEN, reasons::SOURCE_NOT_PERMITTED)
+            );
+            assert_eq!(p.errors[0].detail, detail);
+        }
+        // A key open to every source may correct any (the amendment's
+        // replacement then fails validation here: no meter takes it).
+        assert!(run(&open, &retract("svc/other")).is_ok());
+        assert_eq!(
+            run(&open, &amend).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

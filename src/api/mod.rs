@@ -49,7 +49,7 @@ pub mod reasons {
         FORBIDDEN => "forbidden",
             "HTTP 403: the key lacks the scope the route needs (ingest, read; admin has every scope).";
         SOURCE_NOT_PERMITTED => "source_not_permitted",
-            "HTTP 403: the key may ingest only the sources it lists, and an event of the request names another (errors lists each index).";
+            "HTTP 403: the key may ingest only the sources it lists, and an event of the request names another, or corrects an event of another or replaces one with another's (errors lists each index).";
         UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             "HTTP 415: Content-Type is not application/cloudevents+json, application/cloudevents-batch+json or application/json.";
         BODY_TOO_LARGE => "body_too_large",
