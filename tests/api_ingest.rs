@@ -273,6 +273,66 @@ fn batches_land_once_and_bad_requests_get_problems() {
     let a = post_events(port, Some(INGEST_TOKEN), ct, &batch(&[no_id]));
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["errors"][0]["code"], "retraction_invalid");
+    // A key limited to partner/* may not take back app/web's usage.
+    let foreign = cloudevent(
+        "partner/x",
+        "retract-foreign",
+        "meterline.usage.retract",
+        "cust-1",
+        &now,
+        r#"{"source":"app/web","id":"b0-e3"}"#,
+    );
+    let a = post_events(port, Some(LIMITED_TOKEN), ct, &batch(&[foreign]));
+    assert_eq!(
+        (a.status, a.json()["errors"][0]["code"].as_str()),
+        (403, Some("source_not_permitted")),
+        "{}",
+        a.body
+    );
+
+    // A gzip body (as telemetry shippers send it) is inflated; other
+    // codings and a body that is not gzip are refused.
+    let zipped = batch(&[event("app/web", "gzip-1", "cust-3", "4")]);
+    let gz = |body: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(body).unwrap();
+        e.finish().unwrap()
+    };
+    let auth = format!("Bearer {INGEST_TOKEN}");
+    let send = |coding: &str, body: &[u8]| {
+        let headers = [
+            ("Content-Type", ct),
+            ("Authorization", auth.as_str()),
+            ("Content-Encoding", coding),
+        ];
+        let a = request(port, "POST", "/api/v1/events", &headers, body);
+        let code = (a.status != 204).then(|| a.json()["code"].as_str().unwrap_or("").to_string());
+        (a.status, code)
+    };
+    assert_eq!(send("gzip", &gz(zipped.as_bytes())), (204, None));
+    expected.push("gzip-1".into());
+    let refused = [
+        (
+            "br",
+            gz(zipped.as_bytes()),
+            415,
+            "unsupported_content_encoding",
+        ),
+        ("gzip", zipped.clone().into_bytes(), 400, "body_not_gzip"),
+        (
+            "gzip",
+            gz(&vec![b' '; MAX_BODY_BYTES + 1]),
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (coding, body, status, code) in refused {
+        assert_eq!(
+            send(coding, &body),
+            (status, Some(code.to_string())),
+            "{code}"
+        );
+    }
 
     // Malformed requests: each a 4xx problem with its code.
     let huge = batch(&vec![
@@ -322,7 +382,7 @@ fn batches_land_once_and_bad_requests_get_problems() {
 
     // usage.events: every accepted request's events, keyed by subject, the
     // exact bytes the client sent; the refused ones never.
-    let accepted = BATCHES * EVENTS_PER_BATCH * 2 + 2 + 1 + 2;
+    let accepted = BATCHES * EVENTS_PER_BATCH * 2 + 2 + 1 + 2 + 1;
     let raw = read_all(&w.topic("usage.events"), true);
     assert_eq!(raw.len(), accepted);
     for r in &raw {

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod console;
+pub mod content_encoding;
 pub mod events;
 pub mod exceptions;
 pub mod follow;
@@ -53,7 +54,11 @@ pub mod reasons {
         UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             "HTTP 415: Content-Type is not application/cloudevents+json, application/cloudevents-batch+json or application/json.";
         BODY_TOO_LARGE => "body_too_large",
-            "HTTP 413: the body is larger than api.max_body_bytes.";
+            "HTTP 413: the body is larger than api.max_body_bytes (a gzip body: once inflated).";
+        UNSUPPORTED_CONTENT_ENCODING => "unsupported_content_encoding",
+            "HTTP 415: POST /api/v1/events with a Content-Encoding other than gzip or identity, or several.";
+        BODY_NOT_GZIP => "body_not_gzip",
+            "HTTP 400: Content-Encoding is gzip and the body does not inflate.";
         BATCH_TOO_LARGE => "batch_too_large",
             "HTTP 413: the batch holds more than api.max_batch_events events.";
         BODY_NOT_JSON => "body_not_json",
@@ -747,7 +752,9 @@ async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<usize, Problem> {
     let caller = auth::authorize(&state.config.api.keys, headers, ApiScope::Ingest)?;
-    let body = body.map_err(|r| body_problem(&r, state.config.api.max_body_bytes))?;
+    let max_body_bytes = state.config.api.max_body_bytes;
+    let body = body.map_err(|r| body_problem(&r, max_body_bytes))?;
+    let body = content_encoding::decode(headers, body, max_body_bytes)?;
     let events = events::split_body(headers, &body, state.config.api.max_batch_events)?;
     let prepared = state
         .ingest
