@@ -165,14 +165,13 @@ pub fn read(config: &Config) -> Result<PostingsTopic, ClientError> {
     })
 }
 
-/// The meter column: the meter and its segment's group (`-` for postings
-/// of no meter), so two groups' rows of one meter are told apart.
-fn meter_label(p: &Posting) -> String {
-    let Some(meter) = &p.meter else {
-        return "-".to_string();
-    };
+/// The meter of a posting and its segment's group (`api_calls region=eu`;
+/// None for postings of no meter), so two groups' postings of one meter
+/// are told apart: the table's meter column, the ERP files' line memo.
+pub fn meter_label(p: &Posting) -> Option<String> {
+    let meter = p.meter.as_deref()?;
     let group = p.segment_key.as_deref().and_then(segment_key_group);
-    segment_label(meter, &group.unwrap_or_default())
+    Some(segment_label(meter, &group.unwrap_or_default()))
 }
 
 /// The table, one row per posting, totals per currency and, when there are
@@ -226,7 +225,7 @@ pub fn render(topic: &PostingsTopic) -> String {
             p.posting_type.as_str(),
             p.kind,
             p.subscription_id,
-            meter_label(p),
+            meter_label(p).as_deref().unwrap_or("-"),
             p.currency,
             amount.to_string(),
             accounts,

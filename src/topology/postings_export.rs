@@ -37,7 +37,7 @@ use chrono::{Datelike, NaiveDate};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
-use super::postings::PostingRecord;
+use super::postings::{meter_label, PostingRecord};
 use crate::contracts::{JournalLine, Posting, PostingType, Side};
 
 /// Length in bytes of an ISO date, `YYYY-MM-DD`.
@@ -346,10 +346,10 @@ pub fn memo(p: &Posting) -> String {
     s
 }
 
-/// The line memo: the meter, the invoice, or both.
+/// The line memo: the meter (with its group), the invoice, or both.
 fn line_memo(p: &Posting) -> String {
     let mut parts = Vec::new();
-    if let Some(m) = &p.meter {
+    if let Some(m) = meter_label(p) {
         parts.push(format!("meter {m}"));
     }
     if let Some(i) = &p.invoice_id {
@@ -527,6 +527,18 @@ mod tests {
         let postings: Vec<&Posting> = selected.iter().map(|r| &r.posting).collect();
         let (entries, summary) = journal_entries(&postings).unwrap();
         (netsuite_csv(&entries), d365_journal_csv(&entries), summary)
+    }
+
+    #[test]
+    fn the_line_memo_names_the_meters_group() {
+        let mut p = posting("k", "2026-01-10", "ml-us", "USD", vec![]);
+        p.segment_key = Some(r#"["sub-1","tokens","2026-01-01",2,{"model":"gpt-4o"}]"#.into());
+        assert_eq!(line_memo(&p), "meter tokens model=gpt-4o");
+        p.invoice_id = Some("sub-1@2026-01-01".into());
+        assert_eq!(
+            line_memo(&p),
+            "meter tokens model=gpt-4o invoice sub-1@2026-01-01"
+        );
     }
 
     #[test]
