@@ -317,8 +317,14 @@ fn finance_acts_on_invoices_and_every_command_lands_once() {
     });
     assert_eq!(held_lines.count(), 0);
 
-    // Approve the held one, as alice.
+    // Approve the held one, as alice: first with a mistyped second id,
+    // which sends nothing.
     let big_id = id("c-big", PERIODS[0]);
+    let o = cli(&w, ALICE_KEY, &["approve", &big_id, "c-nope@2026-01-01"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("nothing sent"), "{}", text(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(invoices(&w)[&big_id].status, InvoiceStatus::PendingApproval);
     let o = cli(
         &w,
         ALICE_KEY,
@@ -378,10 +384,17 @@ fn finance_acts_on_invoices_and_every_command_lands_once() {
     assert_eq!(invoices(&w)[&big_id].version, approved.version);
     assert_eq!(postings(&w).len(), ps.len());
 
-    // Refusals, each with its code on the dead-letter topic.
-    let o = cli(&w, ALICE_KEY, &["approve", &id("c-auto", PERIODS[0])]);
+    // Refusals, each with its code on the dead-letter topic; two invoices
+    // at once, one command and one answer each.
+    let auto = [id("c-auto", PERIODS[0]), id("c-auto", PERIODS[1])];
+    let o = cli(&w, ALICE_KEY, &["approve", &auto[0], &auto[1]]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("[invalid_transition]"), "{}", text(&o));
+    assert_eq!(
+        text(&o).matches("refused [invalid_transition]").count(),
+        2,
+        "{}",
+        text(&o)
+    );
     let o = cli(
         &w,
         ALICE_KEY,
@@ -416,6 +429,7 @@ fn finance_acts_on_invoices_and_every_command_lands_once() {
         [
             "command_signature_invalid",
             "exceeds_open_amount",
+            "invalid_transition",
             "invalid_transition",
             "invalid_transition"
         ]

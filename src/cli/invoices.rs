@@ -61,11 +61,11 @@ pub enum InvoicesAction {
         #[arg(long)]
         json: bool,
     },
-    /// Approve a held invoice: it is posted in the same transaction.
+    /// Approve held invoices: each is posted in the same transaction.
     Approve(Act),
-    /// Hold an invoice waiting for approval (a release will not post it).
+    /// Hold invoices waiting for approval (a release will not post them).
     Hold(Act),
-    /// Clear the holds: with invoice.approval = auto the invoice is posted.
+    /// Clear the holds: with invoice.approval = auto each invoice is posted.
     Release(Act),
     /// A full credit memo of what is open (a held invoice is posted first).
     Void(Act),
@@ -122,12 +122,19 @@ pub struct Common {
     pub timeout_s: Option<u64>,
 }
 
+/// The invoices one command kind is sent for, one command each, in order
+/// (at most [`ACT_MAX_INVOICES`]; `--command-id` only with one). Every id
+/// is looked up before anything is sent, so a mistyped one sends nothing.
 #[derive(Debug, Args)]
 pub struct Act {
-    pub invoice_id: String,
+    #[arg(required = true, num_args = 1..)]
+    pub invoice_ids: Vec<String>,
     #[command(flatten)]
     pub common: Common,
 }
+
+/// Most invoices one `approve`, `hold`, `release` or `void` acts on.
+pub const ACT_MAX_INVOICES: usize = 500;
 
 #[derive(Debug, Args)]
 pub struct CreditArgs {
@@ -382,11 +389,45 @@ fn customer_of(config: &Config, invoice_id: &str) -> anyhow::Result<String> {
         })
 }
 
+/// Sends `kind` for each invoice of `a` and waits for each outcome: exit 0
+/// when every one was applied, else the code of the last that was not (1
+/// refused, 2 not applied in time).
 fn act(config: &Config, kind: CommandKind, a: Act) -> anyhow::Result<ExitCode> {
-    let customer = customer_of(config, &a.invoice_id)?;
-    let mut cmd = new_command(kind, &customer, &a.common);
-    cmd.invoice_id = Some(a.invoice_id);
-    send_and_wait(config, &cmd, a.common.timeout_s)
+    let ids = &a.invoice_ids;
+    if ids.len() > ACT_MAX_INVOICES {
+        bail!(
+            "{} invoices named: at most {ACT_MAX_INVOICES} at once",
+            ids.len()
+        );
+    }
+    if ids.len() > 1 && a.common.command_id.is_some() {
+        bail!("--command-id names one command: give it with one invoice");
+    }
+    let invoices = read_invoices(config)?;
+    let mut targets = Vec::with_capacity(ids.len());
+    let mut unknown = Vec::new();
+    for id in ids {
+        match invoices.get(id) {
+            Some(i) => targets.push((id, i.customer.id.as_str())),
+            None => unknown.push(id.as_str()),
+        }
+    }
+    if !unknown.is_empty() {
+        bail!(
+            "no invoice {} on finance.invoices (has its period closed?): nothing sent",
+            unknown.join(", ")
+        );
+    }
+    let mut exit = ExitCode::SUCCESS;
+    for (id, customer) in targets {
+        let mut cmd = new_command(kind, customer, &a.common);
+        cmd.invoice_id = Some(id.clone());
+        let code = send_and_wait(config, &cmd, a.common.timeout_s)?;
+        if code != ExitCode::SUCCESS {
+            exit = code;
+        }
+    }
+    Ok(exit)
 }
 
 fn credit(config: &Config, c: CreditArgs) -> anyhow::Result<ExitCode> {
