@@ -45,6 +45,7 @@ pub fn list(
         "customer",
         "period",
         "legal_entity",
+        "held_by",
         "limit",
         "after",
     ];
@@ -57,6 +58,7 @@ pub fn list(
         customer: text("customer"),
         period: text("period"),
         legal_entity: text("legal_entity"),
+        held_by: text("held_by"),
     };
     let limit = match params.get("limit") {
         None => DEFAULT_PAGE_INVOICES,

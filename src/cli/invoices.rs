@@ -50,6 +50,10 @@ pub enum InvoicesAction {
         period: Option<String>,
         #[arg(long)]
         legal_entity: Option<String>,
+        /// Only invoices this hold rule holds now (tax_rate_missing,
+        /// manual_approval, held, ...).
+        #[arg(long)]
+        held_by: Option<String>,
         /// Print JSON lines (the documents) instead of a table.
         #[arg(long)]
         json: bool,
@@ -165,6 +169,7 @@ pub fn run(config: &Config, args: InvoicesArgs) -> anyhow::Result<ExitCode> {
             customer,
             period,
             legal_entity,
+            held_by,
             json,
         } => {
             let all = read_invoices(config)?;
@@ -173,6 +178,7 @@ pub fn run(config: &Config, args: InvoicesArgs) -> anyhow::Result<ExitCode> {
                 customer,
                 period,
                 legal_entity,
+                held_by,
             };
             let shown: Vec<&Invoice> = all.values().filter(|i| filter.matches(i)).collect();
             print!("{}", render_list(&shown, json)?);

@@ -433,15 +433,19 @@ pub struct InvoiceFilter {
     /// The service interval's id (its local start date, YYYY-MM-DD).
     pub period: Option<String>,
     pub legal_entity: Option<String>,
+    /// A hold rule (`tax_rate_missing`, ...): invoices it holds now.
+    pub held_by: Option<String>,
 }
 
 impl InvoiceFilter {
     pub fn matches(&self, i: &Invoice) -> bool {
         let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        let held = |rule: &str| i.holds.iter().any(|h| h.rule == rule);
         is(&self.status, i.status.as_str())
             && is(&self.customer, &i.customer.id)
             && is(&self.period, &i.service_interval.id)
             && is(&self.legal_entity, &i.legal_entity)
+            && self.held_by.as_deref().is_none_or(held)
     }
 }
 

@@ -578,6 +578,13 @@ fn invoice_v1_wire_form_and_the_posting_invoice_id() {
     );
     assert_wire_form(&inv, golden);
     assert_tolerates_added_field(&inv);
+    // A list selects it by what holds it now.
+    let held_by = |rule: &str| crate::contracts::InvoiceFilter {
+        held_by: Some(rule.to_string()),
+        ..Default::default()
+    };
+    assert!(held_by("total_above").matches(&inv));
+    assert!(!held_by("tax_rate_missing").matches(&inv));
     // The postings of windows are written as before; the invoice stage's
     // carry the invoice.
     let mut p = posting();
