@@ -18,16 +18,21 @@ pub fn decode(headers: &HeaderMap, body: Bytes, max_body_bytes: usize) -> Result
     match coding(headers)?.as_deref() {
         None | Some("identity") => Ok(body),
         Some("gzip" | "x-gzip") => inflate(&body, max_body_bytes),
-        Some(other) => Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            reasons::UNSUPPORTED_CONTENT_ENCODING,
-            "Unsupported Content-Encoding",
-            format!(
-                "Content-Encoding {:?}: send the body as is, or gzip",
-                crate::ingest::reason::excerpt(other)
-            ),
-        )),
+        Some(other) => Err(unsupported(format!(
+            "Content-Encoding {}: send the body as is, or gzip",
+            crate::ingest::reason::excerpt(other)
+        ))),
     }
+}
+
+/// 415 `unsupported_content_encoding`, saying why.
+fn unsupported(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        reasons::UNSUPPORTED_CONTENT_ENCODING,
+        "Unsupported Content-Encoding",
+        detail,
+    )
 }
 
 /// The one coding named (lowercase), None when the header is absent.
@@ -36,14 +41,7 @@ fn coding(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = values.next() else {
         return Ok(None);
     };
-    let refuse = |detail: &str| {
-        Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            reasons::UNSUPPORTED_CONTENT_ENCODING,
-            "Unsupported Content-Encoding",
-            detail.to_string(),
-        )
-    };
+    let refuse = |detail: &str| unsupported(detail.to_string());
     if values.next().is_some() {
         return Err(refuse("Content-Encoding given twice: name one coding"));
     }
