@@ -324,6 +324,13 @@ pub struct ValidateConfig {
     /// `"event"`, the replacement CloudEvent; both are applied or neither.
     #[serde(default = "defaults::amend_type")]
     pub amend_type: String,
+    /// Sources whose retractions and amendments may correct another
+    /// source's events (`prefix*` matches a prefix). Unset: any source may
+    /// correct any source's events. Set: a source not listed may correct
+    /// only its own (`correction_source_not_permitted`); `[]`: every source
+    /// only its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction_sources: Option<Vec<String>>,
 }
 
 impl Default for ValidateConfig {
@@ -339,6 +346,7 @@ impl Default for ValidateConfig {
             max_event_bytes: defaults::max_event_bytes(),
             retract_type: defaults::retract_type(),
             amend_type: defaults::amend_type(),
+            correction_sources: None,
         }
     }
 }
@@ -891,6 +899,26 @@ mod tests {
         assert!(err.contains("commit_intervall_ms"), "{err}");
         assert!(err.contains("x.toml"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn correction_sources_unset_differs_from_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meters(dir.path());
+        let sources = |toml: &str| {
+            let c = Config::from_parts(toml, "x.toml", &[], dir.path().to_path_buf()).unwrap();
+            let rules = crate::ingest::rules::ValidateRules::from_config(&c.validate).unwrap();
+            rules.correction_sources
+        };
+        assert_eq!(sources(""), None);
+        assert_eq!(
+            sources("[validate]\ncorrection_sources = []\n"),
+            Some(vec![])
+        );
+        assert_eq!(
+            sources("[validate]\ncorrection_sources = [\"ops/*\"]\n"),
+            Some(vec!["ops/*".to_string()])
+        );
     }
 
     #[test]

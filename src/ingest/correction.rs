@@ -33,7 +33,11 @@ const RETRACTION_FIELDS: &[&str] = &["source", "id", "time"];
 const AMENDMENT_FIELDS: &[&str] = &["source", "id", "time", "event"];
 
 /// A retraction's [`ValidatedEvent`]: no measures, the correction named.
-pub fn retraction(event: CloudEvent, origin: Origin) -> Result<ValidatedEvent, Reject> {
+pub fn retraction(
+    event: CloudEvent,
+    rules: &ValidateRules,
+    origin: Origin,
+) -> Result<ValidatedEvent, Reject> {
     let invalid = |m: String| Reject::new(RejectReason::RetractionInvalid, m);
     let data = object(&event.data).map_err(invalid)?;
     only(data, RETRACTION_FIELDS).map_err(invalid)?;
@@ -46,6 +50,7 @@ pub fn retraction(event: CloudEvent, origin: Origin) -> Result<ValidatedEvent, R
                 .into(),
         ));
     }
+    permitted(rules, &event.source, &correction.source, "retracted event")?;
     let mut validated = ValidatedEvent::accepted(event, Vec::new(), origin);
     validated.correction = Some(correction);
     Ok(validated)
@@ -89,6 +94,8 @@ pub fn amendment(
             excerpt(&replacement.event_type)
         )));
     }
+    permitted(rules, &event.source, &correction.source, "amended event")?;
+    permitted(rules, &event.source, &replacement.source, "replacement")?;
     let mut validated = check_replacement(replacement, meters, rules, now, origin)?;
     validated.correction = Some(correction);
     Ok(validated)
@@ -110,6 +117,28 @@ fn check_replacement(
     checked
         .and_then(|()| rules::usage_event(replacement, meters, origin))
         .map_err(|r| Reject::new(r.reason, format!("the amendment's event: {}", r.message)))
+}
+
+/// `validate.correction_sources`: a correction sent by `correcting` may
+/// concern `corrected`'s events (`role` says which one is refused).
+fn permitted(
+    rules: &ValidateRules,
+    correcting: &str,
+    corrected: &str,
+    role: &str,
+) -> Result<(), Reject> {
+    if rules.may_correct(correcting, corrected) {
+        return Ok(());
+    }
+    Err(Reject::new(
+        RejectReason::CorrectionSourceNotPermitted,
+        format!(
+            "source {} may correct only its own events (validate.correction_sources), \
+             and the {role} is of source {}",
+            excerpt(correcting),
+            excerpt(corrected)
+        ),
+    ))
 }
 
 fn object(data: &Value) -> Result<&Map<String, Value>, String> {
@@ -201,6 +230,10 @@ mod tests {
 
     /// decode + validate as the stage runs them: the event, or the code.
     fn run(value: &Value) -> Result<ValidatedEvent, &'static str> {
+        run_with(value, &ValidateRules::default())
+    }
+
+    fn run_with(value: &Value, rules: &ValidateRules) -> Result<ValidatedEvent, &'static str> {
         let bytes = serde_json::to_vec(value).unwrap();
         let raw = RawRecord {
             key: None,
@@ -219,15 +252,7 @@ mod tests {
             encoding,
         };
         assert_eq!(encoding, Encoding::Structured);
-        rules::validate(
-            event,
-            &raw,
-            &meters(),
-            &ValidateRules::default(),
-            now(),
-            origin,
-        )
-        .map_err(|r| r.code())
+        rules::validate(event, &raw, &meters(), rules, now(), origin).map_err(|r| r.code())
     }
 
     fn usage(id: &str, subject: &str, tokens: Value) -> Value {
@@ -270,6 +295,64 @@ mod tests {
                 "{data}"
             );
         }
+    }
+
+    #[test]
+    fn correction_sources_limit_who_may_correct_another_sources_events() {
+        let limited = |sources: &[&str]| ValidateRules {
+            correction_sources: Some(sources.iter().map(|s| s.to_string()).collect()),
+            ..ValidateRules::default()
+        };
+        let retract = |from: &str, of: &str| {
+            let mut r = envelope(
+                "r1",
+                "meterline.usage.retract",
+                json!({"source": of, "id": "e1"}),
+            );
+            r["source"] = json!(from);
+            r
+        };
+        let amend = |from: &str, of: &str, replacement_source: &str| {
+            let mut event = usage("e1-v2", "cust-1", json!(3));
+            event["source"] = json!(replacement_source);
+            let data = json!({"source": of, "id": "e1", "event": event});
+            let mut a = envelope("a1", "meterline.usage.amend", data);
+            a["source"] = json!(from);
+            a
+        };
+        let refused = "correction_source_not_permitted";
+        // Unset: any source corrects any source's events (the README's example).
+        let open = ValidateRules::default();
+        assert!(run_with(&retract("ops/console", "svc/gateway"), &open).is_ok());
+        assert!(run_with(&amend("ops/console", "svc/gateway", "ops/console"), &open).is_ok());
+        // Set: a listed source (exact or by prefix) corrects any source's ...
+        for rules in [limited(&["ops/console"]), limited(&["ops/*"])] {
+            assert!(run_with(&retract("ops/console", "svc/gateway"), &rules).is_ok());
+            let a = run_with(&amend("ops/console", "svc/gateway", "svc/gateway"), &rules);
+            assert_eq!(a.unwrap().source, "svc/gateway");
+        }
+        // ... any other only its own, target and replacement alike.
+        let rules = limited(&["ops/console"]);
+        assert!(run_with(&retract("svc/gateway", "svc/gateway"), &rules).is_ok());
+        assert!(run_with(&amend("svc/gateway", "svc/gateway", "svc/gateway"), &rules).is_ok());
+        assert_eq!(
+            run_with(&retract("svc/batch", "svc/gateway"), &rules).unwrap_err(),
+            refused
+        );
+        assert_eq!(
+            run_with(&amend("svc/batch", "svc/gateway", "svc/batch"), &rules).unwrap_err(),
+            refused
+        );
+        assert_eq!(
+            run_with(&amend("svc/batch", "svc/batch", "svc/gateway"), &rules).unwrap_err(),
+            refused
+        );
+        // `[]`: every source only its own.
+        assert_eq!(
+            run_with(&retract("ops/console", "svc/gateway"), &limited(&[])).unwrap_err(),
+            refused
+        );
+        assert!(run_with(&retract("svc/gateway", "svc/gateway"), &limited(&[])).is_ok());
     }
 
     #[test]

@@ -83,6 +83,8 @@ crate::reason_codes! {
             "A retraction's data is not {\"source\", \"id\", \"time\"?} with non-empty strings and an RFC 3339 time, or it names its own identity.";
         AmendmentInvalid => "amendment_invalid",
             "An amendment's data is not {\"source\", \"id\", \"time\"?, \"event\"} with a CloudEvent of the same subject, an id of its own and a usage type (the replacement's own faults keep their codes).";
+        CorrectionSourceNotPermitted => "correction_source_not_permitted",
+            "validate.correction_sources is set, the correction's source matches none of its entries, and the event it names (or an amendment's replacement) is another source's.";
     }
 }
 

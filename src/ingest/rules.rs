@@ -98,6 +98,9 @@ pub struct ValidateRules {
     /// CloudEvents types of a retraction and an amendment ([`super::correction`]).
     pub retract_type: String,
     pub amend_type: String,
+    /// Sources whose retractions and amendments may name another source's
+    /// events ([`ValidateRules::may_correct`]); `None`: every source's may.
+    pub correction_sources: Option<Vec<String>>,
 }
 
 impl Default for ValidateRules {
@@ -112,6 +115,7 @@ impl Default for ValidateRules {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             retract_type: crate::config::defaults::retract_type(),
             amend_type: crate::config::defaults::amend_type(),
+            correction_sources: None,
         }
     }
 }
@@ -136,6 +140,7 @@ impl fmt::Debug for ValidateRules {
             .field("max_event_bytes", &self.max_event_bytes)
             .field("retract_type", &self.retract_type)
             .field("amend_type", &self.amend_type)
+            .field("correction_sources", &self.correction_sources)
             .finish()
     }
 }
@@ -159,19 +164,36 @@ impl ValidateRules {
             max_event_bytes: v.max_event_bytes,
             retract_type: v.retract_type.clone(),
             amend_type: v.amend_type.clone(),
+            correction_sources: v.correction_sources.clone(),
         })
     }
 
     /// Whether `source` passes the allow-list.
     pub fn source_allowed(&self, source: &str) -> bool {
-        self.allowed_sources.is_empty()
-            || self.allowed_sources.iter().any(|pattern| {
-                match pattern.strip_suffix(SOURCE_PREFIX_WILDCARD) {
-                    Some(prefix) => source.starts_with(prefix),
-                    None => pattern == source,
-                }
-            })
+        self.allowed_sources.is_empty() || matches_any(&self.allowed_sources, source)
     }
+
+    /// Whether a correction sent by `correcting` may name, or bring in, an
+    /// event of `corrected`: always its own; another source's only when
+    /// `correcting` matches an entry of `correction_sources` (unset: yes).
+    pub fn may_correct(&self, correcting: &str, corrected: &str) -> bool {
+        correcting == corrected
+            || self
+                .correction_sources
+                .as_ref()
+                .is_none_or(|patterns| matches_any(patterns, correcting))
+    }
+}
+
+/// Whether `source` matches one of `patterns` (exact, or a prefix when the
+/// entry ends in [`SOURCE_PREFIX_WILDCARD`]).
+fn matches_any(patterns: &[String], source: &str) -> bool {
+    patterns.iter().any(
+        |pattern| match pattern.strip_suffix(SOURCE_PREFIX_WILDCARD) {
+            Some(prefix) => source.starts_with(prefix),
+            None => pattern == source,
+        },
+    )
 }
 
 /// A meter with its JSONPaths compiled.
@@ -335,7 +357,7 @@ pub fn validate(
     check_signature(&event, raw, rules)?;
     check_data(&event)?;
     if event.event_type == rules.retract_type {
-        return super::correction::retraction(event, origin);
+        return super::correction::retraction(event, rules, origin);
     }
     if event.event_type == rules.amend_type {
         return super::correction::amendment(event, meters, rules, now, origin);
@@ -1289,6 +1311,21 @@ mod tests {
                     v["type"] = json!("meterline.usage.amend");
                     v["data"] = json!({"source": "svc", "id": "e0"});
                 }),
+            ),
+            (
+                "correction_source_not_permitted",
+                run(
+                    &serde_json::to_vec(&envelope(
+                        "meterline.usage.retract",
+                        json!({"source": "svc/other-team", "id": "e0"}),
+                    ))
+                    .unwrap(),
+                    &[],
+                    &ValidateRules {
+                        correction_sources: Some(Vec::new()),
+                        ..ValidateRules::default()
+                    },
+                ),
             ),
         ];
         let mut reached = HashSet::new();
