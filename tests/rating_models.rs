@@ -6,8 +6,11 @@
 //!   SUM meter (here: transaction amounts). The events are produced in
 //!   reverse time order, so the late ones take the free slots: the books
 //!   are still the fees in event order. September: 10, 20 free; 30 -> 0.69;
-//!   5 -> 0.50 (min); 1000 -> 5.00 (max); 100 -> 1.60: 7.79. October: 40,
-//!   50 free; 200 -> 2.90.
+//!   5 -> 0.50 (min); 1000 -> 5.00 (max); 100 -> 1.60: 7.79, until the
+//!   1000 transaction is retracted (refunded): its 5.00 back, 2.79. A
+//!   retraction of the free 10 is refused (`retraction_unsupported`: its
+//!   slot would pass to the 30, already charged). October: 40, 50 free;
+//!   200 -> 2.90.
 //! * `s-seat` (customer `c-seat`): 30.00 per seat, prorated, on the
 //!   `peak_seats` MAX meter. September (30 days): 4 seats from the 1st
 //!   (120.00), 6 from the 16th (+60.00 for 15 of 30 days = 30.00): 150.00.
@@ -124,6 +127,18 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
         })
         .collect();
     produce(&w.topic("usage.events"), &records);
+    // After them: the refund of the 1000 transaction, then of the free 10.
+    let retractions: Vec<_> = [("refund-1", "pay-4"), ("refund-2", "pay-0")]
+        .iter()
+        .map(|(id, target)| {
+            let data = format!(r#"{{"source":"ratingmodels","id":"{target}"}}"#);
+            let time = "2026-09-20T00:00:00Z";
+            let retract = "meterline.usage.retract";
+            let event = cloudevent("ops/console", id, retract, "c-pay", time, &data);
+            (Some(b"c-pay".to_vec()), Some(event.into_bytes()), vec![])
+        })
+        .collect();
+    produce(&w.topic("usage.events"), &retractions);
 
     let mut run = w.spawn_stage(&all_stages(), "a");
     wait_until("four period closes, invoices out of draft", || {
@@ -153,7 +168,7 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
     }
     let key = |s: &str, period: &str| (s.to_string(), period.to_string());
     let want = BTreeMap::from([
-        (key("s-pay", "2026-09-01"), dec!(7.79)),
+        (key("s-pay", "2026-09-01"), dec!(2.79)),
         (key("s-pay", "2026-10-01"), dec!(2.90)),
         (key("s-seat", "2026-09-01"), dec!(150.00)),
         (key("s-seat", "2026-10-01"), dec!(211.94)),
@@ -161,7 +176,13 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
     assert_eq!(lines, want, "invoice lines per subscription and period");
     assert_eq!(unbilled, want, "accruals + rounding = the invoice line");
 
-    // The September take-rate line explains itself.
+    let refused: Vec<_> = read_all(&w.topic("meterline.dlq.rate"), true)
+        .iter()
+        .filter_map(|r| r.header("meterline.reason"))
+        .collect();
+    assert_eq!(refused, ["retraction_unsupported"], "the free one's refund");
+
+    // The September take-rate line explains itself: three paid.
     let september = ps
         .iter()
         .find(|p| {
@@ -171,11 +192,12 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
         .unwrap();
     let part = |n: &str| september.breakdown.get(n).copied().unwrap_or_default();
     assert_eq!(part("free_events"), dec!(2));
-    assert_eq!(part("paid_events"), dec!(4));
-    assert_eq!(part("billable_amount"), dec!(1135));
-    assert_eq!(part("percentage_fee"), dec!(14.755));
-    assert_eq!(part("fixed_fees"), dec!(1.20));
-    assert_eq!(part("min_max_adjustment"), dec!(-8.165));
+    assert_eq!(part("paid_events"), dec!(3));
+    assert_eq!(part("billable_amount"), dec!(135));
+    assert_eq!(part("percentage_fee"), dec!(1.755));
+    assert_eq!(part("fixed_fees"), dec!(0.90));
+    assert_eq!(part("min_max_adjustment"), dec!(0.135));
+    assert_eq!(september.quantity, dec!(165));
     // The invoice document (finance.invoices, latest version) shows it too.
     let mut document = serde_json::Value::Null;
     for r in read_all(&w.topic("finance.invoices"), true) {
@@ -190,9 +212,9 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
         .as_array()
         .and_then(|lines| lines.iter().find(|l| l["kind"] == "usage"))
         .unwrap_or_else(|| panic!("no usage line on {document}"));
-    assert_eq!(usage["amount"], "7.79");
-    assert_eq!(usage["breakdown"]["paid_events"], "4");
-    assert_eq!(usage["breakdown"]["percentage_fee"], "14.755");
+    assert_eq!(usage["amount"], "2.79");
+    assert_eq!(usage["breakdown"]["paid_events"], "3");
+    assert_eq!(usage["breakdown"]["percentage_fee"], "1.755");
     // The October seat line: 270.00 for the full period, less the 58.06...
     // of the 9 seats' first 20 days.
     let october = ps

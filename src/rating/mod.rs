@@ -65,8 +65,8 @@ pub use charge::{
     MAX_TIERS,
 };
 pub use percentage::{
-    AllowanceMark, AllowanceWindow, Charge, PercentageModel, MAX_ALLOWANCE_WINDOW_EVENTS,
-    MAX_FREE_EVENTS,
+    AllowanceMark, AllowanceRetraction, AllowanceWindow, Charge, PercentageModel,
+    MAX_ALLOWANCE_WINDOW_EVENTS, MAX_FREE_EVENTS,
 };
 pub use proration::{
     divide_rounded, ServiceInterval, Timeline, MAX_PRORATED_CHANGES, PRORATION_SCALE,

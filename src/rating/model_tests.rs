@@ -297,6 +297,62 @@ fn divide_rounded_is_half_even_at_the_scale() {
     assert_eq!(divide_rounded(x("7"), 2).unwrap(), x("3.5"));
 }
 
+#[test]
+fn a_retraction_gives_back_a_fee_past_the_allowance_and_a_free_event_while_it_lasts() {
+    let model = take_rate();
+    let mut window = AllowanceWindow::default();
+    let rate = |window: &mut AllowanceWindow, s: i64, id: &str, v: Decimal| {
+        window.rate(&model, key(s, id), v).unwrap().amount
+    };
+    assert_eq!(rate(&mut window, 1, "a", dec!(10)), dec!(0));
+    // The allowance is not used up: "a" leaves it, free, and its slot is
+    // free again for the next event.
+    let back = window.retract(&model, &key(1, "a"), dec!(10)).unwrap();
+    let AllowanceRetraction::Priced(back) = back else {
+        panic!("{back:?}")
+    };
+    assert_eq!(back.amount, dec!(0));
+    assert_eq!(
+        back.parts,
+        Parts::from([("free_events".to_owned(), dec!(-1))])
+    );
+    assert!(window.is_empty());
+    let fees: Vec<Decimal> = [(2, "b", dec!(20)), (3, "c", dec!(30)), (4, "d", dec!(5))]
+        .into_iter()
+        .map(|(s, id, v)| rate(&mut window, s, id, v))
+        .collect();
+    assert_eq!(fees, [dec!(0), dec!(0), dec!(0.50)]);
+    assert_eq!(rate(&mut window, 5, "e", dec!(1000)), dec!(5.00));
+    // Past the allowance: its own fee back, every part of it.
+    let AllowanceRetraction::Priced(refund) =
+        window.retract(&model, &key(5, "e"), dec!(1000)).unwrap()
+    else {
+        panic!("past the allowance")
+    };
+    assert_eq!(refund.amount, dec!(-5.00));
+    let part = |name: &str| refund.parts.get(name).copied().unwrap_or_default();
+    assert_eq!(
+        (
+            part("paid_events"),
+            part("billable_amount"),
+            part("percentage_fee")
+        ),
+        (dec!(-1), dec!(-1000), dec!(-13.000))
+    );
+    assert_eq!(
+        (part("fixed_fees"), part("min_max_adjustment")),
+        (dec!(-0.30), dec!(8.30))
+    );
+    // "b" used a free event and "d" was charged in full: refused, unchanged.
+    let before = window.clone();
+    let refused = window.retract(&model, &key(2, "b"), dec!(20)).unwrap();
+    assert!(
+        matches!(refused, AllowanceRetraction::Unsupported(_)),
+        "{refused:?}"
+    );
+    assert_eq!(window, before);
+}
+
 // ---------------------------------------------------------------- properties
 
 /// The expected total of a percentage model over `values` in event order,
@@ -406,6 +462,67 @@ proptest! {
         prop_assert_eq!(part("free_events"), free);
         prop_assert!(part("paid_events") <= n - free);
         prop_assert!(window.len() <= values.len());
+    }
+
+    #[test]
+    fn a_retraction_leaves_the_event_order_fees_of_the_others_or_changes_nothing(
+        model in percentage_model(),
+        (events, arrival) in events_and_arrival(),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let id = |i: usize| format!("e{i}");
+        let mut window = AllowanceWindow::default();
+        let mut total = Decimal::ZERO;
+        for i in &arrival {
+            let (second, value) = events[*i];
+            total += window.rate(&model, key(second, &id(*i)), value).unwrap().amount;
+        }
+        let gone = pick.index(events.len());
+        let (second, value) = events[gone];
+        let before = window.clone();
+        match window.retract(&model, &key(second, &id(gone)), value).unwrap() {
+            AllowanceRetraction::Priced(change) => {
+                let mut rest: Vec<(EventKey, Decimal)> = events
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != gone)
+                    .map(|(i, (s, v))| (key(*s, &id(i)), *v))
+                    .collect();
+                rest.sort();
+                let values: Vec<Decimal> = rest.into_iter().map(|(_, v)| v).collect();
+                prop_assert_eq!(total + change.amount, expected_percentage_total(&model, &values));
+                let part = |n: &str| change.parts.get(n).copied().unwrap_or_default();
+                prop_assert_eq!(
+                    part("percentage_fee") + part("fixed_fees") + part("min_max_adjustment"),
+                    change.amount
+                );
+            }
+            AllowanceRetraction::Unsupported(_) => {
+                prop_assert!(model.free_events > 0 || !model.free_units.is_zero());
+                prop_assert_eq!(window, before);
+            }
+        }
+    }
+
+    #[test]
+    fn without_an_allowance_every_retraction_is_its_own_fee_back(
+        model in percentage_model(),
+        values in proptest::collection::vec(cents(100_000), 1..20),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let model = PercentageModel { free_events: 0, free_units: Decimal::ZERO, ..model };
+        let mut window = AllowanceWindow::default();
+        let fees: Vec<Decimal> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| window.rate(&model, key(i as i64, "e"), *v).unwrap().amount)
+            .collect();
+        let gone = pick.index(values.len());
+        let back = window.retract(&model, &key(gone as i64, "e"), values[gone]).unwrap();
+        prop_assert_eq!(back, AllowanceRetraction::Priced(Charge {
+            amount: -fees[gone],
+            ..model.refund(values[gone]).unwrap()
+        }));
     }
 
     #[test]

@@ -171,6 +171,12 @@ impl PercentageModel {
         }
     }
 
+    /// The change taking back a paid event past the allowance makes: its
+    /// own fee, negated, with its parts.
+    pub fn refund(&self, value: Decimal) -> Result<Charge, RatingError> {
+        Charge::default().minus(&self.paid(value, Decimal::ZERO)?)
+    }
+
     /// The fee of a paid event with `billable` amount, `free` of it having
     /// been covered by the free amount.
     pub fn paid(&self, billable: Decimal, free: Decimal) -> Result<Charge, RatingError> {
@@ -259,6 +265,16 @@ impl AllowanceMark {
     }
 }
 
+/// What taking back one event of a percentage segment comes to
+/// ([`AllowanceWindow::retract`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowanceRetraction {
+    /// The change to the period's total (zero or negative) and its parts.
+    Priced(Charge),
+    /// Why the event cannot be taken back.
+    Unsupported(&'static str),
+}
+
 /// The result of walking the window's events in order.
 struct Walk {
     total: Charge,
@@ -322,6 +338,54 @@ impl AllowanceWindow {
         self.closed = used_up_after.is_some();
         self.settle(model)?;
         Ok(charge)
+    }
+
+    /// Takes back the event `key` with `value`, rated before: the change
+    /// its removal makes to the period's total, so that the segment's
+    /// amounts add up to the fees of the events that remain, in event
+    /// order. Past the allowance, that is its own fee; within an allowance
+    /// not yet used up (every event free), nothing but its free part, and
+    /// it leaves the window. Within an allowance used up, removing it would
+    /// hand its share to events the window no longer holds (they were
+    /// priced in full): refused, as is an event whose share was settled.
+    /// On error or refusal the window is unchanged.
+    pub fn retract(
+        &mut self,
+        model: &PercentageModel,
+        key: &EventKey,
+        value: Decimal,
+    ) -> Result<AllowanceRetraction, RatingError> {
+        model.validate()?;
+        if self.mark().is_beyond(key) {
+            return model.refund(value).map(AllowanceRetraction::Priced);
+        }
+        if self.closed {
+            return Ok(AllowanceRetraction::Unsupported(
+                "it used the free allowance (free_events / free_units), which would pass to \
+                 events already charged in full",
+            ));
+        }
+        let Some(position) = self.events.iter().position(|e| e.key == *key) else {
+            return Ok(AllowanceRetraction::Unsupported(
+                "its share of the free allowance is settled (the allowance window was full)",
+            ));
+        };
+        let before = self.walk(model, &self.events)?;
+        let removed = self.events.remove(position);
+        let after = self
+            .walk(model, &self.events)
+            .and_then(|after| Ok((after.total.minus(&before.total)?, after.used_up_after)));
+        match after {
+            Ok((charge, used_up_after)) => {
+                // An allowance not used up with the event is not without it.
+                debug_assert!(used_up_after.is_none());
+                Ok(AllowanceRetraction::Priced(charge))
+            }
+            Err(e) => {
+                self.events.insert(position, removed);
+                Err(e)
+            }
+        }
     }
 
     /// Prices `events` in order against the allowance left after the

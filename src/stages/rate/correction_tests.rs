@@ -206,8 +206,55 @@ fn every_measure_of_an_event_is_taken_back_count_and_volume_tiers_too() {
     assert_eq!(amount, dec!(2.00) + dec!(1.30));
 }
 
+/// One `payments` measure of `value` under the issue's take rate (two free
+/// transactions, 1.3% + 0.30, at least 0.50, at most 5.00).
+fn payment(id: &str, value: Decimal) -> EnrichedEvent {
+    let take_rate = ChargeModel::Percentage(crate::rating::PercentageModel::example());
+    enriched(
+        id,
+        t0(),
+        vec![(
+            measure("payments", Some(value), None),
+            Aggregation::Sum,
+            take_rate,
+        )],
+    )
+}
+
 #[test]
-fn percentage_and_prorated_measures_are_refused_and_nothing_changes() {
+fn a_percentage_retraction_gives_back_the_fee_and_keeps_the_allowance_in_event_order() {
+    let mut h = harness();
+    let mut fees = Vec::new();
+    // Same time: event order is by id.
+    for (id, v) in [("p1", dec!(10)), ("p2", dec!(20)), ("p3", dec!(1000))] {
+        fees.push(rate(&mut h, &payment(id, v)).measures[0].marginal_amount);
+        h.commit().unwrap();
+    }
+    assert_eq!(fees, [dec!(0), dec!(0), dec!(5.00)]);
+    h.processor = RateProcessor::new(&config());
+    let r = retract(&mut h, "r1", "p3").unwrap();
+    h.commit().unwrap();
+    let m = &r.measures[0];
+    assert_eq!(
+        (m.marginal_quantity, m.marginal_amount),
+        (dec!(-1000), dec!(-5.00))
+    );
+    assert_eq!(m.parts.get("paid_events"), Some(&dec!(-1)));
+    // A free transaction of an allowance since used up: its slot would go
+    // to p3's successor, already charged in full. Refused, twice alike.
+    for _ in 0..2 {
+        let refused = retract(&mut h, "r2", "p1");
+        assert_eq!(refused.unwrap_err(), RETRACTION_UNSUPPORTED);
+    }
+    // The segment: p1 and p2 free, then p4 past the allowance, as if p3
+    // had never been.
+    let p4 = rate(&mut h, &payment("p4", dec!(100)));
+    assert_eq!(p4.measures[0].quantity_before, dec!(30));
+    assert_eq!(p4.measures[0].marginal_amount, dec!(1.60));
+}
+
+#[test]
+fn an_allowance_used_up_and_a_prorated_measure_are_refused_and_nothing_changes() {
     let mut h = harness();
     let per_unit = ChargeModel::PerUnit {
         unit_price: dec!(1),
@@ -234,6 +281,13 @@ fn percentage_and_prorated_measures_are_refused_and_nothing_changes() {
         e.charges[1].prorate = prorate;
         rate(&mut h, &e);
         h.commit().unwrap();
+        if meter == "payments" {
+            // e0 took the first free transaction; these use the allowance up.
+            for id in ["f1", "f2"] {
+                rate(&mut h, &payment(id, dec!(1)));
+                h.commit().unwrap();
+            }
+        }
         for _ in 0..2 {
             let r = retract(&mut h, "r", &format!("e{i}"));
             assert_eq!(r.unwrap_err(), RETRACTION_UNSUPPORTED, "{meter}");

@@ -19,8 +19,8 @@ use super::{window_key, RateError, SEGMENTS};
 use crate::contracts::{EnrichedEvent, Measure, ResolvedCharge};
 use crate::jsonpath::JsonPath;
 use crate::rating::{
-    self, AllowanceMark, AllowanceWindow, Charge, ChargeModel, EventKey, Parts, PercentageModel,
-    Pricing, QuantityChange, RatingError, SegmentState, ServiceInterval,
+    self, AllowanceMark, AllowanceRetraction, AllowanceWindow, Charge, ChargeModel, EventKey,
+    Parts, PercentageModel, Pricing, QuantityChange, RatingError, SegmentState, ServiceInterval,
 };
 use crate::runtime::{Ctx, StageError};
 
@@ -153,22 +153,56 @@ impl Pricer<'_> {
             model.validate().map_err(|e| self.rating(e.into()))?;
             return model.paid(value, Decimal::ZERO).map_err(|e| self.rating(e));
         }
-        let mut window = match windows.remove(self.segment_id) {
-            Some(w) => w,
-            None => match ctx.stores.get(SEGMENTS, &window_key(self.segment_id))? {
-                Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                    StageError::Fatal(format!(
-                        "segment {}: stored allowance window is corrupt: {e}",
-                        self.segment_id
-                    ))
-                })?,
-                None => AllowanceWindow::default(),
-            },
-        };
+        let mut window = self.window(windows, ctx)?;
         let charge = window.rate(model, key, value).map_err(|e| self.rating(e))?;
         state.allowance = Some(window.mark());
         windows.insert(self.segment_id.to_owned(), window);
         Ok(charge)
+    }
+
+    /// Taking back the (rated) event of a percentage measure: the change
+    /// its removal makes to the period's fees, or why it cannot be taken
+    /// back ([`AllowanceWindow::retract`]). The window is read only when
+    /// the event is not past the allowance.
+    pub fn retract_percentage(
+        &self,
+        model: &PercentageModel,
+        state: &mut SegmentState,
+        windows: &mut Windows,
+        ctx: &Ctx<'_>,
+    ) -> Result<AllowanceRetraction, StageError> {
+        let key = event_key(self.enriched);
+        let value = self.value()?;
+        let beyond = state.allowance.as_ref().is_some_and(|m| m.is_beyond(&key));
+        if beyond {
+            model.validate().map_err(|e| self.rating(e.into()))?;
+            let refund = model.refund(value).map_err(|e| self.rating(e))?;
+            return Ok(AllowanceRetraction::Priced(refund));
+        }
+        let mut window = self.window(windows, ctx)?;
+        let retraction = window
+            .retract(model, &key, value)
+            .map_err(|e| self.rating(e))?;
+        state.allowance = Some(window.mark());
+        windows.insert(self.segment_id.to_owned(), window);
+        Ok(retraction)
+    }
+
+    /// The segment's allowance window: as this event left it, else as
+    /// stored, else empty.
+    fn window(&self, windows: &mut Windows, ctx: &Ctx<'_>) -> Result<AllowanceWindow, StageError> {
+        if let Some(w) = windows.remove(self.segment_id) {
+            return Ok(w);
+        }
+        match ctx.stores.get(SEGMENTS, &window_key(self.segment_id))? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StageError::Fatal(format!(
+                    "segment {}: stored allowance window is corrupt: {e}",
+                    self.segment_id
+                ))
+            }),
+            None => Ok(AllowanceWindow::default()),
+        }
     }
 
     fn dynamic(

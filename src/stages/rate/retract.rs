@@ -11,11 +11,14 @@
 //! the greatest or latest of the observations the segment kept (at most
 //! `rate.correction_history_max` each), and the measure's amount is
 //! `price(without) - price(with)` under the charge the event was rated
-//! with; a dynamic charge gives back the event's own amount. A percentage
-//! charge's fees and a prorated charge's timeline depend on every other
-//! event's place, and a segment with more MAX/LATEST observations than
-//! the bound has nothing complete to fall back on, so those are refused
-//! (`retraction_unsupported`) and nothing changes.
+//! with; a dynamic charge gives back the event's own amount, a percentage
+//! charge the change to the period's fees
+//! ([`crate::rating::AllowanceWindow::retract`]: an event past the free
+//! allowance gives back its own fee). A percentage event that used an
+//! allowance since used up (its share would pass to events the window no
+//! longer holds), a prorated charge's timeline, and a segment with more
+//! MAX/LATEST observations than the bound (nothing complete to fall back
+//! on) are refused (`retraction_unsupported`) and nothing changes.
 //!
 //! The rated record of a retraction carries the removed event's measures
 //! negated and the context it was rated in (billing period, day, charges),
@@ -34,7 +37,9 @@ use crate::contracts::{
     ValidatedEvent,
 };
 use crate::meter::Aggregation;
-use crate::rating::{ChargeModel, EventKey, Observation, Pricing, SegmentState};
+use crate::rating::{
+    AllowanceRetraction, Charge, ChargeModel, EventKey, Observation, Pricing, SegmentState,
+};
 use crate::runtime::{Ctx, Output, StageError};
 use crate::store::keys::{KeyBuilder, KeyReader};
 
@@ -180,18 +185,28 @@ impl EventRating {
                 state.retract(observation).map_err(rating)?
             }
         };
-        let priced = price::Pricer {
+        let pricer = price::Pricer {
             enriched: original,
             measure,
             charge,
             segment_id: &id,
-        }
-        .price(&mut state, &change, &mut self.windows, ctx)?;
-        // A dynamic charge prices the event itself, not the segment.
-        let amount = match charge.charge.pricing() {
-            Pricing::PerEvent => -priced.amount,
-            Pricing::Cumulative => priced.amount,
         };
+        let priced = match &charge.charge {
+            ChargeModel::Percentage(model) => {
+                match pricer.retract_percentage(model, &mut state, &mut self.windows, ctx)? {
+                    AllowanceRetraction::Priced(change) => change,
+                    AllowanceRetraction::Unsupported(why) => {
+                        return Err(unsupported(&measure.meter, why))
+                    }
+                }
+            }
+            // A dynamic charge prices the event itself: its amount back.
+            _ if charge.charge.pricing() == Pricing::PerEvent => Charge::default()
+                .minus(&pricer.price(&mut state, &change, &mut self.windows, ctx)?)
+                .map_err(rating)?,
+            _ => pricer.price(&mut state, &change, &mut self.windows, ctx)?,
+        };
+        let amount = priced.amount;
         let delta = change.delta().map_err(rating)?;
         state.record_amount(amount).map_err(rating)?;
         self.states.insert(id.clone(), state);
@@ -379,12 +394,6 @@ fn supported(measure: &Measure, charge: &ResolvedCharge) -> Result<(), StageErro
     let meter = &measure.meter;
     if charge.prorate {
         return Err(unsupported(meter, "a prorated charge"));
-    }
-    if matches!(charge.charge, ChargeModel::Percentage(_)) {
-        return Err(unsupported(
-            meter,
-            "a percentage charge's fees depend on every other event's place",
-        ));
     }
     Ok(())
 }
