@@ -13,7 +13,8 @@
 //!   200 -> 2.90.
 //! * `s-seat` (customer `c-seat`): 30.00 per seat, prorated, on the
 //!   `peak_seats` MAX meter. September (30 days): 4 seats from the 1st
-//!   (120.00), 6 from the 16th (+60.00 for 15 of 30 days = 30.00): 150.00.
+//!   (120.00), 6 from the 16th (+60.00 for 15 of 30 days = 30.00): 150.00,
+//!   until the 6 seats are retracted: 120.00.
 //!   October (31 days): 6 seats from the 1st (180.00), 9 from the 21st
 //!   (+90.00 for 11 of 31 days = 31.935483870968): 211.94 at posting.
 //!
@@ -127,17 +128,23 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
         })
         .collect();
     produce(&w.topic("usage.events"), &records);
-    // After them: the refund of the 1000 transaction, then of the free 10.
-    let retractions: Vec<_> = [("refund-1", "pay-4"), ("refund-2", "pay-0")]
-        .iter()
-        .map(|(id, target)| {
-            let data = format!(r#"{{"source":"ratingmodels","id":"{target}"}}"#);
-            let time = "2026-09-20T00:00:00Z";
-            let retract = "meterline.usage.retract";
-            let event = cloudevent("ops/console", id, retract, "c-pay", time, &data);
-            (Some(b"c-pay".to_vec()), Some(event.into_bytes()), vec![])
-        })
-        .collect();
+    // After them: the refund of the 1000 transaction, then of the free 10;
+    // the 6 seats of September 16 taken back.
+    let retractions: Vec<_> = [
+        ("refund-1", "pay-4", "c-pay"),
+        ("refund-2", "pay-0", "c-pay"),
+        ("unseat-1", "seat-1", "c-seat"),
+    ]
+    .iter()
+    .map(|(id, target, customer)| {
+        let data = format!(r#"{{"source":"ratingmodels","id":"{target}"}}"#);
+        let time = "2026-09-20T00:00:00Z";
+        let retract = "meterline.usage.retract";
+        let event = cloudevent("ops/console", id, retract, customer, time, &data);
+        let key = customer.as_bytes().to_vec();
+        (Some(key), Some(event.into_bytes()), vec![])
+    })
+    .collect();
     produce(&w.topic("usage.events"), &retractions);
 
     let mut run = w.spawn_stage(&all_stages(), "a");
@@ -170,7 +177,7 @@ fn percentage_and_prorated_seat_plans_invoice_and_journal_to_the_cent() {
     let want = BTreeMap::from([
         (key("s-pay", "2026-09-01"), dec!(2.79)),
         (key("s-pay", "2026-10-01"), dec!(2.90)),
-        (key("s-seat", "2026-09-01"), dec!(150.00)),
+        (key("s-seat", "2026-09-01"), dec!(120.00)),
         (key("s-seat", "2026-10-01"), dec!(211.94)),
     ]);
     assert_eq!(lines, want, "invoice lines per subscription and period");

@@ -546,24 +546,9 @@ proptest! {
     fn prorated_total_is_the_timeline_total_for_any_arrival_order(
         tiers in proptest::collection::vec((1..50i64, 0..2_000i64), 1..4),
         aggregation in prop_oneof![Just(Aggregation::Latest), Just(Aggregation::Max)],
-        points in proptest::collection::vec((0..(30 * 86_400i64), 0..60i64), 1..12)
-            .prop_flat_map(|p| {
-                let n = p.len();
-                (Just(p), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
-            }),
+        (points, arrival) in seat_points(),
     ) {
-        let (points, arrival) = points;
-        // A graduated seat price: increasing bounds, prices in cents.
-        let mut bound = 0;
-        let mut table: Vec<Tier> = tiers
-            .iter()
-            .map(|(width, price)| {
-                bound += width;
-                Tier::bounded(Decimal::from(bound), Decimal::new(*price, 2))
-            })
-            .collect();
-        table.push(Tier::open(Decimal::new(tiers[0].1, 2)));
-        let model = ChargeModel::Graduated { tiers: table };
+        let model = seat_price(&tiers);
         let mut timeline = Timeline::default();
         let mut total = Decimal::ZERO;
         for i in &arrival {
@@ -573,23 +558,87 @@ proptest! {
                 .unwrap();
             total += c.amount;
         }
-        // Independently: walk the points in event order.
-        let mut sorted: Vec<(EventKey, i64, Decimal)> = points
-            .iter()
-            .enumerate()
-            .map(|(i, (s, v))| (key(*s, &format!("p{i}")), *s, Decimal::from(*v)))
-            .collect();
-        sorted.sort();
-        let period = Decimal::from(30 * 86_400i64);
-        let (mut q, mut before, mut expected) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
-        for (_, second, v) in sorted {
-            q = if aggregation == Aggregation::Max { q.max(v) } else { v };
-            let price = model.price(q).unwrap();
-            let remaining = period - Decimal::from(second);
-            expected += ((price - before) * remaining / period)
-                .round_dp_with_strategy(PRORATION_SCALE, RoundingStrategy::MidpointNearestEven);
-            before = price;
-        }
-        prop_assert_eq!(total, expected);
+        prop_assert_eq!(total, expected_prorated_total(&model, aggregation, &points, None));
     }
+
+    #[test]
+    fn a_prorated_retraction_leaves_the_timeline_total_of_the_others(
+        tiers in proptest::collection::vec((1..50i64, 0..2_000i64), 1..4),
+        aggregation in prop_oneof![Just(Aggregation::Latest), Just(Aggregation::Max)],
+        (points, arrival) in seat_points(),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let model = seat_price(&tiers);
+        let mut timeline = Timeline::default();
+        let mut total = Decimal::ZERO;
+        for i in &arrival {
+            let (second, value) = points[*i];
+            let p = key(second, &format!("p{i}"));
+            total += timeline.rate(&model, aggregation, &month(), p, Decimal::from(value)).unwrap().amount;
+        }
+        let gone = pick.index(points.len());
+        let gone_key = key(points[gone].0, &format!("p{gone}"));
+        let change = timeline.retract(&model, aggregation, &month(), &gone_key).unwrap().unwrap();
+        prop_assert_eq!(
+            total + change.amount,
+            expected_prorated_total(&model, aggregation, &points, Some(gone))
+        );
+        // Gone: a second retraction finds nothing.
+        prop_assert!(timeline.retract(&model, aggregation, &month(), &gone_key).unwrap().is_none());
+        prop_assert_eq!(timeline.len(), points.len() - 1);
+    }
+}
+
+/// Points (second of the month, seats) and an arrival order.
+fn seat_points() -> impl Strategy<Value = (Vec<(i64, i64)>, Vec<usize>)> {
+    proptest::collection::vec((0..(30 * 86_400i64), 0..60i64), 1..12).prop_flat_map(|p| {
+        let n = p.len();
+        (Just(p), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+    })
+}
+
+/// A graduated seat price: increasing bounds, prices in cents.
+fn seat_price(tiers: &[(i64, i64)]) -> ChargeModel {
+    let mut bound = 0;
+    let mut table: Vec<Tier> = tiers
+        .iter()
+        .map(|(width, price)| {
+            bound += width;
+            Tier::bounded(Decimal::from(bound), Decimal::new(*price, 2))
+        })
+        .collect();
+    table.push(Tier::open(Decimal::new(tiers[0].1, 2)));
+    ChargeModel::Graduated { tiers: table }
+}
+
+/// The prorated total of `points` but `without`, walked in event order
+/// independently of `proration.rs`.
+fn expected_prorated_total(
+    model: &ChargeModel,
+    aggregation: Aggregation,
+    points: &[(i64, i64)],
+    without: Option<usize>,
+) -> Decimal {
+    let mut sorted: Vec<(EventKey, i64, Decimal)> = points
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != without)
+        .map(|(i, (s, v))| (key(*s, &format!("p{i}")), *s, Decimal::from(*v)))
+        .collect();
+    sorted.sort();
+    let period = Decimal::from(30 * 86_400i64);
+    let (mut q, mut before, mut expected) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+    for (_, second, v) in sorted {
+        q = if aggregation == Aggregation::Max {
+            q.max(v)
+        } else {
+            v
+        };
+        let price = model.price(q).unwrap();
+        let remaining = period - Decimal::from(second);
+        expected += ((price - before) * remaining / period)
+            .round_dp_with_strategy(PRORATION_SCALE, RoundingStrategy::MidpointNearestEven);
+        before = price;
+    }
+    expected
 }

@@ -131,6 +131,48 @@ impl Timeline {
     }
 }
 
+impl Timeline {
+    /// The segment's quantity the timeline gives: MAX the greatest value,
+    /// LATEST the value of the last point in event order and its key; 0
+    /// when empty.
+    pub fn quantity(&self, aggregation: Aggregation) -> (Decimal, Option<EventKey>) {
+        match aggregation {
+            Aggregation::Max => {
+                let max = self.points.iter().map(|p| p.value).max();
+                (max.unwrap_or(Decimal::ZERO), None)
+            }
+            _ => self
+                .points
+                .last()
+                .map_or((Decimal::ZERO, None), |p| (p.value, Some(p.key.clone()))),
+        }
+    }
+
+    /// Takes back the observation `key`: the change its removal makes to
+    /// the prorated total, so the segment's amounts add up to the timeline
+    /// of the others. `None` when the timeline does not hold it. On error
+    /// the timeline is unchanged.
+    pub fn retract(
+        &mut self,
+        model: &ChargeModel,
+        aggregation: Aggregation,
+        interval: &ServiceInterval,
+        key: &EventKey,
+    ) -> Result<Option<Charge>, RatingError> {
+        let Ok(position) = self.points.binary_search_by(|p| p.key.cmp(key)) else {
+            return Ok(None);
+        };
+        let before = total(model, aggregation, interval, &self.points)?;
+        let removed = self.points.remove(position);
+        let charge = total(model, aggregation, interval, &self.points)
+            .and_then(|after| after.minus(&before));
+        if charge.is_err() {
+            self.points.insert(position, removed);
+        }
+        charge.map(Some)
+    }
+}
+
 /// The prorated total of `points` (see the module docs), with its parts.
 fn total(
     model: &ChargeModel,

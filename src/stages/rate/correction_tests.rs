@@ -254,51 +254,81 @@ fn a_percentage_retraction_gives_back_the_fee_and_keeps_the_allowance_in_event_o
 }
 
 #[test]
-fn an_allowance_used_up_and_a_prorated_measure_are_refused_and_nothing_changes() {
+fn a_free_transaction_of_an_allowance_used_up_is_refused_and_nothing_changes() {
     let mut h = harness();
     let per_unit = ChargeModel::PerUnit {
         unit_price: dec!(1),
     };
     let take_rate = ChargeModel::Percentage(crate::rating::PercentageModel::example());
-    let refused = [
-        ("payments", Aggregation::Sum, take_rate, false),
-        ("seats", Aggregation::Max, per_unit.clone(), true),
-    ];
-    for (i, (meter, aggregation, model, prorate)) in refused.into_iter().enumerate() {
-        // A SUM measure that could go, with one that cannot: neither goes.
-        let mut e = enriched(
-            &format!("e{i}"),
-            t0(),
-            vec![
-                (
-                    measure("tokens", Some(dec!(5)), None),
-                    Aggregation::Sum,
-                    per_unit.clone(),
-                ),
-                (measure(meter, Some(dec!(9)), None), aggregation, model),
-            ],
-        );
-        e.charges[1].prorate = prorate;
-        rate(&mut h, &e);
+    // A SUM measure that could go, with one that cannot: neither goes.
+    let e = enriched(
+        "e0",
+        t0(),
+        vec![
+            (
+                measure("tokens", Some(dec!(5)), None),
+                Aggregation::Sum,
+                per_unit.clone(),
+            ),
+            (
+                measure("payments", Some(dec!(9)), None),
+                Aggregation::Sum,
+                take_rate,
+            ),
+        ],
+    );
+    rate(&mut h, &e);
+    h.commit().unwrap();
+    // e0 took the first free transaction; these use the allowance up.
+    for id in ["f1", "f2"] {
+        rate(&mut h, &payment(id, dec!(1)));
         h.commit().unwrap();
-        if meter == "payments" {
-            // e0 took the first free transaction; these use the allowance up.
-            for id in ["f1", "f2"] {
-                rate(&mut h, &payment(id, dec!(1)));
-                h.commit().unwrap();
-            }
-        }
-        for _ in 0..2 {
-            let r = retract(&mut h, "r", &format!("e{i}"));
-            assert_eq!(r.unwrap_err(), RETRACTION_UNSUPPORTED, "{meter}");
-        }
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            retract(&mut h, "r", "e0").unwrap_err(),
+            RETRACTION_UNSUPPORTED
+        );
     }
     let next = rate(&mut h, &sum_event("e9", dec!(1), &per_unit));
-    assert_eq!(
-        next.measures[0].quantity_before,
-        dec!(10),
-        "both still count"
+    assert_eq!(next.measures[0].quantity_before, dec!(5), "e0 still counts");
+}
+
+/// `seats` (MAX, 31.00 a seat, prorated over January's 31 days) at
+/// `t0` (January 10) plus `days`.
+fn seats(id: &str, n: Decimal, days: i64) -> EnrichedEvent {
+    let per_seat = ChargeModel::PerUnit {
+        unit_price: dec!(31.00),
+    };
+    let mut e = enriched(
+        id,
+        t0() + Duration::days(days),
+        vec![(measure("seats", Some(n), None), Aggregation::Max, per_seat)],
     );
+    e.charges[0].prorate = true;
+    e
+}
+
+#[test]
+fn a_prorated_retraction_takes_the_seats_out_of_the_timeline() {
+    let mut h = harness();
+    // 4 seats for the last 22 days: 88.00; 6 for the last 12: +24.00.
+    let first = rate(&mut h, &seats("s1", dec!(4), 0));
+    h.commit().unwrap();
+    let second = rate(&mut h, &seats("s2", dec!(6), 10));
+    h.commit().unwrap();
+    let amounts = [&first, &second].map(|r| r.measures[0].marginal_amount.normalize());
+    assert_eq!(amounts, [dec!(88), dec!(24)]);
+    h.processor = RateProcessor::new(&config());
+    let r = retract(&mut h, "r1", "s2").unwrap();
+    h.commit().unwrap();
+    let m = &r.measures[0];
+    assert_eq!((m.quantity_before, m.quantity_after), (dec!(6), dec!(4)));
+    assert_eq!(m.marginal_amount.normalize(), dec!(-24));
+    // 5 seats for the last 7 days over the 4 that remain: +7.00 (with s2
+    // still there it would add nothing).
+    let third = rate(&mut h, &seats("s3", dec!(5), 15));
+    assert_eq!(third.measures[0].marginal_amount.normalize(), dec!(7));
 }
 
 /// One MAX or LATEST measure worth `value` at `t0 + minutes`.

@@ -115,25 +115,50 @@ impl Pricer<'_> {
         Ok(Charge { amount, parts })
     }
 
-    fn prorated(&self, state: &mut SegmentState) -> Result<Charge, StageError> {
+    fn interval(&self) -> ServiceInterval {
         let e = self.enriched;
-        let interval = ServiceInterval {
+        ServiceInterval {
             period_start: e.billing_period.start,
             period_end: e.billing_period.end,
             subscription_end: e.subscription_end,
-        };
+        }
+    }
+
+    fn prorated(&self, state: &mut SegmentState) -> Result<Charge, StageError> {
         let mut timeline = state.timeline.clone().unwrap_or_default();
         let charge = timeline
             .rate(
                 &self.charge.charge,
                 self.charge.aggregation,
-                &interval,
-                event_key(e),
+                &self.interval(),
+                event_key(self.enriched),
                 self.value()?,
             )
             .map_err(|err| self.rating(err))?;
         state.timeline = Some(timeline);
         Ok(charge)
+    }
+
+    /// Taking back the (rated) event of a prorated measure: the change its
+    /// removal makes to the segment's prorated total
+    /// ([`rating::Timeline::retract`]) and the quantity (with LATEST's key)
+    /// of the observations left; `None` when the timeline does not hold it.
+    pub fn retract_prorated(
+        &self,
+        state: &mut SegmentState,
+    ) -> Result<Option<(Charge, Decimal, Option<EventKey>)>, StageError> {
+        let mut timeline = state.timeline.clone().unwrap_or_default();
+        let aggregation = self.charge.aggregation;
+        let key = event_key(self.enriched);
+        let retracted = timeline
+            .retract(&self.charge.charge, aggregation, &self.interval(), &key)
+            .map_err(|err| self.rating(err))?;
+        let Some(charge) = retracted else {
+            return Ok(None);
+        };
+        let (quantity, latest) = timeline.quantity(aggregation);
+        state.timeline = Some(timeline);
+        Ok(Some((charge, quantity, latest)))
     }
 
     fn percentage(

@@ -24,7 +24,7 @@ crate::reason_codes! {
     RETRACTION_SUBJECT_MISMATCH => "retraction_subject_mismatch",
         "A retraction or amendment names an event of another subject; nothing changed.";
     RETRACTION_UNSUPPORTED => "retraction_unsupported",
-        "A retraction or amendment names an event with a measure that cannot be taken back (a percentage transaction that used a free allowance since used up, a prorated charge, or a MAX/LATEST segment beyond rate.correction_history_max); nothing changed.";
+        "A retraction or amendment names an event with a measure that cannot be taken back (a percentage transaction that used a free allowance since used up, or a MAX/LATEST segment beyond rate.correction_history_max); nothing changed.";
     RERATE_TOO_LARGE => "rerate_too_large",
         "A rerate command's subscription has more segments kept than one command re-rates (MAX_RERATE_SEGMENTS); name a meter or a period.";
     @also [

@@ -14,11 +14,12 @@
 //! with; a dynamic charge gives back the event's own amount, a percentage
 //! charge the change to the period's fees
 //! ([`crate::rating::AllowanceWindow::retract`]: an event past the free
-//! allowance gives back its own fee). A percentage event that used an
-//! allowance since used up (its share would pass to events the window no
-//! longer holds), a prorated charge's timeline, and a segment with more
-//! MAX/LATEST observations than the bound (nothing complete to fall back
-//! on) are refused (`retraction_unsupported`) and nothing changes.
+//! allowance gives back its own fee), a prorated charge the change to its
+//! timeline ([`crate::rating::Timeline::retract`]). A percentage event
+//! that used an allowance since used up (its share would pass to events
+//! the window no longer holds) and a segment with more MAX/LATEST
+//! observations than the bound (nothing complete to fall back on) are
+//! refused (`retraction_unsupported`) and nothing changes.
 //!
 //! The rated record of a retraction carries the removed event's measures
 //! negated and the context it was rated in (billing period, day, charges),
@@ -38,7 +39,8 @@ use crate::contracts::{
 };
 use crate::meter::Aggregation;
 use crate::rating::{
-    AllowanceRetraction, Charge, ChargeModel, EventKey, Observation, Pricing, SegmentState,
+    AllowanceRetraction, Charge, ChargeModel, EventKey, Observation, Pricing, QuantityChange,
+    SegmentState,
 };
 use crate::runtime::{Ctx, Output, StageError};
 use crate::store::keys::{KeyBuilder, KeyReader};
@@ -137,9 +139,8 @@ impl EventRating {
         ctx: &mut Ctx<'_>,
     ) -> Result<Retracted, StageError> {
         let original = find(by, correction, cutoff_ms, ctx)?;
-        for (measure, charge) in original.event.measures.iter().zip(&original.charges) {
-            supported(measure, charge)?;
-        }
+        // A measure refused after others were taken back: the event's
+        // rating is dropped whole, so nothing changes.
         let mut measures = Vec::with_capacity(original.event.measures.len());
         for (measure, charge) in original.event.measures.iter().zip(&original.charges) {
             measures.push(self.retract_measure(&original, measure, charge, ctx)?);
@@ -175,36 +176,26 @@ impl EventRating {
             meter: meter(),
             source,
         };
-        let change = match charge.aggregation {
-            Aggregation::Max | Aggregation::Latest => {
-                let (quantity, latest) = self.fall_back(original, measure, &state, &id, ctx)?;
-                state.fall_back(quantity, latest).map_err(rating)?
-            }
-            _ => {
-                let observation = self.leaving(measure, charge, &id, ctx)?;
-                state.retract(observation).map_err(rating)?
-            }
-        };
         let pricer = price::Pricer {
             enriched: original,
             measure,
             charge,
             segment_id: &id,
         };
-        let priced = match &charge.charge {
-            ChargeModel::Percentage(model) => {
-                match pricer.retract_percentage(model, &mut state, &mut self.windows, ctx)? {
-                    AllowanceRetraction::Priced(change) => change,
-                    AllowanceRetraction::Unsupported(why) => {
-                        return Err(unsupported(&measure.meter, why))
-                    }
-                }
-            }
-            // A dynamic charge prices the event itself: its amount back.
-            _ if charge.charge.pricing() == Pricing::PerEvent => Charge::default()
-                .minus(&pricer.price(&mut state, &change, &mut self.windows, ctx)?)
-                .map_err(rating)?,
-            _ => pricer.price(&mut state, &change, &mut self.windows, ctx)?,
+        let (change, priced) = if charge.prorate {
+            // The timeline holds every observation: the quantity left is its.
+            let (priced, quantity, latest) =
+                pricer.retract_prorated(&mut state)?.ok_or_else(|| {
+                    unsupported(
+                        &measure.meter,
+                        "its observation is not in the prorated timeline",
+                    )
+                })?;
+            (state.fall_back(quantity, latest).map_err(rating)?, priced)
+        } else {
+            let change = self.leave(original, measure, charge, &mut state, &id, ctx)?;
+            let priced = self.price_retraction(&pricer, &mut state, &change, ctx)?;
+            (change, priced)
         };
         let amount = priced.amount;
         let delta = change.delta().map_err(rating)?;
@@ -222,6 +213,66 @@ impl EventRating {
             marginal_amount: amount,
             parts: priced.parts,
         })
+    }
+
+    /// The segment's quantity without the event (not prorated).
+    fn leave(
+        &mut self,
+        original: &EnrichedEvent,
+        measure: &Measure,
+        charge: &ResolvedCharge,
+        state: &mut SegmentState,
+        id: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<QuantityChange, StageError> {
+        let change = match charge.aggregation {
+            Aggregation::Max | Aggregation::Latest => {
+                let (quantity, latest) = self.fall_back(original, measure, state, id, ctx)?;
+                state.fall_back(quantity, latest)
+            }
+            _ => {
+                let observation = self.leaving(measure, charge, id, ctx)?;
+                state.retract(observation)
+            }
+        };
+        change.map_err(|source| {
+            RateError::Rating {
+                meter: measure.meter.clone(),
+                source,
+            }
+            .into()
+        })
+    }
+
+    /// The amount (and parts) of taking a measure's event back, its
+    /// quantity having moved by `change`.
+    fn price_retraction(
+        &mut self,
+        pricer: &price::Pricer<'_>,
+        state: &mut SegmentState,
+        change: &QuantityChange,
+        ctx: &Ctx<'_>,
+    ) -> Result<Charge, StageError> {
+        let meter = &pricer.measure.meter;
+        match &pricer.charge.charge {
+            ChargeModel::Percentage(model) => {
+                match pricer.retract_percentage(model, state, &mut self.windows, ctx)? {
+                    AllowanceRetraction::Priced(charge) => Ok(charge),
+                    AllowanceRetraction::Unsupported(why) => Err(unsupported(meter, why)),
+                }
+            }
+            // A dynamic charge prices the event itself: its amount back.
+            model if model.pricing() == Pricing::PerEvent => Charge::default()
+                .minus(&pricer.price(state, change, &mut self.windows, ctx)?)
+                .map_err(|source| {
+                    RateError::Rating {
+                        meter: meter.clone(),
+                        source,
+                    }
+                    .into()
+                }),
+            _ => pricer.price(state, change, &mut self.windows, ctx),
+        }
     }
 
     /// MAX and LATEST without the event: the greatest (or latest) of the
@@ -387,15 +438,6 @@ fn unsupported(meter: &str, detail: &str) -> StageError {
         detail: detail.to_string(),
     }
     .into()
-}
-
-/// Whether a measure can be taken back (see the module docs).
-fn supported(measure: &Measure, charge: &ResolvedCharge) -> Result<(), StageError> {
-    let meter = &measure.meter;
-    if charge.prorate {
-        return Err(unsupported(meter, "a prorated charge"));
-    }
-    Ok(())
 }
 
 impl RateProcessor {
