@@ -722,3 +722,90 @@ fn rerate_after_a_corrected_plan_bills_the_corrected_price_once() {
         "{report}"
     );
 }
+
+/// A retraction and an amendment of events parked for an unknown customer
+/// wait with them in enrich (`correction_target_parked`); when the customer
+/// arrives, each event flows and its correction right after it: the
+/// retracted event bills nothing, the amended one its new value, and rate
+/// dead-letters nothing. (Before, both corrections reached rate first, were
+/// refused as `retraction_target_unknown`, and the events were billed in
+/// full once they healed.)
+#[test]
+fn corrections_of_parked_events_wait_for_them_and_apply_when_they_heal() {
+    let w = World::new("correctionparked", CONFIG);
+    w.apply();
+    w.load_refdata("plans", &plan());
+    let customer = "c-9";
+    let at = rfc3339(month_start(2) + chrono::TimeDelta::days(3));
+    let tokens = |id: &str, n: u32| {
+        let data = format!(r#"{{"tokens":"{n}","model":"m"}}"#);
+        cloudevent(SOURCE, id, "llm.tokens", customer, &at, &data)
+    };
+    let retract = cloudevent(
+        OPS,
+        "r-1",
+        "meterline.usage.retract",
+        customer,
+        &at,
+        &format!(r#"{{"source":"{SOURCE}","id":"e-1"}}"#),
+    );
+    let amend = cloudevent(
+        OPS,
+        "a-2",
+        "meterline.usage.amend",
+        customer,
+        &at,
+        &format!(
+            r#"{{"source":"{SOURCE}","id":"e-2","event":{}}}"#,
+            tokens("e-2b", 500)
+        ),
+    );
+    let records: Vec<(String, String)> = [tokens("e-1", 2000), tokens("e-2", 300), retract, amend]
+        .into_iter()
+        .map(|v| (customer.to_string(), v))
+        .collect();
+    produce_keyed(&w, &records);
+    let mut run = w.spawn_stage(&["validate", "dedupe", "enrich", "rate"], "a");
+    let exceptions = w.topic("usage.exceptions");
+    wait_until("the events and their corrections parked", || {
+        read_all(&exceptions, true).len() >= 4
+    });
+    let mut reasons: Vec<String> = read_all(&exceptions, true)
+        .iter()
+        .filter_map(|r| r.header("meterline.reason"))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "correction_target_parked",
+            "correction_target_parked",
+            "unknown_customer",
+            "unknown_customer"
+        ]
+    );
+    assert!(rated_records(&w).is_empty(), "nothing flows while parked");
+
+    w.load_refdata("customers", &customer_lines(&[customer]));
+    let (start, end) = (rfc3339(month_start(4)), rfc3339(month_start(0)));
+    w.load_refdata(
+        "subscriptions",
+        &format!(
+            r#"{{"id":"s-c-9","customer_id":"{customer}","plan_id":"mix","start":"{start}","end":"{end}","billing_anchor_day":1,"time_zone":"UTC","currency":"USD","legal_entity":"ml-us"}}"#
+        ),
+    );
+    // e-1, e-2, the retraction of e-1, the amendment's two halves.
+    wait_until("the events and their corrections rated", || {
+        rated_records(&w).len() >= 5
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let rated = rated_records(&w);
+    assert!(terminate(&mut run).success(), "SIGTERM exits 0");
+    assert_eq!(rated.len(), 5, "rated once each");
+    let refused = read_all(&w.topic("meterline.dlq.rate"), true);
+    assert!(refused.is_empty(), "rate refused nothing: {refused:?}");
+    // What is billed: the 500 tokens of the replacement alone, at 0.002.
+    let books = rated_books(&rated, "s-c-9");
+    let tokens_total: Decimal = books.values().copied().sum();
+    assert_eq!(tokens_total, Decimal::new(100, 2), "{books:?}");
+}

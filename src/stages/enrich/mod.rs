@@ -28,6 +28,14 @@
 //! compacted `ref.*` topics at every start. A malformed table record is
 //! logged, counted and skipped; the previous value under its key stays.
 //!
+//! A retraction goes on unresolved (rate prices the event it names in the
+//! context it was rated in); an amendment is resolved like the event it
+//! carries. Either one whose event is parked in this partition is parked
+//! too (`correction_target_parked`): passed on, it would find nothing to
+//! take back in rate, and the event would be billed in full once it
+//! healed. It is released after the event it waits for: a release, while
+//! some correction waits, re-checks the released event's customer at once.
+//!
 //! # Self-healing, exactly once
 //!
 //! A parked event is re-resolved in [`Processor::punctuate`], which runs

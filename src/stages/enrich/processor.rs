@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use crate::config::Config;
 use crate::contracts::ValidatedEvent;
 use crate::lineage::{self, Count};
-use crate::refdata::{RefKind, RefTables};
+use crate::refdata::{RefKind, RefTables, RefTrigger};
 use crate::runtime::dlq::{self, headers, last_header};
 use crate::runtime::{Ctx, InputRecord, Output, Processor, StageError};
 use crate::topology::{self, StageSpec};
@@ -20,9 +20,10 @@ use super::events::{
 };
 use super::metrics::EnrichMetrics;
 use super::parked::{
-    all_entries_range, customer_range, oldest_parked_ms, read_stats, remove_parked, store_parked,
-    EventIds, ParkedEntry, ParkedMeta,
+    all_entries_range, customer_range, entry_key, oldest_parked_ms, read_stats, remove_parked,
+    store_parked, EventIds, ParkedEntry, ParkedMeta,
 };
+use super::reason::CORRECTION_TARGET_PARKED;
 use super::recheck::{Recheck, Snapshot, PARKED_RECHECK_BATCH_MAX, PARKED_RESWEEP_INTERVAL_MS};
 use super::resolve::{meter_catalog, resolve, MeterCatalog, ParkReason};
 use super::stats::revenue_at_risk;
@@ -38,6 +39,21 @@ fn is_retraction(event: &ValidatedEvent) -> bool {
         .correction
         .as_ref()
         .is_some_and(|c| c.kind == CorrectionKind::Retract)
+}
+
+/// What a validated event resolves to.
+pub(super) enum Resolved {
+    Enriched(Box<EnrichedEvent>),
+    /// A retraction: passed on unresolved ([`Enricher::pass_retraction`]).
+    Retraction,
+}
+
+/// Whether some correction of the partition waits for a parked event: then
+/// a release re-checks its customer's entries, so the correction follows
+/// the event it waited for at once.
+pub(super) fn corrections_wait(ctx: &Ctx<'_>) -> Result<bool, StageError> {
+    let stats = read_stats(ctx.stores)?;
+    Ok(stats.by_reason.contains_key(CORRECTION_TARGET_PARKED))
 }
 
 /// Actor of the parked-event notices enrich sends the invoice stage.
@@ -256,7 +272,13 @@ impl Enricher {
         topic.starts_with(':').then_some(from)
     }
 
-    fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+    /// Enriches or parks one input record; the customer when a parked
+    /// entry of theirs was released.
+    fn process(
+        &mut self,
+        rec: &InputRecord<'_>,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Option<String>, StageError> {
         let bytes = rec.value.ok_or_else(|| StageError::Reject {
             code: MALFORMED_VALIDATED_EVENT,
             message: "the record has no value".into(),
@@ -265,9 +287,6 @@ impl Enricher {
             code: MALFORMED_VALIDATED_EVENT,
             message: format!("not a validated event: {e}"),
         })?;
-        if is_retraction(&event) {
-            return self.pass_retraction(rec, ctx, event);
-        }
         let ids = EventIds::of(&event);
         let key = ids.entry_key();
         let existing = match ctx.stores.get(PARKED, &key)? {
@@ -292,11 +311,11 @@ impl Enricher {
                     replayed_from: from,
                 }
                 .emit(&self.metrics);
-                return Ok(());
+                return Ok(None);
             }
         }
-        match resolve(&event, &self.tables, &self.meters) {
-            Ok(enriched) => {
+        match self.resolve_event(&event, ctx)? {
+            Ok(resolved) => {
                 if let Some(old) = &existing {
                     remove_parked(ctx.stores, &ids, &old.meta)?;
                     ctx.emit(self.parked_notice(&event, None)?);
@@ -314,9 +333,8 @@ impl Enricher {
                     Count::Passed
                 };
                 lineage::count(ctx, COUNTERS, &day, arrived.into_iter().chain([outcome]))?;
-                self.note_enriched(ctx, &enriched, rec.partition, rec.offset, healed)?;
-                let out = self.enriched_output(&enriched)?;
-                ctx.emit(out);
+                self.emit_resolved(ctx, &event, resolved, (rec.partition, rec.offset), healed)?;
+                return Ok(healed.then(|| event.subject.clone()));
             }
             Err(reason) => {
                 let parked = existing.is_none().then_some(Count::Held);
@@ -329,6 +347,55 @@ impl Enricher {
                 };
                 self.park(ctx, &input, existing.as_ref(), &reason)?;
             }
+        }
+        Ok(None)
+    }
+
+    /// What `event` resolves to, or why it is parked. A retraction or
+    /// amendment whose event is parked waits for it: passed on now, it
+    /// would find nothing to take back, and the event would be billed in
+    /// full once it heals.
+    pub(super) fn resolve_event(
+        &self,
+        event: &ValidatedEvent,
+        ctx: &Ctx<'_>,
+    ) -> Result<Result<Resolved, ParkReason>, StageError> {
+        if let Some(c) = &event.correction {
+            let target = entry_key(&event.subject, &c.source, &c.id);
+            if let Some(bytes) = ctx.stores.get(PARKED, &target)? {
+                let parked = ParkedEntry::decode(&bytes)?;
+                return Ok(Err(ParkReason::CorrectionTargetParked {
+                    customer: event.subject.clone(),
+                    target_source: c.source.clone(),
+                    target_id: c.id.clone(),
+                    target_reason: parked.meta.reason,
+                }));
+            }
+        }
+        if is_retraction(event) {
+            return Ok(Ok(Resolved::Retraction));
+        }
+        Ok(resolve(event, &self.tables, &self.meters).map(|e| Resolved::Enriched(Box::new(e))))
+    }
+
+    /// Emits what `event` resolved to, with its lineage step (`at`: the
+    /// input's partition and offset; `healed`: it was parked).
+    pub(super) fn emit_resolved(
+        &self,
+        ctx: &mut Ctx<'_>,
+        event: &ValidatedEvent,
+        resolved: Resolved,
+        at: (i32, i64),
+        healed: bool,
+    ) -> Result<(), StageError> {
+        let (partition, offset) = at;
+        match resolved {
+            Resolved::Enriched(enriched) => {
+                self.note_enriched(ctx, &enriched, partition, offset, healed)?;
+                let out = self.enriched_output(&enriched)?;
+                ctx.emit(out);
+            }
+            Resolved::Retraction => self.pass_retraction(ctx, event, at)?,
         }
         Ok(())
     }
@@ -402,27 +469,27 @@ impl Enricher {
     /// A retraction goes on to rate unresolved ([`RetractionRecord`]): the
     /// event it names is priced in the context it was rated in, which rate
     /// keeps; resolving the retraction's own time could find another
-    /// subscription or none. Counted like an event enriched on arrival.
+    /// subscription or none. Counted (by the caller) like an enriched event.
     fn pass_retraction(
         &self,
-        rec: &InputRecord<'_>,
         ctx: &mut Ctx<'_>,
-        event: ValidatedEvent,
+        event: &ValidatedEvent,
+        (partition, offset): (i32, i64),
     ) -> Result<(), StageError> {
-        let day = lineage::day_of(event.time);
-        lineage::count(ctx, COUNTERS, &day, [Count::In, Count::Passed])?;
         let step = lineage::Step {
             outcome: "enriched".into(),
-            partition: rec.partition,
-            offset: rec.offset,
+            partition,
+            offset,
             reason: None,
             detail: serde_json::json!({ "retracts": event.correction }),
         };
-        self.note(ctx, &event, step)?;
+        self.note(ctx, event, step)?;
         let key = event.subject.as_bytes().to_vec();
-        let value = RetractionRecord { retraction: event }
-            .to_json_bytes()
-            .map_err(|e| StageError::Fatal(format!("serializing a retraction: {e}")))?;
+        let value = RetractionRecord {
+            retraction: event.clone(),
+        }
+        .to_json_bytes()
+        .map_err(|e| StageError::Fatal(format!("serializing a retraction: {e}")))?;
         ctx.emit(Output {
             topic: self.enriched_topic.clone(),
             key: Some(key),
@@ -484,8 +551,13 @@ impl Processor for EnrichProcessor {
     }
 
     fn process(&mut self, rec: &InputRecord<'_>, ctx: &mut Ctx<'_>) -> Result<(), StageError> {
-        self.parts.entry(ctx.partition).or_insert_with(Recheck::new);
-        self.inner.process(rec, ctx)
+        let part = self.parts.entry(ctx.partition).or_insert_with(Recheck::new);
+        if let Some(customer) = self.inner.process(rec, ctx)? {
+            if corrections_wait(ctx)? {
+                part.trigger(&RefTrigger::new(RefKind::Customers, customer));
+            }
+        }
+        Ok(())
     }
 
     fn punctuate(&mut self, ctx: &mut Ctx<'_>, now_ms: i64) -> Result<(), StageError> {
@@ -508,17 +580,23 @@ impl Processor for EnrichProcessor {
                 break;
             };
             let (_, to) = customer_range(&customer);
-            let (next, used) = self.inner.recheck_range(&from, &to, budget, ctx)?;
-            budget = budget.saturating_sub(used);
-            if let Some(next) = next {
+            let checked = self.inner.recheck_range(&from, &to, budget, ctx)?;
+            budget = budget.saturating_sub(checked.used);
+            if let Some(next) = checked.next {
                 part.customers.insert(customer, next);
+            }
+            for again in checked.again {
+                part.trigger(&RefTrigger::new(RefKind::Customers, again));
             }
         }
         if budget > 0 {
             if let Some(from) = part.sweep.take() {
                 let (_, to) = all_entries_range();
-                let (next, _) = self.inner.recheck_range(&from, &to, budget, ctx)?;
-                part.sweep = next;
+                let checked = self.inner.recheck_range(&from, &to, budget, ctx)?;
+                part.sweep = checked.next;
+                for again in checked.again {
+                    part.trigger(&RefTrigger::new(RefKind::Customers, again));
+                }
             }
         }
 

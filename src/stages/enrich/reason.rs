@@ -26,6 +26,8 @@ crate::reason_codes! {
         "Parked: the subscription bills in another currency than the plan version prices in.";
     NO_BILLING_PERIOD => "no_billing_period",
         "Parked: no billing period can be computed for the subscription.";
+    CORRECTION_TARGET_PARKED => "correction_target_parked",
+        "Parked: a retraction or amendment names an event that is parked itself; it flows right after that event does (a retraction passed on before would find nothing to take back, and the event would be billed when it healed).";
     PARKED_FORMAT_UNKNOWN => "parked_format_unknown",
         "Fatal: a parked store value has an unknown encoding version.";
     PARKED_VALUE_TRUNCATED => "parked_value_truncated",

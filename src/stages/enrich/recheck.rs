@@ -2,7 +2,7 @@
 //! to re-check (not state: re-derivable) and the re-resolution of parked
 //! entries (see "Self-healing, exactly once" in the module docs of [`super`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::contracts::ValidatedEvent;
 use crate::lineage::{self, Count};
@@ -15,8 +15,7 @@ use super::parked::{
     customer_range, parse_entry_key, remove_parked, store_parked, successor, EventIds, ParkedEntry,
     ParkedMeta,
 };
-use super::processor::Enricher;
-use super::resolve::resolve;
+use super::processor::{corrections_wait, Enricher};
 use super::stats::{revenue_at_risk, ParkedStats};
 use super::{COUNTERS, PARKED};
 
@@ -76,6 +75,13 @@ impl std::ops::DerefMut for Recheck {
     }
 }
 
+/// What [`Enricher::recheck_range`] did.
+pub(super) struct RangeChecked {
+    pub(super) next: Option<Vec<u8>>,
+    pub(super) used: usize,
+    pub(super) again: BTreeSet<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub(super) struct Snapshot {
     pub(super) stats: ParkedStats,
@@ -83,9 +89,9 @@ pub(super) struct Snapshot {
 }
 
 impl Enricher {
-    /// Re-resolves one parked entry: emits and deletes it if it resolves,
-    /// updates it if its park code or revenue at risk changed.
-    fn recheck(&self, key: &[u8], value: &[u8], ctx: &mut Ctx<'_>) -> Result<(), StageError> {
+    /// Re-resolves one parked entry: emits and deletes it if it resolves
+    /// (true), updates it if its park code or revenue at risk changed.
+    fn recheck(&self, key: &[u8], value: &[u8], ctx: &mut Ctx<'_>) -> Result<bool, StageError> {
         let (customer, source, id) = parse_entry_key(key)?;
         let ids = EventIds {
             customer,
@@ -99,23 +105,22 @@ impl Enricher {
                 ids.source, ids.id
             ))
         })?;
-        match resolve(&event, &self.tables, &self.meters) {
-            Ok(enriched) => {
+        match self.resolve_event(&event, ctx)? {
+            Ok(resolved) => {
                 remove_parked(ctx.stores, &ids, &entry.meta)?;
                 ctx.emit(self.parked_notice(&event, None)?);
                 let day = lineage::day_of(event.time);
                 lineage::count(ctx, COUNTERS, &day, [Count::Released])?;
                 // Not from an input record (offset -1): healed by reference data.
-                let partition = ctx.partition;
-                self.note_enriched(ctx, &enriched, partition, -1, true)?;
-                let out = self.enriched_output(&enriched)?;
-                ctx.emit(out);
+                let at = (ctx.partition, -1);
+                self.emit_resolved(ctx, &event, resolved, at, true)?;
                 ParkedEventReemitted {
                     ids: &ids,
                     reason: &entry.meta.reason,
                     parked_ms: entry.meta.first_parked_ms,
                 }
                 .emit(&self.metrics);
+                Ok(true)
             }
             Err(reason) => {
                 let at_risk = revenue_at_risk(&event, &reason, &self.tables);
@@ -131,32 +136,44 @@ impl Enricher {
                     };
                     store_parked(ctx.stores, &ids, Some(&entry.meta), &updated)?;
                 }
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// Re-checks up to `budget` entries of `[from, to)`; returns the cursor
-    /// to resume from, or None when the range is done, and what was used.
+    /// to resume from (None when the range is done), what was used, and
+    /// the customers to re-check again at once: those with an entry
+    /// released while corrections wait ([`corrections_wait`]).
     pub(super) fn recheck_range(
         &self,
         from: &[u8],
         to: &[u8],
         budget: usize,
         ctx: &mut Ctx<'_>,
-    ) -> Result<(Option<Vec<u8>>, usize), StageError> {
+    ) -> Result<RangeChecked, StageError> {
         let entries = ctx.stores.scan(PARKED, from, to, budget)?;
         let used = entries.len();
         let mut last = None;
+        let mut released = BTreeSet::new();
         for (k, v) in entries {
-            self.recheck(&k, &v, ctx)?;
+            if self.recheck(&k, &v, ctx)? {
+                released.insert(parse_entry_key(&k)?.0);
+            }
             last = Some(k);
+        }
+        if !released.is_empty() && !corrections_wait(ctx)? {
+            released.clear();
         }
         // A full batch may have more behind it; a short one ends the range.
         let next = match last {
             Some(k) if used >= budget => Some(successor(&k)),
             _ => None,
         };
-        Ok((next, used))
+        Ok(RangeChecked {
+            next,
+            used,
+            again: released,
+        })
     }
 }

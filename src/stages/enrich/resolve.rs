@@ -173,6 +173,18 @@ pub enum ParkReason {
         message: String,
         candidate_plans: Vec<String>,
     },
+    /// A retraction or amendment whose event is parked: it waits for it
+    /// (checked by the processor, which holds the parked store).
+    #[error(
+        "the event it corrects, source {target_source:?} id {target_id:?}, is parked \
+         ({target_reason}): this correction flows right after it does"
+    )]
+    CorrectionTargetParked {
+        customer: String,
+        target_source: String,
+        target_id: String,
+        target_reason: String,
+    },
 }
 
 impl ParkReason {
@@ -188,6 +200,7 @@ impl ParkReason {
         reason::NO_CHARGE_FOR_METER,
         reason::CURRENCY_MISMATCH,
         reason::NO_BILLING_PERIOD,
+        reason::CORRECTION_TARGET_PARKED,
     ];
 
     /// Stable snake_case code.
@@ -202,6 +215,7 @@ impl ParkReason {
             ParkReason::NoChargeForMeter { .. } => reason::NO_CHARGE_FOR_METER,
             ParkReason::CurrencyMismatch { .. } => reason::CURRENCY_MISMATCH,
             ParkReason::NoBillingPeriod { .. } => reason::NO_BILLING_PERIOD,
+            ParkReason::CorrectionTargetParked { .. } => reason::CORRECTION_TARGET_PARKED,
         }
     }
 
@@ -221,7 +235,8 @@ impl ParkReason {
             | ParkReason::NoPlanVersion { customer, .. }
             | ParkReason::NoChargeForMeter { customer, .. }
             | ParkReason::CurrencyMismatch { customer, .. }
-            | ParkReason::NoBillingPeriod { customer, .. } => customer,
+            | ParkReason::NoBillingPeriod { customer, .. }
+            | ParkReason::CorrectionTargetParked { customer, .. } => customer,
         }
     }
 
@@ -234,6 +249,13 @@ impl ParkReason {
             ParkReason::UnknownMeter { .. } => return Vec::new(),
             ParkReason::UnknownCustomer { .. } => {
                 return vec![RefTrigger::new(RefKind::Customers, customer)]
+            }
+            // Whatever releases the event it waits for (plans: a sweep).
+            ParkReason::CorrectionTargetParked { .. } => {
+                return vec![
+                    RefTrigger::new(RefKind::Customers, customer),
+                    RefTrigger::new(RefKind::Subscriptions, customer),
+                ]
             }
             ParkReason::NoActiveSubscription {
                 candidate_plans, ..
@@ -1420,6 +1442,12 @@ mod tests {
                 subscription: "s".into(),
                 message: "m".into(),
                 candidate_plans: vec![],
+            },
+            ParkReason::CorrectionTargetParked {
+                customer: "c".into(),
+                target_source: "svc".into(),
+                target_id: "e1".into(),
+                target_reason: "unknown_customer".into(),
             },
         ];
         let codes: Vec<_> = reasons.iter().map(ParkReason::code).collect();

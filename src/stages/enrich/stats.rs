@@ -104,7 +104,8 @@ pub(super) fn revenue_at_risk(
         ParkReason::UnknownMeter { .. }
         | ParkReason::UnknownCustomer { .. }
         | ParkReason::NoActiveSubscription { .. }
-        | ParkReason::AmbiguousSubscription { .. } => None,
+        | ParkReason::AmbiguousSubscription { .. }
+        | ParkReason::CorrectionTargetParked { .. } => None,
     };
     let subscription = match named {
         Some(id) => tables.subscription(id)?,

@@ -224,6 +224,84 @@ fn a_retraction_goes_on_unresolved_and_an_amendment_is_resolved() {
     assert_eq!(enriched.subscription_id, "sub-1");
 }
 
+/// What an output to usage.enriched is: ("retract" | "event", its id).
+fn enriched_output_id(o: &Output) -> (&'static str, String) {
+    use crate::contracts::RetractionRecord;
+    let bytes = o.value.as_deref().unwrap();
+    match RetractionRecord::from_json_slice(bytes) {
+        Ok(r) => ("retract", r.retraction.id),
+        Err(_) => (
+            "event",
+            EnrichedEvent::from_json_slice(bytes).unwrap().event.id,
+        ),
+    }
+}
+
+#[test]
+fn a_correction_of_a_parked_event_waits_for_it_and_flows_right_after_it() {
+    use crate::contracts::{Correction, CorrectionKind};
+    let mut h = loaded();
+    let of = |kind, id: &str| {
+        Some(Correction {
+            kind,
+            source: "svc".into(),
+            id: id.into(),
+            time: None,
+        })
+    };
+    for id in ["event-5", "event-7"] {
+        run(&mut h, &event("cust-9", id, dec!(5))).0.unwrap();
+    }
+    // Their identities sort before their targets' (shorter: keys are
+    // length-prefixed), so a re-check meets them first.
+    let mut retraction = event("cust-9", "r5", dec!(0));
+    retraction.measures.clear();
+    retraction.correction = of(CorrectionKind::Retract, "event-5");
+    let mut amendment = event("cust-9", "a7", dec!(2));
+    amendment.correction = of(CorrectionKind::Amend, "event-7");
+    for correction in [&retraction, &amendment] {
+        let (r, out) = run(&mut h, correction);
+        r.unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].topic, format!("{NS}usage.exceptions"));
+        let reason = header(&out[0], headers::REASON);
+        assert_eq!(reason.as_deref(), Some("correction_target_parked"));
+        let message = header(&out[0], headers::MESSAGE).unwrap();
+        assert!(message.contains("unknown_customer"), "{message}");
+    }
+    // A retraction of an event that is not parked passes at once.
+    let mut elsewhere = event("cust-9", "c-retract", dec!(0));
+    elsewhere.measures.clear();
+    elsewhere.correction = of(CorrectionKind::Retract, "never-seen");
+    let (r, out) = run(&mut h, &elsewhere);
+    r.unwrap();
+    assert_eq!(out[0].topic, format!("{NS}usage.enriched"));
+    h.commit().unwrap();
+    assert!(punctuate(&mut h, now_ms()).is_empty());
+    assert_eq!(parked_keys(&h.stores).len(), 4);
+
+    load(&mut h, RefKind::Customers, &[customer_line("cust-9")]);
+    let sub = subscription_line("sub-9", "cust-9", "pro");
+    load(&mut h, RefKind::Subscriptions, &[sub]);
+    let flowed: Vec<_> = punctuate(&mut h, now_ms())
+        .iter()
+        .map(enriched_output_id)
+        .collect();
+    let at = |kind: &str, id: &str| {
+        flowed
+            .iter()
+            .position(|(k, i)| *k == kind && i == id)
+            .unwrap_or_else(|| panic!("{kind} {id} not in {flowed:?}"))
+    };
+    assert_eq!(flowed.len(), 4, "{flowed:?}");
+    assert!(at("event", "event-5") < at("retract", "r5"), "{flowed:?}");
+    assert!(at("event", "event-7") < at("event", "a7"), "{flowed:?}");
+    assert!(parked_keys(&h.stores).is_empty());
+    assert_eq!(read_stats(&h.stores).unwrap(), ParkedStats::default());
+    h.commit().unwrap();
+    assert!(punctuate(&mut h, now_ms()).is_empty());
+}
+
 #[test]
 fn malformed_input_is_rejected_without_writes_or_outputs() {
     let mut h = loaded();

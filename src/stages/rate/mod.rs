@@ -131,7 +131,7 @@ pub enum RateError {
     DynamicAmount { meter: String, detail: String },
     #[error("measure {meter}: dynamic currency: {detail}")]
     DynamicCurrency { meter: String, detail: String },
-    #[error("event ({event_source:?}, {id:?}) is not among the events this partition rated and keeps (never accepted, rejected, still parked, or sent for another subject)")]
+    #[error("event ({event_source:?}, {id:?}) is not among the events this partition rated and keeps (never accepted, rejected, not yet seen, or sent for another subject)")]
     RetractionUnknown { event_source: String, id: String },
     #[error("event ({event_source:?}, {id:?}): its billing period's rating state is released (rate.segment_retention_days)")]
     RetractionExpired { event_source: String, id: String },

@@ -16,7 +16,7 @@ crate::reason_codes! {
     DYNAMIC_CURRENCY_MISMATCH => "dynamic_currency_mismatch",
         "A dynamic charge's currency_property is missing or names another currency than the plan's.";
     RETRACTION_TARGET_UNKNOWN => "retraction_target_unknown",
-        "A retraction or amendment names an event this partition never rated (never accepted, dead-lettered, still parked, or another subject's); nothing changed.";
+        "A retraction or amendment names an event this partition never rated (never accepted, dead-lettered, not yet seen, or another subject's; a correction of a parked event waits in enrich); nothing changed.";
     RETRACTION_TARGET_EXPIRED => "retraction_target_expired",
         "A retraction or amendment names an event whose billing period's rating state is released (rate.segment_retention_days); nothing changed.";
     ALREADY_CORRECTED => "already_corrected",
