@@ -190,6 +190,18 @@ fn malformed(code: &str, n: usize, registry: bool) -> Option<Record> {
             ),
             &sub,
         ),
+        // Only src-ops may correct another source's events (config).
+        "correction_source_not_permitted" => structured(
+            cloudevent(
+                "src-a",
+                &id,
+                "meterline.usage.retract",
+                &sub,
+                &now,
+                r#"{"source":"src-b","id":"evt-0"}"#,
+            ),
+            &sub,
+        ),
         // Own tests: need a raw header key / require_signature on.
         "invalid_header" | "signature_required" => return None,
         // An object group value must not open a new billing segment.
@@ -258,7 +270,7 @@ fn every_event_lands_in_exactly_one_place() {
     let w = World::new(
         "validate",
         &format!(
-            "[validate]\nallowed_sources = [\"src-*\", \"signed-src\"]\nhmac_keys_hex = {{ \"signed-src\" = \"{HMAC_KEY_HEX}\" }}\n[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"
+            "[validate]\nallowed_sources = [\"src-*\", \"signed-src\"]\ncorrection_sources = [\"src-ops\"]\nhmac_keys_hex = {{ \"signed-src\" = \"{HMAC_KEY_HEX}\" }}\n[http]\nlisten_addr = \"127.0.0.1:{port}\"\n"
         ),
     );
     w.apply();
