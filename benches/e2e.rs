@@ -650,6 +650,8 @@ struct Env {
     tck: f64,
     meterline: PathBuf,
     broker: Option<u32>,
+    /// Partitions the broker held when the run started (None: unknown).
+    broker_partitions: Option<usize>,
 }
 
 /// What a step adds to the defaults when it starts meterline's stages.
@@ -1508,6 +1510,31 @@ fn machine() -> String {
     )
 }
 
+/// Partitions a broker may hold before the run warns that its background
+/// work (retention and cleaner checks, metadata) competes with the run:
+/// 7,000 left by earlier test runs took 30% of a core, idle (2026-12-07).
+const BROKER_PARTITIONS_WARN: usize = 1_000;
+
+/// Partitions of every topic on the broker (None: no metadata).
+fn broker_partitions(bootstrap: &str) -> Option<usize> {
+    let admin: Admin = client(bootstrap).create().ok()?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .ok()?;
+    Some(md.topics().iter().map(|t| t.partitions().len()).sum())
+}
+
+fn warn_busy_broker(partitions: Option<usize>) {
+    if let Some(n) = partitions.filter(|n| *n > BROKER_PARTITIONS_WARN) {
+        eprintln!(
+            "e2e: warning: the broker holds {n} partitions from earlier runs; its background work \
+             competes with this run. `deploy/local/kafka stop`, then run deploy/local/bench again: \
+             it starts a fresh broker."
+        );
+    }
+}
+
 fn status_meminfo(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     s.lines()
@@ -1521,10 +1548,13 @@ fn status_meminfo(field: &str) -> Option<u64> {
 fn run(opts: Opts) -> Result<(), String> {
     std::fs::create_dir_all(&opts.out).map_err(|e| e.to_string())?;
     let run_id = format!("bench.e2e.{}", Utc::now().format("%Y%m%d-%H%M%S"));
+    let partitions = broker_partitions(&opts.bootstrap);
+    warn_busy_broker(partitions);
     let env = Env {
         meterline: PathBuf::from(env!("CARGO_BIN_EXE_meterline")),
         tck: clk_tck(),
         broker: broker_pid(),
+        broker_partitions: partitions,
         run_id,
         opts,
     };
@@ -1760,6 +1790,9 @@ fn render(
     );
     let _ = writeln!(w);
     let _ = writeln!(w, "Machine: {}", machine());
+    if let Some(n) = env.broker_partitions {
+        let _ = writeln!(w, "Broker: {n} partitions at the start of the run");
+    }
     let _ = writeln!(
         w,
         "Input: {} events ({} seeded loadgen events + {} tail), 6 partitions, commit interval {COMMIT_INTERVAL_MS} ms",
