@@ -52,6 +52,7 @@ use meterline::ingest::decode::{
     self, AvroDecodeError, AvroDecoder, RawRecord, WriterSchema, CLOUDEVENT_AVRO_SCHEMA_EXAMPLE,
     CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC_BYTE,
 };
+use meterline::ingest::members::check_unique_members;
 use meterline::ingest::rules::{self, MeterIndex, ValidateRules};
 use meterline::meter::Aggregation;
 use meterline::rating::{ChargeModel, Observation, SegmentState, Tier};
@@ -921,6 +922,19 @@ fn bench_json(c: &mut Criterion, plan: &mut Plan) {
         b.iter(|| {
             for r in &rated {
                 black_box(RatedHead::head_from_json_slice(&r.value).expect("rated"));
+            }
+        })
+    });
+    // The second pass validate makes over every JSON event (a member named
+    // twice is refused), on the baseline's records: its cost against a parse.
+    let events: Vec<Rec> = (0..N as u64)
+        .map(|i| structured(&spec(i, recent_base())))
+        .collect();
+    g.throughput(plan.add("json", "unique_members", N));
+    g.bench_function("unique_members", |b| {
+        b.iter(|| {
+            for r in &events {
+                assert!(black_box(check_unique_members(black_box(&r.value))).is_ok());
             }
         })
     });

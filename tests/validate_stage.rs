@@ -42,6 +42,8 @@ fn malformed(code: &str, n: usize, registry: bool) -> Option<Record> {
         "empty_value" => (Some(format!("{sub}-{n}").into_bytes()), None, vec![]),
         "malformed_json" => structured(format!("{{\"id\": \"{id}\", oops"), &sub),
         "not_an_object" => structured(format!("[\"{id}\"]"), &sub),
+        // 5 tokens or 500: readers of these bytes disagree, so none is billed.
+        "duplicate_member" => structured(ok(r#"{"tokens":5,"tokens":500}"#), &sub),
         "unsupported_encoding" => (
             Some(sub.clone().into_bytes()),
             Some(format!("<tokens>{n}</tokens>").into_bytes()),

@@ -41,6 +41,7 @@ use apache_avro::Schema;
 use chrono::{DateTime, NaiveDateTime, NaiveTime, Utc};
 use serde_json::{Map, Number, Value};
 
+use super::members::check_unique_members;
 use super::reason::{excerpt, Reject, RejectReason};
 use crate::contracts::{rfc3339_utc, CloudEvent, Encoding, CLOUDEVENTS_SPEC_VERSION};
 
@@ -285,13 +286,18 @@ fn is_json_media_type(media_type: &str) -> bool {
     media_type == "application/json" || media_type == "text/json" || media_type.ends_with("+json")
 }
 
+/// JSON text as one value, refused when it is not JSON or when an object
+/// in it names a member twice ([`super::members`]).
 fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Reject> {
-    serde_json::from_slice(bytes).map_err(|err| {
+    let value = serde_json::from_slice(bytes).map_err(|err| {
         reject(
             RejectReason::MalformedJson,
             format!("{what} is not valid JSON: {err}"),
         )
-    })
+    })?;
+    check_unique_members(bytes)
+        .map_err(|why| reject(RejectReason::DuplicateMember, format!("{what}: {why}")))?;
+    Ok(value)
 }
 
 fn decode_structured(raw: &RawRecord, value: &[u8]) -> Result<CloudEvent, Reject> {
@@ -426,7 +432,9 @@ fn event_from_object(mut envelope: Map<String, Value>) -> Result<CloudEvent, Rej
         (None, None) => (Value::Null, None),
         (Some(data), Some(_)) => (
             data,
-            Some("data and data_base64 are both present (CloudEvents allows one)".to_owned()),
+            Some(Unusable::Data(
+                "data and data_base64 are both present (CloudEvents allows one)".to_owned(),
+            )),
         ),
     };
     // The attributes are checked first, in the stage's rule order.
@@ -439,7 +447,7 @@ fn event_from_object(mut envelope: Map<String, Value>) -> Result<CloudEvent, Rej
         data,
     )?;
     match unusable {
-        Some(why) => Err(reject(RejectReason::DataNotObject, why)),
+        Some(why) => Err(why.reject()),
         None => Ok(event),
     }
 }
@@ -447,7 +455,7 @@ fn event_from_object(mut envelope: Map<String, Value>) -> Result<CloudEvent, Rej
 /// The JSON value that a structured-mode event's `data_base64` carries
 /// (CloudEvents' form for binary data, which some SDKs use for any bytes),
 /// when its `datacontenttype` is absent or JSON; else why it is unusable.
-fn json_from_base64(encoded: &Value, content_type: Option<&str>) -> Result<Value, String> {
+fn json_from_base64(encoded: &Value, content_type: Option<&str>) -> Result<Value, Unusable> {
     use base64::Engine as _;
     let media = content_type
         .map(|c| {
@@ -463,18 +471,39 @@ fn json_from_base64(encoded: &Value, content_type: Option<&str>) -> Result<Value
         || media == "text/json"
         || media.ends_with("+json");
     if !is_json {
-        return Err(format!(
+        return Err(Unusable::Data(format!(
             "data_base64 with datacontenttype {}: only JSON data can be metered",
             excerpt(&media)
-        ));
+        )));
     }
     let text = encoded
         .as_str()
-        .ok_or_else(|| "data_base64 is not a string".to_owned())?;
+        .ok_or_else(|| Unusable::Data("data_base64 is not a string".to_owned()))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|e| format!("data_base64 is not base64: {e}"))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("data_base64 does not hold JSON: {e}"))
+        .map_err(|e| Unusable::Data(format!("data_base64 is not base64: {e}")))?;
+    let data = serde_json::from_slice(&bytes)
+        .map_err(|e| Unusable::Data(format!("data_base64 does not hold JSON: {e}")))?;
+    check_unique_members(&bytes)
+        .map_err(|why| Unusable::DuplicateMember(format!("the JSON of data_base64: {why}")))?;
+    Ok(data)
+}
+
+/// Why an event's data cannot be metered.
+enum Unusable {
+    /// `data_not_object`.
+    Data(String),
+    /// `duplicate_member`.
+    DuplicateMember(String),
+}
+
+impl Unusable {
+    fn reject(self) -> Reject {
+        match self {
+            Unusable::Data(why) => reject(RejectReason::DataNotObject, why),
+            Unusable::DuplicateMember(why) => reject(RejectReason::DuplicateMember, why),
+        }
+    }
 }
 
 /// A required attribute: absent, null and "" are `missing_attribute`
@@ -1821,6 +1850,46 @@ pub(crate) mod tests {
         assert_eq!(
             reject_code(decode(&record(&stringly(None, "{}"), &[]), Some(&registry))),
             "missing_attribute"
+        );
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_in_every_encoding() {
+        let code = |bytes: &[u8], headers: &[(String, Option<Vec<u8>>)]| {
+            reject_code(decode(&record(bytes, headers), None))
+        };
+        // Structured mode: in data, and in the envelope (two ids).
+        let text = serde_json::to_string(&envelope()).unwrap();
+        let tokens_twice = text.replace(r#""tokens":12"#, r#""tokens":12,"tokens":1200"#);
+        assert_ne!(tokens_twice, text);
+        assert_eq!(code(tokens_twice.as_bytes(), &[]), "duplicate_member");
+        let ids_twice = text.replace(r#""id":"evt-1""#, r#""id":"evt-1","id":"evt-2""#);
+        assert_ne!(ids_twice, text);
+        assert_eq!(code(ids_twice.as_bytes(), &[]), "duplicate_member");
+        // Binary mode: the value is the data.
+        let headers = binary_headers(TIME);
+        assert_eq!(
+            code(br#"{"tokens": 5, "tokens": 500}"#, &headers),
+            "duplicate_member"
+        );
+        assert!(decode(&record(br#"{"tokens": 5}"#, &headers), None).is_ok());
+        // data_base64's JSON.
+        use base64::Engine as _;
+        let mut e = envelope();
+        let o = e.as_object_mut().unwrap();
+        o.remove("data");
+        let twice = base64::engine::general_purpose::STANDARD.encode(r#"{"tokens":1,"tokens":2}"#);
+        o.insert("data_base64".into(), json!(twice));
+        assert_eq!(
+            code(&serde_json::to_vec(&e).unwrap(), &[]),
+            "duplicate_member"
+        );
+        // An Avro `data` string.
+        let registry = FakeRegistry::example().with(STRING_DATA_SCHEMA_ID, STRING_DATA_SCHEMA);
+        let avro = stringly(Some("c"), r#"{"bytes": 1, "bytes": 2}"#);
+        assert_eq!(
+            reject_code(decode(&record(&avro, &[]), Some(&registry))),
+            "duplicate_member"
         );
     }
 

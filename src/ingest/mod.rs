@@ -9,9 +9,11 @@
 //!   with one exact measure per meter, or a reject;
 //! * [`correction`]: retractions and amendments (their `data` names the
 //!   event they correct);
+//! * [`members`]: JSON that names a member of an object twice (refused);
 //! * [`reason`]: the reject reasons, one stable code each.
 
 pub mod correction;
 pub mod decode;
+pub mod members;
 pub mod reason;
 pub mod rules;

@@ -33,6 +33,8 @@ crate::reason_codes! {
             "The Kafka record has no value (null or zero bytes).";
         MalformedJson => "malformed_json",
             "The value (or an Avro `data` string) is not valid JSON.";
+        DuplicateMember => "duplicate_member",
+            "A JSON object in the event (the envelope, data, data_base64's JSON, an Avro `data` string, an amendment's replacement) names a member twice: readers disagree on which value is meant (serde_json keeps the last, others the first; I-JSON forbids it).";
         NotAnObject => "not_an_object",
             "A structured-mode envelope or Avro record is not a JSON object/record.";
         UnsupportedEncoding => "unsupported_encoding",

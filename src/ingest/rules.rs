@@ -1218,6 +1218,17 @@ mod tests {
             ("malformed_json", run(b"{", &[], &defaults)),
             ("not_an_object", run(b"[1]", &[], &defaults)),
             (
+                "duplicate_member",
+                run(
+                    &String::from_utf8(tokens_bytes(json!(5)))
+                        .unwrap()
+                        .replacen(r#""tokens":5"#, r#""tokens":5,"tokens":500"#, 1)
+                        .into_bytes(),
+                    &[],
+                    &defaults,
+                ),
+            ),
+            (
                 "unsupported_encoding",
                 run(&wire(EXAMPLE_SCHEMA_ID, b"\x02"), &[], &defaults),
             ),
