@@ -38,6 +38,8 @@ fn malformed(code: &str, n: usize, registry: bool) -> Option<Record> {
     let id = format!("bad-{code}-{n}");
     let sub = format!("cust-{}", n % 7);
     let ok = |data: &str| cloudevent("src-a", &id, "llm.tokens", &sub, &now, data);
+    let correction =
+        |kind: &str, data: &str| structured(cloudevent("src-a", &id, kind, &sub, &now, data), &sub);
     let rec = match code {
         "empty_value" => (Some(format!("{sub}-{n}").into_bytes()), None, vec![]),
         "malformed_json" => structured(format!("{{\"id\": \"{id}\", oops"), &sub),
@@ -170,39 +172,15 @@ fn malformed(code: &str, n: usize, registry: bool) -> Option<Record> {
             )),
             &sub,
         ),
-        "retraction_invalid" => structured(
-            cloudevent(
-                "src-a",
-                &id,
-                "meterline.usage.retract",
-                &sub,
-                &now,
-                r#"{"source":"src-a"}"#,
-            ),
-            &sub,
-        ),
-        "amendment_invalid" => structured(
-            cloudevent(
-                "src-a",
-                &id,
-                "meterline.usage.amend",
-                &sub,
-                &now,
-                r#"{"source":"src-a","id":"evt-0","event":{"id":"x"}}"#,
-            ),
-            &sub,
+        "retraction_invalid" => correction("meterline.usage.retract", r#"{"source":"src-a"}"#),
+        "amendment_invalid" => correction(
+            "meterline.usage.amend",
+            r#"{"source":"src-a","id":"evt-0","event":{"id":"x"}}"#,
         ),
         // Only src-ops may correct another source's events (config).
-        "correction_source_not_permitted" => structured(
-            cloudevent(
-                "src-a",
-                &id,
-                "meterline.usage.retract",
-                &sub,
-                &now,
-                r#"{"source":"src-b","id":"evt-0"}"#,
-            ),
-            &sub,
+        "correction_source_not_permitted" => correction(
+            "meterline.usage.retract",
+            r#"{"source":"src-b","id":"evt-0"}"#,
         ),
         // Own tests: need a raw header key / require_signature on.
         "invalid_header" | "signature_required" => return None,

@@ -86,7 +86,7 @@ impl<'de> Visitor<'de> for UniqueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
         let mut names = Names::default();
         while let Some(Name(name)) = map.next_key()? {
-            if !names.insert(name.clone()) {
+            if let Err(name) = names.insert(name) {
                 return Err(de::Error::custom(format!(
                     "an object names the member {} twice",
                     excerpt(&name)
@@ -107,19 +107,18 @@ struct Names<'de> {
 }
 
 impl<'de> Names<'de> {
-    /// False when `name` was seen already.
-    fn insert(&mut self, name: Cow<'de, str>) -> bool {
-        if self.many.is_empty() {
-            if self.few.contains(&name) {
-                return false;
-            }
-            if self.few.len() < LINEAR_SCAN_MEMBERS_MAX {
-                self.few.push(name);
-                return true;
-            }
-            self.many.extend(self.few.drain(..));
+    /// `name` back when it was seen already.
+    fn insert(&mut self, name: Cow<'de, str>) -> Result<(), Cow<'de, str>> {
+        if self.few.contains(&name) || self.many.contains(&name) {
+            return Err(name);
         }
-        self.many.insert(name)
+        if self.many.is_empty() && self.few.len() < LINEAR_SCAN_MEMBERS_MAX {
+            self.few.push(name);
+        } else {
+            self.many.extend(self.few.drain(..));
+            self.many.insert(name);
+        }
+        Ok(())
     }
 }
 
