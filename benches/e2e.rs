@@ -2027,7 +2027,7 @@ fn hop(args: &[String]) {
         producer.poll(Duration::ZERO);
         if let Some((t, n)) = open {
             if n >= MAX_BATCH_RECORDS || t.elapsed() >= Duration::from_millis(COMMIT_INTERVAL_MS) {
-                producer.flush(timeout).expect("flush");
+                kafka::flush(&producer, timeout).expect("flush");
                 let mut tpl = TopicPartitionList::new();
                 for (p, o) in &next {
                     tpl.add_partition_offset(from, *p, Offset::Offset(*o))

@@ -103,8 +103,9 @@ pub fn publish_in_transaction(
         .key(key)
         .payload(value)
         .headers(headers);
-    let sent =
-        kafka::send_waiting(&producer, record).and_then(|()| producer.commit_transaction(timeout));
+    let sent = kafka::send_waiting(&producer, record)
+        .and_then(|()| kafka::flush(&producer, timeout))
+        .and_then(|()| producer.commit_transaction(timeout));
     if let Err(e) = sent {
         let _ = producer.abort_transaction(timeout);
         return Err(e.into());

@@ -515,7 +515,7 @@ fn origin_error(
 fn abort_open_transaction(producer: &BaseProducer, call_timeout: Duration) {
     // Delivery reports are served only when polled (flush does), and abort
     // waits for them.
-    let _ = producer.flush(call_timeout);
+    let _ = crate::kafka::flush(producer, call_timeout);
     if let Err(abort) = producer.abort_transaction(call_timeout) {
         // Uncommitted either way: the broker aborts it on timeout, or the
         // next replay of this group fences it.
@@ -568,6 +568,7 @@ fn commit(
     for (p, o) in pending.iter() {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
     }
+    crate::kafka::flush(producer, timeout)?;
     if tpl.count() > 0 {
         let cgm = consumer.group_metadata().ok_or_else(|| {
             KafkaError::Subscription("replay consumer has no group metadata".into())

@@ -139,3 +139,56 @@ fn committed_and_aborted_records_by_isolation_level_and_sent_offsets() {
     let got = consumer.committed_offsets(q, t).unwrap();
     assert_eq!(got.elements()[0].offset(), Offset::Offset(7));
 }
+
+/// Counts the delivery reports served, by outcome.
+#[derive(Default)]
+struct Reports {
+    delivered: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+impl rdkafka::ClientContext for Reports {}
+
+impl rdkafka::producer::ProducerContext for Reports {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        let counter = match result {
+            Ok(_) => &self.delivered,
+            Err(_) => &self.failed,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `kafka::flush` (every commit's) returns only once every record sent has
+/// its delivery report served, and says so when its time is up first.
+#[test]
+fn flush_returns_once_every_record_is_reported() {
+    const RECORDS: usize = 2_000;
+    let w = World::new("flush", "");
+    let topic = w.topic("flush.out");
+    create_topic(&topic, 3);
+    let producer: BaseProducer<Reports> = client_config()
+        .set("enable.idempotence", "true")
+        .create_with_context(Reports::default())
+        .unwrap();
+    for i in 0..RECORDS {
+        let v = format!("record-{i}");
+        meterline::kafka::send_waiting(&producer, BaseRecord::<str, str>::to(&topic).payload(&v))
+            .unwrap();
+    }
+    // Nothing polled yet, so no report was served: no time, no flush.
+    match meterline::kafka::flush(&producer, Duration::ZERO) {
+        Err(rdkafka::error::KafkaError::Flush(code)) => {
+            assert_eq!(code, rdkafka::types::RDKafkaErrorCode::OperationTimedOut)
+        }
+        other => panic!("a flush out of time says so: {other:?}"),
+    }
+    meterline::kafka::flush(&producer, Duration::from_secs(30)).unwrap();
+    let reports = producer.context();
+    let delivered = reports.delivered.load(std::sync::atomic::Ordering::SeqCst);
+    let failed = reports.failed.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((delivered, failed), (RECORDS, 0));
+    assert_eq!(producer.in_flight_count(), 0);
+    assert_eq!(read_all(&topic, false).len(), RECORDS);
+}

@@ -552,7 +552,9 @@ fn publish_refdata(
             kafka::send_waiting(&producer, record)
                 .with_context(|| format!("producing key {key:?}"))?;
         }
-        // Commit flushes first and fails if any record failed to deliver.
+        // Commit flushes first and fails if any record failed to deliver;
+        // this flush only saves rust-rdkafka's sleep (kafka::flush).
+        kafka::flush(&producer, timeout).context("flush")?;
         producer
             .commit_transaction(timeout)
             .context("commit_transaction")

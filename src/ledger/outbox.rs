@@ -100,7 +100,7 @@ pub fn drain(
         for row in &rows {
             send_row(producer, row)?;
         }
-        producer.flush(flush_timeout)?;
+        crate::kafka::flush(producer, flush_timeout)?;
         let failed = producer.context().failed.load(Ordering::SeqCst) - before;
         if failed > 0 {
             return Err(OutboxError::Undelivered(failed));

@@ -1015,9 +1015,7 @@ impl<P: Processor> Engine<P> {
         let t0 = Instant::now();
         self.send_changelogs()?;
         self.ensure_txn()?;
-        self.producer
-            .flush(self.call_timeout())
-            .map_err(|e| classify("flush", e))?;
+        kafka::flush(&self.producer, self.call_timeout()).map_err(|e| classify("flush", e))?;
         let maxes = self.take_deliveries()?;
         let tpl = self.offsets_to_commit()?;
         self.commit_offsets(&tpl, consumer)?;
