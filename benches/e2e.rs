@@ -884,6 +884,22 @@ struct ProcStat {
     /// Key and value bytes written: (to output topics, to changelogs),
     /// meterline's stages, from /metrics.
     bytes_written: Option<(f64, f64)>,
+    /// Transactions committed and the seconds of each commit phase, in the
+    /// order of `metrics::COMMIT_PHASES_IN_ORDER` (meterline's stages).
+    commit_phases: Option<(f64, [f64; 4])>,
+}
+
+/// Commits and seconds per commit phase from a stage's /metrics.
+fn commit_phases(body: &str) -> (f64, [f64; 4]) {
+    let commits = metric_sum(body, "meterline_transaction_commits_total", "");
+    let phases = meterline::metrics::COMMIT_PHASES_IN_ORDER.map(|phase| {
+        metric_sum(
+            body,
+            "meterline_transaction_commit_phase_seconds_total",
+            &format!("phase=\"{phase}\""),
+        )
+    });
+    (commits, phases)
 }
 
 struct Throughput {
@@ -1068,6 +1084,10 @@ fn throughput(
             ))
         })
         .collect();
+    let phases: Vec<Option<(f64, [f64; 4])>> = metrics
+        .iter()
+        .map(|body| Some(commit_phases(body.as_ref()?)))
+        .collect();
     stop_all(&mut procs);
     let outputs = tail.finish();
     let end = outputs.iter().map(|o| o.seen).max().unwrap_or(start);
@@ -1085,6 +1105,7 @@ fn throughput(
             peak_mb: peaks[i],
             changelog_records: changelogs[i],
             bytes_written: bytes_written[i],
+            commit_phases: phases[i],
         })
         .collect();
     let broker_cpu_s = match (broker_cpu0, at_end.and_then(|s| s.2)) {
@@ -1910,16 +1931,16 @@ fn render(
     let _ = writeln!(w);
     let _ = writeln!(
         w,
-        "| system | process | CPU s | share | CPU µs per event | changelog records per event | bytes written per event: topics + changelogs | peak RSS MB | startup s |"
+        "| system | process | CPU s | share | CPU µs per event | changelog records per event | bytes written per event: topics + changelogs | ms per commit: send changelogs + flush + commit + apply stores | peak RSS MB | startup s |"
     );
-    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for t in tps {
         let total: f64 = t.procs.iter().map(|p| p.cpu_s).sum::<f64>().max(1e-9);
         let per_event = |v: f64| v / t.events.max(1) as f64;
         for p in &t.procs {
             let _ = writeln!(
                 w,
-                "| {} | {} | {:.1} | {:.0}% | {:.1} | {} | {} | {:.0} | {:.1} |",
+                "| {} | {} | {:.1} | {:.0}% | {:.1} | {} | {} | {} | {:.0} | {:.1} |",
                 t.sys.name(),
                 p.label,
                 p.cpu_s,
@@ -1932,6 +1953,15 @@ fn render(
                     per_event(out),
                     per_event(log)
                 )),
+                p.commit_phases
+                    .filter(|(commits, _)| *commits > 0.0)
+                    .map_or("-".into(), |(commits, s)| format!(
+                        "{:.0} + {:.0} + {:.0} + {:.0}",
+                        1e3 * s[0] / commits,
+                        1e3 * s[1] / commits,
+                        1e3 * s[2] / commits,
+                        1e3 * s[3] / commits
+                    )),
                 p.peak_mb,
                 t.startup_s
             );
@@ -2055,6 +2085,13 @@ impl ConsumerContext for HopCtx {}
 
 fn self_check() {
     soak::self_check();
+    // Commit phases per stage, as /metrics renders them.
+    let body = "meterline_transaction_commits_total{stage=\"rate\"} 4\n\
+        meterline_transaction_commit_phase_seconds_total{phase=\"send_changelogs\",stage=\"rate\"} 0.04\n\
+        meterline_transaction_commit_phase_seconds_total{phase=\"flush\",stage=\"rate\"} 0.2\n\
+        meterline_transaction_commit_phase_seconds_total{phase=\"commit\",stage=\"rate\"} 0.08\n\
+        meterline_transaction_commit_phase_seconds_total{phase=\"apply_stores\",stage=\"rate\"} 0.06\n";
+    assert_eq!(commit_phases(body), (4.0, [0.04, 0.2, 0.08, 0.06]));
     // The trigger of a window: first event on the partition whose running
     // max event time reaches end + grace.
     let events: Vec<Event> = [(10, "a"), (30, "b"), (20, "a"), (40, "a")]

@@ -38,6 +38,9 @@ pub struct TransactionCommitted<'a> {
     pub stage: &'a str,
     pub records: usize,
     pub elapsed: Duration,
+    /// The time of each phase, in the order of
+    /// [`crate::metrics::COMMIT_PHASES_IN_ORDER`].
+    pub phases: [Duration; 4],
 }
 
 impl TransactionCommitted<'_> {
@@ -50,6 +53,9 @@ impl TransactionCommitted<'_> {
         );
         m.commits.inc();
         m.commit_latency.observe(self.elapsed.as_secs_f64());
+        for (counter, phase) in m.commit_phases.iter().zip(self.phases) {
+            counter.inc_by(phase.as_secs_f64());
+        }
     }
 }
 

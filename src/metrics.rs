@@ -130,6 +130,22 @@ static COMMIT_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
         "meterline_transaction_commit_latency_seconds",
     ))
 });
+static COMMIT_PHASES: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
+    register(valid(
+        prometheus::CounterVec::new(
+            Opts::new(
+                "meterline_transaction_commit_phase_seconds_total",
+                "Seconds spent committing transactions, by stage and phase \
+                 (send_changelogs, flush, commit, apply_stores).",
+            ),
+            &["stage", "phase"],
+        ),
+        "meterline_transaction_commit_phase_seconds_total",
+    ))
+});
+/// The phases of a commit, in order (`meterline_transaction_commit_phase_seconds_total`).
+pub const COMMIT_PHASES_IN_ORDER: [&str; 4] =
+    ["send_changelogs", "flush", "commit", "apply_stores"];
 static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(
         "meterline_consumer_lag_records",
@@ -244,6 +260,8 @@ pub struct StageMetrics {
     pub records_in: IntCounter,
     pub commits: IntCounter,
     pub commit_latency: Histogram,
+    /// Seconds per phase, in the order of [`COMMIT_PHASES_IN_ORDER`].
+    pub commit_phases: [prometheus::Counter; 4],
     pub assigned_partitions: IntGauge,
     pub restored_records: IntCounter,
     pub consumer_queue: IntGauge,
@@ -257,6 +275,8 @@ impl StageMetrics {
             records_in: RECORDS_IN.with_label_values(&s),
             commits: COMMITS.with_label_values(&s),
             commit_latency: COMMIT_LATENCY.with_label_values(&s),
+            commit_phases: COMMIT_PHASES_IN_ORDER
+                .map(|phase| COMMIT_PHASES.with_label_values(&[stage, phase])),
             assigned_partitions: ASSIGNED_PARTITIONS.with_label_values(&s),
             restored_records: RESTORED_RECORDS.with_label_values(&s),
             consumer_queue: CONSUMER_QUEUE.with_label_values(&s),
@@ -312,6 +332,7 @@ mod tests {
         b.changelog_bytes("s").inc_by(40);
         a.records_out_bytes("t").inc_by(9);
         b.commit_latency.observe(0.002);
+        b.commit_phases[1].inc_by(0.25);
         event_time_lag("metrics_test_a").set(3);
         let text = render();
         for line in [
@@ -323,6 +344,8 @@ mod tests {
             "meterline_changelog_bytes_total{stage=\"metrics_test_b\",store=\"s\"} 40",
             "meterline_records_out_bytes_total{stage=\"metrics_test_a\",topic=\"t\"} 9",
             "meterline_transaction_commit_latency_seconds_count{stage=\"metrics_test_b\"} 1",
+            "meterline_transaction_commit_phase_seconds_total{phase=\"flush\",stage=\"metrics_test_b\"} 0.25",
+            "meterline_transaction_commit_phase_seconds_total{phase=\"apply_stores\",stage=\"metrics_test_b\"} 0",
             "meterline_event_time_lag_seconds{stage=\"metrics_test_a\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");

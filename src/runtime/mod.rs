@@ -1014,21 +1014,31 @@ impl<P: Processor> Engine<P> {
         }
         let t0 = Instant::now();
         self.send_changelogs()?;
+        let sent = Instant::now();
         self.ensure_txn()?;
         kafka::flush(&self.producer, self.call_timeout()).map_err(|e| classify("flush", e))?;
+        let flushed = Instant::now();
         let maxes = self.take_deliveries()?;
         let tpl = self.offsets_to_commit()?;
         self.commit_offsets(&tpl, consumer)?;
+        let committed = Instant::now();
         let records = self.txn.take().map(|(_, n)| n).unwrap_or(0);
         self.txn_inputs.clear();
         // Committed in Kafka: now, and only now, the stores may move forward.
         self.apply_committed(&maxes)?;
+        let applied = Instant::now();
         self.failures_in_a_row = 0;
         self.replacements_in_a_row = 0;
         TransactionCommitted {
             stage: self.spec.name,
             records,
-            elapsed: t0.elapsed(),
+            elapsed: applied - t0,
+            phases: [
+                sent - t0,
+                flushed - sent,
+                committed - flushed,
+                applied - committed,
+            ],
         }
         .emit(&self.metrics);
         Ok(())
